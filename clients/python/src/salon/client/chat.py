@@ -1,0 +1,114 @@
+"""``salon-chat``: talk to a Salon session from the terminal, with answers streamed as they arrive."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import TextIO
+
+from salon.client.client import SalonClient, Session
+from salon.client.errors import SalonError
+
+HELP = """Commands:
+  /new      start a new session
+  /session  show the current session id
+  /help     show this help
+  /quit     leave (Ctrl-D works too)
+Anything else is sent as a turn."""
+
+
+def _dim(text: str, out: TextIO) -> str:
+    return f"\033[2m{text}\033[0m" if out.isatty() else text
+
+
+async def stream_turn(session: Session, text: str, out: TextIO = sys.stdout) -> None:
+    """Send one turn and print its answer as it streams, then how long the first token took."""
+    start = time.perf_counter()
+    first: float | None = None
+    try:
+        async for event in session.send(text):
+            kind = event.WhichOneof("kind")
+            if kind == "delta":
+                if first is None:
+                    first = time.perf_counter() - start
+                out.write(event.delta.text)
+                out.flush()
+            elif kind == "error":
+                out.write(f"\n[turn failed: {event.error.message} ({event.error.reason})]")
+            elif kind == "cancelled":
+                out.write(f"\n[turn cancelled: {event.cancelled.reason}]")
+    except SalonError as exc:
+        out.write(f"[error: {exc.message} ({exc.code.name}{', ' + exc.reason if exc.reason else ''})]")
+    total = time.perf_counter() - start
+    ttft = f"first token {first * 1000:.0f} ms, " if first is not None else ""
+    out.write("\n" + _dim(f"({ttft}turn {total * 1000:.0f} ms)", out) + "\n")
+    out.flush()
+
+
+async def chat(target: str, session_id: str = "", system_prompt: str = "", out: TextIO = sys.stdout) -> int:
+    """Run the interactive loop against the gateway at ``target``."""
+    async with SalonClient(target) as client:
+        try:
+            await client.wait_ready(10.0)
+        except TimeoutError:
+            print(f"cannot reach a Salon gateway at {target}", file=sys.stderr)
+            return 2
+        try:
+            if session_id:
+                session = await client.get_session(session_id)
+            else:
+                session = await client.create_session(system_prompt=system_prompt)
+        except SalonError as exc:
+            print(f"cannot open the session: {exc.message} ({exc.code.name})", file=sys.stderr)
+            return 2
+        out.write(_dim(f"session {session.id} on {target}; /help for commands", out) + "\n")
+        while True:
+            try:
+                line = await asyncio.to_thread(input, "you> ")
+            except (EOFError, KeyboardInterrupt):
+                out.write("\n")
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                return 0
+            if line == "/help":
+                out.write(HELP + "\n")
+            elif line == "/session":
+                out.write(session.id + "\n")
+            elif line == "/new":
+                session = await client.create_session(system_prompt=system_prompt)
+                out.write(_dim(f"new session {session.id}", out) + "\n")
+            else:
+                out.write("salon> ")
+                await stream_turn(session, line, out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``salon-chat``."""
+    parser = argparse.ArgumentParser(
+        prog="salon-chat",
+        description="Chat with a Salon session in the terminal; answers stream in as they are generated.",
+        epilog=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--target", default="127.0.0.1:50051", help="gateway address, host:port (default %(default)s)")
+    parser.add_argument("--session", default="", help="continue this session instead of opening a new one")
+    parser.add_argument("--system", default="", help="system prompt of a new session")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``salon-chat``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(chat(args.target, args.session, args.system))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
