@@ -1,0 +1,115 @@
+"""Building a turn's events: protobuf ``TurnEvent``s with gap-free per-turn sequence numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from actors.model import ModelResult
+from salon.v1 import turn_pb2
+
+EventSink = Callable[[turn_pb2.TurnEvent], Awaitable[None]]
+"""Where a turn's events go (the host publishes them on the turn's event subject)."""
+
+TERMINAL_KINDS = frozenset({"completed", "error", "cancelled"})
+
+_STOP_REASONS = {
+    "end_turn": turn_pb2.STOP_REASON_END_TURN,
+    "max_tokens": turn_pb2.STOP_REASON_MAX_TOKENS,
+    "stop_sequence": turn_pb2.STOP_REASON_STOP_SEQUENCE,
+    "tool_use": turn_pb2.STOP_REASON_TOOL_USE,
+    "refusal": turn_pb2.STOP_REASON_REFUSAL,
+}
+
+
+def is_terminal(event: turn_pb2.TurnEvent) -> bool:
+    """Whether ``event`` ends its turn's stream."""
+    return event.WhichOneof("kind") in TERMINAL_KINDS
+
+
+class TurnEmitter:
+    """Numbers and sends one turn's events.
+
+    Sequence numbers are assigned and events handed to the sink under one lock, so events reach the sink
+    in sequence order even when different tasks emit for the same turn (the accepted event is sent by the
+    submitter while the session's runner may already be streaming).
+    """
+
+    def __init__(self, session_id: str, turn_id: str, sink: EventSink) -> None:
+        self.session_id = session_id
+        self.turn_id = turn_id
+        self._sink = sink
+        self._seq = 0
+        self._lock = asyncio.Lock()
+        self.finished = False
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last event emitted (0 before the first)."""
+        return self._seq
+
+    async def _emit(self, **kind: object) -> None:
+        async with self._lock:
+            if self.finished:
+                return
+            self._seq += 1
+            now = time.time_ns()
+            event = turn_pb2.TurnEvent(
+                session_id=self.session_id,
+                turn_id=self.turn_id,
+                seq=self._seq,
+                time=Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
+                **kind,  # type: ignore[arg-type]
+            )
+            if event.WhichOneof("kind") in TERMINAL_KINDS:
+                self.finished = True
+            await self._sink(event)
+
+    async def accepted(self, queue_position: int, trace_id: str = "", replayed: bool = False) -> None:
+        """Emit the first event: the turn reached its session."""
+        await self._emit(
+            accepted=turn_pb2.TurnAccepted(queue_position=queue_position, trace_id=trace_id, replayed=replayed)
+        )
+
+    async def delta(self, text: str) -> None:
+        """Emit a piece of the answer."""
+        await self._emit(delta=turn_pb2.TokenDelta(text=text))
+
+    async def usage(self, result: ModelResult) -> None:
+        """Emit what the turn consumed."""
+        await self._emit(
+            usage=turn_pb2.Usage(
+                input_tokens=result.input_tokens,
+                output_tokens=result.output_tokens,
+                cache_read_input_tokens=result.cache_read_input_tokens,
+                cache_creation_input_tokens=result.cache_creation_input_tokens,
+                provider=result.provider,
+                model=result.model,
+            )
+        )
+
+    async def completed(self, stop_reason: str, stop_sequence: str = "") -> None:
+        """Emit the terminal event of a turn that finished normally."""
+        await self._emit(
+            completed=turn_pb2.TurnCompleted(
+                stop_reason=_STOP_REASONS.get(stop_reason, turn_pb2.STOP_REASON_UNSPECIFIED),
+                stop_sequence=stop_sequence,
+            )
+        )
+
+    async def error(
+        self, reason: str, message: str, *, retryable: bool, partial: bool, retry_after_s: float | None = None
+    ) -> None:
+        """Emit the terminal event of a turn that failed."""
+        err = turn_pb2.TurnError(reason=reason, message=message, retryable=retryable, partial=partial)
+        if retry_after_s is not None:
+            err.retry_after.CopyFrom(Duration(seconds=int(retry_after_s), nanos=int((retry_after_s % 1) * 1e9)))
+        await self._emit(error=err)
+
+    async def cancelled(self, reason: str) -> None:
+        """Emit the terminal event of a cancelled turn."""
+        await self._emit(cancelled=turn_pb2.TurnCancelled(reason=reason))

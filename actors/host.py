@@ -1,0 +1,311 @@
+"""The session host: owns a set of shards, pulls their turns and runs them in session actors.
+
+Virtual actors: a session is activated (its definition and snapshot loaded) when its first turn arrives and
+passivated when idle or when the host holds too many; its snapshot is saved after every turn, so
+passivation only drops memory. Plain asyncio with its bus, stores and provider injected; the Ray actor in
+``actors.ray_host`` is a thin shell around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from actors.events import TurnEmitter
+from actors.model import ModelProvider
+from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from otel import consumer_span
+from salon.v1 import session_pb2, turn_pb2
+from storage import SessionRegistry, SnapshotStore, TurnEnvelope
+from storage.errors import NotFound, SalonError
+
+log = logging.getLogger(__name__)
+
+
+class BusMessage(Protocol):
+    """What the host needs of a bus message (a JetStream ``Msg``)."""
+
+    data: bytes
+    headers: dict[str, str] | None
+
+    async def ack(self) -> None:
+        """Mark the message done."""
+        ...
+
+    async def in_progress(self) -> None:
+        """Reset the redelivery timer."""
+        ...
+
+    async def term(self) -> None:
+        """Never redeliver."""
+        ...
+
+
+class Puller(Protocol):
+    """Fetches one shard's turn messages."""
+
+    shard: int
+
+    async def fetch(self, batch: int, timeout_s: float) -> list[Any]:
+        """Up to ``batch`` messages, or none after ``timeout_s``."""
+        ...
+
+    async def close(self) -> None:
+        """Stop fetching."""
+        ...
+
+
+class EventSender(Protocol):
+    """Publishes a tenant's turn events."""
+
+    async def publish(self, tenant_id: str, event: turn_pb2.TurnEvent) -> None:
+        """Send one event."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HostSettings:
+    """Host behaviour (from the engine config)."""
+
+    session_idle_s: float = 300.0
+    max_sessions: int = 10000
+    ack_wait_s: float = 30.0
+    fetch_batch: int = 64
+    fetch_timeout_s: float = 1.0
+    window_max_messages: int = 40
+    window_token_budget: int = 8000
+    max_tokens: int = 1024
+
+
+def session_settings(session: session_pb2.Session, defaults: HostSettings) -> SessionSettings:
+    """A session's effective settings: its own where set, else the host defaults."""
+    memory, model = session.memory, session.model
+    return SessionSettings(
+        system_prompt=session.system_prompt,
+        window_max_messages=memory.window_max_messages or defaults.window_max_messages,
+        window_token_budget=memory.window_token_budget or defaults.window_token_budget,
+        model=model.model,
+        max_tokens=model.max_tokens or defaults.max_tokens,
+        temperature=model.temperature if model.HasField("temperature") else None,
+        stop_sequences=tuple(model.stop_sequences),
+    )
+
+
+class SessionHost:
+    """Runs the turns of its shards. Lifecycle: :meth:`start`, :meth:`drain`, :meth:`close` (idempotent)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        pullers: list[Puller],
+        events: EventSender,
+        registry: SessionRegistry,
+        snapshots: SnapshotStore,
+        provider: ModelProvider,
+        settings: HostSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._pullers = pullers
+        self._events = events
+        self._registry = registry
+        self._snapshots = snapshots
+        self._provider = provider
+        self._settings = settings
+        self._clock = clock
+        self._sessions: dict[SessionKey, SessionActor] = {}
+        self._inflight: dict[tuple[str, str, str], list[BusMessage]] = {}
+        """Bus messages of turns in flight, per (tenant, session, turn): redelivered copies join the list."""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._closed = False
+        self.activations = 0
+        self.passivations = 0
+        self.turns_started = 0
+        self.duplicates = 0
+
+    async def start(self) -> None:
+        """Start pulling every owned shard, the passivation sweep and the in-progress heartbeat."""
+        if self._tasks:
+            return
+        for puller in self._pullers:
+            self._tasks.append(asyncio.create_task(self._pull_loop(puller), name=f"{self.name}-shard-{puller.shard}"))
+        self._tasks.append(asyncio.create_task(self._sweep_loop(), name=f"{self.name}-sweep"))
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat"))
+
+    def stats(self) -> dict[str, int]:
+        """Live figures of the host."""
+        return {
+            "live_sessions": len(self._sessions),
+            "busy_sessions": sum(1 for s in self._sessions.values() if s.busy),
+            "inflight_turns": len(self._inflight),
+            "activations": self.activations,
+            "passivations": self.passivations,
+            "turns_started": self.turns_started,
+            "duplicates": self.duplicates,
+        }
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking turns and wait up to ``grace_s`` for running ones to finish."""
+        self._stopping.set()
+        waits = [asyncio.ensure_future(s.wait_idle()) for s in self._sessions.values() if s.busy]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=grace_s)
+            for wait in pending:
+                wait.cancel()
+
+    async def close(self) -> None:
+        """Stop everything: turns still running are cancelled (and recorded as such). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+        for puller in self._pullers:
+            await puller.close()
+        with contextlib.suppress(Exception):
+            await self._provider.aclose()
+
+    async def _pull_loop(self, puller: Puller) -> None:
+        while not self._stopping.is_set():
+            try:
+                msgs = await puller.fetch(self._settings.fetch_batch, self._settings.fetch_timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # NATS down or reconnecting: the consumer keeps our place; try again shortly.
+                log.warning("fetching shard %d failed: %s", puller.shard, type(exc).__name__)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=0.5)
+                continue
+            for msg in msgs:
+                try:
+                    await self._dispatch(msg)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("dispatching a turn failed; it will be redelivered")
+
+    async def _dispatch(self, msg: BusMessage) -> None:
+        try:
+            envelope = TurnEnvelope.from_msg(msg)  # type: ignore[arg-type]
+        except SalonError:
+            log.error("dropping a malformed turn message")
+            await msg.term()
+            return
+        tenant = envelope.tenant_id
+        key = SessionKey(tenant, envelope.request.session_id)
+        span = consumer_span("salon.host.turn", envelope.trace_headers, envelope.enqueued_at_ns)
+        trace_id = span.trace_id_hex
+
+        async def sink(event: turn_pb2.TurnEvent) -> None:
+            await self._events.publish(tenant, event)
+
+        try:
+            session = await self._activate(key, envelope.incarnation)
+        except NotFound:
+            # Deleted between SendTurn and now: tell the waiting client, and drop the turn.
+            emitter = TurnEmitter(key.session_id, envelope.turn_id, sink)
+            await emitter.error("SESSION_NOT_FOUND", "session not found", retryable=False, partial=False)
+            await msg.ack()
+            span.end()
+            return
+
+        turn_key = (tenant, key.session_id, envelope.turn_id)
+        copies = self._inflight.get(turn_key)
+        if copies is not None:
+            # A redelivered copy of a turn still running here: settle it with the running copy's ack.
+            copies.append(msg)
+            self.duplicates += 1
+            span.end()
+            return
+        # Tracked before submit: a fast turn can finish (and call done) before submit returns.
+        self._inflight[turn_key] = [msg]
+
+        async def done() -> None:
+            span.end()
+            for copy in self._inflight.pop(turn_key, []):
+                await copy.ack()
+
+        turn = Turn(envelope.turn_id, envelope.request.text, trace_id=trace_id, on_done=done)
+        try:
+            await session.submit(turn, sink)
+        except BaseException:
+            self._inflight.pop(turn_key, None)
+            span.end()
+            raise
+        self.turns_started += 1
+
+    async def _activate(self, key: SessionKey, incarnation: str) -> SessionActor:
+        session = self._sessions.get(key)
+        if session is not None:
+            if not incarnation or session.state.incarnation == incarnation:
+                return session
+            # The session was deleted and created again under the same id: forget the old one.
+            await self._passivate(key)
+        definition = await self._registry.get(key.tenant_id, key.session_id)
+        current = str(definition.create_time.ToNanoseconds())
+        snapshot = await self._snapshots.load(key.tenant_id, key.session_id)
+        state = SessionState.from_dict(snapshot) if snapshot else SessionState()
+        if state.incarnation != current:
+            state = SessionState(incarnation=current)
+
+        async def save(k: SessionKey, data: dict[str, Any]) -> None:
+            await self._snapshots.save(k.tenant_id, k.session_id, data)
+
+        if len(self._sessions) >= self._settings.max_sessions:
+            # Make room before the newcomer joins, so it is never the one evicted. Busy sessions stay, so
+            # the cap is soft when every live session is running a turn.
+            await self._passivate_lru(len(self._sessions) - self._settings.max_sessions + 1)
+        session = SessionActor(
+            key, session_settings(definition, self._settings), state, self._provider, save, clock=self._clock
+        )
+        self._sessions[key] = session
+        self.activations += 1
+        return session
+
+    async def _passivate(self, key: SessionKey) -> None:
+        # Popped before any await, so a turn arriving meanwhile activates a fresh actor from the snapshot,
+        # which is already current: it is saved after every turn.
+        session = self._sessions.pop(key, None)
+        if session is None:
+            return
+        self.passivations += 1
+        await session.close()
+
+    async def _passivate_lru(self, count: int) -> None:
+        idle = sorted((k for k, s in self._sessions.items() if not s.busy), key=lambda k: self._sessions[k].last_active)
+        for key in idle[:count]:
+            await self._passivate(key)
+
+    async def _sweep_loop(self) -> None:
+        interval = max(min(self._settings.session_idle_s / 4, 30.0), 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = self._clock() - self._settings.session_idle_s
+            for key in [k for k, s in self._sessions.items() if not s.busy and s.last_active < cutoff]:
+                await self._passivate(key)
+
+    async def _heartbeat_loop(self) -> None:
+        # Long turns would outlive ack_wait and be redelivered to another host; renew them well before.
+        interval = max(self._settings.ack_wait_s / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            for copies in list(self._inflight.values()):
+                for msg in copies:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()

@@ -1,0 +1,93 @@
+"""The ``ModelProvider`` seam: what a session needs from a language model.
+
+A provider turns a :class:`ModelRequest` into an async stream of :class:`TextDelta` chunks followed by exactly
+one :class:`ModelResult`. Closing the stream (or cancelling the task consuming it) must stop the upstream
+generation. Implementations live in ``engine.providers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from storage.errors import SalonError
+
+Role = Literal["user", "assistant"]
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of the conversation as the model sees it."""
+
+    role: Role
+    text: str
+    turn_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """Everything a provider needs to answer one turn."""
+
+    system: str
+    messages: tuple[Message, ...]
+    model: str = ""
+    max_tokens: int = 1024
+    temperature: float | None = None
+    stop_sequences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of the answer."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelResult:
+    """The end of an answer: why it stopped and what it cost."""
+
+    stop_reason: StopReason = "end_turn"
+    stop_sequence: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    provider: str = ""
+    model: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+ModelChunk = TextDelta | ModelResult
+
+
+class ModelError(SalonError):
+    """The provider failed. ``retryable`` says whether the same request may succeed later."""
+
+    reason = "MODEL_ERROR"
+
+    def __init__(
+        self, message: str, *, reason: str = "MODEL_ERROR", retryable: bool = False, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, reason=reason, retry_after_s=retry_after_s)
+        self.retryable = retryable
+
+
+@runtime_checkable
+class ModelProvider(Protocol):
+    """A source of streamed answers."""
+
+    @property
+    def name(self) -> str:
+        """Short provider name, reported in usage events and transcripts."""
+        ...
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        """Stream the answer to ``request``: text deltas, then one :class:`ModelResult`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections held by the provider."""
+        ...

@@ -1,0 +1,255 @@
+"""The turn bus on NATS JetStream.
+
+Turns travel on a work-queue stream, one subject per shard, deduplicated by ``Nats-Msg-Id`` (tenant,
+session and turn id, so two tenants' idempotency keys never collide). A turn's events go to a per-turn
+subject captured by an in-memory stream kept for the retention time: a reader starts from the turn's first
+event, so joining a running turn, replaying a finished one and resuming after a drop all read the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from salon.v1 import conversation_service_pb2 as cs_pb2
+from salon.v1 import turn_pb2
+from storage.errors import DeadlineExceeded, Internal, Unavailable
+from storage.subjects import Names
+
+log = logging.getLogger(__name__)
+
+H_MSG_ID = "Nats-Msg-Id"
+H_TENANT = "Salon-Tenant"
+H_TURN = "Salon-Turn-Id"
+H_ENQUEUED = "Salon-Enqueued-Ns"
+H_INCARNATION = "Salon-Session-Incarnation"
+TRACE_HEADERS = ("traceparent", "tracestate")
+TERMINAL_KINDS = frozenset({"completed", "error", "cancelled"})
+
+MAX_EVENTS_BYTES = 512 * 1024 * 1024
+"""Memory cap of the events stream; the oldest events go first when it is reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class BusSettings:
+    """Stream and consumer parameters (from the engine config)."""
+
+    num_shards: int = 16
+    dedupe_window_s: float = 600.0
+    event_retention_s: float = 900.0
+    ack_wait_s: float = 30.0
+    max_deliver: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnvelope:
+    """A turn as it travels on the bus."""
+
+    tenant_id: str
+    turn_id: str
+    request: cs_pb2.SendTurnRequest
+    trace_headers: Mapping[str, str] = field(default_factory=dict)
+    enqueued_at_ns: int = 0
+    incarnation: str = ""
+    """Which incarnation of the session id the turn was sent to (a deleted and re-created session is a
+    new incarnation, and must not inherit the old one's memory)."""
+
+    def headers(self) -> dict[str, str]:
+        """NATS headers carrying the envelope's metadata and trace context."""
+        return {
+            H_MSG_ID: f"{self.tenant_id}.{self.request.session_id}.{self.turn_id}",
+            H_TENANT: self.tenant_id,
+            H_TURN: self.turn_id,
+            H_ENQUEUED: str(self.enqueued_at_ns or time.time_ns()),
+            H_INCARNATION: self.incarnation,
+            **{k: v for k, v in self.trace_headers.items() if k in TRACE_HEADERS},
+        }
+
+    @classmethod
+    def from_msg(cls, msg: Msg) -> TurnEnvelope:
+        """Decode a turn message; raise :class:`Internal` if it is not one."""
+        headers = msg.headers or {}
+        try:
+            request = cs_pb2.SendTurnRequest.FromString(msg.data)
+            return cls(
+                tenant_id=headers[H_TENANT],
+                turn_id=headers[H_TURN],
+                request=request,
+                trace_headers={k: headers[k] for k in TRACE_HEADERS if k in headers},
+                enqueued_at_ns=int(headers.get(H_ENQUEUED, "0")),
+                incarnation=headers.get(H_INCARNATION, ""),
+            )
+        except Exception as exc:
+            raise Internal("malformed turn message on the bus", reason="MALFORMED_TURN") from exc
+
+
+async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        # Exists with other settings (an upgrade changed them): bring it in line.
+        await js.update_stream(config)
+
+
+async def ensure_bus(js: JetStreamContext, names: Names, settings: BusSettings) -> None:
+    """Create or update the turn and event streams and the per-shard consumers. Idempotent."""
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=names.turns_stream,
+            subjects=[names.turns_wildcard],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            duplicate_window=settings.dedupe_window_s,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=names.events_stream,
+            subjects=[names.events_wildcard],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.MEMORY,
+            max_age=settings.event_retention_s,
+            max_bytes=MAX_EVENTS_BYTES,
+            discard=api.DiscardPolicy.OLD,
+        ),
+    )
+    for shard in range(settings.num_shards):
+        await js.add_consumer(
+            names.turns_stream,
+            api.ConsumerConfig(
+                durable_name=names.shard_consumer(shard),
+                filter_subject=names.turn_subject(shard),
+                ack_policy=api.AckPolicy.EXPLICIT,
+                deliver_policy=api.DeliverPolicy.ALL,
+                ack_wait=settings.ack_wait_s,
+                max_deliver=settings.max_deliver,
+                max_ack_pending=10_000,
+            ),
+        )
+
+
+class TurnPublisher:
+    """The gateway's side of the bus: publish a turn, read its events."""
+
+    def __init__(self, nc: NatsClient, names: Names, *, publish_timeout_s: float = 5.0) -> None:
+        self._nc = nc
+        self._js = nc.jetstream(timeout=publish_timeout_s)
+        self._names = names
+
+    @property
+    def connected(self) -> bool:
+        """Whether the NATS connection is up right now."""
+        return self._nc.is_connected
+
+    async def publish(self, envelope: TurnEnvelope, shard: int) -> bool:
+        """Put a turn on its shard's subject. Returns True when JetStream already had this turn id (a
+        duplicate within the dedupe window). Raises :class:`Unavailable` when NATS cannot take it."""
+        if not self._nc.is_connected:
+            raise Unavailable("the turn bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0)
+        try:
+            ack = await self._js.publish(
+                self._names.turn_subject(shard),
+                envelope.request.SerializeToString(),
+                headers=envelope.headers(),
+                stream=self._names.turns_stream,
+            )
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise Unavailable(
+                "the turn bus did not accept the turn", reason="NATS_UNAVAILABLE", retry_after_s=1.0
+            ) from exc
+        return bool(ack.duplicate)
+
+    async def events(
+        self, tenant_id: str, session_id: str, turn_id: str, *, after_seq: int = 0, timeout_s: float
+    ) -> AsyncIterator[turn_pb2.TurnEvent]:
+        """Yield the turn's events after ``after_seq`` in order, each once, until its terminal event.
+
+        Raises :class:`DeadlineExceeded` when no terminal event arrives within ``timeout_s``.
+        """
+        subject = self._names.event_subject(tenant_id, session_id, turn_id)
+        try:
+            sub = await self._js.subscribe(
+                subject,
+                stream=self._names.events_stream,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.ALL,
+                inactive_threshold=30.0,
+            )
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc
+        deadline = time.monotonic() + timeout_s
+        last = after_seq
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded("the turn did not finish in time", reason="TURN_TIMEOUT")
+                try:
+                    msg = await sub.next_msg(timeout=remaining)
+                except nats.errors.TimeoutError:
+                    continue
+                event = turn_pb2.TurnEvent.FromString(msg.data)
+                if event.seq <= last:
+                    # A replay of events already delivered (redelivered turn answered from its record).
+                    continue
+                last = event.seq
+                yield event
+                if event.WhichOneof("kind") in TERMINAL_KINDS:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+class ShardPuller:
+    """The host's side of the bus for one shard: fetch turns, publish events."""
+
+    def __init__(self, nc: NatsClient, names: Names, shard: int) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._names = names
+        self.shard = shard
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def fetch(self, batch: int, timeout_s: float) -> list[Msg]:
+        """Up to ``batch`` turn messages, waiting at most ``timeout_s`` for the first (empty if none)."""
+        if self._sub is None:
+            self._sub = await self._js.pull_subscribe_bind(
+                durable=self._names.shard_consumer(self.shard), stream=self._names.turns_stream
+            )
+        try:
+            return await self._sub.fetch(batch, timeout=timeout_s)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []  # nothing arrived in time: the normal idle case
+
+    async def close(self) -> None:
+        """Stop pulling. Idempotent."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+class EventPublisher:
+    """Publishes turn events to their per-turn subjects (captured by the events stream)."""
+
+    def __init__(self, nc: NatsClient, names: Names) -> None:
+        self._nc = nc
+        self._names = names
+
+    async def publish(self, tenant_id: str, event: turn_pb2.TurnEvent) -> None:
+        """Send one event. Order is kept per connection, and one host sends all of a turn's events."""
+        subject = self._names.event_subject(tenant_id, event.session_id, event.turn_id)
+        await self._nc.publish(subject, event.SerializeToString())

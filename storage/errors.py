@@ -1,0 +1,72 @@
+"""The engine's one exception root.
+
+Every error that reaches a caller is a :class:`SalonError`; ``engine`` maps each subclass to one gRPC status.
+Messages are written for people and never contain request content.
+"""
+
+from __future__ import annotations
+
+
+class SalonError(Exception):
+    """Root of Salon's errors: a stable ``reason`` (UPPER_SNAKE_CASE) and a human message."""
+
+    reason: str = "INTERNAL"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, reason: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class InvalidArgument(SalonError):
+    """The request is malformed; sending it again unchanged will fail again."""
+
+    reason = "INVALID_ARGUMENT"
+
+
+class NotFound(SalonError):
+    """The named thing does not exist, or the caller may not see it (the two are indistinguishable)."""
+
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(SalonError):
+    """A caller-chosen id is taken."""
+
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(SalonError):
+    """The request is valid but the target's state refuses it now (for example a busy session)."""
+
+    reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(SalonError):
+    """A limit was reached; ``retry_after_s`` says when trying again may work."""
+
+    reason = "RESOURCE_EXHAUSTED"
+    retryable = True
+
+
+class Unavailable(SalonError):
+    """A dependency (NATS, storage, hosts) cannot be reached; retrying later may work."""
+
+    reason = "UNAVAILABLE"
+    retryable = True
+
+
+class DeadlineExceeded(SalonError):
+    """The operation did not finish in the time allowed."""
+
+    reason = "DEADLINE_EXCEEDED"
+    retryable = True
+
+
+class Internal(SalonError):
+    """A bug or an unexpected failure inside the engine."""
+
+    reason = "INTERNAL"

@@ -1,0 +1,78 @@
+"""Connecting to NATS: wait for the port, then connect with endless reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlparse
+
+import nats
+from nats.aio.client import Client as NatsClient
+
+from storage.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+async def wait_for_port(url: str, timeout_s: float) -> None:
+    """Wait until the server behind ``url`` accepts TCP connections (connecting earlier makes nats-py wait
+    and print a traceback), or raise :class:`Unavailable`."""
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 4222
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise Unavailable("NATS is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
+async def connect(
+    url: str,
+    *,
+    name: str,
+    timeout_s: float = 10.0,
+    on_state: Callable[[bool], Awaitable[None]] | None = None,
+) -> NatsClient:
+    """Connect to ``url``; the connection then reconnects forever. ``on_state(connected)`` is called on
+    every disconnect and reconnect."""
+    await wait_for_port(url, timeout_s)
+    holder: list[NatsClient] = []
+
+    async def disconnected() -> None:
+        if holder and (holder[0].is_closed or holder[0].is_draining):
+            return  # our own shutdown, not an outage
+        log.warning("NATS connection lost; reconnecting", extra={"nats_client": name})
+        if on_state is not None:
+            await on_state(False)
+
+    async def reconnected() -> None:
+        log.info("NATS connection restored", extra={"nats_client": name})
+        if on_state is not None:
+            await on_state(True)
+
+    async def error(exc: Exception) -> None:
+        log.debug("NATS client error: %s", exc)
+
+    nc = await nats.connect(
+        url,
+        name=name,
+        connect_timeout=timeout_s,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+        error_cb=error,
+        allow_reconnect=True,
+    )
+    holder.append(nc)
+    return nc

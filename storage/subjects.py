@@ -1,0 +1,62 @@
+"""Names of every NATS subject, stream, consumer and bucket, derived from one namespace.
+
+Every subject carries the tenant where it addresses tenant data, so permissions can be scoped per tenant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """The NATS names of one Salon deployment (``namespace`` keeps deployments apart on one server)."""
+
+    namespace: str = "salon"
+
+    @property
+    def turns_stream(self) -> str:
+        """JetStream work-queue stream holding turns until a host has finished them."""
+        return f"{self.namespace.upper()}_TURNS"
+
+    @property
+    def events_stream(self) -> str:
+        """JetStream stream holding turn events for the retention time (replay, join, resume)."""
+        return f"{self.namespace.upper()}_EVENTS"
+
+    @property
+    def sessions_bucket(self) -> str:
+        """Key-value bucket of session definitions."""
+        return f"{self.namespace}_sessions"
+
+    @property
+    def snapshots_bucket(self) -> str:
+        """Key-value bucket of session state snapshots."""
+        return f"{self.namespace}_snapshots"
+
+    def turn_subject(self, shard: int) -> str:
+        """Subject of the turns of ``shard``."""
+        return f"{self.namespace}.turns.{shard}"
+
+    @property
+    def turns_wildcard(self) -> str:
+        """Subjects of all turns."""
+        return f"{self.namespace}.turns.*"
+
+    def shard_consumer(self, shard: int) -> str:
+        """Durable consumer through which a host pulls the turns of ``shard``."""
+        return f"shard-{shard}"
+
+    def event_subject(self, tenant_id: str, session_id: str, turn_id: str) -> str:
+        """Subject of one turn's events."""
+        return f"{self.namespace}.events.{tenant_id}.{session_id}.{turn_id}"
+
+    @property
+    def events_wildcard(self) -> str:
+        """Subjects of all events."""
+        return f"{self.namespace}.events.>"
+
+    @staticmethod
+    def session_key(tenant_id: str, session_id: str) -> str:
+        """Key of a session in the buckets."""
+        return f"{tenant_id}.{session_id}"
