@@ -1,0 +1,211 @@
+"""The composition root: builds and runs a whole engine from a :class:`Config`.
+
+Order of start: data directory → NATS (embedded or configured) → streams and buckets → Ray and the session
+hosts → the gRPC gateway. Shutdown runs the other way: intake stops first, running turns get a grace period,
+then everything closes, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import grpc
+import ray
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from engine.config import Config
+from engine.gateway import Gateway
+from engine.nats_server import EmbeddedNats
+from engine.ray_runtime import HostGroup, ensure_ray, host_specs
+from engine.servicer import ConversationServicer
+from salon.v1 import conversation_service_pb2 as cs_pb2
+from salon.v1 import conversation_service_pb2_grpc as cs_grpc
+from storage import (
+    BusSettings,
+    KvSessionRegistry,
+    KvSnapshotStore,
+    Names,
+    TurnPublisher,
+    connect,
+    ensure_bus,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = cs_pb2.DESCRIPTOR.services_by_name["ConversationService"].full_name
+
+
+class Engine:
+    """A running Salon: ``async with Engine(config) as engine: ...`` or ``start``/``drain``/``close``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.names = Names(config.namespace)
+        self.nats_url = config.nats_url
+        self.grpc_port = 0
+        self._embedded_nats: EmbeddedNats | None = None
+        self._nc: Any = None
+        self._hosts: HostGroup | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = HealthServicer()
+        self._started_ray = False
+        self._state = "new"
+        self._restore_task: asyncio.Task[None] | None = None
+
+    @property
+    def target(self) -> str:
+        """``host:port`` of the gRPC gateway, for clients."""
+        return f"{self.config.grpc_host}:{self.grpc_port}"
+
+    @property
+    def hosts(self) -> HostGroup:
+        """The session host actors."""
+        assert self._hosts is not None, "engine not started"
+        return self._hosts
+
+    async def start(self) -> None:
+        """Bring every part up; on failure, close what was started and re-raise."""
+        if self._state != "new":
+            return
+        self._state = "starting"
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+        self._state = "running"
+
+    async def _start(self) -> None:
+        config = self.config
+        data = config.data_path
+        data.mkdir(parents=True, exist_ok=True)
+        if not self.nats_url:
+            self._embedded_nats = EmbeddedNats(data / "nats", binary=config.nats_server_bin)
+            self.nats_url = await self._embedded_nats.start()
+        self._nc = await connect(self.nats_url, name="salon-gateway", on_state=self._on_nats_state)
+        js = self._nc.jetstream()
+        await ensure_bus(js, self.names, self._bus_settings())
+        gateway = Gateway(
+            config,
+            TurnPublisher(self._nc, self.names),
+            await KvSessionRegistry.open(js, self.names),
+            await KvSnapshotStore.open(js, self.names),
+        )
+        self._started_ray = ensure_ray(config)
+        self._hosts = HostGroup(host_specs(config, self.nats_url), config.namespace)
+        await self._hosts.start()
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        cs_grpc.add_ConversationServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            ConversationServicer(gateway, config.default_tenant), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self._server,
+        )
+        self.grpc_port = self._server.add_insecure_port(f"{config.grpc_host}:{config.grpc_port}")
+        await self._server.start()
+        await self._set_serving(True)
+        log.info("salon listening on %s (NATS %s)", self.target, self.nats_url)
+
+    def _bus_settings(self) -> BusSettings:
+        config = self.config
+        return BusSettings(
+            num_shards=config.num_shards,
+            dedupe_window_s=config.dedupe_window_s,
+            event_retention_s=config.event_retention_s,
+            ack_wait_s=config.ack_wait_s,
+        )
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._health.set("", status)
+        await self._health.set(SERVICE_NAME, status)
+
+    async def _on_nats_state(self, connected: bool) -> None:
+        if self._state != "running":
+            return
+        if not connected:
+            await self._set_serving(False)
+            return
+        # A restarted NATS server has lost the in-memory events stream: restore the bus before serving
+        # again. Run as a task: the client's reconnect callback must not wait on requests itself.
+        if self._restore_task is None or self._restore_task.done():
+            self._restore_task = asyncio.create_task(self._restore_bus(), name="salon-restore-bus")
+
+    async def _restore_bus(self) -> None:
+        delay = 0.1
+        while self._state == "running":
+            try:
+                await ensure_bus(self._nc.jetstream(), self.names, self._bus_settings())
+                await self._set_serving(True)
+                return
+            except Exception as exc:
+                log.warning("restoring the turn bus after reconnect failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def drain(self) -> None:
+        """Stop intake and give running turns ``shutdown_grace_s`` to finish. Idempotent."""
+        if self._state not in {"running", "starting"}:
+            return
+        self._state = "draining"
+        grace = self.config.shutdown_grace_s
+        await self._health.enter_graceful_shutdown()
+        # New calls are refused at once; calls in flight and the turns behind them share the grace period.
+        # Turns still queued on the bus stay there and run after the next start.
+        waits = []
+        if self._server is not None:
+            waits.append(self._server.stop(grace=grace))
+        if self._hosts is not None:
+            waits.append(self._hosts.drain(grace))
+        await asyncio.gather(*waits)
+
+    async def close(self) -> None:
+        """Stop everything, in reverse order of start. Idempotent."""
+        if self._state == "closed":
+            return
+        if self._state == "running":
+            await self.drain()
+        self._state = "closed"
+        if self._restore_task is not None:
+            self._restore_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restore_task
+            self._restore_task = None
+        if self._server is not None:
+            await self._server.stop(grace=None)
+            self._server = None
+        if self._hosts is not None:
+            await self._hosts.close()
+            self._hosts = None
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+            self._started_ray = False
+        if self._nc is not None:
+            nc, self._nc = self._nc, None
+            try:
+                await nc.drain()
+            except Exception:
+                await nc.close()
+        if self._embedded_nats is not None:
+            await self._embedded_nats.close()
+            self._embedded_nats = None
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

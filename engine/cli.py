@@ -1,0 +1,166 @@
+"""The ``salon`` command: run the engine, watch a demo, chat, inspect configuration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from engine.config import Config, describe
+from storage.errors import SalonError
+
+DESCRIPTION = """Salon: a conversation engine. Sessions are stateful actors on Ray, turns travel over NATS
+JetStream, and answers stream back token by token over gRPC.
+
+Without configuration everything runs on this machine: an embedded nats-server, local Ray and the
+offline responder (set ANTHROPIC_API_KEY for a real model once that provider is configured). Settings come
+from SALON_* environment variables and an optional TOML file (--config); `salon config` lists them."""
+
+
+def _config(args: argparse.Namespace, **overrides: object) -> Config:
+    config = Config.load(args.config)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return config.replace(**changes) if changes else config
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def _serve(config: Config) -> int:
+    from engine.app import Engine
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    engine = Engine(config)
+    console = Console(stderr=True)
+    try:
+        await engine.start()
+        console.print(f"[bold green]salon[/] gRPC gateway on [bold]{engine.target}[/]")
+        console.print(
+            f"NATS {engine.nats_url}{' (embedded)' if not config.nats_url else ''}; data in {config.data_path}"
+        )
+        console.print(f"{config.num_hosts} session hosts on Ray; model provider: {config.model_provider}")
+        console.print("Ctrl-C stops intake, lets running turns finish, then shuts down.")
+        await stop.wait()
+        console.print(f"stopping: running turns get up to {config.shutdown_grace_s:.0f} s …")
+    finally:
+        await engine.close()
+    console.print("stopped")
+    return 0
+
+
+async def _demo(config: Config) -> int:
+    from engine.app import Engine
+    from engine.demo import run_demo
+
+    console = Console()
+    started = time.perf_counter()
+    console.print("[bold]Starting Salon on embedded defaults[/] (nats-server, local Ray, offline responder) …")
+    async with Engine(config) as engine:
+        console.print(
+            f"up in {time.perf_counter() - started:.1f} s: gateway {engine.target}, NATS {engine.nats_url}, "
+            f"{config.num_hosts} hosts"
+        )
+        ok = await run_demo(engine.target, console)
+        console.print("shutting down …")
+    console.print("[green]done[/]" if ok else "[red]some turns did not complete[/]")
+    return 0 if ok else 1
+
+
+async def _chat(config: Config, target: str | None, session: str, system: str) -> int:
+    from salon.client.chat import chat
+
+    if target:
+        return await chat(target, session, system)
+    from engine.app import Engine
+
+    Console(stderr=True).print("starting an embedded engine for this chat (use --target to join a running one) …")
+    async with Engine(config) as engine:
+        return await chat(engine.target, session, system)
+
+
+def _print_config(markdown: bool) -> int:
+    rows = describe()
+    if markdown:
+        print("| variable | default | meaning |")
+        print("| --- | --- | --- |")
+        for name, default, meaning in rows:
+            print(f"| `{name}` | `{default}` | {meaning} |")
+        return 0
+    table = Table(title="Salon settings (environment, or the same names in lower case in a TOML file)")
+    for column in ("variable", "default", "meaning"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``salon`` command line."""
+    parser = argparse.ArgumentParser(
+        prog="salon", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="TOML file with settings (default: $SALON_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the engine until Ctrl-C / SIGTERM")
+    serve.add_argument("--host", help="gRPC listen address (default from config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="gRPC port (default from config: 50051; 0 picks one)")
+    serve.add_argument("--data-dir", help="data directory (default from config: ./.salon)")
+
+    demo = sub.add_parser(
+        "demo", help="start the engine, stream a short conversation on three sessions in parallel, stop"
+    )
+    demo.add_argument("--data-dir", help="keep the demo's data here (default: a temporary directory)")
+
+    chat = sub.add_parser("chat", help="chat in the terminal (starts an embedded engine unless --target)")
+    chat.add_argument("--target", help="host:port of a running gateway")
+    chat.add_argument("--session", default="", help="continue this session")
+    chat.add_argument("--system", default="", help="system prompt of a new session")
+
+    config = sub.add_parser("config", help="list every setting with its default and meaning")
+    config.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``salon``."""
+    args = build_parser().parse_args(argv)
+    if args.command == "config":
+        return _print_config(args.markdown)
+    try:
+        if args.command == "serve":
+            config = _config(args, grpc_host=args.host, grpc_port=args.port, data_dir=args.data_dir)
+            _setup_logging(config.log_level)
+            return asyncio.run(_serve(config))
+        if args.command == "demo":
+            _setup_logging("WARNING")
+            with contextlib.ExitStack() as stack:
+                data_dir = args.data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="salon-demo-"))
+                return asyncio.run(_demo(_config(args, data_dir=str(Path(data_dir)), grpc_port=0)))
+        if args.command == "chat":
+            _setup_logging("WARNING")
+            return asyncio.run(_chat(_config(args, grpc_port=0), args.target, args.session, args.system))
+    except SalonError as exc:
+        print(f"salon: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""``salon demo``: a short conversation on a few sessions at once, streamed to the terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from salon.client import SalonClient, SalonError, Session
+
+SCRIPT: list[tuple[str, str, list[str]]] = [
+    (
+        "travel",
+        "You help people plan trips.",
+        ["I want to visit Lisbon in May. What should I pack?", "And what about a day trip from there?"],
+    ),
+    (
+        "cooking",
+        "You are a patient cooking coach.",
+        ["I have eggs, spinach and feta. Dinner idea?", "How long does that take?"],
+    ),
+    (
+        "support",
+        "You are a support agent for a bike shop.",
+        ["My rear brake squeaks after rain.", "Is it safe to ride like that?"],
+    ),
+]
+
+
+@dataclass
+class TurnLog:
+    """What the demo shows of one turn."""
+
+    session: str
+    question: str
+    answer: list[str] = field(default_factory=list)
+    ttft_ms: float | None = None
+    total_ms: float | None = None
+    outcome: str = "waiting"
+
+
+async def _run_session(client: SalonClient, label: str, system: str, questions: list[str], logs: list[TurnLog]) -> None:
+    session: Session = await client.create_session(system_prompt=system, metadata={"demo": label})
+    for question in questions:
+        log = TurnLog(label, question)
+        logs.append(log)
+        start = time.perf_counter()
+        try:
+            async for event in session.send(question):
+                kind = event.WhichOneof("kind")
+                if kind == "delta":
+                    if log.ttft_ms is None:
+                        log.ttft_ms = (time.perf_counter() - start) * 1000
+                    log.answer.append(event.delta.text)
+                elif kind in ("completed", "error", "cancelled"):
+                    log.outcome = kind
+        except SalonError as exc:
+            log.outcome = f"failed: {exc.code.name}"
+        log.total_ms = (time.perf_counter() - start) * 1000
+
+
+def _render(logs: list[TurnLog]) -> Group:
+    panels = []
+    for label, _, _ in SCRIPT:
+        body = Text()
+        for log in (entry for entry in logs if entry.session == label):
+            body.append(f"you> {log.question}\n", style="bold")
+            body.append("".join(log.answer) + "\n")
+            if log.ttft_ms is not None:
+                body.append(f"first token {log.ttft_ms:.0f} ms\n", style="dim")
+        panels.append(Panel(body, title=label, expand=True))
+    return Group(*panels)
+
+
+def _summary(logs: list[TurnLog]) -> Table:
+    table = Table(title="turns")
+    for column in ("session", "turn", "first token (ms)", "turn (ms)", "tokens", "outcome"):
+        table.add_column(column)
+    for label, _, _ in SCRIPT:
+        for n, log in enumerate((entry for entry in logs if entry.session == label), 1):
+            table.add_row(
+                label,
+                str(n),
+                f"{log.ttft_ms:.1f}" if log.ttft_ms is not None else "-",
+                f"{log.total_ms:.0f}" if log.total_ms is not None else "-",
+                str(len(log.answer)),
+                log.outcome,
+            )
+    return table
+
+
+async def run_demo(target: str, console: Console) -> bool:
+    """Run the scripted conversation against ``target``; True when every turn completed."""
+    logs: list[TurnLog] = []
+    async with SalonClient(target) as client:
+        await client.wait_ready()
+        tasks = [asyncio.create_task(_run_session(client, *entry, logs)) for entry in SCRIPT]
+        if console.is_terminal:
+            with Live(_render(logs), console=console, refresh_per_second=12) as live:
+                while not all(t.done() for t in tasks):
+                    live.update(_render(logs))
+                    await asyncio.wait(tasks, timeout=1 / 12)
+                live.update(_render(logs))
+        else:
+            # Not a terminal (a pipe, CI): stream tokens as plain lines, one line per event batch.
+            printed: dict[int, int] = {}
+            while not all(t.done() for t in tasks):
+                await asyncio.wait(tasks, timeout=0.1)
+                _print_progress(logs, printed, console)
+            _print_progress(logs, printed, console)
+        await asyncio.gather(*tasks)
+    console.print(_summary(logs))
+    return all(log.outcome == "completed" for log in logs)
+
+
+def _print_progress(logs: list[TurnLog], printed: dict[int, int], console: Console) -> None:
+    for index, log in enumerate(logs):
+        done = printed.get(index, 0)
+        if done == 0 and (log.answer or log.outcome != "waiting"):
+            console.print(f"[{log.session}] you> {log.question}", markup=False, highlight=False, style="bold")
+        if len(log.answer) > done:
+            console.print(f"[{log.session}] " + "".join(log.answer[done:]).strip(), markup=False, highlight=False)
+            printed[index] = len(log.answer)
+        elif done == 0 and log.outcome != "waiting":
+            printed[index] = -1

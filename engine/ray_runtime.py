@@ -1,0 +1,99 @@
+"""Joining or starting Ray, and the session host actors on it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import ray
+
+from actors import HostSettings, shards_of_host
+from actors.ray_host import HostActor, HostSpec
+from engine.config import Config
+
+log = logging.getLogger(__name__)
+
+OBJECT_STORE_BYTES = 256 * 1024 * 1024
+"""Salon passes no large objects through Ray; a small object store keeps a local start light."""
+
+
+def ensure_ray(config: Config) -> bool:
+    """Connect to ``config.ray_address`` or start Ray locally on loopback (no dashboard). Returns True when
+    this call started Ray (so the caller shuts it down), False when Ray was already there."""
+    if ray.is_initialized():
+        return False
+    address = config.ray_address or None
+    kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": logging.WARNING, "configure_logging": False}
+    if address is None:
+        kwargs.update(
+            num_cpus=os.cpu_count() or 2,
+            include_dashboard=False,
+            object_store_memory=OBJECT_STORE_BYTES,
+            _node_ip_address="127.0.0.1",
+        )
+    ray.init(address=address, **kwargs)
+    return True
+
+
+def host_specs(config: Config, nats_url: str) -> list[HostSpec]:
+    """One spec per host, each owning its shards."""
+    settings = HostSettings(
+        session_idle_s=config.session_idle_s,
+        max_sessions=config.max_sessions_per_host,
+        ack_wait_s=config.ack_wait_s,
+        window_max_messages=config.window_max_messages,
+        window_token_budget=config.window_token_budget,
+        max_tokens=config.max_tokens,
+    )
+    provider = config.provider_spec()
+    return [
+        HostSpec(
+            index=i,
+            shards=tuple(shards_of_host(i, config.num_hosts, config.num_shards)),
+            nats_url=nats_url,
+            namespace=config.namespace,
+            provider_factory=provider.build,
+            settings=settings,
+            log_level="WARNING",
+        )
+        for i in range(config.num_hosts)
+    ]
+
+
+class HostGroup:
+    """The deployment's host actors. Lifecycle: :meth:`start`, :meth:`drain`, :meth:`close`."""
+
+    def __init__(self, specs: list[HostSpec], namespace: str) -> None:
+        self._specs = specs
+        self._namespace = namespace
+        self.handles: list[Any] = []
+        self.info: list[dict[str, Any]] = []
+
+    async def start(self) -> None:
+        """Create the host actors and wait until each pulls its shards."""
+        for spec in self._specs:
+            handle = HostActor.options(  # type: ignore[attr-defined]
+                name=f"{self._namespace}-host-{spec.index}", lifetime="non_detached", get_if_exists=False
+            ).remote(spec)
+            self.handles.append(handle)
+        self.info = list(await asyncio.gather(*(h.ready.remote() for h in self.handles)))
+
+    async def stats(self) -> list[dict[str, int]]:
+        """Each host's live figures."""
+        return list(await asyncio.gather(*(h.stats.remote() for h in self.handles)))
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop intake on every host; let running turns finish within ``grace_s``."""
+        await asyncio.gather(*(h.drain.remote(grace_s) for h in self.handles), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Close every host and remove its actor. Idempotent."""
+        handles, self.handles = self.handles, []
+        results = await asyncio.gather(*(h.close.remote() for h in handles), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.warning("a host did not close cleanly: %s", type(result).__name__)
+        for handle in handles:
+            ray.kill(handle, no_restart=True)

@@ -1,0 +1,72 @@
+"""Checking requests before they enter the engine. Messages name the field, never its content."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from salon.v1 import conversation_service_pb2 as cs_pb2
+from storage.errors import InvalidArgument
+from storage.ids import require_id
+
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_KEY_BYTES = 128
+MAX_METADATA_VALUE_BYTES = 1024
+MAX_SYSTEM_PROMPT_BYTES = 64 * 1024
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+
+
+def check_text(text: str, max_bytes: int) -> None:
+    """A user message: not blank, not over ``max_bytes`` of UTF-8."""
+    if not text.strip():
+        raise InvalidArgument("text must not be empty", reason="EMPTY_TEXT")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidArgument(f"text is {size} bytes; the limit is {max_bytes}", reason="TEXT_TOO_LARGE")
+
+
+def check_metadata(metadata: Mapping[str, str], field: str) -> None:
+    """Caller labels: bounded count and sizes."""
+    items = dict(metadata)
+    if len(items) > MAX_METADATA_ENTRIES:
+        raise InvalidArgument(f"{field} has more than {MAX_METADATA_ENTRIES} entries", reason="METADATA_TOO_LARGE")
+    for key, value in items.items():
+        if not key or len(key.encode()) > MAX_METADATA_KEY_BYTES:
+            raise InvalidArgument(f"{field} keys must be 1-{MAX_METADATA_KEY_BYTES} bytes", reason="BAD_METADATA")
+        if len(value.encode()) > MAX_METADATA_VALUE_BYTES:
+            raise InvalidArgument(
+                f"{field} values must be at most {MAX_METADATA_VALUE_BYTES} bytes", reason="BAD_METADATA"
+            )
+
+
+def check_send_turn(request: cs_pb2.SendTurnRequest, max_text_bytes: int) -> None:
+    """A SendTurn request."""
+    require_id(request.session_id, "session_id")
+    if request.idempotency_key:
+        require_id(request.idempotency_key, "idempotency_key")
+    check_text(request.text, max_text_bytes)
+    check_metadata(request.metadata, "metadata")
+
+
+def check_create_session(request: cs_pb2.CreateSessionRequest) -> None:
+    """A CreateSession request."""
+    if request.session_id:
+        require_id(request.session_id, "session_id")
+    check_metadata(request.metadata, "metadata")
+    if len(request.system_prompt.encode("utf-8", "surrogatepass")) > MAX_SYSTEM_PROMPT_BYTES:
+        raise InvalidArgument(
+            f"system_prompt is over the limit of {MAX_SYSTEM_PROMPT_BYTES} bytes", reason="SYSTEM_PROMPT_TOO_LARGE"
+        )
+    if request.memory.retrieval_min_score < 0:
+        raise InvalidArgument("memory.retrieval_min_score must not be negative", reason="BAD_MEMORY_SETTINGS")
+    if request.model.HasField("temperature") and not 0.0 <= request.model.temperature <= 2.0:
+        raise InvalidArgument("model.temperature must be between 0 and 2", reason="BAD_MODEL_SETTINGS")
+    if len(request.model.stop_sequences) > 8:
+        raise InvalidArgument("model.stop_sequences holds at most 8 entries", reason="BAD_MODEL_SETTINGS")
+
+
+def page_size(requested: int) -> int:
+    """The effective page size of a paged request."""
+    if requested > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size must be at most {MAX_PAGE_SIZE}", reason="PAGE_SIZE_TOO_LARGE")
+    return requested or DEFAULT_PAGE_SIZE
