@@ -1,0 +1,144 @@
+"""Real parts for integration tests: one nats-server and one local Ray per test session (started here on
+ephemeral ports and temp dirs, always torn down), and engines built on them, each in its own namespace so
+no test sees another's streams, buckets or host actors."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import ray
+
+from engine import Config, EmbeddedNats, Engine
+from engine.ray_runtime import ensure_ray
+from salon.v1 import conversation_service_pb2 as cs_pb2
+from salon.v1 import conversation_service_pb2_grpc as cs_grpc
+from salon.v1 import turn_pb2
+
+_namespaces = itertools.count()
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """Local Ray for the whole session (engines built on it leave it running)."""
+    started = ensure_ray(Config(num_hosts=1, num_shards=1))
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def nats_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A real nats-server with JetStream, on a port it picks, for the whole session."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    url = await server.start()
+    yield url
+    await server.close()
+
+
+EngineFactory = Callable[..., Awaitable[Engine]]
+
+
+@pytest.fixture
+async def make_engine(nats_url: str, ray_session: None, tmp_path: Path) -> AsyncIterator[EngineFactory]:
+    """Build engines on the shared NATS and Ray; every engine is closed after the test."""
+    engines: list[Engine] = []
+
+    async def build(**overrides: Any) -> Engine:
+        settings: dict[str, Any] = {
+            "data_dir": str(tmp_path / f"data{len(engines)}"),
+            "grpc_port": 0,
+            "nats_url": nats_url,
+            "namespace": f"t{next(_namespaces)}",
+            "num_hosts": 2,
+            "num_shards": 4,
+            "model_provider": "scripted",
+            "scripted_tokens": 8,
+            "shutdown_grace_s": 2.0,
+        }
+        settings.update(overrides)
+        engine = Engine(Config(**settings))
+        engines.append(engine)
+        await engine.start()
+        return engine
+
+    yield build
+    for engine in reversed(engines):
+        await engine.close()
+
+
+@pytest.fixture(scope="module")
+async def shared_engine(
+    nats_url: str, ray_session: None, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Engine]:
+    """One engine (scripted provider, 8 tokens) shared by the tests of a module that need no special config."""
+    engine = Engine(
+        Config(
+            data_dir=str(tmp_path_factory.mktemp("shared")),
+            grpc_port=0,
+            nats_url=nats_url,
+            namespace=f"t{next(_namespaces)}",
+            num_hosts=2,
+            num_shards=4,
+            model_provider="scripted",
+            scripted_tokens=8,
+            scripted_token_delay_s=0.002,
+            shutdown_grace_s=2.0,
+        )
+    )
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+@pytest.fixture
+async def stub(shared_engine: Engine) -> AsyncIterator[cs_grpc.ConversationServiceStub]:
+    """A generated stub on a fresh channel to the shared engine."""
+    async with grpc.aio.insecure_channel(shared_engine.target) as channel:
+        yield cs_grpc.ConversationServiceStub(channel)
+
+
+async def create_session(stub: cs_grpc.ConversationServiceStub, **fields: Any) -> str:
+    """Create a session and return its id."""
+    response = await stub.CreateSession(cs_pb2.CreateSessionRequest(**fields))
+    return str(response.session.session_id)
+
+
+async def collect_turn(
+    stub: cs_grpc.ConversationServiceStub, session_id: str, text: str, **fields: Any
+) -> list[turn_pb2.TurnEvent]:
+    """Send a turn and return all its events."""
+    timeout = fields.pop("timeout", None)
+    request = cs_pb2.SendTurnRequest(session_id=session_id, text=text, **fields)
+    return [response.event async for response in stub.SendTurn(request, timeout=timeout)]
+
+
+def reply_text(events: list[turn_pb2.TurnEvent]) -> str:
+    """The answer carried by a turn's delta events."""
+    return "".join(e.delta.text for e in events if e.HasField("delta"))
+
+
+def assert_well_formed(events: list[turn_pb2.TurnEvent], session_id: str) -> None:
+    """Sequence 1..n without gaps, accepted first, exactly one terminal event last, all for one turn."""
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[0].HasField("accepted")
+    kinds = [e.WhichOneof("kind") for e in events]
+    terminal = [k for k in kinds if k in ("completed", "error", "cancelled")]
+    assert terminal == [kinds[-1]]
+    assert {e.session_id for e in events} == {session_id}
+    assert len({e.turn_id for e in events}) == 1

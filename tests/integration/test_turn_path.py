@@ -1,0 +1,130 @@
+"""The turn path end to end: gRPC → JetStream → a Ray-hosted session actor → events back over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import grpc
+from conftest import assert_well_formed, collect_turn, create_session, reply_text
+
+from engine import Engine
+from engine.providers import scripted_reply
+from salon.v1 import conversation_service_pb2 as cs_pb2
+from salon.v1 import conversation_service_pb2_grpc as cs_grpc
+
+
+async def test_three_turns_stream_in_order_with_gap_free_sequence(stub: cs_grpc.ConversationServiceStub) -> None:
+    session_id = await create_session(stub, system_prompt="be brief")
+    for n in range(3):
+        text = f"alpha{n} beta{n} gamma{n}"
+        events = await collect_turn(stub, session_id, text)
+        assert_well_formed(events, session_id)
+        assert events[-1].HasField("completed")
+        assert reply_text(events) == "".join(scripted_reply(text, 8))
+        deltas = [e for e in events if e.HasField("delta")]
+        assert len(deltas) == 8
+        assert any(e.HasField("usage") and e.usage.output_tokens == 8 for e in events)
+    got = await stub.GetSession(cs_pb2.GetSessionRequest(session_id=session_id))
+    assert got.session.turn_count == 3
+
+
+async def test_parallel_sessions_never_mix_tokens(stub: cs_grpc.ConversationServiceStub) -> None:
+    sessions = [await create_session(stub) for _ in range(8)]
+
+    async def converse(index: int, session_id: str) -> None:
+        for turn in range(2):
+            text = f"s{index}x{turn}a s{index}x{turn}b"
+            events = await collect_turn(stub, session_id, text)
+            assert_well_formed(events, session_id)
+            assert reply_text(events) == "".join(scripted_reply(text, 8))
+
+    await asyncio.gather(*(converse(i, s) for i, s in enumerate(sessions)))
+
+
+async def test_two_turns_sent_at_once_run_one_after_the_other(make_engine: object) -> None:
+    engine: Engine = await make_engine(scripted_tokens=6, scripted_token_delay_s=0.02)  # type: ignore[operator]
+    async with grpc.aio.insecure_channel(engine.target) as channel:
+        stub = cs_grpc.ConversationServiceStub(channel)
+        session_id = await create_session(stub)
+        arrivals: list[tuple[str, str]] = []
+        first_accepted = asyncio.Event()
+
+        async def send(text: str) -> list[str]:
+            kinds = []
+            async for response in stub.SendTurn(cs_pb2.SendTurnRequest(session_id=session_id, text=text)):
+                kind = response.event.WhichOneof("kind")
+                arrivals.append((text, kind))
+                kinds.append(kind)
+                if kind == "accepted":
+                    first_accepted.set()
+            return kinds
+
+        first = asyncio.create_task(send("first"))
+        # The second turn is sent once the first has been accepted, so arrival order is defined.
+        await asyncio.wait_for(first_accepted.wait(), 30)
+        second = asyncio.create_task(send("second"))
+        await asyncio.gather(first, second)
+
+    first_done = arrivals.index(("first", "completed"))
+    second_tokens = [i for i, (text, kind) in enumerate(arrivals) if text == "second" and kind == "delta"]
+    assert second_tokens and min(second_tokens) > first_done
+
+
+async def test_queued_turn_reports_its_queue_position(make_engine: object) -> None:
+    engine: Engine = await make_engine(scripted_tokens=5, scripted_token_delay_s=0.02)  # type: ignore[operator]
+    async with grpc.aio.insecure_channel(engine.target) as channel:
+        stub = cs_grpc.ConversationServiceStub(channel)
+        session_id = await create_session(stub)
+        first_call = stub.SendTurn(cs_pb2.SendTurnRequest(session_id=session_id, text="one"))
+        first = await first_call.read()
+        assert first.event.accepted.queue_position == 0
+        second = await collect_turn(stub, session_id, "two")
+        assert second[0].accepted.queue_position == 1
+        assert reply_text(second) == "".join(scripted_reply("two", 5))
+        last = first
+        while (response := await first_call.read()) is not grpc.aio.EOF:
+            last = response
+        assert last.event.HasField("completed")
+
+
+async def test_converse_carries_two_sessions_interleaved_on_one_stream(make_engine: object) -> None:
+    engine: Engine = await make_engine(scripted_tokens=10, scripted_token_delay_s=0.01)  # type: ignore[operator]
+    async with grpc.aio.insecure_channel(engine.target) as channel:
+        stub = cs_grpc.ConversationServiceStub(channel)
+        a, b = await create_session(stub), await create_session(stub)
+
+        async def requests() -> object:
+            yield cs_pb2.ConverseRequest(request_id="r1", send_turn=cs_pb2.SendTurnRequest(session_id=a, text="apple"))
+            yield cs_pb2.ConverseRequest(request_id="r2", send_turn=cs_pb2.SendTurnRequest(session_id=b, text="berry"))
+
+        responses = [r async for r in stub.Converse(requests())]
+
+    events = [r.event for r in responses if r.HasField("event")]
+    assert not [r for r in responses if r.HasField("error")]
+    by_session = {s: [e for e in events if e.session_id == s] for s in (a, b)}
+    assert_well_formed(by_session[a], a)
+    assert_well_formed(by_session[b], b)
+    assert reply_text(by_session[a]) == "".join(scripted_reply("apple", 10))
+    assert reply_text(by_session[b]) == "".join(scripted_reply("berry", 10))
+    order = [e.session_id for e in events if e.HasField("delta")]
+    switches = sum(1 for x, y in itertools.pairwise(order) if x != y)
+    assert switches >= 2, "the two sessions' tokens should interleave on the shared stream"
+
+
+async def test_converse_reports_a_bad_request_and_keeps_the_stream(stub: cs_grpc.ConversationServiceStub) -> None:
+    session_id = await create_session(stub)
+
+    async def requests() -> object:
+        yield cs_pb2.ConverseRequest(request_id="bad", send_turn=cs_pb2.SendTurnRequest(session_id=session_id, text=""))
+        yield cs_pb2.ConverseRequest(
+            request_id="good", send_turn=cs_pb2.SendTurnRequest(session_id=session_id, text="ok")
+        )
+
+    responses = [r async for r in stub.Converse(requests())]
+    errors = [r.error for r in responses if r.HasField("error")]
+    assert [(e.request_id, e.code, e.reason) for e in errors] == [
+        ("bad", grpc.StatusCode.INVALID_ARGUMENT.value[0], "EMPTY_TEXT")
+    ]
+    events = [r.event for r in responses if r.HasField("event")]
+    assert events[-1].HasField("completed")
