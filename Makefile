@@ -1,0 +1,67 @@
+# Salon's commands. `make demo` and `make test` set everything up first on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+BUF_VERSION := 1.75.0
+BUF    := .tools/node_modules/.bin/buf
+
+.PHONY: setup demo serve test test-unit lint protos protos-check buf-lint buf-breaking bench check clean
+
+## setup: create .venv and install the engine, the client package and the dev tools
+setup: $(STAMP)
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e clients/python -e '.[dev]'
+	touch $(STAMP)
+
+## demo: start Salon on embedded defaults and stream a conversation on three sessions
+demo: setup
+	$(VENV)/bin/salon demo
+
+## serve: run the engine until Ctrl-C
+serve: setup
+	$(VENV)/bin/salon serve
+
+## test: the whole suite (unit + integration with real NATS, Ray and gRPC)
+test: setup
+	$(VENV)/bin/pytest
+
+test-unit: setup
+	$(VENV)/bin/pytest tests/unit
+
+## lint: ruff, mypy, generated code up to date, buf lint
+lint: setup protos-check buf-lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+## protos: regenerate the Python stubs from protos/
+protos: setup
+	$(PY) scripts/gen_protos.py
+
+protos-check: setup
+	$(PY) scripts/gen_protos.py --check
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+buf-lint: $(BUF)
+	$(BUF) lint
+
+## buf-breaking: the API must stay compatible with the previous commit
+buf-breaking: $(BUF)
+	@if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:buf.yaml 2>/dev/null; then \
+		$(BUF) breaking --against '.git#ref=HEAD~1'; \
+	else echo "buf breaking: no previous commit with an API to compare against"; fi
+
+## bench: benchmarks (not part of the tests)
+bench: setup
+	$(PY) -m bench.bench_turns
+
+## check: everything CI runs
+check: lint buf-breaking test
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
