@@ -22,8 +22,8 @@ DESCRIPTION = """Salon: a conversation engine. Sessions are stateful actors on R
 JetStream, and answers stream back token by token over gRPC.
 
 Without configuration everything runs on this machine: an embedded nats-server, local Ray and the
-offline responder (set ANTHROPIC_API_KEY for a real model once that provider is configured). Settings come
-from SALON_* environment variables and an optional TOML file (--config); `salon config` lists them."""
+offline responder, which answers from what the session holds and says so. Settings come from SALON_*
+environment variables and an optional TOML file (--config); `salon config` lists them."""
 
 
 def _config(args: argparse.Namespace, **overrides: object) -> Config:

@@ -27,7 +27,7 @@ def offline_answer(request: ModelRequest) -> str:
     earlier = [m.text for m in history if m.role == "user"]
     lines = [
         "I am Salon's offline responder: no language model is configured, so I can only answer from what "
-        "this session holds (set ANTHROPIC_API_KEY to talk to Claude)."
+        "this session holds."
     ]
     if request.system:
         lines.append(f"My instructions for this session begin: “{_excerpt(request.system)}”.")
