@@ -35,9 +35,7 @@ class Config:
     namespace: str = _setting(
         "salon", "Prefix of every NATS subject, stream and bucket, so deployments can share a NATS cluster."
     )
-    ray_address: str = _setting(
-        "", "Ray cluster to join; empty starts Ray locally on loopback.", env="RAY_ADDRESS"
-    )
+    ray_address: str = _setting("", "Ray cluster to join; empty starts Ray locally on loopback.", env="RAY_ADDRESS")
     num_hosts: int = _setting(2, "Session host actors (Ray actors, one process each).")
     num_shards: int = _setting(16, "Turn shards; each host owns num_shards / num_hosts of them.")
     default_tenant: str = _setting("default", "Tenant of every call until authentication is configured.")
