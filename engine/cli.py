@@ -40,13 +40,14 @@ async def _serve(config: Config) -> int:
     from engine.app import Engine
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     engine = Engine(config)
     console = Console(stderr=True)
     try:
         await engine.start()
+        # After start: ray.init() installs its own SIGTERM handler (sys.exit), which would skip the drain.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         console.print(f"[bold green]salon[/] gRPC gateway on [bold]{engine.target}[/]")
         console.print(
             f"NATS {engine.nats_url}{' (embedded)' if not config.nats_url else ''}; data in {config.data_path}"

@@ -79,13 +79,15 @@ def _unavailable(exc: BaseException) -> Unavailable:
 class KvSessionRegistry:
     """:class:`SessionRegistry` on a JetStream key-value bucket."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str) -> None:
         self._kv = kv
+        self._js = js
+        self._bucket = bucket
 
     @classmethod
     async def open(cls, js: JetStreamContext, names: Names) -> KvSessionRegistry:
         """Open (creating if needed) the deployment's session bucket."""
-        return cls(await open_bucket(js, names.sessions_bucket))
+        return cls(await open_bucket(js, names.sessions_bucket), js, names.sessions_bucket)
 
     async def create(self, tenant_id: str, session: session_pb2.Session) -> None:
         try:
@@ -119,23 +121,44 @@ class KvSessionRegistry:
             raise _unavailable(exc) from exc
 
     async def list_ids(self, tenant_id: str) -> list[str]:
-        # A watch on the tenant's own key prefix is filtered by the server; nats-py's keys(filters=...)
-        # would stream every tenant's keys and match substrings on the client.
-        prefix = f"{tenant_id}."
-        ids: list[str] = []
         try:
-            watcher = await self._kv.watch(f"{prefix}*", ignore_deletes=True, meta_only=True)
-            try:
-                async for entry in watcher:
-                    if entry is None:  # end of the initial values
-                        break
-                    if entry.key.startswith(prefix):
-                        ids.append(entry.key[len(prefix) :])
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]
+            return await _list_keys(self._js, self._bucket, f"{tenant_id}.")
         except _NATS_ERRORS as exc:
             raise _unavailable(exc) from exc
-        return sorted(ids)
+
+
+async def _list_keys(js: JetStreamContext, bucket: str, prefix: str) -> list[str]:
+    """Live keys under ``prefix`` (a whole key token), without it, sorted.
+
+    A pull consumer filtered by the server to the prefix, last value per key, headers only. nats-py's
+    ``keys()`` is avoided: it streams every key of the bucket and filters substrings on the client, and its
+    push-based watcher can signal "no more keys" before in-flight ones arrive.
+    """
+    stream, subject_prefix = f"KV_{bucket}", f"$KV.{bucket}."
+    sub = await js.pull_subscribe(
+        f"{subject_prefix}{prefix}*",
+        stream=stream,
+        config=api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=api.AckPolicy.NONE,
+            headers_only=True,
+            inactive_threshold=60.0,
+        ),
+    )
+    ids: list[str] = []
+    try:
+        # Nothing is delivered before the first fetch, so this count is exact.
+        remaining = (await sub.consumer_info()).num_pending or 0
+        while remaining > 0:
+            msgs = await sub.fetch(min(remaining, 256), timeout=5.0)
+            for msg in msgs:
+                if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+                    continue
+                ids.append(msg.subject[len(subject_prefix) + len(prefix) :])
+            remaining = (msgs[-1].metadata.num_pending or 0) if msgs else 0
+    finally:
+        await sub.unsubscribe()
+    return sorted(ids)
 
 
 class KvSnapshotStore:
