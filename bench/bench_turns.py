@@ -1,0 +1,796 @@
+"""Benchmark of the turn path (issue 2): Salon against two bare baselines, measured in the same run.
+
+Three systems answer the same kind of request with a stream of ``--tokens`` small messages:
+
+* ``echo``: a bare ``grpc.aio`` server-streaming RPC (generic handler, raw bytes) that yields the tokens.
+* ``relay``: a bare gRPC → NATS → worker → NATS → gRPC relay. The gRPC handler subscribes to a unique reply
+  subject, publishes the request on core NATS to a worker task (its own NATS connection), the worker publishes
+  the tokens to the reply subject and the handler relays them. Embedded nats-server, no JetStream, no engine
+  logic.
+* ``engine``: a whole Salon engine (embedded NATS with JetStream, local Ray, session hosts, gRPC gateway)
+  with the scripted provider (``--tokens`` tokens, no delays), driven through ``salon.client``.
+
+For every system and concurrency level C, C client loops (one session each for the engine) run a warm-up
+that is not measured, then ``N`` sequential turns each. Per turn: time to first token (request sent → first
+token received) and turn latency (request sent → stream end). Per level: p50/p99 of both, turns/s and
+tokens/s over the measured window, and errors. For the engine, the time to first token is also split by the
+events' own emission timestamps: request → ``accepted`` emitted by the host, → first delta emitted, → first
+delta received.
+
+All loops of a system share one gRPC channel (``--channel-per-session`` gives each its own), as an
+application backend in front of a gateway would. The client, the gRPC servers, the relay worker and the
+engine's gateway share this process's event loop; the engine's hosts (Ray actors) and nats-server run in
+their own processes.
+
+The exit status is 1 when any engine turn failed (the issue's aim is no errors at 64 sessions), else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from engine.app import Engine
+from engine.config import Config
+from engine.nats_server import EmbeddedNats
+from salon.client import SalonClient, SalonError
+from storage.nats_client import connect
+
+log = logging.getLogger("bench.turns")
+
+SYSTEMS = ("echo", "relay", "engine")
+ECHO_METHOD = "/bench.Echo/Stream"
+WORK_SUBJECT = "bench.work"
+REPLY_PREFIX = "bench.reply"
+END_OF_STREAM = b""
+"""The relay worker's last message on a reply subject: marks the end of the answer (tokens are never empty)."""
+PROMPT = "the quick brown fox jumps over the lazy dog"
+"""The user text of every turn; the scripted provider answers with its words, cycled."""
+
+
+class TurnFailed(Exception):
+    """A turn ended without the expected answer (error event, wrong token count, early end)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnTiming:
+    """What one turn measured."""
+
+    ttft_s: float
+    latency_s: float
+    tokens: int
+    phases: dict[str, float] | None = None
+    """Engine only: where the time to first token went, from the events' own timestamps (seconds)."""
+
+
+TurnFn = Callable[[str], Awaitable[TurnTiming]]
+"""Runs one turn of one client loop and times it; raises on failure."""
+
+
+class System:
+    """A running system under test: hands out client loops, each a :data:`TurnFn`."""
+
+    name: str = ""
+    pids: tuple[int, ...] = ()
+    """Child processes this system started (checked for leaks after teardown)."""
+
+    def __init__(self) -> None:
+        self._level_closers: list[Callable[[], Awaitable[None]]] = []
+
+    async def new_loop(self) -> TurnFn:
+        """A fresh client loop (for the engine: a new session)."""
+        raise NotImplementedError
+
+    async def end_level(self) -> None:
+        """Close what the loops of the level just run opened for themselves (per-session channels)."""
+        closers, self._level_closers = self._level_closers, []
+        for close in closers:
+            await close()
+
+    async def describe(self) -> dict[str, Any]:
+        """Figures the system reports about itself after a run (empty by default)."""
+        return {}
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+async def _time_stream(messages: AsyncIterator[bytes], expected: int) -> TurnTiming:
+    """Time a stream of raw token messages that should carry ``expected`` tokens."""
+    start = time.perf_counter()
+    first: float | None = None
+    count = 0
+    async for _ in messages:
+        if first is None:
+            first = time.perf_counter()
+        count += 1
+    end = time.perf_counter()
+    if first is None or count != expected:
+        raise TurnFailed(f"expected {expected} tokens, got {count}")
+    return TurnTiming(first - start, end - start, count)
+
+
+def _stream_method(channel: grpc.aio.Channel) -> Any:
+    return channel.unary_stream(ECHO_METHOD, request_serializer=_identity, response_deserializer=_identity)
+
+
+class _StreamingChannel(System):
+    """Client side of both baselines: one raw-bytes server-streaming method, on a shared channel or on one
+    channel per client loop."""
+
+    def __init__(self, name: str, target: str, tokens: int, channel_per_session: bool) -> None:
+        super().__init__()
+        self.name = name
+        self.target = target
+        self.tokens = tokens
+        self.channel_per_session = channel_per_session
+        self.channel = grpc.aio.insecure_channel(target)
+        self._call = _stream_method(self.channel)
+
+    async def new_loop(self) -> TurnFn:
+        """A loop sending raw requests on the shared channel (or a channel of its own)."""
+        call = self._call
+        if self.channel_per_session:
+            channel = grpc.aio.insecure_channel(self.target)
+            self._level_closers.append(channel.close)
+            await asyncio.wait_for(channel.channel_ready(), 10)
+            call = _stream_method(channel)
+
+        async def turn(text: str) -> TurnTiming:
+            return await _time_stream(aiter(call(text.encode())), self.tokens)
+
+        return turn
+
+
+def _bytes_server(handler: Callable[[bytes, Any], AsyncIterator[bytes]]) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server on 127.0.0.1 (free port) serving ``handler`` as ``/bench.Echo/Stream``."""
+    server = grpc.aio.server()
+    method = grpc.unary_stream_rpc_method_handler(
+        handler, request_deserializer=_identity, response_serializer=_identity
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {"Stream": method}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    return server, port
+
+
+@contextlib.asynccontextmanager
+async def echo_system(tokens: int, channel_per_session: bool) -> AsyncIterator[System]:
+    """Baseline A: a bare grpc.aio streaming echo that yields ``tokens`` small messages per request."""
+    token = b"quick "
+
+    async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        for _ in range(tokens):
+            yield token
+
+    server, port = _bytes_server(stream)
+    await server.start()
+    system = _StreamingChannel("echo", f"127.0.0.1:{port}", tokens, channel_per_session)
+    try:
+        await asyncio.wait_for(system.channel.channel_ready(), 10)
+        yield system
+    finally:
+        await system.end_level()
+        await system.channel.close()
+        await server.stop(grace=None)
+
+
+@contextlib.asynccontextmanager
+async def relay_system(
+    tokens: int, data_dir: Path, turn_timeout_s: float, channel_per_session: bool
+) -> AsyncIterator[System]:
+    """Baseline B: gRPC → core NATS → worker task → core NATS → gRPC, on an embedded nats-server."""
+    nats_server = EmbeddedNats(data_dir / "relay-nats")
+    url = await nats_server.start()
+    stack = contextlib.AsyncExitStack()
+    try:
+        gateway_nc = await connect(url, name="bench-relay-gateway")
+        stack.push_async_callback(gateway_nc.close)
+        worker_nc = await connect(url, name="bench-relay-worker")
+        stack.push_async_callback(worker_nc.close)
+        token = b"quick "
+
+        work = await worker_nc.subscribe(WORK_SUBJECT)
+
+        async def worker() -> None:
+            async for msg in work.messages:
+                for _ in range(tokens):
+                    await worker_nc.publish(msg.reply, token)
+                await worker_nc.publish(msg.reply, END_OF_STREAM)
+
+        worker_task = asyncio.create_task(worker(), name="bench-relay-worker")
+
+        async def stop_worker() -> None:
+            worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker_task
+
+        stack.push_async_callback(stop_worker)
+        await worker_nc.flush()  # the worker's subscription is on the server before any request
+
+        async def relay(request: bytes, context: Any) -> AsyncIterator[bytes]:
+            inbox = f"{REPLY_PREFIX}.{uuid.uuid4().hex}"
+            sub = await gateway_nc.subscribe(inbox)
+            try:
+                # Same connection: the server sees the SUB before the request, so no token is missed.
+                await gateway_nc.publish(WORK_SUBJECT, request, reply=inbox)
+                while True:
+                    msg = await sub.next_msg(timeout=turn_timeout_s)
+                    if msg.data == END_OF_STREAM:
+                        return
+                    yield msg.data
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+        server, port = _bytes_server(relay)
+        await server.start()
+        stack.push_async_callback(server.stop, None)
+        system = _StreamingChannel("relay", f"127.0.0.1:{port}", tokens, channel_per_session)
+        stack.push_async_callback(system.channel.close)
+        stack.push_async_callback(system.end_level)
+        system.pids = tuple(p for p in (nats_server.pid,) if p is not None)
+        await asyncio.wait_for(system.channel.channel_ready(), 10)
+        yield system
+    finally:
+        await stack.aclose()
+        await nats_server.close()
+
+
+class _EngineSystem(System):
+    """The engine under test, driven through one shared :class:`SalonClient`."""
+
+    def __init__(self, engine: Engine, client: SalonClient, tokens: int, channel_per_session: bool) -> None:
+        super().__init__()
+        self.name = "engine"
+        self.engine = engine
+        self.client = client
+        self.tokens = tokens
+        self.channel_per_session = channel_per_session
+
+    async def new_loop(self) -> TurnFn:
+        """A new session on the shared client (or on a client of its own)."""
+        client = self.client
+        if self.channel_per_session:
+            client = SalonClient(self.engine.target)
+            self._level_closers.append(client.close)
+            await client.wait_ready(10.0)
+        session = await client.create_session()
+
+        async def turn(text: str) -> TurnTiming:
+            start = time.perf_counter()
+            sent_ns = time.time_ns()
+            first: float | None = None
+            phases: dict[str, float] = {}
+            accepted_ns = 0
+            count = 0
+            outcome = ""
+            try:
+                async for event in session.send(text):
+                    kind = event.WhichOneof("kind")
+                    if kind == "delta":
+                        if first is None:
+                            first = time.perf_counter()
+                            # Events carry the host's wall-clock time of emission (same machine, same clock).
+                            emitted_ns = event.time.ToNanoseconds()
+                            phases["to_accepted"] = (accepted_ns - sent_ns) / 1e9 if accepted_ns else math.nan
+                            phases["accepted_to_delta"] = (emitted_ns - accepted_ns) / 1e9 if accepted_ns else math.nan
+                            phases["delta_delivery"] = (time.time_ns() - emitted_ns) / 1e9
+                        count += 1
+                    elif kind == "accepted":
+                        accepted_ns = event.time.ToNanoseconds()
+                    elif kind == "error":
+                        raise TurnFailed(f"error event {event.error.reason}: {event.error.message}")
+                    elif kind in ("completed", "cancelled"):
+                        outcome = kind
+            except SalonError as exc:
+                raise TurnFailed(f"{exc.code.name} {exc.reason}: {exc.message}") from exc
+            end = time.perf_counter()
+            if outcome != "completed" or first is None or count != self.tokens:
+                raise TurnFailed(f"turn ended {outcome or 'without a terminal event'} after {count} deltas")
+            return TurnTiming(first - start, end - start, count, phases)
+
+        return turn
+
+    async def describe(self) -> dict[str, Any]:
+        """The hosts' counters (activations, turns started, ...)."""
+        return {"hosts": await self.engine.hosts.stats()}
+
+
+@contextlib.asynccontextmanager
+async def engine_system(
+    tokens: int, data_dir: Path, num_hosts: int, channel_per_session: bool
+) -> AsyncIterator[System]:
+    """The engine with the scripted provider (``tokens`` tokens, no delays) and one shared client."""
+    config = Config(
+        data_dir=str(data_dir / "engine"),
+        grpc_port=0,
+        model_provider="scripted",
+        scripted_tokens=tokens,
+        scripted_first_token_delay_s=0.0,
+        scripted_token_delay_s=0.0,
+        num_hosts=num_hosts,
+    )
+    engine = Engine(config)
+    try:
+        started = time.perf_counter()
+        await engine.start()
+        log.info("engine up in %.1f s", time.perf_counter() - started)
+        async with SalonClient(engine.target) as client:
+            await client.wait_ready(10.0)
+            system = _EngineSystem(engine, client, tokens, channel_per_session)
+            # Everything the engine started (nats-server, Ray's daemons and workers) is a descendant by now.
+            system.pids = tuple(sorted(descendants(os.getpid())))
+            try:
+                yield system
+            finally:
+                await system.end_level()
+    finally:
+        await engine.close()
+
+
+# --- measurement ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LevelResult:
+    """Every figure of one system at one concurrency level."""
+
+    system: str
+    concurrency: int
+    turns_per_session: int
+    ttft_s: list[float] = field(default_factory=list)
+    latency_s: list[float] = field(default_factory=list)
+    tokens: int = 0
+    errors: int = 0
+    warmup_errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    window_s: float = 0.0
+    phases: dict[str, list[float]] = field(default_factory=dict)
+
+    def record_error(self, exc: BaseException, *, warmup: bool) -> None:
+        """Count a failed turn and keep the first few messages as evidence."""
+        if warmup:
+            self.warmup_errors += 1
+        else:
+            self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(f"{'warm-up: ' if warmup else ''}{type(exc).__name__}: {exc}")
+
+    def summary(self) -> dict[str, Any]:
+        """The reported figures (milliseconds, per second)."""
+        ok = len(self.latency_s)
+        return {
+            "system": self.system,
+            "concurrency": self.concurrency,
+            "turns_per_session": self.turns_per_session,
+            "turns_ok": ok,
+            "errors": self.errors,
+            "warmup_errors": self.warmup_errors,
+            "ttft_p50_ms": percentile(self.ttft_s, 50) * 1e3,
+            "ttft_p99_ms": percentile(self.ttft_s, 99) * 1e3,
+            "latency_p50_ms": percentile(self.latency_s, 50) * 1e3,
+            "latency_p99_ms": percentile(self.latency_s, 99) * 1e3,
+            "turns_per_s": ok / self.window_s if self.window_s else math.nan,
+            "tokens_per_s": self.tokens / self.window_s if self.window_s else math.nan,
+            "window_s": self.window_s,
+            "error_samples": self.error_samples,
+            "ttft_phases_p50_ms": {k: percentile(v, 50) * 1e3 for k, v in self.phases.items()},
+        }
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile of ``values`` with linear interpolation (NaN when empty)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+async def run_level(system: System, concurrency: int, turns: int, warmup: int, turn_timeout_s: float) -> LevelResult:
+    """Run ``concurrency`` client loops of ``warmup`` unmeasured then ``turns`` measured sequential turns."""
+    result = LevelResult(system.name, concurrency, turns)
+    loops = await asyncio.gather(*(system.new_loop() for _ in range(concurrency)))
+
+    async def one(turn: TurnFn, warm: bool) -> None:
+        try:
+            async with asyncio.timeout(turn_timeout_s):
+                timing = await turn(PROMPT)
+        except TimeoutError:
+            result.record_error(TurnFailed(f"no end of stream within {turn_timeout_s} s"), warmup=warm)
+            return
+        except Exception as exc:  # a failed turn is a data point, not the end of the run
+            result.record_error(exc, warmup=warm)
+            return
+        if not warm:
+            result.ttft_s.append(timing.ttft_s)
+            result.latency_s.append(timing.latency_s)
+            result.tokens += timing.tokens
+            for phase, seconds in (timing.phases or {}).items():
+                result.phases.setdefault(phase, []).append(seconds)
+
+    async def drive(turn: TurnFn, count: int, warm: bool) -> None:
+        for _ in range(count):
+            await one(turn, warm)
+
+    await asyncio.gather(*(drive(turn, warmup, True) for turn in loops))
+    started = time.perf_counter()
+    await asyncio.gather(*(drive(turn, turns, False) for turn in loops))
+    result.window_s = time.perf_counter() - started
+    await system.end_level()
+    return result
+
+
+# --- processes --------------------------------------------------------------------------------------------
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid → (parent pid, state) of every process, from /proc (empty where there is no /proc)."""
+    table: dict[int, tuple[int, str]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return table
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        table[int(entry.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(pid: int) -> set[int]:
+    """Live (non-zombie) descendants of ``pid``."""
+    children: dict[int, list[int]] = {}
+    table = _proc_table()
+    for child, (parent, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and table[child][1] != "Z":
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def still_running(pids: Sequence[int]) -> list[int]:
+    """Those of ``pids`` that still run (zombies do not count)."""
+    table = _proc_table()
+    return [p for p in pids if p in table and table[p][1] != "Z"]
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SystemRun:
+    """One system's levels and how its start and teardown went."""
+
+    name: str
+    levels: list[LevelResult] = field(default_factory=list)
+    start_s: float = 0.0
+    teardown_s: float = 0.0
+    leftover_pids: list[int] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def turns_for(concurrency: int, fixed: int | None) -> int:
+    """Measured turns per session: ``fixed`` when given, else 20 for one session and 10 above."""
+    if fixed is not None:
+        return fixed
+    return 20 if concurrency == 1 else 10
+
+
+async def run_system(name: str, args: argparse.Namespace, data_dir: Path) -> SystemRun:
+    """Start ``name``, run every concurrency level on it, tear it down and check for leftover processes."""
+    run = SystemRun(name)
+    factories: dict[str, Callable[[], contextlib.AbstractAsyncContextManager[System]]] = {
+        "echo": lambda: echo_system(args.tokens, args.channel_per_session),
+        "relay": lambda: relay_system(args.tokens, data_dir, args.turn_timeout, args.channel_per_session),
+        "engine": lambda: engine_system(args.tokens, data_dir, args.num_hosts, args.channel_per_session),
+    }
+    started = time.perf_counter()
+    async with factories[name]() as system:
+        run.start_s = time.perf_counter() - started
+        for concurrency in args.concurrency:
+            turns = turns_for(concurrency, args.turns_per_session)
+            print(f"  {name}: {concurrency} concurrent x {turns} turns ...", end="", flush=True)
+            level = await run_level(system, concurrency, turns, args.warmup, args.turn_timeout)
+            run.levels.append(level)
+            s = level.summary()
+            print(f" ttft p50 {s['ttft_p50_ms']:.2f} ms, {s['turns_per_s']:.0f} turns/s, {s['errors']} errors")
+        run.details = await system.describe()
+        teardown_started = time.perf_counter()
+    run.teardown_s = time.perf_counter() - teardown_started
+    run.leftover_pids = still_running(system.pids)
+    return run
+
+
+def _fmt(value: float, digits: int = 2, suffix: str = "") -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}{suffix}"
+
+
+def ratios(runs: Sequence[SystemRun]) -> dict[str, dict[str, float]]:
+    """engine/relay and engine/echo of TTFT p50 (and turn latency p50) at each concurrency level."""
+    by_key = {(r.name, lvl.concurrency): lvl.summary() for r in runs for lvl in r.levels}
+    out: dict[str, dict[str, float]] = {}
+    for (name, concurrency), engine in by_key.items():
+        if name != "engine":
+            continue
+        row: dict[str, float] = {}
+        for base in ("relay", "echo"):
+            other = by_key.get((base, concurrency))
+            if other is None:
+                continue
+            for metric in ("ttft_p50_ms", "latency_p50_ms"):
+                denominator = other[metric]
+                row[f"{metric}_engine/{base}"] = engine[metric] / denominator if denominator else math.nan
+        out[str(concurrency)] = row
+    return out
+
+
+def render(runs: Sequence[SystemRun], ratio_table: dict[str, dict[str, float]]) -> str:
+    """The results as a plain-text (Markdown-compatible) table, ratios and lifecycle notes."""
+    header = (
+        "| system | sessions | turns | errors | TTFT p50 ms | TTFT p99 ms | turn p50 ms | turn p99 ms "
+        "| turns/s | tokens/s |"
+    )
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in runs:
+        for level in run.levels:
+            s = level.summary()
+            errors = f"{s['errors']}" + (f" (+{s['warmup_errors']} warm-up)" if s["warmup_errors"] else "")
+            lines.append(
+                f"| {run.name} | {s['concurrency']} | {s['turns_ok']} | {errors} | {_fmt(s['ttft_p50_ms'])} "
+                f"| {_fmt(s['ttft_p99_ms'])} | {_fmt(s['latency_p50_ms'])} | {_fmt(s['latency_p99_ms'])} "
+                f"| {_fmt(s['turns_per_s'], 0)} | {_fmt(s['tokens_per_s'], 0)} |"
+            )
+    if ratio_table:
+        lines += ["", "| sessions | TTFT p50 engine/relay | TTFT p50 engine/echo | turn p50 engine/relay |"]
+        lines.append("|---:|---:|---:|---:|")
+        for concurrency, row in ratio_table.items():
+            lines.append(
+                f"| {concurrency} | {_fmt(row.get('ttft_p50_ms_engine/relay', math.nan), suffix='x')} "
+                f"| {_fmt(row.get('ttft_p50_ms_engine/echo', math.nan), suffix='x')} "
+                f"| {_fmt(row.get('latency_p50_ms_engine/relay', math.nan), suffix='x')} |"
+            )
+    phase_rows = [
+        (lvl.concurrency, lvl.summary()["ttft_phases_p50_ms"]) for run in runs for lvl in run.levels if lvl.phases
+    ]
+    if phase_rows:
+        lines += [
+            "",
+            "Engine TTFT by phase, p50 ms (from the events' emission timestamps):",
+            "| sessions | request → accepted emitted | accepted → first delta emitted "
+            "| first delta emitted → received |",
+            "|---:|---:|---:|---:|",
+        ]
+        for level_concurrency, phases in phase_rows:
+            lines.append(
+                f"| {level_concurrency} | {_fmt(phases.get('to_accepted', math.nan))} "
+                f"| {_fmt(phases.get('accepted_to_delta', math.nan))} "
+                f"| {_fmt(phases.get('delta_delivery', math.nan))} |"
+            )
+    lines.append("")
+    for run in runs:
+        leftovers = ", ".join(map(str, run.leftover_pids)) or "none"
+        lines.append(
+            f"{run.name}: start {run.start_s:.2f} s, teardown {run.teardown_s:.2f} s, "
+            f"processes left after teardown: {leftovers}"
+        )
+    return "\n".join(lines)
+
+
+def verdict(runs: Sequence[SystemRun], ratio_table: dict[str, dict[str, float]]) -> tuple[list[str], bool]:
+    """Lines judging the issue's aims, and whether any engine turn failed."""
+    lines: list[str] = []
+    engine_failed = False
+    for run in runs:
+        if run.name != "engine":
+            if any(lvl.errors or lvl.warmup_errors for lvl in run.levels):
+                lines.append(f"WARNING: baseline {run.name} had failed turns (a benchmark problem, not the engine's)")
+            continue
+        for level in run.levels:
+            if level.errors or level.warmup_errors:
+                engine_failed = True
+                lines.append(
+                    f"engine errors at {level.concurrency} sessions: {level.errors} measured, "
+                    f"{level.warmup_errors} warm-up; e.g. {level.error_samples[:2]}"
+                )
+        at64 = [lvl for lvl in run.levels if lvl.concurrency == 64]
+        if at64:
+            n = at64[0].errors + at64[0].warmup_errors
+            lines.append(f"aim 'no errors at 64 sessions': {'met' if n == 0 else f'NOT met ({n} errors)'}")
+    one = ratio_table.get("1", {}).get("ttft_p50_ms_engine/relay")
+    if one is not None and not math.isnan(one):
+        lines.append(
+            f"aim 'TTFT within 3x of the bare relay at 1 session': {'met' if one <= 3 else 'NOT met'} ({one:.2f}x)"
+        )
+    return lines, engine_failed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_turns",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: .venv/bin/python -m bench.bench_turns --concurrency 1,16,64 --json bench.json",
+    )
+    parser.add_argument(
+        "--turns-per-session",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="measured sequential turns per session at every level (default: 20 at 1 session, 10 above)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_int_list,
+        default=[1, 16, 64],
+        metavar="C1,C2,...",
+        help="concurrent sessions per level, comma-separated (default: 1,16,64)",
+    )
+    parser.add_argument("--tokens", type=_positive_int, default=64, help="tokens per answer (default: %(default)s)")
+    parser.add_argument(
+        "--warmup",
+        type=_non_negative_int,
+        default=2,
+        metavar="N",
+        help="unmeasured turns per session first (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--systems",
+        type=_system_list,
+        default=list(SYSTEMS),
+        metavar="S1,S2",
+        help="systems to run, in order, among echo,relay,engine (default: all three)",
+    )
+    parser.add_argument(
+        "--channel-per-session",
+        action="store_true",
+        help="give every client loop its own gRPC channel (default: all loops of a system share one)",
+    )
+    parser.add_argument(
+        "--num-hosts", type=_positive_int, default=2, help="engine session hosts (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--turn-timeout", type=float, default=30.0, metavar="S", help="a turn longer than this fails (default: 30)"
+    )
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write every figure as JSON")
+    return parser
+
+
+def _positive_int(raw: str) -> int:
+    value = _non_negative_int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {raw!r}")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {raw!r}")
+    return value
+
+
+def _int_list(raw: str) -> list[int]:
+    try:
+        values = [int(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {raw!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("concurrency levels must be positive integers")
+    return values
+
+
+def _system_list(raw: str) -> list[str]:
+    values = [part.strip() for part in raw.split(",") if part.strip()]
+    unknown = [v for v in values if v not in SYSTEMS]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(f"systems are among {','.join(SYSTEMS)}; got {raw!r}")
+    return values
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages, as text (the machine may be shared)."""
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+async def bench(args: argparse.Namespace) -> int:
+    """Run every requested system, print the table and verdict, write the JSON; return the exit status."""
+    began = time.perf_counter()
+    command = "python -m bench.bench_turns " + shlex.join(sys.argv[1:])
+    print(f"Salon turn-path benchmark: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"command: {command}")
+    load_before = _load()
+    print(f"load average before: {load_before}")
+    runs: list[SystemRun] = []
+    with tempfile.TemporaryDirectory(prefix="salon-bench-") as tmp:
+        for name in args.systems:
+            print(f"{name}:")
+            runs.append(await run_system(name, args, Path(tmp)))
+    ratio_table = ratios(runs)
+    print()
+    print(render(runs, ratio_table))
+    lines, engine_failed = verdict(runs, ratio_table)
+    print()
+    for line in lines:
+        print(line)
+    for run in runs:
+        if run.details:
+            print(f"{run.name} details: {json.dumps(run.details)}")
+    left = sorted(descendants(os.getpid()))
+    print(f"child processes still running at the end: {left or 'none'}")
+    elapsed = time.perf_counter() - began
+    load_after = _load()
+    print(f"load average after: {load_after} (this run keeps 1-3 processes busy; more means other load)")
+    print(f"total {elapsed:.1f} s")
+    if args.json is not None:
+        payload = {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "command": command,
+            "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
+            "load_average": {"before": load_before, "after": load_after},
+            "results": [lvl.summary() for run in runs for lvl in run.levels],
+            "ratios": ratio_table,
+            "lifecycle": [
+                {
+                    "system": run.name,
+                    "start_s": run.start_s,
+                    "teardown_s": run.teardown_s,
+                    "leftover_pids": run.leftover_pids,
+                    "details": run.details,
+                }
+                for run in runs
+            ],
+            "verdict": lines,
+            "total_s": elapsed,
+        }
+        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        print(f"wrote {args.json}")
+    return 1 if engine_failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse the command line and run the benchmark."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
