@@ -3,7 +3,7 @@
 Knows nothing of gRPC or Ray.
 """
 
-from storage.bus import BusSettings, EventPublisher, ShardPuller, TurnEnvelope, TurnPublisher, ensure_bus
+from storage.bus import BusSettings, EventPublisher, EventStream, ShardPuller, TurnEnvelope, TurnPublisher, ensure_bus
 from storage.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -16,43 +16,70 @@ from storage.errors import (
     Unavailable,
 )
 from storage.ids import is_valid_id, require_id, uuid7
-from storage.nats_client import connect, wait_for_port
+from storage.ledger import (
+    Fenced,
+    InMemoryJournal,
+    Journal,
+    LedgerReader,
+    LedgerSettings,
+    LoadedSession,
+    NatsJournal,
+    SessionLog,
+    ensure_ledger,
+)
+from storage.nats_client import close_connection, connect, wait_for_port
+from storage.records import SnapshotRecord, TurnRecord, turn_key
 from storage.sessions import (
     InMemorySessionRegistry,
-    InMemorySnapshotStore,
     KvSessionRegistry,
-    KvSnapshotStore,
     SessionRegistry,
-    SnapshotStore,
+    incarnation_of,
 )
 from storage.subjects import Names
+from storage.tables import TranscriptStore
+from storage.writer import BatchWriter, WriterStatus
 
 __all__ = [
     "AlreadyExists",
+    "BatchWriter",
     "BusSettings",
     "DeadlineExceeded",
     "EventPublisher",
+    "EventStream",
     "FailedPrecondition",
+    "Fenced",
+    "InMemoryJournal",
     "InMemorySessionRegistry",
-    "InMemorySnapshotStore",
     "Internal",
     "InvalidArgument",
+    "Journal",
     "KvSessionRegistry",
-    "KvSnapshotStore",
+    "LedgerReader",
+    "LedgerSettings",
+    "LoadedSession",
     "Names",
+    "NatsJournal",
     "NotFound",
     "ResourceExhausted",
     "SalonError",
+    "SessionLog",
     "SessionRegistry",
     "ShardPuller",
-    "SnapshotStore",
+    "SnapshotRecord",
+    "TranscriptStore",
     "TurnEnvelope",
     "TurnPublisher",
+    "TurnRecord",
     "Unavailable",
+    "WriterStatus",
+    "close_connection",
     "connect",
     "ensure_bus",
+    "ensure_ledger",
+    "incarnation_of",
     "is_valid_id",
     "require_id",
+    "turn_key",
     "uuid7",
     "wait_for_port",
 ]

@@ -8,11 +8,13 @@ event, so joining a running turn, replaying a finished one and resuming after a 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -24,6 +26,7 @@ from nats.js.client import JetStreamContext
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import turn_pb2
 from storage.errors import DeadlineExceeded, Internal, Unavailable
+from storage.jsread import read_subject
 from storage.subjects import Names
 
 log = logging.getLogger(__name__)
@@ -171,13 +174,8 @@ class TurnPublisher:
             ) from exc
         return bool(ack.duplicate)
 
-    async def events(
-        self, tenant_id: str, session_id: str, turn_id: str, *, after_seq: int = 0, timeout_s: float
-    ) -> AsyncIterator[turn_pb2.TurnEvent]:
-        """Yield the turn's events after ``after_seq`` in order, each once, until its terminal event.
-
-        Raises :class:`DeadlineExceeded` when no terminal event arrives within ``timeout_s``.
-        """
+    async def open_events(self, tenant_id: str, session_id: str, turn_id: str, *, after_seq: int = 0) -> EventStream:
+        """Subscribe to a turn's events (from its first event, wherever the turn is)."""
         subject = self._names.event_subject(tenant_id, session_id, turn_id)
         try:
             sub = await self._js.subscribe(
@@ -189,28 +187,45 @@ class TurnPublisher:
             )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc
+        return EventStream(sub, after_seq)
+
+
+class EventStream:
+    """One turn's events, in order and each once, until its terminal event. Close it when done."""
+
+    def __init__(self, sub: Any, after_seq: int) -> None:
+        self._sub = sub
+        self._last = after_seq
+
+    async def close(self) -> None:
+        """Drop the subscription. Idempotent."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def iterate(self, timeout_s: float) -> AsyncIterator[turn_pb2.TurnEvent]:
+        """Yield events until the terminal one; :class:`DeadlineExceeded` after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        last = after_seq
         try:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise DeadlineExceeded("the turn did not finish in time", reason="TURN_TIMEOUT")
                 try:
-                    msg = await sub.next_msg(timeout=remaining)
+                    msg = await self._sub.next_msg(timeout=remaining)
                 except nats.errors.TimeoutError:
                     continue
                 event = turn_pb2.TurnEvent.FromString(msg.data)
-                if event.seq <= last:
-                    # A replay of events already delivered (redelivered turn answered from its record).
+                if event.seq <= self._last:
+                    # Already delivered: a redelivered turn answered again from its record.
                     continue
-                last = event.seq
+                self._last = event.seq
                 yield event
                 if event.WhichOneof("kind") in TERMINAL_KINDS:
                     return
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await self.close()
 
 
 class ShardPuller:
@@ -253,3 +268,20 @@ class EventPublisher:
         """Send one event. Order is kept per connection, and one host sends all of a turn's events."""
         subject = self._names.event_subject(tenant_id, event.session_id, event.turn_id)
         await self._nc.publish(subject, event.SerializeToString())
+        # nats-py only buffers here; yielding lets its flusher write now, so a provider that never pauses
+        # (or a burst of deltas) does not hold the first token back until the whole answer is buffered.
+        await asyncio.sleep(0)
+
+    async def sent(self, tenant_id: str, session_id: str, turn_id: str) -> list[turn_pb2.TurnEvent]:
+        """The turn's events still retained, in order, each sequence number once."""
+        subject = self._names.event_subject(tenant_id, session_id, turn_id)
+        try:
+            msgs = await read_subject(self._nc.jetstream(), self._names.events_stream, subject)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc
+        events: list[turn_pb2.TurnEvent] = []
+        for msg in msgs:
+            event = turn_pb2.TurnEvent.FromString(msg.data)
+            if event.seq == len(events) + 1:
+                events.append(event)
+        return events

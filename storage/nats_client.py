@@ -76,3 +76,14 @@ async def connect(
     )
     holder.append(nc)
     return nc
+
+
+async def close_connection(nc: NatsClient, timeout_s: float = 5.0) -> None:
+    """Drain ``nc`` (flush what it buffered, finish subscriptions), closing it outright after ``timeout_s``:
+    a subscription with a request in flight would otherwise hold the drain for nats-py's 30 s default."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout_s)
+    except Exception:
+        log.warning("NATS connection did not drain in time; closing it")
+        if not nc.is_closed:
+            await nc.close()

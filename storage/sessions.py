@@ -1,14 +1,11 @@
-"""Where session definitions and session state snapshots live.
-
-Both are JetStream key-value buckets keyed ``<tenant>.<session>``: replicated with the NATS cluster, shared by
-every gateway and host, and with compare-and-set for creation. In-memory versions serve unit tests and pass
-the same contract tests.
+"""Where session definitions live: a JetStream key-value bucket keyed ``<tenant>.<session>``, replicated with
+the NATS cluster, shared by every gateway and host, with compare-and-set for creation. An in-memory version
+serves unit tests. (Session state lives in the ledger: ``storage.ledger``.)
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any, Protocol
+from typing import Protocol
 
 import nats.errors
 import nats.js.errors
@@ -18,6 +15,7 @@ from nats.js.kv import KeyValue
 
 from salon.v1 import session_pb2
 from storage.errors import AlreadyExists, NotFound, Unavailable
+from storage.jsread import read_subject
 from storage.subjects import Names
 
 _NOT_FOUND = "session not found"
@@ -48,20 +46,10 @@ class SessionRegistry(Protocol):
         ...
 
 
-class SnapshotStore(Protocol):
-    """Session state snapshots (JSON-ready dicts)."""
-
-    async def load(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
-        """The latest snapshot, or None for a session that has none yet."""
-        ...
-
-    async def save(self, tenant_id: str, session_id: str, snapshot: dict[str, Any]) -> None:
-        """Replace the snapshot."""
-        ...
-
-    async def delete(self, tenant_id: str, session_id: str) -> None:
-        """Forget the snapshot (no error if there is none)."""
-        ...
+def incarnation_of(session: session_pb2.Session) -> str:
+    """A session's incarnation: its creation time, unique per (tenant, id) over time. A session deleted and
+    created again under the same id is a new incarnation and must not inherit the old one's memory."""
+    return str(session.create_time.ToNanoseconds())
 
 
 async def open_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
@@ -128,71 +116,17 @@ class KvSessionRegistry:
 
 
 async def _list_keys(js: JetStreamContext, bucket: str, prefix: str) -> list[str]:
-    """Live keys under ``prefix`` (a whole key token), without it, sorted.
-
-    A pull consumer filtered by the server to the prefix, last value per key, headers only. nats-py's
-    ``keys()`` is avoided: it streams every key of the bucket and filters substrings on the client, and its
-    push-based watcher can signal "no more keys" before in-flight ones arrive.
-    """
-    stream, subject_prefix = f"KV_{bucket}", f"$KV.{bucket}."
-    sub = await js.pull_subscribe(
-        f"{subject_prefix}{prefix}*",
-        stream=stream,
-        config=api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=api.AckPolicy.NONE,
-            headers_only=True,
-            inactive_threshold=60.0,
-        ),
+    """Live keys under ``prefix`` (a whole key token), without it, sorted. Filtered by the server (nats-py's
+    ``keys()`` streams every key of the bucket and matches substrings on the client)."""
+    subject_prefix = f"$KV.{bucket}."
+    msgs = await read_subject(
+        js, f"KV_{bucket}", f"{subject_prefix}{prefix}*", last_per_subject=True, headers_only=True
     )
-    ids: list[str] = []
-    try:
-        # Nothing is delivered before the first fetch, so this count is exact.
-        remaining = (await sub.consumer_info()).num_pending or 0
-        while remaining > 0:
-            msgs = await sub.fetch(min(remaining, 256), timeout=5.0)
-            for msg in msgs:
-                if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
-                    continue
-                ids.append(msg.subject[len(subject_prefix) + len(prefix) :])
-            remaining = (msgs[-1].metadata.num_pending or 0) if msgs else 0
-    finally:
-        await sub.unsubscribe()
-    return sorted(ids)
-
-
-class KvSnapshotStore:
-    """:class:`SnapshotStore` on a JetStream key-value bucket (JSON values)."""
-
-    def __init__(self, kv: KeyValue) -> None:
-        self._kv = kv
-
-    @classmethod
-    async def open(cls, js: JetStreamContext, names: Names) -> KvSnapshotStore:
-        """Open (creating if needed) the deployment's snapshot bucket."""
-        return cls(await open_bucket(js, names.snapshots_bucket))
-
-    async def load(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
-        try:
-            entry = await self._kv.get(Names.session_key(tenant_id, session_id))
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        except _NATS_ERRORS as exc:
-            raise _unavailable(exc) from exc
-        loaded: dict[str, Any] = json.loads(entry.value or b"{}")
-        return loaded
-
-    async def save(self, tenant_id: str, session_id: str, snapshot: dict[str, Any]) -> None:
-        try:
-            await self._kv.put(Names.session_key(tenant_id, session_id), json.dumps(snapshot).encode())
-        except _NATS_ERRORS as exc:
-            raise _unavailable(exc) from exc
-
-    async def delete(self, tenant_id: str, session_id: str) -> None:
-        try:
-            await self._kv.purge(Names.session_key(tenant_id, session_id))
-        except _NATS_ERRORS as exc:
-            raise _unavailable(exc) from exc
+    return sorted(
+        m.subject[len(subject_prefix) + len(prefix) :]
+        for m in msgs
+        if (m.headers or {}).get("KV-Operation") not in ("DEL", "PURGE")
+    )
 
 
 class InMemorySessionRegistry:
@@ -223,20 +157,3 @@ class InMemorySessionRegistry:
 
     async def list_ids(self, tenant_id: str) -> list[str]:
         return sorted(s for t, s in self._data if t == tenant_id)
-
-
-class InMemorySnapshotStore:
-    """:class:`SnapshotStore` in a dict, for unit tests."""
-
-    def __init__(self) -> None:
-        self._data: dict[tuple[str, str], str] = {}
-
-    async def load(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
-        raw = self._data.get((tenant_id, session_id))
-        return None if raw is None else dict(json.loads(raw))
-
-    async def save(self, tenant_id: str, session_id: str, snapshot: dict[str, Any]) -> None:
-        self._data[(tenant_id, session_id)] = json.dumps(snapshot)
-
-    async def delete(self, tenant_id: str, session_id: str) -> None:
-        self._data.pop((tenant_id, session_id), None)

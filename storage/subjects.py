@@ -25,14 +25,34 @@ class Names:
         return f"{self.namespace.upper()}_EVENTS"
 
     @property
+    def ledger_stream(self) -> str:
+        """JetStream stream of turn outcomes and snapshots: the write-ahead log of every session."""
+        return f"{self.namespace.upper()}_LEDGER"
+
+    def ledger_turns(self, tenant_id: str, session_id: str) -> str:
+        """Subject of a session's turn records and activation markers (one fenced sequence per session)."""
+        return f"{self.namespace}.ledger.{tenant_id}.{session_id}.t"
+
+    def ledger_snapshots(self, tenant_id: str, session_id: str) -> str:
+        """Subject of a session's snapshots."""
+        return f"{self.namespace}.ledger.{tenant_id}.{session_id}.s"
+
+    def ledger_session(self, tenant_id: str, session_id: str) -> str:
+        """Every ledger subject of a session."""
+        return f"{self.namespace}.ledger.{tenant_id}.{session_id}.*"
+
+    @property
+    def ledger_wildcard(self) -> str:
+        """Every ledger subject."""
+        return f"{self.namespace}.ledger.>"
+
+    writer_consumer = "writer"
+    """Durable consumer through which the batch writer reads the ledger."""
+
+    @property
     def sessions_bucket(self) -> str:
         """Key-value bucket of session definitions."""
         return f"{self.namespace}_sessions"
-
-    @property
-    def snapshots_bucket(self) -> str:
-        """Key-value bucket of session state snapshots."""
-        return f"{self.namespace}_snapshots"
 
     def turn_subject(self, shard: int) -> str:
         """Subject of the turns of ``shard``."""

@@ -1,0 +1,53 @@
+"""Reading what a JetStream stream holds on a subject, to the end, with an exact stopping point."""
+
+from __future__ import annotations
+
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+FETCH_BATCH = 256
+
+
+async def read_subject(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    *,
+    start_seq: int = 0,
+    last_per_subject: bool = False,
+    headers_only: bool = False,
+) -> list[Msg]:
+    """Every message on ``subject`` (wildcards allowed) from ``start_seq`` (or the last per subject), in order.
+
+    A pull consumer is used because nothing is delivered before the first fetch, so its pending count is
+    exact: push consumers (and nats-py's KV watcher built on them) can report "nothing pending" while
+    messages are already in flight.
+    """
+    if last_per_subject:
+        policy, seq = api.DeliverPolicy.LAST_PER_SUBJECT, None
+    elif start_seq > 0:
+        policy, seq = api.DeliverPolicy.BY_START_SEQUENCE, start_seq
+    else:
+        policy, seq = api.DeliverPolicy.ALL, None
+    sub = await js.pull_subscribe(
+        subject,
+        stream=stream,
+        config=api.ConsumerConfig(
+            deliver_policy=policy,
+            opt_start_seq=seq,
+            ack_policy=api.AckPolicy.NONE,
+            headers_only=headers_only or None,
+            inactive_threshold=60.0,
+        ),
+    )
+    out: list[Msg] = []
+    try:
+        remaining = (await sub.consumer_info()).num_pending or 0
+        while remaining > 0:
+            msgs = await sub.fetch(min(remaining, FETCH_BATCH), timeout=5.0)
+            out.extend(msgs)
+            remaining = (msgs[-1].metadata.num_pending or 0) if msgs else 0
+    finally:
+        await sub.unsubscribe()
+    return out

@@ -1,0 +1,386 @@
+"""The ledger: every session's turn outcomes on JetStream, written before the turn is acknowledged.
+
+Each session has one subject for its turn records. Each activation of the session first appends an
+activation marker, and every append names the sequence it expects to follow
+(``Nats-Expected-Last-Subject-Sequence``): a host that was presumed dead, whose session has since been
+activated elsewhere, finds its next append refused and stops (fencing). Snapshots (caches of the records
+up to a turn) go to a second subject; activation loads the latest snapshot and the records after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from storage.errors import FailedPrecondition, Unavailable
+from storage.jsread import read_subject
+from storage.records import KIND_ACTIVATION, KIND_SNAPSHOT, KIND_TURN, RECORD_HEADER, SnapshotRecord, TurnRecord
+from storage.subjects import Names
+
+log = logging.getLogger(__name__)
+
+_WRONG_LAST_SEQUENCE = 10071
+_NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
+
+
+class Fenced(FailedPrecondition):
+    """This activation of the session is stale: another host activated it since."""
+
+    reason = "SESSION_FENCED"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSettings:
+    """Ledger stream parameters (from the engine config)."""
+
+    retention_s: float = 30 * 24 * 3600.0
+    dedupe_window_s: float = 600.0
+    writer_ack_wait_s: float = 60.0
+
+
+async def ensure_ledger(js: JetStreamContext, names: Names, settings: LedgerSettings) -> None:
+    """Create or update the ledger stream and the batch writer's consumer. Idempotent."""
+    config = api.StreamConfig(
+        name=names.ledger_stream,
+        subjects=[names.ledger_wildcard],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        max_age=settings.retention_s,
+        duplicate_window=settings.dedupe_window_s,
+        allow_direct=True,
+    )
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config)
+    await js.add_consumer(
+        names.ledger_stream,
+        api.ConsumerConfig(
+            durable_name=names.writer_consumer,
+            filter_subject=names.ledger_wildcard,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=settings.writer_ack_wait_s,
+            max_ack_pending=20_000,
+        ),
+    )
+
+
+@dataclass(slots=True)
+class LoadedSession:
+    """What activation found: the latest snapshot (if any) and the turn records after it."""
+
+    snapshot: SnapshotRecord | None
+    turns: list[TurnRecord] = field(default_factory=list)
+
+
+class SessionLog(Protocol):
+    """One activation's handle on its session's ledger."""
+
+    async def append_turn(self, record: TurnRecord) -> TurnRecord:
+        """Append a turn record durably; returns it with its ledger sequence. :class:`Fenced` if stale."""
+        ...
+
+    async def save_snapshot(self, snapshot: SnapshotRecord) -> None:
+        """Append a snapshot (a cache: losing one costs replay time, never data)."""
+        ...
+
+    async def read_turn(self, seq: int) -> TurnRecord | None:
+        """A recorded turn of this session by ledger sequence (to replay it), None if gone."""
+        ...
+
+
+class Journal(Protocol):
+    """Opens sessions' ledgers for activation and removes them on deletion."""
+
+    async def open(
+        self, tenant_id: str, session_id: str, incarnation: str, holder: str
+    ) -> tuple[LoadedSession, SessionLog]:
+        """Load the session and take it over (fencing any earlier activation)."""
+        ...
+
+    async def purge(self, tenant_id: str, session_id: str) -> None:
+        """Drop every ledger entry of the session."""
+        ...
+
+    async def peek(self, tenant_id: str, session_id: str, incarnation: str) -> LoadedSession:
+        """The session as activation would load it, without taking it over."""
+        ...
+
+    async def turns_after(self, tenant_id: str, session_id: str, incarnation: str, seq: int) -> list[TurnRecord]:
+        """The session's turn records after ledger sequence ``seq``, in order."""
+        ...
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    return Unavailable("the ledger is not reachable", reason="LEDGER_UNAVAILABLE", retry_after_s=1.0)
+
+
+class _NatsSessionLog:
+    def __init__(self, journal: NatsJournal, tenant_id: str, session_id: str, position: int) -> None:
+        self._journal = journal
+        self._js = journal.js
+        self._names = journal.names
+        self._tenant_id = tenant_id
+        self._session_id = session_id
+        self._position = position
+
+    async def append_turn(self, record: TurnRecord) -> TurnRecord:
+        seq = await _append(
+            self._js,
+            self._names.ledger_turns(self._tenant_id, self._session_id),
+            record.to_json(),
+            kind=KIND_TURN,
+            msg_id=record.key,
+            expected=self._position,
+        )
+        self._position = seq
+        return record.with_seq(seq)
+
+    async def save_snapshot(self, snapshot: SnapshotRecord) -> None:
+        await _append(
+            self._js,
+            self._names.ledger_snapshots(self._tenant_id, self._session_id),
+            snapshot.to_json(),
+            kind=KIND_SNAPSHOT,
+            msg_id=snapshot.key,
+            expected=None,
+        )
+
+    async def read_turn(self, seq: int) -> TurnRecord | None:
+        return await self._journal.read_turn(seq)
+
+
+async def _append(
+    js: JetStreamContext, subject: str, payload: bytes, *, kind: str, msg_id: str, expected: int | None
+) -> int:
+    headers = {RECORD_HEADER: kind, "Nats-Msg-Id": msg_id}
+    if expected is not None:
+        headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value] = str(expected)
+    try:
+        ack = await js.publish(subject, payload, headers=headers)
+    except nats.js.errors.APIError as exc:
+        if exc.err_code == _WRONG_LAST_SEQUENCE:
+            raise Fenced("the session was activated elsewhere", reason="SESSION_FENCED") from None
+        raise _unavailable(exc) from exc
+    except _NATS_ERRORS as exc:
+        raise _unavailable(exc) from exc
+    return int(ack.seq)
+
+
+class NatsJournal:
+    """:class:`Journal` on the JetStream ledger stream."""
+
+    def __init__(self, js: JetStreamContext, names: Names) -> None:
+        self.js = js
+        self.names = names
+
+    async def open(
+        self, tenant_id: str, session_id: str, incarnation: str, holder: str
+    ) -> tuple[LoadedSession, SessionLog]:
+        for _ in range(5):
+            loaded, position = await self._load(tenant_id, session_id, incarnation)
+            marker = f'{{"holder":"{holder}","at_ns":{time.time_ns()}}}'.encode()
+            try:
+                position = await _append(
+                    self.js,
+                    self.names.ledger_turns(tenant_id, session_id),
+                    marker,
+                    kind=KIND_ACTIVATION,
+                    msg_id=f"activation.{holder}.{time.time_ns()}",
+                    expected=position,
+                )
+            except Fenced:
+                continue  # another activation raced us between load and marker: load again
+            return loaded, _NatsSessionLog(self, tenant_id, session_id, position)
+        raise Unavailable("the session could not be activated", reason="ACTIVATION_CONTENDED", retry_after_s=1.0)
+
+    async def peek(self, tenant_id: str, session_id: str, incarnation: str) -> LoadedSession:
+        """The session as activation would load it, without taking it over."""
+        loaded, _ = await self._load(tenant_id, session_id, incarnation)
+        return loaded
+
+    async def turns_after(self, tenant_id: str, session_id: str, incarnation: str, seq: int) -> list[TurnRecord]:
+        """The session's turn records after ledger sequence ``seq``, in order."""
+        try:
+            msgs = await read_subject(
+                self.js, self.names.ledger_stream, self.names.ledger_turns(tenant_id, session_id), start_seq=seq + 1
+            )
+        except _NATS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return _turn_records(msgs, incarnation)
+
+    async def _load(self, tenant_id: str, session_id: str, incarnation: str) -> tuple[LoadedSession, int]:
+        stream = self.names.ledger_stream
+        try:
+            snapshot = await self._latest_snapshot(tenant_id, session_id, incarnation)
+            start = snapshot.ledger_seq + 1 if snapshot else 0
+            msgs = await read_subject(self.js, stream, self.names.ledger_turns(tenant_id, session_id), start_seq=start)
+        except _NATS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        turns = _turn_records(msgs, incarnation)
+        # The fencing position is the subject's last sequence; the snapshot's may have aged out since.
+        position = msgs[-1].metadata.sequence.stream if msgs else await self._last_seq(tenant_id, session_id)
+        return LoadedSession(snapshot, turns), position
+
+    async def _last_seq(self, tenant_id: str, session_id: str) -> int:
+        try:
+            raw = await self.js.get_last_msg(self.names.ledger_stream, self.names.ledger_turns(tenant_id, session_id))
+        except nats.js.errors.NotFoundError:
+            return 0
+        except _NATS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return int(raw.seq or 0)
+
+    async def read_turn(self, seq: int) -> TurnRecord | None:
+        """The turn record at ledger sequence ``seq`` (None if it aged out)."""
+        try:
+            raw = await self.js.get_msg(self.names.ledger_stream, seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        except _NATS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        if (raw.headers or {}).get(RECORD_HEADER) != KIND_TURN:
+            return None
+        return TurnRecord.from_json(raw.data or b"{}", ledger_seq=seq)
+
+    async def _latest_snapshot(self, tenant_id: str, session_id: str, incarnation: str) -> SnapshotRecord | None:
+        try:
+            raw = await self.js.get_last_msg(
+                self.names.ledger_stream, self.names.ledger_snapshots(tenant_id, session_id)
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        snapshot = SnapshotRecord.from_json(raw.data or b"{}")
+        return snapshot if snapshot.incarnation == incarnation else None
+
+    async def purge(self, tenant_id: str, session_id: str) -> None:
+        try:
+            await self.js.purge_stream(
+                self.names.ledger_stream, subject=self.names.ledger_session(tenant_id, session_id)
+            )
+        except _NATS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+
+def _turn_records(msgs: list[Msg], incarnation: str) -> list[TurnRecord]:
+    records = (
+        TurnRecord.from_json(m.data, ledger_seq=m.metadata.sequence.stream)
+        for m in msgs
+        if (m.headers or {}).get(RECORD_HEADER) == KIND_TURN
+    )
+    return [r for r in records if r.incarnation == incarnation]
+
+
+class LedgerReader:
+    """The batch writer's source: the ledger through its durable consumer."""
+
+    @dataclass(slots=True)
+    class Entry:
+        """One ledger message."""
+
+        msg: Msg
+        data: bytes
+        headers: dict[str, str] | None
+        seq: int
+
+        async def ack(self) -> None:
+            """Acknowledge: written to storage."""
+            await self.msg.ack()
+
+    def __init__(self, js: JetStreamContext, names: Names) -> None:
+        self._js = js
+        self._names = names
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def fetch(self, batch: int, timeout_s: float) -> list[LedgerReader.Entry]:
+        """Up to ``batch`` entries, or none after ``timeout_s``."""
+        if self._sub is None:
+            self._sub = await self._js.pull_subscribe_bind(
+                durable=self._names.writer_consumer, stream=self._names.ledger_stream
+            )
+        try:
+            msgs = await self._sub.fetch(batch, timeout=timeout_s)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        return [self.Entry(m, m.data, dict(m.headers or {}), m.metadata.sequence.stream) for m in msgs]
+
+    async def close(self) -> None:
+        """Stop reading. Idempotent."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await sub.unsubscribe()
+
+
+class InMemoryJournal:
+    """:class:`Journal` in memory with the same fencing rule, for unit tests."""
+
+    def __init__(self, clock: Callable[[], int] = time.time_ns) -> None:
+        self.turns: dict[tuple[str, str], list[TurnRecord | None]] = {}
+        """Per session, its subject's entries in order: records, or None for activation markers."""
+        self.snapshots: dict[tuple[str, str], list[SnapshotRecord]] = {}
+        self._clock = clock
+        self.fail_appends = False
+
+    async def open(
+        self, tenant_id: str, session_id: str, incarnation: str, holder: str
+    ) -> tuple[LoadedSession, SessionLog]:
+        loaded = await self.peek(tenant_id, session_id, incarnation)
+        entries = self.turns.setdefault((tenant_id, session_id), [])
+        entries.append(None)
+        return loaded, _MemoryLog(self, (tenant_id, session_id), len(entries))
+
+    async def peek(self, tenant_id: str, session_id: str, incarnation: str) -> LoadedSession:
+        key = (tenant_id, session_id)
+        snaps = [s for s in self.snapshots.get(key, []) if s.incarnation == incarnation]
+        snapshot = max(snaps, key=lambda s: s.turn_index, default=None)
+        after = snapshot.ledger_seq if snapshot else 0
+        entries = self.turns.get(key, [])
+        turns = [e for i, e in enumerate(entries, 1) if e is not None and i > after and e.incarnation == incarnation]
+        return LoadedSession(snapshot, turns)
+
+    async def turns_after(self, tenant_id: str, session_id: str, incarnation: str, seq: int) -> list[TurnRecord]:
+        entries = self.turns.get((tenant_id, session_id), [])
+        return [
+            e.with_seq(i)
+            for i, e in enumerate(entries, 1)
+            if e is not None and i > seq and e.incarnation == incarnation
+        ]
+
+    async def purge(self, tenant_id: str, session_id: str) -> None:
+        self.turns.pop((tenant_id, session_id), None)
+        self.snapshots.pop((tenant_id, session_id), None)
+
+
+class _MemoryLog:
+    def __init__(self, journal: InMemoryJournal, key: tuple[str, str], position: int) -> None:
+        self._journal = journal
+        self._key = key
+        self._position = position
+
+    async def append_turn(self, record: TurnRecord) -> TurnRecord:
+        if self._journal.fail_appends:
+            raise Unavailable("the ledger is not reachable", reason="LEDGER_UNAVAILABLE", retry_after_s=1.0)
+        entries = self._journal.turns.setdefault(self._key, [])
+        if len(entries) != self._position:
+            raise Fenced("the session was activated elsewhere", reason="SESSION_FENCED")
+        record = record.with_seq(len(entries) + 1)
+        entries.append(record)
+        self._position = len(entries)
+        return record
+
+    async def save_snapshot(self, snapshot: SnapshotRecord) -> None:
+        self._journal.snapshots.setdefault(self._key, []).append(snapshot)
+
+    async def read_turn(self, seq: int) -> TurnRecord | None:
+        entries = self._journal.turns.get(self._key, [])
+        return entries[seq - 1] if 0 < seq <= len(entries) else None

@@ -1,0 +1,336 @@
+"""The transcript store: turns and snapshots in two LanceDB tables (embedded, a directory or object-store URI).
+
+Writes are idempotent (``merge_insert`` on the record key, insert-if-absent), so the ledger may redeliver
+an entry any number of times without a second row. Every query is scoped to one tenant: the tenant id is
+part of every filter this module builds, and ids are checked against the id alphabet before they are put
+in a filter, so a filter can never be widened or injected.
+
+Uses LanceDB's async API only: the work runs on LanceDB's own runtime, never blocking the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Final, TypeVar, cast
+
+import lancedb
+import pyarrow as pa
+from lancedb.db import AsyncConnection
+from lancedb.index import Bitmap, BTree
+from lancedb.query import ColumnOrdering
+from lancedb.table import AsyncTable
+
+from storage.errors import FailedPrecondition, InvalidArgument, Unavailable
+from storage.ids import require_id
+from storage.records import SnapshotRecord, TurnRecord, turn_key
+from storage.schemas import (
+    CONVERSION_ERRORS,
+    SNAPSHOT_KEY,
+    SNAPSHOTS_SCHEMA,
+    TRANSCRIPTS_SCHEMA,
+    TURN_KEY,
+    batch_to_snapshots,
+    batch_to_turns,
+    snapshots_to_batch,
+    turns_to_batch,
+)
+
+log = logging.getLogger(__name__)
+
+TRANSCRIPTS: Final = "transcripts"
+SNAPSHOTS: Final = "snapshots"
+
+UNWRITABLE: Final = "STORE_UNWRITABLE"
+UNREADABLE: Final = "STORE_UNREADABLE"
+CLOSED: Final = "STORE_CLOSED"
+DOES_NOT_FIT: Final = "RECORD_DOES_NOT_FIT"
+RETRY_AFTER_S: Final = 1.0
+
+# Errors the LanceDB binding raises for I/O and storage failures: the Rust core reports "lance error: …"
+# as RuntimeError (a directory replaced by a file gives "LanceError(IO): Not a directory"); local file
+# access can also surface as OSError. Anything else (TypeError, a pyarrow schema error) is a bug, not an
+# outage, and is left to propagate.
+_STORE_ERRORS: Final = (RuntimeError, OSError)
+
+_R = TypeVar("_R")
+
+IndexConfig = BTree | Bitmap
+
+
+@dataclass(frozen=True, slots=True)
+class _TableSpec:
+    name: str
+    schema: pa.Schema
+    key: str
+    indexes: tuple[tuple[str, IndexConfig], ...]
+
+
+# Bitmap for tenant_id: few distinct values with many rows each, the case a bitmap per value is built for.
+# BTree for session_id and the keys: high cardinality (LanceDB advises Bitmap only below a few thousand
+# distinct values; one bitmap per session or per turn would be mostly empty).
+_SPECS: Final = (
+    _TableSpec(
+        TRANSCRIPTS,
+        TRANSCRIPTS_SCHEMA,
+        TURN_KEY,
+        (("tenant_id", Bitmap()), ("session_id", BTree()), (TURN_KEY, BTree())),
+    ),
+    _TableSpec(
+        SNAPSHOTS,
+        SNAPSHOTS_SCHEMA,
+        SNAPSHOT_KEY,
+        (("tenant_id", Bitmap()), ("session_id", BTree()), (SNAPSHOT_KEY, BTree())),
+    ),
+)
+
+
+class TranscriptStore:
+    """Turns and snapshots of every tenant's sessions, in LanceDB. Create with :meth:`open`."""
+
+    def __init__(self, db: AsyncConnection, tables: dict[str, AsyncTable], *, keep_versions_s: float) -> None:
+        self._db = db
+        self._tables = tables
+        self._keep_versions = timedelta(seconds=keep_versions_s)
+        self._indexed: set[str] = set()
+        self._index_lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, uri: str, *, read_consistency_s: float | None = 0.0, keep_versions_s: float = 3600.0
+    ) -> TranscriptStore:
+        """Connect to the LanceDB at ``uri``, creating the two tables if they are missing.
+
+        ``read_consistency_s``: how stale a read may be with respect to writes made through another
+        connection (another process). LanceDB's default (``None``) never looks for them: a reader would
+        not see turns a writer in another process appended after it opened. ``0`` checks on every read.
+        ``keep_versions_s``: how long :meth:`optimize` keeps old table versions for readers still on them.
+        """
+        interval = None if read_consistency_s is None else timedelta(seconds=read_consistency_s)
+        with _store_errors("cannot open the transcript store", UNWRITABLE):
+            db = await lancedb.connect_async(uri, read_consistency_interval=interval)
+        try:
+            with _store_errors("cannot open the transcript store", UNWRITABLE):
+                tables = {s.name: await _open_table(db, s) for s in _SPECS}
+            store = cls(db, tables, keep_versions_s=keep_versions_s)
+            await store._note_existing_indexes()
+        except BaseException:
+            db.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
+            raise
+        return store
+
+    async def write(self, turns: Sequence[TurnRecord], snapshots: Sequence[SnapshotRecord]) -> None:
+        """Insert the records whose key is not stored yet; a record already stored is left as it is.
+
+        Within one call, a key given twice keeps its first record (``merge_insert`` would insert both). The
+        two tables are separate transactions: if the second fails, calling again completes the write.
+        Raises :class:`Unavailable` (``STORE_UNWRITABLE``) if the store cannot be written, and
+        :class:`InvalidArgument` (``RECORD_DOES_NOT_FIT``, nothing written) if a record does not fit its
+        table's schema (see :func:`storage.schemas.record_fits`).
+        """
+        self._check_open()
+        unique_turns = _first_per_key(turns, lambda r: r.key)
+        unique_snapshots = _first_per_key(snapshots, lambda r: r.key)
+        try:
+            turn_rows = turns_to_batch(unique_turns)
+            snapshot_rows = snapshots_to_batch(unique_snapshots)
+        except CONVERSION_ERRORS as exc:
+            # Not an outage: the same records will never fit, so the caller must not simply retry them.
+            raise InvalidArgument("a record does not fit the table schema", reason=DOES_NOT_FIT) from exc
+        with _store_errors("cannot write to the transcript store", UNWRITABLE):
+            if turn_rows.num_rows:
+                await self._insert_absent(TRANSCRIPTS, turn_rows)
+            if snapshot_rows.num_rows:
+                await self._insert_absent(SNAPSHOTS, snapshot_rows)
+        await self._ensure_indexes()
+
+    async def history(
+        self, tenant_id: str, session_id: str, *, after_turn_index: int = 0, limit: int = 50
+    ) -> list[TurnRecord]:
+        """Up to ``limit`` turns of the session with ``turn_index > after_turn_index``, by turn index."""
+        if limit <= 0:
+            return []
+        where = f"{_session_filter(tenant_id, session_id)} AND turn_index > {int(after_turn_index)}"
+        rows = await self._query(TRANSCRIPTS, where, order=[("turn_index", True)], limit=limit)
+        return batch_to_turns(_sort(rows, "turn_index", "ledger_seq"))
+
+    async def turns_by_ids(self, tenant_id: str, session_id: str, turn_ids: Iterable[str]) -> list[TurnRecord]:
+        """The stored turns of the session among ``turn_ids``, by turn index; unknown ids are left out."""
+        scope = _session_filter(tenant_id, session_id)
+        keys = sorted({f"'{turn_key(tenant_id, session_id, require_id(t, 'turn_id'))}'" for t in turn_ids})
+        if not keys:
+            return []
+        # The key column has the BTree index; the tenant and session terms keep the scope explicit.
+        where = f"{scope} AND {TURN_KEY} IN ({', '.join(keys)})"
+        rows = await self._query(TRANSCRIPTS, where)
+        return batch_to_turns(_sort(rows, "turn_index", "ledger_seq"))
+
+    async def latest_snapshot(
+        self, tenant_id: str, session_id: str, incarnation: str | None = None
+    ) -> SnapshotRecord | None:
+        """The session's snapshot with the highest turn index (of ``incarnation`` if given), or None."""
+        where = _session_filter(tenant_id, session_id)
+        if incarnation is not None:
+            where += f" AND incarnation = '{_incarnation(incarnation)}'"
+        newest_first = [("turn_index", False), ("created_at_ns", False)]
+        rows = await self._query(SNAPSHOTS, where, order=newest_first, limit=1)
+        return max(batch_to_snapshots(rows), key=lambda s: (s.turn_index, s.created_at_ns), default=None)
+
+    async def delete_session(self, tenant_id: str, session_id: str) -> None:
+        """Delete every row of the session, in every table. Deleting an absent session does nothing."""
+        self._check_open()
+        where = _session_filter(tenant_id, session_id)
+        with _store_errors("cannot delete from the transcript store", UNWRITABLE):
+            for table in self._tables.values():
+                await table.delete(where)
+
+    async def count(self, table: str, where: str | None = None) -> int:
+        """Rows of ``table`` (``transcripts`` or ``snapshots``) matching ``where``, across tenants.
+
+        For operators and tests: ``where`` is SQL passed as is, so it must never be built from request input.
+        """
+        target = self._table(table)
+        with _store_errors("cannot read the transcript store", UNREADABLE):
+            return await target.count_rows(where)
+
+    async def optimize(self) -> None:
+        """Compact small fragments (one per write), bring the indexes up to date with new rows and remove
+        versions older than ``keep_versions_s``."""
+        self._check_open()
+        with _store_errors("cannot optimize the transcript store", UNWRITABLE):
+            for table in self._tables.values():
+                await table.optimize(cleanup_older_than=self._keep_versions)
+
+    async def close(self) -> None:
+        """Release the tables and the connection; later calls raise :class:`Unavailable`. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for table in self._tables.values():
+            table.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
+        self._db.close()  # type: ignore[no-untyped-call]
+
+    async def _insert_absent(self, name: str, batch: pa.RecordBatch) -> None:
+        spec = _spec(name)
+        builder = self._tables[name].merge_insert(spec.key).when_not_matched_insert_all()
+        # On an AsyncTable, execute() returns a coroutine, though it is annotated as returning the result.
+        await cast(Awaitable[object], builder.execute(batch))
+
+    async def _query(
+        self, name: str, where: str, *, order: list[tuple[str, bool]] | None = None, limit: int | None = None
+    ) -> pa.Table:
+        """Rows of ``name`` matching ``where``, sorted by ``order`` ((column, ascending) pairs) if given."""
+        self._check_open()
+        query = self._tables[name].query().where(where)
+        if order:
+            # Without an ordering, LanceDB applies the limit to rows in storage order: an arbitrary subset.
+            query = query.order_by([ColumnOrdering(column_name=c, ascending=up) for c, up in order])
+        if limit is not None:
+            query = query.limit(limit)
+        with _store_errors("cannot read the transcript store", UNREADABLE):
+            return await query.to_arrow()
+
+    async def _note_existing_indexes(self) -> None:
+        for spec in _SPECS:
+            with _store_errors("cannot read the transcript store", UNREADABLE):
+                present = {column for index in await self._tables[spec.name].list_indices() for column in index.columns}
+            if all(column in present for column, _ in spec.indexes):
+                self._indexed.add(spec.name)
+
+    async def _ensure_indexes(self) -> None:
+        """Create the scalar indexes of each table that has rows and lacks them (once per table)."""
+        if len(self._indexed) == len(_SPECS):
+            return
+        async with self._index_lock:
+            for spec in _SPECS:
+                if spec.name not in self._indexed:
+                    await self._index_table(spec)
+
+    async def _index_table(self, spec: _TableSpec) -> None:
+        table = self._tables[spec.name]
+        try:
+            # Indexes are made after the first write: an index of an empty table is of no use to the
+            # queries, and older LanceDB versions refuse to train one. Rows written after an index is made
+            # are searched unindexed until optimize() folds them in.
+            if await table.count_rows() == 0:
+                return
+            present = {column for index in await table.list_indices() for column in index.columns}
+            for column, config in spec.indexes:
+                if column not in present:
+                    await table.create_index(column, config=config)
+        except _STORE_ERRORS as exc:
+            # Queries are correct without indexes, only slower: try again after the next write.
+            log.warning("creating the indexes of %s failed (%s); will retry", spec.name, type(exc).__name__)
+            return
+        self._indexed.add(spec.name)
+        log.info("created the scalar indexes of %s", spec.name)
+
+    def _table(self, name: str) -> AsyncTable:
+        self._check_open()
+        if name not in self._tables:
+            raise InvalidArgument(f"no such table; expected one of {sorted(self._tables)}", reason="INVALID_TABLE")
+        return self._tables[name]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("the transcript store is closed", reason=CLOSED)
+
+
+@contextlib.contextmanager
+def _store_errors(message: str, reason: str) -> Iterator[None]:
+    """Turn LanceDB and OS failures into :class:`Unavailable`; the message never carries row content."""
+    try:
+        yield
+    except _STORE_ERRORS as exc:
+        log.warning("%s: %s", message, type(exc).__name__)
+        raise Unavailable(message, reason=reason, retry_after_s=RETRY_AFTER_S) from exc
+
+
+async def _open_table(db: AsyncConnection, spec: _TableSpec) -> AsyncTable:
+    """The table of ``spec``, created if missing; refused if it exists with another schema."""
+    try:
+        return await db.create_table(spec.name, schema=spec.schema, exist_ok=True)
+    except ValueError as exc:
+        # LanceDB: "Schema Error: Provided schema does not match existing table schema". Writing would
+        # fail on every batch, so stop at open: the table needs a migration (or was made by another version).
+        raise FailedPrecondition(
+            f"table {spec.name} exists with a different schema; migrate it first", reason="STORE_SCHEMA_MISMATCH"
+        ) from exc
+
+
+def _spec(name: str) -> _TableSpec:
+    return next(s for s in _SPECS if s.name == name)
+
+
+def _session_filter(tenant_id: str, session_id: str) -> str:
+    """The filter of one session of one tenant; every query starts from it."""
+    tenant = require_id(tenant_id, "tenant_id")
+    session = require_id(session_id, "session_id")
+    return f"tenant_id = '{tenant}' AND session_id = '{session}'"
+
+
+def _incarnation(value: str) -> str:
+    # An incarnation is a creation time in nanoseconds, or empty for records written before incarnations.
+    return value if value == "" else require_id(value, "incarnation")
+
+
+def _first_per_key(records: Iterable[_R], key: Callable[[_R], str]) -> list[_R]:
+    """``records`` without repeated keys, keeping each key's first record, in order."""
+    seen: set[str] = set()
+    kept: list[_R] = []
+    for record in records:
+        k = key(record)
+        if k not in seen:
+            seen.add(k)
+            kept.append(record)
+    return kept
+
+
+def _sort(rows: pa.Table, *columns: str) -> pa.Table:
+    # The query's order_by already orders the rows; sorting again costs little and does not rely on it.
+    return rows.sort_by([(c, "ascending") for c in columns])
