@@ -39,11 +39,12 @@ class TurnEmitter:
     submitter while the session's runner may already be streaming).
     """
 
-    def __init__(self, session_id: str, turn_id: str, sink: EventSink) -> None:
+    def __init__(self, session_id: str, turn_id: str, sink: EventSink, *, start_seq: int = 0) -> None:
         self.session_id = session_id
         self.turn_id = turn_id
         self._sink = sink
-        self._seq = 0
+        self._seq = start_seq
+        """Events up to ``start_seq`` were sent by an earlier attempt at the turn; numbering continues."""
         self._lock = asyncio.Lock()
         self.finished = False
 

@@ -1,9 +1,9 @@
 """The session host: owns a set of shards, pulls their turns and runs them in session actors.
 
-Virtual actors: a session is activated (its definition and snapshot loaded) when its first turn arrives and
-passivated when idle or when the host holds too many; its snapshot is saved after every turn, so
-passivation only drops memory. Plain asyncio with its bus, stores and provider injected; the Ray actor in
-``actors.ray_host`` is a thin shell around it.
+Virtual actors: a session is activated when its first turn arrives (its definition read from the registry,
+its state from the ledger: latest snapshot plus the records after it, taking the session over from any
+earlier activation) and passivated, leaving a snapshot, when idle or when the host holds too many. Plain
+asyncio with its bus, stores and provider injected; the Ray actor in ``actors.ray_host`` is a thin shell.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from actors.events import TurnEmitter
-from actors.model import ModelProvider
+from actors.model import ModelChunk, ModelProvider, ModelRequest
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
 from otel import consumer_span
 from salon.v1 import session_pb2, turn_pb2
-from storage import SessionRegistry, SnapshotStore, TurnEnvelope
+from storage import Journal, SessionRegistry, TurnEnvelope, incarnation_of
 from storage.errors import NotFound, SalonError
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,10 @@ class BusMessage(Protocol):
         """Never redeliver."""
         ...
 
+    async def nak(self, delay: float | None = None) -> None:
+        """Redeliver (after ``delay``)."""
+        ...
+
 
 class Puller(Protocol):
     """Fetches one shard's turn messages."""
@@ -61,10 +65,14 @@ class Puller(Protocol):
 
 
 class EventSender(Protocol):
-    """Publishes a tenant's turn events."""
+    """Publishes a tenant's turn events, and reads back what was sent for a turn."""
 
     async def publish(self, tenant_id: str, event: turn_pb2.TurnEvent) -> None:
         """Send one event."""
+        ...
+
+    async def sent(self, tenant_id: str, session_id: str, turn_id: str) -> list[turn_pb2.TurnEvent]:
+        """The events already sent for a turn (still retained), in order."""
         ...
 
 
@@ -80,6 +88,7 @@ class HostSettings:
     window_max_messages: int = 40
     window_token_budget: int = 8000
     max_tokens: int = 1024
+    snapshot_every_turns: int = 20
 
 
 def session_settings(session: session_pb2.Session, defaults: HostSettings) -> SessionSettings:
@@ -93,6 +102,7 @@ def session_settings(session: session_pb2.Session, defaults: HostSettings) -> Se
         max_tokens=model.max_tokens or defaults.max_tokens,
         temperature=model.temperature if model.HasField("temperature") else None,
         stop_sequences=tuple(model.stop_sequences),
+        snapshot_every_turns=defaults.snapshot_every_turns,
     )
 
 
@@ -106,7 +116,7 @@ class SessionHost:
         pullers: list[Puller],
         events: EventSender,
         registry: SessionRegistry,
-        snapshots: SnapshotStore,
+        journal: Journal,
         provider: ModelProvider,
         settings: HostSettings,
         clock: Callable[[], float] = time.monotonic,
@@ -115,8 +125,8 @@ class SessionHost:
         self._pullers = pullers
         self._events = events
         self._registry = registry
-        self._snapshots = snapshots
-        self._provider = provider
+        self._journal = journal
+        self._provider = _CountingProvider(provider)
         self._settings = settings
         self._clock = clock
         self._sessions: dict[SessionKey, SessionActor] = {}
@@ -149,6 +159,7 @@ class SessionHost:
             "passivations": self.passivations,
             "turns_started": self.turns_started,
             "duplicates": self.duplicates,
+            "model_calls": self._provider.calls,
         }
 
     async def drain(self, grace_s: float) -> None:
@@ -174,7 +185,7 @@ class SessionHost:
         self._tasks.clear()
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
-            await session.close()
+            await session.passivate()
         for puller in self._pullers:
             await puller.close()
         with contextlib.suppress(Exception):
@@ -233,6 +244,15 @@ class SessionHost:
             self.duplicates += 1
             span.end()
             return
+        prior: list[turn_pb2.TurnEvent] = []
+        if _redelivered(msg):
+            # An earlier attempt may have streamed part of the answer before its host died.
+            try:
+                prior = await self._events.sent(tenant, key.session_id, envelope.turn_id)
+            except Exception:
+                span.end()
+                await msg.nak(delay=1.0)
+                raise
         # Tracked before submit: a fast turn can finish (and call done) before submit returns.
         self._inflight[turn_key] = [msg]
 
@@ -241,7 +261,20 @@ class SessionHost:
             for copy in self._inflight.pop(turn_key, []):
                 await copy.ack()
 
-        turn = Turn(envelope.turn_id, envelope.request.text, trace_id=trace_id, on_done=done)
+        async def release() -> None:
+            span.end()
+            for copy in self._inflight.pop(turn_key, []):
+                await copy.nak()
+
+        turn = Turn(
+            envelope.turn_id,
+            envelope.request.text,
+            trace_id=trace_id,
+            enqueued_at_ns=envelope.enqueued_at_ns,
+            prior_events=prior,
+            on_done=done,
+            on_release=release,
+        )
         try:
             await session.submit(turn, sink)
         except BaseException:
@@ -253,27 +286,23 @@ class SessionHost:
     async def _activate(self, key: SessionKey, incarnation: str) -> SessionActor:
         session = self._sessions.get(key)
         if session is not None:
-            if not incarnation or session.state.incarnation == incarnation:
+            if session.fenced:
+                await self._passivate(key)
+            elif not incarnation or session.state.incarnation == incarnation:
                 return session
-            # The session was deleted and created again under the same id: forget the old one.
-            await self._passivate(key)
+            else:
+                # The session was deleted and created again under the same id: forget the old one.
+                await self._passivate(key)
         definition = await self._registry.get(key.tenant_id, key.session_id)
-        current = str(definition.create_time.ToNanoseconds())
-        snapshot = await self._snapshots.load(key.tenant_id, key.session_id)
-        state = SessionState.from_dict(snapshot) if snapshot else SessionState()
-        if state.incarnation != current:
-            state = SessionState(incarnation=current)
-
-        async def save(k: SessionKey, data: dict[str, Any]) -> None:
-            await self._snapshots.save(k.tenant_id, k.session_id, data)
-
+        current = incarnation_of(definition)
+        settings = session_settings(definition, self._settings)
+        loaded, ledger = await self._journal.open(key.tenant_id, key.session_id, current, holder=self.name)
+        state = SessionState.restore(loaded, current, settings.window_max_messages)
         if len(self._sessions) >= self._settings.max_sessions:
             # Make room before the newcomer joins, so it is never the one evicted. Busy sessions stay, so
             # the cap is soft when every live session is running a turn.
             await self._passivate_lru(len(self._sessions) - self._settings.max_sessions + 1)
-        session = SessionActor(
-            key, session_settings(definition, self._settings), state, self._provider, save, clock=self._clock
-        )
+        session = SessionActor(key, settings, state, self._provider, ledger, clock=self._clock)
         self._sessions[key] = session
         self.activations += 1
         return session
@@ -285,7 +314,7 @@ class SessionHost:
         if session is None:
             return
         self.passivations += 1
-        await session.close()
+        await session.passivate()
 
     async def _passivate_lru(self, count: int) -> None:
         idle = sorted((k for k, s in self._sessions.items() if not s.busy), key=lambda k: self._sessions[k].last_active)
@@ -297,7 +326,8 @@ class SessionHost:
         while True:
             await asyncio.sleep(interval)
             cutoff = self._clock() - self._settings.session_idle_s
-            for key in [k for k, s in self._sessions.items() if not s.busy and s.last_active < cutoff]:
+            stale = [k for k, s in self._sessions.items() if s.fenced or (not s.busy and s.last_active < cutoff)]
+            for key in stale:
                 await self._passivate(key)
 
     async def _heartbeat_loop(self) -> None:
@@ -309,3 +339,27 @@ class SessionHost:
                 for msg in copies:
                     with contextlib.suppress(Exception):
                         await msg.in_progress()
+
+
+def _redelivered(msg: BusMessage) -> bool:
+    metadata = getattr(msg, "metadata", None)
+    return bool(metadata is not None and (metadata.num_delivered or 0) > 1)
+
+
+class _CountingProvider:
+    """Counts the answers asked of the model: the figure that must not grow on redelivery or replay."""
+
+    def __init__(self, inner: ModelProvider) -> None:
+        self._inner = inner
+        self.calls = 0
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        self.calls += 1
+        return self._inner.stream(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

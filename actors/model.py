@@ -36,6 +36,8 @@ class ModelRequest:
     max_tokens: int = 1024
     temperature: float | None = None
     stop_sequences: tuple[str, ...] = ()
+    prefill: str = ""
+    """The start of the answer, already sent to the client by an earlier attempt: continue after it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,16 @@ class ModelError(SalonError):
     ) -> None:
         super().__init__(message, reason=reason, retry_after_s=retry_after_s)
         self.retryable = retryable
+
+
+def continue_after(tokens: list[str], prefill: str) -> list[str]:
+    """The tokens left to send when ``prefill`` (a prefix of the answer) was already sent: for providers
+    whose answer is deterministic, continuing means skipping what the client has."""
+    sent, index = "", 0
+    while index < len(tokens) and prefill.startswith(sent + tokens[index]):
+        sent += tokens[index]
+        index += 1
+    return tokens[index:]
 
 
 @runtime_checkable

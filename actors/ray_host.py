@@ -1,8 +1,9 @@
-"""The Ray actor that hosts a :class:`~actors.host.SessionHost`: the only Ray code in Salon.
+"""The Ray actors: Salon's only Ray code.
 
-A thin shell: it connects to NATS, builds the host from a :class:`HostSpec` and forwards lifecycle calls.
-Ray restarts it when its process dies; ``__init__`` runs again and the host takes up its shards, where
-JetStream redelivers whatever the dead process had not acknowledged.
+``HostActor`` hosts a :class:`~actors.host.SessionHost`; ``WriterActor`` hosts the ledger's
+:class:`~storage.BatchWriter`. Both are thin shells: they connect to NATS, build their plain object from a
+spec and forward lifecycle calls. Ray restarts them when their process dies; ``__init__`` runs again and they
+take up their work, where JetStream redelivers whatever the dead process had not acknowledged.
 """
 
 from __future__ import annotations
@@ -18,7 +19,21 @@ import ray
 
 from actors.host import HostSettings, SessionHost
 from actors.model import ModelProvider
-from storage import EventPublisher, KvSessionRegistry, KvSnapshotStore, Names, ShardPuller, connect
+from storage import (
+    BatchWriter,
+    EventPublisher,
+    KvSessionRegistry,
+    LedgerReader,
+    Names,
+    NatsJournal,
+    NotFound,
+    ShardPuller,
+    TranscriptStore,
+    WriterStatus,
+    close_connection,
+    connect,
+    incarnation_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +61,7 @@ async def build_host(spec: HostSpec) -> tuple[SessionHost, Any]:
         pullers=[ShardPuller(nc, names, shard) for shard in spec.shards],
         events=EventPublisher(nc, names),
         registry=await KvSessionRegistry.open(js, names),
-        snapshots=await KvSnapshotStore.open(js, names),
+        journal=NatsJournal(js, names),
         provider=spec.provider_factory(),
         settings=spec.settings,
     )
@@ -94,4 +109,87 @@ class HostActor:
             await self._host.close()
         if self._nc is not None:
             nc, self._nc = self._nc, None
-            await nc.drain()
+            await close_connection(nc)
+
+
+@dataclass(frozen=True)
+class WriterSpec:
+    """What the writer process needs (pickled by Ray)."""
+
+    nats_url: str
+    namespace: str
+    lancedb_uri: str
+    flush_rows: int = 512
+    flush_interval_s: float = 1.0
+    optimize_every: int = 50
+    log_level: str = "WARNING"
+
+
+@ray.remote(max_restarts=-1, num_cpus=0)
+class WriterActor:
+    """Ray shell around the :class:`~storage.BatchWriter` that turns ledger entries into LanceDB rows."""
+
+    def __init__(self, spec: WriterSpec) -> None:
+        logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._spec = spec
+        self._writer: BatchWriter | None = None
+        self._source: LedgerReader | None = None
+        self._store: TranscriptStore | None = None
+        self._nc: Any = None
+        self._started = asyncio.get_running_loop().create_task(self._start())
+
+    async def _start(self) -> None:
+        spec = self._spec
+        names = Names(spec.namespace)
+        self._nc = await connect(spec.nats_url, name="salon-writer")
+        js = self._nc.jetstream()
+        registry = await KvSessionRegistry.open(js, names)
+
+        async def session_exists(tenant_id: str, session_id: str, incarnation: str) -> bool:
+            try:
+                session = await registry.get(tenant_id, session_id)
+            except NotFound:
+                return False
+            return incarnation_of(session) == incarnation
+
+        self._store = await TranscriptStore.open(spec.lancedb_uri)
+        self._source = LedgerReader(js, names)
+        self._writer = BatchWriter(
+            self._source,
+            self._store,
+            flush_rows=spec.flush_rows,
+            flush_interval_s=spec.flush_interval_s,
+            optimize_every=spec.optimize_every,
+            session_exists=session_exists,
+        )
+        await self._writer.start()
+
+    async def ready(self) -> dict[str, Any]:
+        """Wait until the writer consumes the ledger; returns its pid."""
+        await self._started
+        return {"pid": os.getpid()}
+
+    async def status(self) -> WriterStatus:
+        """The writer's health and figures."""
+        await self._started
+        assert self._writer is not None
+        return self._writer.status()
+
+    async def flush(self) -> None:
+        """Write what is buffered now."""
+        await self._started
+        assert self._writer is not None
+        await self._writer.flush()
+
+    async def close(self) -> None:
+        """Flush and stop. Idempotent."""
+        await self._started
+        if self._writer is not None:
+            await self._writer.close()
+        if self._source is not None:
+            await self._source.close()
+        if self._store is not None:
+            await self._store.close()
+        if self._nc is not None:
+            nc, self._nc = self._nc, None
+            await close_connection(nc)

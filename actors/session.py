@@ -1,27 +1,33 @@
 """The session actor: one conversation's state and its turns, one at a time, in arrival order.
 
-Plain asyncio: no Ray, NATS or gRPC here, so the logic is testable alone. The host feeds it turns and gives
-it a sink for their events; it calls back when a turn has ended so the host can acknowledge the message.
+Plain asyncio: no Ray, NATS or gRPC here. The host feeds it turns, a sink for their events and the
+session's ledger handle. A turn ends in this order: its answer is streamed, its outcome is appended to the
+ledger (retried while the ledger is unreachable), applied to the state, the terminal event is sent, and only
+then is the turn acknowledged. So a client that saw a turn complete can read it back, and an acknowledged
+turn is never lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from actors.events import EventSink, TurnEmitter
 from actors.memory import fit_window
 from actors.model import Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta
+from salon.v1 import turn_pb2
+from storage import Fenced, LoadedSession, SalonError, SessionLog, SnapshotRecord, TurnRecord
 
 log = logging.getLogger(__name__)
 
-RECENT_TURNS_KEPT = 32
+RECENT_TURNS_KEPT = 64
 """How many finished turns a session remembers by id, to answer a redelivered turn without the model."""
 
 
@@ -47,46 +53,66 @@ class SessionSettings:
     max_tokens: int = 1024
     temperature: float | None = None
     stop_sequences: tuple[str, ...] = ()
-
-
-@dataclass(slots=True)
-class TurnOutcome:
-    """How a turn ended; kept for recently finished turns so a duplicate is answered from it."""
-
-    turn_id: str
-    status: str  # completed | failed | partial | cancelled
-    reply: str
-    stop_reason: str = ""
-    error_reason: str = ""
+    snapshot_every_turns: int = 20
 
 
 @dataclass(slots=True)
 class SessionState:
-    """What a session remembers between turns; saved as a snapshot after each turn and on passivation."""
+    """What a session remembers between turns. It is a pure function of its ledger records, so a snapshot is
+    only a cache: activation applies the records after the latest snapshot."""
 
+    incarnation: str = ""
     messages: list[Message] = field(default_factory=list)
     turn_count: int = 0
-    recent: OrderedDict[str, TurnOutcome] = field(default_factory=OrderedDict)
-    incarnation: str = ""
-    """Which incarnation of the session id this state belongs to (see ``storage.TurnEnvelope``)."""
+    ledger_seq: int = 0
+    """Ledger sequence of the last turn applied."""
+    recent: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    """Recently finished turns: turn id to ledger sequence."""
+
+    def apply(self, record: TurnRecord, keep_messages: int) -> None:
+        """Fold one recorded turn into the state."""
+        self.turn_count = record.turn_index
+        self.ledger_seq = record.ledger_seq
+        self.messages.append(Message("user", record.user_text, record.turn_id))
+        if record.reply_text:
+            self.messages.append(Message("assistant", record.reply_text, record.turn_id))
+        if len(self.messages) > keep_messages:
+            del self.messages[: len(self.messages) - keep_messages]
+        self.recent[record.turn_id] = record.ledger_seq
+        while len(self.recent) > RECENT_TURNS_KEPT:
+            self.recent.popitem(last=False)
+
+    @classmethod
+    def restore(cls, loaded: LoadedSession, incarnation: str, keep_messages: int) -> SessionState:
+        """The state after the loaded snapshot and the records that follow it."""
+        state = cls.from_dict(loaded.snapshot.state) if loaded.snapshot else cls(incarnation=incarnation)
+        state.incarnation = incarnation
+        for record in loaded.turns:
+            if record.turn_index > state.turn_count:
+                state.apply(record, keep_messages)
+        return state
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready snapshot."""
         return {
-            "version": 1,
+            "version": 2,
             "incarnation": self.incarnation,
             "turn_count": self.turn_count,
+            "ledger_seq": self.ledger_seq,
             "messages": [[m.role, m.text, m.turn_id] for m in self.messages],
-            "recent": [[o.turn_id, o.status, o.reply, o.stop_reason, o.error_reason] for o in self.recent.values()],
+            "recent": list(self.recent.items()),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SessionState:
         """Rebuild state from :meth:`to_dict` output."""
-        state = cls(turn_count=int(data.get("turn_count", 0)), incarnation=str(data.get("incarnation", "")))
+        state = cls(
+            incarnation=str(data.get("incarnation", "")),
+            turn_count=int(data.get("turn_count", 0)),
+            ledger_seq=int(data.get("ledger_seq", 0)),
+        )
         state.messages = [Message(role=r, text=t, turn_id=i) for r, t, i in data.get("messages", [])]
-        for turn_id, status, reply, stop_reason, error_reason in data.get("recent", []):
-            state.recent[turn_id] = TurnOutcome(turn_id, status, reply, stop_reason, error_reason)
+        state.recent = OrderedDict((str(t), int(s)) for t, s in data.get("recent", []))
         return state
 
 
@@ -97,17 +123,21 @@ class Turn:
     turn_id: str
     text: str
     trace_id: str = ""
+    enqueued_at_ns: int = 0
+    prior_events: Sequence[turn_pb2.TurnEvent] = ()
+    """Events an earlier attempt at this turn already sent (its host died mid-turn): the answer continues
+    after them instead of starting over."""
     on_done: Callable[[], Awaitable[None]] | None = None
-    """Called once the turn has ended and its outcome is saved (the host acks the bus message here)."""
+    """Called once the turn is recorded and its terminal event sent (the host acks the bus message here)."""
+    on_release: Callable[[], Awaitable[None]] | None = None
+    """Called instead of ``on_done`` when this actor will not finish the turn (another host took the session
+    over): the host hands the message back to the bus for prompt redelivery."""
 
 
 @dataclass(slots=True)
 class _Queued:
     turn: Turn
     emitter: TurnEmitter
-
-
-SnapshotSaver = Callable[[SessionKey, dict[str, Any]], Awaitable[None]]
 
 
 class SessionActor:
@@ -119,21 +149,24 @@ class SessionActor:
         settings: SessionSettings,
         state: SessionState,
         provider: ModelProvider,
-        save_snapshot: SnapshotSaver,
+        ledger: SessionLog,
         *,
-        max_window_messages_kept: int = 200,
         clock: Callable[[], float] = time.monotonic,
+        max_retry_delay_s: float = 2.0,
     ) -> None:
         self.key = key
         self.settings = settings
         self.state = state
         self._provider = provider
-        self._save_snapshot = save_snapshot
-        self._keep = max_window_messages_kept
+        self._ledger = ledger
+        self._clock = clock
+        self._max_retry_delay_s = max_retry_delay_s
         self._queue: deque[_Queued] = deque()
         self._runner: asyncio.Task[None] | None = None
         self._closed = False
-        self._clock = clock
+        self.fenced = False
+        """Set when another host took the session over; the host then drops this actor."""
+        self._snapshot_turn = state.turn_count
         self.last_active = clock()
 
     @property
@@ -151,23 +184,19 @@ class SessionActor:
         while self._runner is not None:
             await asyncio.shield(self._runner)
 
-    def knows_turn(self, turn_id: str) -> bool:
-        """Whether ``turn_id`` is queued, running, or recently finished here."""
-        return turn_id in self.state.recent or any(q.turn.turn_id == turn_id for q in self._queue)
-
     async def submit(self, turn: Turn, sink: EventSink) -> bool:
         """Queue ``turn``; its events (starting with ``accepted``) go to ``sink``, and ``turn.on_done`` is
-        called once it has ended and been saved.
+        called once it has ended and been recorded.
 
-        A turn this session already finished is answered from its outcome without calling the model. One
+        A turn this session already recorded is answered from its record without calling the model. One
         that is queued or running is a duplicate: it is not taken (returns False, ``on_done`` is never
-        called), since the copy already here will finish and be acknowledged. (The host settles such
-        copies itself; this is the actor's own guard.)
+        called); the copy already here will finish and be acknowledged.
         """
         if self._closed:
             raise RuntimeError("session actor is closed")
         self.last_active = self._clock()
-        emitter = TurnEmitter(self.key.session_id, turn.turn_id, sink)
+        prior_seq = turn.prior_events[-1].seq if turn.prior_events else 0
+        emitter = TurnEmitter(self.key.session_id, turn.turn_id, sink, start_seq=prior_seq)
         if turn.turn_id in self.state.recent:
             await self._replay(turn, emitter, self.state.recent[turn.turn_id])
             return True
@@ -178,143 +207,169 @@ class SessionActor:
         position = len(self._queue) - 1
         if self._runner is None:
             self._runner = asyncio.create_task(self._run(), name=f"session-{self.key}")
-        await emitter.accepted(position, trace_id=turn.trace_id)
+        if not prior_seq:
+            await emitter.accepted(position, trace_id=turn.trace_id)
         return True
 
-    async def _replay(self, turn: Turn, emitter: TurnEmitter, outcome: TurnOutcome) -> None:
-        await emitter.accepted(0, trace_id=turn.trace_id, replayed=True)
-        if outcome.reply:
-            await emitter.delta(outcome.reply)
-        if outcome.status == "completed":
-            await emitter.completed(outcome.stop_reason or "end_turn")
-        elif outcome.status == "cancelled":
-            await emitter.cancelled("cancelled")
-        else:
+    async def _replay(self, turn: Turn, emitter: TurnEmitter, ledger_seq: int) -> None:
+        record = await self._ledger.read_turn(ledger_seq)
+        if record is None:
+            if not emitter.last_seq:
+                await emitter.accepted(0, trace_id=turn.trace_id, replayed=True)
             await emitter.error(
-                outcome.error_reason or "MODEL_ERROR",
-                "the turn failed earlier; this is its recorded outcome",
+                "TURN_RECORD_EXPIRED",
+                "the turn was recorded but its record is no longer kept",
                 retryable=False,
-                partial=outcome.status == "partial",
+                partial=False,
             )
-        # Saved again before the ack: the earlier save may be the one that failed.
-        await self._finish(turn)
+        else:
+            # The record's events, numbered as they were first sent; those the client has are skipped.
+            steps: list[Callable[[], Awaitable[None]]] = [
+                functools.partial(emitter.accepted, 0, trace_id=turn.trace_id, replayed=True)
+            ]
+            steps += [functools.partial(emitter.delta, text) for text in record.deltas]
+            steps += _ending_steps(emitter, record)
+            for step in steps[emitter.last_seq :]:
+                await step()
+        if turn.on_done is not None:
+            await turn.on_done()
 
     async def _run(self) -> None:
         try:
-            while self._queue:
+            while self._queue and not self.fenced:
                 queued = self._queue[0]
                 try:
                     await self._execute(queued.turn, queued.emitter)
                 finally:
-                    self._queue.popleft()
-                    self.last_active = self._clock()
+                    if not self.fenced:
+                        self._queue.popleft()
+                        self.last_active = self._clock()
+            if self.fenced:
+                await self._release_all()
         finally:
             self._runner = None
 
-    def _request(self, user_text: str) -> ModelRequest:
+    async def _release_all(self) -> None:
+        while self._queue:
+            turn = self._queue.popleft().turn
+            if turn.on_release is not None:
+                try:
+                    await turn.on_release()
+                except Exception:
+                    log.exception("handing a turn back to the bus failed; it is redelivered after its ack wait")
+
+    def _request(self, user_text: str, prefill: str) -> tuple[ModelRequest, tuple[str, ...]]:
         s = self.settings
         history = fit_window(
-            self.state.messages,
-            max_messages=max(s.window_max_messages - 1, 0),
-            token_budget=s.window_token_budget,
+            self.state.messages, max_messages=max(s.window_max_messages - 1, 0), token_budget=s.window_token_budget
         )
-        return ModelRequest(
+        request = ModelRequest(
             system=s.system_prompt,
             messages=(*history, Message("user", user_text)),
             model=s.model,
             max_tokens=s.max_tokens,
             temperature=s.temperature,
             stop_sequences=s.stop_sequences,
+            prefill=prefill,
         )
+        return request, tuple(dict.fromkeys(m.turn_id for m in history if m.turn_id))
 
     async def _execute(self, turn: Turn, emitter: TurnEmitter) -> None:
-        parts: list[str] = []
-        stream = self._provider.stream(self._request(turn.text))
+        deltas = [e.delta.text for e in turn.prior_events if e.HasField("delta")]
+        request, context_ids = self._request(turn.text, "".join(deltas))
+        draft = _Draft(turn, self.key, self.state, context_ids, self._clock_ns())
+        stream = self._provider.stream(request)
         try:
-            outcome = await self._stream_answer(turn, emitter, stream, parts)
+            await self._stream_answer(stream, emitter, draft, deltas)
         except asyncio.CancelledError:
-            # Stopped by close() after the drain grace period: the partial answer is recorded as cancelled
-            # and the turn acknowledged, so it is not run a second time.
+            # Stopped by close() after the drain grace period: the partial answer is recorded as cancelled,
+            # so the turn is not run a second time.
             await _aclose(stream)
-            self._record(turn, TurnOutcome(turn.turn_id, "cancelled", "".join(parts)))
+            draft.status = "cancelled"
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._finish_cancelled(turn, emitter))
+                await asyncio.shield(self._conclude(turn, emitter, draft.record(deltas), retry=False))
             raise
         await _aclose(stream)
-        self._record(turn, outcome)
-        await self._finish(turn)
+        try:
+            await self._conclude(turn, emitter, draft.record(deltas), retry=True)
+        except Fenced:
+            # Another host owns the session now; it will run this (unacknowledged) turn again, continuing
+            # after the events already sent.
+            log.warning("session %s was taken over by another host; dropping it here", self.key)
+            self.fenced = True
 
     async def _stream_answer(
-        self, turn: Turn, emitter: TurnEmitter, stream: AsyncIterator[ModelChunk], parts: list[str]
-    ) -> TurnOutcome:
+        self, stream: AsyncIterator[ModelChunk], emitter: TurnEmitter, draft: _Draft, deltas: list[str]
+    ) -> None:
         try:
-            result: ModelResult | None = None
             async for chunk in stream:
                 if isinstance(chunk, TextDelta):
                     if chunk.text:
-                        parts.append(chunk.text)
+                        if not draft.first_token_at_ns:
+                            draft.first_token_at_ns = self._clock_ns()
+                        deltas.append(chunk.text)
                         await emitter.delta(chunk.text)
                 else:
-                    result = chunk
-            if result is None:
+                    draft.result = chunk
+            if draft.result is None:
                 raise ModelError("the model stream ended without a result", reason="MODEL_PROTOCOL_ERROR")
+            draft.status = "completed"
         except ModelError as exc:
-            partial = bool(parts)
-            await emitter.error(
-                exc.reason,
-                exc.message,
-                retryable=exc.retryable and not partial,
-                partial=partial,
-                retry_after_s=exc.retry_after_s,
+            draft.fail(
+                exc.reason, exc.message, retryable=exc.retryable, retry_after_s=exc.retry_after_s, partial=bool(deltas)
             )
-            status = "partial" if partial else "failed"
-            return TurnOutcome(turn.turn_id, status, "".join(parts), error_reason=exc.reason)
         except Exception:
-            log.exception("turn failed inside the engine", extra={"session": str(self.key), "turn": turn.turn_id})
-            partial = bool(parts)
-            await emitter.error(
-                "INTERNAL", "the engine failed while running this turn", retryable=False, partial=partial
-            )
-            status = "partial" if partial else "failed"
-            return TurnOutcome(turn.turn_id, status, "".join(parts), error_reason="INTERNAL")
-        await emitter.usage(result)
-        await emitter.completed(result.stop_reason, result.stop_sequence)
-        return TurnOutcome(turn.turn_id, "completed", "".join(parts), stop_reason=result.stop_reason)
+            log.exception("turn failed inside the engine (session %s)", self.key)
+            draft.fail("INTERNAL", "the engine failed while running this turn", partial=bool(deltas))
 
-    def _record(self, turn: Turn, outcome: TurnOutcome) -> None:
-        state = self.state
-        state.turn_count += 1
-        state.messages.append(Message("user", turn.text, turn.turn_id))
-        if outcome.reply:
-            state.messages.append(Message("assistant", outcome.reply, turn.turn_id))
-        if len(state.messages) > self._keep:
-            del state.messages[: len(state.messages) - self._keep]
-        state.recent[turn.turn_id] = outcome
-        while len(state.recent) > RECENT_TURNS_KEPT:
-            state.recent.popitem(last=False)
-
-    async def _finish_cancelled(self, turn: Turn, emitter: TurnEmitter) -> None:
-        await emitter.cancelled("the engine stopped before the turn finished")
-        await self._finish(turn)
-
-    async def _finish(self, turn: Turn) -> None:
-        # The outcome is saved before the host acknowledges the turn: an acked turn is never forgotten.
-        # When saving fails the turn stays unacknowledged; its redelivery finds the outcome in `recent`
-        # and is answered from there, so the model is not called again.
-        try:
-            await self.save()
-        except Exception:
-            log.exception("saving the session snapshot failed; the turn stays unacknowledged")
-            return
+    async def _conclude(self, turn: Turn, emitter: TurnEmitter, record: TurnRecord, *, retry: bool) -> None:
+        record = await self._append(record, retry=retry)
+        self.state.apply(record, self.settings.window_max_messages)
+        await _emit_ending(emitter, record)
         if turn.on_done is not None:
             try:
                 await turn.on_done()
             except Exception:
-                log.exception("acknowledging the turn failed; it will be redelivered and answered from its record")
+                log.exception("acknowledging a turn failed; its redelivery will be answered from its record")
+        if self.state.turn_count - self._snapshot_turn >= self.settings.snapshot_every_turns:
+            await self.save_snapshot()
 
-    async def save(self) -> None:
-        """Write the session's snapshot."""
-        await self._save_snapshot(self.key, self.state.to_dict())
+    async def _append(self, record: TurnRecord, *, retry: bool) -> TurnRecord:
+        delay = 0.05
+        while True:
+            try:
+                return await self._ledger.append_turn(record)
+            except Fenced:
+                raise
+            except SalonError as exc:
+                if not retry or self._closed:
+                    raise
+                # The turn is not over until it is recorded: wait for the ledger rather than lose it.
+                log.warning("recording a turn failed (%s); retrying in %.2f s", exc.reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_retry_delay_s)
+
+    def _clock_ns(self) -> int:
+        return time.time_ns()
+
+    async def save_snapshot(self) -> None:
+        """Append a snapshot of the state (best effort: it is a cache of the ledger)."""
+        if self.state.turn_count == self._snapshot_turn or self.fenced:
+            return
+        snapshot = SnapshotRecord(
+            tenant_id=self.key.tenant_id,
+            session_id=self.key.session_id,
+            incarnation=self.state.incarnation,
+            turn_index=self.state.turn_count,
+            ledger_seq=self.state.ledger_seq,
+            state=self.state.to_dict(),
+            created_at_ns=time.time_ns(),
+        )
+        try:
+            await self._ledger.save_snapshot(snapshot)
+            self._snapshot_turn = self.state.turn_count
+        except Exception:
+            log.warning("saving a snapshot of session %s failed; activation will replay more", self.key)
 
     async def close(self) -> None:
         """Stop the running turn (recorded and acknowledged as cancelled) and drop queued ones, which stay
@@ -326,6 +381,99 @@ class SessionActor:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
         self._queue.clear()
+
+    async def passivate(self) -> None:
+        """Close and leave a snapshot, so the next activation replays nothing."""
+        await self.close()
+        await self.save_snapshot()
+
+
+@dataclass(slots=True)
+class _Draft:
+    """A turn's outcome while it is being produced."""
+
+    turn: Turn
+    key: SessionKey
+    state: SessionState
+    context_turn_ids: tuple[str, ...]
+    started_at_ns: int
+    first_token_at_ns: int = 0
+    status: str = "failed"
+    result: ModelResult | None = None
+    error_reason: str = ""
+    error_message: str = ""
+    retryable: bool = False
+    retry_after_s: float | None = None
+
+    def fail(
+        self, reason: str, message: str, *, partial: bool, retryable: bool = False, retry_after_s: float | None = None
+    ) -> None:
+        self.status = "partial" if partial else "failed"
+        self.error_reason, self.error_message = reason, message
+        self.retryable = retryable and not partial
+        self.retry_after_s = retry_after_s
+
+    def record(self, deltas: list[str]) -> TurnRecord:
+        result = self.result or ModelResult()
+        return TurnRecord(
+            tenant_id=self.key.tenant_id,
+            session_id=self.key.session_id,
+            turn_id=self.turn.turn_id,
+            incarnation=self.state.incarnation,
+            turn_index=self.state.turn_count + 1,
+            status=self.status,  # type: ignore[arg-type]
+            user_text=self.turn.text,
+            reply_text="".join(deltas),
+            deltas=tuple(deltas),
+            stop_reason=result.stop_reason if self.status == "completed" else "",
+            error_reason=self.error_reason,
+            error_message=self.error_message,
+            retryable=self.retryable,
+            retry_after_s=self.retry_after_s or 0.0,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+            cache_read_input_tokens=result.cache_read_input_tokens,
+            cache_creation_input_tokens=result.cache_creation_input_tokens,
+            provider=result.provider,
+            model=result.model,
+            trace_id=self.turn.trace_id,
+            enqueued_at_ns=self.turn.enqueued_at_ns,
+            started_at_ns=self.started_at_ns,
+            first_token_at_ns=self.first_token_at_ns,
+            completed_at_ns=time.time_ns(),
+            context_turn_ids=self.context_turn_ids,
+        )
+
+
+async def _emit_ending(emitter: TurnEmitter, record: TurnRecord) -> None:
+    """Emit the events after the deltas, from the record."""
+    for step in _ending_steps(emitter, record):
+        await step()
+
+
+def _ending_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Callable[[], Awaitable[None]]]:
+    """The events after the deltas, from the record: the same for a first run and for a replay."""
+    if record.status == "completed":
+        usage = ModelResult(
+            input_tokens=record.input_tokens,
+            output_tokens=record.output_tokens,
+            cache_read_input_tokens=record.cache_read_input_tokens,
+            cache_creation_input_tokens=record.cache_creation_input_tokens,
+            provider=record.provider,
+            model=record.model,
+        )
+        return [lambda: emitter.usage(usage), lambda: emitter.completed(record.stop_reason or "end_turn")]
+    if record.status == "cancelled":
+        return [lambda: emitter.cancelled("the engine stopped before the turn finished")]
+    return [
+        lambda: emitter.error(
+            record.error_reason or "INTERNAL",
+            record.error_message or "the turn failed",
+            retryable=record.retryable,
+            partial=record.status == "partial",
+            retry_after_s=record.retry_after_s or None,
+        )
+    ]
 
 
 async def _aclose(stream: object) -> None:

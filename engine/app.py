@@ -21,18 +21,22 @@ from grpc_reflection.v1alpha import reflection
 from engine.config import Config
 from engine.gateway import Gateway
 from engine.nats_server import EmbeddedNats
-from engine.ray_runtime import HostGroup, ensure_ray, host_specs
+from engine.ray_runtime import HostGroup, WriterHandle, ensure_ray, host_specs
 from engine.servicer import ConversationServicer
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from storage import (
     BusSettings,
     KvSessionRegistry,
-    KvSnapshotStore,
+    LedgerSettings,
     Names,
+    NatsJournal,
+    TranscriptStore,
     TurnPublisher,
+    close_connection,
     connect,
     ensure_bus,
+    ensure_ledger,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,10 @@ class Engine:
         self._embedded_nats: EmbeddedNats | None = None
         self._nc: Any = None
         self._hosts: HostGroup | None = None
+        self._writer: WriterHandle | None = None
+        self._store: TranscriptStore | None = None
+        self._store_healthy = True
+        self._store_watch: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._started_ray = False
@@ -61,6 +69,12 @@ class Engine:
     def target(self) -> str:
         """``host:port`` of the gRPC gateway, for clients."""
         return f"{self.config.grpc_host}:{self.grpc_port}"
+
+    @property
+    def writer(self) -> WriterHandle:
+        """The batch writer actor."""
+        assert self._writer is not None, "engine not started"
+        return self._writer
 
     @property
     def hosts(self) -> HostGroup:
@@ -90,15 +104,22 @@ class Engine:
         self._nc = await connect(self.nats_url, name="salon-gateway", on_state=self._on_nats_state)
         js = self._nc.jetstream()
         await ensure_bus(js, self.names, self._bus_settings())
+        await ensure_ledger(js, self.names, self._ledger_settings())
+        # Ray first: it forks helper processes, and LanceDB's runtime must not be running in a forking process.
+        self._started_ray = ensure_ray(config)
+        self._store = await TranscriptStore.open(config.lancedb_location)
         gateway = Gateway(
             config,
             TurnPublisher(self._nc, self.names),
             await KvSessionRegistry.open(js, self.names),
-            await KvSnapshotStore.open(js, self.names),
+            NatsJournal(js, self.names),
+            self._store,
+            store_healthy=lambda: self._store_healthy,
         )
-        self._started_ray = ensure_ray(config)
         self._hosts = HostGroup(host_specs(config, self.nats_url), config.namespace)
-        await self._hosts.start()
+        self._writer = WriterHandle(config, self.nats_url)
+        await asyncio.gather(self._hosts.start(), self._writer.start())
+        self._store_watch = asyncio.create_task(self._watch_store(), name="salon-store-watch")
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
@@ -128,10 +149,36 @@ class Engine:
             ack_wait_s=config.ack_wait_s,
         )
 
+    def _ledger_settings(self) -> LedgerSettings:
+        config = self.config
+        return LedgerSettings(
+            retention_s=config.ledger_retention_s,
+            dedupe_window_s=config.dedupe_window_s,
+            writer_ack_wait_s=config.writer_ack_wait_s,
+        )
+
     async def _set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self._health.set("", status)
         await self._health.set(SERVICE_NAME, status)
+
+    async def _watch_store(self) -> None:
+        # The engine refuses new turns while it cannot keep them: the ledger still holds every accepted one.
+        while True:
+            await asyncio.sleep(self.config.store_check_interval_s)
+            try:
+                status = await asyncio.wait_for(self.writer.status(), timeout=5.0)
+            except Exception:
+                continue  # the writer is restarting; turns wait safely in the ledger meanwhile
+            healthy = bool(status["healthy"])
+            if healthy != self._store_healthy:
+                self._store_healthy = healthy
+                if healthy:
+                    log.warning("transcript store writable again; accepting turns")
+                else:
+                    log.error("transcript store failing (%s); refusing new turns", status["last_error"])
+                if self._state == "running":
+                    await self._set_serving(healthy and self._nc.is_connected)
 
     async def _on_nats_state(self, connected: bool) -> None:
         if self._state != "running":
@@ -149,6 +196,7 @@ class Engine:
         while self._state == "running":
             try:
                 await ensure_bus(self._nc.jetstream(), self.names, self._bus_settings())
+                await ensure_ledger(self._nc.jetstream(), self.names, self._ledger_settings())
                 await self._set_serving(True)
                 return
             except Exception as exc:
@@ -166,11 +214,13 @@ class Engine:
         # New calls are refused at once; calls in flight and the turns behind them share the grace period.
         # Turns still queued on the bus stay there and run after the next start.
         waits = []
+        log.info("draining: intake stopped, running turns get %.0f s", grace)
         if self._server is not None:
             waits.append(self._server.stop(grace=grace))
         if self._hosts is not None:
             waits.append(self._hosts.drain(grace))
         await asyncio.gather(*waits)
+        log.info("drained")
 
     async def close(self) -> None:
         """Stop everything, in reverse order of start. Idempotent."""
@@ -179,26 +229,33 @@ class Engine:
         if self._state == "running":
             await self.drain()
         self._state = "closed"
-        if self._restore_task is not None:
-            self._restore_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._restore_task
-            self._restore_task = None
+        for task in (self._restore_task, self._store_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._restore_task = self._store_watch = None
         if self._server is not None:
             await self._server.stop(grace=None)
             self._server = None
         if self._hosts is not None:
             await self._hosts.close()
             self._hosts = None
+            log.info("session hosts closed")
+        if self._writer is not None:
+            # After the hosts: the writer flushes what they recorded last.
+            await self._writer.close()
+            self._writer = None
+            log.info("batch writer closed")
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
             self._started_ray = False
         if self._nc is not None:
             nc, self._nc = self._nc, None
-            try:
-                await nc.drain()
-            except Exception:
-                await nc.close()
+            await close_connection(nc)
         if self._embedded_nats is not None:
             await self._embedded_nats.close()
             self._embedded_nats = None

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from engine.config import Config, describe
+from engine.config import Config, describe, markdown_table
 from storage.errors import SalonError
 
 DESCRIPTION = """Salon: a conversation engine. Sessions are stateful actors on Ray, turns travel over NATS
@@ -92,14 +92,21 @@ async def _chat(config: Config, target: str | None, session: str, system: str) -
         return await chat(engine.target, session, system)
 
 
+async def _export(config: Config, args: argparse.Namespace) -> int:
+    from engine.export import export_session
+
+    output = Path(args.output or f"{args.session}.{'parquet' if args.format == 'parquet' else 'arrow'}")
+    tenant = args.tenant or config.default_tenant
+    count = await export_session(config.lancedb_location, tenant, args.session, output, args.format)
+    Console(stderr=True).print(f"wrote {count} turns of session {args.session} to {output}")
+    return 0
+
+
 def _print_config(markdown: bool) -> int:
-    rows = describe()
     if markdown:
-        print("| variable | default | meaning |")
-        print("| --- | --- | --- |")
-        for name, default, meaning in rows:
-            print(f"| `{name}` | `{default}` | {meaning} |")
+        print(markdown_table(), end="")
         return 0
+    rows = describe()
     table = Table(title="Salon settings (environment, or the same names in lower case in a TOML file)")
     for column in ("variable", "default", "meaning"):
         table.add_column(column)
@@ -132,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--session", default="", help="continue this session")
     chat.add_argument("--system", default="", help="system prompt of a new session")
 
+    export = sub.add_parser(
+        "export",
+        help="write a session's transcript as Parquet or Arrow IPC (reads the data directory; works offline)",
+    )
+    export.add_argument("session", help="session id")
+    export.add_argument("--format", choices=("parquet", "arrow"), default="parquet", help="default: %(default)s")
+    export.add_argument("--output", "-o", help="file to write (default: SESSION.parquet or SESSION.arrow)")
+    export.add_argument("--tenant", help="tenant of the session (default: the configured default tenant)")
+    export.add_argument("--data-dir", help="data directory (default from config: ./.salon)")
+
     config = sub.add_parser("config", help="list every setting with its default and meaning")
     config.add_argument("--markdown", action="store_true", help="print a Markdown table")
     return parser
@@ -152,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.ExitStack() as stack:
                 data_dir = args.data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="salon-demo-"))
                 return asyncio.run(_demo(_config(args, data_dir=str(Path(data_dir)), grpc_port=0)))
+        if args.command == "export":
+            return asyncio.run(_export(_config(args, data_dir=args.data_dir), args))
         if args.command == "chat":
             _setup_logging("WARNING")
             return asyncio.run(_chat(_config(args, grpc_port=0), args.target, args.session, args.system))

@@ -44,6 +44,17 @@ class Config:
     dedupe_window_s: float = _setting(600.0, "How long JetStream remembers a turn id to drop duplicates.")
     event_retention_s: float = _setting(900.0, "How long a turn's events stay replayable.")
     ack_wait_s: float = _setting(30.0, "Redelivery timeout of an unacknowledged turn (renewed while it runs).")
+    ledger_retention_s: float = _setting(
+        30 * 24 * 3600.0, "How long the ledger keeps turn records (the write-ahead log; tables keep them for good)."
+    )
+    snapshot_every_turns: int = _setting(20, "A session leaves a snapshot every this many turns (and when passivated).")
+    lancedb_uri: str = _setting("", "LanceDB location of transcripts and snapshots; empty: <data_dir>/lancedb.")
+    flush_rows: int = _setting(512, "The batch writer flushes to LanceDB when it holds this many records ...")
+    flush_interval_s: float = _setting(1.0, "... or when its oldest record has waited this long.")
+    store_check_interval_s: float = _setting(1.0, "How often the gateway checks the batch writer's health.")
+    writer_ack_wait_s: float = _setting(
+        60.0, "Redelivery timeout of ledger entries the batch writer took but did not ack."
+    )
     session_idle_s: float = _setting(300.0, "Idle time after which a session is passivated.")
     max_sessions_per_host: int = _setting(10000, "Live sessions per host before the least recent are passivated.")
     window_max_messages: int = _setting(40, "Default number of recent messages kept verbatim in the prompt.")
@@ -71,6 +82,9 @@ class Config:
             problems.append("grpc_port must be 0-65535")
         if self.max_text_bytes < 1:
             problems.append("max_text_bytes must be positive")
+        if self.event_retention_s <= self.dedupe_window_s:
+            # A retry deduplicated by JetStream is answered from the turn's events: they must outlive it.
+            problems.append("event_retention_s must be longer than dedupe_window_s")
         if problems:
             raise InvalidArgument("invalid configuration: " + "; ".join(problems), reason="INVALID_CONFIG")
 
@@ -103,6 +117,11 @@ class Config:
     def data_path(self) -> Path:
         """``data_dir`` as an absolute path."""
         return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def lancedb_location(self) -> str:
+        """Where the LanceDB tables live."""
+        return self.lancedb_uri or str(self.data_path / "lancedb")
 
     def provider_spec(self) -> ProviderSpec:
         """The model provider the hosts should build."""
@@ -151,3 +170,10 @@ def describe() -> list[tuple[str, str, str]]:
         names = env_name(f) + (f" or {f.metadata['env']}" if f.metadata.get("env") else "")
         rows.append((names, repr(f.default) if f.default != "" else '""', f.metadata["help"]))
     return rows
+
+
+def markdown_table() -> str:
+    """Every setting as the Markdown table in the README."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{name}` | `{default}` | {meaning} |" for name, default, meaning in describe()]
+    return "\n".join(lines) + "\n"

@@ -6,10 +6,12 @@ It holds no session state, so any number of gateways can serve the same deployme
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -20,19 +22,18 @@ from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2, turn_pb2
 from storage import (
     InvalidArgument,
+    Journal,
     Names,
     SessionRegistry,
-    SnapshotStore,
+    TranscriptStore,
     TurnEnvelope,
     TurnPublisher,
+    TurnRecord,
+    Unavailable,
+    incarnation_of,
     require_id,
     uuid7,
 )
-
-
-def incarnation_of(session: session_pb2.Session) -> str:
-    """A session's incarnation: its creation time, unique per (tenant, id) over time."""
-    return str(session.create_time.ToNanoseconds())
 
 
 def _encode_token(last_id: str) -> str:
@@ -56,12 +57,17 @@ class Gateway:
         config: Config,
         publisher: TurnPublisher,
         registry: SessionRegistry,
-        snapshots: SnapshotStore,
+        journal: Journal,
+        store: TranscriptStore,
+        *,
+        store_healthy: Callable[[], bool] = lambda: True,
     ) -> None:
         self._config = config
         self._publisher = publisher
         self._registry = registry
-        self._snapshots = snapshots
+        self._journal = journal
+        self._store = store
+        self._store_healthy = store_healthy
         self.names = Names(config.namespace)
 
     @property
@@ -89,9 +95,9 @@ class Gateway:
         """The session with its live counters; NOT_FOUND if the tenant has none by that id."""
         require_id(session_id, "session_id")
         session = await self._registry.get(tenant_id, session_id)
-        snapshot = await self._snapshots.load(tenant_id, session_id)
-        if snapshot and snapshot.get("incarnation") == incarnation_of(session):
-            session.turn_count = int(snapshot.get("turn_count", 0))
+        loaded = await self._journal.peek(tenant_id, session_id, incarnation_of(session))
+        indexes = [r.turn_index for r in loaded.turns] + ([loaded.snapshot.turn_index] if loaded.snapshot else [])
+        session.turn_count = max(indexes, default=0)
         return session
 
     async def list_sessions(
@@ -119,7 +125,30 @@ class Gateway:
         """Remove the session and its state."""
         require_id(session_id, "session_id")
         await self._registry.delete(tenant_id, session_id)
-        await self._snapshots.delete(tenant_id, session_id)
+        # Registry first: the writer then drops ledger entries of this session still in flight.
+        await self._journal.purge(tenant_id, session_id)
+        await self._store.delete_session(tenant_id, session_id)
+
+    async def history(
+        self, tenant_id: str, session_id: str, *, page_size: int, after_turn_index: int
+    ) -> tuple[list[TurnRecord], int]:
+        """One page of the transcript, oldest first, and the turn index to continue after (0: no more).
+
+        Rows come from LanceDB; turns the batch writer has not flushed yet come from the ledger."""
+        require_id(session_id, "session_id")
+        session = await self._registry.get(tenant_id, session_id)
+        incarnation = incarnation_of(session)
+        rows = await self._store.history(tenant_id, session_id, after_turn_index=after_turn_index, limit=page_size + 1)
+        rows = [r for r in rows if r.incarnation == incarnation]
+        if len(rows) <= page_size:
+            last_seq = max((r.ledger_seq for r in rows), default=0)
+            tail = await self._journal.turns_after(tenant_id, session_id, incarnation, last_seq)
+            known = {r.turn_index for r in rows}
+            rows += [r for r in tail if r.turn_index > after_turn_index and r.turn_index not in known]
+            rows.sort(key=lambda r: r.turn_index)
+        page = rows[:page_size]
+        more = len(rows) > page_size
+        return page, page[-1].turn_index if more and page else 0
 
     async def send_turn(
         self,
@@ -135,6 +164,12 @@ class Gateway:
         joined; finished within the event retention, its events are replayed.
         """
         check_send_turn(request, self._config.max_text_bytes)
+        if not self._store_healthy():
+            raise Unavailable(
+                "the transcript store is failing; new turns are refused until it recovers",
+                reason="STORE_UNAVAILABLE",
+                retry_after_s=5.0,
+            )
         session = await self._registry.get(tenant_id, request.session_id)
         turn_id = request.idempotency_key or uuid7()
         envelope = TurnEnvelope(
@@ -146,7 +181,16 @@ class Gateway:
             incarnation=incarnation_of(session),
         )
         shard = shard_for(tenant_id, request.session_id, self._config.num_shards)
-        await self._publisher.publish(envelope, shard)
+        # The events stream keeps the turn's events from the first, so subscribing can overlap the publish.
+        opening = asyncio.ensure_future(self._publisher.open_events(tenant_id, request.session_id, turn_id))
+        try:
+            await self._publisher.publish(envelope, shard)
+        except BaseException:
+            opening.cancel()
+            with contextlib.suppress(BaseException):
+                await (await opening).close()
+            raise
+        stream = await opening
         wait = self._config.turn_timeout_s if timeout_s is None else min(timeout_s, self._config.turn_timeout_s)
-        async for event in self._publisher.events(tenant_id, request.session_id, turn_id, timeout_s=wait):
+        async for event in stream.iterate(wait):
             yield event

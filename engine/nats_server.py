@@ -43,6 +43,11 @@ def find_nats_server(configured: str = "") -> str:
     )
 
 
+def _die_with_parent() -> list[str]:
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv and sys.platform.startswith("linux") else []
+
+
 def _is_nats_server(pid: int) -> bool:
     try:
         return b"nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -140,7 +145,9 @@ class EmbeddedNats:
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             # Its own session: a Ctrl-C in the terminal reaches the engine, which stops the server last.
+            # setpriv --pdeathsig: if the engine is killed outright, the kernel stops the server too.
             self._proc = await asyncio.create_subprocess_exec(
+                *_die_with_parent(),
                 binary,
                 "-c",
                 str(config),

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import warnings
 from typing import Any
 
 import ray
 
 from actors import HostSettings, shards_of_host
-from actors.ray_host import HostActor, HostSpec
+from actors.ray_host import HostActor, HostSpec, WriterActor, WriterSpec
 from engine.config import Config
+from storage import WriterStatus
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,11 @@ def ensure_ray(config: Config) -> bool:
             object_store_memory=OBJECT_STORE_BYTES,
             _node_ip_address="127.0.0.1",
         )
-    ray.init(address=address, **kwargs)
+    with warnings.catch_warnings():
+        # ray.init fork+execs its head processes; LanceDB (already imported) warns in each child before the
+        # exec, where its runtime is never used.
+        warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
+        ray.init(address=address, **kwargs)
     return True
 
 
@@ -46,6 +52,7 @@ def host_specs(config: Config, nats_url: str) -> list[HostSpec]:
         window_max_messages=config.window_max_messages,
         window_token_budget=config.window_token_budget,
         max_tokens=config.max_tokens,
+        snapshot_every_turns=config.snapshot_every_turns,
     )
     provider = config.provider_spec()
     return [
@@ -97,3 +104,46 @@ class HostGroup:
                 log.warning("a host did not close cleanly: %s", type(result).__name__)
         for handle in handles:
             ray.kill(handle, no_restart=True)
+
+
+class WriterHandle:
+    """The batch writer actor. Lifecycle: :meth:`start`, :meth:`close`."""
+
+    def __init__(self, config: Config, nats_url: str) -> None:
+        self._spec = WriterSpec(
+            nats_url=nats_url,
+            namespace=config.namespace,
+            lancedb_uri=config.lancedb_location,
+            flush_rows=config.flush_rows,
+            flush_interval_s=config.flush_interval_s,
+        )
+        self._name = f"{config.namespace}-writer"
+        self.handle: Any = None
+        self.info: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        """Create the writer actor and wait until it consumes the ledger."""
+        self.handle = WriterActor.options(name=self._name, lifetime="non_detached").remote(  # type: ignore[attr-defined]
+            self._spec
+        )
+        self.info = await self.handle.ready.remote()
+
+    async def status(self) -> WriterStatus:
+        """The writer's health and figures."""
+        status: WriterStatus = await self.handle.status.remote()
+        return status
+
+    async def flush(self) -> None:
+        """Write what the writer holds now."""
+        await self.handle.flush.remote()
+
+    async def close(self) -> None:
+        """Flush, stop and remove the actor. Idempotent."""
+        handle, self.handle = self.handle, None
+        if handle is None:
+            return
+        try:
+            await handle.close.remote()
+        except Exception as exc:
+            log.warning("the batch writer did not close cleanly: %s", type(exc).__name__)
+        ray.kill(handle, no_restart=True)

@@ -8,9 +8,11 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
+from engine.convert import decode_index_token, encode_index_token, record_to_proto
 from engine.gateway import Gateway
 from engine.status import Unimplemented, abort, as_salon_errors, status_code
-from otel import inject_headers, server_span
+from engine.validation import page_size
+from otel import server_span
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from storage import InvalidArgument, SalonError, is_valid_id
@@ -76,9 +78,9 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
         self, request: cs_pb2.SendTurnRequest, context: Context
     ) -> AsyncIterator[cs_pb2.SendTurnResponse]:
         try:
-            with server_span("salon.gateway.SendTurn", context.invocation_metadata()), as_salon_errors():
+            with server_span("salon.gateway.SendTurn", context.invocation_metadata()) as span, as_salon_errors():
                 events = self._gateway.send_turn(
-                    self._tenant(context), request, trace_headers=inject_headers(), timeout_s=_remaining(context)
+                    self._tenant(context), request, trace_headers=span.headers(), timeout_s=_remaining(context)
                 )
                 async for event in events:
                     yield cs_pb2.SendTurnResponse(event=event)
@@ -95,8 +97,8 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
 
         async def relay(request_id: str, turn: cs_pb2.SendTurnRequest) -> None:
             try:
-                with server_span("salon.gateway.Converse.turn", metadata), as_salon_errors():
-                    async for event in self._gateway.send_turn(tenant, turn, trace_headers=inject_headers()):
+                with server_span("salon.gateway.Converse.turn", metadata) as span, as_salon_errors():
+                    async for event in self._gateway.send_turn(tenant, turn, trace_headers=span.headers()):
                         await out.put(cs_pb2.ConverseResponse(event=event))
             except SalonError as exc:
                 await out.put(_converse_error(request_id, turn.session_id, exc))
@@ -149,7 +151,20 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
         yield cs_pb2.ResumeTurnResponse()  # pragma: no cover - unreachable; makes this a stream handler
 
     async def GetHistory(self, request: cs_pb2.GetHistoryRequest, context: Context) -> Any:
-        await abort(context, Unimplemented("GetHistory is not available yet", reason="NOT_IMPLEMENTED"))
+        try:
+            with as_salon_errors():
+                records, next_after = await self._gateway.history(
+                    self._tenant(context),
+                    request.session_id,
+                    page_size=page_size(request.page_size),
+                    after_turn_index=decode_index_token(request.page_token),
+                )
+            return cs_pb2.GetHistoryResponse(
+                turns=[record_to_proto(r) for r in records],
+                next_page_token=encode_index_token(next_after) if next_after else "",
+            )
+        except SalonError as exc:
+            await abort(context, exc)
 
 
 def _converse_error(request_id: str, session_id: str, error: SalonError) -> cs_pb2.ConverseResponse:

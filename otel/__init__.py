@@ -4,6 +4,6 @@ Nothing here is required for the engine to run: with no SDK configured every cal
 still passes the caller's trace id along.
 """
 
-from otel.propagation import ConsumerSpan, consumer_span, inject_headers, server_span, trace_id_hex
+from otel.propagation import ConsumerSpan, ServerSpan, consumer_span, server_span, trace_id_hex
 
-__all__ = ["ConsumerSpan", "consumer_span", "inject_headers", "server_span", "trace_id_hex"]
+__all__ = ["ConsumerSpan", "ServerSpan", "consumer_span", "server_span", "trace_id_hex"]

@@ -27,20 +27,33 @@ def trace_id_hex(span: Span) -> str:
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
+class ServerSpan:
+    """A SERVER span continuing the trace of an incoming gRPC call.
+
+    It is deliberately not made the current span: gRPC stream handlers are async generators whose cleanup
+    can run in another context, where detaching a context token fails. Children get its context explicitly
+    through :meth:`headers`.
+    """
+
+    def __init__(self, name: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+        carrier = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
+        self.span = _tracer().start_span(name, context=propagate.extract(carrier), kind=SpanKind.SERVER)
+
+    def headers(self) -> dict[str, str]:
+        """Trace headers (``traceparent``/``tracestate``) naming this span as the parent."""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(self.span))
+        return carrier
+
+
 @contextlib.contextmanager
-def server_span(name: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> Iterator[Span]:
-    """A SERVER span continuing the trace in incoming gRPC ``metadata`` (``traceparent``), made current."""
-    carrier = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
-    parent = propagate.extract(carrier)
-    with _tracer().start_as_current_span(name, context=parent, kind=SpanKind.SERVER) as span:
+def server_span(name: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> Iterator[ServerSpan]:
+    """A :class:`ServerSpan` ended when the block exits."""
+    span = ServerSpan(name, metadata)
+    try:
         yield span
-
-
-def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
-    """``headers`` plus the current trace context (``traceparent``/``tracestate``)."""
-    carrier: dict[str, str] = dict(headers or {})
-    propagate.inject(carrier)
-    return carrier
+    finally:
+        span.span.end()
 
 
 class ConsumerSpan:

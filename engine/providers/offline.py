@@ -11,7 +11,7 @@ import re
 from collections.abc import AsyncIterator
 
 from actors.memory import estimate_tokens
-from actors.model import ModelChunk, ModelRequest, ModelResult, StopReason, TextDelta
+from actors.model import ModelChunk, ModelRequest, ModelResult, StopReason, TextDelta, continue_after
 
 _EXCERPT_CHARS = 120
 
@@ -57,7 +57,8 @@ class OfflineProvider:
         words = re.findall(r"\S+\s*", offline_answer(request))
         limit = min(request.max_tokens, self.max_tokens_cap or request.max_tokens)
         stop: StopReason = "max_tokens" if len(words) > limit else "end_turn"
-        for i, word in enumerate(words[:limit]):
+        remaining = continue_after(words[:limit], request.prefill)
+        for i, word in enumerate(remaining):
             if i and self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)
             yield TextDelta(word)

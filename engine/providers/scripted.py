@@ -7,7 +7,7 @@ import itertools
 from collections.abc import AsyncIterator
 
 from actors.memory import estimate_tokens
-from actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, TextDelta
+from actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, TextDelta, continue_after
 
 
 def scripted_reply(user_text: str, tokens: int) -> list[str]:
@@ -44,7 +44,11 @@ class ScriptedProvider:
         user_text = request.messages[-1].text if request.messages else ""
         if self.first_token_delay_s:
             await asyncio.sleep(self.first_token_delay_s)
-        for i, token in enumerate(scripted_reply(user_text, self.tokens)):
+        tokens = scripted_reply(user_text, self.tokens)
+        skipped = len(tokens) - len(continue_after(tokens, request.prefill))
+        for i, token in enumerate(tokens):
+            if i < skipped:
+                continue
             if self.fail_after is not None and i == self.fail_after:
                 raise ModelError("scripted failure", reason="MODEL_UNAVAILABLE", retryable=True)
             if i and self.token_delay_s:

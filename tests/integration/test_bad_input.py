@@ -91,7 +91,6 @@ async def test_later_rpcs_answer_unimplemented_clearly(stub: cs_grpc.Conversatio
     session_id = await create_session(stub)
     calls = [
         stub.CancelTurn(cs_pb2.CancelTurnRequest(session_id=session_id, turn_id="t")),
-        stub.GetHistory(cs_pb2.GetHistoryRequest(session_id=session_id)),
     ]
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -12,6 +12,7 @@ from engine import Engine
 from engine.providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
+from salon.v1 import turn_pb2
 
 
 async def test_three_turns_stream_in_order_with_gap_free_sequence(stub: cs_grpc.ConversationServiceStub) -> None:
@@ -47,28 +48,27 @@ async def test_two_turns_sent_at_once_run_one_after_the_other(make_engine: objec
     async with grpc.aio.insecure_channel(engine.target) as channel:
         stub = cs_grpc.ConversationServiceStub(channel)
         session_id = await create_session(stub)
-        arrivals: list[tuple[str, str]] = []
         first_accepted = asyncio.Event()
 
-        async def send(text: str) -> list[str]:
-            kinds = []
+        async def send(text: str) -> list[turn_pb2.TurnEvent]:
+            events = []
             async for response in stub.SendTurn(cs_pb2.SendTurnRequest(session_id=session_id, text=text)):
-                kind = response.event.WhichOneof("kind")
-                arrivals.append((text, kind))
-                kinds.append(kind)
-                if kind == "accepted":
-                    first_accepted.set()
-            return kinds
+                events.append(response.event)
+                first_accepted.set()
+            return events
 
         first = asyncio.create_task(send("first"))
-        # The second turn is sent once the first has been accepted, so arrival order is defined.
+        # The second turn is sent once the first has been accepted, so their order is defined.
         await asyncio.wait_for(first_accepted.wait(), 30)
-        second = asyncio.create_task(send("second"))
-        await asyncio.gather(first, second)
+        second = await send("second")
+        first_events = await first
 
-    first_done = arrivals.index(("first", "completed"))
-    second_tokens = [i for i, (text, kind) in enumerate(arrivals) if text == "second" and kind == "delta"]
-    assert second_tokens and min(second_tokens) > first_done
+    # Two client streams have no common arrival order; the engine's emission times do.
+    first_done = first_events[-1].time.ToNanoseconds()
+    second_deltas = [e.time.ToNanoseconds() for e in second if e.HasField("delta")]
+    assert first_events[-1].HasField("completed") and second[-1].HasField("completed")
+    assert second_deltas and min(second_deltas) >= first_done
+    assert second[0].accepted.queue_position == 1
 
 
 async def test_queued_turn_reports_its_queue_position(make_engine: object) -> None:

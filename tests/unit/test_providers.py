@@ -1,12 +1,13 @@
-"""The offline responder and the scripted provider."""
+"""The offline responder and the scripted provider, and continuing an answer after a prefill."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
 
-from actors.model import Message, ModelChunk, ModelError, ModelRequest, ModelResult, TextDelta
+from actors.model import Message, ModelChunk, ModelError, ModelRequest, ModelResult, TextDelta, continue_after
 from engine.providers import OfflineProvider, ProviderSpec, ScriptedProvider, build_provider, scripted_reply
 from engine.providers.offline import offline_answer
 
@@ -127,3 +128,65 @@ def test_build_provider() -> None:
     assert (scripted.tokens, scripted.fail_after) == (3, 1)
     with pytest.raises(ValueError, match="unknown model provider"):
         build_provider(ProviderSpec(kind="gpt"))
+
+
+TOKENS = ["I ", "am ", "a ", "teapot ", "a ", "teapot"]
+
+
+@pytest.mark.parametrize("sent", range(len(TOKENS) + 1))
+def test_continue_after_skips_exactly_the_tokens_already_sent(sent: int) -> None:
+    rest = continue_after(TOKENS, "".join(TOKENS[:sent]))
+    assert rest == TOKENS[sent:]
+    assert "".join(TOKENS[:sent]) + "".join(rest) == "".join(TOKENS)
+
+
+def test_continue_after_never_drops_text_the_client_does_not_have() -> None:
+    assert continue_after(TOKENS, "I a") == TOKENS[1:]  # ends inside "am ": that token is sent again, whole
+    assert continue_after(TOKENS, "something else") == TOKENS  # not this answer: start over
+    assert continue_after([], "I ") == []
+    assert continue_after(["x"], "") == ["x"]
+
+
+@pytest.mark.parametrize("sent", [0, 1, 3, 4])
+async def test_scripted_continues_after_the_prefill(sent: int) -> None:
+    provider = ScriptedProvider(tokens=4)
+    full = scripted_reply("alpha beta gamma", 4)
+    request = dataclasses.replace(_request("alpha beta gamma"), prefill="".join(full[:sent]))
+    texts, [result] = await _collect(provider.stream(request))
+    assert texts == full[sent:]
+    assert (result.stop_reason, result.provider) == ("end_turn", "scripted")
+    assert provider.calls == 1
+
+
+async def test_scripted_failure_point_counts_the_prefilled_tokens() -> None:
+    provider = ScriptedProvider(tokens=4, fail_after=3)
+    request = dataclasses.replace(_request("a b c d"), prefill="a b ")
+    texts: list[str] = []
+    with pytest.raises(ModelError):
+        async for chunk in provider.stream(request):
+            assert isinstance(chunk, TextDelta)
+            texts.append(chunk.text)
+    assert texts == ["c "]  # a and b were prefilled; it still fails after 3 tokens of the whole answer
+
+
+@pytest.mark.parametrize("sent", [0, 1, 7])
+async def test_offline_continues_after_the_prefill(sent: int) -> None:
+    provider = OfflineProvider(token_delay_s=0)
+    full, [whole] = await _collect(provider.stream(_request("hello there")))
+    request = dataclasses.replace(_request("hello there"), prefill="".join(full[:sent]))
+    texts, [result] = await _collect(provider.stream(request))
+    assert texts == full[sent:]
+    assert "".join(full[:sent]) + "".join(texts) == offline_answer(_request("hello there"))
+    assert result.stop_reason == whole.stop_reason == "end_turn"
+
+
+async def test_offline_continuation_respects_max_tokens() -> None:
+    provider = OfflineProvider(token_delay_s=0)
+    capped, _ = await _collect(provider.stream(_request("hi", max_tokens=5)))
+    request = dataclasses.replace(_request("hi", max_tokens=5), prefill="".join(capped[:2]))
+    texts, [result] = await _collect(provider.stream(request))
+    assert texts == capped[2:]
+    assert result.stop_reason == "max_tokens"
+    everything, [done] = await _collect(provider.stream(dataclasses.replace(request, prefill="".join(capped))))
+    assert everything == []
+    assert done.stop_reason == "max_tokens"

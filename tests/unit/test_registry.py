@@ -1,12 +1,16 @@
-"""The in-memory session registry and snapshot store honour the storage contract."""
+"""The in-memory session registry honours the storage contract; incarnations tell re-created sessions apart.
+
+(Session state lives in the ledger: see test_ledger.py.)
+"""
 
 from __future__ import annotations
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from salon.v1 import session_pb2
 from storage.errors import AlreadyExists, NotFound
-from storage.sessions import InMemorySessionRegistry, InMemorySnapshotStore
+from storage.sessions import InMemorySessionRegistry, incarnation_of
 
 
 def _session(session_id: str, prompt: str = "") -> session_pb2.Session:
@@ -88,14 +92,12 @@ async def test_tenants_are_isolated() -> None:
     assert (await registry.get("tenant-b", "shared-id")).system_prompt == "b's prompt"
 
 
-async def test_snapshot_store_round_trip_and_isolation() -> None:
-    store = InMemorySnapshotStore()
-    assert await store.load("acme", "s1") is None
-    await store.save("acme", "s1", {"turn_count": 2, "messages": [["user", "hi", "t1"]]})
-    assert await store.load("acme", "s1") == {"turn_count": 2, "messages": [["user", "hi", "t1"]]}
-    assert await store.load("other", "s1") is None
-    await store.save("acme", "s1", {"turn_count": 3})
-    assert await store.load("acme", "s1") == {"turn_count": 3}
-    await store.delete("acme", "s1")
-    assert await store.load("acme", "s1") is None
-    await store.delete("acme", "s1")  # no error when absent
+async def test_a_recreated_session_is_a_new_incarnation() -> None:
+    registry = InMemorySessionRegistry()
+    await registry.create("acme", session_pb2.Session(session_id="s1", create_time=Timestamp(seconds=100)))
+    first = incarnation_of(await registry.get("acme", "s1"))
+    assert first == incarnation_of(await registry.get("acme", "s1"))  # stable across reads
+    assert first == str(100 * 10**9)
+    await registry.delete("acme", "s1")
+    await registry.create("acme", session_pb2.Session(session_id="s1", create_time=Timestamp(seconds=100, nanos=1)))
+    assert incarnation_of(await registry.get("acme", "s1")) != first

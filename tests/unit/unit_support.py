@@ -1,16 +1,19 @@
-"""Shared helpers of the unit tests: condition waiting and fakes of the bus (no sockets, no processes)."""
+"""Shared helpers of the unit tests: condition waiting, fakes of the bus and probes of the ledger (no sockets,
+no processes)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2, turn_pb2
+from storage import InMemoryJournal, LoadedSession, SessionLog, SnapshotRecord, TurnRecord, Unavailable
 from storage.bus import TurnEnvelope
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -58,27 +61,65 @@ class EventLog:
 
 
 class FakeSender:
-    """The host's event sender: records (tenant, event), and ``kind:turn`` in ``timeline``."""
+    """The host's event sender: records (tenant, event), and ``kind:turn`` in ``timeline``.
+
+    ``sent`` reads back what the events stream still holds for a turn: ``retained`` (events an earlier,
+    dead host sent, set by the test) followed by what this sender published, gap-free like the real one.
+    """
 
     def __init__(self, timeline: list[str] | None = None) -> None:
         self.published: list[tuple[str, turn_pb2.TurnEvent]] = []
         self.log = EventLog()
         self.timeline = timeline if timeline is not None else []
+        self.retained: dict[tuple[str, str, str], list[turn_pb2.TurnEvent]] = {}
+        self.fail_sent = False
+        self.sent_calls = 0
 
     async def publish(self, tenant_id: str, event: turn_pb2.TurnEvent) -> None:
         self.published.append((tenant_id, event))
         self.timeline.append(f"{kind(event)}:{event.turn_id}")
         await self.log(event)
 
+    async def sent(self, tenant_id: str, session_id: str, turn_id: str) -> list[turn_pb2.TurnEvent]:
+        self.sent_calls += 1
+        if self.fail_sent:
+            raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE")
+        held = [*self.retained.get((tenant_id, session_id, turn_id), [])]
+        held += [e for t, e in self.published if (t, e.session_id, e.turn_id) == (tenant_id, session_id, turn_id)]
+        events: list[turn_pb2.TurnEvent] = []
+        for event in held:
+            if event.seq == len(events) + 1:
+                events.append(event)
+        return events
+
+
+@dataclass(frozen=True, slots=True)
+class FakeMetadata:
+    """The part of a JetStream message's metadata the host reads."""
+
+    num_delivered: int = 1
+
 
 class FakeMsg:
     """A bus message whose ack/in_progress/term calls are recorded (acks also as ``ack:turn`` in ``timeline``)."""
 
-    def __init__(self, data: bytes, headers: dict[str, str] | None, timeline: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        headers: dict[str, str] | None,
+        timeline: list[str] | None = None,
+        *,
+        num_delivered: int = 1,
+    ) -> None:
         self.data = data
         self.headers = headers
         self.calls: list[str] = []
         self.timeline = timeline if timeline is not None else []
+        self.metadata = FakeMetadata(num_delivered)
+
+    def redelivered(self, num_delivered: int = 2) -> FakeMsg:
+        """The same message as the bus delivers it again (after its ack wait ran out)."""
+        return FakeMsg(self.data, self.headers, self.timeline, num_delivered=num_delivered)
 
     async def ack(self) -> None:
         self.calls.append("ack")
@@ -89,6 +130,9 @@ class FakeMsg:
 
     async def term(self) -> None:
         self.calls.append("term")
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.calls.append("nak")
 
     @property
     def acked(self) -> bool:
@@ -142,12 +186,80 @@ def turn_msg(
     incarnation: str = "",
     *,
     timeline: list[str] | None = None,
+    num_delivered: int = 1,
 ) -> FakeMsg:
-    """A turn message as the gateway publishes it."""
+    """A turn message as the gateway publishes it (``num_delivered`` > 1: a redelivery)."""
     envelope = TurnEnvelope(
         tenant_id=tenant_id,
         turn_id=turn_id,
         request=cs_pb2.SendTurnRequest(session_id=session_id, text=text),
         incarnation=incarnation,
     )
-    return FakeMsg(envelope.request.SerializeToString(), envelope.headers(), timeline)
+    return FakeMsg(envelope.request.SerializeToString(), envelope.headers(), timeline, num_delivered=num_delivered)
+
+
+def prior_events(session_id: str, turn_id: str, deltas: list[str]) -> list[turn_pb2.TurnEvent]:
+    """What a host that died mid-turn had sent: ``accepted`` (seq 1) and ``deltas`` (seq 2, 3 …)."""
+    events = [turn_pb2.TurnEvent(session_id=session_id, turn_id=turn_id, seq=1, accepted=turn_pb2.TurnAccepted())]
+    for i, text in enumerate(deltas, start=2):
+        events.append(
+            turn_pb2.TurnEvent(session_id=session_id, turn_id=turn_id, seq=i, delta=turn_pb2.TokenDelta(text=text))
+        )
+    return events
+
+
+class ProbedLog:
+    """A :class:`SessionLog` wrapping another, to watch and steer the actor's use of the ledger.
+
+    Counts append attempts; with ``gate`` set, an append waits for it before reaching the ledger; a record
+    that made it into the ledger is noted as ``record:turn`` in ``timeline``; ``fail_snapshots`` makes
+    snapshot saves raise.
+    """
+
+    def __init__(self, inner: SessionLog, timeline: list[str] | None = None) -> None:
+        self.inner = inner
+        self.timeline = timeline if timeline is not None else []
+        self.gate: asyncio.Event | None = None
+        self.attempts = 0
+        self.appended: list[TurnRecord] = []
+        self.snapshots: list[SnapshotRecord] = []
+        self.fail_snapshots = False
+
+    async def append_turn(self, record: TurnRecord) -> TurnRecord:
+        self.attempts += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        stored = await self.inner.append_turn(record)
+        self.appended.append(stored)
+        self.timeline.append(f"record:{record.turn_id}")
+        return stored
+
+    async def save_snapshot(self, snapshot: SnapshotRecord) -> None:
+        if self.fail_snapshots:
+            raise Unavailable("the ledger is not reachable", reason="LEDGER_UNAVAILABLE")
+        await self.inner.save_snapshot(snapshot)
+        self.snapshots.append(snapshot)
+
+    async def read_turn(self, seq: int) -> TurnRecord | None:
+        return await self.inner.read_turn(seq)
+
+
+class ProbedJournal(InMemoryJournal):
+    """The in-memory journal handing out :class:`ProbedLog` handles (kept in ``logs``, newest last)."""
+
+    def __init__(self, timeline: list[str] | None = None) -> None:
+        super().__init__()
+        self.timeline = timeline if timeline is not None else []
+        self.logs: list[ProbedLog] = []
+
+    async def open(
+        self, tenant_id: str, session_id: str, incarnation: str, holder: str
+    ) -> tuple[LoadedSession, SessionLog]:
+        loaded, log = await super().open(tenant_id, session_id, incarnation, holder)
+        probe = ProbedLog(log, self.timeline)
+        self.logs.append(probe)
+        return loaded, probe
+
+    def records(self, tenant_id: str, session_id: str) -> list[TurnRecord]:
+        """The session's turn records in ledger order (activation markers left out)."""
+        return [e for e in self.turns.get((tenant_id, session_id), []) if e is not None]

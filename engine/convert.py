@@ -1,0 +1,69 @@
+"""Between storage records and API messages, and the opaque page tokens of paged RPCs."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from salon.v1 import turn_pb2
+from storage import InvalidArgument, TurnRecord
+
+_STATUSES = {
+    "completed": turn_pb2.TURN_STATUS_COMPLETED,
+    "failed": turn_pb2.TURN_STATUS_FAILED,
+    "partial": turn_pb2.TURN_STATUS_PARTIAL,
+    "cancelled": turn_pb2.TURN_STATUS_CANCELLED,
+}
+_STOP_REASONS = {
+    "end_turn": turn_pb2.STOP_REASON_END_TURN,
+    "max_tokens": turn_pb2.STOP_REASON_MAX_TOKENS,
+    "stop_sequence": turn_pb2.STOP_REASON_STOP_SEQUENCE,
+    "tool_use": turn_pb2.STOP_REASON_TOOL_USE,
+    "refusal": turn_pb2.STOP_REASON_REFUSAL,
+}
+
+
+def _timestamp(ns: int) -> Timestamp:
+    return Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
+def record_to_proto(record: TurnRecord) -> turn_pb2.TurnRecord:
+    """A transcript row as the API shows it."""
+    return turn_pb2.TurnRecord(
+        turn_id=record.turn_id,
+        user_text=record.user_text,
+        reply_text=record.reply_text,
+        status=_STATUSES.get(record.status, turn_pb2.TURN_STATUS_UNSPECIFIED),
+        stop_reason=_STOP_REASONS.get(record.stop_reason, turn_pb2.STOP_REASON_UNSPECIFIED),
+        usage=turn_pb2.Usage(
+            input_tokens=record.input_tokens,
+            output_tokens=record.output_tokens,
+            cache_read_input_tokens=record.cache_read_input_tokens,
+            cache_creation_input_tokens=record.cache_creation_input_tokens,
+            provider=record.provider,
+            model=record.model,
+        ),
+        create_time=_timestamp(record.enqueued_at_ns or record.started_at_ns),
+        complete_time=_timestamp(record.completed_at_ns),
+    )
+
+
+def encode_index_token(index: int) -> str:
+    """An opaque page token naming the last turn index of a page."""
+    return base64.urlsafe_b64encode(f"t:{index}".encode()).decode()
+
+
+def decode_index_token(token: str) -> int:
+    """The turn index in a page token ("" is the start); :class:`InvalidArgument` if it is not one of ours."""
+    if not token:
+        return 0
+    try:
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        index = int(value)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidArgument("page_token is not valid", reason="BAD_PAGE_TOKEN") from None
+    if kind != "t" or index < 0:
+        raise InvalidArgument("page_token is not valid", reason="BAD_PAGE_TOKEN")
+    return index
