@@ -90,6 +90,7 @@ class TurnEmitter:
                 cache_creation_input_tokens=result.cache_creation_input_tokens,
                 provider=result.provider,
                 model=result.model,
+                estimated_cost_usd=result.estimated_cost_usd,
             )
         )
 

@@ -59,6 +59,8 @@ class ModelResult:
     cache_creation_input_tokens: int = 0
     provider: str = ""
     model: str = ""
+    estimated_cost_usd: float = 0.0
+    """From the provider's price table; 0 when unknown."""
     extra: dict[str, str] = field(default_factory=dict)
 
 

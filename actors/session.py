@@ -436,6 +436,7 @@ class _Draft:
             cache_creation_input_tokens=result.cache_creation_input_tokens,
             provider=result.provider,
             model=result.model,
+            estimated_cost_usd=result.estimated_cost_usd,
             trace_id=self.turn.trace_id,
             enqueued_at_ns=self.turn.enqueued_at_ns,
             started_at_ns=self.started_at_ns,
@@ -461,6 +462,7 @@ def _ending_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Callable[[],
             cache_creation_input_tokens=record.cache_creation_input_tokens,
             provider=record.provider,
             model=record.model,
+            estimated_cost_usd=record.estimated_cost_usd,
         )
         return [lambda: emitter.usage(usage), lambda: emitter.completed(record.stop_reason or "end_turn")]
     if record.status == "cancelled":

@@ -44,6 +44,7 @@ def record_to_proto(record: TurnRecord) -> turn_pb2.TurnRecord:
             cache_creation_input_tokens=record.cache_creation_input_tokens,
             provider=record.provider,
             model=record.model,
+            estimated_cost_usd=record.estimated_cost_usd,
         ),
         create_time=_timestamp(record.enqueued_at_ns or record.started_at_ns),
         complete_time=_timestamp(record.completed_at_ns),

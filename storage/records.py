@@ -54,6 +54,7 @@ class TurnRecord:
     cache_creation_input_tokens: int = 0
     provider: str = ""
     model: str = ""
+    estimated_cost_usd: float = 0.0
     trace_id: str = ""
     enqueued_at_ns: int = 0
     started_at_ns: int = 0

@@ -53,6 +53,7 @@ TRANSCRIPTS_SCHEMA: Final = pa.schema(
         _required("cache_creation_input_tokens", pa.int64()),
         _required("provider", pa.string()),
         _required("model", pa.string()),
+        _required("estimated_cost_usd", pa.float64()),
         _required("trace_id", pa.string()),
         _required("enqueued_at_ns", pa.int64()),
         _required("started_at_ns", pa.int64()),
