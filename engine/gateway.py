@@ -85,6 +85,7 @@ class Gateway:
             system_prompt=request.system_prompt,
             memory=request.memory,
             double_texting=request.double_texting or session_pb2.DOUBLE_TEXTING_POLICY_ENQUEUE,
+            disconnect_policy=request.disconnect_policy or session_pb2.DISCONNECT_POLICY_CONTINUE,
             model=request.model,
             create_time=Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
         )

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("session_id", "metadata", "system_prompt", "memory", "double_texting", "model")
+    __slots__ = ("session_id", "metadata", "system_prompt", "memory", "double_texting", "model", "disconnect_policy")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -23,13 +23,15 @@ class CreateSessionRequest(_message.Message):
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     DOUBLE_TEXTING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    DISCONNECT_POLICY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     metadata: _containers.ScalarMap[str, str]
     system_prompt: str
     memory: _session_pb2.MemorySettings
     double_texting: _session_pb2.DoubleTextingPolicy
     model: _session_pb2.ModelSettings
-    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., memory: _Optional[_Union[_session_pb2.MemorySettings, _Mapping]] = ..., double_texting: _Optional[_Union[_session_pb2.DoubleTextingPolicy, str]] = ..., model: _Optional[_Union[_session_pb2.ModelSettings, _Mapping]] = ...) -> None: ...
+    disconnect_policy: _session_pb2.DisconnectPolicy
+    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., memory: _Optional[_Union[_session_pb2.MemorySettings, _Mapping]] = ..., double_texting: _Optional[_Union[_session_pb2.DoubleTextingPolicy, str]] = ..., model: _Optional[_Union[_session_pb2.ModelSettings, _Mapping]] = ..., disconnect_policy: _Optional[_Union[_session_pb2.DisconnectPolicy, str]] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
     __slots__ = ("session",)
@@ -85,7 +87,7 @@ class DeleteSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SendTurnRequest(_message.Message):
-    __slots__ = ("session_id", "text", "idempotency_key", "double_texting", "metadata")
+    __slots__ = ("session_id", "text", "idempotency_key", "double_texting", "metadata", "disconnect_policy")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,12 +100,14 @@ class SendTurnRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     DOUBLE_TEXTING_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    DISCONNECT_POLICY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     text: str
     idempotency_key: str
     double_texting: _session_pb2.DoubleTextingPolicy
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, session_id: _Optional[str] = ..., text: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., double_texting: _Optional[_Union[_session_pb2.DoubleTextingPolicy, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    disconnect_policy: _session_pb2.DisconnectPolicy
+    def __init__(self, session_id: _Optional[str] = ..., text: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., double_texting: _Optional[_Union[_session_pb2.DoubleTextingPolicy, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., disconnect_policy: _Optional[_Union[_session_pb2.DisconnectPolicy, str]] = ...) -> None: ...
 
 class SendTurnResponse(_message.Message):
     __slots__ = ("event",)

@@ -17,11 +17,20 @@ class DoubleTextingPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DOUBLE_TEXTING_POLICY_REJECT: _ClassVar[DoubleTextingPolicy]
     DOUBLE_TEXTING_POLICY_INTERRUPT: _ClassVar[DoubleTextingPolicy]
     DOUBLE_TEXTING_POLICY_ROLLBACK: _ClassVar[DoubleTextingPolicy]
+
+class DisconnectPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DISCONNECT_POLICY_UNSPECIFIED: _ClassVar[DisconnectPolicy]
+    DISCONNECT_POLICY_CONTINUE: _ClassVar[DisconnectPolicy]
+    DISCONNECT_POLICY_CANCEL: _ClassVar[DisconnectPolicy]
 DOUBLE_TEXTING_POLICY_UNSPECIFIED: DoubleTextingPolicy
 DOUBLE_TEXTING_POLICY_ENQUEUE: DoubleTextingPolicy
 DOUBLE_TEXTING_POLICY_REJECT: DoubleTextingPolicy
 DOUBLE_TEXTING_POLICY_INTERRUPT: DoubleTextingPolicy
 DOUBLE_TEXTING_POLICY_ROLLBACK: DoubleTextingPolicy
+DISCONNECT_POLICY_UNSPECIFIED: DisconnectPolicy
+DISCONNECT_POLICY_CONTINUE: DisconnectPolicy
+DISCONNECT_POLICY_CANCEL: DisconnectPolicy
 
 class MemorySettings(_message.Message):
     __slots__ = ("window_token_budget", "window_max_messages", "retrieval_top_k", "retrieval_min_score", "long_term_memory_disabled")
@@ -38,18 +47,20 @@ class MemorySettings(_message.Message):
     def __init__(self, window_token_budget: _Optional[int] = ..., window_max_messages: _Optional[int] = ..., retrieval_top_k: _Optional[int] = ..., retrieval_min_score: _Optional[float] = ..., long_term_memory_disabled: _Optional[bool] = ...) -> None: ...
 
 class ModelSettings(_message.Message):
-    __slots__ = ("provider", "model", "max_tokens", "temperature", "stop_sequences")
+    __slots__ = ("provider", "model", "max_tokens", "temperature", "stop_sequences", "fallback_providers")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     STOP_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     provider: str
     model: str
     max_tokens: int
     temperature: float
     stop_sequences: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop_sequences: _Optional[_Iterable[str]] = ...) -> None: ...
+    fallback_providers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., fallback_providers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Summary(_message.Message):
     __slots__ = ("text", "version")
@@ -60,7 +71,7 @@ class Summary(_message.Message):
     def __init__(self, text: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "metadata", "system_prompt", "memory", "double_texting", "model", "create_time", "turn_count", "summary")
+    __slots__ = ("session_id", "metadata", "system_prompt", "memory", "double_texting", "model", "create_time", "turn_count", "summary", "disconnect_policy")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +88,7 @@ class Session(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     TURN_COUNT_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    DISCONNECT_POLICY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     metadata: _containers.ScalarMap[str, str]
     system_prompt: str
@@ -86,4 +98,5 @@ class Session(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     turn_count: int
     summary: Summary
-    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., memory: _Optional[_Union[MemorySettings, _Mapping]] = ..., double_texting: _Optional[_Union[DoubleTextingPolicy, str]] = ..., model: _Optional[_Union[ModelSettings, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., turn_count: _Optional[int] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ...) -> None: ...
+    disconnect_policy: DisconnectPolicy
+    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., memory: _Optional[_Union[MemorySettings, _Mapping]] = ..., double_texting: _Optional[_Union[DoubleTextingPolicy, str]] = ..., model: _Optional[_Union[ModelSettings, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., turn_count: _Optional[int] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., disconnect_policy: _Optional[_Union[DisconnectPolicy, str]] = ...) -> None: ...
