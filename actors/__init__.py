@@ -4,7 +4,7 @@
 shards; ``HostActor`` (in :mod:`actors.ray_host`, imported on demand) is the only Ray code.
 """
 
-from actors.events import EventSink, TurnEmitter, is_terminal
+from actors.events import EventSink, TurnEmitter, is_terminal, record_events
 from actors.host import HostSettings, SessionHost, session_settings
 from actors.memory import estimate_tokens, fit_window
 from actors.model import (
@@ -40,6 +40,7 @@ __all__ = [
     "fit_window",
     "host_of_shard",
     "is_terminal",
+    "record_events",
     "session_settings",
     "shard_for",
     "shards_of_host",

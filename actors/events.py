@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 
@@ -11,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from actors.model import ModelResult
 from salon.v1 import turn_pb2
+from storage import TurnRecord
 
 EventSink = Callable[[turn_pb2.TurnEvent], Awaitable[None]]
 """Where a turn's events go (the host publishes them on the turn's event subject)."""
@@ -115,3 +117,56 @@ class TurnEmitter:
     async def cancelled(self, reason: str) -> None:
         """Emit the terminal event of a cancelled turn."""
         await self._emit(cancelled=turn_pb2.TurnCancelled(reason=reason))
+
+
+Step = Callable[[], Awaitable[None]]
+
+
+def ending_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Step]:
+    """The events after a turn's deltas, from its record: the same for a first run and for a replay."""
+    if record.status == "completed":
+        usage = ModelResult(
+            input_tokens=record.input_tokens,
+            output_tokens=record.output_tokens,
+            cache_read_input_tokens=record.cache_read_input_tokens,
+            cache_creation_input_tokens=record.cache_creation_input_tokens,
+            provider=record.provider,
+            model=record.model,
+            estimated_cost_usd=record.estimated_cost_usd,
+        )
+        return [
+            functools.partial(emitter.usage, usage),
+            functools.partial(emitter.completed, record.stop_reason or "end_turn"),
+        ]
+    if record.status in ("cancelled", "rolled_back"):
+        return [functools.partial(emitter.cancelled, record.error_message or "the turn was cancelled")]
+    return [
+        functools.partial(
+            emitter.error,
+            record.error_reason or "INTERNAL",
+            record.error_message or "the turn failed",
+            retryable=record.retryable,
+            partial=record.status == "partial",
+            retry_after_s=record.retry_after_s or None,
+        )
+    ]
+
+
+def record_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Step]:
+    """Every event a recorded turn stands for, numbered as first sent: accepted, deltas, ending."""
+    steps: list[Step] = [functools.partial(emitter.accepted, 0, trace_id=record.trace_id, replayed=True)]
+    steps += [functools.partial(emitter.delta, text) for text in record.deltas]
+    return steps + ending_steps(emitter, record)
+
+
+async def record_events(record: TurnRecord, after_seq: int = 0) -> list[turn_pb2.TurnEvent]:
+    """The events of a recorded turn with a sequence number above ``after_seq`` (to resume from a record)."""
+    events: list[turn_pb2.TurnEvent] = []
+
+    async def collect(event: turn_pb2.TurnEvent) -> None:
+        events.append(event)
+
+    emitter = TurnEmitter(record.session_id, record.turn_id, collect)
+    for step in record_steps(emitter, record):
+        await step()
+    return [e for e in events if e.seq > after_seq]

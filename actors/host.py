@@ -89,6 +89,18 @@ class HostSettings:
     window_token_budget: int = 8000
     max_tokens: int = 1024
     snapshot_every_turns: int = 20
+    max_inflight_turns: int = 1000
+    """Turns running or queued on this host before new ones are refused (RESOURCE_EXHAUSTED)."""
+    max_inflight_per_tenant: int = 200
+    """The same, per tenant on this host."""
+
+
+DOUBLE_TEXTING = {
+    session_pb2.DOUBLE_TEXTING_POLICY_ENQUEUE: "enqueue",
+    session_pb2.DOUBLE_TEXTING_POLICY_REJECT: "reject",
+    session_pb2.DOUBLE_TEXTING_POLICY_INTERRUPT: "interrupt",
+    session_pb2.DOUBLE_TEXTING_POLICY_ROLLBACK: "rollback",
+}
 
 
 def session_settings(session: session_pb2.Session, defaults: HostSettings) -> SessionSettings:
@@ -103,6 +115,9 @@ def session_settings(session: session_pb2.Session, defaults: HostSettings) -> Se
         temperature=model.temperature if model.HasField("temperature") else None,
         stop_sequences=tuple(model.stop_sequences),
         snapshot_every_turns=defaults.snapshot_every_turns,
+        double_texting=DOUBLE_TEXTING.get(session.double_texting, "enqueue"),
+        provider=model.provider,
+        fallback_providers=tuple(model.fallback_providers),
     )
 
 
@@ -160,7 +175,12 @@ class SessionHost:
             "turns_started": self.turns_started,
             "duplicates": self.duplicates,
             "model_calls": self._provider.calls,
+            **self._provider.stats(),
         }
+
+    def model_health(self) -> dict[str, str]:
+        """Circuit-breaker state of each model provider (closed, half_open, open), when it has breakers."""
+        return self._provider.breaker_states()
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking turns and wait up to ``grace_s`` for running ones to finish."""
@@ -244,6 +264,13 @@ class SessionHost:
             self.duplicates += 1
             span.end()
             return
+        refusal = self._admission(tenant)
+        if refusal is not None:
+            emitter = TurnEmitter(key.session_id, envelope.turn_id, sink)
+            await emitter.error("TOO_MANY_TURNS", refusal, retryable=True, partial=False, retry_after_s=1.0)
+            await msg.ack()
+            span.end()
+            return
         prior: list[turn_pb2.TurnEvent] = []
         if _redelivered(msg):
             # An earlier attempt may have streamed part of the answer before its host died.
@@ -272,6 +299,8 @@ class SessionHost:
             trace_id=trace_id,
             enqueued_at_ns=envelope.enqueued_at_ns,
             prior_events=prior,
+            policy=DOUBLE_TEXTING.get(envelope.request.double_texting, ""),
+            deadline_ns=envelope.deadline_ns,
             on_done=done,
             on_release=release,
         )
@@ -282,6 +311,26 @@ class SessionHost:
             span.end()
             raise
         self.turns_started += 1
+
+    def _admission(self, tenant_id: str) -> str | None:
+        """Why a new turn must be refused now, or None. Counts turns in flight on this host."""
+        if len(self._inflight) >= self._settings.max_inflight_turns:
+            return "this host has too many turns running or queued; retry shortly"
+        mine = sum(1 for t, _, _ in self._inflight if t == tenant_id)
+        if mine >= self._settings.max_inflight_per_tenant:
+            return "too many turns of this tenant are running or queued; retry shortly"
+        return None
+
+    async def control(self, request: dict[str, str]) -> dict[str, str]:
+        """Act on a request about one of this host's sessions (from the gateway): ``cancel`` a turn."""
+        if request.get("action") != "cancel":
+            return {"result": "unsupported"}
+        key = SessionKey(request["tenant_id"], request["session_id"])
+        try:
+            session = await self._activate(key, request.get("incarnation", ""))
+        except NotFound:
+            return {"result": "unknown_session"}
+        return {"result": session.cancel(request["turn_id"], request.get("reason") or "the turn was cancelled")}
 
     async def _activate(self, key: SessionKey, incarnation: str) -> SessionActor:
         session = self._sessions.get(key)
@@ -360,6 +409,15 @@ class _CountingProvider:
     def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         self.calls += 1
         return self._inner.stream(request)
+
+    def stats(self) -> dict[str, int]:
+        # A provider chain counts failures, fallbacks and breaker states; plain providers have nothing more.
+        inner = getattr(self._inner, "stats", None)
+        return {f"model_{key}": int(value) for key, value in inner().items()} if callable(inner) else {}
+
+    def breaker_states(self) -> dict[str, str]:
+        inner = getattr(self._inner, "breaker_states", None)
+        return dict(inner()) if callable(inner) else {}
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -38,6 +38,10 @@ class ModelRequest:
     stop_sequences: tuple[str, ...] = ()
     prefill: str = ""
     """The start of the answer, already sent to the client by an earlier attempt: continue after it."""
+    provider: str = ""
+    """The session's provider; empty: the deployment's chain."""
+    fallback_providers: tuple[str, ...] = ()
+    """Providers to try after it, in order, when it fails before its first token."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ take up their work, where JetStream redelivers whatever the dead process had not
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -51,6 +52,20 @@ class HostSpec:
     log_level: str = "WARNING"
 
 
+async def serve_control(host: SessionHost, nc: Any, names: Names, shards: tuple[int, ...]) -> list[Any]:
+    """Answer the gateway's requests (cancel) about the sessions of ``shards``; returns the subscriptions."""
+
+    async def handle(msg: Any) -> None:
+        try:
+            reply = await host.control(json.loads(msg.data))
+        except Exception:
+            log.exception("a control request failed")
+            reply = {"result": "error"}
+        await msg.respond(json.dumps(reply).encode())
+
+    return [await nc.subscribe(names.control_subject(shard), cb=handle) for shard in shards]
+
+
 async def build_host(spec: HostSpec) -> tuple[SessionHost, Any]:
     """Connect to NATS and build the host described by ``spec`` (returns the host and its connection)."""
     names = Names(spec.namespace)
@@ -77,6 +92,7 @@ class HostActor:
         self._spec = spec
         self._host: SessionHost | None = None
         self._nc: Any = None
+        self._control: list[Any] = []
         # Async actors run __init__ inside the actor's event loop: start here so a restarted actor resumes
         # its shards without anyone calling it.
         self._started = asyncio.get_running_loop().create_task(self._start())
@@ -84,6 +100,7 @@ class HostActor:
     async def _start(self) -> None:
         self._host, self._nc = await build_host(self._spec)
         await self._host.start()
+        self._control = await serve_control(self._host, self._nc, Names(self._spec.namespace), self._spec.shards)
 
     async def ready(self) -> dict[str, Any]:
         """Wait until the host pulls its shards; returns its pid and shards."""
@@ -96,6 +113,12 @@ class HostActor:
         assert self._host is not None
         return self._host.stats()
 
+    async def model_health(self) -> dict[str, str]:
+        """Circuit-breaker state of each model provider on this host."""
+        await self._started
+        assert self._host is not None
+        return self._host.model_health()
+
     async def drain(self, grace_s: float) -> None:
         """Stop taking turns; let running ones finish within ``grace_s``."""
         await self._started
@@ -105,6 +128,9 @@ class HostActor:
     async def close(self) -> None:
         """Close the host and its NATS connection. Idempotent."""
         await self._started
+        for sub in self._control:
+            await sub.unsubscribe()
+        self._control = []
         if self._host is not None:
             await self._host.close()
         if self._nc is not None:

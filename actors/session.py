@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections import OrderedDict, deque
@@ -19,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.events import EventSink, TurnEmitter
+from actors.events import EventSink, TurnEmitter, ending_steps, record_steps
 from actors.memory import fit_window
 from actors.model import Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta
 from salon.v1 import turn_pb2
@@ -54,6 +53,10 @@ class SessionSettings:
     temperature: float | None = None
     stop_sequences: tuple[str, ...] = ()
     snapshot_every_turns: int = 20
+    provider: str = ""
+    fallback_providers: tuple[str, ...] = ()
+    double_texting: str = "enqueue"
+    """What a turn arriving while another runs does: enqueue, reject, interrupt or rollback."""
 
 
 @dataclass(slots=True)
@@ -73,9 +76,10 @@ class SessionState:
         """Fold one recorded turn into the state."""
         self.turn_count = record.turn_index
         self.ledger_seq = record.ledger_seq
-        self.messages.append(Message("user", record.user_text, record.turn_id))
-        if record.reply_text:
-            self.messages.append(Message("assistant", record.reply_text, record.turn_id))
+        if record.status != "rolled_back":
+            self.messages.append(Message("user", record.user_text, record.turn_id))
+            if record.reply_text:
+                self.messages.append(Message("assistant", record.reply_text, record.turn_id))
         if len(self.messages) > keep_messages:
             del self.messages[: len(self.messages) - keep_messages]
         self.recent[record.turn_id] = record.ledger_seq
@@ -129,6 +133,10 @@ class Turn:
     after them instead of starting over."""
     on_done: Callable[[], Awaitable[None]] | None = None
     """Called once the turn is recorded and its terminal event sent (the host acks the bus message here)."""
+    policy: str = ""
+    """Double-texting policy for this turn; empty: the session's."""
+    deadline_ns: int = 0
+    """Wall-clock time (ns) after which the turn is cancelled; 0: none."""
     on_release: Callable[[], Awaitable[None]] | None = None
     """Called instead of ``on_done`` when this actor will not finish the turn (another host took the session
     over): the host hands the message back to the bus for prompt redelivery."""
@@ -138,6 +146,20 @@ class Turn:
 class _Queued:
     turn: Turn
     emitter: TurnEmitter
+    cancel_reason: str = ""
+    """Set when the turn is to stop: by CancelTurn, its deadline, or a newer turn's policy."""
+    rollback: bool = False
+    task: asyncio.Task[None] | None = None
+    """The task streaming the answer, while it runs."""
+
+    def stop(self, reason: str, *, rollback: bool = False) -> None:
+        self.cancel_reason = self.cancel_reason or reason
+        self.rollback = self.rollback or rollback
+        if self.task is not None:
+            self.task.cancel()
+
+
+POLICIES = ("enqueue", "reject", "interrupt", "rollback")
 
 
 class SessionActor:
@@ -167,6 +189,7 @@ class SessionActor:
         self.fenced = False
         """Set when another host took the session over; the host then drops this actor."""
         self._snapshot_turn = state.turn_count
+        self._cancelled_early: set[str] = set()
         self.last_active = clock()
 
     @property
@@ -202,14 +225,48 @@ class SessionActor:
             return True
         if any(q.turn.turn_id == turn.turn_id for q in self._queue):
             return False
-        # Appending before the first await fixes the turn's place in line.
-        self._queue.append(_Queued(turn, emitter))
-        position = len(self._queue) - 1
+        if turn.turn_id in self._cancelled_early:
+            # Cancelled before it arrived: recorded as cancelled without running.
+            self._cancelled_early.discard(turn.turn_id)
+            queued = _Queued(turn, emitter, cancel_reason="the turn was cancelled")
+        else:
+            queued = _Queued(turn, emitter)
+        policy = turn.policy or self.settings.double_texting
+        if self._queue and policy == "reject" and not queued.cancel_reason:
+            await emitter.error(
+                "SESSION_BUSY", "the session is running another turn", retryable=True, partial=False, retry_after_s=1.0
+            )
+            if turn.on_done is not None:
+                await turn.on_done()
+            return True
+        # Placing the turn before the first await fixes its place in line.
+        if self._queue and policy in ("interrupt", "rollback") and not queued.cancel_reason:
+            self._queue[0].stop("interrupted by a newer turn", rollback=policy == "rollback")
+            self._queue.insert(1, queued)
+            position = 1
+        else:
+            self._queue.append(queued)
+            position = len(self._queue) - 1
         if self._runner is None:
             self._runner = asyncio.create_task(self._run(), name=f"session-{self.key}")
         if not prior_seq:
             await emitter.accepted(position, trace_id=turn.trace_id)
         return True
+
+    def cancel(self, turn_id: str, reason: str = "the turn was cancelled") -> str:
+        """Stop a turn: ``cancelled`` when it was queued or running here (it ends with a cancelled event and is
+        recorded as such), ``finished`` when it had already ended, ``pending`` when it has not arrived yet
+        (it will be cancelled on arrival)."""
+        for queued in self._queue:
+            if queued.turn.turn_id == turn_id:
+                queued.stop(reason)
+                return "cancelled"
+        if turn_id in self.state.recent:
+            return "finished"
+        self._cancelled_early.add(turn_id)
+        while len(self._cancelled_early) > RECENT_TURNS_KEPT:
+            self._cancelled_early.pop()
+        return "pending"
 
     async def _replay(self, turn: Turn, emitter: TurnEmitter, ledger_seq: int) -> None:
         record = await self._ledger.read_turn(ledger_seq)
@@ -224,12 +281,7 @@ class SessionActor:
             )
         else:
             # The record's events, numbered as they were first sent; those the client has are skipped.
-            steps: list[Callable[[], Awaitable[None]]] = [
-                functools.partial(emitter.accepted, 0, trace_id=turn.trace_id, replayed=True)
-            ]
-            steps += [functools.partial(emitter.delta, text) for text in record.deltas]
-            steps += _ending_steps(emitter, record)
-            for step in steps[emitter.last_seq :]:
+            for step in record_steps(emitter, record)[emitter.last_seq :]:
                 await step()
         if turn.on_done is not None:
             await turn.on_done()
@@ -239,7 +291,7 @@ class SessionActor:
             while self._queue and not self.fenced:
                 queued = self._queue[0]
                 try:
-                    await self._execute(queued.turn, queued.emitter)
+                    await self._execute(queued)
                 finally:
                     if not self.fenced:
                         self._queue.popleft()
@@ -271,25 +323,21 @@ class SessionActor:
             temperature=s.temperature,
             stop_sequences=s.stop_sequences,
             prefill=prefill,
+            provider=s.provider,
+            fallback_providers=s.fallback_providers,
         )
         return request, tuple(dict.fromkeys(m.turn_id for m in history if m.turn_id))
 
-    async def _execute(self, turn: Turn, emitter: TurnEmitter) -> None:
+    async def _execute(self, queued: _Queued) -> None:
+        turn, emitter = queued.turn, queued.emitter
         deltas = [e.delta.text for e in turn.prior_events if e.HasField("delta")]
         request, context_ids = self._request(turn.text, "".join(deltas))
         draft = _Draft(turn, self.key, self.state, context_ids, self._clock_ns())
-        stream = self._provider.stream(request)
-        try:
-            await self._stream_answer(stream, emitter, draft, deltas)
-        except asyncio.CancelledError:
-            # Stopped by close() after the drain grace period: the partial answer is recorded as cancelled,
-            # so the turn is not run a second time.
-            await _aclose(stream)
-            draft.status = "cancelled"
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._conclude(turn, emitter, draft.record(deltas), retry=False))
-            raise
-        await _aclose(stream)
+        if not queued.cancel_reason:
+            await self._answer(queued, request, draft, deltas)
+        if queued.cancel_reason:
+            draft.status = "rolled_back" if queued.rollback else "cancelled"
+            draft.error_message = queued.cancel_reason
         try:
             await self._conclude(turn, emitter, draft.record(deltas), retry=True)
         except Fenced:
@@ -297,6 +345,36 @@ class SessionActor:
             # after the events already sent.
             log.warning("session %s was taken over by another host; dropping it here", self.key)
             self.fenced = True
+
+    async def _answer(self, queued: _Queued, request: ModelRequest, draft: _Draft, deltas: list[str]) -> None:
+        """Stream the model's answer in a task of its own, so the turn alone can be stopped (cancel, deadline,
+        a newer turn) while the session goes on."""
+        stream = self._provider.stream(request)
+        task = asyncio.create_task(self._stream_answer(stream, queued.emitter, draft, deltas))
+        queued.task = task
+        try:
+            timeout = None
+            if queued.turn.deadline_ns:
+                timeout = max((queued.turn.deadline_ns - time.time_ns()) / 1e9, 0.0)
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                queued.stop("the turn's deadline passed")
+                # wait() never raises the task's cancellation, only our own.
+                await asyncio.wait({task})
+        except asyncio.CancelledError:
+            # close() after the drain grace period: the partial answer is recorded as cancelled, so the turn
+            # is not run a second time.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            draft.status, draft.error_message = "cancelled", "the engine stopped before the turn finished"
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._conclude(queued.turn, queued.emitter, draft.record(deltas), retry=False))
+            raise
+        finally:
+            queued.task = None
+            # Closing the generator closes the provider's upstream stream (its HTTP response) at once.
+            await _aclose(stream)
 
     async def _stream_answer(
         self, stream: AsyncIterator[ModelChunk], emitter: TurnEmitter, draft: _Draft, deltas: list[str]
@@ -325,7 +403,8 @@ class SessionActor:
     async def _conclude(self, turn: Turn, emitter: TurnEmitter, record: TurnRecord, *, retry: bool) -> None:
         record = await self._append(record, retry=retry)
         self.state.apply(record, self.settings.window_max_messages)
-        await _emit_ending(emitter, record)
+        for step in ending_steps(emitter, record):
+            await step()
         if turn.on_done is not None:
             try:
                 await turn.on_done()
@@ -444,38 +523,6 @@ class _Draft:
             completed_at_ns=time.time_ns(),
             context_turn_ids=self.context_turn_ids,
         )
-
-
-async def _emit_ending(emitter: TurnEmitter, record: TurnRecord) -> None:
-    """Emit the events after the deltas, from the record."""
-    for step in _ending_steps(emitter, record):
-        await step()
-
-
-def _ending_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Callable[[], Awaitable[None]]]:
-    """The events after the deltas, from the record: the same for a first run and for a replay."""
-    if record.status == "completed":
-        usage = ModelResult(
-            input_tokens=record.input_tokens,
-            output_tokens=record.output_tokens,
-            cache_read_input_tokens=record.cache_read_input_tokens,
-            cache_creation_input_tokens=record.cache_creation_input_tokens,
-            provider=record.provider,
-            model=record.model,
-            estimated_cost_usd=record.estimated_cost_usd,
-        )
-        return [lambda: emitter.usage(usage), lambda: emitter.completed(record.stop_reason or "end_turn")]
-    if record.status == "cancelled":
-        return [lambda: emitter.cancelled("the engine stopped before the turn finished")]
-    return [
-        lambda: emitter.error(
-            record.error_reason or "INTERNAL",
-            record.error_message or "the turn failed",
-            retryable=record.retryable,
-            partial=record.status == "partial",
-            retry_after_s=record.retry_after_s or None,
-        )
-    ]
 
 
 async def _aclose(stream: object) -> None:

@@ -105,8 +105,9 @@ class Engine:
         js = self._nc.jetstream()
         await ensure_bus(js, self.names, self._bus_settings())
         await ensure_ledger(js, self.names, self._ledger_settings())
-        # Ray first: it forks helper processes, and LanceDB's runtime must not be running in a forking process.
-        self._started_ray = ensure_ray(config)
+        if not config.gateway_only:
+            # Ray first: it forks helper processes; LanceDB's runtime must not be running in a forking process.
+            self._started_ray = ensure_ray(config)
         self._store = await TranscriptStore.open(config.lancedb_location)
         gateway = Gateway(
             config,
@@ -116,10 +117,11 @@ class Engine:
             self._store,
             store_healthy=lambda: self._store_healthy,
         )
-        self._hosts = HostGroup(host_specs(config, self.nats_url), config.namespace)
-        self._writer = WriterHandle(config, self.nats_url)
-        await asyncio.gather(self._hosts.start(), self._writer.start())
-        self._store_watch = asyncio.create_task(self._watch_store(), name="salon-store-watch")
+        if not config.gateway_only:
+            self._hosts = HostGroup(host_specs(config, self.nats_url), config.namespace)
+            self._writer = WriterHandle(config, self.nats_url)
+            await asyncio.gather(self._hosts.start(), self._writer.start())
+            self._store_watch = asyncio.create_task(self._watch_store(), name="salon-store-watch")
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
@@ -128,7 +130,8 @@ class Engine:
             ]
         )
         cs_grpc.add_ConversationServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            ConversationServicer(gateway, config.default_tenant), self._server
+            ConversationServicer(gateway, config.default_tenant, write_timeout_s=config.stream_write_timeout_s),
+            self._server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

@@ -52,7 +52,10 @@ async def _serve(config: Config) -> int:
         console.print(
             f"NATS {engine.nats_url}{' (embedded)' if not config.nats_url else ''}; data in {config.data_path}"
         )
-        console.print(f"{config.num_hosts} session hosts on Ray; model provider: {config.model_provider}")
+        if config.gateway_only:
+            console.print("gateway only: turns run on the deployment's hosts")
+        else:
+            console.print(f"{config.num_hosts} session hosts on Ray; model provider: {config.model_provider}")
         console.print("Ctrl-C stops intake, lets running turns finish, then shuts down.")
         await stop.wait()
         console.print(f"stopping: running turns get up to {config.shutdown_grace_s:.0f} s …")
@@ -128,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="gRPC listen address (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="gRPC port (default from config: 50051; 0 picks one)")
     serve.add_argument("--data-dir", help="data directory (default from config: ./.salon)")
+    serve.add_argument(
+        "--gateway-only",
+        action="store_true",
+        default=None,
+        help="run only a gateway for an existing deployment (needs SALON_NATS_URL, the same namespace and data)",
+    )
 
     demo = sub.add_parser(
         "demo", help="start the engine, stream a short conversation on three sessions in parallel, stop"
@@ -161,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         return _print_config(args.markdown)
     try:
         if args.command == "serve":
-            config = _config(args, grpc_host=args.host, grpc_port=args.port, data_dir=args.data_dir)
+            config = _config(
+                args, grpc_host=args.host, grpc_port=args.port, data_dir=args.data_dir, gateway_only=args.gateway_only
+            )
             _setup_logging(config.log_level)
             return asyncio.run(_serve(config))
         if args.command == "demo":

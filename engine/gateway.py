@@ -10,20 +10,25 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from actors import shard_for
+from actors import is_terminal, record_events, shard_for
 from engine.config import Config
 from engine.validation import check_create_session, check_send_turn, page_size
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2, turn_pb2
 from storage import (
+    FailedPrecondition,
     InvalidArgument,
     Journal,
     Names,
+    NotFound,
+    ResourceExhausted,
+    SalonError,
     SessionRegistry,
     TranscriptStore,
     TurnEnvelope,
@@ -149,7 +154,9 @@ class Gateway:
             rows.sort(key=lambda r: r.turn_index)
         page = rows[:page_size]
         more = len(rows) > page_size
-        return page, page[-1].turn_index if more and page else 0
+        cursor = page[-1].turn_index if more and page else 0
+        # Rolled-back turns are erased from history (their records only answer retries of the same turn).
+        return [r for r in page if r.status != "rolled_back"], cursor
 
     async def send_turn(
         self,
@@ -181,6 +188,8 @@ class Gateway:
             enqueued_at_ns=time.time_ns(),
             incarnation=incarnation_of(session),
         )
+        if timeout_s is not None:
+            envelope = dataclasses.replace(envelope, deadline_ns=time.time_ns() + int(timeout_s * 1e9))
         shard = shard_for(tenant_id, request.session_id, self._config.num_shards)
         # The events stream keeps the turn's events from the first, so subscribing can overlap the publish.
         opening = asyncio.ensure_future(self._publisher.open_events(tenant_id, request.session_id, turn_id))
@@ -193,5 +202,89 @@ class Gateway:
             raise
         stream = await opening
         wait = self._config.turn_timeout_s if timeout_s is None else min(timeout_s, self._config.turn_timeout_s)
+        policy = request.disconnect_policy or session.disconnect_policy
+        ended = False
+        try:
+            first = True
+            async for event in stream.iterate(wait):
+                if first and event.HasField("error"):
+                    _raise_refusal(event.error)
+                first = False
+                ended = is_terminal(event)
+                yield event
+        finally:
+            if not ended and policy == session_pb2.DISCONNECT_POLICY_CANCEL:
+                # The client went away (or its deadline passed) mid-turn and asked for its turns to stop.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(
+                        self.cancel_turn(tenant_id, request.session_id, turn_id, reason="the client went away")
+                    )
+
+    async def cancel_turn(
+        self, tenant_id: str, session_id: str, turn_id: str, *, reason: str = "cancelled by the client"
+    ) -> str:
+        """Stop a running or queued turn (or one not arrived yet); returns what the host did."""
+        require_id(session_id, "session_id")
+        require_id(turn_id, "turn_id")
+        session = await self._registry.get(tenant_id, session_id)
+        shard = shard_for(tenant_id, session_id, self._config.num_shards)
+        request = {
+            "action": "cancel",
+            "tenant_id": tenant_id,
+            "session_id": session_id,
+            "turn_id": turn_id,
+            "incarnation": incarnation_of(session),
+            "reason": reason,
+        }
+        reply = await self._publisher.control(shard, request)
+        result = reply.get("result", "")
+        if result == "unknown_session":
+            raise NotFound("session not found", reason="SESSION_NOT_FOUND")
+        if result == "error":
+            raise Unavailable("the session's host failed to cancel the turn", reason="CANCEL_FAILED", retry_after_s=1.0)
+        return result
+
+    async def resume_turn(
+        self, tenant_id: str, session_id: str, turn_id: str, *, after_seq: int, timeout_s: float | None = None
+    ) -> AsyncIterator[turn_pb2.TurnEvent]:
+        """The turn's events after ``after_seq``, each once, until its terminal event: from the events stream
+        while they are retained (the turn may still be running), then from the turn's record."""
+        require_id(session_id, "session_id")
+        require_id(turn_id, "turn_id")
+        session = await self._registry.get(tenant_id, session_id)
+        if not await self._publisher.has_events(tenant_id, session_id, turn_id):
+            record = await self._find_record(tenant_id, session_id, incarnation_of(session), turn_id)
+            if record is None:
+                raise NotFound("turn not found", reason="TURN_NOT_FOUND")
+            for event in await record_events(record, after_seq):
+                yield event
+            return
+        stream = await self._publisher.open_events(tenant_id, session_id, turn_id, after_seq=after_seq)
+        wait = self._config.turn_timeout_s if timeout_s is None else min(timeout_s, self._config.turn_timeout_s)
         async for event in stream.iterate(wait):
             yield event
+
+    async def _find_record(self, tenant_id: str, session_id: str, incarnation: str, turn_id: str) -> TurnRecord | None:
+        stored = [
+            r for r in await self._store.turns_by_ids(tenant_id, session_id, [turn_id]) if r.incarnation == incarnation
+        ]
+        if stored:
+            return stored[0]
+        # Not flushed to the tables yet: the ledger has it.
+        tail = await self._journal.turns_after(tenant_id, session_id, incarnation, 0)
+        return next((r for r in tail if r.turn_id == turn_id), None)
+
+
+_REFUSALS: dict[str, type[SalonError]] = {
+    "SESSION_BUSY": FailedPrecondition,
+    "TOO_MANY_TURNS": ResourceExhausted,
+    "SESSION_NOT_FOUND": NotFound,
+}
+
+
+def _raise_refusal(error: turn_pb2.TurnError) -> None:
+    """A turn refused before it started ends the call with the matching status, not a stream of one error."""
+    refusal = _REFUSALS.get(error.reason)
+    if refusal is not None:
+        retry = error.retry_after.ToNanoseconds() / 1e9 if error.HasField("retry_after") else None
+        raise refusal(error.message, reason=error.reason, retry_after_s=retry)

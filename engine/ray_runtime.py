@@ -53,6 +53,8 @@ def host_specs(config: Config, nats_url: str) -> list[HostSpec]:
         window_token_budget=config.window_token_budget,
         max_tokens=config.max_tokens,
         snapshot_every_turns=config.snapshot_every_turns,
+        max_inflight_turns=config.max_turns_per_host,
+        max_inflight_per_tenant=config.max_turns_per_tenant,
     )
     provider = config.provider_spec()
     return [

@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 from engine.convert import decode_index_token, encode_index_token, record_to_proto
 from engine.gateway import Gateway
-from engine.status import Unimplemented, abort, as_salon_errors, status_code
+from engine.status import abort, as_salon_errors, status_code
 from engine.validation import page_size
 from otel import server_span
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
-from storage import InvalidArgument, SalonError, is_valid_id
+from storage import InvalidArgument, ResourceExhausted, SalonError, is_valid_id
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,26 @@ def _remaining(context: Context) -> float | None:
     return None if remaining is None else max(remaining, 0.0)
 
 
+class SlowConsumer(ResourceExhausted):
+    """The client stopped reading its stream for longer than the write timeout."""
+
+    reason = "SLOW_CONSUMER"
+
+    def __init__(self, pending: asyncio.Future[None]) -> None:
+        super().__init__(
+            "the client stopped reading; the stream was cut off (the turn goes on and is recorded; ResumeTurn "
+            "gets the rest)"
+        )
+        self.pending = pending
+
+
 class ConversationServicer(cs_grpc.ConversationServiceServicer):
     """``salon.v1.ConversationService`` over a :class:`Gateway`."""
 
-    def __init__(self, gateway: Gateway, default_tenant: str) -> None:
+    def __init__(self, gateway: Gateway, default_tenant: str, *, write_timeout_s: float = 10.0) -> None:
         self._gateway = gateway
         self._default_tenant = default_tenant
+        self._write_timeout_s = write_timeout_s
 
     def _tenant(self, context: Context) -> str:
         # Until authentication exists every caller belongs to the configured default tenant.
@@ -74,50 +88,108 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
         except SalonError as exc:
             await abort(context, exc)
 
-    async def SendTurn(
-        self, request: cs_pb2.SendTurnRequest, context: Context
-    ) -> AsyncIterator[cs_pb2.SendTurnResponse]:
+    async def _write(self, context: Context, message: Any) -> None:
+        # grpc.aio has no slow-client detection: a client that stops reading holds its stream, and whatever
+        # feeds it, forever. After the write timeout the relay stops (its subscription and buffer are freed);
+        # the one write already handed to gRPC must finish before a status can be sent (see _end_slow).
+        write = asyncio.ensure_future(context.write(message))
+        done, _ = await asyncio.wait({write}, timeout=self._write_timeout_s)
+        if not done:
+            raise SlowConsumer(write)
+        write.result()
+
+    async def _end_slow(self, context: Context, slow: SlowConsumer) -> None:
+        """End a slow client's call once its pending write drained (or the client left)."""
+        log.warning("a client stopped reading for %.0f s; its stream is cut off", self._write_timeout_s)
+        with contextlib.suppress(Exception):
+            await slow.pending
+        await abort(context, slow)
+
+    async def _relay(self, context: Context, events: AsyncIterator[Any], wrap: Callable[..., Any]) -> None:
+        """Write a turn's events to the call; errors and slow readers end it with their status."""
         try:
-            with server_span("salon.gateway.SendTurn", context.invocation_metadata()) as span, as_salon_errors():
-                events = self._gateway.send_turn(
-                    self._tenant(context), request, trace_headers=span.headers(), timeout_s=_remaining(context)
-                )
-                async for event in events:
-                    yield cs_pb2.SendTurnResponse(event=event)
+            with as_salon_errors():
+                async with contextlib.aclosing(events):  # type: ignore[type-var]
+                    async for event in events:
+                        await self._write(context, wrap(event=event))
+        except SlowConsumer as slow:
+            await self._end_slow(context, slow)
         except SalonError as exc:
             await abort(context, exc)
 
-    async def Converse(
-        self, request_iterator: AsyncIterator[cs_pb2.ConverseRequest], context: Context
-    ) -> AsyncIterator[cs_pb2.ConverseResponse]:
+    async def SendTurn(self, request: cs_pb2.SendTurnRequest, context: Context) -> None:
+        with server_span("salon.gateway.SendTurn", context.invocation_metadata()) as span:
+            events = self._gateway.send_turn(
+                self._tenant(context), request, trace_headers=span.headers(), timeout_s=_remaining(context)
+            )
+            await self._relay(context, events, cs_pb2.SendTurnResponse)
+
+    async def ResumeTurn(self, request: cs_pb2.ResumeTurnRequest, context: Context) -> None:
+        events = self._gateway.resume_turn(
+            self._tenant(context),
+            request.session_id,
+            request.turn_id,
+            after_seq=request.after_seq,
+            timeout_s=_remaining(context),
+        )
+        await self._relay(context, events, cs_pb2.ResumeTurnResponse)
+
+    async def CancelTurn(self, request: cs_pb2.CancelTurnRequest, context: Context) -> Any:
+        try:
+            with as_salon_errors():
+                await self._gateway.cancel_turn(self._tenant(context), request.session_id, request.turn_id)
+            return cs_pb2.CancelTurnResponse()
+        except SalonError as exc:
+            await abort(context, exc)
+
+    async def Converse(self, request_iterator: AsyncIterator[cs_pb2.ConverseRequest], context: Context) -> None:
         out: asyncio.Queue[cs_pb2.ConverseResponse | None] = asyncio.Queue(maxsize=CONVERSE_BUFFER)
         tenant = self._tenant(context)
         metadata = context.invocation_metadata()
         relays: set[asyncio.Task[None]] = set()
 
-        async def relay(request_id: str, turn: cs_pb2.SendTurnRequest) -> None:
+        async def relay(request_id: str, session_id: str, events: AsyncIterator[Any]) -> None:
             try:
-                with server_span("salon.gateway.Converse.turn", metadata) as span, as_salon_errors():
-                    async for event in self._gateway.send_turn(tenant, turn, trace_headers=span.headers()):
+                with as_salon_errors():
+                    async for event in events:
                         await out.put(cs_pb2.ConverseResponse(event=event))
             except SalonError as exc:
-                await out.put(_converse_error(request_id, turn.session_id, exc))
+                await out.put(_converse_error(request_id, session_id, exc))
+
+        async def cancel(req: cs_pb2.ConverseRequest) -> None:
+            try:
+                with as_salon_errors():
+                    await self._gateway.cancel_turn(tenant, req.cancel_turn.session_id, req.cancel_turn.turn_id)
+            except SalonError as exc:
+                await out.put(_converse_error(req.request_id, req.cancel_turn.session_id, exc))
+
+        def start(job: Awaitable[None]) -> None:
+            task = asyncio.ensure_future(job)
+            relays.add(task)
+            task.add_done_callback(relays.discard)
 
         async def read_requests() -> None:
             async for req in request_iterator:
                 action = req.WhichOneof("action")
                 if action == "send_turn":
-                    task = asyncio.create_task(relay(req.request_id, req.send_turn))
-                    relays.add(task)
-                    task.add_done_callback(relays.discard)
-                else:
-                    error: SalonError = (
-                        Unimplemented(f"{action} on Converse is not available yet", reason="NOT_IMPLEMENTED")
-                        if action
-                        else InvalidArgument("the request has no action", reason="EMPTY_REQUEST")
+                    with server_span("salon.gateway.Converse.turn", metadata) as span:
+                        turn = req.send_turn
+                        events = self._gateway.send_turn(tenant, turn, trace_headers=span.headers())
+                    start(relay(req.request_id, turn.session_id, events))
+                elif action == "resume_turn":
+                    r = req.resume_turn
+                    start(
+                        relay(
+                            req.request_id,
+                            r.session_id,
+                            self._gateway.resume_turn(tenant, r.session_id, r.turn_id, after_seq=r.after_seq),
+                        )
                     )
-                    session_id = getattr(req, action).session_id if action else ""
-                    await out.put(_converse_error(req.request_id, session_id, error))
+                elif action == "cancel_turn":
+                    start(cancel(req))
+                else:
+                    error = InvalidArgument("the request has no action", reason="EMPTY_REQUEST")
+                    await out.put(_converse_error(req.request_id, "", error))
             # The client finished sending: end the stream once its turns have ended.
             while relays:
                 await asyncio.gather(*list(relays), return_exceptions=True)
@@ -125,30 +197,23 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
 
         reader = asyncio.create_task(read_requests())
         try:
-            while True:
-                item = await out.get()
-                if item is None:
-                    break
-                yield item
+            while (item := await out.get()) is not None:
+                await self._write(context, item)
             await reader
+        except SlowConsumer as slow:
+            reader.cancel()
+            await self._end_slow(context, slow)
+        except SalonError as exc:
+            await abort(context, exc)
         finally:
-            # The client went away (or the stream ended): stop relaying. Turns themselves keep running and
-            # are recorded; their events stay replayable.
+            # The client went away (or the stream ended): stop relaying. Turns themselves keep running (or
+            # stop, under the cancel disconnect policy) and are recorded; their events stay resumable.
             reader.cancel()
             for task in list(relays):
                 task.cancel()
             for task in [reader, *relays]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-
-    async def CancelTurn(self, request: cs_pb2.CancelTurnRequest, context: Context) -> Any:
-        await abort(context, Unimplemented("CancelTurn is not available yet", reason="NOT_IMPLEMENTED"))
-
-    async def ResumeTurn(
-        self, request: cs_pb2.ResumeTurnRequest, context: Context
-    ) -> AsyncIterator[cs_pb2.ResumeTurnResponse]:
-        await abort(context, Unimplemented("ResumeTurn is not available yet", reason="NOT_IMPLEMENTED"))
-        yield cs_pb2.ResumeTurnResponse()  # pragma: no cover - unreachable; makes this a stream handler
 
     async def GetHistory(self, request: cs_pb2.GetHistoryRequest, context: Context) -> Any:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -36,6 +37,7 @@ H_TENANT = "Salon-Tenant"
 H_TURN = "Salon-Turn-Id"
 H_ENQUEUED = "Salon-Enqueued-Ns"
 H_INCARNATION = "Salon-Session-Incarnation"
+H_DEADLINE = "Salon-Deadline-Ns"
 TRACE_HEADERS = ("traceparent", "tracestate")
 TERMINAL_KINDS = frozenset({"completed", "error", "cancelled"})
 
@@ -66,6 +68,8 @@ class TurnEnvelope:
     incarnation: str = ""
     """Which incarnation of the session id the turn was sent to (a deleted and re-created session is a
     new incarnation, and must not inherit the old one's memory)."""
+    deadline_ns: int = 0
+    """The caller's gRPC deadline as wall-clock ns (0: none): the host cancels the turn when it passes."""
 
     def headers(self) -> dict[str, str]:
         """NATS headers carrying the envelope's metadata and trace context."""
@@ -75,6 +79,7 @@ class TurnEnvelope:
             H_TURN: self.turn_id,
             H_ENQUEUED: str(self.enqueued_at_ns or time.time_ns()),
             H_INCARNATION: self.incarnation,
+            H_DEADLINE: str(self.deadline_ns),
             **{k: v for k, v in self.trace_headers.items() if k in TRACE_HEADERS},
         }
 
@@ -91,6 +96,7 @@ class TurnEnvelope:
                 trace_headers={k: headers[k] for k in TRACE_HEADERS if k in headers},
                 enqueued_at_ns=int(headers.get(H_ENQUEUED, "0")),
                 incarnation=headers.get(H_INCARNATION, ""),
+                deadline_ns=int(headers.get(H_DEADLINE, "0") or 0),
             )
         except Exception as exc:
             raise Internal("malformed turn message on the bus", reason="MALFORMED_TURN") from exc
@@ -174,7 +180,34 @@ class TurnPublisher:
             ) from exc
         return bool(ack.duplicate)
 
-    async def open_events(self, tenant_id: str, session_id: str, turn_id: str, *, after_seq: int = 0) -> EventStream:
+    async def control(self, shard: int, request: Mapping[str, str], timeout_s: float = 5.0) -> dict[str, str]:
+        """Ask the host that owns ``shard`` to act on one of its sessions; its JSON reply."""
+        try:
+            msg = await self._nc.request(
+                self._names.control_subject(shard), json.dumps(dict(request)).encode(), timeout=timeout_s
+            )
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise Unavailable(
+                "the session's host did not answer", reason="HOST_UNAVAILABLE", retry_after_s=1.0
+            ) from exc
+        reply: dict[str, str] = json.loads(msg.data)
+        return reply
+
+    async def has_events(self, tenant_id: str, session_id: str, turn_id: str) -> bool:
+        """Whether the events stream still holds any event of the turn."""
+        try:
+            await self._js.get_last_msg(
+                self._names.events_stream, self._names.event_subject(tenant_id, session_id, turn_id)
+            )
+        except nats.js.errors.NotFoundError:
+            return False
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc
+        return True
+
+    async def open_events(
+        self, tenant_id: str, session_id: str, turn_id: str, *, after_seq: int = 0, buffer: int = 4096
+    ) -> EventStream:
         """Subscribe to a turn's events (from its first event, wherever the turn is)."""
         subject = self._names.event_subject(tenant_id, session_id, turn_id)
         try:
@@ -184,6 +217,8 @@ class TurnPublisher:
                 ordered_consumer=True,
                 deliver_policy=api.DeliverPolicy.ALL,
                 inactive_threshold=30.0,
+                # The stream's bounded buffer: a reader this far behind is the slow client's problem alone.
+                pending_msgs_limit=buffer,
             )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc

@@ -9,6 +9,7 @@ up to a turn) go to a second subject; activation loads the latest snapshot and t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -135,6 +136,7 @@ class _NatsSessionLog:
         self._position = position
 
     async def append_turn(self, record: TurnRecord) -> TurnRecord:
+        record = fit_record(record, self._journal.max_record_bytes)
         seq = await _append(
             self._js,
             self._names.ledger_turns(self._tenant_id, self._session_id),
@@ -180,9 +182,11 @@ async def _append(
 class NatsJournal:
     """:class:`Journal` on the JetStream ledger stream."""
 
-    def __init__(self, js: JetStreamContext, names: Names) -> None:
+    def __init__(self, js: JetStreamContext, names: Names, *, max_record_bytes: int = 1024 * 1024) -> None:
         self.js = js
         self.names = names
+        self.max_record_bytes = max_record_bytes
+        """Records are shrunk to fit (the server refuses larger messages; retrying would never help)."""
 
     async def open(
         self, tenant_id: str, session_id: str, incarnation: str, holder: str
@@ -270,6 +274,22 @@ class NatsJournal:
             )
         except _NATS_ERRORS as exc:
             raise _unavailable(exc) from exc
+
+
+TRUNCATION_MARK = "\n[… answer truncated in the transcript: it exceeded the record size limit]"
+
+
+def fit_record(record: TurnRecord, max_bytes: int) -> TurnRecord:
+    """``record`` within ``max_bytes`` of JSON: first without the per-delta split (a replay then sends the
+    answer as one delta), then with the reply cut and marked. Ordinary answers are far below the limit."""
+    if len(record.to_json()) <= max_bytes:
+        return record
+    slim = dataclasses.replace(record, deltas=())
+    overshoot = len(slim.to_json()) - max_bytes
+    if overshoot <= 0:
+        return slim
+    keep = max(len(slim.reply_text) - overshoot - len(TRUNCATION_MARK) * 4, 0)
+    return dataclasses.replace(slim, reply_text=slim.reply_text[:keep] + TRUNCATION_MARK)
 
 
 def _turn_records(msgs: list[Msg], incarnation: str) -> list[TurnRecord]:

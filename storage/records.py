@@ -12,7 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-TurnStatus = Literal["completed", "failed", "partial", "cancelled"]
+TurnStatus = Literal["completed", "failed", "partial", "cancelled", "rolled_back"]
+"""``rolled_back``: cancelled by a newer turn under the rollback policy, and erased from memory and history
+(the record stays in the ledger so a retry of the same turn id is answered, not run again)."""
 
 RECORD_HEADER = "Salon-Record"
 """Ledger message header naming what the entry holds: one of the kinds below."""

@@ -76,6 +76,10 @@ class Names:
         """Subjects of all events."""
         return f"{self.namespace}.events.>"
 
+    def control_subject(self, shard: int) -> str:
+        """Subject on which the host owning ``shard`` takes requests about its sessions (cancel)."""
+        return f"{self.namespace}.control.{shard}"
+
     @staticmethod
     def session_key(tenant_id: str, session_id: str) -> str:
         """Key of a session in the buckets."""

@@ -87,20 +87,29 @@ async def test_bad_session_settings_are_rejected(stub: cs_grpc.ConversationServi
     assert CANARY not in (info.value.details() or "")
 
 
-async def test_later_rpcs_answer_unimplemented_clearly(stub: cs_grpc.ConversationServiceStub) -> None:
+async def test_cancel_and_resume_check_their_ids(stub: cs_grpc.ConversationServiceStub) -> None:
     session_id = await create_session(stub)
+    bad = f"{CANARY}.x"
     calls = [
-        stub.CancelTurn(cs_pb2.CancelTurnRequest(session_id=session_id, turn_id="t")),
+        stub.CancelTurn(cs_pb2.CancelTurnRequest(session_id=session_id, turn_id=bad)),
+        stub.CancelTurn(cs_pb2.CancelTurnRequest(session_id=bad, turn_id="t")),
     ]
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "not available yet" in (info.value.details() or "")
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert CANARY not in (info.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for _ in stub.ResumeTurn(cs_pb2.ResumeTurnRequest(session_id=session_id, turn_id="t")):
+        async for _ in stub.ResumeTurn(cs_pb2.ResumeTurnRequest(session_id=session_id, turn_id=bad)):
             pass
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in stub.ResumeTurn(cs_pb2.ResumeTurnRequest(session_id=session_id, turn_id="never-sent")):
+            pass
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.CancelTurn(cs_pb2.CancelTurnRequest(session_id="no-such-session", turn_id="t"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_engine_still_serves_after_bad_input(stub: cs_grpc.ConversationServiceStub) -> None:
