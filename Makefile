@@ -5,8 +5,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
+NODE_CLIENT := clients/node
+NODE_STAMP  := $(NODE_CLIENT)/node_modules/.package-lock.json
 
-.PHONY: setup demo serve test test-unit lint protos protos-check buf-lint buf-breaking bench check clean
+.PHONY: setup node-setup demo serve test test-unit lint protos protos-check buf-lint buf-breaking bench check clean
 
 ## setup: create .venv and install the engine, the client package and the dev tools
 setup: $(STAMP)
@@ -15,6 +17,13 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e clients/python -e '.[dev]'
 	touch $(STAMP)
+
+## node-setup: install the Node.js example client's dependencies (pinned by its package-lock.json)
+node-setup: $(NODE_STAMP)
+$(NODE_STAMP): $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(NODE_CLIENT) && npm ci --silent --no-audit --no-fund && touch node_modules/.package-lock.json; \
+	else echo "npm not found: the Node.js example client's dependencies are not installed"; fi
 
 ## demo: start Salon on embedded defaults and stream a conversation on three sessions
 demo: setup
@@ -25,7 +34,7 @@ serve: setup
 	$(VENV)/bin/salon serve
 
 ## test: the whole suite (unit + integration with real NATS, Ray and gRPC)
-test: setup
+test: setup node-setup
 	$(VENV)/bin/pytest
 
 test-unit: setup
@@ -64,4 +73,4 @@ bench: setup
 check: lint buf-breaking test
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache $(NODE_CLIENT)/node_modules

@@ -10,6 +10,7 @@ from typing import TextIO
 
 from salon.client.client import SalonClient, Session
 from salon.client.errors import SalonError
+from salon.client.events import Cancelled, Delta, Failed
 
 HELP = """Commands:
   /new      start a new session
@@ -24,26 +25,28 @@ def _dim(text: str, out: TextIO) -> str:
 
 
 async def stream_turn(session: Session, text: str, out: TextIO = sys.stdout) -> None:
-    """Send one turn and print its answer as it streams, then how long the first token took."""
+    """Send one turn and print its answer as it streams, then how long the first token took.
+
+    A dropped stream is resumed by the client (see :class:`~salon.client.Turn`); the note says so."""
     start = time.perf_counter()
-    first: float | None = None
+    turn = session.turn(text)
     try:
-        async for event in session.send(text):
-            kind = event.WhichOneof("kind")
-            if kind == "delta":
-                if first is None:
-                    first = time.perf_counter() - start
-                out.write(event.delta.text)
-                out.flush()
-            elif kind == "error":
-                out.write(f"\n[turn failed: {event.error.message} ({event.error.reason})]")
-            elif kind == "cancelled":
-                out.write(f"\n[turn cancelled: {event.cancelled.reason}]")
+        async with turn:
+            async for event in turn:
+                if isinstance(event, Delta):
+                    out.write(event.text)
+                    out.flush()
+                elif isinstance(event, Failed):
+                    out.write(f"\n[turn failed: {event.message} ({event.reason})]")
+                elif isinstance(event, Cancelled):
+                    out.write(f"\n[turn cancelled: {event.reason}]")
     except SalonError as exc:
         out.write(f"[error: {exc.message} ({exc.code.name}{', ' + exc.reason if exc.reason else ''})]")
     total = time.perf_counter() - start
+    first = turn.time_to_first_token_s
     ttft = f"first token {first * 1000:.0f} ms, " if first is not None else ""
-    out.write("\n" + _dim(f"({ttft}turn {total * 1000:.0f} ms)", out) + "\n")
+    resumed = f", resumed {turn.resumes}x" if turn.resumes else ""
+    out.write("\n" + _dim(f"({ttft}turn {total * 1000:.0f} ms{resumed})", out) + "\n")
     out.flush()
 
 

@@ -3,47 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import grpc
 
 from salon.client.errors import SalonError
+from salon.client.policies import Disconnect, DoubleTexting, disconnect_value, double_texting_value
+from salon.client.reply import Reply
+from salon.client.retry import RetryPolicy
+from salon.client.turn import Turn
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import session_pb2, turn_pb2
 
-
-@dataclass
-class Reply:
-    """A whole turn, collected: the answer text and how the turn ended."""
-
-    turn_id: str
-    text: str
-    events: list[turn_pb2.TurnEvent] = field(default_factory=list)
-    time_to_first_token_s: float | None = None
-    outcome: str = ""
-    """``completed``, ``error`` or ``cancelled``."""
-
-    @property
-    def usage(self) -> turn_pb2.Usage | None:
-        """The turn's usage event, if it had one."""
-        for event in self.events:
-            if event.HasField("usage"):
-                return event.usage
-        return None
-
-    @property
-    def error(self) -> turn_pb2.TurnError | None:
-        """The turn's error event, if it failed."""
-        for event in self.events:
-            if event.HasField("error"):
-                return event.error
-        return None
+__all__ = ["Reply", "SalonClient", "Session"]
 
 
 class Session:
@@ -58,33 +34,63 @@ class Session:
         """The session id."""
         return self.proto.session_id
 
+    def turn(
+        self,
+        text: str,
+        *,
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+        double_texting: DoubleTexting | None = None,
+        disconnect_policy: Disconnect | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Turn:
+        """A new turn: ``async for event in session.turn("hi")`` yields typed events until the turn ends.
+
+        Nothing is sent until iteration starts. The turn carries an idempotency key (a new UUID unless given),
+        so the automatic retries never run it twice. ``double_texting`` and ``disconnect_policy`` override the
+        session's policies for this turn; ``timeout_s`` bounds the whole turn, retries included.
+        """
+        return self._client.turn(
+            self.id,
+            text,
+            idempotency_key=idempotency_key,
+            timeout_s=timeout_s,
+            double_texting=double_texting,
+            disconnect_policy=disconnect_policy,
+            metadata=metadata,
+            retry=retry,
+        )
+
     def send(
         self, text: str, *, idempotency_key: str | None = None, timeout_s: float | None = None
     ) -> AsyncIterator[turn_pb2.TurnEvent]:
-        """Send a turn and iterate over its events until the turn ends.
+        """Send a turn and iterate over its ``salon.v1.TurnEvent`` messages until the turn ends.
 
         Every turn carries an idempotency key (a new one unless given), so resending the same turn with the
-        same key never runs it twice.
+        same key never runs it twice. Resumes after a dropped stream like :meth:`turn`.
         """
         return self._client.send_turn(self.id, text, idempotency_key=idempotency_key, timeout_s=timeout_s)
 
-    async def ask(self, text: str, *, idempotency_key: str | None = None, timeout_s: float | None = None) -> Reply:
+    async def ask(
+        self,
+        text: str,
+        *,
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+        double_texting: DoubleTexting | None = None,
+        disconnect_policy: Disconnect | None = None,
+    ) -> Reply:
         """Send a turn and collect its whole answer."""
-        start = time.perf_counter()
-        reply = Reply(turn_id="", text="")
-        parts: list[str] = []
-        async for event in self.send(text, idempotency_key=idempotency_key, timeout_s=timeout_s):
-            reply.turn_id = event.turn_id
-            reply.events.append(event)
-            kind = event.WhichOneof("kind")
-            if kind == "delta":
-                if reply.time_to_first_token_s is None:
-                    reply.time_to_first_token_s = time.perf_counter() - start
-                parts.append(event.delta.text)
-            elif kind in ("completed", "error", "cancelled"):
-                reply.outcome = kind
-        reply.text = "".join(parts)
-        return reply
+        turn = self.turn(
+            text,
+            idempotency_key=idempotency_key,
+            timeout_s=timeout_s,
+            double_texting=double_texting,
+            disconnect_policy=disconnect_policy,
+        )
+        async with turn:
+            return await turn.reply()
 
     async def refresh(self) -> Session:
         """Reload the session from the server."""
@@ -95,9 +101,16 @@ class Session:
         """Delete the session."""
         await self._client.delete_session(self.id)
 
+    def __repr__(self) -> str:
+        return f"<Session {self.id}>"
+
 
 class SalonClient:
-    """A connection to a Salon gateway. Use as ``async with SalonClient(target) as client``."""
+    """A connection to a Salon gateway. Use as ``async with SalonClient(target) as client``.
+
+    ``timeout_s`` is the default deadline of the unary calls (sessions, cancel); turns take their own.
+    ``retry`` is the default :class:`RetryPolicy` of turns.
+    """
 
     def __init__(
         self,
@@ -106,9 +119,13 @@ class SalonClient:
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         options: Sequence[tuple[str, object]] = (),
+        timeout_s: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.target = target
         self._metadata = tuple(metadata)
+        self._timeout_s = timeout_s
+        self._retry = retry or RetryPolicy()
         opts = list(options)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=opts)
@@ -125,11 +142,11 @@ class SalonClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel. Idempotent."""
+        """Close the channel (open calls are cancelled). Idempotent."""
         await self._channel.close()
 
     async def wait_ready(self, timeout_s: float = 10.0) -> None:
-        """Wait until the channel is connected."""
+        """Wait until the channel is connected (``TimeoutError`` if it is not within ``timeout_s``)."""
         await asyncio.wait_for(self._channel.channel_ready(), timeout_s)
 
     async def create_session(
@@ -140,7 +157,9 @@ class SalonClient:
         metadata: Mapping[str, str] | None = None,
         memory: session_pb2.MemorySettings | None = None,
         model: session_pb2.ModelSettings | None = None,
-        double_texting: session_pb2.DoubleTextingPolicy = session_pb2.DOUBLE_TEXTING_POLICY_UNSPECIFIED,
+        double_texting: DoubleTexting | None = None,
+        disconnect_policy: Disconnect | None = None,
+        timeout_s: float | None = None,
     ) -> Session:
         """Open a session (with a chosen id, or let the server name it)."""
         request = cs_pb2.CreateSessionRequest(
@@ -149,18 +168,20 @@ class SalonClient:
             metadata=dict(metadata or {}),
             memory=memory,
             model=model,
-            double_texting=double_texting,
+            double_texting=double_texting_value(double_texting),
+            disconnect_policy=disconnect_value(disconnect_policy),
         )
-        response = await self._unary(self.stub.CreateSession, request)
+        response = await self._unary(self.stub.CreateSession, request, timeout_s)
         return Session(self, response.session)
 
-    async def get_session(self, session_id: str) -> Session:
+    async def get_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
         """The session with this id."""
-        response = await self._unary(self.stub.GetSession, cs_pb2.GetSessionRequest(session_id=session_id))
+        request = cs_pb2.GetSessionRequest(session_id=session_id)
+        response = await self._unary(self.stub.GetSession, request, timeout_s)
         return Session(self, response.session)
 
     async def list_sessions(
-        self, *, metadata_filter: Mapping[str, str] | None = None, page_size: int = 0
+        self, *, metadata_filter: Mapping[str, str] | None = None, page_size: int = 0, timeout_s: float | None = None
     ) -> AsyncIterator[Session]:
         """Every session of the caller (matching the filter), following pages."""
         token = ""
@@ -168,35 +189,89 @@ class SalonClient:
             request = cs_pb2.ListSessionsRequest(
                 page_size=page_size, page_token=token, metadata_filter=dict(metadata_filter or {})
             )
-            response = await self._unary(self.stub.ListSessions, request)
+            response = await self._unary(self.stub.ListSessions, request, timeout_s)
             for proto in response.sessions:
                 yield Session(self, proto)
             token = response.next_page_token
             if not token:
                 return
 
-    async def delete_session(self, session_id: str) -> None:
+    async def delete_session(self, session_id: str, *, timeout_s: float | None = None) -> None:
         """Delete a session."""
-        await self._unary(self.stub.DeleteSession, cs_pb2.DeleteSessionRequest(session_id=session_id))
+        await self._unary(self.stub.DeleteSession, cs_pb2.DeleteSessionRequest(session_id=session_id), timeout_s)
+
+    def turn(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+        double_texting: DoubleTexting | None = None,
+        disconnect_policy: Disconnect | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Turn:
+        """A new turn of ``session_id`` (see :meth:`Session.turn`)."""
+        key = idempotency_key or str(uuid.uuid4())
+        request = cs_pb2.SendTurnRequest(
+            session_id=session_id,
+            text=text,
+            idempotency_key=key,
+            double_texting=double_texting_value(double_texting),
+            disconnect_policy=disconnect_value(disconnect_policy),
+            metadata=dict(metadata or {}),
+        )
+        return Turn(
+            self.stub,
+            session_id=session_id,
+            turn_id=key,
+            request=request,
+            metadata=self._metadata,
+            timeout_s=timeout_s,
+            retry=retry or self._retry,
+        )
+
+    def resume_turn(
+        self,
+        session_id: str,
+        turn_id: str,
+        *,
+        after_seq: int = 0,
+        timeout_s: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Turn:
+        """An existing turn, read from the event after ``after_seq`` (running or finished).
+
+        Its ``text`` holds only the deltas after ``after_seq``.
+        """
+        return Turn(
+            self.stub,
+            session_id=session_id,
+            turn_id=turn_id,
+            after_seq=after_seq,
+            metadata=self._metadata,
+            timeout_s=timeout_s,
+            retry=retry or self._retry,
+        )
+
+    async def cancel_turn(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> None:
+        """Stop a running or queued turn; its stream ends with a ``cancelled`` event."""
+        request = cs_pb2.CancelTurnRequest(session_id=session_id, turn_id=turn_id)
+        await self._unary(self.stub.CancelTurn, request, timeout_s)
 
     async def send_turn(
         self, session_id: str, text: str, *, idempotency_key: str | None = None, timeout_s: float | None = None
     ) -> AsyncIterator[turn_pb2.TurnEvent]:
-        """Send a turn to a session and iterate over its events until the turn ends."""
-        request = cs_pb2.SendTurnRequest(
-            session_id=session_id, text=text, idempotency_key=idempotency_key or str(uuid.uuid4())
-        )
-        call = self.stub.SendTurn(request, metadata=self._metadata, timeout=timeout_s)
-        try:
-            async for response in call:
-                yield response.event
-        except grpc.aio.AioRpcError as exc:
-            raise SalonError.from_rpc_error(exc) from None
-        finally:
-            call.cancel()
+        """Send a turn to a session and iterate over its ``salon.v1.TurnEvent`` messages until it ends."""
+        turn = self.turn(session_id, text, idempotency_key=idempotency_key, timeout_s=timeout_s)
+        async with turn:
+            async for event in turn.protos():
+                yield event
 
-    async def _unary(self, method: Any, request: object) -> Any:
+    async def _unary(self, method: Any, request: object, timeout_s: float | None = None) -> Any:
+        timeout = self._timeout_s if timeout_s is None else timeout_s
         try:
-            return await method(request, metadata=self._metadata)
+            return await method(request, metadata=self._metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise SalonError.from_rpc_error(exc) from None
