@@ -118,7 +118,7 @@ class Gateway:
         for index, session_id in enumerate(ids):
             try:
                 session = await self._registry.get(tenant_id, session_id)
-            except Exception:
+            except NotFound:
                 continue  # deleted while listing
             if all(session.metadata.get(k) == v for k, v in wanted.items()):
                 page.append(session)

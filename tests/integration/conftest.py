@@ -30,7 +30,7 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 
     while not await predicate():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # wait-ok: polls a condition with a deadline
 
 
 @pytest.fixture(scope="session")

@@ -82,7 +82,7 @@ async def _wait_gone(pids: set[int], what: str) -> None:
     deadline = time.monotonic() + 30
     while any(_alive(pid) for pid in pids):
         assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # wait-ok: polls a condition with a deadline
 
 
 async def test_sigterm_lets_the_running_turn_finish_and_leaves_no_process(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ def _wait_ms(ms: int) -> None:
     """Wait until the millisecond clock has moved by ``ms`` (a condition, not a fixed sleep)."""
     target = _now_ms() + ms
     while _now_ms() < target:
-        time.sleep(0.0005)
+        time.sleep(0.0005)  # wait-ok: polls the clock until the condition holds
 
 
 def test_uuid7_is_version_7_rfc_variant() -> None:

@@ -25,7 +25,7 @@ async def wait_for(predicate: Callable[[], bool], limit_s: float = DEFAULT_TIMEO
     while not predicate():
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {limit_s} s: {what or predicate}")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # wait-ok: polls a condition with a deadline
 
 
 def kind(event: turn_pb2.TurnEvent) -> str:
