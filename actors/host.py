@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from actors.events import TurnEmitter
 from actors.model import ModelChunk, ModelProvider, ModelRequest
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
-from otel import consumer_span
+from otel import attributes, consumer_span
 from salon.v1 import session_pb2, turn_pb2
 from storage import Journal, SessionRegistry, TurnEnvelope, incarnation_of
 from storage.errors import NotFound, SalonError
@@ -242,6 +242,14 @@ class SessionHost:
         key = SessionKey(tenant, envelope.request.session_id)
         span = consumer_span("salon.host.turn", envelope.trace_headers, envelope.enqueued_at_ns)
         trace_id = span.trace_id_hex
+        if span.span.is_recording():
+            span.span.set_attributes(
+                {
+                    attributes.TURN_ID: envelope.turn_id,
+                    attributes.SESSION_ID: key.session_id,
+                    attributes.TENANT_ID: tenant,
+                }
+            )
 
         async def sink(event: turn_pb2.TurnEvent) -> None:
             await self._events.publish(tenant, event)
@@ -297,6 +305,7 @@ class SessionHost:
             envelope.turn_id,
             envelope.request.text,
             trace_id=trace_id,
+            trace_context=span.context(),
             enqueued_at_ns=envelope.enqueued_at_ns,
             prior_events=prior,
             policy=DOUBLE_TEXTING.get(envelope.request.double_texting, ""),

@@ -18,8 +18,10 @@ from typing import Any
 
 import ray
 
+import otel
 from actors.host import HostSettings, SessionHost
 from actors.model import ModelProvider
+from otel import TelemetrySettings
 from storage import (
     BatchWriter,
     EventPublisher,
@@ -50,6 +52,7 @@ class HostSpec:
     provider_factory: Callable[[], ModelProvider]
     settings: HostSettings = field(default_factory=HostSettings)
     log_level: str = "WARNING"
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
 
 async def serve_control(host: SessionHost, nc: Any, names: Names, shards: tuple[int, ...]) -> list[Any]:
@@ -89,6 +92,7 @@ class HostActor:
 
     def __init__(self, spec: HostSpec) -> None:
         logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        otel.setup(spec.telemetry, process=f"host-{spec.index}")  # this process's spans: its own exporter
         self._spec = spec
         self._host: SessionHost | None = None
         self._nc: Any = None
@@ -136,6 +140,7 @@ class HostActor:
         if self._nc is not None:
             nc, self._nc = self._nc, None
             await close_connection(nc)
+        otel.shutdown()  # exports the spans still queued before Ray kills the process
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ class WriterSpec:
     flush_interval_s: float = 1.0
     optimize_every: int = 50
     log_level: str = "WARNING"
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
 
 @ray.remote(max_restarts=-1, num_cpus=0)
@@ -157,6 +163,7 @@ class WriterActor:
 
     def __init__(self, spec: WriterSpec) -> None:
         logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        otel.setup(spec.telemetry, process="writer")
         self._spec = spec
         self._writer: BatchWriter | None = None
         self._source: LedgerReader | None = None
@@ -219,3 +226,4 @@ class WriterActor:
         if self._nc is not None:
             nc, self._nc = self._nc, None
             await close_connection(nc)
+        otel.shutdown()

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import otel
 from actors.events import EventSink, TurnEmitter, ending_steps, record_steps
 from actors.memory import fit_window
 from actors.model import Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta
@@ -127,6 +128,8 @@ class Turn:
     turn_id: str
     text: str
     trace_id: str = ""
+    trace_context: otel.TraceContext | None = None
+    """The host's CONSUMER span of this turn: the session's spans are its children."""
     enqueued_at_ns: int = 0
     prior_events: Sequence[turn_pb2.TurnEvent] = ()
     """Events an earlier attempt at this turn already sent (its host died mid-turn): the answer continues
@@ -329,6 +332,14 @@ class SessionActor:
         return request, tuple(dict.fromkeys(m.turn_id for m in history if m.turn_id))
 
     async def _execute(self, queued: _Queued) -> None:
+        turn = queued.turn
+        ids = {otel.attributes.TURN_ID: turn.turn_id, otel.attributes.SESSION_ID: self.key.session_id}
+        with otel.span(otel.attributes.SPAN_SESSION_TURN, parent=turn.trace_context, attributes=ids) as span:
+            status = await self._execute_turn(queued)
+            if span.is_recording():
+                span.set_attribute(otel.attributes.TURN_STATUS, status)
+
+    async def _execute_turn(self, queued: _Queued) -> str:
         turn, emitter = queued.turn, queued.emitter
         deltas = [e.delta.text for e in turn.prior_events if e.HasField("delta")]
         request, context_ids = self._request(turn.text, "".join(deltas))
@@ -345,8 +356,44 @@ class SessionActor:
             # after the events already sent.
             log.warning("session %s was taken over by another host; dropping it here", self.key)
             self.fenced = True
+            return "fenced"
+        return draft.status
 
     async def _answer(self, queued: _Queued, request: ModelRequest, draft: _Draft, deltas: list[str]) -> None:
+        """The model call, in a GenAI CLIENT span (``chat <model>``): usage, finish reason, time to first token;
+        message content only when the operator opted in."""
+        request_attrs = otel.model_span_attributes(
+            provider=request.provider or self._provider.name,
+            request_model=request.model,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+        )
+        name = f"chat {request.model}" if request.model else "chat"
+        with otel.span(name, kind=otel.SpanKind.CLIENT, attributes=request_attrs) as span:
+            started_ns = self._clock_ns()
+            try:
+                await self._answer_in_task(queued, request, draft, deltas)
+            finally:
+                if span.is_recording():
+                    result = draft.result or ModelResult()
+                    first = draft.first_token_at_ns
+                    otel.set_model_response(
+                        span,
+                        provider=result.provider,
+                        response_model=result.model,
+                        finish_reason=result.stop_reason if draft.result is not None else "",
+                        input_tokens=result.input_tokens,
+                        output_tokens=result.output_tokens,
+                        time_to_first_token_ms=(first - started_ns) / 1e6 if first else None,
+                    )
+                    otel.set_model_content(
+                        span,
+                        system=request.system,
+                        messages=[(m.role, m.text) for m in request.messages],
+                        answer="".join(deltas),
+                    )
+
+    async def _answer_in_task(self, queued: _Queued, request: ModelRequest, draft: _Draft, deltas: list[str]) -> None:
         """Stream the model's answer in a task of its own, so the turn alone can be stopped (cancel, deadline,
         a newer turn) while the session goes on."""
         stream = self._provider.stream(request)
@@ -401,10 +448,13 @@ class SessionActor:
             draft.fail("INTERNAL", "the engine failed while running this turn", partial=bool(deltas))
 
     async def _conclude(self, turn: Turn, emitter: TurnEmitter, record: TurnRecord, *, retry: bool) -> None:
-        record = await self._append(record, retry=retry)
+        nats = {otel.attributes.MESSAGING_SYSTEM: "nats", otel.attributes.MESSAGING_OPERATION: "send"}
+        with otel.span(otel.attributes.SPAN_LEDGER_APPEND, kind=otel.SpanKind.PRODUCER, attributes=nats):
+            record = await self._append(record, retry=retry)
         self.state.apply(record, self.settings.window_max_messages)
-        for step in ending_steps(emitter, record):
-            await step()
+        with otel.span(otel.attributes.SPAN_EVENTS_PUBLISH, kind=otel.SpanKind.PRODUCER, attributes=nats):
+            for step in ending_steps(emitter, record):
+                await step()
         if turn.on_done is not None:
             try:
                 await turn.on_done()

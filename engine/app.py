@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+import otel
 from engine.config import Config
 from engine.gateway import Gateway
 from engine.nats_server import EmbeddedNats
@@ -96,6 +97,7 @@ class Engine:
 
     async def _start(self) -> None:
         config = self.config
+        otel.setup(otel.TelemetrySettings.from_config(config), process="gateway", serve_metrics=True)
         data = config.data_path
         data.mkdir(parents=True, exist_ok=True)
         if not self.nats_url:
@@ -262,6 +264,7 @@ class Engine:
         if self._embedded_nats is not None:
             await self._embedded_nats.close()
             self._embedded_nats = None
+        otel.shutdown()  # last: flushes the gateway's spans, stops the metrics endpoint
 
     async def __aenter__(self) -> Engine:
         await self.start()

@@ -105,6 +105,22 @@ async def _export(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _trace(config: Config, args: argparse.Namespace) -> int:
+    import otel
+
+    if not args.turn and not args.last:
+        print("salon trace: give a TURN_ID or --last", file=sys.stderr)
+        return 2
+    source = args.file or otel.TelemetrySettings.from_config(config).directory
+    spans = otel.find_trace(otel.read_spans(source), turn_id=args.turn or "", last=args.last)
+    if not spans:
+        what = f"turn {args.turn}" if args.turn else "any turn"
+        print(f"salon trace: no spans of {what} in {source} (is telemetry=jsonl?)", file=sys.stderr)
+        return 1
+    print(otel.render_trace(spans), end="")
+    return 0
+
+
 def _print_config(markdown: bool) -> int:
     if markdown:
         print(markdown_table(), end="")
@@ -158,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tenant", help="tenant of the session (default: the configured default tenant)")
     export.add_argument("--data-dir", help="data directory (default from config: ./.salon)")
 
+    trace = sub.add_parser("trace", help="print a turn's spans as a waterfall, from the jsonl span files")
+    trace.add_argument("turn", nargs="?", default="", help="turn id (as in the accepted event)")
+    trace.add_argument("--last", action="store_true", help="the most recent turn instead")
+    trace.add_argument("--file", help="span file, or directory of them (default: telemetry_dir or DATA_DIR/traces)")
+    trace.add_argument("--data-dir", help="data directory (default from config: ./.salon)")
+
     config = sub.add_parser("config", help="list every setting with its default and meaning")
     config.add_argument("--markdown", action="store_true", help="print a Markdown table")
     return parser
@@ -182,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                 return asyncio.run(_demo(_config(args, data_dir=str(Path(data_dir)), grpc_port=0)))
         if args.command == "export":
             return asyncio.run(_export(_config(args, data_dir=args.data_dir), args))
+        if args.command == "trace":
+            return _trace(_config(args, data_dir=args.data_dir), args)
         if args.command == "chat":
             _setup_logging("WARNING")
             return asyncio.run(_chat(_config(args, grpc_port=0), args.target, args.session, args.system))

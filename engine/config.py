@@ -129,6 +129,19 @@ class Config:
         "Run only a gateway (no hosts, no writer) against an existing deployment's NATS (SALON_NATS_URL), "
         "namespace and data directory: for more gateways behind a load balancer.",
     )
+    # Telemetry (otel/): off costs nothing; every process that makes spans (gateway, hosts, writer) exports.
+    telemetry: str = _setting(
+        "off",
+        "Span export: off, console (stderr), jsonl (one file per process in telemetry_dir, read by `salon trace`) "
+        "or otlp (standard OTEL_EXPORTER_OTLP_* variables; needs opentelemetry-exporter-otlp-proto-http).",
+    )
+    telemetry_dir: str = _setting("", "Directory of the jsonl span files; empty: <data_dir>/traces.")
+    metrics_port: int = _setting(
+        -1, "Port of the gateway's Prometheus /metrics endpoint: -1 off, 0 picks a free one (on grpc_host)."
+    )
+    capture_content: bool = _setting(
+        False, "Put message content (prompts, answers) into spans, as the GenAI conventions' opt-in attributes."
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -144,6 +157,8 @@ class Config:
             problems.append("grpc_port must be 0-65535")
         if self.max_text_bytes < 1:
             problems.append("max_text_bytes must be positive")
+        if self.telemetry not in ("off", "console", "jsonl", "otlp"):
+            problems.append("telemetry must be off, console, jsonl or otlp")
         if self.gateway_only and not self.nats_url:
             problems.append("gateway_only needs nats_url (the deployment's NATS)")
         if self.event_retention_s <= self.dedupe_window_s:

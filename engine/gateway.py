@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+import otel
 from actors import is_terminal, record_events, shard_for
 from engine.config import Config
 from engine.validation import check_create_session, check_send_turn, page_size
@@ -172,6 +173,7 @@ class Gateway:
         joined; finished within the event retention, its events are replayed.
         """
         check_send_turn(request, self._config.max_text_bytes)
+        started = time.monotonic()
         if not self._store_healthy():
             raise Unavailable(
                 "the transcript store is failing; new turns are refused until it recovers",
@@ -194,7 +196,21 @@ class Gateway:
         # The events stream keeps the turn's events from the first, so subscribing can overlap the publish.
         opening = asyncio.ensure_future(self._publisher.open_events(tenant_id, request.session_id, turn_id))
         try:
-            await self._publisher.publish(envelope, shard)
+            # PRODUCER span: the host's CONSUMER span continues the trace from the headers it puts on the message.
+            with otel.producer_span(
+                otel.attributes.SPAN_TURN_PUBLISH,
+                trace_headers,
+                {
+                    otel.attributes.MESSAGING_SYSTEM: "nats",
+                    otel.attributes.MESSAGING_OPERATION: "send",
+                    otel.attributes.MESSAGING_MESSAGE_ID: turn_id,
+                    otel.attributes.TURN_ID: turn_id,
+                    otel.attributes.SESSION_ID: request.session_id,
+                    otel.attributes.SHARD: shard,
+                },
+            ) as producer:
+                envelope = dataclasses.replace(envelope, trace_headers=producer.headers())
+                await self._publisher.publish(envelope, shard)
         except BaseException:
             opening.cancel()
             with contextlib.suppress(BaseException):
@@ -204,13 +220,21 @@ class Gateway:
         wait = self._config.turn_timeout_s if timeout_s is None else min(timeout_s, self._config.turn_timeout_s)
         policy = request.disconnect_policy or session.disconnect_policy
         ended = False
+        metrics = otel.metrics()
         try:
             first = True
+            first_token = True
             async for event in stream.iterate(wait):
                 if first and event.HasField("error"):
                     _raise_refusal(event.error)
                 first = False
                 ended = is_terminal(event)
+                if metrics is not None:
+                    if first_token and event.HasField("delta"):
+                        first_token = False
+                        metrics.first_token(time.monotonic() - started)
+                    if ended:
+                        metrics.turn_ended(event.WhichOneof("kind") or "", time.monotonic() - started)
                 yield event
         finally:
             if not ended and policy == session_pb2.DISCONNECT_POLICY_CANCEL:

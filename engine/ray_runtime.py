@@ -13,6 +13,7 @@ import ray
 from actors import HostSettings, shards_of_host
 from actors.ray_host import HostActor, HostSpec, WriterActor, WriterSpec
 from engine.config import Config
+from otel import TelemetrySettings
 from storage import WriterStatus
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def host_specs(config: Config, nats_url: str) -> list[HostSpec]:
             provider_factory=provider.build,
             settings=settings,
             log_level="WARNING",
+            telemetry=TelemetrySettings.from_config(config),
         )
         for i in range(config.num_hosts)
     ]
@@ -118,6 +120,7 @@ class WriterHandle:
             lancedb_uri=config.lancedb_location,
             flush_rows=config.flush_rows,
             flush_interval_s=config.flush_interval_s,
+            telemetry=TelemetrySettings.from_config(config),
         )
         self._name = f"{config.namespace}-writer"
         self.handle: Any = None

@@ -37,10 +37,14 @@ class ServerSpan:
 
     def __init__(self, name: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
         carrier = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
+        self._incoming: dict[str, str] = {k: v for k, v in carrier.items() if k in ("traceparent", "tracestate")}
         self.span = _tracer().start_span(name, context=propagate.extract(carrier), kind=SpanKind.SERVER)
 
     def headers(self) -> dict[str, str]:
-        """Trace headers (``traceparent``/``tracestate``) naming this span as the parent."""
+        """Trace headers (``traceparent``/``tracestate``) naming this span as the parent; while telemetry is
+        off in this process, the caller's own, so its sampling decision reaches processes that record."""
+        if not self.span.is_recording() and self._incoming:
+            return dict(self._incoming)
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(self.span))
         return carrier

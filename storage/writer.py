@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, TypedDict
 
+import otel
 from storage.errors import InvalidArgument, SalonError
 from storage.records import KIND_ACTIVATION, KIND_SNAPSHOT, KIND_TURN, RECORD_HEADER, SnapshotRecord, TurnRecord
 from storage.schemas import record_fits
@@ -303,7 +304,11 @@ class BatchWriter:
         turns = [r for r in live if isinstance(r, TurnRecord)]
         snapshots = [r for r in live if isinstance(r, SnapshotRecord)]
         if live:
-            await self._store.write(turns, snapshots)
+            # One span per write, in no turn's trace (a batch holds many turns): it names theirs instead.
+            trace_ids = sorted({t.trace_id for t in turns if t.trace_id})
+            batch_attrs = {otel.attributes.BATCH_ROWS: len(live), otel.attributes.BATCH_TRACE_IDS: trace_ids}
+            with otel.span(otel.attributes.SPAN_BATCH_WRITE, attributes=batch_attrs):
+                await self._store.write(turns, snapshots)
         # Written: from here on nothing may fail the flush. Only the loop appends to the buffer, so the
         # flushed entries are still its first ones.
         del self._pending[: len(batch)]

@@ -1,0 +1,52 @@
+"""Attribute and span names, in one place: the OpenTelemetry semantic conventions where one exists (GenAI,
+messaging), ``salon.*`` for the engine's own."""
+
+from __future__ import annotations
+
+# Salon's own.
+TURN_ID = "salon.turn_id"
+SESSION_ID = "salon.session_id"
+TENANT_ID = "salon.tenant_id"
+SHARD = "salon.shard"
+TURN_STATUS = "salon.turn.status"
+QUEUE_WAIT_MS = "salon.queue_wait_ms"
+TTFT_MS = "salon.time_to_first_token_ms"
+BATCH_ROWS = "salon.batch.rows"
+BATCH_TRACE_IDS = "salon.batch.trace_ids"
+"""Trace ids of the turns a batch write holds: ledger records carry a trace id but no span id, so the batch
+span names its turns' traces instead of linking to their spans."""
+
+# GenAI semantic conventions (https://opentelemetry.io/docs/specs/semconv/gen-ai/).
+GEN_AI_OPERATION = "gen_ai.operation.name"
+GEN_AI_SYSTEM = "gen_ai.system"
+GEN_AI_PROVIDER = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
+"""Opt-in (content): the system prompt."""
+GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
+"""Opt-in (content): the messages sent to the model, as JSON."""
+GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
+"""Opt-in (content): the answer, as JSON."""
+CONTENT_ATTRIBUTES = (GEN_AI_SYSTEM_INSTRUCTIONS, GEN_AI_INPUT_MESSAGES, GEN_AI_OUTPUT_MESSAGES)
+"""The only attributes that may hold message content, and only when capture is enabled."""
+
+# Messaging semantic conventions.
+MESSAGING_SYSTEM = "messaging.system"
+MESSAGING_OPERATION = "messaging.operation.type"
+MESSAGING_DESTINATION = "messaging.destination.name"
+MESSAGING_MESSAGE_ID = "messaging.message.id"
+
+# Span names.
+SPAN_GATEWAY_SEND_TURN = "salon.gateway.SendTurn"
+SPAN_TURN_PUBLISH = "salon.turns publish"
+SPAN_HOST_TURN = "salon.host.turn"
+SPAN_SESSION_TURN = "salon.session.turn"
+SPAN_LEDGER_APPEND = "salon.ledger append"
+SPAN_EVENTS_PUBLISH = "salon.events publish"
+SPAN_BATCH_WRITE = "salon.batch.write"

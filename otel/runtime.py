@@ -1,0 +1,194 @@
+"""Turning telemetry on and off in one process: ``setup`` installs exporters, ``shutdown`` flushes them.
+
+The SDK's tracer provider can be installed only once per process, while a process may run several engines
+one after another (tests do). So one provider is installed on first use, with a sampler and a span processor
+that delegate to whatever the current ``setup`` chose; ``shutdown`` detaches them again. With telemetry off
+nothing is installed at all and every span is the API's no-op.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.util.types import Attributes
+
+from otel.jsonl import JsonlSpanExporter
+from otel.metrics import Metrics
+from otel.settings import TelemetrySettings
+
+log = logging.getLogger(__name__)
+
+EXPORT_DELAY_MS = 200
+"""How long finished spans wait to be exported in a batch: short, so `salon trace` sees a turn promptly."""
+
+
+class _SwitchSampler(Sampler):
+    """Drops every span while telemetry is off; otherwise follows the caller's sampling decision."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self._inner = ParentBased(ALWAYS_ON)
+
+    def should_sample(  # noqa: PLR0917 - the SDK's signature
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if not self.enabled:
+            return SamplingResult(Decision.DROP)
+        return self._inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return "SalonSwitch"
+
+
+class _SwitchProcessor(SpanProcessor):
+    """Forwards finished spans to the processor of the current setup, if any."""
+
+    def __init__(self) -> None:
+        self.inner: SpanProcessor | None = None
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        inner = self.inner
+        if inner is not None:
+            inner.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        inner = self.inner
+        if inner is not None:
+            inner.on_end(span)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        inner = self.inner
+        return inner.force_flush(timeout_millis) if inner is not None else True
+
+
+class _State:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sampler: _SwitchSampler | None = None
+        self.switch: _SwitchProcessor | None = None
+        self.settings = TelemetrySettings()
+        self.metrics: Metrics | None = None
+
+
+_state = _State()
+
+
+def _install(service_name: str) -> tuple[_SwitchSampler, _SwitchProcessor]:
+    if _state.sampler is None or _state.switch is None:
+        sampler, switch = _SwitchSampler(), _SwitchProcessor()
+        provider = TracerProvider(sampler=sampler, resource=Resource.create({"service.name": service_name}))
+        provider.add_span_processor(switch)
+        trace.set_tracer_provider(provider)
+        if trace.get_tracer_provider() is not provider:
+            log.warning("another tracer provider is installed in this process; Salon's spans go to it")
+        _state.sampler, _state.switch = sampler, switch
+    return _state.sampler, _state.switch
+
+
+def _exporter(settings: TelemetrySettings, process: str) -> SpanExporter | None:
+    if settings.mode == "console":
+        return ConsoleSpanExporter(service_name=settings.service_name)
+    if settings.mode == "jsonl":
+        path = Path(settings.directory or ".") / f"{process}-{os.getpid()}.jsonl"
+        return JsonlSpanExporter(path, process=process)
+    if settings.mode == "otlp":
+        try:
+            # Optional package, imported by name so type checking does not require it.
+            module = importlib.import_module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+        except ImportError:
+            log.warning("telemetry=otlp needs opentelemetry-exporter-otlp-proto-http; no spans are exported")
+            return None
+        exporter: SpanExporter = module.OTLPSpanExporter()  # endpoint, headers: OTEL_EXPORTER_OTLP_* variables
+        return exporter
+    return None
+
+
+def setup(
+    settings: TelemetrySettings,
+    *,
+    process: str = "gateway",
+    serve_metrics: bool = False,
+    exporter: SpanExporter | None = None,
+) -> None:
+    """Start exporting this process's telemetry as ``settings`` say, replacing an earlier setup.
+
+    ``process`` names the process in span files (``<process>-<pid>.jsonl``); ``serve_metrics`` starts the
+    Prometheus endpoint (the gateway process only: hosts are many processes and have no port of their own).
+    ``exporter`` overrides the mode's exporter and exports each span as it ends (tests: an in-memory one).
+    """
+    shutdown()
+    with _state.lock:
+        _state.settings = settings
+        processor: SpanProcessor | None = None
+        if exporter is not None:
+            processor = SimpleSpanProcessor(exporter)
+        else:
+            chosen = _exporter(settings, process)
+            if chosen is not None:
+                processor = BatchSpanProcessor(chosen, schedule_delay_millis=EXPORT_DELAY_MS)
+        if processor is not None:
+            sampler, switch = _install(settings.service_name)
+            switch.inner = processor
+            sampler.enabled = True
+        if serve_metrics and settings.metrics_port >= 0:
+            _state.metrics = Metrics.serve(settings.metrics_host, settings.metrics_port)
+
+
+def shutdown() -> None:
+    """Flush and detach the exporters and stop the metrics endpoint. Idempotent."""
+    with _state.lock:
+        if _state.sampler is not None:
+            _state.sampler.enabled = False
+        if _state.switch is not None and _state.switch.inner is not None:
+            inner, _state.switch.inner = _state.switch.inner, None
+            inner.shutdown()  # exports what is still queued, then closes the exporter
+        if _state.metrics is not None:
+            metrics, _state.metrics = _state.metrics, None
+            metrics.close()
+        _state.settings = TelemetrySettings()
+
+
+def force_flush() -> None:
+    """Export every finished span now (tests; the CLI before it reads span files)."""
+    if _state.switch is not None:
+        _state.switch.force_flush()
+
+
+def capture_content() -> bool:
+    """Whether the operator opted in to message content in spans (``SALON_CAPTURE_CONTENT``)."""
+    return _state.settings.capture_content
+
+
+def metrics() -> Metrics | None:
+    """The metrics of this process when its endpoint is on, else None (record nothing)."""
+    return _state.metrics
+
+
+def metrics_port() -> int:
+    """The port the Prometheus endpoint listens on, or 0 when it is off."""
+    current = _state.metrics
+    return current.port if current is not None else 0
