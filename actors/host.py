@@ -83,7 +83,9 @@ class HostSettings:
     session_idle_s: float = 300.0
     max_sessions: int = 10000
     ack_wait_s: float = 30.0
-    fetch_batch: int = 64
+    fetch_batch: int = 1
+    """One message per pull: a pull for more waits to fill its batch (nats-py), holding back a lone turn on an
+    idle shard for up to the fetch timeout."""
     fetch_timeout_s: float = 1.0
     window_max_messages: int = 40
     window_token_budget: int = 8000

@@ -27,8 +27,10 @@ from storage import Fenced, LoadedSession, SalonError, SessionLog, SnapshotRecor
 
 log = logging.getLogger(__name__)
 
-RECENT_TURNS_KEPT = 64
-"""How many finished turns a session remembers by id, to answer a redelivered turn without the model."""
+RECENT_TURNS_KEPT = 16
+"""How many finished turns a session remembers by id, to answer a redelivered turn without the model.
+Retries of older turns within the dedupe window never reach the session (JetStream drops them); each entry
+costs memory in every live session (bench/RESULTS.md: memory per session)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 
 from engine.convert import decode_index_token, encode_index_token, record_to_proto
 from engine.gateway import Gateway
-from engine.status import abort, as_salon_errors, status_code
+from engine.status import ClientGone, abort, as_salon_errors, status_code
 from engine.validation import page_size
 from otel import server_span
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -29,6 +29,11 @@ CONVERSE_BUFFER = 256
 def _remaining(context: Context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else max(remaining, 0.0)
+
+
+def _retrieve(write: asyncio.Future[None]) -> None:
+    if not write.cancelled():
+        write.exception()
 
 
 class SlowConsumer(ResourceExhausted):
@@ -93,10 +98,15 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
         # feeds it, forever. After the write timeout the relay stops (its subscription and buffer are freed);
         # the one write already handed to gRPC must finish before a status can be sent (see _end_slow).
         write = asyncio.ensure_future(context.write(message))
+        # If the call ends while this write is pending, its failure is expected: retrieve it, quietly.
+        write.add_done_callback(_retrieve)
         done, _ = await asyncio.wait({write}, timeout=self._write_timeout_s)
         if not done:
             raise SlowConsumer(write)
-        write.result()
+        if write.exception() is not None:
+            if context.done() or context.cancelled():
+                raise ClientGone from None
+            write.result()
 
     async def _end_slow(self, context: Context, slow: SlowConsumer) -> None:
         """End a slow client's call once its pending write drained (or the client left)."""
@@ -114,6 +124,8 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
                         await self._write(context, wrap(event=event))
         except SlowConsumer as slow:
             await self._end_slow(context, slow)
+        except ClientGone:
+            return
         except SalonError as exc:
             await abort(context, exc)
 
@@ -203,6 +215,8 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
         except SlowConsumer as slow:
             reader.cancel()
             await self._end_slow(context, slow)
+        except ClientGone:
+            pass
         except SalonError as exc:
             await abort(context, exc)
         finally:

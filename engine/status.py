@@ -42,6 +42,10 @@ _CODES: list[tuple[type[SalonError], grpc.StatusCode]] = [
 ]
 
 
+class ClientGone(Exception):
+    """The call ended under a write (the client hung up): nothing to answer, nothing to log."""
+
+
 class Unimplemented(SalonError):
     """The RPC exists in the API but its behaviour is not available yet."""
 
@@ -78,7 +82,7 @@ def as_salon_errors() -> Iterator[None]:
     request content to the caller."""
     try:
         yield
-    except (SalonError, asyncio.CancelledError):
+    except (SalonError, ClientGone, asyncio.CancelledError):
         raise
     except grpc.aio.AbortError:
         raise

@@ -27,7 +27,7 @@ from nats.js.client import JetStreamContext
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import turn_pb2
 from storage.errors import DeadlineExceeded, Internal, Unavailable
-from storage.jsread import read_subject
+from storage.jsread import EPHEMERAL_INACTIVE_S, drop_consumer, read_subject
 from storage.subjects import Names
 
 log = logging.getLogger(__name__)
@@ -216,28 +216,28 @@ class TurnPublisher:
                 stream=self._names.events_stream,
                 ordered_consumer=True,
                 deliver_policy=api.DeliverPolicy.ALL,
-                inactive_threshold=30.0,
+                inactive_threshold=EPHEMERAL_INACTIVE_S,
                 # The stream's bounded buffer: a reader this far behind is the slow client's problem alone.
                 pending_msgs_limit=buffer,
             )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc
-        return EventStream(sub, after_seq)
+        return EventStream(self._js, sub, after_seq)
 
 
 class EventStream:
     """One turn's events, in order and each once, until its terminal event. Close it when done."""
 
-    def __init__(self, sub: Any, after_seq: int) -> None:
+    def __init__(self, js: JetStreamContext, sub: Any, after_seq: int) -> None:
+        self._js = js
         self._sub = sub
         self._last = after_seq
 
     async def close(self) -> None:
-        """Drop the subscription. Idempotent."""
+        """Drop the subscription and its consumer. Idempotent."""
         sub, self._sub = self._sub, None
         if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await drop_consumer(self._js, sub)
 
     async def iterate(self, timeout_s: float) -> AsyncIterator[turn_pb2.TurnEvent]:
         """Yield events until the terminal one; :class:`DeadlineExceeded` after ``timeout_s``."""

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 
 FETCH_BATCH = 256
+EPHEMERAL_INACTIVE_S = 5.0
+"""Safety net for ephemeral consumers we fail to delete. Streams cap their consumers (1,000 by default), and
+one is made per turn reader: left to a long inactivity timeout they pile up under load."""
+
+
+async def drop_consumer(js: JetStreamContext, sub: Any) -> None:
+    """Unsubscribe and delete ``sub``'s ephemeral consumer now (unsubscribing alone leaves it on the server
+    until its inactivity timeout). Best effort: the timeout still removes it."""
+    stream, name = getattr(sub, "_stream", None), getattr(sub, "_consumer", None)
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()
+    if stream and name:
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, name)
 
 
 async def read_subject(
@@ -38,7 +55,7 @@ async def read_subject(
             opt_start_seq=seq,
             ack_policy=api.AckPolicy.NONE,
             headers_only=headers_only or None,
-            inactive_threshold=60.0,
+            inactive_threshold=EPHEMERAL_INACTIVE_S,
         ),
     )
     out: list[Msg] = []
@@ -49,5 +66,5 @@ async def read_subject(
             out.extend(msgs)
             remaining = (msgs[-1].metadata.num_pending or 0) if msgs else 0
     finally:
-        await sub.unsubscribe()
+        await drop_consumer(js, sub)
     return out

@@ -121,3 +121,17 @@ async def test_a_killed_host_is_restarted_by_ray_and_takes_up_its_shards(make_en
         assert reply_text(events) == "".join(scripted_reply("two after restart", 8))
         got = (await stub.GetSession(cs_pb2.GetSessionRequest(session_id=session_id))).session
         assert got.turn_count == 2, "the session's memory survived its host"
+
+
+async def test_turn_readers_leave_no_consumers_behind(make_engine: object) -> None:
+    # Each SendTurn reads its events through an ephemeral JetStream consumer. A stream holds at most 1,000
+    # consumers, so under sustained load they must go when the turn ends, not after an inactivity timeout.
+    engine: Engine = await make_engine()  # type: ignore[operator]
+    js = engine._nc.jetstream()
+    async with grpc.aio.insecure_channel(engine.target) as channel:
+        stub = cs_grpc.ConversationServiceStub(channel)
+        sessions = [await create_session(stub) for _ in range(4)]
+        for _ in range(3):
+            await asyncio.gather(*(collect_turn(stub, s, "count the consumers") for s in sessions))
+        info = await js.stream_info(engine.names.events_stream)
+    assert info.state.consumer_count == 0
