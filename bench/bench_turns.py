@@ -734,7 +734,7 @@ async def bench(args: argparse.Namespace) -> int:
     """Run every requested system, print the table and verdict, write the JSON; return the exit status."""
     began = time.perf_counter()
     command = "python -m bench.bench_turns " + shlex.join(sys.argv[1:])
-    print(f"Salon turn-path benchmark: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"Salon turn-path benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"command: {command}")
     load_before = _load()
     print(f"load average before: {load_before}")
@@ -763,7 +763,7 @@ async def bench(args: argparse.Namespace) -> int:
         payload = {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": command,
-            "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "load_average": {"before": load_before, "after": load_after},
             "results": [lvl.summary() for run in runs for lvl in run.levels],
             "ratios": ratio_table,

@@ -58,7 +58,7 @@ class EndlessGateway:
             while True:
                 seq += 1
                 yield turn_pb2.TurnEvent(session_id="s", turn_id="t", seq=seq, delta=turn_pb2.TokenDelta(text="x"))
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # wait-ok: yields to the event loop once
         finally:
             self.closed.set()
 

@@ -240,7 +240,7 @@ async def test_no_terminal_event_and_no_ack_until_the_record_is_in_the_ledger() 
         await rig.submit(actor, "t1", "wait for the ledger")
         await wait_for(lambda: rig.log.attempts == 1, what="the append to start")
         for _ in range(50):  # let anything that would wrongly run ahead of the ledger do so
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # wait-ok: yields to the event loop once
         assert [kind(e) for e in rig.sink.of("t1")] == ["accepted"] + ["delta"] * 4
         assert rig.acks("t1") == 0
         assert rig.records() == []
