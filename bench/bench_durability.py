@@ -49,6 +49,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import gc
 import hashlib
 import json
@@ -83,11 +84,11 @@ from bench.bench_turns import (
     TurnTiming,
     descendants,
     engine_system,
-    percentile,
     relay_system,
     run_level,
     still_running,
 )
+from bench.common import int_list, load_average, percentile, positive_int
 from engine.config import Config
 from engine.gateway import Gateway
 from engine.nats_server import EmbeddedNats
@@ -182,13 +183,6 @@ def _p(values: Sequence[float], q: float) -> float:
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def rss_bytes(pid: int | str = "self") -> int:
@@ -1563,47 +1557,47 @@ def build_parser() -> argparse.ArgumentParser:
         "that order)",
     )
     parser.add_argument(
-        "--sessions", type=_positive_int, default=10_000, help="live sessions built in the memory section (10,000)"
+        "--sessions", type=positive_int, default=10_000, help="live sessions built in the memory section (10,000)"
     )
     parser.add_argument(
-        "--writer-sessions", type=_positive_int, default=320, help="sessions appending in the writer section (320)"
+        "--writer-sessions", type=positive_int, default=320, help="sessions appending in the writer section (320)"
     )
     parser.add_argument(
         "--writer-turns",
-        type=_positive_int,
+        type=positive_int,
         default=60,
         help="turns per session in the writer section (60: 320 x (60 turns + 3 snapshots + 1 marker) = 20,480 "
         "ledger entries, a multiple of every flush size, so no flush waits for the 1 s interval)",
     )
     parser.add_argument(
         "--activation-turns",
-        type=_int_list,
+        type=functools.partial(int_list, minimum=0, what="turn counts"),
         default=[0, 20, 200, 219],
         metavar="N1,N2",
         help="prior turns of the activation section's session classes (default: 0,20,200,219)",
     )
     parser.add_argument(
         "--activation-sessions",
-        type=_positive_int,
+        type=positive_int,
         default=32,
         help=f"sessions per activation class (32; sessions x classes x (rounds + 2) must stay under "
         f"{ACTIVATIONS_PER_MINUTE}: each open leaves a ledger consumer for 60 s and a stream holds 1,000)",
     )
-    parser.add_argument("--activation-rounds", type=_positive_int, default=3, help="activations timed per session (3)")
+    parser.add_argument("--activation-rounds", type=positive_int, default=3, help="activations timed per session (3)")
     parser.add_argument(
         "--ttft-block", type=float, default=1.2, metavar="S", help="seconds per block in the ttft section (1.2)"
     )
     parser.add_argument(
-        "--ttft-cycles", type=_positive_int, default=3, help="rotated cycles of blocks in the ttft section (3)"
+        "--ttft-cycles", type=positive_int, default=3, help="rotated cycles of blocks in the ttft section (3)"
     )
     parser.add_argument(
-        "--actor-turns", type=_positive_int, default=300, help="bare-actor turns per journal, in blocks of 50 (300)"
+        "--actor-turns", type=positive_int, default=300, help="bare-actor turns per journal, in blocks of 50 (300)"
     )
     parser.add_argument(
-        "--idle-turns", type=_positive_int, default=60, help="turns after an idle gap in the idle section (60)"
+        "--idle-turns", type=positive_int, default=60, help="turns after an idle gap in the idle section (60)"
     )
     parser.add_argument(
-        "--engine-turns", type=_positive_int, default=20, help="measured turns in the engine section (20)"
+        "--engine-turns", type=positive_int, default=20, help="measured turns in the engine section (20)"
     )
     parser.add_argument(
         "--quiet-wait",
@@ -1618,26 +1612,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--namespace", default="", help=argparse.SUPPRESS)
     parser.add_argument("--lancedb", default="", help=argparse.SUPPRESS)
     return parser
-
-
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {raw!r}")
-    return value
-
-
-def _int_list(raw: str) -> list[int]:
-    try:
-        values = [int(part) for part in raw.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {raw!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError("turn counts must be non-negative integers")
-    return values
 
 
 def _section_list(raw: str) -> list[str]:
@@ -1681,7 +1655,7 @@ class OtherLoad:
 
 @contextlib.contextmanager
 def _section(name: str, timings: dict[str, float], other: OtherLoad) -> Iterator[None]:
-    print(f"\n== {name} (load {_load()}) ==", flush=True)
+    print(f"\n== {name} (load {load_average()}) ==", flush=True)
     other.section = name
     started = time.perf_counter()
     try:
@@ -1701,7 +1675,7 @@ async def bench(args: argparse.Namespace) -> int:
     quiet = await wait_for_quiet(args.quiet_wait)
     tree_before = tree_state()
     print(f"tree: {tree_before}")
-    load_before = _load()
+    load_before = load_average()
     print(f"{quiet}; load average before: {load_before}", flush=True)
     results: dict[str, Any] = {}
     rendered: dict[str, str] = {}
@@ -1753,7 +1727,7 @@ async def bench(args: argparse.Namespace) -> int:
         print(line)
     left = sorted(descendants(os.getpid()))
     elapsed = time.perf_counter() - began
-    load_after = _load()
+    load_after = load_average()
     tree_after = tree_state()
     if tree_after != tree_before:
         print(f"NOTE: the working tree changed during the run: now {tree_after}")

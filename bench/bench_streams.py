@@ -57,6 +57,7 @@ from typing import Any
 import grpc
 
 from bench.bench_turns import descendants, still_running
+from bench.common import load_average, non_negative_int, percentile, positive_int
 from engine.app import Engine
 from engine.config import Config
 from engine.providers.fake_servers import FakeAnthropicServer, Reply
@@ -72,17 +73,6 @@ SLOW_CHANNEL_OPTIONS = (("grpc.http2.bdp_probe", 0),)
 """Slow readers' channels: no BDP probing, so the stream window stays at its initial 64 KiB."""
 CUT_OFF_LOG = "stopped reading"
 """Part of the gateway's warning when ``stream_write_timeout_s`` cuts a slow reader off."""
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile of ``values`` with linear interpolation (NaN when empty)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def _ms(values: Sequence[float], q: float) -> float:
@@ -732,57 +722,33 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: .venv/bin/python -m bench.bench_streams --json streams.json",
     )
     add = parser.add_argument
-    add("--cancels", type=_non_negative_int, default=30, help="measured cancels (0 skips; default: %(default)s)")
-    add("--resumes", type=_non_negative_int, default=30, help="measured resumes (0 skips; default: %(default)s)")
-    add("--op-warmup", type=_non_negative_int, default=3, help="unmeasured cancels/resumes first (default: 3)")
-    add("--upstream-tokens", type=_positive_int, default=400, help="tokens of each fake upstream answer (400)")
+    add("--cancels", type=non_negative_int, default=30, help="measured cancels (0 skips; default: %(default)s)")
+    add("--resumes", type=non_negative_int, default=30, help="measured resumes (0 skips; default: %(default)s)")
+    add("--op-warmup", type=non_negative_int, default=3, help="unmeasured cancels/resumes first (default: 3)")
+    add("--upstream-tokens", type=positive_int, default=400, help="tokens of each fake upstream answer (400)")
     add("--upstream-token-delay", type=float, default=0.02, metavar="S", help="pause between them (0.02 s)")
-    add("--resume-after", type=_positive_int, default=5, metavar="K", help="events read before the drop (5)")
+    add("--resume-after", type=positive_int, default=5, metavar="K", help="events read before the drop (5)")
     add("--resume-settle", type=float, default=0.2, metavar="S", help="pause between drop and resume (0.2 s)")
     add("--no-ttft", action="store_true", help="skip the TTFT measurement (and its engine)")
-    add("--sessions", type=_positive_int, default=64, help="concurrent sessions of the TTFT phases (64)")
-    add("--tokens", type=_positive_int, default=64, help="scripted tokens per answer (default: %(default)s)")
+    add("--sessions", type=positive_int, default=64, help="concurrent sessions of the TTFT phases (64)")
+    add("--tokens", type=positive_int, default=64, help="scripted tokens per answer (default: %(default)s)")
     add("--phase-seconds", type=float, default=6.0, metavar="S", help="length of each TTFT phase (6 s)")
-    add("--min-turns", type=_positive_int, default=3, metavar="N", help="measured turns per session at least (3)")
-    add("--warmup", type=_non_negative_int, default=1, metavar="N", help="unmeasured turns per session (1)")
-    add("--slow-readers", type=_non_negative_int, default=8, help="slow readers in the second phase (8)")
-    add("--slow-word-bytes", type=_positive_int, default=4000, metavar="B", help="size of their words (4000)")
-    add("--slow-text-bytes", type=_positive_int, default=16000, metavar="B", help="size of their prompt (16000)")
-    add("--max-consumers", type=_positive_int, default=100, help="consumers allowed before a phase (100)")
+    add("--min-turns", type=positive_int, default=3, metavar="N", help="measured turns per session at least (3)")
+    add("--warmup", type=non_negative_int, default=1, metavar="N", help="unmeasured turns per session (1)")
+    add("--slow-readers", type=non_negative_int, default=8, help="slow readers in the second phase (8)")
+    add("--slow-word-bytes", type=positive_int, default=4000, metavar="B", help="size of their words (4000)")
+    add("--slow-text-bytes", type=positive_int, default=16000, metavar="B", help="size of their prompt (16000)")
+    add("--max-consumers", type=positive_int, default=100, help="consumers allowed before a phase (100)")
     add(
         "--no-consumer-wait",
         action="store_true",
         help="do not wait between phases for the per-turn consumers to expire (shows the 1000-consumer cap)",
     )
     add("--slow-settle", type=float, default=1.0, metavar="S", help="pause before the slow phase (1 s)")
-    add("--num-hosts", type=_positive_int, default=2, help="engine session hosts (default: %(default)s)")
+    add("--num-hosts", type=positive_int, default=2, help="engine session hosts (default: %(default)s)")
     add("--turn-timeout", type=float, default=30.0, metavar="S", help="a turn longer than this fails (30 s)")
     add("--json", type=Path, default=None, metavar="PATH", help="also write every figure as JSON")
     return parser
-
-
-def _positive_int(raw: str) -> int:
-    value = _non_negative_int(raw)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {raw!r}")
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {raw!r}")
-    return value
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 async def bench(args: argparse.Namespace) -> int:
@@ -791,7 +757,7 @@ async def bench(args: argparse.Namespace) -> int:
     command = "python -m bench.bench_streams " + shlex.join(sys.argv[1:])
     print(f"Salon stream-controls benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"command: {command}")
-    load_before = _load()
+    load_before = load_average()
     print(f"load average before: {load_before}")
     run = Run()
     with tempfile.TemporaryDirectory(prefix="salon-bench-streams-") as tmp:
@@ -808,7 +774,7 @@ async def bench(args: argparse.Namespace) -> int:
     print(f"failures: {len(failed)}" + (f", e.g. {failed[:3]}" if failed else ""))
     left = sorted(descendants(os.getpid()))
     print(f"child processes still running at the end: {left or 'none'}")
-    load_after = _load()
+    load_after = load_average()
     elapsed = time.perf_counter() - began
     print(f"load average after: {load_after}")
     print(f"total {elapsed:.1f} s")

@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import functools
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from typing import Any
 
 import grpc
 
+from bench.common import int_list, load_average, non_negative_int, percentile, positive_int
 from engine.app import Engine
 from engine.config import Config
 from engine.nats_server import EmbeddedNats
@@ -397,17 +399,6 @@ class LevelResult:
         }
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile of ``values`` with linear interpolation (NaN when empty)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 async def run_level(system: System, concurrency: int, turns: int, warmup: int, turn_timeout_s: float) -> LevelResult:
     """Run ``concurrency`` client loops of ``warmup`` unmeasured then ``turns`` measured sequential turns."""
     result = LevelResult(system.name, concurrency, turns)
@@ -645,22 +636,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--turns-per-session",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="measured sequential turns per session at every level (default: 20 at 1 session, 10 above)",
     )
     parser.add_argument(
         "--concurrency",
-        type=_int_list,
+        type=functools.partial(int_list, minimum=1, what="concurrency levels"),
         default=[1, 16, 64],
         metavar="C1,C2,...",
         help="concurrent sessions per level, comma-separated (default: 1,16,64)",
     )
-    parser.add_argument("--tokens", type=_positive_int, default=64, help="tokens per answer (default: %(default)s)")
+    parser.add_argument("--tokens", type=positive_int, default=64, help="tokens per answer (default: %(default)s)")
     parser.add_argument(
         "--warmup",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=2,
         metavar="N",
         help="unmeasured turns per session first (default: %(default)s)",
@@ -677,41 +668,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="give every client loop its own gRPC channel (default: all loops of a system share one)",
     )
-    parser.add_argument(
-        "--num-hosts", type=_positive_int, default=2, help="engine session hosts (default: %(default)s)"
-    )
+    parser.add_argument("--num-hosts", type=positive_int, default=2, help="engine session hosts (default: %(default)s)")
     parser.add_argument(
         "--turn-timeout", type=float, default=30.0, metavar="S", help="a turn longer than this fails (default: 30)"
     )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write every figure as JSON")
     return parser
-
-
-def _positive_int(raw: str) -> int:
-    value = _non_negative_int(raw)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {raw!r}")
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {raw!r}")
-    return value
-
-
-def _int_list(raw: str) -> list[int]:
-    try:
-        values = [int(part) for part in raw.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {raw!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError("concurrency levels must be positive integers")
-    return values
 
 
 def _system_list(raw: str) -> list[str]:
@@ -722,21 +684,13 @@ def _system_list(raw: str) -> list[str]:
     return values
 
 
-def _load() -> str:
-    """The 1, 5 and 15 minute load averages, as text (the machine may be shared)."""
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 async def bench(args: argparse.Namespace) -> int:
     """Run every requested system, print the table and verdict, write the JSON; return the exit status."""
     began = time.perf_counter()
     command = "python -m bench.bench_turns " + shlex.join(sys.argv[1:])
     print(f"Salon turn-path benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"command: {command}")
-    load_before = _load()
+    load_before = load_average()
     print(f"load average before: {load_before}")
     runs: list[SystemRun] = []
     with tempfile.TemporaryDirectory(prefix="salon-bench-") as tmp:
@@ -756,7 +710,7 @@ async def bench(args: argparse.Namespace) -> int:
     left = sorted(descendants(os.getpid()))
     print(f"child processes still running at the end: {left or 'none'}")
     elapsed = time.perf_counter() - began
-    load_after = _load()
+    load_after = load_average()
     print(f"load average after: {load_after} (this run keeps 1-3 processes busy; more means other load)")
     print(f"total {elapsed:.1f} s")
     if args.json is not None:
