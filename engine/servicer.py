@@ -168,6 +168,12 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
             except SalonError as exc:
                 await out.put(_converse_error(request_id, session_id, exc))
 
+        async def relay_turn(request_id: str, turn: cs_pb2.SendTurnRequest) -> None:
+            # The span lives as long as the turn it stands for, like SendTurn's.
+            with server_span("salon.gateway.Converse.turn", metadata) as span:
+                events = self._gateway.send_turn(tenant, turn, trace_headers=span.headers())
+                await relay(request_id, turn.session_id, events)
+
         async def cancel(req: cs_pb2.ConverseRequest) -> None:
             try:
                 with as_salon_errors():
@@ -184,10 +190,7 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
             async for req in request_iterator:
                 action = req.WhichOneof("action")
                 if action == "send_turn":
-                    with server_span("salon.gateway.Converse.turn", metadata) as span:
-                        turn = req.send_turn
-                        events = self._gateway.send_turn(tenant, turn, trace_headers=span.headers())
-                    start(relay(req.request_id, turn.session_id, events))
+                    start(relay_turn(req.request_id, req.send_turn))
                 elif action == "resume_turn":
                     r = req.resume_turn
                     start(
