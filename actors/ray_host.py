@@ -91,7 +91,7 @@ class HostActor:
     """Ray shell around one :class:`SessionHost`."""
 
     def __init__(self, spec: HostSpec) -> None:
-        logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        otel.setup_logging(spec.log_level, spec.telemetry.log_format, process=f"host-{spec.index}")
         otel.setup(spec.telemetry, process=f"host-{spec.index}")  # this process's spans: its own exporter
         self._spec = spec
         self._host: SessionHost | None = None
@@ -162,7 +162,7 @@ class WriterActor:
     """Ray shell around the :class:`~storage.BatchWriter` that turns ledger entries into LanceDB rows."""
 
     def __init__(self, spec: WriterSpec) -> None:
-        logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        otel.setup_logging(spec.log_level, spec.telemetry.log_format, process="writer")
         otel.setup(spec.telemetry, process="writer")
         self._spec = spec
         self._writer: BatchWriter | None = None

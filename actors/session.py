@@ -335,7 +335,11 @@ class SessionActor:
 
     async def _execute(self, queued: _Queued) -> None:
         turn = queued.turn
-        ids = {otel.attributes.TURN_ID: turn.turn_id, otel.attributes.SESSION_ID: self.key.session_id}
+        ids = {
+            otel.attributes.TURN_ID: turn.turn_id,
+            otel.attributes.SESSION_ID: self.key.session_id,
+            otel.attributes.TENANT_ID: self.key.tenant_id,  # also names the turn in the logs of its block
+        }
         with otel.span(otel.attributes.SPAN_SESSION_TURN, parent=turn.trace_context, attributes=ids) as span:
             status = await self._execute_turn(queued)
             if span.is_recording():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 import tempfile
@@ -32,8 +31,10 @@ def _config(args: argparse.Namespace, **overrides: object) -> Config:
     return config.replace(**changes) if changes else config
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(config: Config) -> None:
+    import otel
+
+    otel.setup_logging(config.log_level, config.log_format, process="gateway")
 
 
 async def _serve(config: Config) -> int:
@@ -195,20 +196,23 @@ def main(argv: list[str] | None = None) -> int:
             config = _config(
                 args, grpc_host=args.host, grpc_port=args.port, data_dir=args.data_dir, gateway_only=args.gateway_only
             )
-            _setup_logging(config.log_level)
+            _setup_logging(config)
             return asyncio.run(_serve(config))
         if args.command == "demo":
-            _setup_logging("WARNING")
             with contextlib.ExitStack() as stack:
                 data_dir = args.data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="salon-demo-"))
-                return asyncio.run(_demo(_config(args, data_dir=str(Path(data_dir)), grpc_port=0)))
+                # Quiet by default: the demo's own output is the point (every process logs warnings only).
+                config = _config(args, data_dir=str(Path(data_dir)), grpc_port=0, log_level="WARNING")
+                _setup_logging(config)
+                return asyncio.run(_demo(config))
         if args.command == "export":
             return asyncio.run(_export(_config(args, data_dir=args.data_dir), args))
         if args.command == "trace":
             return _trace(_config(args, data_dir=args.data_dir), args)
         if args.command == "chat":
-            _setup_logging("WARNING")
-            return asyncio.run(_chat(_config(args, grpc_port=0), args.target, args.session, args.system))
+            config = _config(args, grpc_port=0, log_level="WARNING")
+            _setup_logging(config)
+            return asyncio.run(_chat(config, args.target, args.session, args.system))
     except SalonError as exc:
         print(f"salon: {exc.message}", file=sys.stderr)
         return 2

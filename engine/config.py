@@ -123,7 +123,15 @@ class Config:
         "USD per million tokens, model=input/output/cache_read/cache_write entries separated by ';' "
         "(a model matches its longest prefix); feeds the estimated cost of each turn.",
     )
-    log_level: str = _setting("INFO", "Log level of the engine's logs.")
+    log_level: str = _setting("INFO", "Log level of the engine's logs (every process: gateway, hosts, writer).")
+    log_format: str = _setting(
+        "text",
+        "Log format on stderr: text, or json (one object per line: timestamp, level, logger, message, trace_id, "
+        "span_id, tenant_id, session_id, turn_id). Content stays out unless capture_content.",
+    )
+    log_dir: str = _setting(
+        "", "If set, every process also writes its logs as JSON lines to <log_dir>/<process>-<pid>.jsonl."
+    )
     gateway_only: bool = _setting(
         False,
         "Run only a gateway (no hosts, no writer) against an existing deployment's NATS (SALON_NATS_URL), "
@@ -133,14 +141,17 @@ class Config:
     telemetry: str = _setting(
         "off",
         "Span export: off, console (stderr), jsonl (one file per process in telemetry_dir, read by `salon trace`) "
-        "or otlp (standard OTEL_EXPORTER_OTLP_* variables; needs opentelemetry-exporter-otlp-proto-http).",
+        "or otlp (standard OTEL_EXPORTER_OTLP_* variables, http/protobuf or grpc; metrics too). Left off, "
+        "OTEL_TRACES_EXPORTER=otlp or console turns it on; OTEL_SDK_DISABLED=true turns it off.",
     )
     telemetry_dir: str = _setting("", "Directory of the jsonl span files; empty: <data_dir>/traces.")
     metrics_port: int = _setting(
         -1, "Port of the gateway's Prometheus /metrics endpoint: -1 off, 0 picks a free one (on grpc_host)."
     )
     capture_content: bool = _setting(
-        False, "Put message content (prompts, answers) into spans, as the GenAI conventions' opt-in attributes."
+        False,
+        "Put message content (prompts, answers) into spans, as the GenAI conventions' opt-in attributes, and let "
+        "logs show it (exception messages, the model SDKs' debug logs).",
     )
 
     def __post_init__(self) -> None:
@@ -159,6 +170,10 @@ class Config:
             problems.append("max_text_bytes must be positive")
         if self.telemetry not in ("off", "console", "jsonl", "otlp"):
             problems.append("telemetry must be off, console, jsonl or otlp")
+        if self.log_format not in ("text", "json"):
+            problems.append("log_format must be text or json")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            problems.append("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if self.gateway_only and not self.nats_url:
             problems.append("gateway_only needs nats_url (the deployment's NATS)")
         if self.event_retention_s <= self.dedupe_window_s:

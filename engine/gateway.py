@@ -206,6 +206,7 @@ class Gateway:
                     otel.attributes.MESSAGING_MESSAGE_ID: turn_id,
                     otel.attributes.TURN_ID: turn_id,
                     otel.attributes.SESSION_ID: request.session_id,
+                    otel.attributes.TENANT_ID: tenant_id,
                     otel.attributes.SHARD: shard,
                 },
             ) as producer:

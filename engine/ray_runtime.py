@@ -66,7 +66,7 @@ def host_specs(config: Config, nats_url: str) -> list[HostSpec]:
             namespace=config.namespace,
             provider_factory=provider.build,
             settings=settings,
-            log_level="WARNING",
+            log_level=config.log_level,
             telemetry=TelemetrySettings.from_config(config),
         )
         for i in range(config.num_hosts)
@@ -120,6 +120,7 @@ class WriterHandle:
             lancedb_uri=config.lancedb_location,
             flush_rows=config.flush_rows,
             flush_interval_s=config.flush_interval_s,
+            log_level=config.log_level,
             telemetry=TelemetrySettings.from_config(config),
         )
         self._name = f"{config.namespace}-writer"

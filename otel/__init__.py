@@ -1,8 +1,9 @@
 """Telemetry for Salon: one trace per turn across every hop, span files and a viewer, turn metrics.
 
 Nothing here is required for the engine to run: until :func:`setup` turns an exporter on, every span is the
-OpenTelemetry API's no-op that still passes the caller's trace id along. Message content stays out of spans
-unless the operator opts in (``capture_content``).
+OpenTelemetry API's no-op that still passes the caller's trace id along. Logs (:func:`setup_logging`, text or
+JSON) carry the trace, span, tenant, session and turn ids. Message content stays out of spans and logs unless
+the operator opts in (``capture_content``).
 """
 
 from opentelemetry.context import Context as TraceContext
@@ -10,16 +11,20 @@ from opentelemetry.trace import SpanKind
 
 from otel import attributes
 from otel.jsonl import JsonlSpanExporter, SpanRecord, read_spans
+from otel.logs import ContentFilter, JsonFormatter, TextFormatter, current_ids, log_context, setup_logging
 from otel.metrics import Metrics
 from otel.propagation import ConsumerSpan, ServerSpan, consumer_span, server_span, trace_id_hex
-from otel.runtime import capture_content, force_flush, metrics, metrics_port, setup, shutdown
-from otel.settings import MODES, TelemetrySettings
+from otel.runtime import capture_content, force_flush, metrics, metrics_port, otlp_protocol, setup, shutdown
+from otel.settings import LOG_FORMATS, MODES, TelemetrySettings, resolve_mode
 from otel.spans import ProducerSpan, model_span_attributes, producer_span, set_model_content, set_model_response, span
 from otel.viewer import find_trace, render_trace
 
 __all__ = [
+    "LOG_FORMATS",
     "MODES",
     "ConsumerSpan",
+    "ContentFilter",
+    "JsonFormatter",
     "JsonlSpanExporter",
     "Metrics",
     "ProducerSpan",
@@ -27,22 +32,28 @@ __all__ = [
     "SpanKind",
     "SpanRecord",
     "TelemetrySettings",
+    "TextFormatter",
     "TraceContext",
     "attributes",
     "capture_content",
     "consumer_span",
+    "current_ids",
     "find_trace",
     "force_flush",
+    "log_context",
     "metrics",
     "metrics_port",
     "model_span_attributes",
+    "otlp_protocol",
     "producer_span",
     "read_spans",
     "render_trace",
+    "resolve_mode",
     "server_span",
     "set_model_content",
     "set_model_response",
     "setup",
+    "setup_logging",
     "shutdown",
     "span",
     "trace_id_hex",

@@ -14,6 +14,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind
 
+from otel.logs import log_context
+
 TRACER_NAME = "salon"
 
 
@@ -52,10 +54,12 @@ class ServerSpan:
 
 @contextlib.contextmanager
 def server_span(name: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> Iterator[ServerSpan]:
-    """A :class:`ServerSpan` ended when the block exits."""
+    """A :class:`ServerSpan` ended when the block exits; records logged in the block name it (and the turn's
+    ids once the gateway knows them)."""
     span = ServerSpan(name, metadata)
     try:
-        yield span
+        with log_context(span=span.span):
+            yield span
     finally:
         span.span.end()
 

@@ -8,7 +8,6 @@ nothing is installed at all and every span is the API's no-op.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -30,6 +30,7 @@ from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util.types import Attributes
 
 from otel.jsonl import JsonlSpanExporter
+from otel.logs import log_to_file
 from otel.metrics import Metrics
 from otel.settings import TelemetrySettings
 
@@ -109,6 +110,42 @@ def _install(service_name: str) -> tuple[_SwitchSampler, _SwitchProcessor]:
     return _state.sampler, _state.switch
 
 
+def otlp_protocol(signal: str = "TRACES") -> str:
+    """The OTLP protocol of a signal (``TRACES``, ``METRICS``) by the standard variables: ``grpc`` or
+    ``http/protobuf`` (the default); ``http/json`` is not supported and falls back to ``http/protobuf``."""
+    raw = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    protocol = (raw or "http/protobuf").strip().lower()
+    if protocol not in ("grpc", "http/protobuf"):
+        log.warning("OTLP protocol %r is not supported; using http/protobuf", protocol[:32])
+        protocol = "http/protobuf"
+    return protocol
+
+
+def _otlp_span_exporter() -> SpanExporter:
+    # Endpoint, headers, timeout, compression, certificates: the exporters read the OTEL_EXPORTER_OTLP_*
+    # variables themselves. Imported here: only processes that export over OTLP pay for the import.
+    if otlp_protocol("TRACES") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+
+        return GrpcSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+
+    return HttpSpanExporter()
+
+
+def _otlp_metric_exporter() -> MetricExporter | None:
+    wanted = os.environ.get("OTEL_METRICS_EXPORTER", "otlp").strip().lower()
+    if "otlp" not in [name.strip() for name in wanted.split(",")]:
+        return None
+    if otlp_protocol("METRICS") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
+
+        return GrpcMetricExporter()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
+
+    return HttpMetricExporter()
+
+
 def _exporter(settings: TelemetrySettings, process: str) -> SpanExporter | None:
     if settings.mode == "console":
         return ConsoleSpanExporter(service_name=settings.service_name)
@@ -116,15 +153,15 @@ def _exporter(settings: TelemetrySettings, process: str) -> SpanExporter | None:
         path = Path(settings.directory or ".") / f"{process}-{os.getpid()}.jsonl"
         return JsonlSpanExporter(path, process=process)
     if settings.mode == "otlp":
-        try:
-            # Optional package, imported by name so type checking does not require it.
-            module = importlib.import_module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
-        except ImportError:
-            log.warning("telemetry=otlp needs opentelemetry-exporter-otlp-proto-http; no spans are exported")
-            return None
-        exporter: SpanExporter = module.OTLPSpanExporter()  # endpoint, headers: OTEL_EXPORTER_OTLP_* variables
-        return exporter
+        return _otlp_span_exporter()
     return None
+
+
+def _inherit_otel_env(settings: TelemetrySettings) -> None:
+    # A host process started by Ray before the gateway's OTEL_* variables were set (or on another node)
+    # lacks them; the process's own variables win, so a node can point at its local collector.
+    for name, value in settings.otel_env:
+        os.environ.setdefault(name, value)
 
 
 def setup(
@@ -141,8 +178,10 @@ def setup(
     ``exporter`` overrides the mode's exporter and exports each span as it ends (tests: an in-memory one).
     """
     shutdown()
+    _inherit_otel_env(settings)
     with _state.lock:
         _state.settings = settings
+        log_to_file(settings.log_dir, process)
         processor: SpanProcessor | None = None
         if exporter is not None:
             processor = SimpleSpanProcessor(exporter)
@@ -154,8 +193,11 @@ def setup(
             sampler, switch = _install(settings.service_name)
             switch.inner = processor
             sampler.enabled = True
-        if serve_metrics and settings.metrics_port >= 0:
-            _state.metrics = Metrics.serve(settings.metrics_host, settings.metrics_port)
+        if serve_metrics:
+            otlp = _otlp_metric_exporter() if settings.mode == "otlp" and exporter is None else None
+            if settings.metrics_port >= 0 or otlp is not None:
+                port = settings.metrics_port if settings.metrics_port >= 0 else None
+                _state.metrics = Metrics.build(settings.metrics_host, port, otlp, settings.service_name)
 
 
 def shutdown() -> None:
@@ -169,13 +211,18 @@ def shutdown() -> None:
         if _state.metrics is not None:
             metrics, _state.metrics = _state.metrics, None
             metrics.close()
+        log_to_file("", "")
         _state.settings = TelemetrySettings()
 
 
 def force_flush() -> None:
-    """Export every finished span now (tests; the CLI before it reads span files)."""
+    """Export every finished span, and the metrics when they go over OTLP, now (tests; the CLI before it
+    reads span files)."""
     if _state.switch is not None:
         _state.switch.force_flush()
+    current = _state.metrics
+    if current is not None:
+        current.force_flush()
 
 
 def capture_content() -> bool:

@@ -14,6 +14,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind
 
 from otel import attributes as attrs
+from otel.logs import annotate, ids_from_attributes, log_context
 from otel.propagation import TRACER_NAME
 from otel.runtime import capture_content
 
@@ -31,10 +32,20 @@ def span(
     attributes: Mapping[str, Any] | None = None,
 ) -> Iterator[Span]:
     """A span current for the block, child of ``parent`` (or of the current span). Exceptions, cancellation
-    included, are recorded by type only: their messages may quote user data."""
-    with _tracer().start_as_current_span(
-        name, context=parent, kind=kind, attributes=attributes, record_exception=False, set_status_on_exception=False
-    ) as current:
+    included, are recorded by type only: their messages may quote user data. Records logged in the block
+    carry the span's ids and the turn ids among ``attributes`` (``salon.tenant_id``, ``salon.session_id``,
+    ``salon.turn_id``)."""
+    with (
+        _tracer().start_as_current_span(
+            name,
+            context=parent,
+            kind=kind,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as current,
+        log_context(ids_from_attributes(attributes)),
+    ):
         try:
             yield current
         except BaseException as exc:
@@ -64,7 +75,9 @@ def producer_span(
     """A PRODUCER span continuing the trace in ``headers`` (a gateway's SERVER span), ended with the block.
 
     When no SDK records spans the incoming headers are passed on unchanged, so the caller's trace id still
-    reaches the host."""
+    reaches the host. The turn ids among ``attributes`` are added to the enclosing log context (the
+    gateway call's), so the call's later records carry them too."""
+    annotate(ids_from_attributes(attributes))
     parent = propagate.extract(dict(headers))
     with span(name, parent=parent, kind=SpanKind.PRODUCER, attributes=attributes) as current:
         producer = ProducerSpan(current)
