@@ -5,6 +5,7 @@ receiver; JSON logs of every process carrying the turn's ids and no content."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import socket
 import urllib.request
@@ -15,6 +16,8 @@ from typing import Any
 import grpc
 import pytest
 from conftest import EngineFactory, wait_for
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace_pb2
 from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSettings, OtelTapInitializationError
 
@@ -124,14 +127,60 @@ class OtlpReceiver:
             await self._receiver.stop()
 
 
+class GrpcOtlpReceiver:
+    """An OTLP/gRPC receiver: a grpc server (free port) serving the collector's trace and metrics services
+    from the OpenTelemetry protos, keeping every span and metric it receives. It runs on threads of its own:
+    the gRPC exporter blocks the thread that flushes it, here the test's event loop. Lifecycle: ``async with``."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        self.metrics: list[Any] = []
+        self.port = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+        self._server = grpc.server(self._pool)
+        receiver = self
+
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> Any:
+                for resource in request.resource_spans:
+                    for scope in resource.scope_spans:
+                        receiver.spans.extend(scope.spans)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> Any:
+                for resource in request.resource_metrics:
+                    for scope in resource.scope_metrics:
+                        receiver.metrics.extend(scope.metrics)
+                return metrics_service_pb2.ExportMetricsServiceResponse()
+
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self._server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), self._server)
+
+    @property
+    def endpoint(self) -> str:
+        """The exporters' endpoint (an http:// scheme means a plaintext connection)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> GrpcOtlpReceiver:
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self._server.stop(grace=None).wait, 10)
+        self._pool.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 async def test_otlp_export_reaches_a_real_receiver_as_one_connected_trace(
-    make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+    make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch, protocol: str
 ) -> None:
-    async with OtlpReceiver() as receiver:
+    async with OtlpReceiver() if protocol == "http/protobuf" else GrpcOtlpReceiver() as receiver:
         # The standard variables only: Salon names no endpoint of its own. Hosts started by Ray earlier get
         # them through the telemetry settings.
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
         monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
         engine = await make_engine(telemetry="off", num_hosts=1, num_shards=1)  # OTEL_TRACES_EXPORTER turns it on
         metadata = (("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"),)
