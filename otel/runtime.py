@@ -25,7 +25,15 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util.types import Attributes
 
@@ -40,12 +48,42 @@ EXPORT_DELAY_MS = 200
 """How long finished spans wait to be exported in a batch: short, so `salon trace` sees a turn promptly."""
 
 
+def sampler_from_env() -> Sampler:
+    """The sampler the standard ``OTEL_TRACES_SAMPLER`` (and ``OTEL_TRACES_SAMPLER_ARG``) name; by default the
+    caller's decision, else every trace (``parentbased_always_on``)."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+
+    def ratio() -> float:
+        try:
+            return min(max(float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0")), 0.0), 1.0)
+        except ValueError:
+            return 1.0
+
+    if name == "always_on":
+        return ALWAYS_ON
+    if name == "always_off":
+        return ALWAYS_OFF
+    if name == "traceidratio":
+        return TraceIdRatioBased(ratio())
+    if name == "parentbased_always_off":
+        return ParentBased(ALWAYS_OFF)
+    if name == "parentbased_traceidratio":
+        return ParentBased(TraceIdRatioBased(ratio()))
+    if name != "parentbased_always_on":
+        log.warning("OTEL_TRACES_SAMPLER %r is not supported; following the caller's decision", name[:40])
+    return ParentBased(ALWAYS_ON)
+
+
 class _SwitchSampler(Sampler):
-    """Drops every span while telemetry is off; otherwise follows the caller's sampling decision."""
+    """Drops every span while telemetry is off; otherwise samples as the current setup says."""
 
     def __init__(self) -> None:
         self.enabled = False
-        self._inner = ParentBased(ALWAYS_ON)
+        self._inner: Sampler = ParentBased(ALWAYS_ON)
+
+    def use(self, inner: Sampler) -> None:
+        """Sample with ``inner`` from now on."""
+        self._inner = inner
 
     def should_sample(  # noqa: PLR0917 - the SDK's signature
         self,
@@ -192,6 +230,7 @@ def setup(
         if processor is not None:
             sampler, switch = _install(settings.service_name)
             switch.inner = processor
+            sampler.use(sampler_from_env())
             sampler.enabled = True
         if serve_metrics:
             otlp = _otlp_metric_exporter() if settings.mode == "otlp" and exporter is None else None

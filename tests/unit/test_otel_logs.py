@@ -221,3 +221,23 @@ def test_the_otlp_protocol_follows_the_standard_variables(monkeypatch: pytest.Mo
     assert otel.otlp_protocol("METRICS") == "http/protobuf"
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")
     assert otel.otlp_protocol("TRACES") == "http/protobuf"  # not supported: the default instead
+
+
+@pytest.mark.parametrize(
+    ("sampler", "arg", "kept"),
+    [("", "", 20), ("always_off", "", 0), ("traceidratio", "0", 0), ("parentbased_traceidratio", "1", 20)],
+)
+def test_the_standard_sampler_variables_decide_which_traces_are_kept(
+    monkeypatch: pytest.MonkeyPatch, sampler: str, arg: str, kept: int
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+    exporter = InMemorySpanExporter()
+    otel.setup(otel.TelemetrySettings(), exporter=exporter)
+    try:
+        for _ in range(20):
+            with otel.span("root"):
+                pass
+    finally:
+        otel.shutdown()
+    assert len(exporter.get_finished_spans()) == kept
