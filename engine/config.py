@@ -172,7 +172,7 @@ class Config:
             problems.append("telemetry must be off, console, jsonl or otlp")
         if self.log_format not in ("text", "json"):
             problems.append("log_format must be text or json")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"):
             problems.append("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if self.gateway_only and not self.nats_url:
             problems.append("gateway_only needs nats_url (the deployment's NATS)")

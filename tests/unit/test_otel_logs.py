@@ -193,6 +193,9 @@ def test_log_settings_reach_every_process_through_telemetry_settings() -> None:
     assert "collector" not in repr(settings)  # OTLP headers may hold credentials
     with pytest.raises(InvalidArgument, match="log_format"):
         Config.load(env={"SALON_LOG_FORMAT": "xml"})
+    with pytest.raises(InvalidArgument, match="log_level"):
+        Config.load(env={"SALON_LOG_LEVEL": "loud"})
+    assert Config.load(env={"SALON_LOG_LEVEL": "debug"}).log_level == "debug"  # any case, as logging takes it
 
 
 @pytest.mark.parametrize(
