@@ -45,7 +45,9 @@ from otel.settings import TelemetrySettings
 log = logging.getLogger(__name__)
 
 EXPORT_DELAY_MS = 200
-"""How long finished spans wait to be exported in a batch: short, so `salon trace` sees a turn promptly."""
+"""How long finished spans wait to be written to span files in a batch: short, so `salon trace` sees a turn
+promptly. Other exporters follow ``OTEL_BSP_SCHEDULE_DELAY`` (the SDK's default: 5 s), and so do span files
+when it is set."""
 
 
 def sampler_from_env() -> Sampler:
@@ -226,7 +228,9 @@ def setup(
         else:
             chosen = _exporter(settings, process)
             if chosen is not None:
-                processor = BatchSpanProcessor(chosen, schedule_delay_millis=EXPORT_DELAY_MS)
+                # Fewer, larger OTLP requests cost less CPU; span files are cheap to append to often.
+                quick = settings.mode == "jsonl" and "OTEL_BSP_SCHEDULE_DELAY" not in os.environ
+                processor = BatchSpanProcessor(chosen, schedule_delay_millis=EXPORT_DELAY_MS if quick else None)
         if processor is not None:
             sampler, switch = _install(settings.service_name)
             switch.inner = processor

@@ -181,6 +181,7 @@ async def test_otlp_export_reaches_a_real_receiver_as_one_connected_trace(
         # them through the telemetry settings.
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")  # hosts export within 200 ms (default: 5 s)
         monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
         engine = await make_engine(telemetry="off", num_hosts=1, num_shards=1)  # OTEL_TRACES_EXPORTER turns it on
         metadata = (("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"),)
