@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -255,8 +256,6 @@ def setup_logging(level: str = "INFO", fmt: str = "text", *, process: str = "") 
 def log_to_file(directory: str, process: str) -> Path | None:
     """Also write this process's records as JSON lines to ``<directory>/<process>-<pid>.jsonl`` (replacing
     an earlier file); an empty ``directory`` stops writing one. Returns the file."""
-    import os
-
     handler: logging.FileHandler | None = None
     path: Path | None = None
     if directory:
