@@ -5,6 +5,7 @@ no test sees another's streams, buckets or host actors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,14 +15,28 @@ from typing import Any
 import grpc
 import pytest
 import ray
+from nats.js.errors import NotFoundError
 
 from engine import Config, EmbeddedNats, Engine
 from engine.ray_runtime import ensure_ray
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2
+from storage import Names, close_connection, connect
 
 _namespaces = itertools.count()
+
+
+async def release_events_stream(nats_url: str, namespace: str) -> None:
+    """Delete a closed engine's in-memory events stream. Each reserves its whole memory cap of the shared
+    nats-server's JetStream memory, which the suite's engines together would otherwise exhaust (later streams
+    then fail with "insufficient memory resources")."""
+    nc = await connect(nats_url, name="salon-test-cleanup")
+    try:
+        with contextlib.suppress(NotFoundError):
+            await nc.jetstream().delete_stream(Names(namespace).events_stream)
+    finally:
+        await close_connection(nc)
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 30.0, what: str = "condition") -> None:
@@ -80,6 +95,7 @@ async def make_engine(nats_url: str, ray_session: None, tmp_path: Path) -> Async
     yield build
     for engine in reversed(engines):
         await engine.close()
+        await release_events_stream(nats_url, engine.config.namespace)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +120,7 @@ async def shared_engine(
     await engine.start()
     yield engine
     await engine.close()
+    await release_events_stream(nats_url, engine.config.namespace)
 
 
 @pytest.fixture
