@@ -25,6 +25,7 @@ from lancedb.index import Bitmap, BTree
 from lancedb.query import ColumnOrdering
 from lancedb.table import AsyncTable
 
+from storage.embedding import Embedder
 from storage.errors import FailedPrecondition, InvalidArgument, Unavailable
 from storage.ids import require_id
 from storage.records import SnapshotRecord, TurnRecord, turn_key
@@ -92,8 +93,16 @@ _SPECS: Final = (
 class TranscriptStore:
     """Turns and snapshots of every tenant's sessions, in LanceDB. Create with :meth:`open`."""
 
-    def __init__(self, db: AsyncConnection, tables: dict[str, AsyncTable], *, keep_versions_s: float) -> None:
+    def __init__(
+        self,
+        db: AsyncConnection,
+        tables: dict[str, AsyncTable],
+        *,
+        keep_versions_s: float,
+        embedder: Embedder | None = None,
+    ) -> None:
         self._db = db
+        self._embedder = embedder
         self._tables = tables
         self._keep_versions = timedelta(seconds=keep_versions_s)
         self._indexed: set[str] = set()
@@ -102,7 +111,12 @@ class TranscriptStore:
 
     @classmethod
     async def open(
-        cls, uri: str, *, read_consistency_s: float | None = 0.0, keep_versions_s: float = 3600.0
+        cls,
+        uri: str,
+        *,
+        read_consistency_s: float | None = 0.0,
+        keep_versions_s: float = 3600.0,
+        embedder: Embedder | None = None,
     ) -> TranscriptStore:
         """Connect to the LanceDB at ``uri``, creating the two tables if they are missing.
 
@@ -110,6 +124,8 @@ class TranscriptStore:
         connection (another process). LanceDB's default (``None``) never looks for them: a reader would
         not see turns a writer in another process appended after it opened. ``0`` checks on every read.
         ``keep_versions_s``: how long :meth:`optimize` keeps old table versions for readers still on them.
+        ``embedder``: when given, :meth:`write` also embeds each newly stored completed turn (user text and
+        reply, one batch per call) into the ``memories`` table, the session's long-term memory.
         """
         interval = None if read_consistency_s is None else timedelta(seconds=read_consistency_s)
         with _store_errors("cannot open the transcript store", UNWRITABLE):
@@ -117,7 +133,7 @@ class TranscriptStore:
         try:
             with _store_errors("cannot open the transcript store", UNWRITABLE):
                 tables = {s.name: await _open_table(db, s) for s in _SPECS}
-            store = cls(db, tables, keep_versions_s=keep_versions_s)
+            store = cls(db, tables, keep_versions_s=keep_versions_s, embedder=embedder)
             await store._note_existing_indexes()
         except BaseException:
             db.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
