@@ -16,12 +16,21 @@ the small embedding model blurs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final, Literal, Protocol
+from datetime import timedelta
+from typing import Any, Final, Literal, Protocol, cast
+
+import lancedb
+import numpy as np
+from lancedb.db import AsyncConnection
+from lancedb.table import AsyncTable
 
 from storage.embedding import Embedder, HashEmbedder
+from storage.errors import Unavailable
 from storage.ids import require_id
+from storage.schemas import TEXT, VECTOR
+from storage.tables import UNREADABLE, knowledge_spec, memories_spec, open_table, store_errors
 
 SourceName = Literal["knowledge", "memory"]
 KNOWLEDGE: Final = "knowledge"
@@ -97,10 +106,10 @@ def fuse(candidates: Iterable[Candidate]) -> list[Passage]:
     return sorted(scored, key=lambda p: p.score, reverse=True)
 
 
-def select(passages: Iterable[Passage], query: RetrievalQuery) -> list[Passage]:
-    """The best ``top_k`` of ``passages`` at or above ``min_score``."""
+def select(passages: Iterable[Passage], *, top_k: int, min_score: float) -> list[Passage]:
+    """The best ``top_k`` of ``passages`` at or above ``min_score``, best first."""
     ranked = sorted(passages, key=lambda p: p.score, reverse=True)
-    return [p for p in ranked if p.score >= query.min_score][: max(0, query.top_k)]
+    return [p for p in ranked if p.score >= min_score][: max(0, top_k)]
 
 
 def check_query(query: RetrievalQuery) -> None:
@@ -165,7 +174,7 @@ class InMemoryRetriever:
             overlap = float(len(words & set(_words(p.title + " " + p.text))))
             per_source.setdefault(p.source, []).append(Candidate(p, cosine, overlap))
         fused = [p for candidates in per_source.values() for p in fuse(candidates)]
-        return select(fused, query)
+        return select(fused, top_k=query.top_k, min_score=query.min_score)
 
 
 def _words(text: str) -> list[str]:
@@ -173,20 +182,151 @@ def _words(text: str) -> list[str]:
 
 
 class LanceRetriever:
-    """The :class:`Retriever` over the LanceDB tables ``knowledge`` and ``memories``. Create with :meth:`open`."""
+    """The :class:`Retriever` over the LanceDB tables ``knowledge`` and ``memories``. Create with :meth:`open`.
 
-    def __init__(self) -> None:
-        raise NotImplementedError("use LanceRetriever.open")
+    Per query: one embedding of the query text, then on each source a vector search and a full-text
+    search, all four concurrently, each prefiltered by the scalar indexes (knowledge: the tenant; memories:
+    the tenant and the session, minus the excluded turns). Rows written since the last index update are
+    searched too (LanceDB scans unindexed rows), so a new memory or document is found at once.
+    """
+
+    def __init__(self, db: AsyncConnection, knowledge: AsyncTable, memories: AsyncTable, embedder: Embedder) -> None:
+        self._db = db
+        self._knowledge = knowledge
+        self._memories = memories
+        self._embedder = embedder
+        self._closed = False
 
     @classmethod
     async def open(cls, uri: str, embedder: Embedder, *, read_consistency_s: float | None = 0.0) -> LanceRetriever:
-        """Connect to the LanceDB at ``uri`` (creating the tables if missing)."""
-        raise NotImplementedError
+        """Connect to the LanceDB at ``uri``, creating the two tables if missing (empty, for vectors of
+        ``embedder.dim``). ``read_consistency_s``: how stale a read may be with respect to writes by other
+        processes (the batch writer, ingestion); ``0`` looks for new versions on every query."""
+        interval = None if read_consistency_s is None else timedelta(seconds=read_consistency_s)
+        with store_errors("cannot open the retrieval tables", UNREADABLE):
+            db = await lancedb.connect_async(uri, read_consistency_interval=interval)
+        try:
+            with store_errors("cannot open the retrieval tables", UNREADABLE):
+                knowledge = await open_table(db, knowledge_spec(embedder.dim))
+                memories = await open_table(db, memories_spec(embedder.dim))
+        except BaseException:
+            db.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
+            raise
+        return cls(db, knowledge, memories, embedder)
 
     async def retrieve(self, query: RetrievalQuery) -> list[Passage]:
-        """See :meth:`Retriever.retrieve`."""
-        raise NotImplementedError
+        """See :meth:`Retriever.retrieve`. Raises :class:`storage.errors.Unavailable` if LanceDB fails."""
+        check_query(query)
+        if self._closed:
+            raise Unavailable("the retriever is closed", reason="STORE_CLOSED")
+        if query.top_k <= 0 or not (query.include_memory or query.include_knowledge):
+            return []
+        (vector,) = await self._embedder.embed([query.text])
+        limit = candidate_limit(query.top_k)
+        searches = []
+        if query.include_knowledge:
+            searches.append(
+                search_table(
+                    self._knowledge,
+                    KNOWLEDGE,
+                    where=knowledge_filter(query.tenant_id),
+                    text=query.text,
+                    vector=vector,
+                    limit=limit,
+                )
+            )
+        if query.include_memory:
+            where = memory_filter(query.tenant_id, query.session_id, query.exclude_turn_ids)
+            searches.append(
+                search_table(self._memories, MEMORY, where=where, text=query.text, vector=vector, limit=limit)
+            )
+        found = await asyncio.gather(*searches)
+        fused = [p for candidates in found for p in fuse(candidates)]
+        return select(fused, top_k=query.top_k, min_score=query.min_score)
 
     async def close(self) -> None:
-        """Release the tables and the connection. Idempotent."""
-        raise NotImplementedError
+        """Release the tables and the connection; later calls raise :class:`Unavailable`. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._knowledge.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
+        self._memories.close()  # type: ignore[no-untyped-call]
+        self._db.close()  # type: ignore[no-untyped-call]
+
+
+def candidate_limit(top_k: int) -> int:
+    """How many rows each of the two searches returns for fusion: more than ``top_k``, so a passage ranked
+    low by one search but high by the other can still make the cut."""
+    return max(2 * top_k, 8)
+
+
+def knowledge_filter(tenant_id: str) -> str:
+    """The prefilter of a tenant's knowledge, from a validated id."""
+    return f"tenant_id = '{require_id(tenant_id, 'tenant_id')}'"
+
+
+def memory_filter(tenant_id: str, session_id: str, exclude_turn_ids: Iterable[str] = ()) -> str:
+    """The prefilter of a session's memories (of one tenant), minus ``exclude_turn_ids``; ids validated."""
+    where = f"{knowledge_filter(tenant_id)} AND session_id = '{require_id(session_id, 'session_id')}'"
+    excluded = sorted({require_id(t, "turn_id") for t in exclude_turn_ids})
+    if excluded:
+        where += " AND turn_id NOT IN (" + ", ".join(f"'{t}'" for t in excluded) + ")"
+    return where
+
+
+_COLUMNS: Final = {
+    KNOWLEDGE: ["chunk_key", "document_id", "chunk_id", "title", TEXT],
+    MEMORY: ["memory_key", "session_id", "turn_id", "turn_index", TEXT],
+}
+
+
+async def search_table(
+    table: AsyncTable, source: str, *, where: str, text: str, vector: Sequence[float], limit: int
+) -> list[Candidate]:
+    """The candidates of a vector search and a full-text search on ``table`` (``source`` says which kind),
+    both prefiltered by ``where``, merged by row (a row found by both carries both scores)."""
+    columns = _COLUMNS[source]
+    with store_errors("cannot read the retrieval tables", UNREADABLE):
+        version, by_vector, by_text = await asyncio.gather(
+            table.version(),
+            _vector_search(table, where, vector, columns, limit),
+            _text_search(table, where, text, columns, limit),
+        )
+    query = np.asarray(vector, dtype=np.float32)
+    found: dict[str, Candidate] = {}
+    for row in by_vector:
+        found[row[columns[0]]] = Candidate(_passage(source, row, version), 1.0 - float(row["_distance"]))
+    for row in by_text:
+        key = row[columns[0]]
+        cosine = found[key].cosine if key in found else float(np.dot(np.asarray(row[VECTOR], dtype=np.float32), query))
+        found[key] = Candidate(_passage(source, row, version), cosine, float(row["_score"]))
+    return list(found.values())
+
+
+async def _vector_search(
+    table: AsyncTable, where: str, vector: Sequence[float], columns: list[str], limit: int
+) -> list[dict[str, Any]]:
+    search = table.query().nearest_to(list(vector)).column(VECTOR).distance_type("cosine")
+    rows = await search.where(where).select([*columns, "_distance"]).limit(limit).to_arrow()
+    return cast(list[dict[str, Any]], rows.to_pylist())
+
+
+async def _text_search(
+    table: AsyncTable, where: str, text: str, columns: list[str], limit: int
+) -> list[dict[str, Any]]:
+    if not text.strip():
+        return []
+    # A plain string is a match query: no query syntax, so the user's text cannot make it fail or widen it.
+    search = table.query().nearest_to_text(text, columns=TEXT).where(where)
+    try:
+        rows = await search.select([*columns, VECTOR, "_score"]).limit(limit).to_arrow()
+    except ValueError:
+        # No full-text index yet (nothing written to the table yet): the vector search still answers.
+        return []
+    return cast(list[dict[str, Any]], rows.to_pylist())
+
+
+def _passage(source: str, row: dict[str, Any], version: int) -> Passage:
+    if source == KNOWLEDGE:
+        return Passage(KNOWLEDGE, row["document_id"], row["chunk_id"], row[TEXT], 0.0, version, row["title"])
+    return Passage(MEMORY, row["session_id"], row["turn_id"], row[TEXT], 0.0, version, turn_index=row["turn_index"])
