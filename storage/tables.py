@@ -78,6 +78,9 @@ class TableSpec:
     schema: pa.Schema
     key: str
     indexes: tuple[tuple[str, IndexConfig], ...]
+    added_columns: tuple[str, ...] = ()
+    """Columns added to the schema after tables were made with it: :func:`open_table` adds them to an
+    older table (empty string or 0 in its rows). Any other difference is refused."""
 
 
 # Bitmap for tenant_id: few distinct values with many rows each, the case a bitmap per value is built for.
@@ -89,6 +92,7 @@ _SPECS: Final = (
         TRANSCRIPTS_SCHEMA,
         TURN_KEY,
         (("tenant_id", Bitmap()), ("session_id", BTree()), (TURN_KEY, BTree())),
+        added_columns=("context_json",),
     ),
     TableSpec(
         SNAPSHOTS,
@@ -366,21 +370,24 @@ def store_errors(message: str, reason: str) -> Iterator[None]:
 async def open_table(db: AsyncConnection, spec: TableSpec) -> AsyncTable:
     """The table of ``spec``, created if missing; refused if it exists with another schema.
 
-    A table made before a string or integer column was added to its schema gets the column (empty string
-    or 0 in the old rows): adding a column is the one schema change made without a migration.
+    A table made before one of ``spec.added_columns`` existed gets it (empty string or 0 in the old rows),
+    at the end of its columns; column order does not matter to the reads and writes (they go by name).
     """
-    try:
-        return await db.create_table(spec.name, schema=spec.schema, exist_ok=True)
-    except ValueError:
-        # Raised for a schema mismatch; the table exists, so open_table below does not fail for absence.
-        if not await _add_missing_columns(db, spec):
-            raise _schema_mismatch(spec) from None
     try:
         return await db.create_table(spec.name, schema=spec.schema, exist_ok=True)
     except ValueError as exc:
         # LanceDB: "Schema Error: Provided schema does not match existing table schema". Writing would
-        # fail on every batch, so stop at open: the table needs a migration (or was made by another version).
-        raise _schema_mismatch(spec) from exc
+        # fail on every batch, so stop at open unless the difference is only columns that can be added.
+        mismatch = exc
+    table = await db.open_table(spec.name)
+    try:
+        if await _add_missing_columns(table, spec) and _same_fields(await table.schema(), spec.schema):
+            return table
+    except BaseException:
+        table.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
+        raise
+    table.close()  # type: ignore[no-untyped-call]
+    raise _schema_mismatch(spec) from mismatch
 
 
 async def create_missing_indexes(table: AsyncTable, spec: TableSpec) -> bool:
@@ -421,22 +428,22 @@ def _schema_mismatch(spec: TableSpec) -> FailedPrecondition:
 _COLUMN_DEFAULTS: Final = {pa.string(): "''", pa.int64(): "CAST(0 AS BIGINT)"}
 
 
-async def _add_missing_columns(db: AsyncConnection, spec: TableSpec) -> bool:
-    """Add the columns of ``spec`` an existing table lacks, if that is all that differs; True if done."""
-    table = await db.open_table(spec.name)
-    try:
-        existing = await table.schema()
-        missing = [f for f in spec.schema if f.name not in existing.names]
-        kept = [f for f in spec.schema if f.name in existing.names]
-        if not missing or existing != pa.schema(kept):
-            return False
-        if any(f.type not in _COLUMN_DEFAULTS for f in missing):
-            return False
-        await table.add_columns({f.name: _COLUMN_DEFAULTS[f.type] for f in missing})
-        log.info("added the columns %s to %s", [f.name for f in missing], spec.name)
-        return True
-    finally:
-        table.close()  # type: ignore[no-untyped-call]
+async def _add_missing_columns(table: AsyncTable, spec: TableSpec) -> bool:
+    """Add the columns of ``spec`` the table lacks, if that is all that differs; True if done."""
+    existing = await table.schema()
+    missing = [f for f in spec.schema if f.name not in existing.names]
+    kept = pa.schema([f for f in spec.schema if f.name in existing.names])
+    addable = all(f.name in spec.added_columns and f.type in _COLUMN_DEFAULTS for f in missing)
+    if not missing or not addable or not _same_fields(existing, kept):
+        return False
+    await table.add_columns({f.name: _COLUMN_DEFAULTS[f.type] for f in missing})
+    log.info("added the columns %s to %s", [f.name for f in missing], spec.name)
+    return True
+
+
+def _same_fields(a: pa.Schema, b: pa.Schema) -> bool:
+    """Whether two schemas have the same fields (name, type, nullability), in any order."""
+    return len(a) == len(b) and all(b.get_field_index(f.name) >= 0 and b.field(f.name) == f for f in a)
 
 
 async def open_existing(db: AsyncConnection, name: str) -> AsyncTable | None:
