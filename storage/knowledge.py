@@ -27,7 +27,16 @@ from storage.chunking import chunk_text
 from storage.embedding import Embedder
 from storage.errors import InvalidArgument, Unavailable
 from storage.ids import is_valid_id, require_id
-from storage.retrieval import KNOWLEDGE, Passage, fuse, knowledge_filter, search_table, select
+from storage.retrieval import (
+    KNOWLEDGE,
+    Passage,
+    SearchTarget,
+    candidate_limit,
+    fuse,
+    hybrid_search,
+    knowledge_filter,
+    select,
+)
 from storage.schemas import CHUNK_KEY, knowledge_schema, rows_to_batch
 from storage.tables import (
     UNREADABLE,
@@ -229,9 +238,8 @@ class KnowledgeBase:
         where = knowledge_filter(tenant_id)
         if top_k <= 0:
             return []
-        (vector,) = await self._embedder.embed([text])
-        limit = max(2 * top_k, 8)
-        candidates = await search_table(self._table, KNOWLEDGE, where=where, text=text, vector=vector, limit=limit)
+        target = SearchTarget(self._table, KNOWLEDGE, where)
+        (candidates,) = await hybrid_search([target], text, self._embedder.embed([text]), limit=candidate_limit(top_k))
         return select(fuse(candidates), top_k=top_k, min_score=min_score)
 
     async def count_chunks(self, tenant_id: str, document_id: str | None = None) -> int:

@@ -16,13 +16,14 @@ the small embedding model blurs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any, Final, Literal, Protocol, cast
+from typing import Any, Final, Literal, Protocol
 
 import lancedb
 import numpy as np
+import pyarrow as pa
 from lancedb.db import AsyncConnection
 from lancedb.table import AsyncTable
 
@@ -221,26 +222,15 @@ class LanceRetriever:
             raise Unavailable("the retriever is closed", reason="STORE_CLOSED")
         if query.top_k <= 0 or not (query.include_memory or query.include_knowledge):
             return []
-        (vector,) = await self._embedder.embed([query.text])
-        limit = candidate_limit(query.top_k)
-        searches = []
+        targets: list[SearchTarget] = []
         if query.include_knowledge:
-            searches.append(
-                search_table(
-                    self._knowledge,
-                    KNOWLEDGE,
-                    where=knowledge_filter(query.tenant_id),
-                    text=query.text,
-                    vector=vector,
-                    limit=limit,
-                )
-            )
+            targets.append(SearchTarget(self._knowledge, KNOWLEDGE, knowledge_filter(query.tenant_id)))
         if query.include_memory:
             where = memory_filter(query.tenant_id, query.session_id, query.exclude_turn_ids)
-            searches.append(
-                search_table(self._memories, MEMORY, where=where, text=query.text, vector=vector, limit=limit)
-            )
-        found = await asyncio.gather(*searches)
+            targets.append(SearchTarget(self._memories, MEMORY, where))
+        found = await hybrid_search(
+            targets, query.text, self._embedder.embed([query.text]), limit=candidate_limit(query.top_k)
+        )
         fused = [p for candidates in found for p in fuse(candidates)]
         return select(fused, top_k=query.top_k, min_score=query.min_score)
 
@@ -280,50 +270,95 @@ _COLUMNS: Final = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class SearchTarget:
+    """A table to search, what kind of rows it holds, and the prefilter (built from validated ids)."""
+
+    table: AsyncTable
+    source: str
+    where: str
+
+
+async def hybrid_search(
+    targets: Sequence[SearchTarget], text: str, embedding: Awaitable[list[list[float]]], *, limit: int
+) -> list[list[Candidate]]:
+    """The candidates of a vector search and a full-text search on each target, both prefiltered, merged
+    by row (a row found by both carries both scores); one list per target, in order.
+
+    ``embedding`` (the query's, one vector) is awaited after the full-text searches have started: they do
+    not need it, so they run while the model computes it.
+    """
+    with store_errors("cannot read the retrieval tables", UNREADABLE):
+        by_text = [
+            asyncio.ensure_future(_text_search(t.table, t.where, text, _COLUMNS[t.source], limit)) for t in targets
+        ]
+        try:
+            (vector,) = await embedding
+            vector_searches = (_vector_search(t.table, t.where, vector, _COLUMNS[t.source], limit) for t in targets)
+            by_vector = await asyncio.gather(*vector_searches)
+            versions = [await t.table.version() for t in targets]  # cheap: the dataset is already loaded
+            texts = await asyncio.gather(*by_text)
+        finally:
+            # On success they are done; on a failure they are stopped and reaped, so none outlives the call.
+            for task in by_text:
+                task.cancel()
+            await asyncio.gather(*by_text, return_exceptions=True)
+    query = np.asarray(vector, dtype=np.float32)
+    return [
+        _merge(t.source, version, vector_rows, text_rows, query)
+        for t, version, vector_rows, text_rows in zip(targets, versions, by_vector, texts, strict=True)
+    ]
+
+
 async def search_table(
     table: AsyncTable, source: str, *, where: str, text: str, vector: Sequence[float], limit: int
 ) -> list[Candidate]:
-    """The candidates of a vector search and a full-text search on ``table`` (``source`` says which kind),
-    both prefiltered by ``where``, merged by row (a row found by both carries both scores)."""
-    columns = _COLUMNS[source]
-    with store_errors("cannot read the retrieval tables", UNREADABLE):
-        version, by_vector, by_text = await asyncio.gather(
-            table.version(),
-            _vector_search(table, where, vector, columns, limit),
-            _text_search(table, where, text, columns, limit),
-        )
-    query = np.asarray(vector, dtype=np.float32)
+    """:func:`hybrid_search` of one table with a query vector already computed."""
+
+    async def ready() -> list[list[float]]:
+        return [list(vector)]
+
+    (found,) = await hybrid_search([SearchTarget(table, source, where)], text, ready(), limit=limit)
+    return found
+
+
+def _merge(source: str, version: int, by_vector: pa.Table, by_text: pa.Table | None, query: Any) -> list[Candidate]:
+    key = _COLUMNS[source][0]
     found: dict[str, Candidate] = {}
-    for row in by_vector:
-        found[row[columns[0]]] = Candidate(_passage(source, row, version), 1.0 - float(row["_distance"]))
-    for row in by_text:
-        key = row[columns[0]]
-        cosine = found[key].cosine if key in found else float(np.dot(np.asarray(row[VECTOR], dtype=np.float32), query))
-        found[key] = Candidate(_passage(source, row, version), cosine, float(row["_score"]))
+    distances = by_vector.column("_distance").to_pylist()
+    for row, distance in zip(by_vector.drop_columns(["_distance"]).to_pylist(), distances, strict=True):
+        found[row[key]] = Candidate(_passage(source, row, version), 1.0 - float(distance))
+    if by_text is None or by_text.num_rows == 0:
+        return list(found.values())
+    # Cosine similarities of the full-text hits in one product, from the Arrow buffer (no Python floats).
+    vectors = by_text.column(VECTOR).combine_chunks()
+    dim = vectors.type.list_size
+    cosines = vectors.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim) @ query
+    scores = by_text.column("_score").to_pylist()
+    rows = by_text.drop_columns([VECTOR, "_score"]).to_pylist()
+    for row, cosine, score in zip(rows, cosines.tolist(), scores, strict=True):
+        k = row[key]
+        found[k] = Candidate(_passage(source, row, version), found[k].cosine if k in found else cosine, float(score))
     return list(found.values())
 
 
 async def _vector_search(
     table: AsyncTable, where: str, vector: Sequence[float], columns: list[str], limit: int
-) -> list[dict[str, Any]]:
+) -> pa.Table:
     search = table.query().nearest_to(list(vector)).column(VECTOR).distance_type("cosine")
-    rows = await search.where(where).select([*columns, "_distance"]).limit(limit).to_arrow()
-    return cast(list[dict[str, Any]], rows.to_pylist())
+    return await search.where(where).select([*columns, "_distance"]).limit(limit).to_arrow()
 
 
-async def _text_search(
-    table: AsyncTable, where: str, text: str, columns: list[str], limit: int
-) -> list[dict[str, Any]]:
+async def _text_search(table: AsyncTable, where: str, text: str, columns: list[str], limit: int) -> pa.Table | None:
     if not text.strip():
-        return []
+        return None
     # A plain string is a match query: no query syntax, so the user's text cannot make it fail or widen it.
     search = table.query().nearest_to_text(text, columns=TEXT).where(where)
     try:
-        rows = await search.select([*columns, VECTOR, "_score"]).limit(limit).to_arrow()
+        return await search.select([*columns, VECTOR, "_score"]).limit(limit).to_arrow()
     except ValueError:
         # No full-text index yet (nothing written to the table yet): the vector search still answers.
-        return []
-    return cast(list[dict[str, Any]], rows.to_pylist())
+        return None
 
 
 def _passage(source: str, row: dict[str, Any], version: int) -> Passage:
