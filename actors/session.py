@@ -108,6 +108,8 @@ class SessionState:
     """Recently finished turns: turn id to ledger sequence."""
     summary: Summary = field(default_factory=Summary)
     """The rolling summary of the messages that left the window."""
+    folding: list[Message] = field(default_factory=list)
+    """Messages that left :attr:`messages` and are not in the summary yet."""
 
     def apply(self, record: TurnRecord, keep_messages: int) -> None:
         """Fold one recorded turn into the state.
@@ -134,24 +136,26 @@ class SessionState:
             self.trim(keep_messages)
 
     def trim(self, keep_messages: int) -> None:
-        """Forget messages the summary covers, beyond the last ``keep_messages`` (the window's reach).
-        Messages not summarised yet stay, up to a backlog bound: past it the oldest go anyway (they are still
-        in long-term memory)."""
-        cap = keep_messages * 3 + 8
-        total = len(self.messages)
-        cut = 0
-        while cut < total - keep_messages and (
-            self.messages[cut].turn_index <= self.summary.through_turn_index or total - cut > cap
-        ):
-            cut += 1
-        if cut:
-            del self.messages[:cut]
+        """Keep the last ``keep_messages`` messages (the window's reach); those that leave wait in
+        :attr:`folding` until the summary covers them, up to a bound past which the oldest go anyway (they
+        are still in long-term memory)."""
+        overflow = len(self.messages) - keep_messages
+        if overflow > 0:
+            self.folding += self.messages[:overflow]
+            del self.messages[:overflow]
+        through = self.summary.through_turn_index
+        if self.folding and self.folding[0].turn_index <= through:
+            self.folding = [m for m in self.folding if m.turn_index > through]
+        cap = keep_messages * 2 + 8
+        if len(self.folding) > cap:
+            del self.folding[: len(self.folding) - cap]
 
     def unsummarized(self, window: Sequence[Message]) -> list[Message]:
         """Messages that left ``window`` and are not in the summary yet, oldest first."""
         in_window = {id(m) for m in window}
         first = next((i for i, m in enumerate(self.messages) if id(m) in in_window), len(self.messages))
-        return [m for m in self.messages[:first] if m.turn_index > self.summary.through_turn_index]
+        through = self.summary.through_turn_index
+        return [m for m in (*self.folding, *self.messages[:first]) if m.turn_index > through]
 
     @classmethod
     def restore(cls, loaded: LoadedSession, incarnation: str, keep_messages: int) -> SessionState:
@@ -173,6 +177,7 @@ class SessionState:
             "messages": [[m.role, m.text, m.turn_id, m.turn_index] for m in self.messages],
             "recent": list(self.recent.items()),
             "summary": self.summary.to_dict(),
+            "folding": [[m.role, m.text, m.turn_id, m.turn_index] for m in self.folding],
         }
 
     @classmethod
@@ -187,6 +192,9 @@ class SessionState:
         state.messages = [
             Message(role=m[0], text=m[1], turn_id=m[2], turn_index=int(m[3]) if len(m) > 3 else 0)
             for m in data.get("messages", [])
+        ]
+        state.folding = [
+            Message(role=r, text=t, turn_id=i, turn_index=int(n)) for r, t, i, n in data.get("folding", [])
         ]
         state.recent = OrderedDict((str(t), int(s)) for t, s in data.get("recent", []))
         state.summary = Summary.from_dict(data.get("summary"))
