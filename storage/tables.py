@@ -373,21 +373,33 @@ async def open_table(db: AsyncConnection, spec: TableSpec) -> AsyncTable:
     A table made before one of ``spec.added_columns`` existed gets it (empty string or 0 in the old rows),
     at the end of its columns; column order does not matter to the reads and writes (they go by name).
     """
-    try:
-        return await db.create_table(spec.name, schema=spec.schema, exist_ok=True)
-    except ValueError as exc:
-        # LanceDB: "Schema Error: Provided schema does not match existing table schema". Writing would
-        # fail on every batch, so stop at open unless the difference is only columns that can be added.
-        mismatch = exc
-    table = await db.open_table(spec.name)
-    try:
-        if await _add_missing_columns(table, spec) and _same_fields(await table.schema(), spec.schema):
-            return table
-    except BaseException:
-        table.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
-        raise
-    table.close()  # type: ignore[no-untyped-call]
-    raise _schema_mismatch(spec) from mismatch
+    failure: Exception | None = None
+    for _ in range(_OPEN_ATTEMPTS):
+        try:
+            return await db.create_table(spec.name, schema=spec.schema, exist_ok=True)
+        except (ValueError, RuntimeError) as exc:
+            # ValueError: "Schema Error: Provided schema does not match existing table schema".
+            # RuntimeError: "Retryable commit conflict": another process created the table at the same
+            # moment (the gateway, each host and the writer all open the tables at start).
+            failure = exc
+        table = await open_existing(db, spec.name)
+        if table is None:
+            continue
+        try:
+            existing = await table.schema()
+            if _same_fields(existing, spec.schema) or await _add_missing_columns(table, spec):
+                return table
+        except BaseException:
+            table.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
+            raise
+        table.close()  # type: ignore[no-untyped-call]
+        # Writing would fail on every batch, so stop at open: the table needs a migration.
+        raise _schema_mismatch(spec) from failure
+    assert failure is not None
+    raise failure
+
+
+_OPEN_ATTEMPTS: Final = 3
 
 
 async def create_missing_indexes(table: AsyncTable, spec: TableSpec) -> bool:

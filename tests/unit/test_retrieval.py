@@ -4,6 +4,7 @@ from far back found by the real model."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -327,3 +328,17 @@ async def test_a_fact_from_far_back_is_retrieved_with_the_real_model(tmp_path: P
     finally:
         await retriever.close()
         await store.close()
+
+
+async def test_tables_opened_by_many_connections_at_once_all_open(tmp_path: Path) -> None:
+    # At engine start the gateway, every host and the writer open the same tables concurrently.
+    for attempt in range(5):
+        uri = str(tmp_path / f"race-{attempt}")
+        embedder = HashEmbedder(dim=DIM)
+        opened = await asyncio.gather(
+            *(LanceRetriever.open(uri, embedder) for _ in range(3)),
+            KnowledgeBase.open(uri, embedder),
+            TranscriptStore.open(uri, embedder=embedder),
+        )
+        for item in opened:
+            await item.close()
