@@ -36,7 +36,9 @@ MODEL_DIM: Final = 384
 MODEL_ID: Final = f"all-MiniLM-L6-v2-int8@{MODEL_SHA256[:12]}"
 MAX_SEQUENCE_TOKENS: Final = 256
 """The model was trained on sequences of at most 256 word pieces; longer input is truncated."""
-BATCH_SIZE: Final = 32
+BATCH_SIZE: Final = 8
+"""Texts per inference. Larger batches were slower per text here (measured, bench/RESULTS.md): with one
+thread the int8 matrix products of a bigger batch spill out of the CPU caches."""
 INTRA_OP_THREADS: Final = 1
 """One thread per inference: the machine's few cores are shared with the session hosts and the gateway,
 and batching, not intra-op parallelism, is what makes bulk embedding fast."""
@@ -90,11 +92,16 @@ class OnnxEmbedder:
             return []
         return await asyncio.to_thread(self.embed_sync, list(texts))
 
-    def embed_sync(self, texts: Sequence[str]) -> list[list[float]]:
+    def embed_sync(self, texts: Sequence[str], *, batch_size: int = BATCH_SIZE) -> list[list[float]]:
         """:meth:`embed` on the calling thread (for benchmarks and worker threads, never the event loop)."""
-        vectors: list[list[float]] = []
-        for start in range(0, len(texts), BATCH_SIZE):
-            vectors.extend(self._embed_batch(texts[start : start + BATCH_SIZE]).tolist())
+        # Texts of similar length share a batch, so little of each batch is padding (a batch is as long as
+        # its longest text); the vectors go back in the callers' order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors: list[list[float]] = [[] for _ in texts]
+        for start in range(0, len(order), batch_size):
+            indexes = order[start : start + batch_size]
+            for i, vector in zip(indexes, self._embed_batch([texts[i] for i in indexes]).tolist(), strict=True):
+                vectors[i] = vector
         return vectors
 
     def _embed_batch(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
