@@ -636,7 +636,13 @@ class SessionActor:
     async def _summarize(self, folded: list[Message]) -> None:
         previous = self.state.summary
         try:
-            text = await self._summarizer.summarize(previous.text, folded, max_tokens=self.settings.summary_max_tokens)
+            text = await self._summarizer.summarize(
+                previous.text,
+                folded,
+                max_tokens=self.settings.summary_max_tokens,
+                provider=self.settings.provider,
+                model=self.settings.model,
+            )
         except Exception:
             log.exception("rewriting the summary of session %s failed; the next turn tries again", self.key)
             return

@@ -60,8 +60,11 @@ class Summary:
 class Summarizer(Protocol):
     """Writes a new summary from the previous one and the messages that follow it."""
 
-    async def summarize(self, previous: str, messages: Sequence[Message], *, max_tokens: int) -> str:
-        """The summary of ``previous`` followed by ``messages``, in about ``max_tokens`` tokens."""
+    async def summarize(
+        self, previous: str, messages: Sequence[Message], *, max_tokens: int, provider: str = "", model: str = ""
+    ) -> str:
+        """The summary of ``previous`` followed by ``messages``, in about ``max_tokens`` tokens, written by the
+        session's ``provider`` and ``model`` (empty: the deployment's)."""
         ...
 
 
@@ -89,7 +92,9 @@ def extractive_summary(previous: str, messages: Sequence[Message], *, max_tokens
 class ExtractiveSummarizer:
     """:func:`extractive_summary` as a :class:`Summarizer`."""
 
-    async def summarize(self, previous: str, messages: Sequence[Message], *, max_tokens: int) -> str:
+    async def summarize(
+        self, previous: str, messages: Sequence[Message], *, max_tokens: int, provider: str = "", model: str = ""
+    ) -> str:
         """See :func:`extractive_summary`."""
         return extractive_summary(previous, messages, max_tokens=max_tokens)
 
@@ -104,18 +109,20 @@ class ModelSummarizer:
     """Asks the session's provider for the summary; falls back to the extractive one when the provider fails
     or when the answer came from a provider that is not a language model (a chain's offline fallback)."""
 
-    def __init__(self, provider: ModelProvider, *, model: str = "") -> None:
+    def __init__(self, provider: ModelProvider) -> None:
         self._provider = provider
-        self._model = model
 
-    async def summarize(self, previous: str, messages: Sequence[Message], *, max_tokens: int) -> str:
+    async def summarize(
+        self, previous: str, messages: Sequence[Message], *, max_tokens: int, provider: str = "", model: str = ""
+    ) -> str:
         """See :class:`Summarizer`."""
         request = ModelRequest(
             system=SUMMARY_PROMPT.format(max_words=max(max_tokens * 3 // 4, 20)),
             messages=(Message("user", _transcript(previous, messages)),),
-            model=self._model,
+            model=model,
             max_tokens=max_tokens,
             temperature=0.0,
+            provider=provider,
         )
         parts: list[str] = []
         result: ModelResult | None = None
@@ -134,8 +141,8 @@ class ModelSummarizer:
         return text
 
 
-def summarizer_for(provider: ModelProvider, *, model: str = "") -> Summarizer:
+def summarizer_for(provider: ModelProvider) -> Summarizer:
     """The summarizer of sessions answered by ``provider``."""
     if provider.name in NON_MODEL_PROVIDERS:
         return ExtractiveSummarizer()
-    return ModelSummarizer(provider, model=model)
+    return ModelSummarizer(provider)

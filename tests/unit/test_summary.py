@@ -87,7 +87,9 @@ async def test_summary_is_written_after_the_turn_not_before_it() -> None:
     release = asyncio.Event()
 
     class SlowSummarizer(ExtractiveSummarizer):
-        async def summarize(self, previous: str, messages: Sequence[Message], *, max_tokens: int) -> str:
+        async def summarize(
+            self, previous: str, messages: Sequence[Message], *, max_tokens: int, provider: str = "", model: str = ""
+        ) -> str:
             await release.wait()
             return await super().summarize(previous, messages, max_tokens=max_tokens)
 
@@ -112,7 +114,9 @@ async def test_close_cancels_a_running_rewrite() -> None:
     never = asyncio.Event()
 
     class StuckSummarizer(ExtractiveSummarizer):
-        async def summarize(self, previous: str, messages: Sequence[Message], *, max_tokens: int) -> str:
+        async def summarize(
+            self, previous: str, messages: Sequence[Message], *, max_tokens: int, provider: str = "", model: str = ""
+        ) -> str:
             await never.wait()
             return ""
 
@@ -152,8 +156,11 @@ class _Model:
 
 async def test_model_summarizer_asks_the_model_with_a_summarising_prompt() -> None:
     model = _Model("The user likes tea.")
-    text = await ModelSummarizer(model).summarize("", [Message("user", "I like tea", "t1", 1)], max_tokens=100)
+    text = await ModelSummarizer(model).summarize(
+        "", [Message("user", "I like tea", "t1", 1)], max_tokens=100, provider="anthropic", model="claude-x"
+    )
     assert text == "The user likes tea."
+    assert (model.requests[0].provider, model.requests[0].model) == ("anthropic", "claude-x")
     assert "summary" in model.requests[0].system.lower()
     assert "I like tea" in model.requests[0].messages[0].text
 
