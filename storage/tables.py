@@ -1,4 +1,6 @@
-"""The transcript store: turns and snapshots in two LanceDB tables (embedded, a directory or object-store URI).
+"""The transcript store: turns and snapshots in two LanceDB tables (embedded, a directory or object-store URI),
+and the sessions' long-term memory (``memories``: the completed turns, embedded) when given an embedder.
+Also the table specifications and opening helpers the knowledge base and the retriever share.
 
 Writes are idempotent (``merge_insert`` on the record key, insert-if-absent), so the ledger may redeliver
 an entry any number of times without a second row. Every query is scoped to one tenant: the tenant id is
@@ -283,7 +285,7 @@ class TranscriptStore:
                 await table.delete(where)
 
     async def count(self, table: str, where: str | None = None) -> int:
-        """Rows of ``table`` (``transcripts`` or ``snapshots``) matching ``where``, across tenants.
+        """Rows of ``table`` (``transcripts``, ``snapshots`` or ``memories``) matching ``where``, across tenants.
 
         For operators and tests: ``where`` is SQL passed as is, so it must never be built from request input.
         """
