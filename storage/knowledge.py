@@ -58,9 +58,11 @@ MAX_TITLE_CHARS: Final = 512
 MEDIA_TYPES: Final = frozenset({"text/plain", "text/markdown"})
 BATCH_DOCUMENTS: Final = 16
 BATCH_CHUNKS: Final = 256
-OPTIMIZE_AFTER_ROWS: Final = 2000
-"""Rows written since the last ``optimize()`` after which an ingestion compacts the table and folds the
-new rows into the indexes (searches scan unindexed rows, so they slow down as those pile up)."""
+OPTIMIZE_MIN_INTERVAL_S: Final = 10.0
+"""An ingestion that wrote rows ends with ``optimize()`` (compaction of its small fragments, new rows into
+the indexes), unless one ran less than this long ago. Every batch write leaves a fragment and every search
+pays for each fragment and each unindexed row: measured on a 400-chunk table left in 7 fragments, a vector
+search took 3.9 ms before and 2.5 ms after optimize() (which took 30 ms)."""
 
 INVALID_DOCUMENT_ID: Final = "INVALID_DOCUMENT_ID"
 EMPTY_DOCUMENT: Final = "EMPTY_DOCUMENT"
@@ -135,7 +137,7 @@ class KnowledgeBase:
         self._indexed = indexed
         self._keep_versions = timedelta(seconds=keep_versions_s)
         self._maintenance_lock = asyncio.Lock()
-        self._rows_since_optimize = 0
+        self._last_optimize = -OPTIMIZE_MIN_INTERVAL_S
         self._closed = False
 
     @classmethod
@@ -191,7 +193,7 @@ class KnowledgeBase:
         tenant = require_id(tenant_id, "tenant_id")
         queue: asyncio.Queue[object] = asyncio.Queue(maxsize=BATCH_DOCUMENTS)
         reader = asyncio.create_task(_read_into(documents, queue), name="salon-ingest-reader")
-        written = 0
+        written = False
         try:
             carry: object = None
             while True:
@@ -203,7 +205,7 @@ class KnowledgeBase:
                     raise first
                 batch, carry = _take_batch(cast(Document, first), queue)
                 results, rows = await self._ingest_batch(tenant, batch)
-                written += rows
+                written = written or rows > 0
                 for result in results:
                     yield result
                 if carry is _END:
@@ -213,7 +215,7 @@ class KnowledgeBase:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             if written:
-                await self._after_write(written)
+                await self._after_write()
 
     async def delete(self, tenant_id: str, document_ids: Sequence[str]) -> int:
         """Delete the tenant's documents among ``document_ids``; returns how many of them existed."""
@@ -257,7 +259,7 @@ class KnowledgeBase:
         async with self._maintenance_lock:
             with store_errors("cannot optimize the knowledge base", UNWRITABLE):
                 await self._table.optimize(cleanup_older_than=self._keep_versions)
-            self._rows_since_optimize = 0
+            self._last_optimize = time.monotonic()
 
     async def close(self) -> None:
         """Release the table and the connection; later calls raise :class:`Unavailable`. Idempotent."""
@@ -357,15 +359,15 @@ class KnowledgeBase:
             # On an AsyncTable, execute() returns a coroutine, though it is annotated as returning the result.
             await cast(Awaitable[object], builder.execute(rows))
 
-    async def _after_write(self, rows: int) -> None:
-        """Create the indexes after the first write; optimize once enough rows piled up. Never raises: the
-        documents are stored, and searches are correct without this, only slower."""
-        self._rows_since_optimize += rows
+    async def _after_write(self) -> None:
+        """Create the indexes after the first write, else optimize (at most every
+        :data:`OPTIMIZE_MIN_INTERVAL_S`). Never raises: the documents are stored, and searches are correct
+        without this, only slower."""
         try:
             if not self._indexed:
                 async with self._maintenance_lock:
                     self._indexed = await create_missing_indexes(self._table, self._spec)
-            elif self._rows_since_optimize >= OPTIMIZE_AFTER_ROWS:
+            elif time.monotonic() - self._last_optimize >= OPTIMIZE_MIN_INTERVAL_S:
                 await self.optimize()
         except (Unavailable, InvalidArgument) as exc:
             log.warning("maintaining the knowledge base failed: %s", exc.reason)

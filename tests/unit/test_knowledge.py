@@ -213,3 +213,15 @@ async def test_documents_persist_across_reopen(tmp_path: Path) -> None:
 async def test_bad_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="overlap_tokens"):
         await KnowledgeBase.open(str(tmp_path / "x"), HashEmbedder(), chunk_tokens=10, overlap_tokens=10)
+
+
+async def test_an_ingestion_leaves_the_table_compacted_and_indexed(kb: KnowledgeBase) -> None:
+    await ingest(kb, "acme", [CAT])  # the first write creates the indexes
+    await ingest(kb, "acme", [Document(f"doc-{i}", f"document number {i} " * 60) for i in range(40)])
+    table = kb._table
+    stats = await table.stats()
+    # The 40 documents came in 3 or more batches, each writing a fragment; compaction merged them (LanceDB
+    # may leave the first, already indexed fragment on its own until a later optimize).
+    assert stats["fragment_stats"]["num_fragments"] <= 2
+    assert {index.name: index.num_unindexed_rows for index in await table.list_indices()}["text_idx"] == 0
+    assert [p.document_id for p in await kb.search("acme", "office cat", top_k=1)] == ["office-cat"]
