@@ -288,21 +288,19 @@ async def hybrid_search(
     ``embedding`` (the query's, one vector) is awaited after the full-text searches have started: they do
     not need it, so they run while the model computes it.
     """
-    with store_errors("cannot read the retrieval tables", UNREADABLE):
-        by_text = [
-            asyncio.ensure_future(_text_search(t.table, t.where, text, _COLUMNS[t.source], limit)) for t in targets
-        ]
-        try:
-            (vector,) = await embedding
+    by_text = [asyncio.ensure_future(_text_search(t.table, t.where, text, _COLUMNS[t.source], limit)) for t in targets]
+    try:
+        (vector,) = await embedding
+        with store_errors("cannot read the retrieval tables", UNREADABLE):
             vector_searches = (_vector_search(t.table, t.where, vector, _COLUMNS[t.source], limit) for t in targets)
             by_vector = await asyncio.gather(*vector_searches)
             versions = [await t.table.version() for t in targets]  # cheap: the dataset is already loaded
             texts = await asyncio.gather(*by_text)
-        finally:
-            # On success they are done; on a failure they are stopped and reaped, so none outlives the call.
-            for task in by_text:
-                task.cancel()
-            await asyncio.gather(*by_text, return_exceptions=True)
+    finally:
+        # On success they are done; on a failure they are stopped and reaped, so none outlives the call.
+        for task in by_text:
+            task.cancel()
+        await asyncio.gather(*by_text, return_exceptions=True)
     query = np.asarray(vector, dtype=np.float32)
     return [
         _merge(t.source, version, vector_rows, text_rows, query)
@@ -356,9 +354,11 @@ async def _text_search(table: AsyncTable, where: str, text: str, columns: list[s
     search = table.query().nearest_to_text(text, columns=TEXT).where(where)
     try:
         return await search.select([*columns, VECTOR, "_score"]).limit(limit).to_arrow()
-    except ValueError:
+    except ValueError as exc:
         # No full-text index yet (nothing written to the table yet): the vector search still answers.
-        return None
+        if "INVERTED index" in str(exc):
+            return None
+        raise
 
 
 def _passage(source: str, row: dict[str, Any], version: int) -> Passage:

@@ -342,3 +342,23 @@ async def test_tables_opened_by_many_connections_at_once_all_open(tmp_path: Path
         )
         for item in opened:
             await item.close()
+
+
+class BrokenEmbedder(HashEmbedder):
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        raise RuntimeError("model crashed")
+
+
+async def test_a_failing_embedder_fails_the_retrieval_and_leaves_no_search_running(tmp_path: Path) -> None:
+    uri = str(tmp_path / "lance")
+    store = await TranscriptStore.open(uri, embedder=HashEmbedder(dim=DIM))
+    await store.write([turn(1, "something to find")], [])
+    await store.close()
+    retriever = await LanceRetriever.open(uri, BrokenEmbedder(dim=DIM))
+    try:
+        before = asyncio.all_tasks()
+        with pytest.raises(RuntimeError, match="model crashed"):
+            await retriever.retrieve(RetrievalQuery("acme", "s1", "something"))
+        assert asyncio.all_tasks() == before
+    finally:
+        await retriever.close()
