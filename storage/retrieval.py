@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
 import lancedb
 import numpy as np
@@ -33,7 +33,6 @@ from storage.ids import require_id
 from storage.schemas import TEXT, VECTOR
 from storage.tables import UNREADABLE, knowledge_spec, memories_spec, open_table, store_errors
 
-SourceName = Literal["knowledge", "memory"]
 KNOWLEDGE: Final = "knowledge"
 MEMORY: Final = "memory"
 
