@@ -99,28 +99,32 @@ def _pieces(body: str, max_chars: int) -> Iterator[_Piece]:
         stripped = paragraph.strip("\n")
         if not stripped.strip():
             continue
-        first = True
-        for piece in _split(stripped, max_chars, 0):
-            yield _Piece(piece, "\n\n" if first else " ")
-            first = False
+        for piece, separator in _split(stripped, max_chars, 0, "\n\n"):
+            yield _Piece(piece, separator)
 
 
 _SPLITTERS: Final = (re.compile(r"\n"), _SENTENCE_END, re.compile(r"\s+"))
 
 
-def _split(text: str, max_chars: int, level: int) -> Iterator[str]:
-    """``text`` in parts of at most ``max_chars``, split at the coarsest boundary that makes them fit."""
+def _split(text: str, max_chars: int, level: int, separator: str) -> Iterator[tuple[str, str]]:
+    """``text`` in parts of at most ``max_chars``, split at the coarsest boundary that makes them fit, each
+    with the separator that joins it to the part before: ``separator`` for the first, then what was split
+    (a line break between lines, so lists and code keep their lines; a space between sentences or words)."""
     if len(text) <= max_chars:
         if text.strip():
-            yield text.strip()
+            yield text.strip(), separator
         return
     if level == len(_SPLITTERS):
         for start in range(0, len(text), max_chars):
             if part := text[start : start + max_chars].strip():
-                yield part
+                yield part, separator
+                separator = ""
         return
+    joiner = "\n" if level == 0 else " "
     for part in _SPLITTERS[level].split(text):
-        yield from _split(part, max_chars, level + 1)
+        for piece in _split(part, max_chars, level + 1, separator):
+            yield piece
+            separator = joiner
 
 
 def _pack(pieces: Iterator[_Piece], max_chars: int, overlap_chars: int) -> list[str]:

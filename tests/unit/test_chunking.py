@@ -129,6 +129,15 @@ def test_markdown_headings_start_chunks_and_name_them() -> None:
     assert chunks[3] == Chunk("Call it.", "Usage")
 
 
+def test_a_long_list_is_split_between_items_and_keeps_its_lines() -> None:
+    items = [f"- item {i}: check the {i}th valve" for i in range(30)]
+    chunks = chunk_text("\n".join(items), markdown=True, chunk_tokens=40, overlap_tokens=0)
+    assert len(chunks) > 3
+    for chunk in chunks:
+        assert all(line in items for line in chunk.text.split("\n"))
+    assert [line for c in chunks for line in c.text.split("\n")] == items
+
+
 def test_plain_text_headings_are_just_text() -> None:
     chunks = chunk_text("# Not a heading\n\nbody", markdown=False)
     assert chunks == [Chunk("# Not a heading\n\nbody", "")]
