@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import OrderedDict, deque
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import otel
-from actors.context import TurnContext, explain
+from actors.context import PassageEntry, TurnContext, explain
 from actors.events import EventSink, TurnEmitter, ending_steps, record_steps
 from actors.memory import fit_window
 from actors.model import Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta
@@ -406,12 +407,24 @@ class SessionActor:
             self.state.messages, max_messages=max(s.window_max_messages - 1, 0), token_budget=s.window_token_budget
         )
 
-    async def _prepare(self, user_text: str, prefill: str) -> tuple[ModelRequest, TurnContext]:
-        """The prompt (window, summary, retrieved passages, new message) and the record of what entered it."""
+    async def _prepare(
+        self, user_text: str, prefill: str, pinned: Sequence[turn_pb2.Citation] | None = None
+    ) -> tuple[ModelRequest, TurnContext]:
+        """The prompt (window, summary, retrieved passages, new message) and the record of what entered it.
+
+        ``pinned``: the citations an earlier attempt at the turn already sent (its host died mid-turn): the
+        client has them, so the prompt keeps to those passages, in that order, and the record names exactly
+        them (a replay then sends what the client saw first)."""
         s = self.settings
         with otel.span(SPAN_CONTEXT) as span:
             window = self._window()
-            passages, error_reason = await self._retrieve(user_text, window)
+            passages: list[Passage] = []
+            error_reason = ""
+            if pinned is None or pinned:
+                passages, error_reason = await self._retrieve(user_text, window)
+            if pinned is not None:
+                found = {(p.source, p.chunk_id): p for p in passages}
+                passages = [found[(c.source, c.chunk_id)] for c in pinned if (c.source, c.chunk_id) in found]
             system, context = explain(
                 instructions=s.system_prompt,
                 summary=self.state.summary,
@@ -420,6 +433,8 @@ class SessionActor:
                 user_text=user_text,
                 retrieval_error_reason=error_reason,
             )
+            if pinned is not None:
+                context = dataclasses.replace(context, passages=_pinned_entries(pinned, context.passages))
             if span.is_recording():
                 span.set_attribute(ATTR_WINDOW_MESSAGES, len(window))
                 span.set_attribute(ATTR_PROMPT_TOKENS, context.total_tokens)
@@ -497,11 +512,14 @@ class SessionActor:
         deltas = [e.delta.text for e in turn.prior_events if e.HasField("delta")]
         draft = _Draft(turn, self.key, self.state, (), self._clock_ns())
         if not queued.cancel_reason:
-            request, context = await self._prepare(turn.text, "".join(deltas))
+            # Citations come before the first token: once an earlier attempt at the turn got past that point
+            # (it sent citations, or a token), the citations are the ones it sent, possibly none.
+            cited = [e.citations.citations for e in turn.prior_events if e.HasField("citations")]
+            pinned = list(cited[0]) if cited else ([] if deltas else None)
+            request, context = await self._prepare(turn.text, "".join(deltas), pinned)
             draft.context_turn_ids = tuple(dict.fromkeys(w.turn_id for w in context.window if w.turn_id))
             draft.context_json = context.to_json()
-            # Citations come before the first token; an earlier attempt at the turn may have sent them.
-            if context.passages and not any(e.HasField("citations") for e in turn.prior_events):
+            if context.passages and pinned is None:
                 await emitter.citations(context.passages)
             if not queued.cancel_reason:
                 await self._answer(queued, request, draft, deltas)
@@ -775,6 +793,28 @@ class _Draft:
             context_turn_ids=self.context_turn_ids,
             context_json=self.context_json,
         )
+
+
+def _pinned_entries(pinned: Sequence[turn_pb2.Citation], in_prompt: Sequence[PassageEntry]) -> tuple[PassageEntry, ...]:
+    """The record's passages for citations already sent: exactly those, with the token counts of the ones
+    the prompt holds (0 for one no longer found)."""
+    tokens = {(p.source, p.chunk_id): p for p in in_prompt}
+    entries = []
+    for c in pinned:
+        match = tokens.get((c.source, c.chunk_id))
+        entries.append(
+            PassageEntry(
+                source=c.source,
+                document_id=c.document_id,
+                chunk_id=c.chunk_id,
+                score=c.score,
+                table_version=c.table_version,
+                title=c.title,
+                turn_index=match.turn_index if match else 0,
+                tokens=match.tokens if match else 0,
+            )
+        )
+    return tuple(entries)
 
 
 async def _aclose(stream: object) -> None:

@@ -213,3 +213,61 @@ def test_the_offline_responder_answers_from_the_passages_and_says_so() -> None:
     assert "offline responder" in answer
     assert "[1] “The office wifi password is heliotrope.”" in answer
     assert OfflineProvider().name == "offline"
+
+
+async def test_a_turn_continued_after_a_dead_host_keeps_the_citations_it_already_sent() -> None:
+    retriever = InMemoryRetriever()
+    retriever.add(knowledge("doc", 0, "alpha beta gamma"), "acme")
+    retriever.add(knowledge("other", 0, "alpha delta"), "acme")
+    rig = Rig(retriever)
+    actor = await rig.activate()
+    # The dead host had sent: accepted, citations naming only other#0, one token.
+    sent_citation = turn_pb2.Citation(source="knowledge", document_id="other", chunk_id="other#0", score=0.5)
+    prior = [
+        turn_pb2.TurnEvent(session_id="s1", turn_id="t1", seq=1, accepted=turn_pb2.TurnAccepted()),
+        turn_pb2.TurnEvent(
+            session_id="s1", turn_id="t1", seq=2, citations=turn_pb2.Citations(citations=[sent_citation])
+        ),
+        turn_pb2.TurnEvent(session_id="s1", turn_id="t1", seq=3, delta=turn_pb2.TokenDelta(text="alpha ")),
+    ]
+    done = asyncio.Event()
+
+    async def on_done() -> None:
+        done.set()
+
+    await actor.submit(Turn("t1", "alpha", prior_events=prior, on_done=on_done), rig.log)
+    await asyncio.wait_for(done.wait(), 5)
+    continued = rig.log.of("t1")
+    assert continued[0].seq == 4 and not any(kind(e) == "citations" for e in continued)
+    # The prompt kept to the passage the client was told about, and the record names exactly it.
+    assert [p.chunk_id for p in rig.provider.requests[-1].passages] == ["other#0"]
+    assert [p.chunk_id for p in rig.context("t1").passages] == ["other#0"]
+    # A later replay sends what the client saw first: the same citations at the same sequence number.
+    replay_log = EventLog()
+    done.clear()
+    await actor.submit(Turn("t1", "alpha", on_done=on_done), replay_log)
+    await asyncio.wait_for(done.wait(), 5)
+    replayed = replay_log.of("t1")
+    assert (replayed[1].seq, [c.chunk_id for c in replayed[1].citations.citations]) == (2, ["other#0"])
+    await actor.close()
+
+
+async def test_a_turn_continued_after_tokens_without_citations_gets_no_late_citations() -> None:
+    retriever = InMemoryRetriever()
+    retriever.add(knowledge("doc", 0, "alpha beta gamma"), "acme")
+    rig = Rig(retriever)
+    actor = await rig.activate()
+    prior = [
+        turn_pb2.TurnEvent(session_id="s1", turn_id="t1", seq=1, accepted=turn_pb2.TurnAccepted()),
+        turn_pb2.TurnEvent(session_id="s1", turn_id="t1", seq=2, delta=turn_pb2.TokenDelta(text="alpha ")),
+    ]
+    done = asyncio.Event()
+
+    async def on_done() -> None:
+        done.set()
+
+    await actor.submit(Turn("t1", "alpha", prior_events=prior, on_done=on_done), rig.log)
+    await asyncio.wait_for(done.wait(), 5)
+    assert not any(kind(e) == "citations" for e in rig.log.of("t1"))
+    assert rig.context("t1").passages == ()
+    await actor.close()
