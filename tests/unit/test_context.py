@@ -7,11 +7,24 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from unit_support import EventLog, kind
 
+import otel
 from actors.context import PASSAGES_HEADING, TurnContext, explain
 from actors.model import Message, ModelChunk, ModelRequest
-from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from actors.session import (
+    ATTR_CHUNKS,
+    ATTR_PASSAGES,
+    ATTR_PROMPT_TOKENS,
+    SPAN_CONTEXT,
+    SPAN_RETRIEVAL,
+    SessionActor,
+    SessionKey,
+    SessionSettings,
+    SessionState,
+    Turn,
+)
 from actors.summary import Summary
 from engine.providers import OfflineProvider, ScriptedProvider
 from engine.providers.offline import offline_answer
@@ -271,3 +284,25 @@ async def test_a_turn_continued_after_tokens_without_citations_gets_no_late_cita
     assert not any(kind(e) == "citations" for e in rig.log.of("t1"))
     assert rig.context("t1").passages == ()
     await actor.close()
+
+
+async def test_retrieval_has_its_span_inside_context_assembly_with_counts_and_no_content() -> None:
+    exporter = InMemorySpanExporter()
+    otel.setup(otel.TelemetrySettings(), exporter=exporter)
+    try:
+        retriever = InMemoryRetriever()
+        retriever.add(knowledge("doc", 0, "secret-canary-5521 alpha"), "acme")
+        rig = Rig(retriever)
+        actor = await rig.activate()
+        await rig.run(actor, "t1", "alpha")
+        await actor.close()
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+    finally:
+        otel.shutdown()
+    retrieval, assembly = spans[SPAN_RETRIEVAL], spans[SPAN_CONTEXT]
+    assert retrieval.parent is not None and assembly.context is not None
+    assert retrieval.parent.span_id == assembly.context.span_id
+    assert retrieval.attributes is not None and assembly.attributes is not None
+    assert (retrieval.attributes[ATTR_PASSAGES], retrieval.attributes[ATTR_CHUNKS]) == (1, 1)
+    assert assembly.attributes[ATTR_PROMPT_TOKENS] > 0
+    assert not any("secret-canary" in str(dict(s.attributes or {})) for s in spans.values())
