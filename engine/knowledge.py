@@ -13,7 +13,7 @@ import grpc
 from engine.validation import check_text
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import turn_pb2
-from storage import Document, InvalidArgument, KnowledgeBase, is_valid_id
+from storage import Document, InvalidArgument, KnowledgeBase, Passage, is_valid_id
 
 MAX_SEARCH_TOP_K = 50
 DEFAULT_SEARCH_TOP_K = 4
@@ -23,15 +23,15 @@ _OK = grpc.StatusCode.OK.value[0]
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
-def citation_of(passage: object) -> turn_pb2.Citation:
+def citation_of(passage: Passage) -> turn_pb2.Citation:
     """A passage's citation (what names it, without its text)."""
     return turn_pb2.Citation(
-        source=str(getattr(passage, "source", "")),
-        document_id=str(getattr(passage, "document_id", "")),
-        chunk_id=str(getattr(passage, "chunk_id", "")),
-        score=float(getattr(passage, "score", 0.0)),
-        table_version=int(getattr(passage, "table_version", 0)),
-        title=str(getattr(passage, "title", "")),
+        source=passage.source,
+        document_id=passage.document_id,
+        chunk_id=passage.chunk_id,
+        score=passage.score,
+        table_version=passage.table_version,
+        title=passage.title,
     )
 
 
