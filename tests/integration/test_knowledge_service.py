@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import EngineFactory, assert_well_formed, collect_turn, create_session
+from stream_release import released_engine_fixture  # noqa: F401  # the released_engine fixture
 
 from actors import SessionActor, SessionKey, SessionSettings, SessionState, Turn
 from actors.ray_host import build_embedder
@@ -74,8 +75,8 @@ async def search(stub: ks_grpc.KnowledgeServiceStub, text: str, top_k: int = 10)
     return list((await stub.Search(ks_pb2.SearchRequest(text=text, top_k=top_k))).hits)
 
 
-async def test_ingest_cite_replace_delete(make_engine: EngineFactory) -> None:
-    engine = await make_engine(num_hosts=1, num_shards=2, retrieval_min_score=0.3)
+async def test_ingest_cite_replace_delete(released_engine: EngineFactory) -> None:
+    engine = await released_engine(num_hosts=1, num_shards=2, retrieval_min_score=0.3)
     async with grpc.aio.insecure_channel(engine.target) as channel:
         knowledge = ks_grpc.KnowledgeServiceStub(channel)
         conversation = cs_grpc.ConversationServiceStub(channel)
@@ -129,8 +130,8 @@ async def test_ingest_cite_replace_delete(make_engine: EngineFactory) -> None:
         assert again.deleted == 0
 
 
-async def test_bad_documents_fail_alone_and_say_why_without_echoing(make_engine: EngineFactory) -> None:
-    engine = await make_engine(num_hosts=1, num_shards=2, max_document_bytes=2000)
+async def test_bad_documents_fail_alone_and_say_why_without_echoing(released_engine: EngineFactory) -> None:
+    engine = await released_engine(num_hosts=1, num_shards=2, max_document_bytes=2000)
     secret = "confidential-marker-7781"
     async with grpc.aio.insecure_channel(engine.target) as channel:
         knowledge = ks_grpc.KnowledgeServiceStub(channel)
@@ -180,8 +181,8 @@ async def test_bad_documents_fail_alone_and_say_why_without_echoing(make_engine:
         assert dict(caught.value.trailing_metadata() or ()).get("salon-error-reason") == "INVALID_DOCUMENT_ID"
 
 
-async def test_python_client_and_salon_ingest(make_engine: EngineFactory, tmp_path: Path) -> None:
-    engine = await make_engine(num_hosts=1, num_shards=2)
+async def test_python_client_and_salon_ingest(released_engine: EngineFactory, tmp_path: Path) -> None:
+    engine = await released_engine(num_hosts=1, num_shards=2)
     docs = tmp_path / "docs"
     (docs / "guides").mkdir(parents=True)
     (docs / "guides" / "setup.md").write_text("# Setup\n\nRun the installer, then restart the router twice.\n")

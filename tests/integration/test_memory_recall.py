@@ -7,6 +7,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from conftest import EngineFactory, assert_well_formed, collect_turn, create_session
+from stream_release import released_engine_fixture  # noqa: F401  # the released_engine fixture
 
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
@@ -32,8 +33,8 @@ async def history(stub: cs_grpc.ConversationServiceStub, session_id: str) -> lis
             return turns
 
 
-async def test_a_fact_from_turn_3_is_retrieved_and_cited_at_turn_200(make_engine: EngineFactory) -> None:
-    engine = await make_engine(scripted_tokens=4, retrieval_min_score=0.3, num_hosts=1, num_shards=2)
+async def test_a_fact_from_turn_3_is_retrieved_and_cited_at_turn_200(released_engine: EngineFactory) -> None:
+    engine = await released_engine(scripted_tokens=4, retrieval_min_score=0.3, num_hosts=1, num_shards=2)
     async with grpc.aio.insecure_channel(engine.target) as channel:
         stub = cs_grpc.ConversationServiceStub(channel)
         memory = session_pb2.MemorySettings(window_max_messages=20, window_token_budget=4000, retrieval_top_k=3)
