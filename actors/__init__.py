@@ -1,12 +1,14 @@
 """Session actors and the hosts that run them.
 
-``SessionActor`` is plain asyncio (no Ray, NATS or gRPC); ``SessionHost`` runs many of them for a set of
-shards; ``HostActor`` (in :mod:`actors.ray_host`, imported on demand) is the only Ray code.
+``SessionActor`` is plain asyncio (no Ray, NATS or gRPC): its prompt is the sliding window (``memory``), the
+rolling summary (``summary``) and retrieved passages (``context``). ``SessionHost`` runs many of them for a
+set of shards; ``HostActor`` (in :mod:`actors.ray_host`, imported on demand) is the only Ray code.
 """
 
+from actors.context import PassageEntry, TurnContext, WindowEntry, explain, render_system
 from actors.events import EventSink, TurnEmitter, is_terminal, record_events
 from actors.host import HostSettings, SessionHost, session_settings
-from actors.memory import estimate_tokens, fit_window
+from actors.memory import estimate_tokens, fit_window, turn_groups
 from actors.model import (
     Message,
     ModelChunk,
@@ -18,9 +20,18 @@ from actors.model import (
 )
 from actors.placement import host_of_shard, shard_for, shards_of_host
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from actors.summary import (
+    ExtractiveSummarizer,
+    ModelSummarizer,
+    Summarizer,
+    Summary,
+    extractive_summary,
+    summarizer_for,
+)
 
 __all__ = [
     "EventSink",
+    "ExtractiveSummarizer",
     "HostSettings",
     "Message",
     "ModelChunk",
@@ -28,20 +39,31 @@ __all__ = [
     "ModelProvider",
     "ModelRequest",
     "ModelResult",
+    "ModelSummarizer",
+    "PassageEntry",
     "SessionActor",
     "SessionHost",
     "SessionKey",
     "SessionSettings",
     "SessionState",
+    "Summarizer",
+    "Summary",
     "TextDelta",
     "Turn",
+    "TurnContext",
     "TurnEmitter",
+    "WindowEntry",
     "estimate_tokens",
+    "explain",
+    "extractive_summary",
     "fit_window",
     "host_of_shard",
     "is_terminal",
     "record_events",
+    "render_system",
     "session_settings",
     "shard_for",
     "shards_of_host",
+    "summarizer_for",
+    "turn_groups",
 ]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from actors.context import PassageEntry, TurnContext
 from actors.model import ModelResult
 from salon.v1 import turn_pb2
 from storage import TurnRecord
@@ -76,6 +77,24 @@ class TurnEmitter:
         """Emit the first event: the turn reached its session."""
         await self._emit(
             accepted=turn_pb2.TurnAccepted(queue_position=queue_position, trace_id=trace_id, replayed=replayed)
+        )
+
+    async def citations(self, passages: Sequence[PassageEntry]) -> None:
+        """Emit the passages the prompt holds, before the first token."""
+        await self._emit(
+            citations=turn_pb2.Citations(
+                citations=[
+                    turn_pb2.Citation(
+                        source=p.source,
+                        document_id=p.document_id,
+                        chunk_id=p.chunk_id,
+                        score=p.score,
+                        table_version=p.table_version,
+                        title=p.title,
+                    )
+                    for p in passages
+                ]
+            )
         )
 
     async def delta(self, text: str) -> None:
@@ -155,6 +174,9 @@ def ending_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Step]:
 def record_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Step]:
     """Every event a recorded turn stands for, numbered as first sent: accepted, deltas, ending."""
     steps: list[Step] = [functools.partial(emitter.accepted, 0, trace_id=record.trace_id, replayed=True)]
+    passages = TurnContext.from_json(record.context_json).passages
+    if passages:
+        steps.append(functools.partial(emitter.citations, passages))
     steps += [functools.partial(emitter.delta, text) for text in record.deltas]
     return steps + ending_steps(emitter, record)
 

@@ -19,9 +19,10 @@ from typing import Any, Protocol
 from actors.events import TurnEmitter
 from actors.model import ModelChunk, ModelProvider, ModelRequest
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from actors.summary import summarizer_for
 from otel import attributes, consumer_span
 from salon.v1 import session_pb2, turn_pb2
-from storage import Journal, SessionRegistry, TurnEnvelope, incarnation_of
+from storage import Journal, Retriever, SessionRegistry, TurnEnvelope, incarnation_of
 from storage.errors import NotFound, SalonError
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,10 @@ class HostSettings:
     """Turns running or queued on this host before new ones are refused (RESOURCE_EXHAUSTED)."""
     max_inflight_per_tenant: int = 200
     """The same, per tenant on this host."""
+    retrieval_top_k: int = 4
+    retrieval_min_score: float = 0.0
+    summary_max_tokens: int = 400
+    summary_min_messages: int = 4
 
 
 DOUBLE_TEXTING = {
@@ -120,6 +125,11 @@ def session_settings(session: session_pb2.Session, defaults: HostSettings) -> Se
         double_texting=DOUBLE_TEXTING.get(session.double_texting, "enqueue"),
         provider=model.provider,
         fallback_providers=tuple(model.fallback_providers),
+        retrieval_top_k=memory.retrieval_top_k or defaults.retrieval_top_k,
+        retrieval_min_score=memory.retrieval_min_score or defaults.retrieval_min_score,
+        long_term_memory=not memory.long_term_memory_disabled,
+        summary_max_tokens=defaults.summary_max_tokens,
+        summary_min_messages=defaults.summary_min_messages,
     )
 
 
@@ -137,6 +147,7 @@ class SessionHost:
         provider: ModelProvider,
         settings: HostSettings,
         clock: Callable[[], float] = time.monotonic,
+        retriever: Retriever | None = None,
     ) -> None:
         self.name = name
         self._pullers = pullers
@@ -144,6 +155,11 @@ class SessionHost:
         self._registry = registry
         self._journal = journal
         self._provider = _CountingProvider(provider)
+        # Summaries use the provider itself: they are not answers, so model_calls (answers asked of the model,
+        # the figure that must not grow on redelivery) leaves them out.
+        self._summarizer = summarizer_for(provider)
+        self._retriever = retriever
+        """Owned: closed by :meth:`close`."""
         self._settings = settings
         self._clock = clock
         self._sessions: dict[SessionKey, SessionActor] = {}
@@ -212,6 +228,10 @@ class SessionHost:
             await puller.close()
         with contextlib.suppress(Exception):
             await self._provider.aclose()
+        close = getattr(self._retriever, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
 
     async def _pull_loop(self, puller: Puller) -> None:
         while not self._stopping.is_set():
@@ -362,7 +382,16 @@ class SessionHost:
             # Make room before the newcomer joins, so it is never the one evicted. Busy sessions stay, so
             # the cap is soft when every live session is running a turn.
             await self._passivate_lru(len(self._sessions) - self._settings.max_sessions + 1)
-        session = SessionActor(key, settings, state, self._provider, ledger, clock=self._clock)
+        session = SessionActor(
+            key,
+            settings,
+            state,
+            self._provider,
+            ledger,
+            clock=self._clock,
+            retriever=self._retriever,
+            summarizer=self._summarizer,
+        )
         self._sessions[key] = session
         self.activations += 1
         return session

@@ -16,18 +16,33 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
 
 
+def turn_groups(messages: Sequence[Message]) -> list[list[Message]]:
+    """``messages`` split into the units a window keeps or drops whole: the consecutive messages of one turn
+    (its user message, any tool call with its result, the reply), so a tool call is never separated from its
+    result nor a question from its answer. A message without a turn id is a unit of its own."""
+    groups: list[list[Message]] = []
+    for message in messages:
+        if groups and message.turn_id and groups[-1][-1].turn_id == message.turn_id:
+            groups[-1].append(message)
+        else:
+            groups.append([message])
+    return groups
+
+
 def fit_window(messages: Sequence[Message], *, max_messages: int, token_budget: int) -> list[Message]:
-    """The longest suffix of ``messages`` that fits both limits, never cutting a message in half and never
-    separating a turn's user message from its reply (a window never starts with an orphaned reply)."""
-    kept: list[Message] = []
-    tokens = 0
-    for message in reversed(messages):
-        cost = estimate_tokens(message.text)
-        if len(kept) >= max_messages or (token_budget and tokens + cost > token_budget):
+    """The longest suffix of ``messages`` that fits both limits (``token_budget`` 0: no token limit), made of
+    whole turns (see :func:`turn_groups`), never cutting a message in half and never starting with an
+    orphaned reply."""
+    kept: list[list[Message]] = []
+    count = tokens = 0
+    for group in reversed(turn_groups(messages)):
+        cost = sum(estimate_tokens(m.text) for m in group)
+        if count + len(group) > max_messages or (token_budget and tokens + cost > token_budget):
             break
-        kept.append(message)
+        kept.append(group)
+        count += len(group)
         tokens += cost
-    kept.reverse()
-    while kept and kept[0].role == "assistant":
-        kept.pop(0)
-    return kept
+    window = [m for group in reversed(kept) for m in group]
+    while window and window[0].role == "assistant":
+        window.pop(0)
+    return window

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from storage import Passage
 from storage.errors import SalonError
 
 Role = Literal["user", "assistant"]
@@ -24,6 +25,9 @@ class Message:
     role: Role
     text: str
     turn_id: str = ""
+    turn_index: int = field(default=0, compare=False)
+    """Index of the turn the message belongs to (0: not recorded yet). Bookkeeping of the session's memory,
+    not part of what the model sees, so equality ignores it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,13 @@ class ModelRequest:
     """The session's provider; empty: the deployment's chain."""
     fallback_providers: tuple[str, ...] = ()
     """Providers to try after it, in order, when it fails before its first token."""
+    instructions: str = ""
+    """The session's own system prompt. ``system`` is what providers send: these instructions followed by
+    the rolling summary and the numbered passages (see ``actors.context``)."""
+    summary: str = ""
+    """The rolling summary in ``system``, for providers that answer without a model (the offline one)."""
+    passages: tuple[Passage, ...] = ()
+    """The retrieved passages in ``system``, numbered [1], [2] … in this order."""
 
 
 @dataclass(frozen=True, slots=True)

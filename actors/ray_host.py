@@ -24,8 +24,11 @@ from actors.model import ModelProvider
 from otel import TelemetrySettings
 from storage import (
     BatchWriter,
+    Embedder,
     EventPublisher,
+    HashEmbedder,
     KvSessionRegistry,
+    LanceRetriever,
     LedgerReader,
     Names,
     NatsJournal,
@@ -35,10 +38,19 @@ from storage import (
     WriterStatus,
     close_connection,
     connect,
+    default_embedder,
     incarnation_of,
 )
 
 log = logging.getLogger(__name__)
+
+
+def build_embedder(kind: str) -> Embedder:
+    """The embedder named by the ``embedding_model`` setting: ``default`` (the bundled model, loaded once per
+    process; slow enough to load that callers run this in a thread) or ``hash`` (for tests)."""
+    if kind == "hash":
+        return HashEmbedder()
+    return default_embedder()
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,9 @@ class HostSpec:
     settings: HostSettings = field(default_factory=HostSettings)
     log_level: str = "WARNING"
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    lancedb_uri: str = ""
+    """Where the knowledge base and long-term memories are; empty: sessions retrieve nothing."""
+    embedding_model: str = "default"
 
 
 async def serve_control(host: SessionHost, nc: Any, names: Names, shards: tuple[int, ...]) -> list[Any]:
@@ -72,7 +87,17 @@ async def serve_control(host: SessionHost, nc: Any, names: Names, shards: tuple[
 async def build_host(spec: HostSpec) -> tuple[SessionHost, Any]:
     """Connect to NATS and build the host described by ``spec`` (returns the host and its connection)."""
     names = Names(spec.namespace)
-    nc = await connect(spec.nats_url, name=f"salon-host-{spec.index}")
+    retriever = None
+    if spec.lancedb_uri:
+        # Loaded at host start, off the event loop, so no turn waits for the model to load.
+        embedder = await asyncio.to_thread(build_embedder, spec.embedding_model)
+        retriever = await LanceRetriever.open(spec.lancedb_uri, embedder)
+    try:
+        nc = await connect(spec.nats_url, name=f"salon-host-{spec.index}")
+    except BaseException:
+        if retriever is not None:
+            await retriever.close()
+        raise
     js = nc.jetstream()
     host = SessionHost(
         name=f"host-{spec.index}",
@@ -82,6 +107,7 @@ async def build_host(spec: HostSpec) -> tuple[SessionHost, Any]:
         journal=NatsJournal(js, names),
         provider=spec.provider_factory(),
         settings=spec.settings,
+        retriever=retriever,
     )
     return host, nc
 
@@ -153,6 +179,8 @@ class WriterSpec:
     flush_rows: int = 512
     flush_interval_s: float = 1.0
     optimize_every: int = 50
+    embedding_model: str = "default"
+    """Embeds each completed turn into long-term memory as it is written; empty: no memories."""
     log_level: str = "WARNING"
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
@@ -185,7 +213,8 @@ class WriterActor:
                 return False
             return incarnation_of(session) == incarnation
 
-        self._store = await TranscriptStore.open(spec.lancedb_uri)
+        embedder = await asyncio.to_thread(build_embedder, spec.embedding_model) if spec.embedding_model else None
+        self._store = await TranscriptStore.open(spec.lancedb_uri, embedder=embedder)
         self._source = LedgerReader(js, names)
         self._writer = BatchWriter(
             self._source,

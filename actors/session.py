@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import OrderedDict, deque
@@ -19,11 +20,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import otel
+from actors.context import PassageEntry, TurnContext, explain
 from actors.events import EventSink, TurnEmitter, ending_steps, record_steps
 from actors.memory import fit_window
 from actors.model import Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta
+from actors.summary import ExtractiveSummarizer, Summarizer, Summary
 from salon.v1 import turn_pb2
-from storage import Fenced, LoadedSession, SalonError, SessionLog, SnapshotRecord, TurnRecord
+from storage import (
+    Fenced,
+    LoadedSession,
+    Passage,
+    RetrievalQuery,
+    Retriever,
+    SalonError,
+    SessionLog,
+    SnapshotRecord,
+    TurnRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +44,17 @@ RECENT_TURNS_KEPT = 16
 """How many finished turns a session remembers by id, to answer a redelivered turn without the model.
 Retries of older turns within the dedupe window never reach the session (JetStream drops them); each entry
 costs memory in every live session (bench/RESULTS.md: memory per session)."""
+
+RETRIEVAL_TIMEOUT_S = 5.0
+"""Longest a turn waits for retrieval before it goes on without passages."""
+
+SPAN_CONTEXT = "salon.context assembly"
+SPAN_RETRIEVAL = "salon.retrieval"
+ATTR_PASSAGES = "salon.retrieval.passages"
+ATTR_MEMORIES = "salon.retrieval.memories"
+ATTR_CHUNKS = "salon.retrieval.chunks"
+ATTR_WINDOW_MESSAGES = "salon.context.window_messages"
+ATTR_PROMPT_TOKENS = "salon.context.prompt_tokens"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +84,15 @@ class SessionSettings:
     fallback_providers: tuple[str, ...] = ()
     double_texting: str = "enqueue"
     """What a turn arriving while another runs does: enqueue, reject, interrupt or rollback."""
+    retrieval_top_k: int = 4
+    """Retrieved passages (knowledge and long-term memory) that may enter a prompt; 0 turns retrieval off."""
+    retrieval_min_score: float = 0.0
+    long_term_memory: bool = True
+    """Whether this session's earlier turns are retrieved (the knowledge base is, either way)."""
+    summary_max_tokens: int = 400
+    """Size the rolling summary is kept under."""
+    summary_min_messages: int = 4
+    """Messages that must have left the window before the summary is rewritten (fewer, larger rewrites)."""
 
 
 @dataclass(slots=True)
@@ -74,20 +107,56 @@ class SessionState:
     """Ledger sequence of the last turn applied."""
     recent: OrderedDict[str, int] = field(default_factory=OrderedDict)
     """Recently finished turns: turn id to ledger sequence."""
+    summary: Summary = field(default_factory=Summary)
+    """The rolling summary of the messages that left the window."""
+    folding: list[Message] = field(default_factory=list)
+    """Messages that left :attr:`messages` and are not in the summary yet."""
 
     def apply(self, record: TurnRecord, keep_messages: int) -> None:
-        """Fold one recorded turn into the state."""
+        """Fold one recorded turn into the state.
+
+        A record also carries the summary its prompt held: the newest one seen wins, so a session recovers
+        its summary from the ledger (a summary written after turn N is recorded with turn N+1)."""
         self.turn_count = record.turn_index
         self.ledger_seq = record.ledger_seq
+        if record.context_json:
+            self.adopt_summary(TurnContext.from_json(record.context_json).summary, keep_messages)
         if record.status != "rolled_back":
-            self.messages.append(Message("user", record.user_text, record.turn_id))
+            self.messages.append(Message("user", record.user_text, record.turn_id, record.turn_index))
             if record.reply_text:
-                self.messages.append(Message("assistant", record.reply_text, record.turn_id))
-        if len(self.messages) > keep_messages:
-            del self.messages[: len(self.messages) - keep_messages]
+                self.messages.append(Message("assistant", record.reply_text, record.turn_id, record.turn_index))
+        self.trim(keep_messages)
         self.recent[record.turn_id] = record.ledger_seq
         while len(self.recent) > RECENT_TURNS_KEPT:
             self.recent.popitem(last=False)
+
+    def adopt_summary(self, summary: Summary, keep_messages: int) -> None:
+        """Take ``summary`` if it is newer than the one held."""
+        if summary.version > self.summary.version:
+            self.summary = summary
+            self.trim(keep_messages)
+
+    def trim(self, keep_messages: int) -> None:
+        """Keep the last ``keep_messages`` messages (the window's reach); those that leave wait in
+        :attr:`folding` until the summary covers them, up to a bound past which the oldest go anyway (they
+        are still in long-term memory)."""
+        overflow = len(self.messages) - keep_messages
+        if overflow > 0:
+            self.folding += self.messages[:overflow]
+            del self.messages[:overflow]
+        through = self.summary.through_turn_index
+        if self.folding and self.folding[0].turn_index <= through:
+            self.folding = [m for m in self.folding if m.turn_index > through]
+        cap = keep_messages * 2 + 8
+        if len(self.folding) > cap:
+            del self.folding[: len(self.folding) - cap]
+
+    def unsummarized(self, window: Sequence[Message]) -> list[Message]:
+        """Messages that left ``window`` and are not in the summary yet, oldest first."""
+        in_window = {id(m) for m in window}
+        first = next((i for i, m in enumerate(self.messages) if id(m) in in_window), len(self.messages))
+        through = self.summary.through_turn_index
+        return [m for m in (*self.folding, *self.messages[:first]) if m.turn_index > through]
 
     @classmethod
     def restore(cls, loaded: LoadedSession, incarnation: str, keep_messages: int) -> SessionState:
@@ -102,12 +171,14 @@ class SessionState:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready snapshot."""
         return {
-            "version": 2,
+            "version": 3,
             "incarnation": self.incarnation,
             "turn_count": self.turn_count,
             "ledger_seq": self.ledger_seq,
-            "messages": [[m.role, m.text, m.turn_id] for m in self.messages],
+            "messages": [[m.role, m.text, m.turn_id, m.turn_index] for m in self.messages],
             "recent": list(self.recent.items()),
+            "summary": self.summary.to_dict(),
+            "folding": [[m.role, m.text, m.turn_id, m.turn_index] for m in self.folding],
         }
 
     @classmethod
@@ -118,8 +189,16 @@ class SessionState:
             turn_count=int(data.get("turn_count", 0)),
             ledger_seq=int(data.get("ledger_seq", 0)),
         )
-        state.messages = [Message(role=r, text=t, turn_id=i) for r, t, i in data.get("messages", [])]
+        # Version 2 snapshots hold [role, text, turn_id]; version 3 adds the turn index.
+        state.messages = [
+            Message(role=m[0], text=m[1], turn_id=m[2], turn_index=int(m[3]) if len(m) > 3 else 0)
+            for m in data.get("messages", [])
+        ]
+        state.folding = [
+            Message(role=r, text=t, turn_id=i, turn_index=int(n)) for r, t, i, n in data.get("folding", [])
+        ]
         state.recent = OrderedDict((str(t), int(s)) for t, s in data.get("recent", []))
+        state.summary = Summary.from_dict(data.get("summary"))
         return state
 
 
@@ -180,6 +259,8 @@ class SessionActor:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_retry_delay_s: float = 2.0,
+        retriever: Retriever | None = None,
+        summarizer: Summarizer | None = None,
     ) -> None:
         self.key = key
         self.settings = settings
@@ -196,6 +277,10 @@ class SessionActor:
         self._snapshot_turn = state.turn_count
         self._cancelled_early: set[str] = set()
         self.last_active = clock()
+        self._retriever = retriever
+        self._summarizer = summarizer or ExtractiveSummarizer()
+        self._summary_task: asyncio.Task[None] | None = None
+        """Rewrites the summary after a turn; owned here: cancelled and awaited by :meth:`close`."""
 
     @property
     def busy(self) -> bool:
@@ -315,14 +400,47 @@ class SessionActor:
                 except Exception:
                     log.exception("handing a turn back to the bus failed; it is redelivered after its ack wait")
 
-    def _request(self, user_text: str, prefill: str) -> tuple[ModelRequest, tuple[str, ...]]:
+    def _window(self) -> list[Message]:
         s = self.settings
-        history = fit_window(
+        # One message of the budget is the new one.
+        return fit_window(
             self.state.messages, max_messages=max(s.window_max_messages - 1, 0), token_budget=s.window_token_budget
         )
+
+    async def _prepare(
+        self, user_text: str, prefill: str, pinned: Sequence[turn_pb2.Citation] | None = None
+    ) -> tuple[ModelRequest, TurnContext]:
+        """The prompt (window, summary, retrieved passages, new message) and the record of what entered it.
+
+        ``pinned``: the citations an earlier attempt at the turn already sent (its host died mid-turn): the
+        client has them, so the prompt keeps to those passages, in that order, and the record names exactly
+        them (a replay then sends what the client saw first)."""
+        s = self.settings
+        with otel.span(SPAN_CONTEXT) as span:
+            window = self._window()
+            passages: list[Passage] = []
+            error_reason = ""
+            if pinned is None or pinned:
+                passages, error_reason = await self._retrieve(user_text, window)
+            if pinned is not None:
+                found = {(p.source, p.chunk_id): p for p in passages}
+                passages = [found[(c.source, c.chunk_id)] for c in pinned if (c.source, c.chunk_id) in found]
+            system, context = explain(
+                instructions=s.system_prompt,
+                summary=self.state.summary,
+                passages=passages,
+                window=window,
+                user_text=user_text,
+                retrieval_error_reason=error_reason,
+            )
+            if pinned is not None:
+                context = dataclasses.replace(context, passages=_pinned_entries(pinned, context.passages))
+            if span.is_recording():
+                span.set_attribute(ATTR_WINDOW_MESSAGES, len(window))
+                span.set_attribute(ATTR_PROMPT_TOKENS, context.total_tokens)
         request = ModelRequest(
-            system=s.system_prompt,
-            messages=(*history, Message("user", user_text)),
+            system=system,
+            messages=(*window, Message("user", user_text)),
             model=s.model,
             max_tokens=s.max_tokens,
             temperature=s.temperature,
@@ -330,8 +448,56 @@ class SessionActor:
             prefill=prefill,
             provider=s.provider,
             fallback_providers=s.fallback_providers,
+            instructions=s.system_prompt,
+            summary=context.summary.text,
+            passages=tuple(passages),
         )
-        return request, tuple(dict.fromkeys(m.turn_id for m in history if m.turn_id))
+        return request, context
+
+    async def _retrieve(self, text: str, window: Sequence[Message]) -> tuple[list[Passage], str]:
+        """Passages for ``text``: the tenant's knowledge and this session's memories outside ``window``. A
+        failure degrades the turn (no passages, the reason recorded) instead of failing it."""
+        s = self.settings
+        if self._retriever is None or s.retrieval_top_k <= 0:
+            return [], ""
+        excluded = frozenset(m.turn_id for m in window if m.turn_id)
+        query = RetrievalQuery(
+            tenant_id=self.key.tenant_id,
+            session_id=self.key.session_id,
+            text=text,
+            top_k=s.retrieval_top_k,
+            min_score=s.retrieval_min_score,
+            exclude_turn_ids=excluded,
+            include_memory=s.long_term_memory,
+        )
+        with otel.span(SPAN_RETRIEVAL) as span:
+            try:
+                found = await asyncio.wait_for(self._retriever.retrieve(query), timeout=RETRIEVAL_TIMEOUT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, SalonError):
+                    reason = exc.reason
+                elif isinstance(exc, TimeoutError):
+                    reason = "RETRIEVAL_TIMEOUT"
+                else:
+                    reason = "RETRIEVAL_FAILED"
+                log.warning("retrieval failed for session %s (%s); the turn goes on without passages", self.key, reason)
+                if span.is_recording():
+                    span.set_attribute("error.type", reason)
+                return [], reason
+            # The retriever applies these already; checked again because they are this session's promises.
+            passages = [
+                p
+                for p in found
+                if p.score >= s.retrieval_min_score
+                and (p.source == "knowledge" or (s.long_term_memory and p.chunk_id not in excluded))
+            ][: s.retrieval_top_k]
+            if span.is_recording():
+                span.set_attribute(ATTR_PASSAGES, len(passages))
+                span.set_attribute(ATTR_MEMORIES, sum(1 for p in passages if p.source == "memory"))
+                span.set_attribute(ATTR_CHUNKS, sum(1 for p in passages if p.source == "knowledge"))
+        return passages, ""
 
     async def _execute(self, queued: _Queued) -> None:
         turn = queued.turn
@@ -348,10 +514,19 @@ class SessionActor:
     async def _execute_turn(self, queued: _Queued) -> str:
         turn, emitter = queued.turn, queued.emitter
         deltas = [e.delta.text for e in turn.prior_events if e.HasField("delta")]
-        request, context_ids = self._request(turn.text, "".join(deltas))
-        draft = _Draft(turn, self.key, self.state, context_ids, self._clock_ns())
+        draft = _Draft(turn, self.key, self.state, (), self._clock_ns())
         if not queued.cancel_reason:
-            await self._answer(queued, request, draft, deltas)
+            # Citations come before the first token: once an earlier attempt at the turn got past that point
+            # (it sent citations, or a token), the citations are the ones it sent, possibly none.
+            cited = [e.citations.citations for e in turn.prior_events if e.HasField("citations")]
+            pinned = list(cited[0]) if cited else ([] if deltas else None)
+            request, context = await self._prepare(turn.text, "".join(deltas), pinned)
+            draft.context_turn_ids = tuple(dict.fromkeys(w.turn_id for w in context.window if w.turn_id))
+            draft.context_json = context.to_json()
+            if context.passages and pinned is None:
+                await emitter.citations(context.passages)
+            if not queued.cancel_reason:
+                await self._answer(queued, request, draft, deltas)
         if queued.cancel_reason:
             draft.status = "rolled_back" if queued.rollback else "cancelled"
             draft.error_message = queued.cancel_reason
@@ -468,6 +643,41 @@ class SessionActor:
                 log.exception("acknowledging a turn failed; its redelivery will be answered from its record")
         if self.state.turn_count - self._snapshot_turn >= self.settings.snapshot_every_turns:
             await self.save_snapshot()
+        self._schedule_summary()
+
+    def _schedule_summary(self) -> None:
+        """Start rewriting the summary when enough messages left the window (never while one rewrite runs:
+        the next turn's end picks up what this one leaves)."""
+        if self._closed or self.fenced or (self._summary_task is not None and not self._summary_task.done()):
+            return
+        folded = self.state.unsummarized(self._window())
+        if len(folded) < max(self.settings.summary_min_messages, 1):
+            return
+        self._summary_task = asyncio.create_task(self._summarize(folded), name=f"summary-{self.key}")
+
+    async def _summarize(self, folded: list[Message]) -> None:
+        previous = self.state.summary
+        try:
+            text = await self._summarizer.summarize(
+                previous.text,
+                folded,
+                max_tokens=self.settings.summary_max_tokens,
+                provider=self.settings.provider,
+                model=self.settings.model,
+            )
+        except Exception:
+            log.exception("rewriting the summary of session %s failed; the next turn tries again", self.key)
+            return
+        summary = Summary(text, previous.version + 1, max(m.turn_index for m in folded))
+        if self.state.summary.version == previous.version:
+            self.state.adopt_summary(summary, self.settings.window_max_messages)
+
+    async def wait_summary(self) -> None:
+        """Wait for a summary rewrite in progress (tests and orderly passivation)."""
+        task = self._summary_task
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
 
     async def _append(self, record: TurnRecord, *, retry: bool) -> TurnRecord:
         delay = 0.05
@@ -516,6 +726,12 @@ class SessionActor:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
         self._queue.clear()
+        summary, self._summary_task = self._summary_task, None
+        if summary is not None:
+            # A rewrite cut short is not lost: the messages stay in the state and the next activation redoes it.
+            summary.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await summary
 
     async def passivate(self) -> None:
         """Close and leave a snapshot, so the next activation replays nothing."""
@@ -532,6 +748,7 @@ class _Draft:
     state: SessionState
     context_turn_ids: tuple[str, ...]
     started_at_ns: int
+    context_json: str = ""
     first_token_at_ns: int = 0
     status: str = "failed"
     result: ModelResult | None = None
@@ -578,7 +795,30 @@ class _Draft:
             first_token_at_ns=self.first_token_at_ns,
             completed_at_ns=time.time_ns(),
             context_turn_ids=self.context_turn_ids,
+            context_json=self.context_json,
         )
+
+
+def _pinned_entries(pinned: Sequence[turn_pb2.Citation], in_prompt: Sequence[PassageEntry]) -> tuple[PassageEntry, ...]:
+    """The record's passages for citations already sent: exactly those, with the token counts of the ones
+    the prompt holds (0 for one no longer found)."""
+    tokens = {(p.source, p.chunk_id): p for p in in_prompt}
+    entries = []
+    for c in pinned:
+        match = tokens.get((c.source, c.chunk_id))
+        entries.append(
+            PassageEntry(
+                source=c.source,
+                document_id=c.document_id,
+                chunk_id=c.chunk_id,
+                score=c.score,
+                table_version=c.table_version,
+                title=c.title,
+                turn_index=match.turn_index if match else 0,
+                tokens=match.tokens if match else 0,
+            )
+        )
+    return tuple(entries)
 
 
 async def _aclose(stream: object) -> None:

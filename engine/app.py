@@ -19,15 +19,21 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 import otel
+from actors.ray_host import build_embedder
 from engine.config import Config
 from engine.gateway import Gateway
+from engine.knowledge import Knowledge
+from engine.knowledge_servicer import KnowledgeServicer
 from engine.nats_server import EmbeddedNats
 from engine.ray_runtime import HostGroup, WriterHandle, ensure_ray, host_specs
 from engine.servicer import ConversationServicer
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
+from salon.v1 import knowledge_service_pb2 as ks_pb2
+from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
 from storage import (
     BusSettings,
+    KnowledgeBase,
     KvSessionRegistry,
     LedgerSettings,
     Names,
@@ -43,6 +49,7 @@ from storage import (
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = cs_pb2.DESCRIPTOR.services_by_name["ConversationService"].full_name
+KNOWLEDGE_SERVICE_NAME = ks_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
 
 
 class Engine:
@@ -58,6 +65,7 @@ class Engine:
         self._hosts: HostGroup | None = None
         self._writer: WriterHandle | None = None
         self._store: TranscriptStore | None = None
+        self._knowledge: KnowledgeBase | None = None
         self._store_healthy = True
         self._store_watch: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
@@ -111,6 +119,15 @@ class Engine:
             # Ray first: it forks helper processes; LanceDB's runtime must not be running in a forking process.
             self._started_ray = ensure_ray(config)
         self._store = await TranscriptStore.open(config.lancedb_location)
+        # The embedding model is loaded once, here, off the event loop: ingestion and search never wait for it.
+        embedder = await asyncio.to_thread(build_embedder, config.embedding_model)
+        self._knowledge = await KnowledgeBase.open(
+            config.lancedb_location,
+            embedder,
+            max_document_bytes=config.max_document_bytes,
+            chunk_tokens=config.chunk_tokens,
+            overlap_tokens=config.chunk_overlap_tokens,
+        )
         gateway = Gateway(
             config,
             TurnPublisher(self._nc, self.names),
@@ -126,18 +143,29 @@ class Engine:
             self._store_watch = asyncio.create_task(self._watch_store(), name="salon-store-watch")
         self._server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                # Room for the largest document an ingestion request may carry.
+                ("grpc.max_receive_message_length", max(4 * 1024 * 1024, config.max_document_bytes + 64 * 1024)),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )
-        cs_grpc.add_ConversationServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            ConversationServicer(gateway, config.default_tenant, write_timeout_s=config.stream_write_timeout_s),
-            self._server,
+        conversation = ConversationServicer(
+            gateway, config.default_tenant, write_timeout_s=config.stream_write_timeout_s
+        )
+        cs_grpc.add_ConversationServiceServicer_to_server(conversation, self._server)  # type: ignore[no-untyped-call]
+        # The knowledge service names the caller's tenant exactly as the conversation service does.
+        knowledge = Knowledge(self._knowledge, max_text_bytes=config.max_text_bytes)
+        ks_grpc.add_KnowledgeServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            KnowledgeServicer(knowledge, conversation._tenant), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                KNOWLEDGE_SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             self._server,
         )
         self.grpc_port = self._server.add_insecure_port(f"{config.grpc_host}:{config.grpc_port}")
@@ -166,6 +194,7 @@ class Engine:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self._health.set("", status)
         await self._health.set(SERVICE_NAME, status)
+        await self._health.set(KNOWLEDGE_SERVICE_NAME, status)
 
     async def _watch_store(self) -> None:
         # The engine refuses new turns while it cannot keep them: the ledger still holds every accepted one.
@@ -255,6 +284,9 @@ class Engine:
         if self._store is not None:
             await self._store.close()
             self._store = None
+        if self._knowledge is not None:
+            await self._knowledge.close()
+            self._knowledge = None
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
             self._started_ray = False

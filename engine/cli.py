@@ -106,6 +106,22 @@ async def _export(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _ingest(args: argparse.Namespace) -> int:
+    from engine.ingest import ingest_paths
+
+    return await ingest_paths(args.target, args.paths, Console(stderr=True), batch=args.batch)
+
+
+INGEST_HELP = """Send .txt and .md files to a running engine's knowledge base (KnowledgeService.IngestDocuments).
+
+Each file becomes one document, chunked with overlap and embedded by the engine. Directories are walked
+for .txt/.md files. A file's document id comes from its path (guides/setup.md -> guides-setup-md), so
+ingesting the same files again replaces their documents. A progress bar counts documents and chunks as the
+engine stores them; files that fail (empty, too large, not UTF-8, ...) are listed at the end with the
+reason, and the others are stored regardless. Exit status: 0 all stored, 1 some failed, 2 the engine could
+not be reached or refused the request."""
+
+
 def _trace(config: Config, args: argparse.Namespace) -> int:
     import otel
 
@@ -181,6 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--file", help="span file, or directory of them (default: telemetry_dir or DATA_DIR/traces)")
     trace.add_argument("--data-dir", help="data directory (default from config: ./.salon)")
 
+    ingest = sub.add_parser(
+        "ingest",
+        help="send .txt/.md files to a running engine's knowledge base, with a progress bar",
+        description=INGEST_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (.txt, .md)")
+    ingest.add_argument("--target", default="127.0.0.1:50051", help="host:port of the gateway (default: %(default)s)")
+    ingest.add_argument("--batch", type=int, default=8, help="documents per request message (default: %(default)s)")
+
     config = sub.add_parser("config", help="list every setting with its default and meaning")
     config.add_argument("--markdown", action="store_true", help="print a Markdown table")
     return parser
@@ -191,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config":
         return _print_config(args.markdown)
+    if args.command == "ingest":
+        try:
+            return asyncio.run(_ingest(args))
+        except KeyboardInterrupt:
+            return 130
     try:
         if args.command == "serve":
             config = _config(

@@ -61,6 +61,25 @@ class Config:
     window_max_messages: int = _setting(40, "Default number of recent messages kept verbatim in the prompt.")
     window_token_budget: int = _setting(8000, "Default token budget of the sliding window.")
     max_tokens: int = _setting(1024, "Default upper bound on output tokens per turn.")
+    # Memory past the window and the knowledge base (actors.context, actors.summary, storage.knowledge).
+    embedding_model: str = _setting(
+        "default",
+        "Embeddings of memories, documents and queries: default (all-MiniLM-L6-v2, bundled in a package and run "
+        "offline, loaded once per process) or hash (a deterministic bag-of-words stand-in, for tests).",
+    )
+    retrieval_top_k: int = _setting(
+        4, "Default number of retrieved passages (knowledge base and long-term memory) a prompt may hold; 0: none."
+    )
+    retrieval_min_score: float = _setting(
+        0.3, "Default relevance (0 to 1) below which a retrieved passage is not used."
+    )
+    summary_max_tokens: int = _setting(400, "Size the rolling summary of messages that left the window is kept under.")
+    summary_min_messages: int = _setting(
+        4, "Messages that must have left the window before the rolling summary is rewritten."
+    )
+    chunk_tokens: int = _setting(200, "Knowledge base: tokens per chunk of an ingested document ...")
+    chunk_overlap_tokens: int = _setting(40, "... of which this many repeat the end of the previous chunk.")
+    max_document_bytes: int = _setting(1048576, "Largest document accepted for ingestion, in bytes of UTF-8.")
     shutdown_grace_s: float = _setting(10.0, "On shutdown, how long running turns may take to finish.")
     stream_write_timeout_s: float = _setting(
         10.0, "A client that does not read a stream for this long is cut off (its turn goes on, resumable)."
@@ -176,6 +195,18 @@ class Config:
             problems.append("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if self.gateway_only and not self.nats_url:
             problems.append("gateway_only needs nats_url (the deployment's NATS)")
+        if self.embedding_model not in ("default", "hash"):
+            problems.append("embedding_model must be default or hash")
+        if not 0 <= self.retrieval_top_k <= 50:
+            problems.append("retrieval_top_k must be 0-50")
+        if not 0.0 <= self.retrieval_min_score <= 1.0:
+            problems.append("retrieval_min_score must be between 0 and 1")
+        if self.summary_max_tokens < 16 or self.summary_min_messages < 1:
+            problems.append("summary_max_tokens must be at least 16 and summary_min_messages at least 1")
+        if self.chunk_tokens < 16 or not 0 <= self.chunk_overlap_tokens < self.chunk_tokens:
+            problems.append("chunk_tokens must be at least 16 and chunk_overlap_tokens below it")
+        if self.max_document_bytes < 1:
+            problems.append("max_document_bytes must be positive")
         if self.event_retention_s <= self.dedupe_window_s:
             # A retry deduplicated by JetStream is answered from the turn's events: they must outlive it.
             problems.append("event_retention_s must be longer than dedupe_window_s")

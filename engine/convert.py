@@ -7,6 +7,7 @@ import binascii
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from actors import TurnContext
 from salon.v1 import turn_pb2
 from storage import InvalidArgument, TurnRecord
 
@@ -48,6 +49,38 @@ def record_to_proto(record: TurnRecord) -> turn_pb2.TurnRecord:
         ),
         create_time=_timestamp(record.enqueued_at_ns or record.started_at_ns),
         complete_time=_timestamp(record.completed_at_ns),
+        context=context_to_proto(TurnContext.from_json(record.context_json)),
+    )
+
+
+def context_to_proto(context: TurnContext) -> turn_pb2.TurnContext:
+    """A turn's explainable context as the API shows it (the summary's version, not its text)."""
+    return turn_pb2.TurnContext(
+        window=[
+            turn_pb2.ContextMessage(turn_id=w.turn_id, turn_index=w.turn_index, role=w.role, tokens=w.tokens)
+            for w in context.window
+        ],
+        summary_version=context.summary.version,
+        summary_tokens=context.summary_tokens,
+        passages=[
+            turn_pb2.ContextPassage(
+                citation=turn_pb2.Citation(
+                    source=p.source,
+                    document_id=p.document_id,
+                    chunk_id=p.chunk_id,
+                    score=p.score,
+                    table_version=p.table_version,
+                    title=p.title,
+                ),
+                tokens=p.tokens,
+                turn_index=p.turn_index,
+            )
+            for p in context.passages
+        ],
+        system_tokens=context.system_tokens,
+        message_tokens=context.message_tokens,
+        total_tokens=context.total_tokens,
+        retrieval_error_reason=context.retrieval_error_reason,
     )
 
 

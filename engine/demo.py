@@ -1,4 +1,5 @@
-"""``salon demo``: a short conversation on a few sessions at once, streamed to the terminal."""
+"""``salon demo``: a short conversation on a few sessions at once, streamed to the terminal, answered with
+the help of a small knowledge base (the turns cite the passages they retrieved)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,29 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from salon.client import SalonClient, SalonError, Session
+from salon.client import Document, SalonClient, SalonError, Session
+
+DOCUMENTS = [
+    Document(
+        "lisbon-guide",
+        "# Lisbon in May\n\nDays are mild, 17 to 24 °C, with cool evenings by the river: pack layers, a light "
+        "jacket and shoes for steep cobbled hills. Sintra, 40 minutes by train, makes the classic day trip.",
+        title="Lisbon guide",
+        media_type="text/markdown",
+    ),
+    Document(
+        "quick-dinners",
+        "A spinach and feta omelette takes about 15 minutes: wilt the spinach, whisk the eggs, fold in the "
+        "crumbled feta and cook gently.",
+        title="Quick dinners",
+    ),
+    Document(
+        "bike-faq",
+        "Rear brakes often squeak after rain because wet pads and rims or rotors squeal. Usually harmless, but "
+        "braking is weaker when wet: ride slower and have the pads checked if the noise stays when dry.",
+        title="Bike shop FAQ",
+    ),
+]
 
 SCRIPT: list[tuple[str, str, list[str]]] = [
     (
@@ -41,6 +64,7 @@ class TurnLog:
     question: str
     answer: list[str] = field(default_factory=list)
     ttft_ms: float | None = None
+    sources: list[str] = field(default_factory=list)
     total_ms: float | None = None
     outcome: str = "waiting"
 
@@ -54,7 +78,9 @@ async def _run_session(client: SalonClient, label: str, system: str, questions: 
         try:
             async for event in session.send(question):
                 kind = event.WhichOneof("kind")
-                if kind == "delta":
+                if kind == "citations":
+                    log.sources = [f"{c.title or c.document_id} ({c.score:.2f})" for c in event.citations.citations]
+                elif kind == "delta":
                     if log.ttft_ms is None:
                         log.ttft_ms = (time.perf_counter() - start) * 1000
                     log.answer.append(event.delta.text)
@@ -72,6 +98,8 @@ def _render(logs: list[TurnLog]) -> Group:
         for log in (entry for entry in logs if entry.session == label):
             body.append(f"you> {log.question}\n", style="bold")
             body.append("".join(log.answer) + "\n")
+            if log.sources:
+                body.append("cited: " + "; ".join(log.sources) + "\n", style="cyan")
             if log.ttft_ms is not None:
                 body.append(f"first token {log.ttft_ms:.0f} ms\n", style="dim")
         panels.append(Panel(body, title=label, expand=True))
@@ -100,6 +128,8 @@ async def run_demo(target: str, console: Console) -> bool:
     logs: list[TurnLog] = []
     async with SalonClient(target) as client:
         await client.wait_ready()
+        stored = [p async for p in client.ingest(DOCUMENTS) if p.result is not None and p.result.code == 0]
+        console.print(f"knowledge base: {len(stored)} documents ingested")
         tasks = [asyncio.create_task(_run_session(client, *entry, logs)) for entry in SCRIPT]
         if console.is_terminal:
             with Live(_render(logs), console=console, refresh_per_second=12) as live:
@@ -124,8 +154,11 @@ def _print_progress(logs: list[TurnLog], printed: dict[int, int], console: Conso
         done = printed.get(index, 0)
         if done == 0 and (log.answer or log.outcome != "waiting"):
             console.print(f"[{log.session}] you> {log.question}", markup=False, highlight=False, style="bold")
+            if log.sources:  # citations arrive before the first token
+                console.print(f"[{log.session}] cited: " + "; ".join(log.sources), markup=False, highlight=False)
         if len(log.answer) > done:
             console.print(f"[{log.session}] " + "".join(log.answer[done:]).strip(), markup=False, highlight=False)
             printed[index] = len(log.answer)
+
         elif done == 0 and log.outcome != "waiting":
             printed[index] = -1

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import otel
-from actors import is_terminal, record_events, shard_for
+from actors import SessionState, is_terminal, record_events, shard_for
 from engine.config import Config
 from engine.validation import check_create_session, check_send_turn, page_size
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -102,9 +102,15 @@ class Gateway:
         """The session with its live counters; NOT_FOUND if the tenant has none by that id."""
         require_id(session_id, "session_id")
         session = await self._registry.get(tenant_id, session_id)
-        loaded = await self._journal.peek(tenant_id, session_id, incarnation_of(session))
+        incarnation = incarnation_of(session)
+        loaded = await self._journal.peek(tenant_id, session_id, incarnation)
         indexes = [r.turn_index for r in loaded.turns] + ([loaded.snapshot.turn_index] if loaded.snapshot else [])
         session.turn_count = max(indexes, default=0)
+        # The rolling summary as the session itself recovers it: from its latest snapshot and the records after
+        # it (a summary rewritten after the last turn shows once the next turn or snapshot records it).
+        summary = SessionState.restore(loaded, incarnation, self._config.window_max_messages).summary
+        if summary.version:
+            session.summary.CopyFrom(session_pb2.Summary(text=summary.text, version=summary.version))
         return session
 
     async def list_sessions(

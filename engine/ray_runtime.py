@@ -56,6 +56,10 @@ def host_specs(config: Config, nats_url: str) -> list[HostSpec]:
         snapshot_every_turns=config.snapshot_every_turns,
         max_inflight_turns=config.max_turns_per_host,
         max_inflight_per_tenant=config.max_turns_per_tenant,
+        retrieval_top_k=config.retrieval_top_k,
+        retrieval_min_score=config.retrieval_min_score,
+        summary_max_tokens=config.summary_max_tokens,
+        summary_min_messages=config.summary_min_messages,
     )
     provider = config.provider_spec()
     return [
@@ -68,6 +72,8 @@ def host_specs(config: Config, nats_url: str) -> list[HostSpec]:
             settings=settings,
             log_level=config.log_level,
             telemetry=TelemetrySettings.from_config(config),
+            lancedb_uri=config.lancedb_location,
+            embedding_model=config.embedding_model,
         )
         for i in range(config.num_hosts)
     ]
@@ -121,6 +127,7 @@ class WriterHandle:
             flush_rows=config.flush_rows,
             flush_interval_s=config.flush_interval_s,
             log_level=config.log_level,
+            embedding_model=config.embedding_model,
             telemetry=TelemetrySettings.from_config(config),
         )
         self._name = f"{config.namespace}-writer"

@@ -14,6 +14,7 @@ MAX_METADATA_VALUE_BYTES = 1024
 MAX_SYSTEM_PROMPT_BYTES = 64 * 1024
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
+MAX_RETRIEVAL_TOP_K = 50
 
 
 def check_text(text: str, max_bytes: int) -> None:
@@ -57,8 +58,12 @@ def check_create_session(request: cs_pb2.CreateSessionRequest) -> None:
         raise InvalidArgument(
             f"system_prompt is over the limit of {MAX_SYSTEM_PROMPT_BYTES} bytes", reason="SYSTEM_PROMPT_TOO_LARGE"
         )
-    if request.memory.retrieval_min_score < 0:
-        raise InvalidArgument("memory.retrieval_min_score must not be negative", reason="BAD_MEMORY_SETTINGS")
+    if not 0 <= request.memory.retrieval_min_score <= 1:
+        raise InvalidArgument("memory.retrieval_min_score must be between 0 and 1", reason="BAD_MEMORY_SETTINGS")
+    if request.memory.retrieval_top_k > MAX_RETRIEVAL_TOP_K:
+        raise InvalidArgument(
+            f"memory.retrieval_top_k must be at most {MAX_RETRIEVAL_TOP_K}", reason="BAD_MEMORY_SETTINGS"
+        )
     if request.model.HasField("temperature") and not 0.0 <= request.model.temperature <= 2.0:
         raise InvalidArgument("model.temperature must be between 0 and 2", reason="BAD_MODEL_SETTINGS")
     if len(request.model.stop_sequences) > 8:

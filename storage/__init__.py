@@ -1,9 +1,12 @@
-"""Storage: the turn bus on JetStream, session definitions and snapshots, ids and the error root.
+"""Storage: the turn bus on JetStream, session definitions and snapshots, transcripts, embeddings, the
+knowledge base and retrieval, ids and the error root.
 
 Knows nothing of gRPC or Ray.
 """
 
 from storage.bus import BusSettings, EventPublisher, EventStream, ShardPuller, TurnEnvelope, TurnPublisher, ensure_bus
+from storage.chunking import Chunk, chunk_text, estimate_tokens
+from storage.embedding import Embedder, EmbeddingUnavailable, HashEmbedder, OnnxEmbedder, default_embedder
 from storage.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -16,6 +19,7 @@ from storage.errors import (
     Unavailable,
 )
 from storage.ids import is_valid_id, require_id, uuid7
+from storage.knowledge import Document, IngestResult, KnowledgeBase
 from storage.ledger import (
     Fenced,
     InMemoryJournal,
@@ -29,6 +33,7 @@ from storage.ledger import (
 )
 from storage.nats_client import close_connection, connect, wait_for_port
 from storage.records import SnapshotRecord, TurnRecord, turn_key
+from storage.retrieval import InMemoryRetriever, LanceRetriever, Passage, RetrievalQuery, Retriever
 from storage.sessions import (
     InMemorySessionRegistry,
     KvSessionRegistry,
@@ -43,24 +48,37 @@ __all__ = [
     "AlreadyExists",
     "BatchWriter",
     "BusSettings",
+    "Chunk",
     "DeadlineExceeded",
+    "Document",
+    "Embedder",
+    "EmbeddingUnavailable",
     "EventPublisher",
     "EventStream",
     "FailedPrecondition",
     "Fenced",
+    "HashEmbedder",
     "InMemoryJournal",
+    "InMemoryRetriever",
     "InMemorySessionRegistry",
+    "IngestResult",
     "Internal",
     "InvalidArgument",
     "Journal",
+    "KnowledgeBase",
     "KvSessionRegistry",
+    "LanceRetriever",
     "LedgerReader",
     "LedgerSettings",
     "LoadedSession",
     "Names",
     "NatsJournal",
     "NotFound",
+    "OnnxEmbedder",
+    "Passage",
     "ResourceExhausted",
+    "RetrievalQuery",
+    "Retriever",
     "SalonError",
     "SessionLog",
     "SessionRegistry",
@@ -72,10 +90,13 @@ __all__ = [
     "TurnRecord",
     "Unavailable",
     "WriterStatus",
+    "chunk_text",
     "close_connection",
     "connect",
+    "default_embedder",
     "ensure_bus",
     "ensure_ledger",
+    "estimate_tokens",
     "incarnation_of",
     "is_valid_id",
     "require_id",

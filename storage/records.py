@@ -64,6 +64,11 @@ class TurnRecord:
     completed_at_ns: int = 0
     context_turn_ids: tuple[str, ...] = ()
     """Turns whose messages entered this turn's prompt (the window)."""
+    context_json: str = ""
+    """Explainable context, as a JSON object: exactly which window messages, summary (version and text),
+    retrieved memories and knowledge chunks (ids, scores) entered the prompt, with token counts. Written by
+    the session actor (``actors.context``); empty for turns recorded before it existed. The summary text in
+    it is also how a session recovers its rolling summary from the ledger after a crash."""
     ledger_seq: int = 0
     """Stream sequence of the ledger entry (0 until appended)."""
 

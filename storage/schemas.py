@@ -1,6 +1,7 @@
 """Arrow schemas of the LanceDB tables, and the exact conversions between records and Arrow rows.
 
-One row per turn in ``transcripts`` and one per snapshot in ``snapshots``. Each table carries its record's
+One row per turn in ``transcripts``, one per snapshot in ``snapshots``, one per remembered turn in
+``memories`` and one per document chunk in ``knowledge``. Each table carries its record's
 key as a column (``turn_key``, ``snapshot_key``): the merge key that makes writes idempotent. Every column
 is non-nullable: a record always has a value for every field (empty strings, zeros and empty lists
 included), so a null in a row can only mean a bug, and Arrow rejects it at the batch.
@@ -60,6 +61,7 @@ TRANSCRIPTS_SCHEMA: Final = pa.schema(
         _required("first_token_at_ns", pa.int64()),
         _required("completed_at_ns", pa.int64()),
         _required("context_turn_ids", _STRINGS),
+        _required("context_json", pa.string()),
         _required("ledger_seq", pa.int64()),
     ]
 )
@@ -78,6 +80,60 @@ SNAPSHOTS_SCHEMA: Final = pa.schema(
     ]
 )
 """One row per snapshot; ``state_json`` is ``json.dumps`` of :attr:`SnapshotRecord.state`."""
+
+MEMORY_KEY: Final = "memory_key"
+"""Merge key column of ``memories``: the turn key of the remembered turn."""
+CHUNK_KEY: Final = "chunk_key"
+"""Merge key column of ``knowledge``: ``<tenant_id>.<chunk_id>``."""
+VECTOR: Final = "vector"
+TEXT: Final = "text"
+
+
+def vector_type(dim: int) -> pa.DataType:
+    """The vector column's type: ``dim`` float32 values (what LanceDB's vector search expects)."""
+    return pa.list_(pa.float32(), dim)
+
+
+def memories_schema(dim: int) -> pa.Schema:
+    """One row per remembered turn (completed turns only): its user text and reply, embedded."""
+    return pa.schema(
+        [
+            _required(MEMORY_KEY, pa.string()),
+            _required("tenant_id", pa.string()),
+            _required("session_id", pa.string()),
+            _required("turn_id", pa.string()),
+            _required("turn_index", pa.int64()),
+            _required(TEXT, pa.string()),
+            _required(VECTOR, vector_type(dim)),
+            _required("model_id", pa.string()),
+            _required("created_at_ns", pa.int64()),
+        ]
+    )
+
+
+def knowledge_schema(dim: int) -> pa.Schema:
+    """One row per chunk of a document of a tenant's knowledge base."""
+    return pa.schema(
+        [
+            _required(CHUNK_KEY, pa.string()),
+            _required("tenant_id", pa.string()),
+            _required("document_id", pa.string()),
+            _required("chunk_id", pa.string()),
+            _required("chunk_index", pa.int64()),
+            _required("title", pa.string()),
+            _required("media_type", pa.string()),
+            _required(TEXT, pa.string()),
+            _required(VECTOR, vector_type(dim)),
+            _required("model_id", pa.string()),
+            _required("ingested_at_ns", pa.int64()),
+        ]
+    )
+
+
+def rows_to_batch(schema: pa.Schema, columns: Mapping[str, Sequence[Any]]) -> pa.RecordBatch:
+    """A batch of ``schema`` from column values (vectors as sequences of floats); nulls refused."""
+    return _without_nulls(pa.RecordBatch.from_pydict(dict(columns), schema=schema))
+
 
 _TURN_FIELDS: Final = tuple(f.name for f in dataclasses.fields(TurnRecord))
 

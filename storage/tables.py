@@ -1,4 +1,6 @@
-"""The transcript store: turns and snapshots in two LanceDB tables (embedded, a directory or object-store URI).
+"""The transcript store: turns and snapshots in two LanceDB tables (embedded, a directory or object-store URI),
+and the sessions' long-term memory (``memories``: the completed turns, embedded) when given an embedder.
+Also the table specifications and opening helpers the knowledge base and the retriever share.
 
 Writes are idempotent (``merge_insert`` on the record key, insert-if-absent), so the ledger may redeliver
 an entry any number of times without a second row. Every query is scoped to one tenant: the tenant id is
@@ -21,21 +23,28 @@ from typing import Final, TypeVar, cast
 import lancedb
 import pyarrow as pa
 from lancedb.db import AsyncConnection
-from lancedb.index import Bitmap, BTree
+from lancedb.index import FTS, Bitmap, BTree
 from lancedb.query import ColumnOrdering
 from lancedb.table import AsyncTable
 
+from storage.embedding import Embedder
 from storage.errors import FailedPrecondition, InvalidArgument, Unavailable
-from storage.ids import require_id
+from storage.ids import is_valid_id, require_id
+from storage.memories import MEMORIES, memories_to_batch, memory_text, remembers
 from storage.records import SnapshotRecord, TurnRecord, turn_key
 from storage.schemas import (
+    CHUNK_KEY,
     CONVERSION_ERRORS,
+    MEMORY_KEY,
     SNAPSHOT_KEY,
     SNAPSHOTS_SCHEMA,
+    TEXT,
     TRANSCRIPTS_SCHEMA,
     TURN_KEY,
     batch_to_snapshots,
     batch_to_turns,
+    knowledge_schema,
+    memories_schema,
     snapshots_to_batch,
     turns_to_batch,
 )
@@ -43,6 +52,7 @@ from storage.schemas import (
 log = logging.getLogger(__name__)
 
 TRANSCRIPTS: Final = "transcripts"
+KNOWLEDGE_TABLE: Final = "knowledge"
 SNAPSHOTS: Final = "snapshots"
 
 UNWRITABLE: Final = "STORE_UNWRITABLE"
@@ -59,28 +69,34 @@ _STORE_ERRORS: Final = (RuntimeError, OSError)
 
 _R = TypeVar("_R")
 
-IndexConfig = BTree | Bitmap
+IndexConfig = BTree | Bitmap | FTS
 
 
 @dataclass(frozen=True, slots=True)
-class _TableSpec:
+class TableSpec:
+    """A table: its schema, merge key and the indexes it gets once it has rows."""
+
     name: str
     schema: pa.Schema
     key: str
     indexes: tuple[tuple[str, IndexConfig], ...]
+    added_columns: tuple[str, ...] = ()
+    """Columns added to the schema after tables were made with it: :func:`open_table` adds them to an
+    older table (empty string or 0 in its rows). Any other difference is refused."""
 
 
 # Bitmap for tenant_id: few distinct values with many rows each, the case a bitmap per value is built for.
 # BTree for session_id and the keys: high cardinality (LanceDB advises Bitmap only below a few thousand
 # distinct values; one bitmap per session or per turn would be mostly empty).
 _SPECS: Final = (
-    _TableSpec(
+    TableSpec(
         TRANSCRIPTS,
         TRANSCRIPTS_SCHEMA,
         TURN_KEY,
         (("tenant_id", Bitmap()), ("session_id", BTree()), (TURN_KEY, BTree())),
+        added_columns=("context_json",),
     ),
-    _TableSpec(
+    TableSpec(
         SNAPSHOTS,
         SNAPSHOTS_SCHEMA,
         SNAPSHOT_KEY,
@@ -89,12 +105,54 @@ _SPECS: Final = (
 )
 
 
+def memories_spec(dim: int) -> TableSpec:
+    """The ``memories`` table for vectors of ``dim`` floats.
+
+    No vector (ANN) index: every memory search is prefiltered to one session (the session_id BTree finds its
+    rows), and an exact search over a session's few hundred or thousand rows is both faster and more
+    accurate than an approximate one, which with a prefilter can also return fewer than k rows.
+    """
+    return TableSpec(
+        MEMORIES,
+        memories_schema(dim),
+        MEMORY_KEY,
+        (("tenant_id", Bitmap()), ("session_id", BTree()), (MEMORY_KEY, BTree()), (TEXT, FTS())),
+    )
+
+
+def knowledge_spec(dim: int) -> TableSpec:
+    """The ``knowledge`` table for vectors of ``dim`` floats.
+
+    No vector (ANN) index is made automatically: searches are prefiltered to one tenant, and an exact
+    search over a tenant's chunks takes a few milliseconds up to some hundred thousand chunks. A tenant
+    with more would want an IVF index (``create_index("vector", config=IvfPq(...))``, with
+    ``refine_factor`` at query time); see bench/RESULTS.md.
+    """
+    return TableSpec(
+        KNOWLEDGE_TABLE,
+        knowledge_schema(dim),
+        CHUNK_KEY,
+        (("tenant_id", Bitmap()), ("document_id", BTree()), (CHUNK_KEY, BTree()), (TEXT, FTS())),
+    )
+
+
 class TranscriptStore:
     """Turns and snapshots of every tenant's sessions, in LanceDB. Create with :meth:`open`."""
 
-    def __init__(self, db: AsyncConnection, tables: dict[str, AsyncTable], *, keep_versions_s: float) -> None:
+    def __init__(
+        self,
+        db: AsyncConnection,
+        tables: dict[str, AsyncTable],
+        *,
+        keep_versions_s: float,
+        embedder: Embedder | None = None,
+    ) -> None:
         self._db = db
+        self._embedder = embedder
         self._tables = tables
+        self._specs = {s.name: s for s in _SPECS}
+        if embedder is not None:
+            self._specs[MEMORIES] = memories_spec(embedder.dim)
         self._keep_versions = timedelta(seconds=keep_versions_s)
         self._indexed: set[str] = set()
         self._index_lock = asyncio.Lock()
@@ -102,7 +160,12 @@ class TranscriptStore:
 
     @classmethod
     async def open(
-        cls, uri: str, *, read_consistency_s: float | None = 0.0, keep_versions_s: float = 3600.0
+        cls,
+        uri: str,
+        *,
+        read_consistency_s: float | None = 0.0,
+        keep_versions_s: float = 3600.0,
+        embedder: Embedder | None = None,
     ) -> TranscriptStore:
         """Connect to the LanceDB at ``uri``, creating the two tables if they are missing.
 
@@ -110,14 +173,22 @@ class TranscriptStore:
         connection (another process). LanceDB's default (``None``) never looks for them: a reader would
         not see turns a writer in another process appended after it opened. ``0`` checks on every read.
         ``keep_versions_s``: how long :meth:`optimize` keeps old table versions for readers still on them.
+        ``embedder``: when given, :meth:`write` also embeds each newly stored completed turn (user text and
+        reply, one batch per call) into the ``memories`` table, the session's long-term memory (created if
+        missing). Without it, an existing ``memories`` table is still opened, so :meth:`delete_session`
+        removes a session's memories whichever process deletes it.
         """
         interval = None if read_consistency_s is None else timedelta(seconds=read_consistency_s)
-        with _store_errors("cannot open the transcript store", UNWRITABLE):
+        with store_errors("cannot open the transcript store", UNWRITABLE):
             db = await lancedb.connect_async(uri, read_consistency_interval=interval)
         try:
-            with _store_errors("cannot open the transcript store", UNWRITABLE):
-                tables = {s.name: await _open_table(db, s) for s in _SPECS}
-            store = cls(db, tables, keep_versions_s=keep_versions_s)
+            with store_errors("cannot open the transcript store", UNWRITABLE):
+                tables = {s.name: await open_table(db, s) for s in _SPECS}
+                if embedder is not None:
+                    tables[MEMORIES] = await open_table(db, memories_spec(embedder.dim))
+                elif (memories := await open_existing(db, MEMORIES)) is not None:
+                    tables[MEMORIES] = memories
+            store = cls(db, tables, keep_versions_s=keep_versions_s, embedder=embedder)
             await store._note_existing_indexes()
         except BaseException:
             db.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
@@ -128,7 +199,9 @@ class TranscriptStore:
         """Insert the records whose key is not stored yet; a record already stored is left as it is.
 
         Within one call, a key given twice keeps its first record (``merge_insert`` would insert both). The
-        two tables are separate transactions: if the second fails, calling again completes the write.
+        tables are separate transactions: if a later one fails, calling again completes the write.
+        With an embedder, the completed turns that have no memory row yet are embedded in one batch and
+        inserted into ``memories`` (a redelivered turn is neither embedded nor stored again).
         Raises :class:`Unavailable` (``STORE_UNWRITABLE``) if the store cannot be written, and
         :class:`InvalidArgument` (``RECORD_DOES_NOT_FIT``, nothing written) if a record does not fit its
         table's schema (see :func:`storage.schemas.record_fits`).
@@ -142,12 +215,31 @@ class TranscriptStore:
         except CONVERSION_ERRORS as exc:
             # Not an outage: the same records will never fit, so the caller must not simply retry them.
             raise InvalidArgument("a record does not fit the table schema", reason=DOES_NOT_FIT) from exc
-        with _store_errors("cannot write to the transcript store", UNWRITABLE):
+        with store_errors("cannot write to the transcript store", UNWRITABLE):
             if turn_rows.num_rows:
                 await self._insert_absent(TRANSCRIPTS, turn_rows)
             if snapshot_rows.num_rows:
                 await self._insert_absent(SNAPSHOTS, snapshot_rows)
+        await self._remember([t for t in unique_turns if remembers(t)])
         await self._ensure_indexes()
+
+    async def _remember(self, turns: list[TurnRecord]) -> None:
+        """Embed and store the memories of ``turns`` not stored yet (one embedding batch)."""
+        embedder = self._embedder
+        if embedder is None or not turns:
+            return
+        table = self._tables[MEMORIES]
+        keys = ", ".join(f"'{_key_literal(t.key)}'" for t in turns)
+        with store_errors("cannot read the transcript store", UNREADABLE):
+            stored = await table.query().where(f"{MEMORY_KEY} IN ({keys})").select([MEMORY_KEY]).to_arrow()
+        present = set(stored.column(MEMORY_KEY).to_pylist())
+        new = [t for t in turns if t.key not in present]
+        if not new:
+            return
+        vectors = await embedder.embed([memory_text(t) for t in new])
+        rows = memories_to_batch(new, vectors, dim=embedder.dim, model_id=embedder.model_id)
+        with store_errors("cannot write to the transcript store", UNWRITABLE):
+            await self._insert_absent(MEMORIES, rows)
 
     async def history(
         self, tenant_id: str, session_id: str, *, after_turn_index: int = 0, limit: int = 50
@@ -185,24 +277,27 @@ class TranscriptStore:
         """Delete every row of the session, in every table. Deleting an absent session does nothing."""
         self._check_open()
         where = _session_filter(tenant_id, session_id)
-        with _store_errors("cannot delete from the transcript store", UNWRITABLE):
+        with store_errors("cannot delete from the transcript store", UNWRITABLE):
+            if MEMORIES not in self._tables and (memories := await open_existing(self._db, MEMORIES)) is not None:
+                # Made by another process (the writer) after this store opened.
+                self._tables[MEMORIES] = memories
             for table in self._tables.values():
                 await table.delete(where)
 
     async def count(self, table: str, where: str | None = None) -> int:
-        """Rows of ``table`` (``transcripts`` or ``snapshots``) matching ``where``, across tenants.
+        """Rows of ``table`` (``transcripts``, ``snapshots`` or ``memories``) matching ``where``, across tenants.
 
         For operators and tests: ``where`` is SQL passed as is, so it must never be built from request input.
         """
         target = self._table(table)
-        with _store_errors("cannot read the transcript store", UNREADABLE):
+        with store_errors("cannot read the transcript store", UNREADABLE):
             return await target.count_rows(where)
 
     async def optimize(self) -> None:
         """Compact small fragments (one per write), bring the indexes up to date with new rows and remove
         versions older than ``keep_versions_s``."""
         self._check_open()
-        with _store_errors("cannot optimize the transcript store", UNWRITABLE):
+        with store_errors("cannot optimize the transcript store", UNWRITABLE):
             for table in self._tables.values():
                 await table.optimize(cleanup_older_than=self._keep_versions)
 
@@ -216,7 +311,7 @@ class TranscriptStore:
         self._db.close()  # type: ignore[no-untyped-call]
 
     async def _insert_absent(self, name: str, batch: pa.RecordBatch) -> None:
-        spec = _spec(name)
+        spec = self._specs[name]
         builder = self._tables[name].merge_insert(spec.key).when_not_matched_insert_all()
         # On an AsyncTable, execute() returns a coroutine, though it is annotated as returning the result.
         await cast(Awaitable[object], builder.execute(batch))
@@ -232,43 +327,26 @@ class TranscriptStore:
             query = query.order_by([ColumnOrdering(column_name=c, ascending=up) for c, up in order])
         if limit is not None:
             query = query.limit(limit)
-        with _store_errors("cannot read the transcript store", UNREADABLE):
+        with store_errors("cannot read the transcript store", UNREADABLE):
             return await query.to_arrow()
 
     async def _note_existing_indexes(self) -> None:
-        for spec in _SPECS:
-            with _store_errors("cannot read the transcript store", UNREADABLE):
-                present = {column for index in await self._tables[spec.name].list_indices() for column in index.columns}
-            if all(column in present for column, _ in spec.indexes):
+        for spec in self._specs.values():
+            if await has_indexes(self._tables[spec.name], spec):
                 self._indexed.add(spec.name)
 
     async def _ensure_indexes(self) -> None:
         """Create the scalar indexes of each table that has rows and lacks them (once per table)."""
-        if len(self._indexed) == len(_SPECS):
+        if len(self._indexed) == len(self._specs):
             return
         async with self._index_lock:
-            for spec in _SPECS:
+            for spec in self._specs.values():
                 if spec.name not in self._indexed:
                     await self._index_table(spec)
 
-    async def _index_table(self, spec: _TableSpec) -> None:
-        table = self._tables[spec.name]
-        try:
-            # Indexes are made after the first write: an index of an empty table is of no use to the
-            # queries, and older LanceDB versions refuse to train one. Rows written after an index is made
-            # are searched unindexed until optimize() folds them in.
-            if await table.count_rows() == 0:
-                return
-            present = {column for index in await table.list_indices() for column in index.columns}
-            for column, config in spec.indexes:
-                if column not in present:
-                    await table.create_index(column, config=config)
-        except _STORE_ERRORS as exc:
-            # Queries are correct without indexes, only slower: try again after the next write.
-            log.warning("creating the indexes of %s failed (%s); will retry", spec.name, type(exc).__name__)
-            return
-        self._indexed.add(spec.name)
-        log.info("created the scalar indexes of %s", spec.name)
+    async def _index_table(self, spec: TableSpec) -> None:
+        if await create_missing_indexes(self._tables[spec.name], spec):
+            self._indexed.add(spec.name)
 
     def _table(self, name: str) -> AsyncTable:
         self._check_open()
@@ -282,7 +360,7 @@ class TranscriptStore:
 
 
 @contextlib.contextmanager
-def _store_errors(message: str, reason: str) -> Iterator[None]:
+def store_errors(message: str, reason: str) -> Iterator[None]:
     """Turn LanceDB and OS failures into :class:`Unavailable`; the message never carries row content."""
     try:
         yield
@@ -291,20 +369,110 @@ def _store_errors(message: str, reason: str) -> Iterator[None]:
         raise Unavailable(message, reason=reason, retry_after_s=RETRY_AFTER_S) from exc
 
 
-async def _open_table(db: AsyncConnection, spec: _TableSpec) -> AsyncTable:
-    """The table of ``spec``, created if missing; refused if it exists with another schema."""
+async def open_table(db: AsyncConnection, spec: TableSpec) -> AsyncTable:
+    """The table of ``spec``, created if missing; refused if it exists with another schema.
+
+    A table made before one of ``spec.added_columns`` existed gets it (empty string or 0 in the old rows),
+    at the end of its columns; column order does not matter to the reads and writes (they go by name).
+    """
+    failure: Exception | None = None
+    for _ in range(_OPEN_ATTEMPTS):
+        try:
+            return await db.create_table(spec.name, schema=spec.schema, exist_ok=True)
+        except (ValueError, RuntimeError) as exc:
+            # ValueError: "Schema Error: Provided schema does not match existing table schema".
+            # RuntimeError: "Retryable commit conflict": another process created the table at the same
+            # moment (the gateway, each host and the writer all open the tables at start).
+            failure = exc
+        table = await open_existing(db, spec.name)
+        if table is None:
+            continue
+        try:
+            existing = await table.schema()
+            if _same_fields(existing, spec.schema) or await _add_missing_columns(table, spec):
+                return table
+        except BaseException:
+            table.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
+            raise
+        table.close()  # type: ignore[no-untyped-call]
+        # Writing would fail on every batch, so stop at open: the table needs a migration.
+        raise _schema_mismatch(spec) from failure
+    assert failure is not None
+    raise failure
+
+
+_OPEN_ATTEMPTS: Final = 3
+
+
+async def create_missing_indexes(table: AsyncTable, spec: TableSpec) -> bool:
+    """Create the indexes of ``spec`` that ``table`` lacks, once it has rows; True when all exist.
+
+    Indexes are made after the first write: an index of an empty table is of no use to the queries, and
+    older LanceDB versions refuse to train one. Rows written after an index is made are still searched
+    (unindexed, by a scan) until ``optimize()`` folds them in. A failure is logged and reported as False:
+    queries are correct without indexes, only slower, so the caller tries again later.
+    """
     try:
-        return await db.create_table(spec.name, schema=spec.schema, exist_ok=True)
-    except ValueError as exc:
-        # LanceDB: "Schema Error: Provided schema does not match existing table schema". Writing would
-        # fail on every batch, so stop at open: the table needs a migration (or was made by another version).
-        raise FailedPrecondition(
-            f"table {spec.name} exists with a different schema; migrate it first", reason="STORE_SCHEMA_MISMATCH"
-        ) from exc
+        if await table.count_rows() == 0:
+            return False
+        present = {column for index in await table.list_indices() for column in index.columns}
+        for column, config in spec.indexes:
+            if column not in present:
+                await table.create_index(column, config=config)
+    except _STORE_ERRORS as exc:
+        log.warning("creating the indexes of %s failed (%s); will retry", spec.name, type(exc).__name__)
+        return False
+    log.info("created the indexes of %s", spec.name)
+    return True
 
 
-def _spec(name: str) -> _TableSpec:
-    return next(s for s in _SPECS if s.name == name)
+async def has_indexes(table: AsyncTable, spec: TableSpec) -> bool:
+    """Whether ``table`` has every index of ``spec``."""
+    with store_errors("cannot read the store", UNREADABLE):
+        present = {column for index in await table.list_indices() for column in index.columns}
+    return all(column in present for column, _ in spec.indexes)
+
+
+def _schema_mismatch(spec: TableSpec) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"table {spec.name} exists with a different schema; migrate it first", reason="STORE_SCHEMA_MISMATCH"
+    )
+
+
+_COLUMN_DEFAULTS: Final = {pa.string(): "''", pa.int64(): "CAST(0 AS BIGINT)"}
+
+
+async def _add_missing_columns(table: AsyncTable, spec: TableSpec) -> bool:
+    """Add the columns of ``spec`` the table lacks, if that is all that differs; True if done."""
+    existing = await table.schema()
+    missing = [f for f in spec.schema if f.name not in existing.names]
+    kept = pa.schema([f for f in spec.schema if f.name in existing.names])
+    addable = all(f.name in spec.added_columns and f.type in _COLUMN_DEFAULTS for f in missing)
+    if not missing or not addable or not _same_fields(existing, kept):
+        return False
+    await table.add_columns({f.name: _COLUMN_DEFAULTS[f.type] for f in missing})
+    log.info("added the columns %s to %s", [f.name for f in missing], spec.name)
+    return True
+
+
+def _same_fields(a: pa.Schema, b: pa.Schema) -> bool:
+    """Whether two schemas have the same fields (name, type, nullability), in any order."""
+    return len(a) == len(b) and all(b.get_field_index(f.name) >= 0 and b.field(f.name) == f for f in a)
+
+
+async def open_existing(db: AsyncConnection, name: str) -> AsyncTable | None:
+    """The table ``name`` if it exists, else None."""
+    try:
+        return await db.open_table(name)
+    except ValueError:  # LanceDB: "Table '…' was not found"
+        return None
+
+
+def _key_literal(key: str) -> str:
+    # Turn keys are made of validated ids and dots; check anyway, as this goes into a filter.
+    if not all(is_valid_id(part) for part in key.split(".")):
+        raise InvalidArgument("a record key is not made of valid ids", reason=DOES_NOT_FIT)
+    return key
 
 
 def _session_filter(tenant_id: str, session_id: str) -> str:

@@ -1,7 +1,8 @@
 """The offline responder: the default when no model is configured.
 
 It does not pretend to be a language model. It says what it is and answers from what the session holds
-(its instructions and the messages in its window), so the engine's whole path runs with no API key.
+(its instructions, the messages in its window, the passages retrieved for the turn, cited by number), so
+the engine's whole path runs with no API key.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ def offline_answer(request: ModelRequest) -> str:
         "I am Salon's offline responder: no language model is configured, so I can only answer from what "
         "this session holds."
     ]
-    if request.system:
-        lines.append(f"My instructions for this session begin: “{_excerpt(request.system)}”.")
+    # ``system`` also holds the summary and the passages; the session's own instructions are apart.
+    instructions = (
+        request.instructions if (request.instructions or request.passages or request.summary) else request.system
+    )
+    if instructions:
+        lines.append(f"My instructions for this session begin: “{_excerpt(instructions)}”.")
     if earlier:
         recalled = "; ".join(f"“{_excerpt(t)}”" for t in earlier[-3:])
         lines.append(
@@ -40,6 +45,11 @@ def offline_answer(request: ModelRequest) -> str:
         lines.append("This is the first message of the session that I can see.")
     if current is not None and current.text.strip():
         lines.append(f"You just said: “{_excerpt(current.text)}”.")
+    if request.passages:
+        found = "; ".join(f"[{n}] “{_excerpt(p.text)}”" for n, p in enumerate(request.passages, start=1))
+        lines.append(f"From the passages retrieved for this message: {found}.")
+    elif request.summary:
+        lines.append(f"Earlier in the session, in summary: “{_excerpt(request.summary.splitlines()[-1])}”.")
     return " ".join(lines)
 
 

@@ -4,7 +4,7 @@
 typed events (:class:`Accepted`, :class:`Delta`, … :class:`Completed`) that resumes by itself after a dropped
 stream. ``Session.send`` gives the raw ``salon.v1.TurnEvent`` messages instead. Failed calls raise
 :class:`SalonError` carrying the gRPC status and Salon's reason. ``salon.client.sync`` wraps it all for
-blocking code.
+blocking code. ``SalonClient.ingest``, ``delete_documents`` and ``search`` reach the knowledge base.
 """
 
 from salon.client.client import SalonClient, Session
@@ -23,6 +23,7 @@ from salon.client.events import (
     Usage,
     event_from_proto,
 )
+from salon.client.knowledge import Document, IngestProgress
 from salon.client.policies import Disconnect, DoubleTexting
 from salon.client.reply import Reply
 from salon.client.retry import NO_RETRY, RetryPolicy
@@ -38,9 +39,11 @@ __all__ = [
     "Completed",
     "Delta",
     "Disconnect",
+    "Document",
     "DoubleTexting",
     "Event",
     "Failed",
+    "IngestProgress",
     "Reply",
     "RetryPolicy",
     "SalonClient",

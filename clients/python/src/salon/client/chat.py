@@ -10,7 +10,7 @@ from typing import TextIO
 
 from salon.client.client import SalonClient, Session
 from salon.client.errors import SalonError
-from salon.client.events import Cancelled, Delta, Failed
+from salon.client.events import Cancelled, Citations, Delta, Failed
 
 HELP = """Commands:
   /new      start a new session
@@ -33,7 +33,14 @@ async def stream_turn(session: Session, text: str, out: TextIO = sys.stdout) -> 
     try:
         async with turn:
             async for event in turn:
-                if isinstance(event, Delta):
+                if isinstance(event, Citations) and event.citations:
+                    # Before the first token: the passages the answer may cite as [1], [2] …
+                    names = [
+                        f"[{n}] {'earlier in this chat' if c.source == 'memory' else c.title or c.document_id}"
+                        for n, c in enumerate(event.citations, start=1)
+                    ]
+                    out.write(_dim("sources: " + "; ".join(names), out) + "\n")
+                elif isinstance(event, Delta):
                     out.write(event.text)
                     out.flush()
                 elif isinstance(event, Failed):

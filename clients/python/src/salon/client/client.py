@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import grpc
 
 from salon.client.errors import SalonError
+from salon.client.knowledge import Document, IngestProgress, request_stream
 from salon.client.policies import Disconnect, DoubleTexting, disconnect_value, double_texting_value
 from salon.client.reply import Reply
 from salon.client.retry import RetryPolicy
 from salon.client.turn import Turn
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
+from salon.v1 import knowledge_service_pb2 as ks_pb2
+from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
 from salon.v1 import session_pb2, turn_pb2
 
 __all__ = ["Reply", "SalonClient", "Session"]
@@ -132,6 +135,7 @@ class SalonClient:
         else:
             self._channel = grpc.aio.secure_channel(target, credentials, options=opts)
         self.stub = cs_grpc.ConversationServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self.knowledge_stub = ks_grpc.KnowledgeServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> SalonClient:
         return self
@@ -268,6 +272,41 @@ class SalonClient:
         async with turn:
             async for event in turn.protos():
                 yield event
+
+    async def ingest(
+        self,
+        documents: Iterable[Document] | AsyncIterable[Document],
+        *,
+        batch: int = 8,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[IngestProgress]:
+        """Add or replace documents in the caller's knowledge base: yields each document's result as it is
+        stored (in the order given, with running counts), then the summary. A document that fails gets its
+        reason in its result; the others go on."""
+        call = self.knowledge_stub.IngestDocuments(
+            request_stream(documents, batch=batch), metadata=self._metadata, timeout=timeout_s
+        )
+        try:
+            async for response in call:
+                yield IngestProgress.from_proto(response)
+        except grpc.aio.AioRpcError as exc:
+            raise SalonError.from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    async def delete_documents(self, document_ids: Iterable[str], *, timeout_s: float | None = None) -> int:
+        """Remove documents from the caller's knowledge base; returns how many existed."""
+        request = ks_pb2.DeleteDocumentsRequest(document_ids=list(document_ids))
+        response = await self._unary(self.knowledge_stub.DeleteDocuments, request, timeout_s)
+        return int(response.deleted)
+
+    async def search(
+        self, text: str, *, top_k: int = 0, min_score: float = 0.0, timeout_s: float | None = None
+    ) -> list[ks_pb2.SearchHit]:
+        """The passages of the caller's knowledge base most relevant to ``text``, best first."""
+        request = ks_pb2.SearchRequest(text=text, top_k=top_k, min_score=min_score)
+        response = await self._unary(self.knowledge_stub.Search, request, timeout_s)
+        return list(response.hits)
 
     async def _unary(self, method: Any, request: object, timeout_s: float | None = None) -> Any:
         timeout = self._timeout_s if timeout_s is None else timeout_s

@@ -18,7 +18,7 @@ Limits:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 
 import grpc
@@ -26,10 +26,12 @@ import grpc
 from salon.client import client as aio
 from salon.client._loop import LoopThread, is_end, next_or_end
 from salon.client.events import Event, TerminalEvent
+from salon.client.knowledge import Document, IngestProgress
 from salon.client.policies import Disconnect, DoubleTexting
 from salon.client.reply import Reply
 from salon.client.retry import RetryPolicy
 from salon.client.turn import Turn as AsyncTurn
+from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import session_pb2
 
 __all__ = ["SalonClient", "Session", "Turn"]
@@ -317,3 +319,32 @@ class SalonClient:
     def cancel_turn(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> None:
         """Stop a running or queued turn."""
         self._loop.run(self._client.cancel_turn(session_id, turn_id, timeout_s=timeout_s))
+
+    def ingest(
+        self,
+        documents: Iterable[Document],
+        *,
+        on_progress: Callable[[IngestProgress], None] | None = None,
+        batch: int = 8,
+        timeout_s: float | None = None,
+    ) -> ks_pb2.IngestSummary:
+        """Add or replace documents; ``on_progress`` sees each document's result as it is stored. Returns the
+        summary (which documents failed, and why)."""
+        stream = self._client.ingest(list(documents), batch=batch, timeout_s=timeout_s)
+        summary = ks_pb2.IngestSummary()
+        while not is_end(progress := self._loop.run(next_or_end(stream))):
+            if on_progress is not None:
+                on_progress(progress)
+            if progress.summary is not None:
+                summary = progress.summary
+        return summary
+
+    def delete_documents(self, document_ids: Iterable[str], *, timeout_s: float | None = None) -> int:
+        """Remove documents; returns how many existed."""
+        return self._loop.run(self._client.delete_documents(list(document_ids), timeout_s=timeout_s))
+
+    def search(
+        self, text: str, *, top_k: int = 0, min_score: float = 0.0, timeout_s: float | None = None
+    ) -> list[ks_pb2.SearchHit]:
+        """The most relevant passages of the knowledge base."""
+        return self._loop.run(self._client.search(text, top_k=top_k, min_score=min_score, timeout_s=timeout_s))

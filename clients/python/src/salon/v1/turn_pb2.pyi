@@ -150,7 +150,7 @@ class TurnCancelled(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class TurnRecord(_message.Message):
-    __slots__ = ("turn_id", "user_text", "reply_text", "status", "stop_reason", "usage", "create_time", "complete_time")
+    __slots__ = ("turn_id", "user_text", "reply_text", "status", "stop_reason", "usage", "create_time", "complete_time", "context")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     USER_TEXT_FIELD_NUMBER: _ClassVar[int]
     REPLY_TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,7 @@ class TurnRecord(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     user_text: str
     reply_text: str
@@ -167,4 +168,47 @@ class TurnRecord(_message.Message):
     usage: Usage
     create_time: _timestamp_pb2.Timestamp
     complete_time: _timestamp_pb2.Timestamp
-    def __init__(self, turn_id: _Optional[str] = ..., user_text: _Optional[str] = ..., reply_text: _Optional[str] = ..., status: _Optional[_Union[TurnStatus, str]] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    context: TurnContext
+    def __init__(self, turn_id: _Optional[str] = ..., user_text: _Optional[str] = ..., reply_text: _Optional[str] = ..., status: _Optional[_Union[TurnStatus, str]] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[TurnContext, _Mapping]] = ...) -> None: ...
+
+class TurnContext(_message.Message):
+    __slots__ = ("window", "summary_version", "summary_tokens", "passages", "system_tokens", "message_tokens", "total_tokens", "retrieval_error_reason")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PASSAGES_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_ERROR_REASON_FIELD_NUMBER: _ClassVar[int]
+    window: _containers.RepeatedCompositeFieldContainer[ContextMessage]
+    summary_version: int
+    summary_tokens: int
+    passages: _containers.RepeatedCompositeFieldContainer[ContextPassage]
+    system_tokens: int
+    message_tokens: int
+    total_tokens: int
+    retrieval_error_reason: str
+    def __init__(self, window: _Optional[_Iterable[_Union[ContextMessage, _Mapping]]] = ..., summary_version: _Optional[int] = ..., summary_tokens: _Optional[int] = ..., passages: _Optional[_Iterable[_Union[ContextPassage, _Mapping]]] = ..., system_tokens: _Optional[int] = ..., message_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., retrieval_error_reason: _Optional[str] = ...) -> None: ...
+
+class ContextMessage(_message.Message):
+    __slots__ = ("turn_id", "turn_index", "role", "tokens")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    turn_index: int
+    role: str
+    tokens: int
+    def __init__(self, turn_id: _Optional[str] = ..., turn_index: _Optional[int] = ..., role: _Optional[str] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class ContextPassage(_message.Message):
+    __slots__ = ("citation", "tokens", "turn_index")
+    CITATION_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TURN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    citation: Citation
+    tokens: int
+    turn_index: int
+    def __init__(self, citation: _Optional[_Union[Citation, _Mapping]] = ..., tokens: _Optional[int] = ..., turn_index: _Optional[int] = ...) -> None: ...

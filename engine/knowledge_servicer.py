@@ -1,0 +1,53 @@
+"""The gRPC face of :class:`~engine.knowledge.Knowledge`: request in, status or results out. No logic here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias
+
+from engine.knowledge import Knowledge
+from engine.status import abort, as_salon_errors
+from salon.v1 import knowledge_service_pb2 as ks_pb2
+from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
+from storage import SalonError
+
+# grpc ships no type information; the servicer context is typed loosely on purpose.
+Context: TypeAlias = Any
+
+
+class KnowledgeServicer(ks_grpc.KnowledgeServiceServicer):
+    """``salon.v1.KnowledgeService`` over :class:`Knowledge`.
+
+    ``tenant_of`` names the caller's tenant from the call's context: the conversation servicer's own, so
+    authentication added there covers both services."""
+
+    def __init__(self, knowledge: Knowledge, tenant_of: Callable[[Context], str]) -> None:
+        self._knowledge = knowledge
+        self._tenant_of = tenant_of
+
+    async def IngestDocuments(
+        self, request_iterator: AsyncIterator[ks_pb2.IngestDocumentsRequest], context: Context
+    ) -> AsyncIterator[ks_pb2.IngestDocumentsResponse]:
+        try:
+            with as_salon_errors():
+                tenant = self._tenant_of(context)
+                async for response in self._knowledge.ingest(tenant, request_iterator):
+                    yield response
+        except SalonError as exc:
+            await abort(context, exc)
+
+    async def DeleteDocuments(self, request: ks_pb2.DeleteDocumentsRequest, context: Context) -> Any:
+        try:
+            with as_salon_errors():
+                deleted = await self._knowledge.delete(self._tenant_of(context), request)
+            return ks_pb2.DeleteDocumentsResponse(deleted=deleted)
+        except SalonError as exc:
+            await abort(context, exc)
+
+    async def Search(self, request: ks_pb2.SearchRequest, context: Context) -> Any:
+        try:
+            with as_salon_errors():
+                hits = await self._knowledge.search(self._tenant_of(context), request)
+            return ks_pb2.SearchResponse(hits=hits)
+        except SalonError as exc:
+            await abort(context, exc)

@@ -1,0 +1,366 @@
+"""Retrieval: the passages of the tenant's knowledge base and of the session's long-term memory that are
+relevant to a turn.
+
+Hybrid search: a vector search (cosine similarity of the query's embedding) and a full-text search (BM25)
+run on each source with the same prefilter, and their candidates are fused by a convex combination:
+
+    score = 0.7 * max(0, cosine) + 0.3 * bm25 / best_bm25
+
+Rank fusion (RRF) was not used because its scores are ranks, not relevance: the best candidate of a search
+that found nothing relevant still scores at the top, so a per-session ``min_score`` could not cut off
+irrelevant passages. The cosine term is an absolute similarity; the lexical term (relative to the best
+lexical match of the same search) lifts passages that share rare words with the query (names, codes) that
+the small embedding model blurs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any, Final, Protocol
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+from lancedb.db import AsyncConnection
+from lancedb.table import AsyncTable
+
+from storage.embedding import Embedder, HashEmbedder
+from storage.errors import Unavailable
+from storage.ids import require_id
+from storage.schemas import TEXT, VECTOR
+from storage.tables import UNREADABLE, knowledge_spec, memories_spec, open_table, store_errors
+
+KNOWLEDGE: Final = "knowledge"
+MEMORY: Final = "memory"
+
+VECTOR_WEIGHT: Final = 0.7
+LEXICAL_WEIGHT: Final = 1.0 - VECTOR_WEIGHT
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A retrieved piece of text and where it came from."""
+
+    source: str
+    """``"knowledge"`` or ``"memory"``."""
+    document_id: str
+    """Knowledge: the document id; memory: the session id."""
+    chunk_id: str
+    """Knowledge: ``"<document_id>#<n>"``; memory: the turn id."""
+    text: str
+    score: float
+    """Fused relevance in [0, 1], higher is better (see the module documentation)."""
+    table_version: int
+    """Version of the table the passage was read from (0 for the in-memory retriever)."""
+    title: str = ""
+    """Knowledge: the document's title and the chunk's markdown heading, if any."""
+    turn_index: int = 0
+    """Memory only: the turn's index in its session."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievalQuery:
+    """What to retrieve for one turn."""
+
+    tenant_id: str
+    session_id: str
+    text: str
+    top_k: int = 4
+    min_score: float = 0.0
+    exclude_turn_ids: frozenset[str] = frozenset()
+    """Turns still in the window: their memories are never returned."""
+    include_memory: bool = True
+    include_knowledge: bool = True
+
+
+class Retriever(Protocol):
+    """Finds the passages relevant to a query; see :class:`LanceRetriever`."""
+
+    async def retrieve(self, query: RetrievalQuery) -> list[Passage]:
+        """At most ``top_k`` passages with ``score >= min_score``, best first, from the query's tenant only
+        (memories from its session only, never of an excluded turn)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A row found by the vector search, the full-text search or both, before fusion."""
+
+    passage: Passage
+    cosine: float
+    bm25: float = 0.0
+
+
+def fuse(candidates: Iterable[Candidate]) -> list[Passage]:
+    """The candidates' passages with their fused score, best first (ties: the order given)."""
+    pool = list(candidates)
+    best_bm25 = max((c.bm25 for c in pool), default=0.0)
+    scored: list[Passage] = []
+    for c in pool:
+        lexical = c.bm25 / best_bm25 if best_bm25 > 0 else 0.0
+        score = VECTOR_WEIGHT * max(0.0, min(1.0, c.cosine)) + LEXICAL_WEIGHT * max(0.0, min(1.0, lexical))
+        scored.append(replace(c.passage, score=score))
+    return sorted(scored, key=lambda p: p.score, reverse=True)
+
+
+def select(passages: Iterable[Passage], *, top_k: int, min_score: float) -> list[Passage]:
+    """The best ``top_k`` of ``passages`` at or above ``min_score``, best first."""
+    ranked = sorted(passages, key=lambda p: p.score, reverse=True)
+    return [p for p in ranked if p.score >= min_score][: max(0, top_k)]
+
+
+def check_query(query: RetrievalQuery) -> None:
+    """Raise :class:`storage.errors.InvalidArgument` if an id of ``query`` is not a valid id."""
+    require_id(query.tenant_id, "tenant_id")
+    require_id(query.session_id, "session_id")
+    for turn_id in query.exclude_turn_ids:
+        require_id(turn_id, "turn_id")
+
+
+@dataclass(slots=True)
+class _Stored:
+    passage: Passage
+    tenant_id: str
+    session_id: str
+    vector: list[float] = field(default_factory=list)
+
+
+class InMemoryRetriever:
+    """A :class:`Retriever` over passages held in memory, for unit tests of code that retrieves.
+
+    Same contract as :class:`LanceRetriever`: tenant isolation, memories only from the query's session,
+    excluded turns never returned, ``top_k`` and ``min_score``. Relevance uses the same fusion, with the
+    :class:`HashEmbedder`'s bag-of-words vectors and a word-overlap count standing in for BM25. The score a
+    passage is added with is ignored.
+    """
+
+    def __init__(self, embedder: HashEmbedder | None = None) -> None:
+        self._embedder = embedder or HashEmbedder()
+        self._stored: list[_Stored] = []
+
+    def add(self, passage: Passage, tenant_id: str, session_id: str = "") -> None:
+        """Store ``passage`` for ``tenant_id`` (memories: of ``session_id``; knowledge ignores it)."""
+        vector = self._embedder.vector(passage.title + "\n" + passage.text)
+        self._stored.append(_Stored(passage, tenant_id, session_id, vector))
+
+    def clear(self) -> None:
+        """Forget every passage."""
+        self._stored.clear()
+
+    async def retrieve(self, query: RetrievalQuery) -> list[Passage]:
+        """See :meth:`Retriever.retrieve`."""
+        check_query(query)
+        await asyncio.sleep(0)  # a real retriever yields to the loop; so does this one, to show up races
+        if query.top_k <= 0:
+            return []
+        wanted = self._embedder.vector(query.text)
+        words = set(_words(query.text))
+        per_source: dict[str, list[Candidate]] = {KNOWLEDGE: [], MEMORY: []}
+        for item in self._stored:
+            p = item.passage
+            if item.tenant_id != query.tenant_id:
+                continue
+            if p.source == MEMORY:
+                if not query.include_memory or item.session_id != query.session_id:
+                    continue
+                if p.chunk_id in query.exclude_turn_ids:
+                    continue
+            elif not query.include_knowledge:
+                continue
+            cosine = sum(a * b for a, b in zip(wanted, item.vector, strict=True))
+            overlap = float(len(words & set(_words(p.title + " " + p.text))))
+            per_source.setdefault(p.source, []).append(Candidate(p, cosine, overlap))
+        fused = [p for candidates in per_source.values() for p in fuse(candidates)]
+        return select(fused, top_k=query.top_k, min_score=query.min_score)
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in "".join(ch.lower() if ch.isalnum() else " " for ch in text).split() if w]
+
+
+class LanceRetriever:
+    """The :class:`Retriever` over the LanceDB tables ``knowledge`` and ``memories``. Create with :meth:`open`.
+
+    Per query: one embedding of the query text, then on each source a vector search and a full-text
+    search, all four concurrently, each prefiltered by the scalar indexes (knowledge: the tenant; memories:
+    the tenant and the session, minus the excluded turns). Rows written since the last index update are
+    searched too (LanceDB scans unindexed rows), so a new memory or document is found at once.
+    """
+
+    def __init__(self, db: AsyncConnection, knowledge: AsyncTable, memories: AsyncTable, embedder: Embedder) -> None:
+        self._db = db
+        self._knowledge = knowledge
+        self._memories = memories
+        self._embedder = embedder
+        self._closed = False
+
+    @classmethod
+    async def open(cls, uri: str, embedder: Embedder, *, read_consistency_s: float | None = 0.0) -> LanceRetriever:
+        """Connect to the LanceDB at ``uri``, creating the two tables if missing (empty, for vectors of
+        ``embedder.dim``). ``read_consistency_s``: how stale a read may be with respect to writes by other
+        processes (the batch writer, ingestion); ``0`` looks for new versions on every query."""
+        interval = None if read_consistency_s is None else timedelta(seconds=read_consistency_s)
+        with store_errors("cannot open the retrieval tables", UNREADABLE):
+            db = await lancedb.connect_async(uri, read_consistency_interval=interval)
+        try:
+            with store_errors("cannot open the retrieval tables", UNREADABLE):
+                knowledge = await open_table(db, knowledge_spec(embedder.dim))
+                memories = await open_table(db, memories_spec(embedder.dim))
+        except BaseException:
+            db.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
+            raise
+        return cls(db, knowledge, memories, embedder)
+
+    async def retrieve(self, query: RetrievalQuery) -> list[Passage]:
+        """See :meth:`Retriever.retrieve`. Raises :class:`storage.errors.Unavailable` if LanceDB fails."""
+        check_query(query)
+        if self._closed:
+            raise Unavailable("the retriever is closed", reason="STORE_CLOSED")
+        if query.top_k <= 0 or not (query.include_memory or query.include_knowledge):
+            return []
+        targets: list[SearchTarget] = []
+        if query.include_knowledge:
+            targets.append(SearchTarget(self._knowledge, KNOWLEDGE, knowledge_filter(query.tenant_id)))
+        if query.include_memory:
+            where = memory_filter(query.tenant_id, query.session_id, query.exclude_turn_ids)
+            targets.append(SearchTarget(self._memories, MEMORY, where))
+        found = await hybrid_search(
+            targets, query.text, self._embedder.embed([query.text]), limit=candidate_limit(query.top_k)
+        )
+        fused = [p for candidates in found for p in fuse(candidates)]
+        return select(fused, top_k=query.top_k, min_score=query.min_score)
+
+    async def close(self) -> None:
+        """Release the tables and the connection; later calls raise :class:`Unavailable`. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._knowledge.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
+        self._memories.close()  # type: ignore[no-untyped-call]
+        self._db.close()  # type: ignore[no-untyped-call]
+
+
+def candidate_limit(top_k: int) -> int:
+    """How many rows each of the two searches returns for fusion: more than ``top_k``, so a passage ranked
+    low by one search but high by the other can still make the cut."""
+    return max(2 * top_k, 8)
+
+
+def knowledge_filter(tenant_id: str) -> str:
+    """The prefilter of a tenant's knowledge, from a validated id."""
+    return f"tenant_id = '{require_id(tenant_id, 'tenant_id')}'"
+
+
+def memory_filter(tenant_id: str, session_id: str, exclude_turn_ids: Iterable[str] = ()) -> str:
+    """The prefilter of a session's memories (of one tenant), minus ``exclude_turn_ids``; ids validated."""
+    where = f"{knowledge_filter(tenant_id)} AND session_id = '{require_id(session_id, 'session_id')}'"
+    excluded = sorted({require_id(t, "turn_id") for t in exclude_turn_ids})
+    if excluded:
+        where += " AND turn_id NOT IN (" + ", ".join(f"'{t}'" for t in excluded) + ")"
+    return where
+
+
+_COLUMNS: Final = {
+    KNOWLEDGE: ["chunk_key", "document_id", "chunk_id", "title", TEXT],
+    MEMORY: ["memory_key", "session_id", "turn_id", "turn_index", TEXT],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SearchTarget:
+    """A table to search, what kind of rows it holds, and the prefilter (built from validated ids)."""
+
+    table: AsyncTable
+    source: str
+    where: str
+
+
+async def hybrid_search(
+    targets: Sequence[SearchTarget], text: str, embedding: Awaitable[list[list[float]]], *, limit: int
+) -> list[list[Candidate]]:
+    """The candidates of a vector search and a full-text search on each target, both prefiltered, merged
+    by row (a row found by both carries both scores); one list per target, in order.
+
+    ``embedding`` (the query's, one vector) is awaited after the full-text searches have started: they do
+    not need it, so they run while the model computes it.
+    """
+    by_text = [asyncio.ensure_future(_text_search(t.table, t.where, text, _COLUMNS[t.source], limit)) for t in targets]
+    try:
+        (vector,) = await embedding
+        with store_errors("cannot read the retrieval tables", UNREADABLE):
+            vector_searches = (_vector_search(t.table, t.where, vector, _COLUMNS[t.source], limit) for t in targets)
+            by_vector = await asyncio.gather(*vector_searches)
+            versions = [await t.table.version() for t in targets]  # cheap: the dataset is already loaded
+            texts = await asyncio.gather(*by_text)
+    finally:
+        # On success they are done; on a failure they are stopped and reaped, so none outlives the call.
+        for task in by_text:
+            task.cancel()
+        await asyncio.gather(*by_text, return_exceptions=True)
+    query = np.asarray(vector, dtype=np.float32)
+    return [
+        _merge(t.source, version, vector_rows, text_rows, query)
+        for t, version, vector_rows, text_rows in zip(targets, versions, by_vector, texts, strict=True)
+    ]
+
+
+async def search_table(
+    table: AsyncTable, source: str, *, where: str, text: str, vector: Sequence[float], limit: int
+) -> list[Candidate]:
+    """:func:`hybrid_search` of one table with a query vector already computed."""
+
+    async def ready() -> list[list[float]]:
+        return [list(vector)]
+
+    (found,) = await hybrid_search([SearchTarget(table, source, where)], text, ready(), limit=limit)
+    return found
+
+
+def _merge(source: str, version: int, by_vector: pa.Table, by_text: pa.Table | None, query: Any) -> list[Candidate]:
+    key = _COLUMNS[source][0]
+    found: dict[str, Candidate] = {}
+    distances = by_vector.column("_distance").to_pylist()
+    for row, distance in zip(by_vector.drop_columns(["_distance"]).to_pylist(), distances, strict=True):
+        found[row[key]] = Candidate(_passage(source, row, version), 1.0 - float(distance))
+    if by_text is None or by_text.num_rows == 0:
+        return list(found.values())
+    # Cosine similarities of the full-text hits in one product, from the Arrow buffer (no Python floats).
+    vectors = by_text.column(VECTOR).combine_chunks()
+    dim = vectors.type.list_size
+    cosines = vectors.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim) @ query
+    scores = by_text.column("_score").to_pylist()
+    rows = by_text.drop_columns([VECTOR, "_score"]).to_pylist()
+    for row, cosine, score in zip(rows, cosines.tolist(), scores, strict=True):
+        k = row[key]
+        found[k] = Candidate(_passage(source, row, version), found[k].cosine if k in found else cosine, float(score))
+    return list(found.values())
+
+
+async def _vector_search(
+    table: AsyncTable, where: str, vector: Sequence[float], columns: list[str], limit: int
+) -> pa.Table:
+    search = table.query().nearest_to(list(vector)).column(VECTOR).distance_type("cosine")
+    return await search.where(where).select([*columns, "_distance"]).limit(limit).to_arrow()
+
+
+async def _text_search(table: AsyncTable, where: str, text: str, columns: list[str], limit: int) -> pa.Table | None:
+    if not text.strip():
+        return None
+    # A plain string is a match query: no query syntax, so the user's text cannot make it fail or widen it.
+    search = table.query().nearest_to_text(text, columns=TEXT).where(where)
+    try:
+        return await search.select([*columns, VECTOR, "_score"]).limit(limit).to_arrow()
+    except ValueError as exc:
+        # No full-text index yet (nothing written to the table yet): the vector search still answers.
+        if "INVERTED index" in str(exc):
+            return None
+        raise
+
+
+def _passage(source: str, row: dict[str, Any], version: int) -> Passage:
+    if source == KNOWLEDGE:
+        return Passage(KNOWLEDGE, row["document_id"], row["chunk_id"], row[TEXT], 0.0, version, row["title"])
+    return Passage(MEMORY, row["session_id"], row["turn_id"], row[TEXT], 0.0, version, turn_index=row["turn_index"])

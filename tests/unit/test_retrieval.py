@@ -1,0 +1,364 @@
+"""Retrieval: one contract for the LanceDB retriever and the in-memory one (tenant and session isolation,
+excluded turns, top_k, min_score, sources), long-term memory written by the transcript store, and a fact
+from far back found by the real model."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import lancedb
+import pyarrow as pa
+import pytest
+
+from storage.embedding import HashEmbedder, default_embedder
+from storage.errors import InvalidArgument
+from storage.knowledge import Document, KnowledgeBase
+from storage.memories import MEMORIES, memory_text
+from storage.records import TurnRecord
+from storage.retrieval import (
+    KNOWLEDGE,
+    MEMORY,
+    Candidate,
+    InMemoryRetriever,
+    LanceRetriever,
+    Passage,
+    RetrievalQuery,
+    fuse,
+    memory_filter,
+)
+from storage.schemas import TRANSCRIPTS_SCHEMA
+from storage.tables import TRANSCRIPTS, TranscriptStore
+
+DIM = 64
+
+
+def turn(
+    index: int, user: str, reply: str = "noted", *, tenant: str = "acme", session: str = "s1", **fields: object
+) -> TurnRecord:
+    base = TurnRecord(
+        tenant_id=tenant,
+        session_id=session,
+        turn_id=f"t{index}",
+        incarnation="1",
+        turn_index=index,
+        status="completed",
+        user_text=user,
+        reply_text=reply,
+    )
+    return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+
+
+# What every retriever holds for the contract tests: (tenant, session, turn index, user text).
+MEMORY_ROWS = [
+    ("acme", "s1", 1, "my dog is called biscuit"),
+    ("acme", "s1", 2, "i work as a nurse in lisbon"),
+    ("acme", "s1", 3, "the dog biscuit loves the beach"),
+    ("acme", "s2", 1, "my dog is called rex"),
+    ("globex", "s1", 1, "my dog is called shadow"),
+]
+KNOWLEDGE_ROWS = [
+    ("acme", "dogs", "dog licences cost ten euros a year"),
+    ("globex", "dogs", "globex dog policy secret"),
+]
+
+
+class Retrievers(Protocol):
+    async def __call__(self, tmp_path: Path) -> tuple[object, object]: ...
+
+
+class CountingEmbedder(HashEmbedder):
+    def __init__(self) -> None:
+        super().__init__(dim=DIM)
+        self.texts: list[list[str]] = []
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.texts.append(list(texts))
+        return await super().embed(texts)
+
+
+async def lance_retriever(tmp_path: Path) -> AsyncIterator[LanceRetriever]:
+    uri = str(tmp_path / "lance")
+    embedder = HashEmbedder(dim=DIM)
+    store = await TranscriptStore.open(uri, embedder=embedder)
+    kb = await KnowledgeBase.open(uri, embedder)
+    try:
+        turns = [turn(i, text, tenant=t, session=s) for t, s, i, text in MEMORY_ROWS]
+        await store.write(turns, [])
+        for tenant, doc_id, text in KNOWLEDGE_ROWS:
+            async for result in kb.ingest(tenant, _one(Document(doc_id, text))):
+                assert result.ok
+    finally:
+        await store.close()
+        await kb.close()
+    retriever = await LanceRetriever.open(uri, embedder)
+    yield retriever
+    await retriever.close()
+
+
+async def memory_retriever(tmp_path: Path) -> AsyncIterator[InMemoryRetriever]:
+    retriever = InMemoryRetriever(HashEmbedder(dim=DIM))
+    for tenant, session, index, text in MEMORY_ROWS:
+        t = turn(index, text, tenant=tenant, session=session)
+        retriever.add(Passage(MEMORY, session, t.turn_id, memory_text(t), 0.0, 0, turn_index=index), tenant, session)
+    for tenant, doc_id, text in KNOWLEDGE_ROWS:
+        retriever.add(Passage(KNOWLEDGE, doc_id, f"{doc_id}#0", text, 0.0, 0), tenant)
+    yield retriever
+
+
+async def _one(document: Document) -> AsyncIterator[Document]:
+    yield document
+
+
+@pytest.fixture(params=["lance", "in-memory"])
+async def retriever(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[LanceRetriever | InMemoryRetriever]:
+    make = lance_retriever if request.param == "lance" else memory_retriever
+    async for r in make(tmp_path):
+        yield r
+
+
+def keys(passages: list[Passage]) -> set[tuple[str, str, str]]:
+    return {(p.source, p.document_id, p.chunk_id) for p in passages}
+
+
+async def test_memories_come_from_the_session_and_knowledge_from_the_tenant(
+    retriever: LanceRetriever | InMemoryRetriever,
+) -> None:
+    found = await retriever.retrieve(RetrievalQuery("acme", "s1", "what is my dog called", top_k=10))
+    assert keys(found) == {
+        (MEMORY, "s1", "t1"),
+        (MEMORY, "s1", "t2"),
+        (MEMORY, "s1", "t3"),
+        (KNOWLEDGE, "dogs", "dogs#0"),
+    }
+    assert found[0].chunk_id == "t1"
+    assert found[0].text == "User: my dog is called biscuit\nAssistant: noted"
+    assert found[0].turn_index == 1
+    assert [p.score for p in found] == sorted((p.score for p in found), reverse=True)
+    assert all(0.0 <= p.score <= 1.0 for p in found)
+    assert "globex" not in " ".join(p.text for p in found)
+    other = await retriever.retrieve(RetrievalQuery("globex", "s1", "what is my dog called", top_k=10))
+    assert {p.text.split()[-1] for p in other if p.source == KNOWLEDGE} == {"secret"}
+    assert all("shadow" in p.text for p in other if p.source == MEMORY)
+
+
+async def test_turns_in_the_window_are_never_returned(retriever: LanceRetriever | InMemoryRetriever) -> None:
+    query = RetrievalQuery("acme", "s1", "my dog biscuit", top_k=10, exclude_turn_ids=frozenset({"t1", "t3"}))
+    found = await retriever.retrieve(query)
+    assert {p.chunk_id for p in found if p.source == MEMORY} == {"t2"}
+
+
+async def test_top_k_min_score_and_sources(retriever: LanceRetriever | InMemoryRetriever) -> None:
+    base = RetrievalQuery("acme", "s1", "my dog is called biscuit", top_k=10)
+    assert len(await retriever.retrieve(dataclasses.replace(base, top_k=2))) == 2
+    assert await retriever.retrieve(dataclasses.replace(base, top_k=0)) == []
+    everything = await retriever.retrieve(base)
+    threshold = everything[1].score
+    above = await retriever.retrieve(dataclasses.replace(base, min_score=threshold))
+    assert above == [p for p in everything if p.score >= threshold]
+    assert len(above) < len(everything)
+    only_memory = await retriever.retrieve(dataclasses.replace(base, include_knowledge=False))
+    assert {p.source for p in only_memory} == {MEMORY}
+    only_knowledge = await retriever.retrieve(dataclasses.replace(base, include_memory=False))
+    assert {p.source for p in only_knowledge} == {KNOWLEDGE}
+    assert await retriever.retrieve(dataclasses.replace(base, include_memory=False, include_knowledge=False)) == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        RetrievalQuery("acme' OR '1'='1", "s1", "dog"),
+        RetrievalQuery("acme", "s1' OR session_id != '", "dog"),
+        RetrievalQuery("acme", "s1", "dog", exclude_turn_ids=frozenset({"t1') OR ('a'='a"})),
+        RetrievalQuery("", "s1", "dog"),
+    ],
+)
+async def test_bad_ids_are_refused(retriever: LanceRetriever | InMemoryRetriever, query: RetrievalQuery) -> None:
+    with pytest.raises(InvalidArgument):
+        await retriever.retrieve(query)
+
+
+async def test_query_text_is_never_query_syntax(retriever: LanceRetriever | InMemoryRetriever) -> None:
+    for text in ['"dog" AND (biscuit:', "title:dog OR *", "'; DROP TABLE memories; --", "", "   "]:
+        found = await retriever.retrieve(RetrievalQuery("acme", "s1", text, top_k=10))
+        assert all(p.source == KNOWLEDGE or p.document_id == "s1" for p in found)
+
+
+def test_memory_filter_is_built_from_validated_ids_only() -> None:
+    assert memory_filter("acme", "s1", ["t2", "t1"]) == (
+        "tenant_id = 'acme' AND session_id = 's1' AND turn_id NOT IN ('t1', 't2')"
+    )
+    with pytest.raises(InvalidArgument):
+        memory_filter("acme", "s1", ["t1'"])
+
+
+def test_fusion_combines_similarity_and_relative_bm25() -> None:
+    p = Passage(MEMORY, "s", "t", "x", 0.0, 1)
+    fused = fuse([Candidate(p, 0.5, 0.0), Candidate(dataclasses.replace(p, chunk_id="u"), 0.4, 8.0)])
+    assert [(x.chunk_id, round(x.score, 3)) for x in fused] == [("u", 0.58), ("t", 0.35)]
+    assert fuse([Candidate(p, -0.3, 0.0)])[0].score == 0.0
+
+
+# Long-term memory written by the persistence path
+
+
+@pytest.fixture
+async def embedder() -> CountingEmbedder:
+    return CountingEmbedder()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, embedder: CountingEmbedder) -> AsyncIterator[TranscriptStore]:
+    opened = await TranscriptStore.open(str(tmp_path / "lance"), embedder=embedder)
+    yield opened
+    await opened.close()
+
+
+async def test_each_write_embeds_its_new_completed_turns_in_one_batch(
+    store: TranscriptStore, embedder: CountingEmbedder
+) -> None:
+    turns = [
+        turn(1, "first"),
+        turn(2, "failed one", status="failed"),
+        turn(3, "cancelled one", status="cancelled"),
+        turn(4, "rolled back", status="rolled_back"),
+        turn(5, "fifth", reply="answer five"),
+    ]
+    await store.write(turns, [])
+    assert embedder.texts == [["User: first\nAssistant: noted", "User: fifth\nAssistant: answer five"]]
+    assert await store.count(MEMORIES) == 2
+    # Redelivery: nothing embedded again, nothing duplicated; only the new turn is embedded.
+    await store.write([*turns, turn(6, "sixth")], [])
+    assert embedder.texts[1:] == [["User: sixth\nAssistant: noted"]]
+    await store.write(turns, [])
+    assert len(embedder.texts) == 2
+    assert await store.count(MEMORIES) == 3
+
+
+async def test_new_memories_are_retrievable_at_once(tmp_path: Path, embedder: CountingEmbedder) -> None:
+    uri = str(tmp_path / "lance")
+    store = await TranscriptStore.open(uri, embedder=embedder)
+    retriever = await LanceRetriever.open(uri, embedder)
+    try:
+        assert await retriever.retrieve(RetrievalQuery("acme", "s1", "anything")) == []
+        await store.write([turn(1, "the first thing")], [])  # also creates the indexes
+        await store.write([turn(2, "the wifi password is hunter2")], [])
+        found = await retriever.retrieve(RetrievalQuery("acme", "s1", "wifi password", top_k=1))
+        assert [(p.chunk_id, p.turn_index) for p in found] == [("t2", 2)]
+        assert found[0].table_version >= 2
+    finally:
+        await retriever.close()
+        await store.close()
+
+
+async def test_deleting_a_session_deletes_its_memories(tmp_path: Path, embedder: CountingEmbedder) -> None:
+    uri = str(tmp_path / "lance")
+    writer = await TranscriptStore.open(uri, embedder=embedder)
+    # A store without an embedder (the gateway's) opened before the memories table existed.
+    gateway_side = await TranscriptStore.open(str(tmp_path / "lance"))
+    try:
+        await writer.write([turn(1, "keep me", session="other"), turn(1, "forget me")], [])
+        await gateway_side.delete_session("acme", "s1")
+        assert await writer.count(MEMORIES, "session_id = 's1'") == 0
+        assert await writer.count(MEMORIES, "session_id = 'other'") == 1
+    finally:
+        await writer.close()
+        await gateway_side.close()
+
+
+async def test_a_transcripts_table_without_context_json_is_migrated(tmp_path: Path) -> None:
+    uri = str(tmp_path / "lance")
+    old_schema = pa.schema([f for f in TRANSCRIPTS_SCHEMA if f.name != "context_json"])
+    db = await lancedb.connect_async(uri)
+    old_row = {f.name: _default(f.type) for f in old_schema}
+    old_row.update(turn_key="acme.s1.t1", tenant_id="acme", session_id="s1", turn_id="t1", turn_index=1)
+    table = await db.create_table(TRANSCRIPTS, data=pa.Table.from_pylist([old_row], schema=old_schema))
+    table.close()  # type: ignore[no-untyped-call]
+    db.close()  # type: ignore[no-untyped-call]
+    store = await TranscriptStore.open(uri)
+    try:
+        (old,) = await store.history("acme", "s1")
+        assert old.turn_id == "t1"
+        assert old.context_json == ""
+        await store.write([turn(2, "new", context_json='{"window": []}')], [])
+        assert [t.context_json for t in await store.history("acme", "s1")] == ["", '{"window": []}']
+    finally:
+        await store.close()
+
+
+def _default(type_: pa.DataType) -> object:
+    if pa.types.is_string(type_):
+        return ""
+    if pa.types.is_list(type_):
+        return []
+    if pa.types.is_boolean(type_):
+        return False
+    if pa.types.is_floating(type_):
+        return 0.0
+    return 0
+
+
+# The real model
+
+
+async def test_a_fact_from_far_back_is_retrieved_with_the_real_model(tmp_path: Path) -> None:
+    model = default_embedder()
+    uri = str(tmp_path / "lance")
+    store = await TranscriptStore.open(uri, embedder=model)
+    topics = ["the weather", "a football match", "cooking pasta", "a train delay", "a new phone", "gardening"]
+    turns = [
+        turn(i, f"Let's talk about {topics[i % len(topics)]} for a moment (message {i}).", "Sure.")
+        for i in range(1, 201)
+    ]
+    turns[2] = turn(3, "By the way, my sister's name is Margarethe and she lives in Porto.", "Nice to know!")
+    await store.write(turns[:100], [])
+    await store.write(turns[100:], [])
+    retriever = await LanceRetriever.open(uri, model)
+    try:
+        window = frozenset(t.turn_id for t in turns[-10:])
+        query = RetrievalQuery("acme", "s1", "Where does my sister live?", top_k=3, exclude_turn_ids=window)
+        found = await retriever.retrieve(query)
+        assert found[0].chunk_id == "t3"
+        assert found[0].score > found[1].score
+    finally:
+        await retriever.close()
+        await store.close()
+
+
+async def test_tables_opened_by_many_connections_at_once_all_open(tmp_path: Path) -> None:
+    # At engine start the gateway, every host and the writer open the same tables concurrently.
+    for attempt in range(5):
+        uri = str(tmp_path / f"race-{attempt}")
+        embedder = HashEmbedder(dim=DIM)
+        opened = await asyncio.gather(
+            *(LanceRetriever.open(uri, embedder) for _ in range(3)),
+            KnowledgeBase.open(uri, embedder),
+            TranscriptStore.open(uri, embedder=embedder),
+        )
+        for item in opened:
+            await item.close()
+
+
+class BrokenEmbedder(HashEmbedder):
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        raise RuntimeError("model crashed")
+
+
+async def test_a_failing_embedder_fails_the_retrieval_and_leaves_no_search_running(tmp_path: Path) -> None:
+    uri = str(tmp_path / "lance")
+    store = await TranscriptStore.open(uri, embedder=HashEmbedder(dim=DIM))
+    await store.write([turn(1, "something to find")], [])
+    await store.close()
+    retriever = await LanceRetriever.open(uri, BrokenEmbedder(dim=DIM))
+    try:
+        before = asyncio.all_tasks()
+        with pytest.raises(RuntimeError, match="model crashed"):
+            await retriever.retrieve(RetrievalQuery("acme", "s1", "something"))
+        assert asyncio.all_tasks() == before
+    finally:
+        await retriever.close()
