@@ -30,6 +30,7 @@ from storage import (
     KvSessionRegistry,
     LanceRetriever,
     LedgerReader,
+    MemoryIndexer,
     Names,
     NatsJournal,
     NotFound,
@@ -180,7 +181,7 @@ class WriterSpec:
     flush_interval_s: float = 1.0
     optimize_every: int = 50
     embedding_model: str = "default"
-    """Embeds each completed turn into long-term memory as it is written; empty: no memories."""
+    """Embeds each completed turn into long-term memory (a second consumer of the ledger); empty: no memories."""
     log_level: str = "WARNING"
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
@@ -196,6 +197,9 @@ class WriterActor:
         self._writer: BatchWriter | None = None
         self._source: LedgerReader | None = None
         self._store: TranscriptStore | None = None
+        self._memory_writer: BatchWriter | None = None
+        self._memory_source: LedgerReader | None = None
+        self._memory_store: TranscriptStore | None = None
         self._nc: Any = None
         self._started = asyncio.get_running_loop().create_task(self._start())
 
@@ -213,8 +217,7 @@ class WriterActor:
                 return False
             return incarnation_of(session) == incarnation
 
-        embedder = await asyncio.to_thread(build_embedder, spec.embedding_model) if spec.embedding_model else None
-        self._store = await TranscriptStore.open(spec.lancedb_uri, embedder=embedder)
+        self._store = await TranscriptStore.open(spec.lancedb_uri)
         self._source = LedgerReader(js, names)
         self._writer = BatchWriter(
             self._source,
@@ -225,6 +228,20 @@ class WriterActor:
             session_exists=session_exists,
         )
         await self._writer.start()
+        if spec.embedding_model:
+            # Long-term memory has its own consumer and store: embedding never holds up the transcripts.
+            embedder = await asyncio.to_thread(build_embedder, spec.embedding_model)
+            self._memory_store = await TranscriptStore.open(spec.lancedb_uri, embedder=embedder)
+            self._memory_source = LedgerReader(js, names, names.memory_consumer)
+            self._memory_writer = BatchWriter(
+                self._memory_source,
+                MemoryIndexer(self._memory_store),
+                flush_rows=spec.flush_rows,
+                flush_interval_s=spec.flush_interval_s,
+                optimize_every=spec.optimize_every,
+                session_exists=session_exists,
+            )
+            await self._memory_writer.start()
 
     async def ready(self) -> dict[str, Any]:
         """Wait until the writer consumes the ledger; returns its pid."""
@@ -237,21 +254,31 @@ class WriterActor:
         assert self._writer is not None
         return self._writer.status()
 
+    async def memory_status(self) -> WriterStatus | None:
+        """The long-term memory indexer's health and figures (None when memories are off)."""
+        await self._started
+        return None if self._memory_writer is None else self._memory_writer.status()
+
     async def flush(self) -> None:
-        """Write what is buffered now."""
+        """Write what is buffered now (transcripts, then memories)."""
         await self._started
         assert self._writer is not None
         await self._writer.flush()
+        if self._memory_writer is not None:
+            await self._memory_writer.flush()
 
     async def close(self) -> None:
         """Flush and stop. Idempotent."""
         await self._started
-        if self._writer is not None:
-            await self._writer.close()
-        if self._source is not None:
-            await self._source.close()
-        if self._store is not None:
-            await self._store.close()
+        for writer in (self._writer, self._memory_writer):
+            if writer is not None:
+                await writer.close()
+        for source in (self._source, self._memory_source):
+            if source is not None:
+                await source.close()
+        for store in (self._store, self._memory_store):
+            if store is not None:
+                await store.close()
         if self._nc is not None:
             nc, self._nc = self._nc, None
             await close_connection(nc)

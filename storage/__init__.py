@@ -41,7 +41,7 @@ from storage.sessions import (
     incarnation_of,
 )
 from storage.subjects import Names
-from storage.tables import TranscriptStore
+from storage.tables import MemoryIndexer, TranscriptStore
 from storage.writer import BatchWriter, WriterStatus
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "LedgerReader",
     "LedgerSettings",
     "LoadedSession",
+    "MemoryIndexer",
     "Names",
     "NatsJournal",
     "NotFound",

@@ -49,7 +49,8 @@ class LedgerSettings:
 
 
 async def ensure_ledger(js: JetStreamContext, names: Names, settings: LedgerSettings) -> None:
-    """Create or update the ledger stream and the batch writer's consumer. Idempotent."""
+    """Create or update the ledger stream and its two durable consumers: the batch writer's and the long-term
+    memory indexer's. Idempotent."""
     config = api.StreamConfig(
         name=names.ledger_stream,
         subjects=[names.ledger_wildcard],
@@ -63,17 +64,21 @@ async def ensure_ledger(js: JetStreamContext, names: Names, settings: LedgerSett
         await js.add_stream(config)
     except nats.js.errors.BadRequestError:
         await js.update_stream(config)
-    await js.add_consumer(
-        names.ledger_stream,
-        api.ConsumerConfig(
-            durable_name=names.writer_consumer,
-            filter_subject=names.ledger_wildcard,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            deliver_policy=api.DeliverPolicy.ALL,
-            ack_wait=settings.writer_ack_wait_s,
-            max_ack_pending=20_000,
-        ),
-    )
+    for durable, subjects in (
+        (names.writer_consumer, names.ledger_wildcard),
+        (names.memory_consumer, names.ledger_turns_wildcard),
+    ):
+        await js.add_consumer(
+            names.ledger_stream,
+            api.ConsumerConfig(
+                durable_name=durable,
+                filter_subject=subjects,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                deliver_policy=api.DeliverPolicy.ALL,
+                ack_wait=settings.writer_ack_wait_s,
+                max_ack_pending=20_000,
+            ),
+        )
 
 
 @dataclass(slots=True)
@@ -302,7 +307,8 @@ def _turn_records(msgs: list[Msg], incarnation: str) -> list[TurnRecord]:
 
 
 class LedgerReader:
-    """The batch writer's source: the ledger through its durable consumer."""
+    """A batch writer's source: the ledger through a durable consumer (``durable``, default the transcript
+    writer's)."""
 
     @dataclass(slots=True)
     class Entry:
@@ -317,17 +323,16 @@ class LedgerReader:
             """Acknowledge: written to storage."""
             await self.msg.ack()
 
-    def __init__(self, js: JetStreamContext, names: Names) -> None:
+    def __init__(self, js: JetStreamContext, names: Names, durable: str = "") -> None:
         self._js = js
         self._names = names
+        self._durable = durable or names.writer_consumer
         self._sub: JetStreamContext.PullSubscription | None = None
 
     async def fetch(self, batch: int, timeout_s: float) -> list[LedgerReader.Entry]:
         """Up to ``batch`` entries, or none after ``timeout_s``."""
         if self._sub is None:
-            self._sub = await self._js.pull_subscribe_bind(
-                durable=self._names.writer_consumer, stream=self._names.ledger_stream
-            )
+            self._sub = await self._js.pull_subscribe_bind(durable=self._durable, stream=self._names.ledger_stream)
         try:
             msgs = await self._sub.fetch(batch, timeout=timeout_s)
         except (TimeoutError, nats.errors.TimeoutError):

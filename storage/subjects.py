@@ -49,6 +49,14 @@ class Names:
     writer_consumer = "writer"
     """Durable consumer through which the batch writer reads the ledger."""
 
+    memory_consumer = "memory"
+    """Durable consumer through which the long-term memory indexer reads the ledger's turn records."""
+
+    @property
+    def ledger_turns_wildcard(self) -> str:
+        """Every ledger subject of turn records (not snapshots)."""
+        return f"{self.namespace}.ledger.*.*.t"
+
     @property
     def sessions_bucket(self) -> str:
         """Key-value bucket of session definitions."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final, TypeVar, cast
@@ -223,6 +223,16 @@ class TranscriptStore:
         await self._remember([t for t in unique_turns if remembers(t)])
         await self._ensure_indexes()
 
+    async def remember(self, turns: Sequence[TurnRecord]) -> None:
+        """Embed the completed ``turns`` that have no memory row yet into ``memories`` (one embedding batch),
+        without touching the transcripts: the long-term memory indexer's write (see :class:`MemoryIndexer`).
+        Needs a store opened with an embedder. Raises like :meth:`write`."""
+        self._check_open()
+        if self._embedder is None:
+            raise RuntimeError("remember() needs a store opened with an embedder")
+        await self._remember([t for t in _first_per_key(turns, lambda r: r.key) if remembers(t)])
+        await self._ensure_indexes()
+
     async def _remember(self, turns: list[TurnRecord]) -> None:
         """Embed and store the memories of ``turns`` not stored yet (one embedding batch)."""
         embedder = self._embedder
@@ -293,13 +303,14 @@ class TranscriptStore:
         with store_errors("cannot read the transcript store", UNREADABLE):
             return await target.count_rows(where)
 
-    async def optimize(self) -> None:
+    async def optimize(self, tables: Collection[str] | None = None) -> None:
         """Compact small fragments (one per write), bring the indexes up to date with new rows and remove
-        versions older than ``keep_versions_s``."""
+        versions older than ``keep_versions_s``; only the named ``tables`` if given."""
         self._check_open()
         with store_errors("cannot optimize the transcript store", UNWRITABLE):
-            for table in self._tables.values():
-                await table.optimize(cleanup_older_than=self._keep_versions)
+            for name, table in self._tables.items():
+                if tables is None or name in tables:
+                    await table.optimize(cleanup_older_than=self._keep_versions)
 
     async def close(self) -> None:
         """Release the tables and the connection; later calls raise :class:`Unavailable`. Idempotent."""
@@ -502,3 +513,23 @@ def _first_per_key(records: Iterable[_R], key: Callable[[_R], str]) -> list[_R]:
 def _sort(rows: pa.Table, *columns: str) -> pa.Table:
     # The query's order_by already orders the rows; sorting again costs little and does not rely on it.
     return rows.sort_by([(c, "ascending") for c in columns])
+
+
+class MemoryIndexer:
+    """The long-term memory side of the ledger, as a :class:`~storage.writer.BatchWriter` store.
+
+    Embedding is much slower than writing rows (bench/RESULTS.md: tens to hundreds of texts per second on two
+    cores against thousands of rows), so memories are built by a second batch writer on its own durable
+    consumer of the ledger: transcripts, and the store health that gates new turns, never wait for the
+    embedding model; memories lag behind under load and catch up. Snapshots are ignored."""
+
+    def __init__(self, store: TranscriptStore) -> None:
+        self._store = store
+
+    async def write(self, turns: Sequence[TurnRecord], snapshots: Sequence[SnapshotRecord]) -> None:
+        """Remember the completed ``turns`` (idempotent under redelivery)."""
+        await self._store.remember(turns)
+
+    async def optimize(self) -> None:
+        """Compact the memories table."""
+        await self._store.optimize((MEMORIES,))

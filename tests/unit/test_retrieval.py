@@ -31,7 +31,7 @@ from storage.retrieval import (
     memory_filter,
 )
 from storage.schemas import TRANSCRIPTS_SCHEMA
-from storage.tables import TRANSCRIPTS, TranscriptStore
+from storage.tables import TRANSCRIPTS, MemoryIndexer, TranscriptStore
 
 DIM = 64
 
@@ -362,3 +362,28 @@ async def test_a_failing_embedder_fails_the_retrieval_and_leaves_no_search_runni
         assert asyncio.all_tasks() == before
     finally:
         await retriever.close()
+
+
+async def test_the_memory_indexer_writes_memories_only_and_tolerates_redelivery(
+    tmp_path: Path, embedder: CountingEmbedder
+) -> None:
+    uri = str(tmp_path / "lance")
+    store = await TranscriptStore.open(uri, embedder=embedder)
+    try:
+        indexer = MemoryIndexer(store)
+        turns = [turn(1, "the gate code is 4711"), turn(2, "failed", status="failed")]
+        await indexer.write(turns, [])
+        await indexer.write(turns, [])  # redelivered by its consumer
+        await indexer.optimize()
+        assert await store.count(MEMORIES) == 1
+        assert embedder.texts == [["User: the gate code is 4711\nAssistant: noted"]]
+        # The transcript writer owns the transcripts: the indexer never writes them.
+        assert await store.count(TRANSCRIPTS) == 0
+    finally:
+        await store.close()
+    bare = await TranscriptStore.open(uri)
+    try:
+        with pytest.raises(RuntimeError):
+            await bare.remember(turns)
+    finally:
+        await bare.close()
