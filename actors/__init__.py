@@ -5,6 +5,7 @@ shards; ``HostActor`` (in :mod:`actors.ray_host`, imported on demand) is the onl
 """
 
 from actors.events import EventSink, TurnEmitter, is_terminal, record_events
+from actors.guardrails import GuardrailDecision, GuardrailSettings
 from actors.host import HostSettings, SessionHost, session_settings
 from actors.memory import estimate_tokens, fit_window
 from actors.model import (
@@ -21,6 +22,8 @@ from actors.session import SessionActor, SessionKey, SessionSettings, SessionSta
 
 __all__ = [
     "EventSink",
+    "GuardrailDecision",
+    "GuardrailSettings",
     "HostSettings",
     "Message",
     "ModelChunk",
