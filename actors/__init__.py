@@ -4,8 +4,15 @@
 shards; ``HostActor`` (in :mod:`actors.ray_host`, imported on demand) is the only Ray code.
 """
 
-from actors.events import EventSink, TurnEmitter, is_terminal, record_events
-from actors.guardrails import GuardrailDecision, GuardrailSettings
+from actors.events import EventSink, TurnEmitter, decision_to_proto, is_terminal, record_events
+from actors.guardrails import (
+    Guardrails,
+    GuardrailSettings,
+    OutputGuard,
+    StreamingRedactor,
+    forbidden_character,
+    injection_score,
+)
 from actors.host import HostSettings, SessionHost, session_settings
 from actors.memory import estimate_tokens, fit_window
 from actors.model import (
@@ -19,11 +26,13 @@ from actors.model import (
 )
 from actors.placement import host_of_shard, shard_for, shards_of_host
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from storage import GuardrailDecision
 
 __all__ = [
     "EventSink",
     "GuardrailDecision",
     "GuardrailSettings",
+    "Guardrails",
     "HostSettings",
     "Message",
     "ModelChunk",
@@ -31,17 +40,22 @@ __all__ = [
     "ModelProvider",
     "ModelRequest",
     "ModelResult",
+    "OutputGuard",
     "SessionActor",
     "SessionHost",
     "SessionKey",
     "SessionSettings",
     "SessionState",
+    "StreamingRedactor",
     "TextDelta",
     "Turn",
     "TurnEmitter",
+    "decision_to_proto",
     "estimate_tokens",
     "fit_window",
+    "forbidden_character",
     "host_of_shard",
+    "injection_score",
     "is_terminal",
     "record_events",
     "session_settings",

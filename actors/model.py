@@ -42,6 +42,10 @@ class ModelRequest:
     """The session's provider; empty: the deployment's chain."""
     fallback_providers: tuple[str, ...] = ()
     """Providers to try after it, in order, when it fails before its first token."""
+    canary_line: str = ""
+    """The line the engine appended to ``system`` to carry the session's guardrail canary (empty: none).
+    Providers send ``system`` whole; code that quotes the instructions back to people (the offline
+    responder) leaves this line out."""
 
 
 @dataclass(frozen=True, slots=True)

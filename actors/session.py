@@ -18,12 +18,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import Span
+
 import otel
 from actors.events import EventSink, TurnEmitter, ending_steps, record_steps
+from actors.guardrails import BLOCK_REASONS, Guardrails, GuardrailSettings, OutputGuard, new_canary, with_canary
 from actors.memory import fit_window
 from actors.model import Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta
 from salon.v1 import turn_pb2
-from storage import Fenced, LoadedSession, SalonError, SessionLog, SnapshotRecord, TurnRecord
+from storage import Fenced, GuardrailDecision, LoadedSession, SalonError, SessionLog, SnapshotRecord, TurnRecord
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,8 @@ class SessionState:
         """Fold one recorded turn into the state."""
         self.turn_count = record.turn_index
         self.ledger_seq = record.ledger_seq
-        if record.status != "rolled_back":
+        # A turn a guardrail blocked stays out of memory: the next turns' prompts must not carry it again.
+        if record.status != "rolled_back" and record.error_reason not in BLOCK_REASONS:
             self.messages.append(Message("user", record.user_text, record.turn_id))
             if record.reply_text:
                 self.messages.append(Message("assistant", record.reply_text, record.turn_id))
@@ -145,6 +149,8 @@ class Turn:
     on_release: Callable[[], Awaitable[None]] | None = None
     """Called instead of ``on_done`` when this actor will not finish the turn (another host took the session
     over): the host hands the message back to the bus for prompt redelivery."""
+    guardrails: GuardrailSettings = field(default_factory=GuardrailSettings)
+    """The tenant's guardrails, as the gateway sent them with the turn."""
 
 
 @dataclass(slots=True)
@@ -196,6 +202,8 @@ class SessionActor:
         self._snapshot_turn = state.turn_count
         self._cancelled_early: set[str] = set()
         self.last_active = clock()
+        self._canary = new_canary()
+        """This activation's system-prompt canary: random, held only here (never stored or logged)."""
 
     @property
     def busy(self) -> bool:
@@ -315,13 +323,17 @@ class SessionActor:
                 except Exception:
                     log.exception("handing a turn back to the bus failed; it is redelivered after its ack wait")
 
-    def _request(self, user_text: str, prefill: str) -> tuple[ModelRequest, tuple[str, ...]]:
+    def _request(self, user_text: str, prefill: str, guard: Guardrails) -> tuple[ModelRequest, tuple[str, ...]]:
         s = self.settings
         history = fit_window(
             self.state.messages, max_messages=max(s.window_max_messages - 1, 0), token_budget=s.window_token_budget
         )
+        system, canary_line = s.system_prompt, ""
+        if guard.settings.canary:
+            system, canary_line = with_canary(s.system_prompt, guard.canary)
         request = ModelRequest(
-            system=s.system_prompt,
+            system=system,
+            canary_line=canary_line,
             messages=(*history, Message("user", user_text)),
             model=s.model,
             max_tokens=s.max_tokens,
@@ -337,17 +349,37 @@ class SessionActor:
         turn = queued.turn
         ids = {otel.attributes.TURN_ID: turn.turn_id, otel.attributes.SESSION_ID: self.key.session_id}
         with otel.span(otel.attributes.SPAN_SESSION_TURN, parent=turn.trace_context, attributes=ids) as span:
-            status = await self._execute_turn(queued)
+            draft = await self._execute_turn(queued)
             if span.is_recording():
-                span.set_attribute(otel.attributes.TURN_STATUS, status)
+                span.set_attribute(otel.attributes.TURN_STATUS, draft.status)
+                _trace_guardrails(span, draft.decisions())
 
-    async def _execute_turn(self, queued: _Queued) -> str:
+    async def _execute_turn(self, queued: _Queued) -> _Draft:
         turn, emitter = queued.turn, queued.emitter
         deltas = [e.delta.text for e in turn.prior_events if e.HasField("delta")]
-        request, context_ids = self._request(turn.text, "".join(deltas))
+        guard = Guardrails(turn.guardrails, canary=self._canary)
+        request, context_ids = self._request(turn.text, "".join(deltas), guard)
         draft = _Draft(turn, self.key, self.state, context_ids, self._clock_ns())
         if not queued.cancel_reason:
-            await self._answer(queued, request, draft, deltas)
+            decision = guard.check_user_text(turn.text)
+            if decision is not None:
+                draft.guardrails.append(decision)
+                # A redelivered turn whose first attempt already sent the notice does not send it again.
+                if not any(e.HasField("guardrail") for e in turn.prior_events):
+                    await emitter.guardrail([decision])
+            if decision is not None and decision.action == "block":
+                log.warning(
+                    "guardrail blocked a turn of session %s: prompt injection (score %.2f, rules %s)",
+                    self.key,
+                    decision.score,
+                    ",".join(decision.rules),
+                )
+                draft.fail(
+                    "PROMPT_INJECTION", "the message was refused by the prompt-injection guardrail", partial=False
+                )
+            else:
+                draft.output = guard.output_guard()
+                await self._answer(queued, request, draft, deltas)
         if queued.cancel_reason:
             draft.status = "rolled_back" if queued.rollback else "cancelled"
             draft.error_message = queued.cancel_reason
@@ -358,8 +390,8 @@ class SessionActor:
             # after the events already sent.
             log.warning("session %s was taken over by another host; dropping it here", self.key)
             self.fenced = True
-            return "fenced"
-        return draft.status
+            draft.status = "fenced"
+        return draft
 
     async def _answer(self, queued: _Queued, request: ModelRequest, draft: _Draft, deltas: list[str]) -> None:
         """The model call, in a GenAI CLIENT span (``chat <model>``): usage, finish reason, time to first token;
@@ -428,26 +460,47 @@ class SessionActor:
     async def _stream_answer(
         self, stream: AsyncIterator[ModelChunk], emitter: TurnEmitter, draft: _Draft, deltas: list[str]
     ) -> None:
+        guard = draft.output
         try:
             async for chunk in stream:
                 if isinstance(chunk, TextDelta):
                     if chunk.text:
-                        if not draft.first_token_at_ns:
-                            draft.first_token_at_ns = self._clock_ns()
-                        deltas.append(chunk.text)
-                        await emitter.delta(chunk.text)
+                        # Redaction holds back only a possibly unfinished secret or address at the end.
+                        text = guard.feed(chunk.text) if guard is not None else chunk.text
+                        await self._send_delta(text, emitter, draft, deltas)
+                        if guard is not None and guard.leaked:
+                            log.warning("guardrail stopped an answer of session %s: system-prompt canary", self.key)
+                            draft.fail(
+                                "SYSTEM_PROMPT_LEAK",
+                                "the answer was stopped: it repeated the session's confidential instructions",
+                                partial=bool(deltas),
+                            )
+                            return
                 else:
                     draft.result = chunk
             if draft.result is None:
                 raise ModelError("the model stream ended without a result", reason="MODEL_PROTOCOL_ERROR")
+            if guard is not None:
+                await self._send_delta(guard.finish(), emitter, draft, deltas)
             draft.status = "completed"
         except ModelError as exc:
+            if guard is not None:
+                # What was held back is part of the partial answer (redacted like the rest).
+                await self._send_delta(guard.finish(), emitter, draft, deltas)
             draft.fail(
                 exc.reason, exc.message, retryable=exc.retryable, retry_after_s=exc.retry_after_s, partial=bool(deltas)
             )
         except Exception:
             log.exception("turn failed inside the engine (session %s)", self.key)
             draft.fail("INTERNAL", "the engine failed while running this turn", partial=bool(deltas))
+
+    async def _send_delta(self, text: str, emitter: TurnEmitter, draft: _Draft, deltas: list[str]) -> None:
+        if not text:
+            return
+        if not draft.first_token_at_ns:
+            draft.first_token_at_ns = self._clock_ns()
+        deltas.append(text)
+        await emitter.delta(text)
 
     async def _conclude(self, turn: Turn, emitter: TurnEmitter, record: TurnRecord, *, retry: bool) -> None:
         nats = {otel.attributes.MESSAGING_SYSTEM: "nats", otel.attributes.MESSAGING_OPERATION: "send"}
@@ -535,6 +588,13 @@ class _Draft:
     error_message: str = ""
     retryable: bool = False
     retry_after_s: float | None = None
+    guardrails: list[GuardrailDecision] = field(default_factory=list)
+    """Input decisions (injection); the output guard's are added by :meth:`decisions`."""
+    output: OutputGuard | None = None
+
+    def decisions(self) -> tuple[GuardrailDecision, ...]:
+        """Every guardrail decision of the turn so far."""
+        return (*self.guardrails, *(self.output.decisions() if self.output is not None else ()))
 
     def fail(
         self, reason: str, message: str, *, partial: bool, retryable: bool = False, retry_after_s: float | None = None
@@ -574,6 +634,33 @@ class _Draft:
             first_token_at_ns=self.first_token_at_ns,
             completed_at_ns=time.time_ns(),
             context_turn_ids=self.context_turn_ids,
+            guardrails=self.decisions(),
+        )
+
+
+def _trace_guardrails(span: Span, decisions: Sequence[GuardrailDecision]) -> None:
+    """Guardrail decisions on the session's turn span: summary attributes and one event per decision (check,
+    action, reason, counts; never the text)."""
+    if not decisions:
+        return
+    attrs = otel.attributes
+    blocked = [d.reason for d in decisions if d.action == "block"]
+    span.set_attribute(attrs.GUARDRAIL_DECISIONS, len(decisions))
+    span.set_attribute(attrs.GUARDRAIL_REDACTIONS, sum(d.count for d in decisions if d.action == "redact"))
+    if blocked:
+        span.set_attribute(attrs.GUARDRAIL_BLOCKED, blocked[0])
+    for d in decisions:
+        span.add_event(
+            attrs.EVENT_GUARDRAIL,
+            {
+                attrs.GUARDRAIL_CHECK: d.check,
+                attrs.GUARDRAIL_ACTION: d.action,
+                attrs.GUARDRAIL_REASON: d.reason,
+                attrs.GUARDRAIL_SOURCE: d.source,
+                attrs.GUARDRAIL_COUNT: d.count,
+                attrs.GUARDRAIL_SCORE: d.score,
+                attrs.GUARDRAIL_RULES: list(d.rules),
+            },
         )
 
 

@@ -28,7 +28,7 @@ from storage.ledger import (
     ensure_ledger,
 )
 from storage.nats_client import close_connection, connect, wait_for_port
-from storage.records import SnapshotRecord, TurnRecord, turn_key
+from storage.records import GuardrailDecision, SnapshotRecord, TurnRecord, turn_key
 from storage.sessions import (
     InMemorySessionRegistry,
     KvSessionRegistry,
@@ -48,6 +48,7 @@ __all__ = [
     "EventStream",
     "FailedPrecondition",
     "Fenced",
+    "GuardrailDecision",
     "InMemoryJournal",
     "InMemorySessionRegistry",
     "Internal",

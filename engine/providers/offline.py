@@ -29,8 +29,10 @@ def offline_answer(request: ModelRequest) -> str:
         "I am Salon's offline responder: no language model is configured, so I can only answer from what "
         "this session holds."
     ]
-    if request.system:
-        lines.append(f"My instructions for this session begin: “{_excerpt(request.system)}”.")
+    # The engine's canary line is not part of the session's instructions: it must never be quoted back.
+    system = request.system.removesuffix(request.canary_line).rstrip() if request.canary_line else request.system
+    if system:
+        lines.append(f"My instructions for this session begin: “{_excerpt(system)}”.")
     if earlier:
         recalled = "; ".join(f"“{_excerpt(t)}”" for t in earlier[-3:])
         lines.append(
