@@ -11,8 +11,10 @@ from storage.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     SalonError,
+    Unauthenticated,
     Unavailable,
 )
 from storage.ids import is_valid_id, require_id, uuid7
@@ -27,7 +29,7 @@ from storage.ledger import (
     SessionLog,
     ensure_ledger,
 )
-from storage.nats_client import close_connection, connect, wait_for_port
+from storage.nats_client import close_connection, connect, redact_url, wait_for_port
 from storage.records import GuardrailDecision, SnapshotRecord, TurnRecord, turn_key
 from storage.sessions import (
     InMemorySessionRegistry,
@@ -61,6 +63,7 @@ __all__ = [
     "Names",
     "NatsJournal",
     "NotFound",
+    "PermissionDenied",
     "ResourceExhausted",
     "SalonError",
     "SessionLog",
@@ -71,6 +74,7 @@ __all__ = [
     "TurnEnvelope",
     "TurnPublisher",
     "TurnRecord",
+    "Unauthenticated",
     "Unavailable",
     "WriterStatus",
     "close_connection",
@@ -79,6 +83,7 @@ __all__ = [
     "ensure_ledger",
     "incarnation_of",
     "is_valid_id",
+    "redact_url",
     "require_id",
     "turn_key",
     "uuid7",

@@ -1,0 +1,205 @@
+"""Authentication against a real engine: API keys (missing, malformed, unknown, revoked, rotated while it
+runs), mutual TLS with a CA made here, and health open to all."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from conftest import collect_turn, wait_for
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sec_support import Pki, TenantsFile, bearer, tls_channel
+
+from engine import Config, Engine
+from salon.v1 import admin_service_pb2 as admin_pb2
+from salon.v1 import admin_service_pb2_grpc as admin_grpc
+from salon.v1 import conversation_service_pb2 as cs_pb2
+from salon.v1 import conversation_service_pb2_grpc as cs_grpc
+
+UNAUTHENTICATED_MESSAGE = "missing or invalid credentials"
+
+
+def engine_config(nats_url: str, data_dir: Path, **overrides: Any) -> Config:
+    """An engine in its own namespace on the shared NATS, with auth on."""
+    settings: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "grpc_port": 0,
+        "nats_url": nats_url,
+        "namespace": f"sec{uuid.uuid4().hex[:10]}",
+        "num_hosts": 1,
+        "num_shards": 2,
+        "model_provider": "scripted",
+        "scripted_tokens": 4,
+        "shutdown_grace_s": 1.0,
+        "auth": "on",
+        "tenants_reload_s": 0.05,
+    }
+    settings.update(overrides)
+    return Config(**settings)
+
+
+@pytest.fixture(scope="module")
+async def tenants(tmp_path_factory: pytest.TempPathFactory) -> TenantsFile:
+    file = TenantsFile(tmp_path_factory.mktemp("tenants") / "tenants.toml")
+    file.add_key("acme")
+    file.add_key("beta")
+    return file
+
+
+@pytest.fixture(scope="module")
+async def engine(
+    nats_url: str, ray_session: None, tenants: TenantsFile, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Engine]:
+    async with Engine(
+        engine_config(nats_url, tmp_path_factory.mktemp("auth"), tenants_file=str(tenants.path))
+    ) as running:
+        yield running
+
+
+def every_call(stub: cs_grpc.ConversationServiceStub, admin: admin_grpc.AdminServiceStub) -> dict[str, Any]:
+    """One call of every RPC (unary ones as awaitables, streams as calls to read from)."""
+    session = "s-1"
+    return {
+        "CreateSession": lambda md: stub.CreateSession(cs_pb2.CreateSessionRequest(), metadata=md),
+        "GetSession": lambda md: stub.GetSession(cs_pb2.GetSessionRequest(session_id=session), metadata=md),
+        "ListSessions": lambda md: stub.ListSessions(cs_pb2.ListSessionsRequest(), metadata=md),
+        "DeleteSession": lambda md: stub.DeleteSession(cs_pb2.DeleteSessionRequest(session_id=session), metadata=md),
+        "CancelTurn": lambda md: stub.CancelTurn(
+            cs_pb2.CancelTurnRequest(session_id=session, turn_id="t"), metadata=md
+        ),
+        "GetHistory": lambda md: stub.GetHistory(cs_pb2.GetHistoryRequest(session_id=session), metadata=md),
+        "GetUsage": lambda md: admin.GetUsage(admin_pb2.GetUsageRequest(), metadata=md),
+        "SendTurn": lambda md: _drain(
+            stub.SendTurn(cs_pb2.SendTurnRequest(session_id=session, text="hi"), metadata=md)
+        ),
+        "ResumeTurn": lambda md: _drain(
+            stub.ResumeTurn(cs_pb2.ResumeTurnRequest(session_id=session, turn_id="t"), metadata=md)
+        ),
+        "Converse": lambda md: _drain(stub.Converse(_one_turn(session), metadata=md)),
+    }
+
+
+async def _one_turn(session: str) -> AsyncIterator[cs_pb2.ConverseRequest]:
+    yield cs_pb2.ConverseRequest(request_id="r", send_turn=cs_pb2.SendTurnRequest(session_id=session, text="hi"))
+
+
+async def _drain(call: Any) -> list[Any]:
+    return [item async for item in call]
+
+
+BAD_CREDENTIALS = {
+    "missing": (),
+    "empty bearer": (("authorization", "Bearer "),),
+    "other scheme": (("authorization", "Basic dXNlcjpwYXNz"),),
+    "garbage": (("authorization", "Bearer not-a-key"),),
+    "unknown key": bearer("salon_0123456789ab_" + "x" * 43),
+}
+
+
+async def test_calls_without_valid_credentials_are_unauthenticated_on_every_rpc(engine: Engine) -> None:
+    async with grpc.aio.insecure_channel(engine.target) as channel:
+        calls = every_call(cs_grpc.ConversationServiceStub(channel), admin_grpc.AdminServiceStub(channel))
+        for what, metadata in BAD_CREDENTIALS.items():
+            for rpc, call in calls.items():
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(metadata)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, (what, rpc)
+                assert info.value.details() == UNAUTHENTICATED_MESSAGE, (what, rpc)
+                assert dict(info.value.trailing_metadata() or ())["salon-error-reason"] == "UNAUTHENTICATED"
+
+
+async def test_health_answers_without_credentials(engine: Engine) -> None:
+    async with grpc.aio.insecure_channel(engine.target) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_valid_key_works_and_a_rotated_key_takes_over_while_the_engine_runs(
+    engine: Engine, tenants: TenantsFile
+) -> None:
+    old = tenants.keys["acme"][0]
+    async with grpc.aio.insecure_channel(engine.target) as channel:
+        stub = cs_grpc.ConversationServiceStub(channel)
+        created = await stub.CreateSession(cs_pb2.CreateSessionRequest(), metadata=bearer(old))
+        session_id = created.session.session_id
+        request = cs_pb2.SendTurnRequest(session_id=session_id, text="hello")
+        events = [r.event async for r in stub.SendTurn(request, metadata=bearer(old))]
+        assert events[-1].HasField("completed")
+
+        new = tenants.add_key("acme")
+        tenants.revoke("acme", old)
+
+        async def rotated() -> bool:
+            try:
+                await stub.GetSession(cs_pb2.GetSessionRequest(session_id=session_id), metadata=bearer(old))
+            except grpc.aio.AioRpcError as exc:
+                return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+            return False
+
+        await wait_for(rotated, timeout_s=20, what="the revoked key to be refused")
+        got = await stub.GetSession(cs_pb2.GetSessionRequest(session_id=session_id), metadata=bearer(new))
+        assert got.session.session_id == session_id, "the new key reaches the same tenant's sessions"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ListSessions(cs_pb2.ListSessionsRequest(), metadata=bearer(old))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert info.value.details() == UNAUTHENTICATED_MESSAGE, "revoked answers like unknown"
+
+
+async def test_mutual_tls_takes_the_tenant_from_the_client_certificate(
+    nats_url: str, ray_session: None, tmp_path: Path
+) -> None:
+    pki = Pki(tmp_path / "pki")
+    tenants = TenantsFile(tmp_path / "tenants.toml")
+    acme_key = tenants.add_key("acme")
+    tenants.listed.add("certonly")
+    tenants.write()
+    config = engine_config(nats_url, tmp_path / "data", tenants_file=str(tenants.path), **pki.server_settings())
+    async with Engine(config) as engine:
+        target = f"localhost:{engine.grpc_port}"
+        acme_cert = pki.issue("ignored-cn", uri="salon://tenant/acme")
+        async with tls_channel(target, pki.ca_pem, *acme_cert) as channel:
+            stub = cs_grpc.ConversationServiceStub(channel)
+            created = await stub.CreateSession(cs_pb2.CreateSessionRequest(session_id="from-cert"))
+            assert created.session.session_id == "from-cert"
+            events = await collect_turn(stub, "from-cert", "over mTLS")
+            assert events[-1].HasField("completed")
+        # A certificate naming its tenant by common name only: another tenant, acme's session is not there ...
+        async with tls_channel(target, pki.ca_pem, *pki.issue("certonly")) as channel:
+            stub = cs_grpc.ConversationServiceStub(channel)
+            page = await stub.ListSessions(cs_pb2.ListSessionsRequest())
+            assert list(page.sessions) == []
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetSession(cs_pb2.GetSessionRequest(session_id="from-cert"))
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            # ... while an API key on the call decides the tenant.
+            got = await stub.GetSession(cs_pb2.GetSessionRequest(session_id="from-cert"), metadata=bearer(acme_key))
+            assert got.session.session_id == "from-cert"
+        # No client certificate: no connection.
+        async with tls_channel(target, pki.ca_pem) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await cs_grpc.ConversationServiceStub(channel).ListSessions(
+                    cs_pb2.ListSessionsRequest(), metadata=bearer(acme_key), timeout=5
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        # A valid certificate for a tenant the file does not list.
+        async with tls_channel(target, pki.ca_pem, *pki.issue("x", uri="salon://tenant/stranger")) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await cs_grpc.ConversationServiceStub(channel).ListSessions(cs_pb2.ListSessionsRequest())
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # A certificate from another CA never gets a connection.
+        rogue = Pki(tmp_path / "rogue")
+        async with tls_channel(target, pki.ca_pem, *rogue.issue("x", uri="salon://tenant/acme")) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await cs_grpc.ConversationServiceStub(channel).ListSessions(cs_pb2.ListSessionsRequest(), timeout=5)
+            assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+        # Plaintext cannot talk to the TLS port.
+        async with grpc.aio.insecure_channel(target) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await cs_grpc.ConversationServiceStub(channel).ListSessions(
+                    cs_pb2.ListSessionsRequest(), metadata=bearer(acme_key), timeout=5
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
