@@ -3,6 +3,7 @@ runs), mutual TLS with a CA made here, and health open to all."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -203,3 +204,23 @@ async def test_mutual_tls_takes_the_tenant_from_the_client_certificate(
                     cs_pb2.ListSessionsRequest(), metadata=bearer(acme_key), timeout=5
                 )
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_python_clients_send_their_api_key(engine: Engine, tenants: TenantsFile) -> None:
+    from salon.client import SalonClient, SalonError
+    from salon.client.sync import SalonClient as SyncClient
+
+    key = tenants.add_key("beta")
+    async with SalonClient(engine.target, api_key=key, timeout_s=10) as client:
+        session = await client.create_session()
+        assert [u.tenant_id for u in await client.get_usage()] == ["beta"]
+    async with SalonClient(engine.target, timeout_s=10) as anonymous:
+        with pytest.raises(SalonError) as info:
+            await anonymous.get_session(session.id)
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+    def blocking() -> str:
+        with SyncClient(engine.target, api_key=key, timeout_s=10) as client:
+            return client.get_session(session.id).id
+
+    assert await asyncio.to_thread(blocking) == session.id
