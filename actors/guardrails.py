@@ -305,6 +305,7 @@ REASONS = {"secret": "SECRET", "email": "EMAIL", "card": "CARD_NUMBER", "phone":
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.%+-@")
 _NUMBER_CHARS = frozenset("0123456789 -().+")
 _NUMBER_START = frozenset("0123456789+(")
+_NUMBER_GLUE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.+")
 _KEYWORD_TAIL = re.compile(
     r"(?i)(?:api[_\-]?key|secret(?:[_\-]?key)?|access[_\-]?key|client[_\-]?secret|auth[_\-]?token|token|password"
     r"|passwd)[\"']?[ \t]{0,3}(?:[:=][ \t]{0,3}[\"']?[A-Za-z0-9_\-./+]{0,200})?\Z"
@@ -329,7 +330,10 @@ def _hold_start(text: str) -> int:
     number = end
     while number > 0 and text[number - 1] in _NUMBER_CHARS and end - number < MAX_NUMBER_TAIL:
         number -= 1
-    while number < end and text[number] not in _NUMBER_START:
+    # A card or phone number can only start where a word or number does not go on from the left.
+    while number < end and not (
+        text[number] in _NUMBER_START and (number == 0 or text[number - 1] not in _NUMBER_GLUE)
+    ):
         number += 1
     start = min(token, number)
     window = max(0, end - MAX_TOKEN_TAIL)

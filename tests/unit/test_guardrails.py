@@ -252,6 +252,14 @@ def test_hold_back_is_only_the_unfinished_tail() -> None:
     # Words followed by a space are complete: nothing is held.
     assert redactor.feed("Hello there, ") == "Hello there, "
     assert redactor.held == 0
+    # A word ending in digits cannot start a card or phone number: nothing to wait for.
+    assert redactor.feed("alpha0 beta12 ") == "alpha0 beta12 "
+    assert redactor.held == 0
+    # A number standing alone might be the start of one.
+    assert redactor.feed("call 555-") == "call "
+    assert redactor.feed("123-4567 now") == "[redacted:phone] "
+    assert redactor.finish() == "now"
+    redactor = StreamingRedactor()
     # The start of what could be a key or an address is held until it is decided.
     assert redactor.feed("my key is sk-ant-") == "my key is "
     assert redactor.held == len("sk-ant-")
