@@ -434,6 +434,15 @@ class StreamingRedactor:
         self._context = released_raw[-_CONTEXT:]
         return "".join(out)
 
+    def note_released(self, text: str) -> None:
+        """Count the placeholders in ``text`` an earlier attempt at the turn already sent (a turn continued on
+        another host), so the turn's decisions cover its whole answer."""
+        for kind in REASONS:
+            found = text.count(f"[redacted:{kind}]")
+            if found:
+                self.counts[kind] = self.counts.get(kind, 0) + found
+        self._context = text[-_CONTEXT:]
+
     def decisions(self) -> list[GuardrailDecision]:
         """One ``redact`` decision per kind of data redacted so far, with its count."""
         return [
@@ -512,6 +521,11 @@ class OutputGuard:
                 return released + self._redactor.finish()
             self._raw_tail = window[-(len(self._canary) - 1) :]
         return self._redactor.feed(text)
+
+    def note_released(self, text: str) -> None:
+        """The part of the answer an earlier attempt at the turn already sent (see
+        :meth:`StreamingRedactor.note_released`)."""
+        self._redactor.note_released(text)
 
     def finish(self) -> str:
         """End of the answer: what is still held, redacted."""

@@ -379,6 +379,8 @@ class SessionActor:
                 )
             else:
                 draft.output = guard.output_guard()
+                if deltas:
+                    draft.output.note_released("".join(deltas))
                 await self._answer(queued, request, draft, deltas)
         if queued.cancel_reason:
             draft.status = "rolled_back" if queued.rollback else "cancelled"
