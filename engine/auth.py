@@ -1,9 +1,10 @@
 """Who is calling: API keys (``authorization: Bearer <key>``) and client certificates (mutual TLS).
 
-:class:`AuthInterceptor` wraps every handler of the server (every service, present and future) except
-health: before the handler runs it establishes the caller's :class:`~engine.tenants.Identity` from the call's
-credentials, or ends the call with ``UNAUTHENTICATED``, one message for every cause. Handlers then read the
-tenant with :func:`caller_tenant`; no request field can name it.
+:class:`AuthInterceptor` wraps every handler of the server (every service, present and future): before the
+handler runs it establishes the caller's :class:`~engine.tenants.Identity` from the call's credentials (health
+excepted), or ends the call with ``UNAUTHENTICATED``, one message for every cause. Handlers then read the
+tenant with :func:`caller_tenant`; no request field can name it. It also parses the request itself, so bytes
+that are no valid message get ``INVALID_ARGUMENT`` rather than grpc's ``UNKNOWN`` with the parser's text.
 
 A client certificate names its tenant with a URI subject alternative name ``salon://tenant/<id>`` (or, when it
 has none, its subject common name); the tenant must be listed in the tenants file. With both a key and a
@@ -15,14 +16,14 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
 from engine.status import abort
 from engine.tenants import Identity, TenantRegistry
-from storage.errors import Unauthenticated
+from storage.errors import InvalidArgument, Unauthenticated
 from storage.ids import is_valid_id
 
 log = logging.getLogger(__name__)
@@ -122,14 +123,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, continuation: Callable[[Any], Awaitable[Handler]], handler_call_details: Any
     ) -> Handler:
         handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
         method: str = handler_call_details.method or ""
-        if handler is None or method.startswith(OPEN_METHOD_PREFIXES):
-            return handler
-        return _guarded(handler, self._auth)
+        return _guarded(handler, None if method.startswith(OPEN_METHOD_PREFIXES) else self._auth)
 
 
-def _guarded(handler: Handler, auth: Authenticator) -> Handler:
-    """The same handler, each of its behaviours preceded by authentication."""
+def _guarded(handler: Handler, auth: Authenticator | None) -> Handler:
+    """The same handler, each of its behaviours preceded by authentication (unless ``auth`` is None) and taking
+    raw bytes: a request that does not parse ends with INVALID_ARGUMENT (``MALFORMED_REQUEST``) instead of
+    grpc's UNKNOWN with the parser's error text."""
     for kind, make in (
         ("unary_unary", grpc.unary_unary_rpc_method_handler),
         ("unary_stream", grpc.unary_stream_rpc_method_handler),
@@ -138,15 +141,41 @@ def _guarded(handler: Handler, auth: Authenticator) -> Handler:
     ):
         behavior = getattr(handler, kind)
         if behavior is not None:
+            parse = handler.request_deserializer or (lambda raw: raw)
             return make(
-                _guard(behavior, auth),
-                request_deserializer=handler.request_deserializer,
+                _guard(behavior, auth, parse, streaming_requests=kind.startswith("stream")),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
     return handler
 
 
-async def _establish(auth: Authenticator, context: Any) -> bool:
+_MALFORMED = InvalidArgument("the request is not a valid message of this method", reason="MALFORMED_REQUEST")
+
+
+async def _decode(request: Any, context: Any, parse: Callable[[bytes], Any], streaming: bool) -> Any:
+    """The parsed request (or a parsing iterator of a request stream); aborts the call if it does not parse."""
+    if streaming:
+
+        async def parsed() -> AsyncIterator[Any]:
+            async for raw in request:
+                try:
+                    item = parse(raw)
+                except Exception:
+                    await abort(context, _MALFORMED)
+                    return
+                yield item
+
+        return parsed()
+    try:
+        return parse(request)
+    except Exception:
+        await abort(context, _MALFORMED)
+
+
+async def _establish(auth: Authenticator | None, context: Any) -> bool:
+    if auth is None:
+        return True
     try:
         identity = auth.identify(context.invocation_metadata() or (), context.auth_context() or {})
     except Unauthenticated as exc:
@@ -157,14 +186,20 @@ async def _establish(auth: Authenticator, context: Any) -> bool:
     return True
 
 
-def _guard(behavior: Callable[..., Any], auth: Authenticator) -> Callable[..., Any]:
+def _guard(
+    behavior: Callable[..., Any],
+    auth: Authenticator | None,
+    parse: Callable[[bytes], Any],
+    *,
+    streaming_requests: bool,
+) -> Callable[..., Any]:
     # grpc.aio picks how to drive a handler from its kind (coroutine function or async generator function):
     # the wrapper must be of the same kind.
     if inspect.isasyncgenfunction(behavior):
 
         async def generate(request: Any, context: Any) -> Any:
             if await _establish(auth, context):
-                async for item in behavior(request, context):
+                async for item in behavior(await _decode(request, context, parse, streaming_requests), context):
                     yield item
 
         return generate
@@ -172,7 +207,7 @@ def _guard(behavior: Callable[..., Any], auth: Authenticator) -> Callable[..., A
 
         async def call(request: Any, context: Any) -> Any:
             if await _establish(auth, context):
-                return await behavior(request, context)
+                return await behavior(await _decode(request, context, parse, streaming_requests), context)
             return None
 
         return call
@@ -180,9 +215,7 @@ def _guard(behavior: Callable[..., Any], auth: Authenticator) -> Callable[..., A
     # A synchronous handler would run in a thread pool; the engine registers none. Refuse rather than serve
     # it unauthenticated.
     async def refuse(request: Any, context: Any) -> Any:
-        if await _establish(auth, context):
-            log.error("a synchronous gRPC handler cannot be authenticated; refusing the call")
-            await abort(context, Unauthenticated(_MESSAGE))
-        return None
+        log.error("a synchronous gRPC handler cannot be guarded; refusing the call")
+        await abort(context, Unauthenticated(_MESSAGE))
 
     return refuse

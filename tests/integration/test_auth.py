@@ -224,3 +224,19 @@ async def test_the_python_clients_send_their_api_key(engine: Engine, tenants: Te
             return client.get_session(session.id).id
 
     assert await asyncio.to_thread(blocking) == session.id
+
+
+async def test_reflection_needs_credentials_when_auth_is_on(engine: Engine, tenants: TenantsFile) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async def ask() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async with grpc.aio.insecure_channel(engine.target) as channel:
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            [r async for r in reflect.ServerReflectionInfo(ask())]
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        replies = [r async for r in reflect.ServerReflectionInfo(ask(), metadata=bearer(tenants.keys["beta"][0]))]
+        names = {s.name for r in replies for s in r.list_services_response.service}
+        assert {"salon.v1.ConversationService", "salon.v1.AdminService"} <= names
