@@ -4,6 +4,8 @@ runs), mutual TLS with a CA made here, and health open to all."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -240,3 +242,26 @@ async def test_reflection_needs_credentials_when_auth_is_on(engine: Engine, tena
         replies = [r async for r in reflect.ServerReflectionInfo(ask(), metadata=bearer(tenants.keys["beta"][0]))]
         names = {s.name for r in replies for s in r.list_services_response.service}
         assert {"salon.v1.ConversationService", "salon.v1.AdminService"} <= names
+
+
+async def test_salon_serve_refuses_auth_off_beyond_loopback(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SALON_", "RAY_ADDRESS"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "0",
+        "--data-dir",
+        str(tmp_path),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert b"loopback" in err and b"auth" in err
+    assert not (tmp_path / "nats").exists(), "nothing was started"
