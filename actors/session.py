@@ -424,7 +424,8 @@ class SessionActor:
                     )
                     otel.set_model_content(
                         span,
-                        system=request.system,
+                        # Never the canary line: content capture must not export it.
+                        system=self.settings.system_prompt,
                         messages=[(m.role, m.text) for m in request.messages],
                         answer="".join(deltas),
                     )

@@ -546,6 +546,20 @@ async def test_decisions_are_on_the_session_turn_span_without_content(spans: InM
         assert content not in exported
 
 
+async def test_the_canary_is_not_exported_even_with_content_capture_on() -> None:
+    exporter = InMemorySpanExporter()
+    otel.setup(otel.TelemetrySettings(capture_content=True), exporter=exporter)
+    try:
+        provider = PiecesProvider(["ok"])
+        async with Session(provider) as s:
+            await s.turn("t1", "hi")
+        exported = str([sp.attributes for sp in exporter.get_finished_spans()])
+        assert "Be brief." in exported, "content capture is on"
+        assert "salon-canary-" not in exported and "salon-canary-" in provider.requests[0].system
+    finally:
+        otel.shutdown()
+
+
 async def test_a_block_is_named_on_the_span(spans: InMemorySpanExporter) -> None:
     async with Session(PiecesProvider(["{system}"])) as s:
         await s.turn("t1", "hi")
