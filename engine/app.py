@@ -37,6 +37,7 @@ from storage import (
     BusSettings,
     InvalidArgument,
     KvSessionRegistry,
+    KvTokenCounters,
     LedgerSettings,
     Names,
     NatsJournal,
@@ -166,7 +167,9 @@ class Engine:
         async def count_sessions(tenant_id: str) -> int:
             return len(await registry.list_ids(tenant_id))
 
-        self.limiter = TenantLimiter(self.tenants.policy, count_sessions=count_sessions)
+        self.limiter = TenantLimiter(
+            self.tenants.policy, count_sessions=count_sessions, tokens=await KvTokenCounters.open(js, self.names)
+        )
         gateway = Gateway(
             config,
             TurnPublisher(self._nc, self.names),

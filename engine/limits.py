@@ -3,14 +3,16 @@ day (from the usage events of the turns it relays), message size and number of s
 
 Exceeding one ends the call with ``RESOURCE_EXHAUSTED``, the limit's name as reason (``TURNS_PER_MINUTE``,
 ``CONCURRENT_TURNS``, ``TOKENS_PER_DAY``, ``MESSAGE_TOO_LARGE``, ``MAX_SESSIONS``) and, where waiting helps, a
-retry hint. Counters live in this gateway's memory: with several gateways each one counts its own calls
-(a tenant can use up to N times its limits behind N gateways); sessions are counted from the shared registry.
+retry hint. Token totals are shared by every gateway (``storage.KvTokenCounters``), as are sessions (the
+registry); turns per minute and concurrent turns are counted in this gateway's memory, so behind N gateways a
+tenant can reach N times those two.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +20,10 @@ from typing import Any
 
 from engine.tenants import Limits, TenantPolicy
 from salon.v1 import turn_pb2
-from storage.errors import ResourceExhausted
+from storage.errors import ResourceExhausted, SalonError
+from storage.usage import InMemoryTokenCounters, TokenCounters
+
+log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
 DAY_S = 86400.0
@@ -39,13 +44,11 @@ class Usage:
 
 
 class _Counters:
-    __slots__ = ("active", "day", "tokens", "turns")
+    __slots__ = ("active", "turns")
 
     def __init__(self) -> None:
         self.turns: collections.deque[float] = collections.deque()
         self.active = 0
-        self.day = -1
-        self.tokens = 0
 
 
 class TurnSlot:
@@ -70,11 +73,13 @@ class TenantLimiter:
         policy_for: Callable[[str], TenantPolicy],
         *,
         count_sessions: Callable[[str], Awaitable[int]] | None = None,
+        tokens: TokenCounters | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._policy_for = policy_for
         self._count_sessions = count_sessions
+        self._tokens = tokens if tokens is not None else InMemoryTokenCounters()
         self.clock = clock
         self.wall = wall
         self._tenants: dict[str, _Counters] = collections.defaultdict(_Counters)
@@ -85,12 +90,12 @@ class TenantLimiter:
         now = self.clock()
         while counters.turns and counters.turns[0] <= now - WINDOW_S:
             counters.turns.popleft()
-        day = int(self.wall() // DAY_S)
-        if counters.day != day:
-            counters.day, counters.tokens = day, 0
         return counters
 
-    def admit_turn(self, tenant_id: str, text: str) -> TurnSlot:
+    def _day(self) -> int:
+        return int(self.wall() // DAY_S)
+
+    async def admit_turn(self, tenant_id: str, text: str) -> TurnSlot:
         """Count a new turn against the tenant's limits, or raise :class:`ResourceExhausted`."""
         limits = self._policy_for(tenant_id).limits
         if limits.max_message_bytes and len(text.encode("utf-8", "surrogatepass")) > limits.max_message_bytes:
@@ -98,14 +103,14 @@ class TenantLimiter:
                 f"the message is over this tenant's limit of {limits.max_message_bytes} bytes",
                 reason="MESSAGE_TOO_LARGE",
             )
-        counters = self._counters(tenant_id)
-        if limits.tokens_per_day and counters.tokens >= limits.tokens_per_day:
+        if limits.tokens_per_day and await self._tokens.get(tenant_id, self._day()) >= limits.tokens_per_day:
             until_midnight = DAY_S - self.wall() % DAY_S
             raise ResourceExhausted(
                 "this tenant's tokens for today are used up (the budget resets at 00:00 UTC)",
                 reason="TOKENS_PER_DAY",
                 retry_after_s=until_midnight,
             )
+        counters = self._counters(tenant_id)
         now = self.clock()
         if limits.turns_per_minute and len(counters.turns) >= limits.turns_per_minute:
             raise ResourceExhausted(
@@ -123,7 +128,7 @@ class TenantLimiter:
         counters.active += 1
         return TurnSlot(counters)
 
-    def add_usage(self, tenant_id: str, turn_id: str, usage: turn_pb2.Usage) -> None:
+    async def add_usage(self, tenant_id: str, turn_id: str, usage: turn_pb2.Usage) -> None:
         """Count a turn's tokens (once per turn id, so replays of a finished turn are free)."""
         if turn_id in self._counted:
             return
@@ -133,7 +138,11 @@ class TenantLimiter:
         tokens = (
             usage.input_tokens + usage.output_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
         )
-        self._counters(tenant_id).tokens += tokens
+        try:
+            await self._tokens.add(tenant_id, self._day(), tokens)
+        except SalonError as exc:
+            # The answer goes on; only the budget misses these tokens.
+            log.warning("tokens of a turn not counted: %s", exc.message)
 
     async def metered(
         self, tenant_id: str, slot: TurnSlot, events: AsyncIterator[turn_pb2.TurnEvent]
@@ -143,7 +152,7 @@ class TenantLimiter:
             async with contextlib.aclosing(events):  # type: ignore[type-var]
                 async for event in events:
                     if event.HasField("usage"):
-                        self.add_usage(tenant_id, event.turn_id, event.usage)
+                        await self.add_usage(tenant_id, event.turn_id, event.usage)
                     yield event
         finally:
             slot.release()
@@ -162,7 +171,7 @@ class TenantLimiter:
             tenant_id=tenant_id,
             turns_last_minute=len(counters.turns),
             concurrent_turns=counters.active,
-            tokens_today=counters.tokens,
+            tokens_today=await self._tokens.get(tenant_id, self._day()),
             sessions=sessions,
             limits=self._policy_for(tenant_id).limits,
         )

@@ -76,11 +76,11 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
             return self._default_tenant
         return caller_tenant()
 
-    def _admit(self, tenant: str, text: str, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def _admit(self, tenant: str, text: str, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """A new turn's events, counted against the tenant's limits (ResourceExhausted when over one)."""
         if self._limiter is None:
             return events
-        slot = self._limiter.admit_turn(tenant, text)
+        slot = await self._limiter.admit_turn(tenant, text)
         return self._limiter.metered(tenant, slot, events)
 
     async def CreateSession(self, request: cs_pb2.CreateSessionRequest, context: Context) -> Any:
@@ -160,7 +160,7 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
                 with as_salon_errors():
                     tenant = self._tenant(context)
                     # Limits first: a refused turn never reaches the bus.
-                    events = self._admit(
+                    events = await self._admit(
                         tenant,
                         request.text,
                         self._gateway.send_turn(
@@ -217,7 +217,7 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
             # The span lives as long as the turn it stands for, like SendTurn's.
             with server_span("salon.gateway.Converse.turn", metadata) as span:
                 try:
-                    events = self._admit(
+                    events = await self._admit(
                         tenant, turn.text, self._gateway.send_turn(tenant, turn, trace_headers=span.headers())
                     )
                 except SalonError as exc:

@@ -39,6 +39,7 @@ from storage.sessions import (
 )
 from storage.subjects import Names
 from storage.tables import TranscriptStore
+from storage.usage import InMemoryTokenCounters, KvTokenCounters, TokenCounters
 from storage.writer import BatchWriter, WriterStatus
 
 __all__ = [
@@ -53,10 +54,12 @@ __all__ = [
     "GuardrailDecision",
     "InMemoryJournal",
     "InMemorySessionRegistry",
+    "InMemoryTokenCounters",
     "Internal",
     "InvalidArgument",
     "Journal",
     "KvSessionRegistry",
+    "KvTokenCounters",
     "LedgerReader",
     "LedgerSettings",
     "LoadedSession",
@@ -70,6 +73,7 @@ __all__ = [
     "SessionRegistry",
     "ShardPuller",
     "SnapshotRecord",
+    "TokenCounters",
     "TranscriptStore",
     "TurnEnvelope",
     "TurnPublisher",

@@ -28,6 +28,7 @@ LIMITS = {
     "tokens": {"tokens_per_day": 1},
     "size": {"max_message_bytes": 10},
     "few": {"max_sessions": 2},
+    "shared": {"tokens_per_day": 1},
 }
 
 
@@ -199,3 +200,24 @@ async def test_salon_usage_shows_each_tenant_against_its_limits(setup: tuple[Eng
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1 and b"PERMISSION_DENIED" in err
+
+
+async def test_the_token_budget_holds_across_gateways(setup: tuple[Engine, TenantsFile]) -> None:
+    engine, tenants = setup
+    md = _md(tenants, "shared")
+    async with Engine(engine.config.replace(gateway_only=True)) as second:
+        assert engine.limiter is not None and second.limiter is not None
+        second.limiter.wall = engine.limiter.wall  # the same day on both (another test moves the first's clock)
+        async with (
+            grpc.aio.insecure_channel(engine.target) as first_channel,
+            grpc.aio.insecure_channel(second.target) as second_channel,
+        ):
+            first = cs_grpc.ConversationServiceStub(first_channel)
+            session = await _session(first, md)
+            request = cs_pb2.SendTurnRequest(session_id=session, text="spend")
+            events = [r.event async for r in first.SendTurn(request, metadata=md)]
+            assert any(e.HasField("usage") for e in events)
+            trailers = await _refused(cs_grpc.ConversationServiceStub(second_channel), md, session)
+            assert trailers["salon-error-reason"] == "TOKENS_PER_DAY", "the other gateway knows the tokens spent"
+            usage = await admin_grpc.AdminServiceStub(second_channel).GetUsage(admin_pb2.GetUsageRequest(), metadata=md)
+            assert usage.usage[0].tokens_today > 1

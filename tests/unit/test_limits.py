@@ -27,32 +27,32 @@ def limiter(limits: Limits, clock: Clock, sessions: int = 0) -> TenantLimiter:
     return TenantLimiter(lambda t: TenantPolicy(t, limits), count_sessions=count, clock=clock, wall=clock)
 
 
-def test_turns_per_minute_is_a_sliding_window_with_a_retry_hint() -> None:
+async def test_turns_per_minute_is_a_sliding_window_with_a_retry_hint() -> None:
     clock = Clock()
     lim = limiter(Limits(turns_per_minute=2), clock)
-    lim.admit_turn("a", "x").release()
+    (await lim.admit_turn("a", "x")).release()
     clock.now += 30
-    lim.admit_turn("a", "x").release()
+    (await lim.admit_turn("a", "x")).release()
     with pytest.raises(ResourceExhausted) as info:
-        lim.admit_turn("a", "x")
+        await lim.admit_turn("a", "x")
     assert info.value.reason == "TURNS_PER_MINUTE"
     assert info.value.retry_after_s == pytest.approx(30.0)
-    lim.admit_turn("b", "x")  # another tenant has its own count
+    await lim.admit_turn("b", "x")  # another tenant has its own count
     clock.now += 30.001
-    lim.admit_turn("a", "x")  # the first turn left the window
+    await lim.admit_turn("a", "x")  # the first turn left the window
 
 
-def test_concurrent_turns_count_until_released() -> None:
+async def test_concurrent_turns_count_until_released() -> None:
     lim = limiter(Limits(concurrent_turns=1), Clock())
-    slot = lim.admit_turn("a", "x")
+    slot = await lim.admit_turn("a", "x")
     with pytest.raises(ResourceExhausted) as info:
-        lim.admit_turn("a", "x")
+        await lim.admit_turn("a", "x")
     assert info.value.reason == "CONCURRENT_TURNS" and info.value.retry_after_s
     slot.release()
     slot.release()  # idempotent: never frees a place twice
-    lim.admit_turn("a", "x")
+    await lim.admit_turn("a", "x")
     with pytest.raises(ResourceExhausted):
-        lim.admit_turn("a", "x")
+        await lim.admit_turn("a", "x")
 
 
 async def test_tokens_per_day_come_from_usage_events_once_per_turn_and_reset_at_midnight() -> None:
@@ -65,25 +65,25 @@ async def test_tokens_per_day_come_from_usage_events_once_per_turn_and_reset_at_
         yield turn_pb2.TurnEvent(turn_id="t1", completed=turn_pb2.TurnCompleted())
 
     for _ in range(2):  # the second pass is a replay of the same turn: not counted again
-        relayed = [e async for e in lim.metered("a", lim.admit_turn("a", "x"), events())]
+        relayed = [e async for e in lim.metered("a", await lim.admit_turn("a", "x"), events())]
         assert len(relayed) == 2
     assert (await lim.usage("a")).tokens_today == 100
     assert (await lim.usage("a")).concurrent_turns == 0, "slots are released when the stream ends"
-    lim.add_usage("a", "t2", turn_pb2.Usage(output_tokens=50, cache_read_input_tokens=1))
+    await lim.add_usage("a", "t2", turn_pb2.Usage(output_tokens=50, cache_read_input_tokens=1))
     with pytest.raises(ResourceExhausted) as info:
-        lim.admit_turn("a", "x")
+        await lim.admit_turn("a", "x")
     assert info.value.reason == "TOKENS_PER_DAY"
     assert info.value.retry_after_s == pytest.approx(23 * 3600)
     clock.now += 23 * 3600
-    lim.admit_turn("a", "x")
+    await lim.admit_turn("a", "x")
     assert (await lim.usage("a")).tokens_today == 0
 
 
-def test_message_size_per_tenant() -> None:
+async def test_message_size_per_tenant() -> None:
     lim = limiter(Limits(max_message_bytes=4), Clock())
-    lim.admit_turn("a", "abcd")
+    await lim.admit_turn("a", "abcd")
     with pytest.raises(ResourceExhausted) as info:
-        lim.admit_turn("a", "abcé")
+        await lim.admit_turn("a", "abcé")
     assert info.value.reason == "MESSAGE_TOO_LARGE" and "abc" not in info.value.message
 
 
@@ -97,8 +97,22 @@ async def test_max_sessions() -> None:
 
 async def test_a_refused_turn_counts_nothing() -> None:
     lim = limiter(Limits(turns_per_minute=1, concurrent_turns=5), Clock())
-    lim.admit_turn("a", "x")
+    await lim.admit_turn("a", "x")
     with pytest.raises(ResourceExhausted):
-        lim.admit_turn("a", "x")
+        await lim.admit_turn("a", "x")
     usage = await lim.usage("a")
     assert (usage.turns_last_minute, usage.concurrent_turns) == (1, 1)
+
+
+async def test_token_totals_are_shared_by_limiters_on_one_store() -> None:
+    from storage import InMemoryTokenCounters
+
+    clock = Clock()
+    shared = InMemoryTokenCounters()
+    policy = Limits(tokens_per_day=10)
+    one = TenantLimiter(lambda t: TenantPolicy(t, policy), tokens=shared, clock=clock, wall=clock)
+    two = TenantLimiter(lambda t: TenantPolicy(t, policy), tokens=shared, clock=clock, wall=clock)
+    await one.add_usage("a", "t1", turn_pb2.Usage(output_tokens=10))
+    with pytest.raises(ResourceExhausted):
+        await two.admit_turn("a", "x")
+    assert (await two.usage("a")).tokens_today == 10
