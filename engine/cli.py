@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from engine.config import Config, describe, markdown_table
+from engine.config import Config, describe, is_loopback, markdown_table
 from salon.client.chat import add_credential_arguments
 from storage.errors import SalonError
 from storage.ids import require_id
@@ -65,6 +65,11 @@ async def _serve(config: Config) -> int:
             )
         else:
             console.print(f"auth on: API keys from {config.tenants_file or '(no tenants file)'}")
+            if not config.tls_cert_file and not is_loopback(config.grpc_host):
+                console.print(
+                    "[bold yellow]warning[/]: no TLS on a non-loopback address: API keys travel in clear "
+                    "(set SALON_TLS_CERT_FILE and SALON_TLS_KEY_FILE, or terminate TLS in front of Salon)"
+                )
         console.print(
             f"NATS {redact_url(engine.nats_url)}{' (embedded)' if not config.nats_url else ''}; "
             f"data in {config.data_path}"

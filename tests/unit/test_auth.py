@@ -97,3 +97,29 @@ def test_auth_off_is_refused_beyond_loopback_and_auth_on_needs_a_credential_sour
     assert Config(grpc_host="0.0.0.0", auth="on", tenants_file="t.toml").auth == "on"
     with pytest.raises(InvalidArgument, match="tls_key_file"):
         Config(tls_cert_file="c.pem")
+
+
+def test_client_credential_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from salon.client.chat import add_credential_arguments, credentials_from
+
+    parser = argparse.ArgumentParser()
+    add_credential_arguments(parser)
+    (tmp_path / "ca.pem").write_bytes(b"CA")
+    monkeypatch.setenv("SALON_API_KEY", "from-env")
+    assert credentials_from(parser.parse_args([])) == {"api_key": "from-env"}
+    found = credentials_from(parser.parse_args(["--api-key", "k", "--tls-ca", str(tmp_path / "ca.pem")]))
+    assert found == {"api_key": "k", "root_certificates": b"CA"}
+    with pytest.raises(SystemExit):
+        credentials_from(parser.parse_args(["--tls-cert", str(tmp_path / "ca.pem")]))
+
+
+async def test_the_client_sends_its_key_on_every_call() -> None:
+    from salon.client import SalonClient
+
+    client = SalonClient("127.0.0.1:1", api_key="k1", metadata=(("x-other", "1"),))
+    try:
+        assert ("authorization", "Bearer k1") in client._metadata and ("x-other", "1") in client._metadata
+    finally:
+        await client.close()
