@@ -163,13 +163,12 @@ async def test_bad_characters_in_session_settings_are_refused_without_echo(
     assert MARKER not in (info.value.details() or "")
 
 
-async def test_invalid_utf8_is_refused_by_grpc_before_the_engine(
+async def test_invalid_utf8_is_invalid_argument_without_echo(
     shared_engine: Engine, stub: cs_grpc.ConversationServiceStub
 ) -> None:
-    """grpc's Python server fails to parse a proto3 string that is not UTF-8 before any handler runs: grpc.aio
-    answers UNKNOWN ("Unexpected DecodeError ... String field had bad UTF-8"; INTERNAL in other grpc versions),
-    not INVALID_ARGUMENT, and the engine's code never sees the request. What users rely on: no echo of the
-    input, and the engine goes on serving."""
+    """grpc's generated handlers would fail to parse a proto3 string that is not UTF-8 before any engine code
+    runs (grpc.aio answers UNKNOWN). The gateway's interceptor parses requests itself and answers
+    INVALID_ARGUMENT (MALFORMED_REQUEST) instead: no echo, and the engine goes on serving."""
     session_id = await create_session(stub)
     good = cs_pb2.SendTurnRequest(session_id=session_id, text=f"{MARKER}xx").SerializeToString()
     bad = good.replace(f"{MARKER}xx".encode(), MARKER.encode() + b"\xff\xfe")
@@ -182,7 +181,8 @@ async def test_invalid_utf8_is_refused_by_grpc_before_the_engine(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in call(bad):
                 pass
-    assert info.value.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _reason(info.value) == "MALFORMED_REQUEST"
     assert MARKER not in (info.value.details() or "")
     events = await collect_turn(stub, session_id, "still serving")
     assert _kinds(events)[-1] == "completed"
