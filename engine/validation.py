@@ -1,9 +1,9 @@
 """Checking requests before they enter the engine. Messages name the field, never its content.
 
-Invalid UTF-8 never reaches these checks: grpc's protobuf parser refuses a proto3 ``string`` that is not
-UTF-8 before any handler runs, and the caller gets ``INTERNAL`` ("failed to deserialize"), not
-``INVALID_ARGUMENT`` (tests/integration/test_bad_input.py pins this). Everything that arrives here is
-well-formed text; the tenant's guardrails then refuse control and bidirectional-override characters.
+Invalid UTF-8 never reaches these checks: a proto3 ``string`` that is not UTF-8 fails to parse, and the
+gateway's interceptor (``engine.auth``) answers ``INVALID_ARGUMENT`` (``MALFORMED_REQUEST``) before any handler
+runs (grpc's own handlers would answer UNKNOWN). Everything that arrives here is well-formed text; the tenant's
+guardrails then refuse control and bidirectional-override characters.
 """
 
 from __future__ import annotations
