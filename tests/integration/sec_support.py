@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from engine import Config
 from engine.tenants import key_entry_toml, new_key
 
 
@@ -147,3 +149,22 @@ def tls_channel(target: str, ca: bytes, key: bytes | None = None, cert: bytes | 
     """A TLS channel to the engine (presenting a client certificate when given)."""
     credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
     return grpc.aio.secure_channel(target, credentials)
+
+
+def engine_config(nats_url: str, data_dir: Path, **overrides: Any) -> Config:
+    """An engine in its own namespace on the shared NATS, with auth on."""
+    settings: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "grpc_port": 0,
+        "nats_url": nats_url,
+        "namespace": f"sec{uuid.uuid4().hex[:10]}",
+        "num_hosts": 1,
+        "num_shards": 2,
+        "model_provider": "scripted",
+        "scripted_tokens": 4,
+        "shutdown_grace_s": 1.0,
+        "auth": "on",
+        "tenants_reload_s": 0.05,
+    }
+    settings.update(overrides)
+    return Config(**settings)

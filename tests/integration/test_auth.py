@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,34 +14,15 @@ import grpc
 import pytest
 from conftest import collect_turn, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sec_support import Pki, TenantsFile, bearer, tls_channel
+from sec_support import Pki, TenantsFile, bearer, engine_config, tls_channel
 
-from engine import Config, Engine
+from engine import Engine
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 
 UNAUTHENTICATED_MESSAGE = "missing or invalid credentials"
-
-
-def engine_config(nats_url: str, data_dir: Path, **overrides: Any) -> Config:
-    """An engine in its own namespace on the shared NATS, with auth on."""
-    settings: dict[str, Any] = {
-        "data_dir": str(data_dir),
-        "grpc_port": 0,
-        "nats_url": nats_url,
-        "namespace": f"sec{uuid.uuid4().hex[:10]}",
-        "num_hosts": 1,
-        "num_shards": 2,
-        "model_provider": "scripted",
-        "scripted_tokens": 4,
-        "shutdown_grace_s": 1.0,
-        "auth": "on",
-        "tenants_reload_s": 0.05,
-    }
-    settings.update(overrides)
-    return Config(**settings)
 
 
 @pytest.fixture(scope="module")

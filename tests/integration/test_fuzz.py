@@ -19,8 +19,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sec_support import TenantsFile, bearer
-from test_auth import engine_config
+from sec_support import TenantsFile, bearer, engine_config
 
 from engine import Engine
 from salon.v1 import admin_service_pb2 as admin_pb2

@@ -13,8 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from sec_support import TenantsFile, bearer
-from test_auth import engine_config
+from sec_support import TenantsFile, bearer, engine_config
 
 from engine import Engine
 from salon.v1 import admin_service_pb2 as admin_pb2
