@@ -194,6 +194,16 @@ async def test_the_python_clients_send_their_api_key(engine: Engine, tenants: Te
 
     key = tenants.add_key("beta")
     async with SalonClient(engine.target, api_key=key, timeout_s=10) as client:
+
+        async def key_taken_up() -> bool:
+            try:
+                await client.get_usage()
+            except SalonError as exc:
+                assert exc.code == grpc.StatusCode.UNAUTHENTICATED
+                return False
+            return True
+
+        await wait_for(key_taken_up, timeout_s=20, what="the new key to be read from the tenants file")
         session = await client.create_session()
         assert [u.tenant_id for u in await client.get_usage()] == ["beta"]
     async with SalonClient(engine.target, timeout_s=10) as anonymous:
