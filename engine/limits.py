@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from engine.tenants import Limits, TenantPolicy
 from salon.v1 import turn_pb2
@@ -179,15 +178,3 @@ class TenantLimiter:
     def known_tenants(self) -> list[str]:
         """Tenants this gateway has counted anything for."""
         return sorted(self._tenants)
-
-
-def as_dict(usage: Usage) -> dict[str, Any]:
-    """``usage`` as plain data (for the CLI's JSON output)."""
-    return {
-        "tenant_id": usage.tenant_id,
-        "turns_last_minute": usage.turns_last_minute,
-        "concurrent_turns": usage.concurrent_turns,
-        "tokens_today": usage.tokens_today,
-        "sessions": usage.sessions,
-        "limits": {name: getattr(usage.limits, name) for name in usage.limits.__dataclass_fields__},
-    }
