@@ -128,16 +128,20 @@ class EmbeddedNats:
         port: int = -1,
         namespace: str | None = None,
         tenant_readers: Mapping[str, str] | None = None,
+        max_memory_store: str = "",
     ) -> None:
         """``namespace`` limits the engine user to that deployment's subjects (None: every subject, for a
         server shared by several test deployments). ``tenant_readers`` maps tenant ids to the passwords of
-        their event readers (user ``tenant-<id>``; needs ``namespace``)."""
+        their event readers (user ``tenant-<id>``; needs ``namespace``). ``max_memory_store`` (e.g. ``"1T"``)
+        raises JetStream's memory reservation limit: each deployment's events stream reserves its maximum size,
+        so a server shared by many test deployments runs out of reservations long before it uses memory."""
         self.store_dir = Path(store_dir)
         self.binary = binary
         self.host = host
         self.port = port
         self.namespace = namespace
         self.tenant_readers = dict(tenant_readers or {})
+        self.max_memory_store = max_memory_store
         self._proc: asyncio.subprocess.Process | None = None
         self._lock: TextIO | None = None
         self.address = ""
@@ -186,6 +190,7 @@ class EmbeddedNats:
                     "jetstream {",
                     f'  store_dir: "{self.store_dir / "jetstream"}"',
                     "  sync_interval: always",
+                    *([f"  max_memory_store: {self.max_memory_store}"] if self.max_memory_store else []),
                     "}",
                     "",
                 ]
