@@ -146,15 +146,23 @@ class TenantLimiter:
     async def metered(
         self, tenant_id: str, slot: TurnSlot, events: AsyncIterator[turn_pb2.TurnEvent]
     ) -> AsyncIterator[turn_pb2.TurnEvent]:
-        """Relay a turn's events, counting its usage; its slot is released when the stream ends."""
+        """Relay a new turn's events, counting its usage; its slot is released when the stream ends."""
         try:
-            async with contextlib.aclosing(events):  # type: ignore[type-var]
-                async for event in events:
-                    if event.HasField("usage"):
-                        await self.add_usage(tenant_id, event.turn_id, event.usage)
-                    yield event
+            async for event in self.counted(tenant_id, events):
+                yield event
         finally:
             slot.release()
+
+    async def counted(
+        self, tenant_id: str, events: AsyncIterator[turn_pb2.TurnEvent]
+    ) -> AsyncIterator[turn_pb2.TurnEvent]:
+        """Relay a turn's events counting its usage (once per turn: a resumed stream counts what an abandoned
+        one did not)."""
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                if event.HasField("usage"):
+                    await self.add_usage(tenant_id, event.turn_id, event.usage)
+                yield event
 
     async def check_new_session(self, tenant_id: str) -> None:
         """Raise :class:`ResourceExhausted` when the tenant already has its maximum of sessions."""

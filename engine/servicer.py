@@ -83,6 +83,10 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
         slot = await self._limiter.admit_turn(tenant, text)
         return self._limiter.metered(tenant, slot, events)
 
+    def _counted(self, tenant: str, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """A resumed turn's events, its usage counted (if no earlier stream counted it)."""
+        return events if self._limiter is None else self._limiter.counted(tenant, events)
+
     async def CreateSession(self, request: cs_pb2.CreateSessionRequest, context: Context) -> Any:
         try:
             with as_salon_errors():
@@ -178,12 +182,15 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
         except SalonError as exc:
             await abort(context, exc)
             return
-        events = self._gateway.resume_turn(
+        events = self._counted(
             tenant,
-            request.session_id,
-            request.turn_id,
-            after_seq=request.after_seq,
-            timeout_s=_remaining(context),
+            self._gateway.resume_turn(
+                tenant,
+                request.session_id,
+                request.turn_id,
+                after_seq=request.after_seq,
+                timeout_s=_remaining(context),
+            ),
         )
         await self._relay(context, events, cs_pb2.ResumeTurnResponse)
 
@@ -248,7 +255,10 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
                         relay(
                             req.request_id,
                             r.session_id,
-                            self._gateway.resume_turn(tenant, r.session_id, r.turn_id, after_seq=r.after_seq),
+                            self._counted(
+                                tenant,
+                                self._gateway.resume_turn(tenant, r.session_id, r.turn_id, after_seq=r.after_seq),
+                            ),
                         )
                     )
                 elif action == "cancel_turn":

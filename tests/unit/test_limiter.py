@@ -116,3 +116,18 @@ async def test_token_totals_are_shared_by_limiters_on_one_store() -> None:
     with pytest.raises(ResourceExhausted):
         await two.admit_turn("a", "x")
     assert (await two.usage("a")).tokens_today == 10
+
+
+async def test_a_resumed_stream_counts_the_tokens_an_abandoned_one_did_not() -> None:
+    lim = limiter(Limits(), Clock())
+
+    async def events() -> AsyncIterator[turn_pb2.TurnEvent]:
+        yield turn_pb2.TurnEvent(turn_id="t1", delta=turn_pb2.TokenDelta(text="hi"))
+        yield turn_pb2.TurnEvent(turn_id="t1", usage=turn_pb2.Usage(output_tokens=7))
+
+    stream = lim.metered("a", await lim.admit_turn("a", "x"), events())
+    await anext(stream)  # the client leaves after the first delta
+    await stream.aclose()
+    assert (await lim.usage("a")).tokens_today == 0 and (await lim.usage("a")).concurrent_turns == 0
+    assert len([e async for e in lim.counted("a", events())]) == 2
+    assert (await lim.usage("a")).tokens_today == 7
