@@ -6,7 +6,15 @@ set of shards; ``HostActor`` (in :mod:`actors.ray_host`, imported on demand) is 
 """
 
 from actors.context import PassageEntry, TurnContext, WindowEntry, explain, render_system
-from actors.events import EventSink, TurnEmitter, is_terminal, record_events
+from actors.events import EventSink, TurnEmitter, decision_to_proto, is_terminal, record_events
+from actors.guardrails import (
+    Guardrails,
+    GuardrailSettings,
+    OutputGuard,
+    StreamingRedactor,
+    forbidden_character,
+    injection_score,
+)
 from actors.host import HostSettings, SessionHost, session_settings
 from actors.memory import estimate_tokens, fit_window, turn_groups
 from actors.model import (
@@ -28,10 +36,14 @@ from actors.summary import (
     extractive_summary,
     summarizer_for,
 )
+from storage import GuardrailDecision
 
 __all__ = [
     "EventSink",
     "ExtractiveSummarizer",
+    "GuardrailDecision",
+    "GuardrailSettings",
+    "Guardrails",
     "HostSettings",
     "Message",
     "ModelChunk",
@@ -40,12 +52,14 @@ __all__ = [
     "ModelRequest",
     "ModelResult",
     "ModelSummarizer",
+    "OutputGuard",
     "PassageEntry",
     "SessionActor",
     "SessionHost",
     "SessionKey",
     "SessionSettings",
     "SessionState",
+    "StreamingRedactor",
     "Summarizer",
     "Summary",
     "TextDelta",
@@ -53,11 +67,14 @@ __all__ = [
     "TurnContext",
     "TurnEmitter",
     "WindowEntry",
+    "decision_to_proto",
     "estimate_tokens",
     "explain",
     "extractive_summary",
     "fit_window",
+    "forbidden_character",
     "host_of_shard",
+    "injection_score",
     "is_terminal",
     "record_events",
     "render_system",

@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from actors.context import PassageEntry, TurnContext
 from actors.model import ModelResult
 from salon.v1 import turn_pb2
-from storage import TurnRecord
+from storage import GuardrailDecision, TurnRecord
 
 EventSink = Callable[[turn_pb2.TurnEvent], Awaitable[None]]
 """Where a turn's events go (the host publishes them on the turn's event subject)."""
@@ -133,6 +133,10 @@ class TurnEmitter:
             err.retry_after.CopyFrom(Duration(seconds=int(retry_after_s), nanos=int((retry_after_s % 1) * 1e9)))
         await self._emit(error=err)
 
+    async def guardrail(self, decisions: Sequence[GuardrailDecision]) -> None:
+        """Emit what the guardrails decided (names checks and counts, never the matched text)."""
+        await self._emit(guardrail=turn_pb2.GuardrailNotice(decisions=[decision_to_proto(d) for d in decisions]))
+
     async def cancelled(self, reason: str) -> None:
         """Emit the terminal event of a cancelled turn."""
         await self._emit(cancelled=turn_pb2.TurnCancelled(reason=reason))
@@ -140,9 +144,39 @@ class TurnEmitter:
 
 Step = Callable[[], Awaitable[None]]
 
+INPUT_SOURCES = frozenset({"user", "passage"})
+"""Decisions about what went into the prompt: sent right after ``accepted``. The others (about the output)
+are sent after the last delta."""
+
+
+def decision_to_proto(decision: GuardrailDecision) -> turn_pb2.GuardrailDecision:
+    """A guardrail decision as the API shows it (in events and transcript records)."""
+    return turn_pb2.GuardrailDecision(
+        check=decision.check,
+        action=decision.action,
+        reason=decision.reason,
+        source=decision.source,
+        count=decision.count,
+        score=decision.score,
+        rules=list(decision.rules),
+        passage=decision.passage,
+    )
+
+
+def input_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Step]:
+    """The guardrail notice about the turn's input (if any), sent before the answer."""
+    decisions = [d for d in record.guardrails if d.source in INPUT_SOURCES]
+    return [functools.partial(emitter.guardrail, decisions)] if decisions else []
+
 
 def ending_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Step]:
     """The events after a turn's deltas, from its record: the same for a first run and for a replay."""
+    output = [d for d in record.guardrails if d.source not in INPUT_SOURCES]
+    notice: list[Step] = [functools.partial(emitter.guardrail, output)] if output else []
+    return notice + _terminal_steps(emitter, record)
+
+
+def _terminal_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Step]:
     if record.status == "completed":
         usage = ModelResult(
             input_tokens=record.input_tokens,
@@ -172,8 +206,10 @@ def ending_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Step]:
 
 
 def record_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Step]:
-    """Every event a recorded turn stands for, numbered as first sent: accepted, deltas, ending."""
+    """Every event a recorded turn stands for, numbered as first sent: accepted, the input guardrail notice,
+    citations, deltas, the output guardrail notice, ending."""
     steps: list[Step] = [functools.partial(emitter.accepted, 0, trace_id=record.trace_id, replayed=True)]
+    steps += input_steps(emitter, record)
     passages = TurnContext.from_json(record.context_json).passages
     if passages:
         steps.append(functools.partial(emitter.citations, passages))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from actors.events import TurnEmitter
+from actors.guardrails import GuardrailSettings
 from actors.model import ModelChunk, ModelProvider, ModelRequest
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
 from actors.summary import summarizer_for
@@ -332,6 +333,7 @@ class SessionHost:
             prior_events=prior,
             policy=DOUBLE_TEXTING.get(envelope.request.double_texting, ""),
             deadline_ns=envelope.deadline_ns,
+            guardrails=GuardrailSettings.from_header(envelope.guardrails),
             on_done=done,
             on_release=release,
         )

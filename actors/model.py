@@ -53,6 +53,10 @@ class ModelRequest:
     """The rolling summary in ``system``, for providers that answer without a model (the offline one)."""
     passages: tuple[Passage, ...] = ()
     """The retrieved passages in ``system``, numbered [1], [2] … in this order."""
+    canary_line: str = ""
+    """The line the engine appended to ``system`` to carry the session's guardrail canary (empty: none).
+    Providers send ``system`` whole; code that quotes the instructions back to people (the offline
+    responder) leaves this line out."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,15 +19,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import Span
+
 import otel
 from actors.context import PassageEntry, TurnContext, explain
 from actors.events import EventSink, TurnEmitter, ending_steps, record_steps
+from actors.guardrails import BLOCK_REASONS, Guardrails, GuardrailSettings, OutputGuard, new_canary, with_canary
 from actors.memory import fit_window
 from actors.model import Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta
 from actors.summary import ExtractiveSummarizer, Summarizer, Summary
 from salon.v1 import turn_pb2
 from storage import (
     Fenced,
+    GuardrailDecision,
     LoadedSession,
     Passage,
     RetrievalQuery,
@@ -121,7 +125,8 @@ class SessionState:
         self.ledger_seq = record.ledger_seq
         if record.context_json:
             self.adopt_summary(TurnContext.from_json(record.context_json).summary, keep_messages)
-        if record.status != "rolled_back":
+        # A turn a guardrail blocked stays out of memory: the next turns' prompts must not carry it again.
+        if record.status != "rolled_back" and record.error_reason not in BLOCK_REASONS:
             self.messages.append(Message("user", record.user_text, record.turn_id, record.turn_index))
             if record.reply_text:
                 self.messages.append(Message("assistant", record.reply_text, record.turn_id, record.turn_index))
@@ -224,6 +229,8 @@ class Turn:
     on_release: Callable[[], Awaitable[None]] | None = None
     """Called instead of ``on_done`` when this actor will not finish the turn (another host took the session
     over): the host hands the message back to the bus for prompt redelivery."""
+    guardrails: GuardrailSettings = field(default_factory=GuardrailSettings)
+    """The tenant's guardrails, as the gateway sent them with the turn."""
 
 
 @dataclass(slots=True)
@@ -281,6 +288,8 @@ class SessionActor:
         self._summarizer = summarizer or ExtractiveSummarizer()
         self._summary_task: asyncio.Task[None] | None = None
         """Rewrites the summary after a turn; owned here: cancelled and awaited by :meth:`close`."""
+        self._canary = new_canary()
+        """This activation's system-prompt canary: random, held only here (never stored or logged)."""
 
     @property
     def busy(self) -> bool:
@@ -408,9 +417,11 @@ class SessionActor:
         )
 
     async def _prepare(
-        self, user_text: str, prefill: str, pinned: Sequence[turn_pb2.Citation] | None = None
-    ) -> tuple[ModelRequest, TurnContext]:
-        """The prompt (window, summary, retrieved passages, new message) and the record of what entered it.
+        self, user_text: str, prefill: str, guard: Guardrails, pinned: Sequence[turn_pb2.Citation] | None = None
+    ) -> tuple[ModelRequest, TurnContext, list[GuardrailDecision]]:
+        """The prompt (window, summary, retrieved passages, new message, the guardrail canary), the record of
+        what entered it, and the injection guardrail's decisions about the passages (under ``block`` the
+        passages it flags stay out of the prompt).
 
         ``pinned``: the citations an earlier attempt at the turn already sent (its host died mid-turn): the
         client has them, so the prompt keeps to those passages, in that order, and the record names exactly
@@ -425,6 +436,9 @@ class SessionActor:
             if pinned is not None:
                 found = {(p.source, p.chunk_id): p for p in passages}
                 passages = [found[(c.source, c.chunk_id)] for c in pinned if (c.source, c.chunk_id) in found]
+            flagged = guard.check_passages([p.text for p in passages])
+            blocked = {d.passage for d in flagged if d.action == "block"}
+            passages = [p for i, p in enumerate(passages) if i not in blocked]
             system, context = explain(
                 instructions=s.system_prompt,
                 summary=self.state.summary,
@@ -438,8 +452,12 @@ class SessionActor:
             if span.is_recording():
                 span.set_attribute(ATTR_WINDOW_MESSAGES, len(window))
                 span.set_attribute(ATTR_PROMPT_TOKENS, context.total_tokens)
+        canary_line = ""
+        if guard.settings.canary:
+            system, canary_line = with_canary(system, guard.canary)
         request = ModelRequest(
             system=system,
+            canary_line=canary_line,
             messages=(*window, Message("user", user_text)),
             model=s.model,
             max_tokens=s.max_tokens,
@@ -452,7 +470,7 @@ class SessionActor:
             summary=context.summary.text,
             passages=tuple(passages),
         )
-        return request, context
+        return request, context, flagged
 
     async def _retrieve(self, text: str, window: Sequence[Message]) -> tuple[list[Passage], str]:
         """Passages for ``text``: the tenant's knowledge and this session's memories outside ``window``. A
@@ -507,26 +525,50 @@ class SessionActor:
             otel.attributes.TENANT_ID: self.key.tenant_id,  # also names the turn in the logs of its block
         }
         with otel.span(otel.attributes.SPAN_SESSION_TURN, parent=turn.trace_context, attributes=ids) as span:
-            status = await self._execute_turn(queued)
+            draft = await self._execute_turn(queued)
             if span.is_recording():
-                span.set_attribute(otel.attributes.TURN_STATUS, status)
+                span.set_attribute(otel.attributes.TURN_STATUS, draft.status)
+                _trace_guardrails(span, draft.decisions())
 
-    async def _execute_turn(self, queued: _Queued) -> str:
+    async def _execute_turn(self, queued: _Queued) -> _Draft:
         turn, emitter = queued.turn, queued.emitter
         deltas = [e.delta.text for e in turn.prior_events if e.HasField("delta")]
         draft = _Draft(turn, self.key, self.state, (), self._clock_ns())
         if not queued.cancel_reason:
-            # Citations come before the first token: once an earlier attempt at the turn got past that point
-            # (it sent citations, or a token), the citations are the ones it sent, possibly none.
-            cited = [e.citations.citations for e in turn.prior_events if e.HasField("citations")]
-            pinned = list(cited[0]) if cited else ([] if deltas else None)
-            request, context = await self._prepare(turn.text, "".join(deltas), pinned)
-            draft.context_turn_ids = tuple(dict.fromkeys(w.turn_id for w in context.window if w.turn_id))
-            draft.context_json = context.to_json()
-            if context.passages and pinned is None:
-                await emitter.citations(context.passages)
-            if not queued.cancel_reason:
-                await self._answer(queued, request, draft, deltas)
+            guard = Guardrails(turn.guardrails, canary=self._canary)
+            decision = guard.check_user_text(turn.text)
+            if decision is not None:
+                draft.guardrails.append(decision)
+            if decision is not None and decision.action == "block":
+                await _notify(turn, emitter, draft.guardrails)
+                log.warning(
+                    "guardrail blocked a turn of session %s: prompt injection (score %.2f, rules %s)",
+                    self.key,
+                    decision.score,
+                    ",".join(decision.rules),
+                )
+                draft.fail(
+                    "PROMPT_INJECTION", "the message was refused by the prompt-injection guardrail", partial=False
+                )
+            else:
+                # Citations come before the first token: once an earlier attempt at the turn got past that
+                # point (it sent citations, or a token), the citations are the ones it sent, possibly none.
+                cited = [e.citations.citations for e in turn.prior_events if e.HasField("citations")]
+                pinned = list(cited[0]) if cited else ([] if deltas else None)
+                request, context, flagged = await self._prepare(turn.text, "".join(deltas), guard, pinned)
+                draft.guardrails.extend(flagged)
+                # One notice about the input (the message and the passages), before the citations, as a
+                # replay of the record sends it.
+                await _notify(turn, emitter, draft.guardrails)
+                draft.context_turn_ids = tuple(dict.fromkeys(w.turn_id for w in context.window if w.turn_id))
+                draft.context_json = context.to_json()
+                if context.passages and pinned is None:
+                    await emitter.citations(context.passages)
+                draft.output = guard.output_guard()
+                if deltas:
+                    draft.output.note_released("".join(deltas))
+                if not queued.cancel_reason:
+                    await self._answer(queued, request, draft, deltas)
         if queued.cancel_reason:
             draft.status = "rolled_back" if queued.rollback else "cancelled"
             draft.error_message = queued.cancel_reason
@@ -537,8 +579,8 @@ class SessionActor:
             # after the events already sent.
             log.warning("session %s was taken over by another host; dropping it here", self.key)
             self.fenced = True
-            return "fenced"
-        return draft.status
+            draft.status = "fenced"
+        return draft
 
     async def _answer(self, queued: _Queued, request: ModelRequest, draft: _Draft, deltas: list[str]) -> None:
         """The model call, in a GenAI CLIENT span (``chat <model>``): usage, finish reason, time to first token;
@@ -569,7 +611,8 @@ class SessionActor:
                     )
                     otel.set_model_content(
                         span,
-                        system=request.system,
+                        # Never the canary line: content capture must not export it.
+                        system=self.settings.system_prompt,
                         messages=[(m.role, m.text) for m in request.messages],
                         answer="".join(deltas),
                     )
@@ -607,26 +650,47 @@ class SessionActor:
     async def _stream_answer(
         self, stream: AsyncIterator[ModelChunk], emitter: TurnEmitter, draft: _Draft, deltas: list[str]
     ) -> None:
+        guard = draft.output
         try:
             async for chunk in stream:
                 if isinstance(chunk, TextDelta):
                     if chunk.text:
-                        if not draft.first_token_at_ns:
-                            draft.first_token_at_ns = self._clock_ns()
-                        deltas.append(chunk.text)
-                        await emitter.delta(chunk.text)
+                        # Redaction holds back only a possibly unfinished secret or address at the end.
+                        text = guard.feed(chunk.text) if guard is not None else chunk.text
+                        await self._send_delta(text, emitter, draft, deltas)
+                        if guard is not None and guard.leaked:
+                            log.warning("guardrail stopped an answer of session %s: system-prompt canary", self.key)
+                            draft.fail(
+                                "SYSTEM_PROMPT_LEAK",
+                                "the answer was stopped: it repeated the session's confidential instructions",
+                                partial=bool(deltas),
+                            )
+                            return
                 else:
                     draft.result = chunk
             if draft.result is None:
                 raise ModelError("the model stream ended without a result", reason="MODEL_PROTOCOL_ERROR")
+            if guard is not None:
+                await self._send_delta(guard.finish(), emitter, draft, deltas)
             draft.status = "completed"
         except ModelError as exc:
+            if guard is not None:
+                # What was held back is part of the partial answer (redacted like the rest).
+                await self._send_delta(guard.finish(), emitter, draft, deltas)
             draft.fail(
                 exc.reason, exc.message, retryable=exc.retryable, retry_after_s=exc.retry_after_s, partial=bool(deltas)
             )
         except Exception:
             log.exception("turn failed inside the engine (session %s)", self.key)
             draft.fail("INTERNAL", "the engine failed while running this turn", partial=bool(deltas))
+
+    async def _send_delta(self, text: str, emitter: TurnEmitter, draft: _Draft, deltas: list[str]) -> None:
+        if not text:
+            return
+        if not draft.first_token_at_ns:
+            draft.first_token_at_ns = self._clock_ns()
+        deltas.append(text)
+        await emitter.delta(text)
 
     async def _conclude(self, turn: Turn, emitter: TurnEmitter, record: TurnRecord, *, retry: bool) -> None:
         nats = {otel.attributes.MESSAGING_SYSTEM: "nats", otel.attributes.MESSAGING_OPERATION: "send"}
@@ -756,6 +820,13 @@ class _Draft:
     error_message: str = ""
     retryable: bool = False
     retry_after_s: float | None = None
+    guardrails: list[GuardrailDecision] = field(default_factory=list)
+    """Input decisions (injection); the output guard's are added by :meth:`decisions`."""
+    output: OutputGuard | None = None
+
+    def decisions(self) -> tuple[GuardrailDecision, ...]:
+        """Every guardrail decision of the turn so far."""
+        return (*self.guardrails, *(self.output.decisions() if self.output is not None else ()))
 
     def fail(
         self, reason: str, message: str, *, partial: bool, retryable: bool = False, retry_after_s: float | None = None
@@ -796,7 +867,41 @@ class _Draft:
             completed_at_ns=time.time_ns(),
             context_turn_ids=self.context_turn_ids,
             context_json=self.context_json,
+            guardrails=self.decisions(),
         )
+
+
+def _trace_guardrails(span: Span, decisions: Sequence[GuardrailDecision]) -> None:
+    """Guardrail decisions on the session's turn span: summary attributes and one event per decision (check,
+    action, reason, counts; never the text)."""
+    if not decisions:
+        return
+    attrs = otel.attributes
+    blocked = [d.reason for d in decisions if d.action == "block"]
+    span.set_attribute(attrs.GUARDRAIL_DECISIONS, len(decisions))
+    span.set_attribute(attrs.GUARDRAIL_REDACTIONS, sum(d.count for d in decisions if d.action == "redact"))
+    if blocked:
+        span.set_attribute(attrs.GUARDRAIL_BLOCKED, blocked[0])
+    for d in decisions:
+        span.add_event(
+            attrs.EVENT_GUARDRAIL,
+            {
+                attrs.GUARDRAIL_CHECK: d.check,
+                attrs.GUARDRAIL_ACTION: d.action,
+                attrs.GUARDRAIL_REASON: d.reason,
+                attrs.GUARDRAIL_SOURCE: d.source,
+                attrs.GUARDRAIL_COUNT: d.count,
+                attrs.GUARDRAIL_SCORE: d.score,
+                attrs.GUARDRAIL_RULES: list(d.rules),
+            },
+        )
+
+
+async def _notify(turn: Turn, emitter: TurnEmitter, decisions: Sequence[GuardrailDecision]) -> None:
+    """The guardrail notice about a turn's input, once per turn: an earlier attempt at a redelivered turn
+    may have sent it already."""
+    if decisions and not any(e.HasField("guardrail") for e in turn.prior_events):
+        await emitter.guardrail(list(decisions))
 
 
 def _pinned_entries(pinned: Sequence[turn_pb2.Citation], in_prompt: Sequence[PassageEntry]) -> tuple[PassageEntry, ...]:

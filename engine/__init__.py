@@ -11,22 +11,47 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.app import Engine
+    from engine.auth import Authenticator, AuthInterceptor, caller_tenant
     from engine.config import Config
     from engine.gateway import Gateway
+    from engine.limits import TenantLimiter
     from engine.nats_server import EmbeddedNats
     from engine.providers import OfflineProvider, ProviderSpec, ScriptedProvider
+    from engine.tenants import Identity, Limits, TenantRegistry
 
 _EXPORTS = {
+    "AuthInterceptor": "engine.auth",
+    "Authenticator": "engine.auth",
     "Config": "engine.config",
     "Engine": "engine.app",
     "EmbeddedNats": "engine.nats_server",
     "Gateway": "engine.gateway",
+    "Identity": "engine.tenants",
+    "Limits": "engine.tenants",
     "OfflineProvider": "engine.providers",
     "ProviderSpec": "engine.providers",
     "ScriptedProvider": "engine.providers",
+    "TenantLimiter": "engine.limits",
+    "TenantRegistry": "engine.tenants",
+    "caller_tenant": "engine.auth",
 }
 
-__all__ = ["Config", "EmbeddedNats", "Engine", "Gateway", "OfflineProvider", "ProviderSpec", "ScriptedProvider"]
+__all__ = [
+    "AuthInterceptor",
+    "Authenticator",
+    "Config",
+    "EmbeddedNats",
+    "Engine",
+    "Gateway",
+    "Identity",
+    "Limits",
+    "OfflineProvider",
+    "ProviderSpec",
+    "ScriptedProvider",
+    "TenantLimiter",
+    "TenantRegistry",
+    "caller_tenant",
+]
 
 
 def __getattr__(name: str) -> Any:

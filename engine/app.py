@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,21 +21,29 @@ from grpc_reflection.v1alpha import reflection
 
 import otel
 from actors.ray_host import build_embedder
+from engine.admin import AdminServicer
+from engine.auth import Authenticator, AuthInterceptor
 from engine.config import Config
 from engine.gateway import Gateway
 from engine.knowledge import Knowledge
 from engine.knowledge_servicer import KnowledgeServicer
+from engine.limits import TenantLimiter
 from engine.nats_server import EmbeddedNats
 from engine.ray_runtime import HostGroup, WriterHandle, ensure_ray, host_specs
 from engine.servicer import ConversationServicer
+from engine.tenants import Limits, TenantRegistry
+from salon.v1 import admin_service_pb2 as admin_pb2
+from salon.v1 import admin_service_pb2_grpc as admin_grpc
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
 from storage import (
     BusSettings,
+    InvalidArgument,
     KnowledgeBase,
     KvSessionRegistry,
+    KvTokenCounters,
     LedgerSettings,
     Names,
     NatsJournal,
@@ -44,12 +53,41 @@ from storage import (
     connect,
     ensure_bus,
     ensure_ledger,
+    redact_url,
 )
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = cs_pb2.DESCRIPTOR.services_by_name["ConversationService"].full_name
 KNOWLEDGE_SERVICE_NAME = ks_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+
+def default_limits(config: Config) -> Limits:
+    """The limits of a tenant the tenants file does not limit otherwise."""
+    return Limits(
+        turns_per_minute=config.tenant_turns_per_minute,
+        concurrent_turns=config.tenant_concurrent_turns,
+        tokens_per_day=config.tenant_tokens_per_day,
+        max_message_bytes=config.tenant_max_message_bytes,
+        max_sessions=config.tenant_max_sessions,
+    )
+
+
+def server_credentials(config: Config) -> grpc.ServerCredentials | None:
+    """TLS credentials of the gRPC port (None: plaintext), requiring and verifying client certificates when a
+    client CA is set (gRPC Python can only require a client certificate or not ask for one at all)."""
+    if not config.tls_cert_file:
+        return None
+    try:
+        chain = Path(config.tls_cert_file).read_bytes()
+        key = Path(config.tls_key_file).read_bytes()
+        client_ca = Path(config.tls_client_ca_file).read_bytes() if config.tls_client_ca_file else None
+    except OSError:
+        raise InvalidArgument("a TLS certificate or key file cannot be read", reason="INVALID_CONFIG") from None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 class Engine:
@@ -73,6 +111,10 @@ class Engine:
         self._started_ray = False
         self._state = "new"
         self._restore_task: asyncio.Task[None] | None = None
+        self.tenants = TenantRegistry(
+            config.tenants_file or None, default_limits(config), reload_interval_s=config.tenants_reload_s
+        )
+        self.limiter: TenantLimiter | None = None
 
     @property
     def target(self) -> str:
@@ -106,10 +148,19 @@ class Engine:
     async def _start(self) -> None:
         config = self.config
         otel.setup(otel.TelemetrySettings.from_config(config), process="gateway", serve_metrics=True)
+        self.tenants.load()  # a bad tenants file stops the start, before anything runs
+        self.tenants.start()
+        credentials = server_credentials(config)
+        if config.auth == "off":
+            log.warning(
+                "AUTH IS OFF: every caller is tenant %r; listening on loopback %s only",
+                config.default_tenant,
+                config.grpc_host,
+            )
         data = config.data_path
         data.mkdir(parents=True, exist_ok=True)
         if not self.nats_url:
-            self._embedded_nats = EmbeddedNats(data / "nats", binary=config.nats_server_bin)
+            self._embedded_nats = EmbeddedNats(data / "nats", binary=config.nats_server_bin, namespace=config.namespace)
             self.nats_url = await self._embedded_nats.start()
         self._nc = await connect(self.nats_url, name="salon-gateway", on_state=self._on_nats_state)
         js = self._nc.jetstream()
@@ -128,29 +179,44 @@ class Engine:
             chunk_tokens=config.chunk_tokens,
             overlap_tokens=config.chunk_overlap_tokens,
         )
+        registry = await KvSessionRegistry.open(js, self.names)
+
+        async def count_sessions(tenant_id: str) -> int:
+            return len(await registry.list_ids(tenant_id))
+
+        self.limiter = TenantLimiter(
+            self.tenants.policy, count_sessions=count_sessions, tokens=await KvTokenCounters.open(js, self.names)
+        )
         gateway = Gateway(
             config,
             TurnPublisher(self._nc, self.names),
-            await KvSessionRegistry.open(js, self.names),
+            registry,
             NatsJournal(js, self.names),
             self._store,
             store_healthy=lambda: self._store_healthy,
+            guardrails_for=self.tenants.guardrails_for,
         )
         if not config.gateway_only:
             self._hosts = HostGroup(host_specs(config, self.nats_url), config.namespace)
             self._writer = WriterHandle(config, self.nats_url)
             await asyncio.gather(self._hosts.start(), self._writer.start())
             self._store_watch = asyncio.create_task(self._watch_store(), name="salon-store-watch")
+        authenticator = Authenticator(self.tenants, required=config.auth == "on", default_tenant=config.default_tenant)
         self._server = grpc.aio.server(
+            interceptors=[AuthInterceptor(authenticator)],
             options=[
                 # Room for the largest document an ingestion request may carry.
                 ("grpc.max_receive_message_length", max(4 * 1024 * 1024, config.max_document_bytes + 64 * 1024)),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ]
+            ],
         )
         conversation = ConversationServicer(
-            gateway, config.default_tenant, write_timeout_s=config.stream_write_timeout_s
+            # None: the tenant of every call comes from the auth interceptor, never from a default.
+            gateway,
+            None,
+            write_timeout_s=config.stream_write_timeout_s,
+            limiter=self.limiter,
         )
         cs_grpc.add_ConversationServiceServicer_to_server(conversation, self._server)  # type: ignore[no-untyped-call]
         # The knowledge service names the caller's tenant exactly as the conversation service does.
@@ -158,20 +224,34 @@ class Engine:
         ks_grpc.add_KnowledgeServiceServicer_to_server(  # type: ignore[no-untyped-call]
             KnowledgeServicer(knowledge, conversation._tenant), self._server
         )
+        admin_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            AdminServicer(self.limiter, self.tenants), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
                 KNOWLEDGE_SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
             self._server,
         )
-        self.grpc_port = self._server.add_insecure_port(f"{config.grpc_host}:{config.grpc_port}")
+        address = f"{config.grpc_host}:{config.grpc_port}"
+        if credentials is None:
+            self.grpc_port = self._server.add_insecure_port(address)
+        else:
+            self.grpc_port = self._server.add_secure_port(address, credentials)
         await self._server.start()
         await self._set_serving(True)
-        log.info("salon listening on %s (NATS %s)", self.target, self.nats_url)
+        log.info(
+            "salon listening on %s (%s, auth %s; NATS %s)",
+            self.target,
+            "TLS" if credentials is not None else "plaintext",
+            config.auth,
+            redact_url(self.nats_url),
+        )
 
     def _bus_settings(self) -> BusSettings:
         config = self.config
@@ -269,6 +349,7 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._restore_task = self._store_watch = None
+        await self.tenants.close()
         if self._server is not None:
             await self._server.stop(grace=None)
             self._server = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 import tempfile
@@ -14,8 +15,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from engine.config import Config, describe, markdown_table
+from engine.config import Config, describe, is_loopback, markdown_table
+from salon.client.chat import add_credential_arguments
 from storage.errors import SalonError
+from storage.ids import require_id
+from storage.nats_client import redact_url
 
 DESCRIPTION = """Salon: a conversation engine. Sessions are stateful actors on Ray, turns travel over NATS
 JetStream, and answers stream back token by token over gRPC.
@@ -49,9 +53,27 @@ async def _serve(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        console.print(f"[bold green]salon[/] gRPC gateway on [bold]{engine.target}[/]")
+        tls = (
+            "TLS" + (" + client certificates" if config.tls_client_ca_file else "")
+            if config.tls_cert_file
+            else "plaintext"
+        )
+        console.print(f"[bold green]salon[/] gRPC gateway on [bold]{engine.target}[/] ({tls})")
+        if config.auth == "off":
+            console.print(
+                f"[bold red]AUTH IS OFF[/]: every caller is tenant {config.default_tenant!r}, with no credentials. "
+                "Allowed on loopback only; set SALON_AUTH=on and a tenants file (salon keys new) to expose Salon."
+            )
+        else:
+            console.print(f"auth on: API keys from {config.tenants_file or '(no tenants file)'}")
+            if not config.tls_cert_file and not is_loopback(config.grpc_host):
+                console.print(
+                    "[bold yellow]warning[/]: no TLS on a non-loopback address: API keys travel in clear "
+                    "(set SALON_TLS_CERT_FILE and SALON_TLS_KEY_FILE, or terminate TLS in front of Salon)"
+                )
         console.print(
-            f"NATS {engine.nats_url}{' (embedded)' if not config.nats_url else ''}; data in {config.data_path}"
+            f"NATS {redact_url(engine.nats_url)}{' (embedded)' if not config.nats_url else ''}; "
+            f"data in {config.data_path}"
         )
         if config.gateway_only:
             console.print("gateway only: turns run on the deployment's hosts")
@@ -75,8 +97,8 @@ async def _demo(config: Config) -> int:
     console.print("[bold]Starting Salon on embedded defaults[/] (nats-server, local Ray, offline responder) …")
     async with Engine(config) as engine:
         console.print(
-            f"up in {time.perf_counter() - started:.1f} s: gateway {engine.target}, NATS {engine.nats_url}, "
-            f"{config.num_hosts} hosts"
+            f"up in {time.perf_counter() - started:.1f} s: gateway {engine.target}, "
+            f"NATS {redact_url(engine.nats_url)}, {config.num_hosts} hosts"
         )
         ok = await run_demo(engine.target, console)
         console.print("shutting down …")
@@ -84,11 +106,12 @@ async def _demo(config: Config) -> int:
     return 0 if ok else 1
 
 
-async def _chat(config: Config, target: str | None, session: str, system: str) -> int:
-    from salon.client.chat import chat
+async def _chat(config: Config, args: argparse.Namespace) -> int:
+    from salon.client.chat import chat, credentials_from
 
+    target, session, system = args.target, args.session, args.system
     if target:
-        return await chat(target, session, system)
+        return await chat(target, session, system, credentials=credentials_from(args))
     from engine.app import Engine
 
     Console(stderr=True).print("starting an embedded engine for this chat (use --target to join a running one) …")
@@ -108,8 +131,10 @@ async def _export(config: Config, args: argparse.Namespace) -> int:
 
 async def _ingest(args: argparse.Namespace) -> int:
     from engine.ingest import ingest_paths
+    from salon.client.chat import credentials_from
 
-    return await ingest_paths(args.target, args.paths, Console(stderr=True), batch=args.batch)
+    console = Console(stderr=True)
+    return await ingest_paths(args.target, args.paths, console, batch=args.batch, credentials=credentials_from(args))
 
 
 INGEST_HELP = """Send .txt and .md files to a running engine's knowledge base (KnowledgeService.IngestDocuments).
@@ -120,6 +145,71 @@ ingesting the same files again replaces their documents. A progress bar counts d
 engine stores them; files that fail (empty, too large, not UTF-8, ...) are listed at the end with the
 reason, and the others are stored regardless. Exit status: 0 all stored, 1 some failed, 2 the engine could
 not be reached or refused the request."""
+
+
+def _new_key(tenant: str, *, admin: bool) -> int:
+    from engine.tenants import key_entry_toml, new_key
+
+    require_id(tenant, "tenant")
+    key, key_id, digest = new_key()
+    print(key, flush=True)
+    # Instructions on stderr, so `salon keys new --tenant t > key.txt` captures the key alone.
+    print(
+        f"The key above is shown once; Salon keeps only its SHA-256. Key id: {key_id}\n"
+        f"Add this line to [tenants.{tenant}] keys = [ ... ] in the tenants file (taken up without a restart):\n"
+        f"  {key_entry_toml(tenant, key_id, digest, admin=admin)}\n"
+        "Revoke the key by deleting its line.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _usage(config: Config, args: argparse.Namespace) -> int:
+    from salon.client import SalonClient
+    from salon.client import SalonError as ClientError
+    from salon.client.chat import credentials_from
+
+    target = args.target or f"{config.grpc_host}:{config.grpc_port}"
+    try:
+        async with SalonClient(target, timeout_s=10.0, **credentials_from(args)) as client:
+            usage = await client.get_usage(args.tenant or "", all_tenants=args.all)
+    except ClientError as exc:
+        print(f"salon usage: {exc.message} ({exc.code.name})", file=sys.stderr)
+        return 1
+    fields = ("turns_per_minute", "concurrent_turns", "tokens_per_day", "max_message_bytes", "max_sessions")
+    if args.json:
+        rows = [
+            {
+                "tenant_id": u.tenant_id,
+                "turns_last_minute": u.turns_last_minute,
+                "concurrent_turns": u.concurrent_turns,
+                "tokens_today": u.tokens_today,
+                "sessions": u.sessions,
+                "limits": {name: getattr(u.limits, name) for name in fields},
+            }
+            for u in usage
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+
+    def of(value: int, limit: int) -> str:
+        return f"{value} / {limit}" if limit else f"{value}"
+
+    table = Table(title=f"Usage on {target} (counted by this gateway; limits after '/')")
+    for column in ("tenant", "turns last minute", "concurrent turns", "tokens today", "sessions", "max message"):
+        table.add_column(column)
+    for u in usage:
+        lim = u.limits
+        table.add_row(
+            u.tenant_id,
+            of(u.turns_last_minute, lim.turns_per_minute),
+            of(u.concurrent_turns, lim.concurrent_turns),
+            of(u.tokens_today, lim.tokens_per_day),
+            of(u.sessions, lim.max_sessions),
+            f"{lim.max_message_bytes or '-'}",
+        )
+    Console().print(table)
+    return 0
 
 
 def _trace(config: Config, args: argparse.Namespace) -> int:
@@ -180,6 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--target", help="host:port of a running gateway")
     chat.add_argument("--session", default="", help="continue this session")
     chat.add_argument("--system", default="", help="system prompt of a new session")
+    add_credential_arguments(chat)
+
+    keys = sub.add_parser("keys", help="make API keys for the tenants file")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    new = keys_sub.add_parser("new", help="print a new key and the line that enables it in the tenants file")
+    new.add_argument("--tenant", required=True, help="tenant the key belongs to")
+    new.add_argument("--admin", action="store_true", help="the key may also read every tenant's usage")
+
+    usage = sub.add_parser("usage", help="a tenant's usage against its limits, from a running gateway")
+    usage.add_argument("--target", help="host:port of the gateway (default from config: grpc_host:grpc_port)")
+    usage.add_argument("--tenant", help="another tenant (needs an admin key)")
+    usage.add_argument("--all", action="store_true", help="every tenant (needs an admin key)")
+    usage.add_argument("--json", action="store_true", help="print JSON")
+    add_credential_arguments(usage)
 
     export = sub.add_parser(
         "export",
@@ -206,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (.txt, .md)")
     ingest.add_argument("--target", default="127.0.0.1:50051", help="host:port of the gateway (default: %(default)s)")
     ingest.add_argument("--batch", type=int, default=8, help="documents per request message (default: %(default)s)")
+    add_credential_arguments(ingest)
 
     config = sub.add_parser("config", help="list every setting with its default and meaning")
     config.add_argument("--markdown", action="store_true", help="print a Markdown table")
@@ -243,7 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "chat":
             config = _config(args, grpc_port=0, log_level="WARNING")
             _setup_logging(config)
-            return asyncio.run(_chat(config, args.target, args.session, args.system))
+            return asyncio.run(_chat(config, args))
+        if args.command == "keys":
+            return _new_key(args.tenant, admin=args.admin)
+        if args.command == "usage":
+            return asyncio.run(_usage(_config(args), args))
     except SalonError as exc:
         print(f"salon: {exc.message}", file=sys.stderr)
         return 2

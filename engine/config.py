@@ -7,6 +7,7 @@ Precedence: environment over file over defaults. Every field documents itself (`
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -39,7 +40,30 @@ class Config:
     ray_address: str = _setting("", "Ray cluster to join; empty starts Ray locally on loopback.", env="RAY_ADDRESS")
     num_hosts: int = _setting(2, "Session host actors (Ray actors, one process each).")
     num_shards: int = _setting(16, "Turn shards; each host owns num_shards / num_hosts of them.")
-    default_tenant: str = _setting("default", "Tenant of every call until authentication is configured.")
+    default_tenant: str = _setting("default", "Tenant of every call while auth is off.")
+    auth: str = _setting(
+        "off",
+        "on: every call needs an API key (authorization: Bearer) or a verified client certificate; off: every "
+        "call is default_tenant, allowed only when grpc_host is a loopback address.",
+    )
+    tenants_file: str = _setting(
+        "", "TOML file of tenants: hashed API keys, limits, guardrails (re-read when it changes; see README)."
+    )
+    tenants_reload_s: float = _setting(1.0, "How often the tenants file is checked for changes.")
+    tls_cert_file: str = _setting("", "PEM certificate (chain) of the gRPC port; with tls_key_file, turns TLS on.")
+    tls_key_file: str = _setting("", "PEM private key of tls_cert_file.")
+    tls_client_ca_file: str = _setting(
+        "",
+        "PEM CA certificates for mutual TLS: every connection must then present a client certificate they "
+        "verify, which names the tenant (an API key on the call, if any, still decides).",
+    )
+    tenant_turns_per_minute: int = _setting(0, "Default limit of turns a tenant starts per minute (0: none).")
+    tenant_concurrent_turns: int = _setting(0, "Default limit of a tenant's turns streaming at once (0: none).")
+    tenant_tokens_per_day: int = _setting(0, "Default model tokens a tenant may use per UTC day (0: none).")
+    tenant_max_message_bytes: int = _setting(
+        0, "Default largest message of a tenant, in bytes (0: max_text_bytes alone applies)."
+    )
+    tenant_max_sessions: int = _setting(0, "Default number of sessions a tenant may hold (0: none).")
     max_text_bytes: int = _setting(32768, "Largest user message accepted, in bytes of UTF-8.")
     turn_timeout_s: float = _setting(300.0, "Longest a SendTurn waits for its turn to end.")
     dedupe_window_s: float = _setting(600.0, "How long JetStream remembers a turn id to drop duplicates.")
@@ -185,6 +209,27 @@ class Config:
             problems.append("namespace must be letters, digits or '_'")
         if not 0 <= self.grpc_port <= 65535:
             problems.append("grpc_port must be 0-65535")
+        if self.auth not in ("off", "on"):
+            problems.append("auth must be on or off")
+        elif self.auth == "off" and not is_loopback(self.grpc_host):
+            problems.append("auth is off, so grpc_host must be a loopback address (turn auth on to listen elsewhere)")
+        elif self.auth == "on" and not (self.tenants_file or self.tls_client_ca_file):
+            problems.append("auth on needs tenants_file (API keys) or tls_client_ca_file (client certificates)")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            problems.append("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            problems.append("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        limits = (
+            self.tenant_turns_per_minute,
+            self.tenant_concurrent_turns,
+            self.tenant_tokens_per_day,
+            self.tenant_max_message_bytes,
+            self.tenant_max_sessions,
+        )
+        if min(limits) < 0:
+            problems.append("tenant_* limits must not be negative")
+        if self.tenants_reload_s <= 0:
+            problems.append("tenants_reload_s must be positive")
         if self.max_text_bytes < 1:
             problems.append("max_text_bytes must be positive")
         if self.telemetry not in ("off", "console", "jsonl", "otlp"):
@@ -286,6 +331,16 @@ class Config:
             )
         except ValueError as exc:
             raise InvalidArgument(f"invalid model provider settings: {exc}", reason="INVALID_CONFIG") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only."""
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def env_name(f: dataclasses.Field[Any]) -> str:

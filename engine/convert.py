@@ -7,7 +7,7 @@ import binascii
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from actors import TurnContext
+from actors import TurnContext, decision_to_proto
 from salon.v1 import turn_pb2
 from storage import InvalidArgument, TurnRecord
 
@@ -50,6 +50,7 @@ def record_to_proto(record: TurnRecord) -> turn_pb2.TurnRecord:
         create_time=_timestamp(record.enqueued_at_ns or record.started_at_ns),
         complete_time=_timestamp(record.completed_at_ns),
         context=context_to_proto(TurnContext.from_json(record.context_json)),
+        guardrails=[decision_to_proto(d) for d in record.guardrails],
     )
 
 

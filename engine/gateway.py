@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import otel
-from actors import SessionState, is_terminal, record_events, shard_for
+from actors import GuardrailSettings, SessionState, is_terminal, record_events, shard_for
 from engine.config import Config
 from engine.validation import check_create_session, check_send_turn, page_size
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -40,6 +40,8 @@ from storage import (
     require_id,
     uuid7,
 )
+
+_DEFAULT_GUARDRAILS = GuardrailSettings()
 
 
 def _encode_token(last_id: str) -> str:
@@ -67,6 +69,7 @@ class Gateway:
         store: TranscriptStore,
         *,
         store_healthy: Callable[[], bool] = lambda: True,
+        guardrails_for: Callable[[str], GuardrailSettings] | None = None,
     ) -> None:
         self._config = config
         self._publisher = publisher
@@ -74,7 +77,12 @@ class Gateway:
         self._journal = journal
         self._store = store
         self._store_healthy = store_healthy
+        self._guardrails_for = guardrails_for
         self.names = Names(config.namespace)
+
+    def guardrails(self, tenant_id: str) -> GuardrailSettings:
+        """The tenant's guardrail settings (the defaults when none are configured)."""
+        return self._guardrails_for(tenant_id) if self._guardrails_for is not None else _DEFAULT_GUARDRAILS
 
     @property
     def bus_connected(self) -> bool:
@@ -83,7 +91,7 @@ class Gateway:
 
     async def create_session(self, tenant_id: str, request: cs_pb2.CreateSessionRequest) -> session_pb2.Session:
         """Store a new session (named by the caller or with a new UUIDv7)."""
-        check_create_session(request)
+        check_create_session(request, self.guardrails(tenant_id))
         now = time.time_ns()
         session = session_pb2.Session(
             session_id=request.session_id or uuid7(),
@@ -178,7 +186,8 @@ class Gateway:
         The turn is named by the idempotency key when given, so a retry finds the same turn: running, it is
         joined; finished within the event retention, its events are replayed.
         """
-        check_send_turn(request, self._config.max_text_bytes)
+        guardrails = self.guardrails(tenant_id)
+        check_send_turn(request, self._config.max_text_bytes, guardrails)
         started = time.monotonic()
         if not self._store_healthy():
             raise Unavailable(
@@ -195,6 +204,7 @@ class Gateway:
             trace_headers=trace_headers,
             enqueued_at_ns=time.time_ns(),
             incarnation=incarnation_of(session),
+            guardrails=guardrails.to_header(),
         )
         if timeout_s is not None:
             envelope = dataclasses.replace(envelope, deadline_ns=time.time_ns() + int(timeout_s * 1e9))

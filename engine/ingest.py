@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -71,9 +72,12 @@ def _read(found: Found) -> tuple[Document | None, str]:
     return Document(found.document_id, text, title=title, media_type=found.media_type), ""
 
 
-async def ingest_paths(target: str, paths: Sequence[str], console: Console, *, batch: int = 8) -> int:
+async def ingest_paths(
+    target: str, paths: Sequence[str], console: Console, *, batch: int = 8, credentials: Mapping[str, Any] | None = None
+) -> int:
     """Ingest every file under ``paths`` into the engine at ``target``; 0 when all were stored, 1 when some
-    failed, 2 when the engine could not be reached."""
+    failed, 2 when the engine could not be reached. ``credentials``: :class:`SalonClient` keyword arguments
+    (API key, TLS files)."""
     failures: list[tuple[str, str, str]] = []
     documents: list[Document] = []
     sources: list[Path] = []
@@ -94,7 +98,7 @@ async def ingest_paths(target: str, paths: Sequence[str], console: Console, *, b
             TimeElapsedColumn(),
         )
         try:
-            async with SalonClient(target) as client:
+            async with SalonClient(target, **(credentials or {})) as client:
                 with Progress(*columns, console=console, transient=False) as bar:
                     task = bar.add_task("ingest", total=len(documents), chunks=0)
                     async for progress in client.ingest(documents, batch=batch):

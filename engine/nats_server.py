@@ -2,6 +2,12 @@
 
 The port is chosen by the server itself (``port: -1``) and read back from its ports file, so there is no
 race for a free port. Acks are fsynced (``sync_interval: always``): an acknowledged turn survives a crash.
+
+It accepts no anonymous connection. The engine's user has a random password kept in
+``<store>/credentials.json`` (mode 0600, made once and kept, so a restarted server takes the same
+credentials), and may use its namespace's subjects, the JetStream and key-value APIs and reply inboxes. A
+tenant reader (optional) may only subscribe to its own tenant's events: it cannot publish turns, read other
+tenants' events or call JetStream.
 """
 
 from __future__ import annotations
@@ -12,16 +18,67 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from storage.errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+ENGINE_USER = "salon-engine"
+
+
+def tenant_user(tenant_id: str) -> str:
+    """The NATS user name of a tenant's event reader."""
+    return f"tenant-{tenant_id}"
+
+
+def engine_permissions(namespace: str) -> dict[str, Any]:
+    """What the engine's connections (gateway, hosts, writer) need: the namespace's subjects (turns, events,
+    ledger, control), the JetStream API (streams, consumers, acks, flow control), key-value buckets and
+    reply inboxes."""
+    return {
+        "publish": {"allow": [f"{namespace}.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>", "_INBOX.>"]},
+        "subscribe": {"allow": [f"{namespace}.>", "_INBOX.>"]},
+    }
+
+
+def tenant_reader_permissions(namespace: str, tenant_id: str) -> dict[str, Any]:
+    """A tenant's event reader: live events of its own turns, nothing else (no publishing at all)."""
+    return {"publish": {"deny": [">"]}, "subscribe": {"allow": [f"{namespace}.events.{tenant_id}.>"]}}
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only this user can read (created 0600; an existing one is narrowed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(text)
+
+
+def engine_credentials(store_dir: Path) -> tuple[str, str]:
+    """The engine's NATS user and password, made on first use and kept in ``store_dir``."""
+    path = store_dir / "credentials.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        data = json.loads(path.read_text())
+        os.chmod(path, 0o600)
+        return str(data["user"]), str(data["password"])
+    store_dir.mkdir(parents=True, exist_ok=True)
+    user, password = ENGINE_USER, secrets.token_urlsafe(32)
+    _write_private(path, json.dumps({"user": user, "password": password}))
+    return user, password
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    """``nats://host:port`` with the user and password in it."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{user}:{password}@{rest}"
 
 
 def find_nats_server(configured: str = "") -> str:
@@ -62,14 +119,35 @@ class EmbeddedNats:
     killed outright is found through its pid file and stopped before a new one starts on the same store.
     """
 
-    def __init__(self, store_dir: Path, *, binary: str = "", host: str = "127.0.0.1", port: int = -1) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        binary: str = "",
+        host: str = "127.0.0.1",
+        port: int = -1,
+        namespace: str | None = None,
+        tenant_readers: Mapping[str, str] | None = None,
+        max_memory_store: str = "",
+    ) -> None:
+        """``namespace`` limits the engine user to that deployment's subjects (None: every subject, for a
+        server shared by several test deployments). ``tenant_readers`` maps tenant ids to the passwords of
+        their event readers (user ``tenant-<id>``; needs ``namespace``). ``max_memory_store`` (e.g. ``"1T"``)
+        raises JetStream's memory reservation limit: each deployment's events stream reserves its maximum size,
+        so a server shared by many test deployments runs out of reservations long before it uses memory."""
         self.store_dir = Path(store_dir)
         self.binary = binary
         self.host = host
         self.port = port
+        self.namespace = namespace
+        self.tenant_readers = dict(tenant_readers or {})
+        self.max_memory_store = max_memory_store
         self._proc: asyncio.subprocess.Process | None = None
         self._lock: TextIO | None = None
+        self.address = ""
+        """``nats://host:port``, without credentials."""
         self.url = ""
+        """The engine's URL: the address with the engine user's credentials in it (keep it out of logs)."""
 
     @property
     def pid(self) -> int | None:
@@ -80,21 +158,43 @@ class EmbeddedNats:
     def _run_dir(self) -> Path:
         return self.store_dir / "run"
 
-    def _write_config(self) -> Path:
+    def _users(self, user: str, password: str) -> list[dict[str, Any]]:
+        engine: dict[str, Any] = {"user": user, "password": password}
+        if self.namespace is not None:
+            engine["permissions"] = engine_permissions(self.namespace)
+        users = [engine]
+        if self.tenant_readers and self.namespace is None:
+            raise ValueError("tenant readers need a namespace")
+        for tenant_id, reader_password in sorted(self.tenant_readers.items()):
+            users.append(
+                {
+                    "user": tenant_user(tenant_id),
+                    "password": reader_password,
+                    "permissions": tenant_reader_permissions(str(self.namespace), tenant_id),
+                }
+            )
+        return users
+
+    def _write_config(self, user: str, password: str) -> Path:
         config = self._run_dir / "nats-server.conf"
-        config.write_text(
+        # The config holds passwords: readable by this user only. (NATS config is a superset of JSON.)
+        authorization = json.dumps({"users": self._users(user, password)})
+        _write_private(
+            config,
             "\n".join(
                 [
                     f'listen: "{self.host}:{self.port}"',
                     f'ports_file_dir: "{self._run_dir}"',
                     "max_payload: 4MB",
+                    f"authorization: {authorization}",
                     "jetstream {",
                     f'  store_dir: "{self.store_dir / "jetstream"}"',
                     "  sync_interval: always",
+                    *([f"  max_memory_store: {self.max_memory_store}"] if self.max_memory_store else []),
                     "}",
                     "",
                 ]
-            )
+            ),
         )
         return config
 
@@ -140,7 +240,8 @@ class EmbeddedNats:
             raise
 
     async def _spawn(self, binary: str, timeout_s: float) -> str:
-        config = self._write_config()
+        user, password = engine_credentials(self.store_dir)
+        config = self._write_config(user, password)
         log_path = self.store_dir / "nats-server.log"
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
@@ -166,13 +267,14 @@ class EmbeddedNats:
             if self._proc.returncode is not None:
                 raise Unavailable(f"nats-server exited at start; see {log_path}", reason="NATS_START_FAILED")
             with contextlib.suppress(OSError, json.JSONDecodeError, KeyError, IndexError):
-                self.url = json.loads(ports_file.read_text())["nats"][0]
+                self.address = json.loads(ports_file.read_text())["nats"][0]
                 break
             if time.monotonic() > deadline:
                 raise Unavailable("nats-server did not start in time", reason="NATS_START_FAILED")
             await asyncio.sleep(0.01)
-        self.port = int(self.url.rsplit(":", 1)[1])
-        log.info("embedded nats-server listening on %s", self.url)
+        self.port = int(self.address.rsplit(":", 1)[1])
+        self.url = with_credentials(self.address, user, password)
+        log.info("embedded nats-server listening on %s (credentials required)", self.address)
         return self.url
 
     async def close(self, timeout_s: float = 10.0) -> None:

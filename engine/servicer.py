@@ -8,8 +8,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
+from engine.auth import caller_tenant, current_identity
 from engine.convert import decode_index_token, encode_index_token, record_to_proto
 from engine.gateway import Gateway
+from engine.limits import TenantLimiter
 from engine.status import ClientGone, abort, as_salon_errors, status_code
 from engine.validation import page_size
 from otel import server_span
@@ -52,19 +54,46 @@ class SlowConsumer(ResourceExhausted):
 class ConversationServicer(cs_grpc.ConversationServiceServicer):
     """``salon.v1.ConversationService`` over a :class:`Gateway`."""
 
-    def __init__(self, gateway: Gateway, default_tenant: str, *, write_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        default_tenant: str | None,
+        *,
+        write_timeout_s: float = 10.0,
+        limiter: TenantLimiter | None = None,
+    ) -> None:
         self._gateway = gateway
         self._default_tenant = default_tenant
         self._write_timeout_s = write_timeout_s
+        self._limiter = limiter
 
     def _tenant(self, context: Context) -> str:
-        # Until authentication exists every caller belongs to the configured default tenant.
-        return self._default_tenant
+        """The caller's tenant, as the auth interceptor established it from the call's credentials.
+
+        ``default_tenant`` None (the engine) means an identity is required: a call that did not pass the
+        interceptor fails closed. A string is the tenant of bare servicers in unit tests."""
+        if self._default_tenant is not None and current_identity() is None:
+            return self._default_tenant
+        return caller_tenant()
+
+    async def _admit(self, tenant: str, text: str, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """A new turn's events, counted against the tenant's limits (ResourceExhausted when over one)."""
+        if self._limiter is None:
+            return events
+        slot = await self._limiter.admit_turn(tenant, text)
+        return self._limiter.metered(tenant, slot, events)
+
+    def _counted(self, tenant: str, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """A resumed turn's events, its usage counted (if no earlier stream counted it)."""
+        return events if self._limiter is None else self._limiter.counted(tenant, events)
 
     async def CreateSession(self, request: cs_pb2.CreateSessionRequest, context: Context) -> Any:
         try:
             with as_salon_errors():
-                session = await self._gateway.create_session(self._tenant(context), request)
+                tenant = self._tenant(context)
+                if self._limiter is not None:
+                    await self._limiter.check_new_session(tenant)
+                session = await self._gateway.create_session(tenant, request)
             return cs_pb2.CreateSessionResponse(session=session)
         except SalonError as exc:
             await abort(context, exc)
@@ -131,18 +160,37 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
 
     async def SendTurn(self, request: cs_pb2.SendTurnRequest, context: Context) -> None:
         with server_span("salon.gateway.SendTurn", context.invocation_metadata()) as span:
-            events = self._gateway.send_turn(
-                self._tenant(context), request, trace_headers=span.headers(), timeout_s=_remaining(context)
-            )
+            try:
+                with as_salon_errors():
+                    tenant = self._tenant(context)
+                    # Limits first: a refused turn never reaches the bus.
+                    events = await self._admit(
+                        tenant,
+                        request.text,
+                        self._gateway.send_turn(
+                            tenant, request, trace_headers=span.headers(), timeout_s=_remaining(context)
+                        ),
+                    )
+            except SalonError as exc:
+                await abort(context, exc)
+                return
             await self._relay(context, events, cs_pb2.SendTurnResponse)
 
     async def ResumeTurn(self, request: cs_pb2.ResumeTurnRequest, context: Context) -> None:
-        events = self._gateway.resume_turn(
-            self._tenant(context),
-            request.session_id,
-            request.turn_id,
-            after_seq=request.after_seq,
-            timeout_s=_remaining(context),
+        try:
+            tenant = self._tenant(context)
+        except SalonError as exc:
+            await abort(context, exc)
+            return
+        events = self._counted(
+            tenant,
+            self._gateway.resume_turn(
+                tenant,
+                request.session_id,
+                request.turn_id,
+                after_seq=request.after_seq,
+                timeout_s=_remaining(context),
+            ),
         )
         await self._relay(context, events, cs_pb2.ResumeTurnResponse)
 
@@ -156,7 +204,11 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
 
     async def Converse(self, request_iterator: AsyncIterator[cs_pb2.ConverseRequest], context: Context) -> None:
         out: asyncio.Queue[cs_pb2.ConverseResponse | None] = asyncio.Queue(maxsize=CONVERSE_BUFFER)
-        tenant = self._tenant(context)
+        try:
+            tenant = self._tenant(context)
+        except SalonError as exc:
+            await abort(context, exc)
+            return
         metadata = context.invocation_metadata()
         relays: set[asyncio.Task[None]] = set()
 
@@ -171,7 +223,13 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
         async def relay_turn(request_id: str, turn: cs_pb2.SendTurnRequest) -> None:
             # The span lives as long as the turn it stands for, like SendTurn's.
             with server_span("salon.gateway.Converse.turn", metadata) as span:
-                events = self._gateway.send_turn(tenant, turn, trace_headers=span.headers())
+                try:
+                    events = await self._admit(
+                        tenant, turn.text, self._gateway.send_turn(tenant, turn, trace_headers=span.headers())
+                    )
+                except SalonError as exc:
+                    await out.put(_converse_error(request_id, turn.session_id, exc))
+                    return
                 await relay(request_id, turn.session_id, events)
 
         async def cancel(req: cs_pb2.ConverseRequest) -> None:
@@ -197,7 +255,10 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
                         relay(
                             req.request_id,
                             r.session_id,
-                            self._gateway.resume_turn(tenant, r.session_id, r.turn_id, after_seq=r.after_seq),
+                            self._counted(
+                                tenant,
+                                self._gateway.resume_turn(tenant, r.session_id, r.turn_id, after_seq=r.after_seq),
+                            ),
                         )
                     )
                 elif action == "cancel_turn":

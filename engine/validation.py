@@ -1,9 +1,16 @@
-"""Checking requests before they enter the engine. Messages name the field, never its content."""
+"""Checking requests before they enter the engine. Messages name the field, never its content.
+
+Invalid UTF-8 never reaches these checks: a proto3 ``string`` that is not UTF-8 fails to parse, and the
+gateway's interceptor (``engine.auth``) answers ``INVALID_ARGUMENT`` (``MALFORMED_REQUEST``) before any handler
+runs (grpc's own handlers would answer UNKNOWN). Everything that arrives here is well-formed text; the tenant's
+guardrails then refuse control and bidirectional-override characters.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from actors import Guardrails, GuardrailSettings
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from storage.errors import InvalidArgument
 from storage.ids import require_id
@@ -26,9 +33,10 @@ def check_text(text: str, max_bytes: int) -> None:
         raise InvalidArgument(f"text is {size} bytes; the limit is {max_bytes}", reason="TEXT_TOO_LARGE")
 
 
-def check_metadata(metadata: Mapping[str, str], field: str) -> None:
-    """Caller labels: bounded count and sizes."""
+def check_metadata(metadata: Mapping[str, str], field: str, guardrails: GuardrailSettings | None = None) -> None:
+    """Caller labels: bounded count and sizes, no control or bidirectional-override characters."""
     items = dict(metadata)
+    guard = Guardrails(guardrails)
     if len(items) > MAX_METADATA_ENTRIES:
         raise InvalidArgument(f"{field} has more than {MAX_METADATA_ENTRIES} entries", reason="METADATA_TOO_LARGE")
     for key, value in items.items():
@@ -38,22 +46,28 @@ def check_metadata(metadata: Mapping[str, str], field: str) -> None:
             raise InvalidArgument(
                 f"{field} values must be at most {MAX_METADATA_VALUE_BYTES} bytes", reason="BAD_METADATA"
             )
+        guard.check_input(key, f"{field} keys")
+        guard.check_input(value, f"{field} values")
 
 
-def check_send_turn(request: cs_pb2.SendTurnRequest, max_text_bytes: int) -> None:
-    """A SendTurn request."""
+def check_send_turn(
+    request: cs_pb2.SendTurnRequest, max_text_bytes: int, guardrails: GuardrailSettings | None = None
+) -> None:
+    """A SendTurn request, under the tenant's guardrails (None: the defaults)."""
     require_id(request.session_id, "session_id")
     if request.idempotency_key:
         require_id(request.idempotency_key, "idempotency_key")
     check_text(request.text, max_text_bytes)
-    check_metadata(request.metadata, "metadata")
+    Guardrails(guardrails).check_input(request.text, "text")
+    check_metadata(request.metadata, "metadata", guardrails)
 
 
-def check_create_session(request: cs_pb2.CreateSessionRequest) -> None:
-    """A CreateSession request."""
+def check_create_session(request: cs_pb2.CreateSessionRequest, guardrails: GuardrailSettings | None = None) -> None:
+    """A CreateSession request, under the tenant's guardrails (None: the defaults)."""
     if request.session_id:
         require_id(request.session_id, "session_id")
-    check_metadata(request.metadata, "metadata")
+    check_metadata(request.metadata, "metadata", guardrails)
+    Guardrails(guardrails).check_input(request.system_prompt, "system_prompt")
     if len(request.system_prompt.encode("utf-8", "surrogatepass")) > MAX_SYSTEM_PROMPT_BYTES:
         raise InvalidArgument(
             f"system_prompt is over the limit of {MAX_SYSTEM_PROMPT_BYTES} bytes", reason="SYSTEM_PROMPT_TOO_LARGE"

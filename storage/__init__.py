@@ -14,8 +14,10 @@ from storage.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     SalonError,
+    Unauthenticated,
     Unavailable,
 )
 from storage.ids import is_valid_id, require_id, uuid7
@@ -31,8 +33,8 @@ from storage.ledger import (
     SessionLog,
     ensure_ledger,
 )
-from storage.nats_client import close_connection, connect, wait_for_port
-from storage.records import SnapshotRecord, TurnRecord, turn_key
+from storage.nats_client import close_connection, connect, redact_url, wait_for_port
+from storage.records import GuardrailDecision, SnapshotRecord, TurnRecord, turn_key
 from storage.retrieval import InMemoryRetriever, LanceRetriever, Passage, RetrievalQuery, Retriever
 from storage.sessions import (
     InMemorySessionRegistry,
@@ -42,6 +44,7 @@ from storage.sessions import (
 )
 from storage.subjects import Names
 from storage.tables import MemoryIndexer, TranscriptStore
+from storage.usage import InMemoryTokenCounters, KvTokenCounters, TokenCounters
 from storage.writer import BatchWriter, WriterStatus
 
 __all__ = [
@@ -57,16 +60,19 @@ __all__ = [
     "EventStream",
     "FailedPrecondition",
     "Fenced",
+    "GuardrailDecision",
     "HashEmbedder",
     "InMemoryJournal",
     "InMemoryRetriever",
     "InMemorySessionRegistry",
+    "InMemoryTokenCounters",
     "IngestResult",
     "Internal",
     "InvalidArgument",
     "Journal",
     "KnowledgeBase",
     "KvSessionRegistry",
+    "KvTokenCounters",
     "LanceRetriever",
     "LedgerReader",
     "LedgerSettings",
@@ -77,6 +83,7 @@ __all__ = [
     "NotFound",
     "OnnxEmbedder",
     "Passage",
+    "PermissionDenied",
     "ResourceExhausted",
     "RetrievalQuery",
     "Retriever",
@@ -85,10 +92,12 @@ __all__ = [
     "SessionRegistry",
     "ShardPuller",
     "SnapshotRecord",
+    "TokenCounters",
     "TranscriptStore",
     "TurnEnvelope",
     "TurnPublisher",
     "TurnRecord",
+    "Unauthenticated",
     "Unavailable",
     "WriterStatus",
     "chunk_text",
@@ -100,6 +109,7 @@ __all__ = [
     "estimate_tokens",
     "incarnation_of",
     "is_valid_id",
+    "redact_url",
     "require_id",
     "turn_key",
     "uuid7",

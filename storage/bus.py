@@ -38,6 +38,8 @@ H_TURN = "Salon-Turn-Id"
 H_ENQUEUED = "Salon-Enqueued-Ns"
 H_INCARNATION = "Salon-Session-Incarnation"
 H_DEADLINE = "Salon-Deadline-Ns"
+H_GUARDRAILS = "Salon-Guardrails"
+"""The tenant's guardrail settings for the turn (``GuardrailSettings.to_header``; absent: the defaults)."""
 TRACE_HEADERS = ("traceparent", "tracestate")
 TERMINAL_KINDS = frozenset({"completed", "error", "cancelled"})
 
@@ -70,10 +72,12 @@ class TurnEnvelope:
     new incarnation, and must not inherit the old one's memory)."""
     deadline_ns: int = 0
     """The caller's gRPC deadline as wall-clock ns (0: none): the host cancels the turn when it passes."""
+    guardrails: str = ""
+    """The tenant's guardrail settings, encoded by the gateway (opaque here; the session host decodes them)."""
 
     def headers(self) -> dict[str, str]:
         """NATS headers carrying the envelope's metadata and trace context."""
-        return {
+        headers = {
             H_MSG_ID: f"{self.tenant_id}.{self.request.session_id}.{self.turn_id}",
             H_TENANT: self.tenant_id,
             H_TURN: self.turn_id,
@@ -82,6 +86,9 @@ class TurnEnvelope:
             H_DEADLINE: str(self.deadline_ns),
             **{k: v for k, v in self.trace_headers.items() if k in TRACE_HEADERS},
         }
+        if self.guardrails:
+            headers[H_GUARDRAILS] = self.guardrails
+        return headers
 
     @classmethod
     def from_msg(cls, msg: Msg) -> TurnEnvelope:
@@ -97,6 +104,7 @@ class TurnEnvelope:
                 enqueued_at_ns=int(headers.get(H_ENQUEUED, "0")),
                 incarnation=headers.get(H_INCARNATION, ""),
                 deadline_ns=int(headers.get(H_DEADLINE, "0") or 0),
+                guardrails=headers.get(H_GUARDRAILS, ""),
             )
         except Exception as exc:
             raise Internal("malformed turn message on the bus", reason="MALFORMED_TURN") from exc

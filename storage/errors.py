@@ -27,6 +27,19 @@ class InvalidArgument(SalonError):
     reason = "INVALID_ARGUMENT"
 
 
+class Unauthenticated(SalonError):
+    """The call carries no valid credentials. One message for every cause (missing, malformed, unknown,
+    revoked), so a caller learns nothing about which keys exist."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(SalonError):
+    """The caller is known but may not do this (for example read another tenant's usage without an admin key)."""
+
+    reason = "PERMISSION_DENIED"
+
+
 class NotFound(SalonError):
     """The named thing does not exist, or the caller may not see it (the two are indistinguishable)."""
 

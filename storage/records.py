@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +28,55 @@ KIND_ACTIVATION = "activation"
 def turn_key(tenant_id: str, session_id: str, turn_id: str) -> str:
     """The identity of a turn across the bus, the ledger and the tables."""
     return f"{tenant_id}.{session_id}.{turn_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailDecision:
+    """What one guardrail decided about a turn. Never carries the text that triggered it."""
+
+    check: str
+    """``injection``, ``redaction``, ``canary`` or ``input``."""
+    action: str
+    """``flag`` (recorded, the turn goes on), ``block`` (the turn ends) or ``redact`` (text replaced)."""
+    reason: str
+    """Stable UPPER_SNAKE_CASE reason, e.g. ``PROMPT_INJECTION``, ``SECRET``, ``CARD_NUMBER``."""
+    source: str = ""
+    """Where the text came from: ``user``, ``passage`` or ``output``."""
+    count: int = 1
+    """How many matches (redactions) or passages the decision covers."""
+    score: float = 0.0
+    """Injection score, when the check scores."""
+    rules: tuple[str, ...] = ()
+    """Names of the rules that matched (not the matched text)."""
+    passage: int = -1
+    """For a retrieved passage: its index in the list checked."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the ledger record)."""
+        return {
+            "check": self.check,
+            "action": self.action,
+            "reason": self.reason,
+            "source": self.source,
+            "count": self.count,
+            "score": self.score,
+            "rules": list(self.rules),
+            "passage": self.passage,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GuardrailDecision:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            check=str(data.get("check", "")),
+            action=str(data.get("action", "")),
+            reason=str(data.get("reason", "")),
+            source=str(data.get("source", "")),
+            count=int(data.get("count", 1)),
+            score=float(data.get("score", 0.0)),
+            rules=tuple(str(r) for r in data.get("rules", ())),
+            passage=int(data.get("passage", -1)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +121,9 @@ class TurnRecord:
     it is also how a session recovers its rolling summary from the ledger after a crash."""
     ledger_seq: int = 0
     """Stream sequence of the ledger entry (0 until appended)."""
+    guardrails: tuple[GuardrailDecision, ...] = ()
+    """What the guardrails decided (injection flags or blocks, redactions, a canary leak); ``reply_text``
+    and ``deltas`` are already redacted."""
 
     @property
     def key(self) -> str:
@@ -87,6 +140,7 @@ class TurnRecord:
         raw: dict[str, Any] = json.loads(data)
         raw["deltas"] = tuple(raw.get("deltas", ()))
         raw["context_turn_ids"] = tuple(raw.get("context_turn_ids", ()))
+        raw["guardrails"] = tuple(GuardrailDecision.from_dict(d) for d in raw.get("guardrails", ()))
         raw["ledger_seq"] = ledger_seq or raw.get("ledger_seq", 0)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})

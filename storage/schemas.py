@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-from storage.records import SnapshotRecord, TurnRecord
+from storage.records import GuardrailDecision, SnapshotRecord, TurnRecord
 
 TURN_KEY: Final = "turn_key"
 """Merge key column of ``transcripts`` (:attr:`TurnRecord.key`)."""
@@ -25,6 +25,18 @@ SNAPSHOT_KEY: Final = "snapshot_key"
 
 _STRINGS = pa.list_(pa.string())
 _LIST_FIELDS: Final = frozenset({"deltas", "context_turn_ids"})
+_GUARDRAIL_DECISION = pa.struct(
+    [
+        pa.field("check", pa.string(), nullable=False),
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("rules", _STRINGS, nullable=False),
+        pa.field("passage", pa.int64(), nullable=False),
+    ]
+)
 
 
 def _required(name: str, type_: pa.DataType) -> pa.Field:
@@ -63,6 +75,7 @@ TRANSCRIPTS_SCHEMA: Final = pa.schema(
         _required("context_turn_ids", _STRINGS),
         _required("context_json", pa.string()),
         _required("ledger_seq", pa.int64()),
+        _required("guardrails", pa.list_(_GUARDRAIL_DECISION)),
     ]
 )
 """One row per turn: every :class:`TurnRecord` field plus ``turn_key``."""
@@ -148,7 +161,10 @@ def turns_to_batch(records: Sequence[TurnRecord]) -> pa.RecordBatch:
     for name in _TURN_FIELDS:
         values = [getattr(r, name) for r in records]
         # Arrow builds list columns from lists; the records hold tuples so they stay hashable.
-        columns[name] = [list(v) for v in values] if name in _LIST_FIELDS else values
+        if name == "guardrails":
+            columns[name] = [[d.to_dict() for d in v] for v in values]
+        else:
+            columns[name] = [list(v) for v in values] if name in _LIST_FIELDS else values
     return _without_nulls(pa.RecordBatch.from_pydict(columns, schema=TRANSCRIPTS_SCHEMA))
 
 
@@ -159,6 +175,7 @@ def batch_to_turns(data: pa.Table | pa.RecordBatch) -> list[TurnRecord]:
 
 def _turn_from_row(row: Mapping[str, Any]) -> TurnRecord:
     fields: dict[str, Any] = {name: tuple(row[name]) if name in _LIST_FIELDS else row[name] for name in _TURN_FIELDS}
+    fields["guardrails"] = tuple(GuardrailDecision.from_dict(d) for d in row["guardrails"])
     return TurnRecord(**fields)
 
 

@@ -30,10 +30,13 @@ def offline_answer(request: ModelRequest) -> str:
         "I am Salon's offline responder: no language model is configured, so I can only answer from what "
         "this session holds."
     ]
-    # ``system`` also holds the summary and the passages; the session's own instructions are apart.
+    # ``system`` also holds the summary, the passages and the guardrail canary line (never quoted back); the
+    # session's own instructions are apart.
     instructions = (
         request.instructions if (request.instructions or request.passages or request.summary) else request.system
     )
+    if request.canary_line:
+        instructions = instructions.removesuffix(request.canary_line).rstrip()
     if instructions:
         lines.append(f"My instructions for this session begin: “{_excerpt(instructions)}”.")
     if earlier:

@@ -9,10 +9,16 @@ from collections.abc import AsyncIterator
 from actors.memory import estimate_tokens
 from actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, TextDelta, continue_after
 
+ECHO_SYSTEM = "$SYSTEM"
+"""A word of the user's message that the scripted provider replaces with the words of its system prompt, as
+a model that obeys "repeat your instructions" would (tests of the system-prompt canary)."""
 
-def scripted_reply(user_text: str, tokens: int) -> list[str]:
-    """The tokens the scripted provider answers ``user_text`` with: its words, cycled, ``tokens`` long."""
-    words = user_text.split() or ["…"]
+
+def scripted_reply(user_text: str, tokens: int, system: str = "") -> list[str]:
+    """The tokens the scripted provider answers ``user_text`` with: its words, cycled, ``tokens`` long; the
+    word ``$SYSTEM`` stands for the words of ``system``."""
+    words = [w for word in user_text.split() for w in (system.split() if word == ECHO_SYSTEM else [word])]
+    words = words or ["…"]
     return [f"{word} " for word in itertools.islice(itertools.cycle(words), tokens)]
 
 
@@ -44,7 +50,7 @@ class ScriptedProvider:
         user_text = request.messages[-1].text if request.messages else ""
         if self.first_token_delay_s:
             await asyncio.sleep(self.first_token_delay_s)
-        tokens = scripted_reply(user_text, self.tokens)
+        tokens = scripted_reply(user_text, self.tokens, request.system)
         skipped = len(tokens) - len(continue_after(tokens, request.prefill))
         for i, token in enumerate(tokens):
             if i < skipped:

@@ -60,7 +60,9 @@ def ray_session() -> Iterator[None]:
 @pytest.fixture(scope="session")
 async def nats_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """A real nats-server with JetStream, on a port it picks, for the whole session."""
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    # Every engine's events stream reserves its whole maximum of memory: without a high limit the one server of
+    # the test session runs out of reservations after a few dozen engines (nothing is really used).
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), max_memory_store="1T")
     url = await server.start()
     yield url
     await server.close()

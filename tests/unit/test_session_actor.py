@@ -219,7 +219,9 @@ async def test_the_window_is_sent_to_the_provider() -> None:
     finally:
         await actor.close()
     last = provider.requests[-1]
-    assert last.system == "Be kind."
+    # The session's instructions, then the engine's canary line (guardrails are on by default).
+    assert last.system == f"Be kind.\n\n{last.canary_line}"
+    assert "salon-canary-" in last.canary_line
     assert last.max_tokens == 77
     assert last.prefill == ""
     # Room for 2 history messages plus the new one: the last exchange, whole.

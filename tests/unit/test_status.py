@@ -21,8 +21,10 @@ from storage.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     SalonError,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -36,6 +38,8 @@ from storage.errors import (
         (FailedPrecondition("m"), grpc.StatusCode.FAILED_PRECONDITION),
         (ResourceExhausted("m"), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (Unavailable("m"), grpc.StatusCode.UNAVAILABLE),
+        (Unauthenticated("m"), grpc.StatusCode.UNAUTHENTICATED),
+        (PermissionDenied("m"), grpc.StatusCode.PERMISSION_DENIED),
         (DeadlineExceeded("m"), grpc.StatusCode.DEADLINE_EXCEEDED),
         (Internal("m"), grpc.StatusCode.INTERNAL),
         (SalonError("m"), grpc.StatusCode.INTERNAL),
@@ -49,7 +53,7 @@ def test_status_code(error: SalonError, code: grpc.StatusCode) -> None:
 
 def test_every_error_class_is_mapped() -> None:
     mapped = {InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted, Unavailable}
-    mapped |= {DeadlineExceeded, Internal, Unimplemented}
+    mapped |= {DeadlineExceeded, Internal, Unimplemented, Unauthenticated, PermissionDenied}
     for cls in SalonError.__subclasses__():
         if cls.__module__ in {"storage.errors", "engine.status"}:
             assert cls in mapped, f"{cls.__name__} has no test of its status code"

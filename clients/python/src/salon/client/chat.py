@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
-from typing import TextIO
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
 
 from salon.client.client import SalonClient, Session
 from salon.client.errors import SalonError
@@ -57,9 +60,17 @@ async def stream_turn(session: Session, text: str, out: TextIO = sys.stdout) -> 
     out.flush()
 
 
-async def chat(target: str, session_id: str = "", system_prompt: str = "", out: TextIO = sys.stdout) -> int:
-    """Run the interactive loop against the gateway at ``target``."""
-    async with SalonClient(target) as client:
+async def chat(
+    target: str,
+    session_id: str = "",
+    system_prompt: str = "",
+    out: TextIO = sys.stdout,
+    *,
+    credentials: Mapping[str, Any] | None = None,
+) -> int:
+    """Run the interactive loop against the gateway at ``target`` (``credentials``: keyword arguments of
+    :class:`SalonClient` such as ``api_key`` or ``root_certificates``)."""
+    async with SalonClient(target, **dict(credentials or {})) as client:
         try:
             await client.wait_ready(10.0)
         except TimeoutError:
@@ -108,14 +119,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default="127.0.0.1:50051", help="gateway address, host:port (default %(default)s)")
     parser.add_argument("--session", default="", help="continue this session instead of opening a new one")
     parser.add_argument("--system", default="", help="system prompt of a new session")
+    add_credential_arguments(parser)
     return parser
+
+
+def add_credential_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--api-key``, ``--tls-ca``, ``--tls-cert`` and ``--tls-key`` (the key also from ``$SALON_API_KEY``)."""
+    parser.add_argument(
+        "--api-key", default=None, help="API key sent as 'authorization: Bearer' (default: $SALON_API_KEY)"
+    )
+    parser.add_argument("--tls-ca", default=None, help="PEM CA file verifying the server: turns TLS on")
+    parser.add_argument("--tls-cert", default=None, help="PEM client certificate for mutual TLS")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+
+
+def credentials_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :class:`SalonClient` from the credential options (files read here)."""
+    found: dict[str, Any] = {}
+    api_key = args.api_key or os.environ.get("SALON_API_KEY")
+    if api_key:
+        found["api_key"] = api_key
+    for option, name in (
+        ("tls_ca", "root_certificates"),
+        ("tls_cert", "client_certificate"),
+        ("tls_key", "client_key"),
+    ):
+        path = getattr(args, option)
+        if path:
+            found[name] = Path(path).read_bytes()
+    if ("client_certificate" in found or "client_key" in found) and "root_certificates" not in found:
+        raise SystemExit("--tls-cert and --tls-key need --tls-ca")
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``salon-chat``."""
     args = build_parser().parse_args(argv)
     try:
-        return asyncio.run(chat(args.target, args.session, args.system))
+        return asyncio.run(chat(args.target, args.session, args.system, credentials=credentials_from(args)))
     except KeyboardInterrupt:
         return 130
 

@@ -16,6 +16,8 @@ from salon.client.policies import Disconnect, DoubleTexting, disconnect_value, d
 from salon.client.reply import Reply
 from salon.client.retry import RetryPolicy
 from salon.client.turn import Turn
+from salon.v1 import admin_service_pb2 as admin_pb2
+from salon.v1 import admin_service_pb2_grpc as admin_grpc
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import knowledge_service_pb2 as ks_pb2
@@ -113,6 +115,10 @@ class SalonClient:
 
     ``timeout_s`` is the default deadline of the unary calls (sessions, cancel); turns take their own.
     ``retry`` is the default :class:`RetryPolicy` of turns.
+
+    Credentials: ``api_key`` is sent on every call (``authorization: Bearer``); ``root_certificates`` (PEM)
+    turns TLS on and verifies the server; ``client_certificate`` and ``client_key`` (PEM) add mutual TLS.
+    ``credentials`` (prebuilt channel credentials) takes precedence over the three TLS arguments.
     """
 
     def __init__(
@@ -124,18 +130,27 @@ class SalonClient:
         options: Sequence[tuple[str, object]] = (),
         timeout_s: float | None = None,
         retry: RetryPolicy | None = None,
+        api_key: str | None = None,
+        root_certificates: bytes | None = None,
+        client_certificate: bytes | None = None,
+        client_key: bytes | None = None,
     ) -> None:
         self.target = target
-        self._metadata = tuple(metadata)
+        self._metadata = tuple(metadata) + ((("authorization", f"Bearer {api_key}"),) if api_key else ())
         self._timeout_s = timeout_s
         self._retry = retry or RetryPolicy()
         opts = list(options)
+        if credentials is None and (root_certificates or client_certificate):
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root_certificates, private_key=client_key, certificate_chain=client_certificate
+            )
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=opts)
         else:
             self._channel = grpc.aio.secure_channel(target, credentials, options=opts)
         self.stub = cs_grpc.ConversationServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.knowledge_stub = ks_grpc.KnowledgeServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self.admin = admin_grpc.AdminServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> SalonClient:
         return self
@@ -307,6 +322,14 @@ class SalonClient:
         request = ks_pb2.SearchRequest(text=text, top_k=top_k, min_score=min_score)
         response = await self._unary(self.knowledge_stub.Search, request, timeout_s)
         return list(response.hits)
+
+    async def get_usage(
+        self, tenant_id: str = "", *, all_tenants: bool = False, timeout_s: float | None = None
+    ) -> list[admin_pb2.TenantUsage]:
+        """Usage against limits: the caller's tenant, another one or all of them (those two need an admin key)."""
+        request = admin_pb2.GetUsageRequest(tenant_id=tenant_id, all_tenants=all_tenants)
+        response = await self._unary(self.admin.GetUsage, request, timeout_s)
+        return list(response.usage)
 
     async def _unary(self, method: Any, request: object, timeout_s: float | None = None) -> Any:
         timeout = self._timeout_s if timeout_s is None else timeout_s

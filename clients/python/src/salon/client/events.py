@@ -85,6 +85,33 @@ class Usage(BaseEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class GuardrailDecision:
+    """One decision of the engine's guardrails. Never carries the text that triggered it."""
+
+    check: str
+    """``injection``, ``redaction`` or ``canary``."""
+    action: str
+    """``flag`` (the turn went on), ``block`` (the turn, or a retrieved passage, was stopped) or ``redact``."""
+    reason: str
+    """``PROMPT_INJECTION``, ``SYSTEM_PROMPT_LEAK``, ``SECRET``, ``EMAIL``, ``CARD_NUMBER``, ``PHONE_NUMBER`` …"""
+    source: str
+    """``user``, ``passage`` or ``output``."""
+    count: int = 1
+    score: float = 0.0
+    rules: tuple[str, ...] = ()
+    passage: int = -1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Guardrail(BaseEvent):
+    """What the guardrails decided: about the input right after :class:`Accepted`, about the answer (its
+    redactions, a canary leak) after the last :class:`Delta`."""
+
+    kind: ClassVar[str] = "guardrail"
+    decisions: tuple[GuardrailDecision, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
 class Completed(BaseEvent):
     """The turn finished normally (terminal)."""
 
@@ -118,7 +145,7 @@ class Cancelled(BaseEvent):
     reason: str = ""
 
 
-Event: TypeAlias = Accepted | Citations | Delta | Usage | Completed | Failed | Cancelled
+Event: TypeAlias = Accepted | Citations | Delta | Usage | Guardrail | Completed | Failed | Cancelled
 """Any typed turn event."""
 
 TerminalEvent: TypeAlias = Completed | Failed | Cancelled
@@ -201,4 +228,19 @@ def event_from_proto(event: turn_pb2.TurnEvent) -> Event | None:
         )
     if kind == "cancelled":
         return Cancelled(**common, reason=event.cancelled.reason)
+    if kind == "guardrail":
+        decisions = tuple(
+            GuardrailDecision(
+                check=d.check,
+                action=d.action,
+                reason=d.reason,
+                source=d.source,
+                count=d.count,
+                score=d.score,
+                rules=tuple(d.rules),
+                passage=d.passage,
+            )
+            for d in event.guardrail.decisions
+        )
+        return Guardrail(**common, decisions=decisions)
     return None

@@ -31,6 +31,7 @@ from salon.client.policies import Disconnect, DoubleTexting
 from salon.client.reply import Reply
 from salon.client.retry import RetryPolicy
 from salon.client.turn import Turn as AsyncTurn
+from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import session_pb2
 
@@ -223,6 +224,10 @@ class SalonClient:
         options: Sequence[tuple[str, object]] = (),
         timeout_s: float | None = None,
         retry: RetryPolicy | None = None,
+        api_key: str | None = None,
+        root_certificates: bytes | None = None,
+        client_certificate: bytes | None = None,
+        client_key: bytes | None = None,
     ) -> None:
         self.target = target
         self._loop = LoopThread()
@@ -230,7 +235,16 @@ class SalonClient:
         async def build() -> aio.SalonClient:
             # grpc.aio binds a channel to the loop it is made on: make it on the private loop.
             return aio.SalonClient(
-                target, credentials=credentials, metadata=metadata, options=options, timeout_s=timeout_s, retry=retry
+                target,
+                credentials=credentials,
+                metadata=metadata,
+                options=options,
+                timeout_s=timeout_s,
+                retry=retry,
+                api_key=api_key,
+                root_certificates=root_certificates,
+                client_certificate=client_certificate,
+                client_key=client_key,
             )
 
         try:
@@ -302,6 +316,12 @@ class SalonClient:
     def delete_session(self, session_id: str, *, timeout_s: float | None = None) -> None:
         """Delete a session."""
         self._loop.run(self._client.delete_session(session_id, timeout_s=timeout_s))
+
+    def get_usage(
+        self, tenant_id: str = "", *, all_tenants: bool = False, timeout_s: float | None = None
+    ) -> list[admin_pb2.TenantUsage]:
+        """Usage against limits (see :meth:`salon.client.SalonClient.get_usage`)."""
+        return self._loop.run(self._client.get_usage(tenant_id, all_tenants=all_tenants, timeout_s=timeout_s))
 
     def resume_turn(
         self,

@@ -40,7 +40,7 @@ TURN_STATUS_PARTIAL: TurnStatus
 TURN_STATUS_CANCELLED: TurnStatus
 
 class TurnEvent(_message.Message):
-    __slots__ = ("session_id", "turn_id", "seq", "time", "accepted", "citations", "delta", "usage", "completed", "error", "cancelled")
+    __slots__ = ("session_id", "turn_id", "seq", "time", "accepted", "citations", "delta", "usage", "completed", "error", "cancelled", "guardrail")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class TurnEvent(_message.Message):
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    GUARDRAIL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn_id: str
     seq: int
@@ -63,7 +64,8 @@ class TurnEvent(_message.Message):
     completed: TurnCompleted
     error: TurnError
     cancelled: TurnCancelled
-    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accepted: _Optional[_Union[TurnAccepted, _Mapping]] = ..., citations: _Optional[_Union[Citations, _Mapping]] = ..., delta: _Optional[_Union[TokenDelta, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., completed: _Optional[_Union[TurnCompleted, _Mapping]] = ..., error: _Optional[_Union[TurnError, _Mapping]] = ..., cancelled: _Optional[_Union[TurnCancelled, _Mapping]] = ...) -> None: ...
+    guardrail: GuardrailNotice
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accepted: _Optional[_Union[TurnAccepted, _Mapping]] = ..., citations: _Optional[_Union[Citations, _Mapping]] = ..., delta: _Optional[_Union[TokenDelta, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., completed: _Optional[_Union[TurnCompleted, _Mapping]] = ..., error: _Optional[_Union[TurnError, _Mapping]] = ..., cancelled: _Optional[_Union[TurnCancelled, _Mapping]] = ..., guardrail: _Optional[_Union[GuardrailNotice, _Mapping]] = ...) -> None: ...
 
 class TurnAccepted(_message.Message):
     __slots__ = ("queue_position", "trace_id", "replayed")
@@ -143,6 +145,32 @@ class TurnError(_message.Message):
     partial: bool
     def __init__(self, reason: _Optional[str] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., partial: _Optional[bool] = ...) -> None: ...
 
+class GuardrailNotice(_message.Message):
+    __slots__ = ("decisions",)
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[GuardrailDecision]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[GuardrailDecision, _Mapping]]] = ...) -> None: ...
+
+class GuardrailDecision(_message.Message):
+    __slots__ = ("check", "action", "reason", "source", "count", "score", "rules", "passage")
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    PASSAGE_FIELD_NUMBER: _ClassVar[int]
+    check: str
+    action: str
+    reason: str
+    source: str
+    count: int
+    score: float
+    rules: _containers.RepeatedScalarFieldContainer[str]
+    passage: int
+    def __init__(self, check: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., source: _Optional[str] = ..., count: _Optional[int] = ..., score: _Optional[float] = ..., rules: _Optional[_Iterable[str]] = ..., passage: _Optional[int] = ...) -> None: ...
+
 class TurnCancelled(_message.Message):
     __slots__ = ("reason",)
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -150,7 +178,7 @@ class TurnCancelled(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class TurnRecord(_message.Message):
-    __slots__ = ("turn_id", "user_text", "reply_text", "status", "stop_reason", "usage", "create_time", "complete_time", "context")
+    __slots__ = ("turn_id", "user_text", "reply_text", "status", "stop_reason", "usage", "create_time", "complete_time", "context", "guardrails")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     USER_TEXT_FIELD_NUMBER: _ClassVar[int]
     REPLY_TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +188,7 @@ class TurnRecord(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_TIME_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    GUARDRAILS_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     user_text: str
     reply_text: str
@@ -169,7 +198,8 @@ class TurnRecord(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     complete_time: _timestamp_pb2.Timestamp
     context: TurnContext
-    def __init__(self, turn_id: _Optional[str] = ..., user_text: _Optional[str] = ..., reply_text: _Optional[str] = ..., status: _Optional[_Union[TurnStatus, str]] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[TurnContext, _Mapping]] = ...) -> None: ...
+    guardrails: _containers.RepeatedCompositeFieldContainer[GuardrailDecision]
+    def __init__(self, turn_id: _Optional[str] = ..., user_text: _Optional[str] = ..., reply_text: _Optional[str] = ..., status: _Optional[_Union[TurnStatus, str]] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[TurnContext, _Mapping]] = ..., guardrails: _Optional[_Iterable[_Union[GuardrailDecision, _Mapping]]] = ...) -> None: ...
 
 class TurnContext(_message.Message):
     __slots__ = ("window", "summary_version", "summary_tokens", "passages", "system_tokens", "message_tokens", "total_tokens", "retrieval_error_reason")

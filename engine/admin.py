@@ -1,0 +1,59 @@
+"""The gRPC face of operating a deployment (``salon.v1.AdminService``): a tenant's usage against its limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.auth import current_identity
+from engine.limits import TenantLimiter, Usage
+from engine.status import abort, as_salon_errors
+from engine.tenants import TenantRegistry
+from salon.v1 import admin_service_pb2 as admin_pb2
+from salon.v1 import admin_service_pb2_grpc as admin_grpc
+from storage import PermissionDenied, SalonError, Unauthenticated, require_id
+
+
+def usage_to_proto(usage: Usage) -> admin_pb2.TenantUsage:
+    """A :class:`Usage` as the API's message."""
+    limits = usage.limits
+    return admin_pb2.TenantUsage(
+        tenant_id=usage.tenant_id,
+        turns_last_minute=usage.turns_last_minute,
+        concurrent_turns=usage.concurrent_turns,
+        tokens_today=usage.tokens_today,
+        sessions=usage.sessions,
+        limits=admin_pb2.TenantLimits(
+            turns_per_minute=limits.turns_per_minute,
+            concurrent_turns=limits.concurrent_turns,
+            tokens_per_day=limits.tokens_per_day,
+            max_message_bytes=limits.max_message_bytes,
+            max_sessions=limits.max_sessions,
+        ),
+    )
+
+
+class AdminServicer(admin_grpc.AdminServiceServicer):
+    """``salon.v1.AdminService``: a caller sees its own tenant; an admin key sees any."""
+
+    def __init__(self, limiter: TenantLimiter, tenants: TenantRegistry) -> None:
+        self._limiter = limiter
+        self._tenants = tenants
+
+    async def GetUsage(self, request: admin_pb2.GetUsageRequest, context: Any) -> Any:
+        try:
+            with as_salon_errors():
+                identity = current_identity()
+                if identity is None:
+                    raise Unauthenticated("missing or invalid credentials")
+                wanted = request.tenant_id or identity.tenant_id
+                require_id(wanted, "tenant_id")
+                if (request.all_tenants or wanted != identity.tenant_id) and not identity.admin:
+                    raise PermissionDenied("only an admin key may read other tenants' usage", reason="NOT_ADMIN")
+                if request.all_tenants:
+                    tenants = sorted({*self._tenants.tenant_ids(), *self._limiter.known_tenants(), wanted})
+                else:
+                    tenants = [wanted]
+                usage = [usage_to_proto(await self._limiter.usage(t)) for t in tenants]
+            return admin_pb2.GetUsageResponse(usage=usage)
+        except SalonError as exc:
+            await abort(context, exc)
