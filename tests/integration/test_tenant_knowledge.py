@@ -69,9 +69,7 @@ def notices(events: list[turn_pb2.TurnEvent]) -> list[tuple[str, str, str]]:
 
 async def test_a_tenants_documents_exist_only_for_that_tenant(make_engine: EngineFactory, tmp_path: Path) -> None:
     path, keys = tenants_file(tmp_path / "tenants.toml", {"acme": "flag", "globex": "flag"})
-    engine = await make_engine(
-        auth="on", tenants_file=str(path), num_hosts=1, num_shards=2, model_provider="scripted"
-    )
+    engine = await make_engine(auth="on", tenants_file=str(path), num_hosts=1, num_shards=2, model_provider="scripted")
     acme, globex = bearer(keys["acme"]), bearer(keys["globex"])
     async with grpc.aio.insecure_channel(engine.target) as channel:
         knowledge = ks_grpc.KnowledgeServiceStub(channel)
