@@ -13,7 +13,15 @@ from otel import attributes
 from otel.jsonl import JsonlSpanExporter, SpanRecord, read_spans
 from otel.logs import ContentFilter, JsonFormatter, TextFormatter, current_ids, log_context, setup_logging
 from otel.metrics import Metrics
-from otel.propagation import ConsumerSpan, ServerSpan, consumer_span, server_span, trace_id_hex
+from otel.propagation import (
+    ConsumerSpan,
+    ServerSpan,
+    consumer_span,
+    inject_current,
+    link_from,
+    server_span,
+    trace_id_hex,
+)
 from otel.runtime import capture_content, force_flush, metrics, metrics_port, otlp_protocol, setup, shutdown
 from otel.settings import LOG_FORMATS, MODES, TelemetrySettings, resolve_mode
 from otel.spans import ProducerSpan, model_span_attributes, producer_span, set_model_content, set_model_response, span
@@ -40,6 +48,8 @@ __all__ = [
     "current_ids",
     "find_trace",
     "force_flush",
+    "inject_current",
+    "link_from",
     "log_context",
     "metrics",
     "metrics_port",

@@ -93,3 +93,17 @@ class ConsumerSpan:
 def consumer_span(name: str, headers: Mapping[str, str], enqueued_at_ns: int = 0) -> ConsumerSpan:
     """Start a :class:`ConsumerSpan`."""
     return ConsumerSpan(name, headers, enqueued_at_ns)
+
+
+def inject_current(carrier: dict[str, str]) -> None:
+    """Write the current span's trace context into ``carrier`` (message headers), so whoever later consumes
+    the message can link to the span that produced it. Without an SDK this passes the caller's context on."""
+    propagate.inject(carrier)
+
+
+def link_from(headers: Mapping[str, str] | None) -> trace.Link | None:
+    """A span link to the producer whose context ``headers`` carry, or None if they carry none."""
+    if not headers:
+        return None
+    context = trace.get_current_span(propagate.extract(dict(headers))).get_span_context()
+    return trace.Link(context) if context.is_valid else None

@@ -11,7 +11,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Link, Span, SpanKind
 
 from otel import attributes as attrs
 from otel.logs import annotate, ids_from_attributes, log_context
@@ -30,6 +30,7 @@ def span(
     parent: otel_context.Context | None = None,
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, Any] | None = None,
+    links: Sequence[Link] = (),
 ) -> Iterator[Span]:
     """A span current for the block, child of ``parent`` (or of the current span). Exceptions, cancellation
     included, are recorded by type only: their messages may quote user data. Records logged in the block
@@ -41,6 +42,7 @@ def span(
             context=parent,
             kind=kind,
             attributes=attributes,
+            links=links,
             record_exception=False,
             set_status_on_exception=False,
         ) as current,

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 
+import otel
 from storage.errors import FailedPrecondition, Unavailable
 from storage.jsread import read_subject
 from storage.records import KIND_ACTIVATION, KIND_SNAPSHOT, KIND_TURN, RECORD_HEADER, SnapshotRecord, TurnRecord
@@ -171,6 +172,8 @@ async def _append(
     js: JetStreamContext, subject: str, payload: bytes, *, kind: str, msg_id: str, expected: int | None
 ) -> int:
     headers = {RECORD_HEADER: kind, "Nats-Msg-Id": msg_id}
+    # The appending span's context rides along: the batch write that persists the record links to it.
+    otel.inject_current(headers)
     if expected is not None:
         headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value] = str(expected)
     try:

@@ -307,7 +307,13 @@ class BatchWriter:
             # One span per write, in no turn's trace (a batch holds many turns): it names theirs instead.
             trace_ids = sorted({t.trace_id for t in turns if t.trace_id})
             batch_attrs = {otel.attributes.BATCH_ROWS: len(live), otel.attributes.BATCH_TRACE_IDS: trace_ids}
-            with otel.span(otel.attributes.SPAN_BATCH_WRITE, attributes=batch_attrs):
+            # Linked to each turn's ledger append, whose context the entry's headers carry.
+            links = [
+                link
+                for p in batch
+                if isinstance(p.record, TurnRecord) and (link := otel.link_from(p.entry.headers)) is not None
+            ]
+            with otel.span(otel.attributes.SPAN_BATCH_WRITE, attributes=batch_attrs, links=links):
                 await self._store.write(turns, snapshots)
         # Written: from here on nothing may fail the flush. Only the loop appends to the buffer, so the
         # flushed entries are still its first ones.

@@ -22,10 +22,13 @@ from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace_pb2
 from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSettings, OtelTapInitializationError
 
 import otel
+from actors.session import ATTR_CHUNKS, ATTR_PASSAGES, SPAN_CONTEXT, SPAN_RETRIEVAL
 from engine.providers.fake_servers import FakeAnthropicServer, Reply
 from otel import attributes as attrs
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
+from salon.v1 import knowledge_service_pb2 as ks_pb2
+from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +39,14 @@ CALLER_SPAN = "b7ad6b7169203331"
 
 async def test_a_turn_is_one_trace_across_processes(make_engine: EngineFactory, tmp_path: Path) -> None:
     traces = tmp_path / "traces"
-    engine = await make_engine(telemetry="jsonl", telemetry_dir=str(traces), metrics_port=0)
+    engine = await make_engine(telemetry="jsonl", telemetry_dir=str(traces), metrics_port=0, retrieval_min_score=0.0)
     metadata = (("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"),)
     async with grpc.aio.insecure_channel(engine.target) as channel:
+        # A document for the turn's retrieval to find.
+        knowledge = ks_grpc.KnowledgeServiceStub(channel)
+        document = ks_pb2.Document(document_id="greetings", text="Say hello to every guest at the door.")
+        replies = knowledge.IngestDocuments(iter([ks_pb2.IngestDocumentsRequest(documents=[document])]))
+        assert [r.summary.succeeded async for r in replies if r.HasField("summary")] == [1]
         stub = cs_grpc.ConversationServiceStub(channel)
         session = (await stub.CreateSession(cs_pb2.CreateSessionRequest())).session.session_id
         request = cs_pb2.SendTurnRequest(session_id=session, text=f"hello {CANARY}")
@@ -46,10 +54,17 @@ async def test_a_turn_is_one_trace_across_processes(make_engine: EngineFactory, 
     turn_id = events[0].turn_id
     wanted = {attrs.SPAN_GATEWAY_SEND_TURN, attrs.SPAN_TURN_PUBLISH, attrs.SPAN_HOST_TURN, attrs.SPAN_SESSION_TURN}
 
+    def batch_writes() -> list[otel.SpanRecord]:
+        return [
+            s
+            for s in otel.read_spans(traces)
+            if s.name == attrs.SPAN_BATCH_WRITE and any(link["trace_id"] == CALLER_TRACE for link in s.links)
+        ]
+
     async def all_there() -> bool:
         otel.force_flush()
         names = {s.name for s in otel.read_spans(traces) if s.trace_id == CALLER_TRACE}
-        return wanted <= names and attrs.SPAN_LEDGER_APPEND in names
+        return wanted <= names and attrs.SPAN_LEDGER_APPEND in names and bool(batch_writes())
 
     await wait_for(all_there, what="the turn's spans in the span files")
     spans = otel.find_trace(otel.read_spans(traces), turn_id=turn_id)
@@ -65,7 +80,18 @@ async def test_a_turn_is_one_trace_across_processes(make_engine: EngineFactory, 
     assert (model.kind, model.parent_span_id) == ("CLIENT", session_span.span_id)
     assert model.attributes[attrs.GEN_AI_PROVIDER] == "scripted"
     assert model.attributes[attrs.GEN_AI_OUTPUT_TOKENS] == 8
-    assert named[attrs.SPAN_LEDGER_APPEND].parent_span_id == session_span.span_id
+    # Context assembly, then retrieval in LanceDB with its counts, before the model call.
+    assembly, retrieval = named[SPAN_CONTEXT], named[SPAN_RETRIEVAL]
+    assert assembly.parent_span_id == session_span.span_id and retrieval.parent_span_id == assembly.span_id
+    assert retrieval.attributes[ATTR_CHUNKS] >= 1 and retrieval.attributes[ATTR_PASSAGES] >= 1
+    assert retrieval.end_ns <= model.start_ns
+    ledger = named[attrs.SPAN_LEDGER_APPEND]
+    assert (ledger.kind, ledger.parent_span_id) == ("PRODUCER", session_span.span_id)
+    assert named[attrs.SPAN_EVENTS_PUBLISH].parent_span_id == session_span.span_id
+    # The batch write is its own trace, in the writer's process, linked to the turn's ledger append.
+    write = batch_writes()[0]
+    assert write.trace_id != CALLER_TRACE and write.process == "writer"
+    assert {"trace_id": CALLER_TRACE, "span_id": ledger.span_id} in write.links
     everything = "".join(f.read_text() for f in traces.glob("*.jsonl"))
     assert CANARY not in everything
     assert all(CANARY not in json.dumps(s.attributes) for s in spans)
