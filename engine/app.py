@@ -24,6 +24,7 @@ from actors.ray_host import build_embedder
 from engine.admin import AdminServicer
 from engine.auth import Authenticator, AuthInterceptor
 from engine.config import Config
+from engine.figures import FiguresPoller
 from engine.gateway import Gateway
 from engine.knowledge import Knowledge
 from engine.knowledge_servicer import KnowledgeServicer
@@ -106,6 +107,7 @@ class Engine:
         self._knowledge: KnowledgeBase | None = None
         self._store_healthy = True
         self._store_watch: asyncio.Task[None] | None = None
+        self._figures: FiguresPoller | None = None
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._started_ray = False
@@ -245,6 +247,13 @@ class Engine:
             self.grpc_port = self._server.add_secure_port(address, credentials)
         await self._server.start()
         await self._set_serving(True)
+        hosts, writer = self._hosts, self._writer
+        self._figures = FiguresPoller(
+            hosts.stats if hosts is not None else None,
+            writer.status if writer is not None else None,
+            self._waiting_turns,
+        )
+        self._figures.start()
         log.info(
             "salon listening on %s (%s, auth %s; NATS %s)",
             self.target,
@@ -336,6 +345,15 @@ class Engine:
         await asyncio.gather(*waits)
         log.info("drained")
 
+    async def _waiting_turns(self) -> dict[int, int]:
+        """Turns published and not yet taken by a host, per shard (each shard consumer's pending count)."""
+        js = self._nc.jetstream()
+        shards = range(self.config.num_shards)
+        infos = await asyncio.gather(
+            *(js.consumer_info(self.names.turns_stream, self.names.shard_consumer(s)) for s in shards)
+        )
+        return {s: int(info.num_pending or 0) for s, info in zip(shards, infos, strict=True)}
+
     async def close(self) -> None:
         """Stop everything, in reverse order of start. Idempotent."""
         if self._state == "closed":
@@ -349,6 +367,8 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._restore_task = self._store_watch = None
+        if self._figures is not None:
+            await self._figures.close()
         await self.tenants.close()
         if self._server is not None:
             await self._server.stop(grace=None)

@@ -13,6 +13,7 @@ certificate, the key decides.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import logging
@@ -21,6 +22,7 @@ from typing import Any
 
 import grpc
 
+import otel
 from engine.status import abort
 from engine.tenants import Identity, TenantRegistry
 from storage.errors import InvalidArgument, Unauthenticated
@@ -126,13 +128,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method: str = handler_call_details.method or ""
-        return _guarded(handler, None if method.startswith(OPEN_METHOD_PREFIXES) else self._auth)
+        return _guarded(handler, None if method.startswith(OPEN_METHOD_PREFIXES) else self._auth, method)
 
 
-def _guarded(handler: Handler, auth: Authenticator | None) -> Handler:
+def _guarded(handler: Handler, auth: Authenticator | None, method: str = "") -> Handler:
     """The same handler, each of its behaviours preceded by authentication (unless ``auth`` is None) and taking
     raw bytes: a request that does not parse ends with INVALID_ARGUMENT (``MALFORMED_REQUEST``) instead of
-    grpc's UNKNOWN with the parser's error text."""
+    grpc's UNKNOWN with the parser's error text. Each call's status is counted (``salon.rpc.responses``)."""
     for kind, make in (
         ("unary_unary", grpc.unary_unary_rpc_method_handler),
         ("unary_stream", grpc.unary_stream_rpc_method_handler),
@@ -143,7 +145,7 @@ def _guarded(handler: Handler, auth: Authenticator | None) -> Handler:
         if behavior is not None:
             parse = handler.request_deserializer or (lambda raw: raw)
             return make(
-                _guard(behavior, auth, parse, streaming_requests=kind.startswith("stream")),
+                _guard(behavior, auth, parse, method, streaming_requests=kind.startswith("stream")),
                 request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
@@ -190,6 +192,7 @@ def _guard(
     behavior: Callable[..., Any],
     auth: Authenticator | None,
     parse: Callable[[bytes], Any],
+    method: str,
     *,
     streaming_requests: bool,
 ) -> Callable[..., Any]:
@@ -198,17 +201,34 @@ def _guard(
     if inspect.isasyncgenfunction(behavior):
 
         async def generate(request: Any, context: Any) -> Any:
-            if await _establish(auth, context):
-                async for item in behavior(await _decode(request, context, parse, streaming_requests), context):
-                    yield item
+            outcome = "UNKNOWN"
+            try:
+                if await _establish(auth, context):
+                    async for item in behavior(await _decode(request, context, parse, streaming_requests), context):
+                        yield item
+                outcome = "OK"
+            except asyncio.CancelledError:
+                outcome = "CANCELLED"
+                raise
+            finally:
+                _count(method, context, outcome)
 
         return generate
     if inspect.iscoroutinefunction(behavior):
 
         async def call(request: Any, context: Any) -> Any:
-            if await _establish(auth, context):
-                return await behavior(await _decode(request, context, parse, streaming_requests), context)
-            return None
+            outcome = "UNKNOWN"
+            try:
+                result = None
+                if await _establish(auth, context):
+                    result = await behavior(await _decode(request, context, parse, streaming_requests), context)
+                outcome = "OK"
+                return result
+            except asyncio.CancelledError:
+                outcome = "CANCELLED"
+                raise
+            finally:
+                _count(method, context, outcome)
 
         return call
 
@@ -219,3 +239,17 @@ def _guard(
         await abort(context, Unauthenticated(_MESSAGE))
 
     return refuse
+
+
+def _count(method: str, context: Any, outcome: str) -> None:
+    """Count the call's status: the code a handler set (an abort sets one), else ``outcome`` (OK when the
+    handler returned, CANCELLED when the client went away, UNKNOWN when it raised)."""
+    metrics = otel.metrics()
+    if metrics is None:
+        return
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        outcome = code.name
+    elif isinstance(code, int):  # some grpc versions keep the bare number
+        outcome = next((c.name for c in grpc.StatusCode if c.value[0] == code), outcome)
+    metrics.rpc_ended(method, outcome)

@@ -241,15 +241,27 @@ class Gateway:
         try:
             first = True
             first_token = True
+            replayed = False
             async for event in stream.iterate(wait):
                 if first and event.HasField("error"):
                     _raise_refusal(event.error)
                 first = False
                 ended = is_terminal(event)
                 if metrics is not None:
+                    replayed = replayed or (event.HasField("accepted") and event.accepted.replayed)
                     if first_token and event.HasField("delta"):
                         first_token = False
                         metrics.first_token(time.monotonic() - started)
+                    if event.HasField("usage") and not replayed:
+                        u = event.usage
+                        metrics.tokens_used(
+                            {
+                                "input": u.input_tokens,
+                                "output": u.output_tokens,
+                                "cache_read": u.cache_read_input_tokens,
+                                "cache_write": u.cache_creation_input_tokens,
+                            }
+                        )
                     if ended:
                         metrics.turn_ended(event.WhichOneof("kind") or "", time.monotonic() - started)
                 yield event

@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanKind
 from otel import attributes
 from otel.jsonl import JsonlSpanExporter, SpanRecord, read_spans
 from otel.logs import ContentFilter, JsonFormatter, TextFormatter, current_ids, log_context, setup_logging
-from otel.metrics import Metrics
+from otel.metrics import DeploymentFigures, Metrics
 from otel.propagation import (
     ConsumerSpan,
     ServerSpan,
@@ -32,6 +32,7 @@ __all__ = [
     "MODES",
     "ConsumerSpan",
     "ContentFilter",
+    "DeploymentFigures",
     "JsonFormatter",
     "JsonlSpanExporter",
     "Metrics",

@@ -6,8 +6,11 @@ only once per process, and tests run several engines in one), served on its own 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
@@ -15,6 +18,27 @@ from opentelemetry.sdk.resources import Resource
 
 TTFT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Time-to-first-token buckets: from cached local models to slow remote ones."""
+
+
+@dataclass
+class DeploymentFigures:
+    """What the gateway last read from the rest of the deployment (hosts, batch writer, turn queues): the
+    observable instruments report it when scraped or pushed. Cumulative counts are sums over the hosts (a
+    restarted host starts again from 0, which Prometheus reads as a counter reset)."""
+
+    live_sessions: int = 0
+    inflight_turns: int = 0
+    activations: int = 0
+    passivations: int = 0
+    waiting_by_shard: dict[int, int] = field(default_factory=dict)
+    """Turns published and not yet taken by a host, per shard."""
+    breaker_states: dict[str, int] = field(default_factory=dict)
+    """Provider -> the worst circuit-breaker state over the hosts (0 closed, 1 half-open, 2 open)."""
+    model_errors: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(provider, error reason) -> failed attempts."""
+    batch_flushes: int = 0
+    batch_rows: int = 0
+    last_flush_s: float = 0.0
 
 
 class Metrics:
@@ -34,6 +58,81 @@ class Metrics:
         self.turn_duration = meter.create_histogram(
             "salon.turn.duration", unit="s", description="From SendTurn to the turn's terminal event."
         )
+        self.tokens = meter.create_counter(
+            "salon.tokens", unit="1", description="Model tokens of the turns relayed, by type (input, output, cache)."
+        )
+        self.rpcs = meter.create_counter(
+            "salon.rpc.responses", unit="1", description="Calls answered, by method and gRPC status code."
+        )
+        self.figures = DeploymentFigures()
+        """Replaced by the engine's poller (:meth:`observe`); read when the instruments are collected."""
+        gauges: list[tuple[str, str, Callable[[DeploymentFigures], Iterable[Observation]]]] = [
+            ("salon.sessions.active", "Live sessions over the hosts.", lambda f: [Observation(f.live_sessions)]),
+            (
+                "salon.turns.inflight",
+                "Turns running or queued on the hosts.",
+                lambda f: [Observation(f.inflight_turns)],
+            ),
+            (
+                "salon.turns.waiting",
+                "Turns published and not yet taken by a host, per shard.",
+                lambda f: [Observation(n, {"salon.shard": s}) for s, n in sorted(f.waiting_by_shard.items())],
+            ),
+            (
+                "salon.model.breaker_state",
+                "Circuit breaker per provider: 0 closed, 1 half-open, 2 open (the worst over the hosts).",
+                lambda f: [Observation(v, {"gen_ai.provider.name": p}) for p, v in sorted(f.breaker_states.items())],
+            ),
+            (
+                "salon.batch.last_flush_duration",
+                "Duration of the batch writer's last flush, s.",
+                lambda f: [Observation(f.last_flush_s)],
+            ),
+        ]
+        for name, description, read in gauges:
+            meter.create_observable_gauge(name, callbacks=[self._reading(read)], description=description)
+        counters: list[tuple[str, str, Callable[[DeploymentFigures], Iterable[Observation]]]] = [
+            ("salon.session.activations", "Sessions activated by the hosts.", lambda f: [Observation(f.activations)]),
+            (
+                "salon.session.passivations",
+                "Sessions passivated by the hosts.",
+                lambda f: [Observation(f.passivations)],
+            ),
+            (
+                "salon.model.errors",
+                "Failed model attempts, by provider and error kind.",
+                lambda f: [
+                    Observation(n, {"gen_ai.provider.name": p, "error.type": r})
+                    for (p, r), n in sorted(f.model_errors.items())
+                ],
+            ),
+            ("salon.batch.flushes", "Batch writer flushes to LanceDB.", lambda f: [Observation(f.batch_flushes)]),
+            ("salon.batch.rows", "Records the batch writer wrote.", lambda f: [Observation(f.batch_rows)]),
+        ]
+        for name, description, read in counters:
+            meter.create_observable_counter(name, callbacks=[self._reading(read)], description=description)
+
+    def _reading(
+        self, read: Callable[[DeploymentFigures], Iterable[Observation]]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            return read(self.figures)
+
+        return callback
+
+    def observe(self, figures: DeploymentFigures) -> None:
+        """The deployment's latest figures, reported from the next collection on."""
+        self.figures = figures
+
+    def tokens_used(self, counts: dict[str, int]) -> None:
+        """Count a turn's model tokens, by type (input, output, cache_read, cache_write)."""
+        for kind, n in counts.items():
+            if n:
+                self.tokens.add(n, {"salon.token.type": kind})
+
+    def rpc_ended(self, method: str, code: str) -> None:
+        """Count a call answered with ``code`` (a gRPC status code name)."""
+        self.rpcs.add(1, {"rpc.method": method, "rpc.grpc.status_code": code})
 
     @classmethod
     def serve(cls, host: str, port: int) -> Metrics:

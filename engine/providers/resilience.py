@@ -163,6 +163,8 @@ class ProviderCounters:
     """Turns this provider answered after an earlier provider of the chain failed or was skipped."""
     skipped_open: int = 0
     """Times it was skipped because its breaker was open."""
+    errors: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Failed attempts by error reason (``rate_limited``, ``overloaded``, ``timeout`` …)."""
 
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -217,14 +219,18 @@ class ProviderChain:
 
     def stats(self) -> dict[str, int]:
         """Flat counters for metrics: ``<provider>_breaker`` (0 closed, 1 half-open, 2 open), ``_attempts``,
-        ``_failures``, ``_retries``, ``_answered``, ``_fallbacks``, ``_skipped_open``, ``_breaker_opened``."""
+        ``_failures``, ``_retries``, ``_answered``, ``_fallbacks``, ``_skipped_open``, ``_breaker_opened``, and
+        ``_errors.<reason>`` per error reason."""
         out: dict[str, int] = {}
         for name, breaker in self.breakers.items():
             counters = self.counters[name]
             out[f"{name}_breaker"] = BREAKER_STATE_CODES[breaker.state]
             out[f"{name}_breaker_opened"] = breaker.times_opened
             for field in dataclasses.fields(counters):
-                out[f"{name}_{field.name}"] = getattr(counters, field.name)
+                if field.name != "errors":
+                    out[f"{name}_{field.name}"] = getattr(counters, field.name)
+            for reason, count in counters.errors.items():
+                out[f"{name}_errors.{reason}"] = count
         return out
 
     def chain_for(self, request: ModelRequest) -> tuple[str, ...]:
@@ -328,6 +334,7 @@ class ProviderChain:
             breaker.release()
         else:
             counters.failures += 1
+            counters.errors[error.reason] = counters.errors.get(error.reason, 0) + 1
             breaker.record_failure()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import re
 import socket
 import urllib.request
 from collections.abc import AsyncIterator
@@ -97,9 +98,37 @@ async def test_a_turn_is_one_trace_across_processes(make_engine: EngineFactory, 
     assert all(CANARY not in json.dumps(s.attributes) for s in spans)
 
     url = f"http://127.0.0.1:{otel.metrics_port()}/metrics"
-    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
-    assert "salon_turn_time_to_first_token_seconds_count" in body
-    assert "salon_turns_total{" in body and 'outcome="completed"' in body
+
+    async def scrape() -> list[tuple[str, dict[str, str], float]]:
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+        return [_sample(line) for line in body.splitlines() if line and not line.startswith("#")]
+
+    def value(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels``."""
+        return sum(v for n, have, v in samples if n == name and labels.items() <= have.items())
+
+    # The deployment's figures are gathered every few seconds: wait for a round after the turn.
+    async def host_figures_in() -> bool:
+        return value(await scrape(), "salon_session_activations_total") >= 1
+
+    await wait_for(host_figures_in, what="the hosts' figures in the scrape")
+    samples = await scrape()
+    assert value(samples, "salon_sessions_active") >= 1
+    assert any(n == "salon_batch_flushes_total" for n, _, _ in samples)
+    assert any(n == "salon_turns_waiting" and labels.get("salon_shard") == "0" for n, labels, _ in samples)
+    assert value(samples, "salon_turn_time_to_first_token_seconds_count") >= 1
+    assert value(samples, "salon_turns_total", outcome="completed") >= 1
+    assert value(samples, "salon_tokens_total", salon_token_type="output") >= 8
+    send_turn = "/salon.v1.ConversationService/SendTurn"
+    assert value(samples, "salon_rpc_responses_total", rpc_method=send_turn, rpc_grpc_status_code="OK") >= 1
+
+
+def _sample(line: str) -> tuple[str, dict[str, str], float]:
+    """One Prometheus text-format sample: name, labels, value."""
+    head, _, number = line.rpartition(" ")
+    name, _, rest = head.partition("{")
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    return name, labels, float(number)
 
 
 class OtlpReceiver:
