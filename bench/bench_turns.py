@@ -319,7 +319,7 @@ class _EngineSystem(System):
 
 @contextlib.asynccontextmanager
 async def engine_system(
-    tokens: int, data_dir: Path, num_hosts: int, channel_per_session: bool
+    tokens: int, data_dir: Path, num_hosts: int, channel_per_session: bool, memory: bool = True
 ) -> AsyncIterator[System]:
     """The engine with the scripted provider (``tokens`` tokens, no delays) and one shared client."""
     config = Config(
@@ -330,6 +330,9 @@ async def engine_system(
         scripted_first_token_delay_s=0.0,
         scripted_token_delay_s=0.0,
         num_hosts=num_hosts,
+        # --no-memory: no retrieval on the turn's path and no memory indexing beside it.
+        retrieval_top_k=4 if memory else 0,
+        long_term_memory=memory,
     )
     engine = Engine(config)
     try:
@@ -504,7 +507,9 @@ async def run_system(name: str, args: argparse.Namespace, data_dir: Path) -> Sys
     factories: dict[str, Callable[[], contextlib.AbstractAsyncContextManager[System]]] = {
         "echo": lambda: echo_system(args.tokens, args.channel_per_session),
         "relay": lambda: relay_system(args.tokens, data_dir, args.turn_timeout, args.channel_per_session),
-        "engine": lambda: engine_system(args.tokens, data_dir, args.num_hosts, args.channel_per_session),
+        "engine": lambda: engine_system(
+            args.tokens, data_dir, args.num_hosts, args.channel_per_session, memory=not args.no_memory
+        ),
     }
     started = time.perf_counter()
     async with factories[name]() as system:
@@ -669,6 +674,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="give every client loop its own gRPC channel (default: all loops of a system share one)",
     )
     parser.add_argument("--num-hosts", type=positive_int, default=2, help="engine session hosts (default: %(default)s)")
+    parser.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="engine without retrieval (retrieval_top_k 0) and without the memory indexer (long_term_memory off)",
+    )
     parser.add_argument(
         "--turn-timeout", type=float, default=30.0, metavar="S", help="a turn longer than this fails (default: 30)"
     )

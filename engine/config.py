@@ -91,6 +91,11 @@ class Config:
         "Embeddings of memories, documents and queries: default (all-MiniLM-L6-v2, bundled in a package and run "
         "offline, loaded once per process) or hash (a deterministic bag-of-words stand-in, for tests).",
     )
+    long_term_memory: bool = _setting(
+        True,
+        "Embed every completed turn into long-term memory (the memory indexer, off the turn's path); false saves "
+        "that CPU when no session retrieves its past turns.",
+    )
     retrieval_top_k: int = _setting(
         4, "Default number of retrieved passages (knowledge base and long-term memory) a prompt may hold; 0: none."
     )

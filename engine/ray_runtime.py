@@ -127,7 +127,7 @@ class WriterHandle:
             flush_rows=config.flush_rows,
             flush_interval_s=config.flush_interval_s,
             log_level=config.log_level,
-            embedding_model=config.embedding_model,
+            embedding_model=config.embedding_model if config.long_term_memory else "",
             telemetry=TelemetrySettings.from_config(config),
         )
         self._name = f"{config.namespace}-writer"

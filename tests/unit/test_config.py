@@ -169,3 +169,10 @@ def test_non_integer_toml_value_for_an_int_setting_is_rejected(tmp_path: Path, t
     with pytest.raises(InvalidArgument) as info:
         Config.load(path, env={})
     assert "num_hosts" in str(info.value)
+
+
+def test_long_term_memory_off_leaves_the_writer_without_a_memory_indexer() -> None:
+    from engine.ray_runtime import WriterHandle
+
+    assert WriterHandle(Config(), "nats://127.0.0.1:1")._spec.embedding_model == "default"
+    assert WriterHandle(Config(long_term_memory=False), "nats://127.0.0.1:1")._spec.embedding_model == ""
