@@ -479,6 +479,8 @@ class SessionActor:
         if self._retriever is None or s.retrieval_top_k <= 0:
             return [], ""
         excluded = frozenset(m.turn_id for m in window if m.turn_id)
+        # While every turn of the session is still in the window there is no memory to find: no search.
+        past_window = self.state.turn_count > len(excluded)
         query = RetrievalQuery(
             tenant_id=self.key.tenant_id,
             session_id=self.key.session_id,
@@ -486,7 +488,7 @@ class SessionActor:
             top_k=s.retrieval_top_k,
             min_score=s.retrieval_min_score,
             exclude_turn_ids=excluded,
-            include_memory=s.long_term_memory,
+            include_memory=s.long_term_memory and past_window,
         )
         with otel.span(SPAN_RETRIEVAL) as span:
             try:

@@ -16,6 +16,7 @@ the small embedding model blurs.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -196,6 +197,8 @@ class LanceRetriever:
         self._memories = memories
         self._embedder = embedder
         self._closed = False
+        self._knowledge_seen: dict[str, tuple[float, bool]] = {}
+        """Tenant -> (when checked, whether it has any document): see :meth:`_has_knowledge`."""
 
     @classmethod
     async def open(cls, uri: str, embedder: Embedder, *, read_consistency_s: float | None = 0.0) -> LanceRetriever:
@@ -222,16 +225,31 @@ class LanceRetriever:
         if query.top_k <= 0 or not (query.include_memory or query.include_knowledge):
             return []
         targets: list[SearchTarget] = []
-        if query.include_knowledge:
+        if query.include_knowledge and await self._has_knowledge(query.tenant_id):
             targets.append(SearchTarget(self._knowledge, KNOWLEDGE, knowledge_filter(query.tenant_id)))
         if query.include_memory:
             where = memory_filter(query.tenant_id, query.session_id, query.exclude_turn_ids)
             targets.append(SearchTarget(self._memories, MEMORY, where))
+        if not targets:
+            return []  # nothing to search: no query embedding either, so such a turn pays nothing
         found = await hybrid_search(
             targets, query.text, self._embedder.embed([query.text]), limit=candidate_limit(query.top_k)
         )
         fused = [p for candidates in found for p in fuse(candidates)]
         return select(fused, top_k=query.top_k, min_score=query.min_score)
+
+    async def _has_knowledge(self, tenant_id: str) -> bool:
+        """Whether the tenant has any document, from a count remembered for a while: a tenant with documents
+        for :data:`KNOWLEDGE_SEEN_S`, one without for :data:`NO_KNOWLEDGE_SEEN_S` (so a first ingestion is
+        searched within that long)."""
+        now = time.monotonic()
+        seen = self._knowledge_seen.get(tenant_id)
+        if seen is not None and now - seen[0] < (KNOWLEDGE_SEEN_S if seen[1] else NO_KNOWLEDGE_SEEN_S):
+            return seen[1]
+        with store_errors("cannot read the retrieval tables", UNREADABLE):
+            present = await self._knowledge.count_rows(knowledge_filter(tenant_id)) > 0
+        self._knowledge_seen[tenant_id] = (now, present)
+        return present
 
     async def close(self) -> None:
         """Release the tables and the connection; later calls raise :class:`Unavailable`. Idempotent."""
@@ -241,6 +259,13 @@ class LanceRetriever:
         self._knowledge.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
         self._memories.close()  # type: ignore[no-untyped-call]
         self._db.close()  # type: ignore[no-untyped-call]
+
+
+KNOWLEDGE_SEEN_S: Final = 30.0
+"""How long a tenant known to have documents is searched without counting them again."""
+NO_KNOWLEDGE_SEEN_S: Final = 1.0
+"""How long a tenant known to have none skips the knowledge searches (the query embedding too, when no
+memory is searched either): a tenant's first documents are found at most this long after ingestion."""
 
 
 def candidate_limit(top_k: int) -> int:

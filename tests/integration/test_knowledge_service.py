@@ -232,6 +232,7 @@ async def test_tenants_never_retrieve_each_others_documents_or_memories(tmp_path
             key = SessionKey(tenant, "s1")
             loaded, ledger = await journal.open(tenant, "s1", "1", "host")
             state = SessionState.restore(loaded, "1", settings.window_max_messages)
+            state.turn_count = 1  # the remembered turn t1 was the session's first, and has left its window
             actor = SessionActor(key, settings, state, ScriptedProvider(tokens=2), ledger, retriever=retriever)
             events: list[turn_pb2.TurnEvent] = []
             done = asyncio.Event()

@@ -387,3 +387,30 @@ async def test_the_memory_indexer_writes_memories_only_and_tolerates_redelivery(
             await bare.remember(turns)
     finally:
         await bare.close()
+
+
+async def test_nothing_to_search_costs_no_query_embedding(tmp_path: Path, embedder: CountingEmbedder) -> None:
+    uri = str(tmp_path / "lance")
+    kb = await KnowledgeBase.open(uri, embedder)
+    retriever = await LanceRetriever.open(uri, embedder)
+    try:
+        # A tenant without documents, and no memory to search (the session's turns are all in its window).
+        query = RetrievalQuery("acme", "s1", "anything at all", include_memory=False)
+        assert await retriever.retrieve(query) == []
+        assert embedder.texts == []
+        async for result in kb.ingest("acme", _one(Document("dogs", "dog licences cost ten euros a year"))):
+            assert result.ok
+        embedder.texts.clear()
+
+        async def found() -> list[Passage]:
+            return await retriever.retrieve(RetrievalQuery("acme", "s1", "dog licence", include_memory=False))
+
+        # A first document is searched within NO_KNOWLEDGE_SEEN_S (the absence is remembered that long).
+        deadline = asyncio.get_running_loop().time() + 10
+        while not (passages := await found()):
+            assert asyncio.get_running_loop().time() < deadline, "the new document was never searched"
+            await asyncio.sleep(0.05)  # wait-ok: polling a condition with a deadline
+        assert passages[0].document_id == "dogs" and embedder.texts
+    finally:
+        await retriever.close()
+        await kb.close()
