@@ -48,7 +48,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import functools
 import gc
 import hashlib
@@ -88,7 +87,7 @@ from bench.bench_turns import (
     run_level,
     still_running,
 )
-from bench.common import int_list, load_average, percentile, positive_int
+from bench.common import int_list, load_average, percentile, positive_int, run_header
 from engine.config import Config
 from engine.gateway import Gateway
 from engine.nats_server import EmbeddedNats
@@ -1740,13 +1739,10 @@ async def bench(args: argparse.Namespace) -> int:
     print(f"sections: {', '.join(f'{k} {v:.1f} s' for k, v in timings.items())}; total {elapsed:.1f} s")
     if args.json is not None:
         payload = {
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": command,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            **run_header(command, load_before, load_after),
             "quiet": quiet,
             "tree": {"before": tree_before, "after": tree_after},
             "overlapping_test_runs": overlapping,
-            "load_average": {"before": load_before, "after": load_after},
             "results": results,
             "rendered": rendered,
             "verdict": lines,

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
 import math
@@ -57,7 +56,7 @@ from typing import Any
 import grpc
 
 from bench.bench_turns import descendants, still_running
-from bench.common import load_average, non_negative_int, percentile, positive_int
+from bench.common import load_average, non_negative_int, percentile, positive_int, run_header
 from engine.app import Engine
 from engine.config import Config
 from engine.providers.fake_servers import FakeAnthropicServer, Reply
@@ -780,10 +779,7 @@ async def bench(args: argparse.Namespace) -> int:
     print(f"total {elapsed:.1f} s")
     if args.json is not None:
         payload = {
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": command,
-            "cpus": os.cpu_count(),
-            "load_average": {"before": load_before, "after": load_after},
+            **run_header(command, load_before, load_after),
             "cancel": None if run.cancel is None else vars(run.cancel),
             "resume": None if run.resume is None else vars(run.resume),
             "ttft": None

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import functools
 import json
 import logging
@@ -51,7 +50,7 @@ from typing import Any
 import ray
 
 import otel
-from bench.common import int_list, load_average, percentile, positive_int
+from bench.common import int_list, load_average, percentile, positive_int, run_header
 from engine.app import Engine
 from engine.config import Config
 from engine.nats_server import EmbeddedNats
@@ -408,10 +407,7 @@ async def bench(args: argparse.Namespace) -> int:
     print(f"total {elapsed:.1f} s")
     if args.json is not None:
         payload = {
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": command,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "load_average": {"before": load_before, "after": load_after},
+            **run_header(command, load_before, load_after),
             "results": [c.summary() for c in cells.values()],
             "otlp_receiver": {"mode": args.receiver, **receiver.counts},
             "total_s": elapsed,

@@ -1,11 +1,15 @@
-"""Helpers the benchmarks share: percentiles, command-line value checks, the machine's load."""
+"""Helpers the benchmarks share: percentiles, command-line value checks, the machine's load, the header of
+the JSON results."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import os
+import platform
 from collections.abc import Sequence
+from typing import Any
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -59,3 +63,13 @@ def load_average() -> str:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
         return "n/a"
+
+
+def run_header(command: str, load_before: str, load_after: str) -> dict[str, Any]:
+    """What every benchmark's JSON results start with: when, how, on what, under which load."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_average": {"before": load_before, "after": load_after},
+    }
