@@ -52,14 +52,6 @@ costs memory in every live session (bench/RESULTS.md: memory per session)."""
 RETRIEVAL_TIMEOUT_S = 5.0
 """Longest a turn waits for retrieval before it goes on without passages."""
 
-SPAN_CONTEXT = "salon.context assembly"
-SPAN_RETRIEVAL = "salon.retrieval"
-ATTR_PASSAGES = "salon.retrieval.passages"
-ATTR_MEMORIES = "salon.retrieval.memories"
-ATTR_CHUNKS = "salon.retrieval.chunks"
-ATTR_WINDOW_MESSAGES = "salon.context.window_messages"
-ATTR_PROMPT_TOKENS = "salon.context.prompt_tokens"
-
 
 @dataclass(frozen=True, slots=True)
 class SessionKey:
@@ -427,7 +419,7 @@ class SessionActor:
         client has them, so the prompt keeps to those passages, in that order, and the record names exactly
         them (a replay then sends what the client saw first)."""
         s = self.settings
-        with otel.span(SPAN_CONTEXT) as span:
+        with otel.span(otel.attributes.SPAN_CONTEXT) as span:
             window = self._window()
             passages: list[Passage] = []
             error_reason = ""
@@ -450,8 +442,8 @@ class SessionActor:
             if pinned is not None:
                 context = dataclasses.replace(context, passages=_pinned_entries(pinned, context.passages))
             if span.is_recording():
-                span.set_attribute(ATTR_WINDOW_MESSAGES, len(window))
-                span.set_attribute(ATTR_PROMPT_TOKENS, context.total_tokens)
+                span.set_attribute(otel.attributes.CONTEXT_WINDOW_MESSAGES, len(window))
+                span.set_attribute(otel.attributes.CONTEXT_PROMPT_TOKENS, context.total_tokens)
         canary_line = ""
         if guard.settings.canary:
             system, canary_line = with_canary(system, guard.canary)
@@ -490,7 +482,7 @@ class SessionActor:
             exclude_turn_ids=excluded,
             include_memory=s.long_term_memory and past_window,
         )
-        with otel.span(SPAN_RETRIEVAL) as span:
+        with otel.span(otel.attributes.SPAN_RETRIEVAL) as span:
             try:
                 found = await asyncio.wait_for(self._retriever.retrieve(query), timeout=RETRIEVAL_TIMEOUT_S)
             except asyncio.CancelledError:
@@ -514,9 +506,11 @@ class SessionActor:
                 and (p.source == "knowledge" or (s.long_term_memory and p.chunk_id not in excluded))
             ][: s.retrieval_top_k]
             if span.is_recording():
-                span.set_attribute(ATTR_PASSAGES, len(passages))
-                span.set_attribute(ATTR_MEMORIES, sum(1 for p in passages if p.source == "memory"))
-                span.set_attribute(ATTR_CHUNKS, sum(1 for p in passages if p.source == "knowledge"))
+                span.set_attribute(otel.attributes.RETRIEVAL_PASSAGES, len(passages))
+                span.set_attribute(otel.attributes.RETRIEVAL_MEMORIES, sum(1 for p in passages if p.source == "memory"))
+                span.set_attribute(
+                    otel.attributes.RETRIEVAL_CHUNKS, sum(1 for p in passages if p.source == "knowledge")
+                )
         return passages, ""
 
     async def _execute(self, queued: _Queued) -> None:

@@ -64,3 +64,12 @@ SPAN_SESSION_TURN = "salon.session.turn"
 SPAN_LEDGER_APPEND = "salon.ledger append"
 SPAN_EVENTS_PUBLISH = "salon.events publish"
 SPAN_BATCH_WRITE = "salon.batch.write"
+SPAN_CONTEXT = "salon.context assembly"
+SPAN_RETRIEVAL = "salon.retrieval"
+
+# Context assembly and retrieval (counts only, never content).
+RETRIEVAL_PASSAGES = "salon.retrieval.passages"
+RETRIEVAL_MEMORIES = "salon.retrieval.memories"
+RETRIEVAL_CHUNKS = "salon.retrieval.chunks"
+CONTEXT_WINDOW_MESSAGES = "salon.context.window_messages"
+CONTEXT_PROMPT_TOKENS = "salon.context.prompt_tokens"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -159,7 +158,6 @@ async def test_max_sessions(setup: tuple[Engine, TenantsFile]) -> None:
 async def test_salon_usage_shows_each_tenant_against_its_limits(setup: tuple[Engine, TenantsFile]) -> None:
     engine, tenants = setup
     env_key = tenants.keys["ops"][0]
-    started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -180,7 +178,6 @@ async def test_salon_usage_shows_each_tenant_against_its_limits(setup: tuple[Eng
     assert rows["few"]["sessions"] == 2 and rows["few"]["limits"]["max_sessions"] == 2
     assert rows["tokens"]["limits"]["tokens_per_day"] == 1 and rows["conc"]["limits"]["concurrent_turns"] == 1
     assert rows["rate"]["limits"]["turns_per_minute"] == 2
-    assert time.monotonic() - started < 60
 
     # Without an admin key a tenant sees only itself, and never another tenant.
     proc = await asyncio.create_subprocess_exec(

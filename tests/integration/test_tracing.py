@@ -23,7 +23,6 @@ from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace_pb2
 from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSettings, OtelTapInitializationError
 
 import otel
-from actors.session import ATTR_CHUNKS, ATTR_PASSAGES, SPAN_CONTEXT, SPAN_RETRIEVAL
 from engine.providers.fake_servers import FakeAnthropicServer, Reply
 from otel import attributes as attrs
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -82,9 +81,9 @@ async def test_a_turn_is_one_trace_across_processes(make_engine: EngineFactory, 
     assert model.attributes[attrs.GEN_AI_PROVIDER] == "scripted"
     assert model.attributes[attrs.GEN_AI_OUTPUT_TOKENS] == 8
     # Context assembly, then retrieval in LanceDB with its counts, before the model call.
-    assembly, retrieval = named[SPAN_CONTEXT], named[SPAN_RETRIEVAL]
+    assembly, retrieval = named[attrs.SPAN_CONTEXT], named[attrs.SPAN_RETRIEVAL]
     assert assembly.parent_span_id == session_span.span_id and retrieval.parent_span_id == assembly.span_id
-    assert retrieval.attributes[ATTR_CHUNKS] >= 1 and retrieval.attributes[ATTR_PASSAGES] >= 1
+    assert retrieval.attributes[attrs.RETRIEVAL_CHUNKS] >= 1 and retrieval.attributes[attrs.RETRIEVAL_PASSAGES] >= 1
     assert retrieval.end_ns <= model.start_ns
     ledger = named[attrs.SPAN_LEDGER_APPEND]
     assert (ledger.kind, ledger.parent_span_id) == ("PRODUCER", session_span.span_id)

@@ -14,11 +14,6 @@ import otel
 from actors.context import PASSAGES_HEADING, TurnContext, explain
 from actors.model import Message, ModelChunk, ModelRequest
 from actors.session import (
-    ATTR_CHUNKS,
-    ATTR_PASSAGES,
-    ATTR_PROMPT_TOKENS,
-    SPAN_CONTEXT,
-    SPAN_RETRIEVAL,
     SessionActor,
     SessionKey,
     SessionSettings,
@@ -28,6 +23,7 @@ from actors.session import (
 from actors.summary import Summary
 from engine.providers import OfflineProvider, ScriptedProvider
 from engine.providers.offline import offline_answer
+from otel import attributes as attrs
 from salon.v1 import turn_pb2
 from storage import InMemoryJournal, InMemoryRetriever, Passage, RetrievalQuery
 
@@ -299,10 +295,10 @@ async def test_retrieval_has_its_span_inside_context_assembly_with_counts_and_no
         spans = {s.name: s for s in exporter.get_finished_spans()}
     finally:
         otel.shutdown()
-    retrieval, assembly = spans[SPAN_RETRIEVAL], spans[SPAN_CONTEXT]
+    retrieval, assembly = spans[attrs.SPAN_RETRIEVAL], spans[attrs.SPAN_CONTEXT]
     assert retrieval.parent is not None and assembly.context is not None
     assert retrieval.parent.span_id == assembly.context.span_id
     assert retrieval.attributes is not None and assembly.attributes is not None
-    assert (retrieval.attributes[ATTR_PASSAGES], retrieval.attributes[ATTR_CHUNKS]) == (1, 1)
-    assert assembly.attributes[ATTR_PROMPT_TOKENS] > 0
+    assert (retrieval.attributes[attrs.RETRIEVAL_PASSAGES], retrieval.attributes[attrs.RETRIEVAL_CHUNKS]) == (1, 1)
+    assert assembly.attributes[attrs.CONTEXT_PROMPT_TOKENS] > 0
     assert not any("secret-canary" in str(dict(s.attributes or {})) for s in spans.values())
