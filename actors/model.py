@@ -2,7 +2,7 @@
 
 A provider turns a :class:`ModelRequest` into an async stream of :class:`TextDelta` chunks followed by exactly
 one :class:`ModelResult`. Closing the stream (or cancelling the task consuming it) must stop the upstream
-generation. Implementations live in ``engine.providers``.
+generation. Implementations live in ``providers``.
 """
 
 from __future__ import annotations

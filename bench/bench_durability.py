@@ -91,7 +91,7 @@ from bench.common import int_list, load_average, percentile, positive_int, run_h
 from engine.config import Config
 from engine.gateway import Gateway
 from engine.nats_server import EmbeddedNats
-from engine.providers import ScriptedProvider
+from providers import ScriptedProvider
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2, turn_pb2
 from storage import (

@@ -5,7 +5,7 @@ stream) answers every request at once with ``--tokens`` tokens. It runs in a chi
 here is the client side only. Two levels:
 
 * ``provider``: the provider alone in this process, one turn after another: the scripted provider bare and
-  behind a :class:`~engine.providers.resilience.ProviderChain`, the Anthropic provider (the real ``anthropic``
+  behind a :class:`~providers.resilience.ProviderChain`, the Anthropic provider (the real ``anthropic``
   SDK over HTTP) and the OpenAI-compatible one, both behind the chain. Per turn: time to first token (``stream``
   called → first delta), turn time, and this process's CPU time.
 * ``engine``: a whole engine (embedded NATS, local Ray, one host, gRPC gateway) with the scripted provider, then
@@ -35,11 +35,11 @@ from pathlib import Path
 from actors.model import Message, ModelProvider, ModelRequest, TextDelta
 from engine.app import Engine
 from engine.config import Config
-from engine.providers import OfflineProvider, ScriptedProvider
-from engine.providers.anthropic import AnthropicProvider
-from engine.providers.fake_servers import FakeAnthropicServer, FakeModelServer, FakeOpenAIServer, echo_reply
-from engine.providers.openai_compatible import OpenAICompatibleProvider
-from engine.providers.resilience import ProviderChain
+from providers import OfflineProvider, ScriptedProvider
+from providers.anthropic import AnthropicProvider
+from providers.fake_servers import FakeAnthropicServer, FakeModelServer, FakeOpenAIServer, echo_reply
+from providers.openai_compatible import OpenAICompatibleProvider
+from providers.resilience import ProviderChain
 from salon.client import SalonClient
 
 log = logging.getLogger("bench.providers")

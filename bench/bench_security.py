@@ -44,9 +44,9 @@ from bench.common import load_average, percentile, positive_int
 from engine.app import Engine
 from engine.config import Config
 from engine.nats_server import EmbeddedNats
-from engine.providers import scripted_reply
-from engine.providers.scripted import ScriptedProvider
 from engine.tenants import key_entry_toml, new_key
+from providers import scripted_reply
+from providers.scripted import ScriptedProvider
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2

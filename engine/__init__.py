@@ -1,6 +1,6 @@
-"""The engine: configuration, the gRPC gateway, model providers, and the composition root.
+"""The engine: configuration, the gRPC gateway, and the composition root.
 
-Exports are loaded on first use, so importing one part (say the config or the providers) does not pull in
+Exports are loaded on first use, so importing one part (say the config) does not pull in
 gRPC, Ray and NATS.
 """
 
@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from engine.gateway import Gateway
     from engine.limits import TenantLimiter
     from engine.nats_server import EmbeddedNats
-    from engine.providers import OfflineProvider, ProviderSpec, ScriptedProvider
     from engine.tenants import Identity, Limits, TenantRegistry
 
 _EXPORTS = {
@@ -28,9 +27,6 @@ _EXPORTS = {
     "Gateway": "engine.gateway",
     "Identity": "engine.tenants",
     "Limits": "engine.tenants",
-    "OfflineProvider": "engine.providers",
-    "ProviderSpec": "engine.providers",
-    "ScriptedProvider": "engine.providers",
     "TenantLimiter": "engine.limits",
     "TenantRegistry": "engine.tenants",
     "caller_tenant": "engine.auth",
@@ -45,9 +41,6 @@ __all__ = [
     "Gateway",
     "Identity",
     "Limits",
-    "OfflineProvider",
-    "ProviderSpec",
-    "ScriptedProvider",
     "TenantLimiter",
     "TenantRegistry",
     "caller_tenant",

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from engine.providers import ProviderSpec
-from engine.providers.pricing import DEFAULT_PRICES
+from providers import ProviderSpec
+from providers.pricing import DEFAULT_PRICES
 from storage.errors import InvalidArgument
 from storage.ids import is_valid_id
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import wait_for
 
 from engine import Config, Engine
-from engine.providers.scripted import scripted_reply
+from providers.scripted import scripted_reply
 from salon.client import (
     Accepted,
     Cancelled,

@@ -13,7 +13,7 @@ from conftest import assert_well_formed, collect_turn, create_session, reply_tex
 
 from actors import host_of_shard, shard_for
 from engine import EmbeddedNats, Engine
-from engine.providers import scripted_reply
+from providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 

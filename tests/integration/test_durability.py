@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from actors import host_of_shard, shard_for
 from engine import Engine
-from engine.providers import scripted_reply
+from providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from storage import TranscriptStore

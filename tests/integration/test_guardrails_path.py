@@ -11,7 +11,7 @@ import pytest
 from conftest import collect_turn, create_session, reply_text, wait_for
 
 from engine import Engine
-from engine.providers.scripted import ECHO_SYSTEM
+from providers.scripted import ECHO_SYSTEM
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2

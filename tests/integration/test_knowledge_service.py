@@ -15,7 +15,7 @@ from conftest import EngineFactory, assert_well_formed, collect_turn, create_ses
 from actors import SessionActor, SessionKey, SessionSettings, SessionState, Turn
 from actors.ray_host import build_embedder
 from engine.cli import main
-from engine.providers import ScriptedProvider
+from providers import ScriptedProvider
 from salon.client import Document, SalonClient
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import knowledge_service_pb2 as ks_pb2

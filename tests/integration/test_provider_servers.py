@@ -16,12 +16,12 @@ import pytest
 from conftest import EngineFactory, assert_well_formed, collect_turn, create_session, reply_text, wait_for
 
 from actors.model import Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta
-from engine.providers import OfflineProvider, errors
-from engine.providers.anthropic import AnthropicProvider
-from engine.providers.fake_servers import FakeAnthropicServer, FakeModelServer, FakeOpenAIServer, Recorded, Reply
-from engine.providers.openai_compatible import OpenAICompatibleProvider
-from engine.providers.pricing import PriceTable
-from engine.providers.resilience import ProviderChain, RetryPolicy
+from providers import OfflineProvider, errors
+from providers.anthropic import AnthropicProvider
+from providers.fake_servers import FakeAnthropicServer, FakeModelServer, FakeOpenAIServer, Recorded, Reply
+from providers.openai_compatible import OpenAICompatibleProvider
+from providers.pricing import PriceTable
+from providers.resilience import ProviderChain, RetryPolicy
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import session_pb2, turn_pb2

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from conftest import create_session, reply_text
 
-from engine.providers import scripted_reply
+from providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 

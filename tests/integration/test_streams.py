@@ -16,7 +16,7 @@ import pytest
 from conftest import assert_well_formed, collect_turn, create_session, reply_text, wait_for
 
 from engine import Engine
-from engine.providers import scripted_reply
+from providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import session_pb2, turn_pb2

@@ -9,7 +9,7 @@ import grpc
 from conftest import assert_well_formed, collect_turn, create_session, reply_text
 
 from engine import Engine
-from engine.providers import scripted_reply
+from providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2

@@ -21,9 +21,9 @@ from actors.session import (
     Turn,
 )
 from actors.summary import Summary
-from engine.providers import OfflineProvider, ScriptedProvider
-from engine.providers.offline import offline_answer
 from otel import attributes as attrs
+from providers import OfflineProvider, ScriptedProvider
+from providers.offline import offline_answer
 from salon.v1 import turn_pb2
 from storage import InMemoryJournal, InMemoryRetriever, Passage, RetrievalQuery
 

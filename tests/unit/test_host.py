@@ -24,7 +24,7 @@ from unit_support import (
 
 from actors.host import HostSettings, SessionHost, session_settings
 from actors.model import ModelChunk, ModelProvider, ModelRequest, ModelResult, TextDelta
-from engine.providers import OfflineProvider, ScriptedProvider, scripted_reply
+from providers import OfflineProvider, ScriptedProvider, scripted_reply
 from salon.v1 import session_pb2
 from storage import TurnRecord
 from storage.sessions import InMemorySessionRegistry

@@ -14,8 +14,8 @@ from unit_support import EventLog, wait_for
 
 import otel
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
-from engine.providers import ScriptedProvider
 from otel import attributes as attrs
+from providers import ScriptedProvider
 from storage import InMemoryJournal
 
 KEY = SessionKey("acme", "s1")

@@ -11,12 +11,12 @@ import pytest
 
 from actors.model import Message, ModelError, ModelRequest, ModelResult, TextDelta
 from engine.config import Config
-from engine.providers import OfflineProvider, ProviderSpec, ScriptedProvider, errors
-from engine.providers.anthropic import AnthropicProvider
-from engine.providers.local import LocalLlamaProvider
-from engine.providers.openai_compatible import OpenAICompatibleProvider
-from engine.providers.pricing import DEFAULT_PRICES, PriceTable
-from engine.providers.resilience import ProviderChain
+from providers import OfflineProvider, ProviderSpec, ScriptedProvider, errors
+from providers.anthropic import AnthropicProvider
+from providers.local import LocalLlamaProvider
+from providers.openai_compatible import OpenAICompatibleProvider
+from providers.pricing import DEFAULT_PRICES, PriceTable
+from providers.resilience import ProviderChain
 from storage.errors import InvalidArgument
 
 # pricing
@@ -207,7 +207,7 @@ async def test_closing_the_local_stream_stops_generation() -> None:
 async def test_local_provider_without_the_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from engine.providers import local
+    from providers import local
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelError) as info:

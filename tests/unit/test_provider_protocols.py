@@ -9,11 +9,11 @@ import httpx2
 import pytest
 
 from actors.model import Message, ModelError, ModelRequest
-from engine.providers import errors
-from engine.providers.anthropic import AnthropicProvider, build_params, classify
-from engine.providers.openai_compatible import _Accumulator, build_body
-from engine.providers.pricing import PriceTable
-from engine.providers.turns import HeldBackWhitespace, merge_turns, split_prefill
+from providers import errors
+from providers.anthropic import AnthropicProvider, build_params, classify
+from providers.openai_compatible import _Accumulator, build_body
+from providers.pricing import PriceTable
+from providers.turns import HeldBackWhitespace, merge_turns, split_prefill
 
 
 def _request(**fields: object) -> ModelRequest:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from actors.model import Message, ModelChunk, ModelError, ModelRequest, ModelResult, TextDelta
-from engine.providers import errors
-from engine.providers.resilience import CircuitBreaker, ProviderChain, RetryPolicy
+from providers import errors
+from providers.resilience import CircuitBreaker, ProviderChain, RetryPolicy
 
 
 class Clock:
@@ -474,7 +474,7 @@ def test_a_default_chain_must_name_given_providers() -> None:
 
 
 def test_host_helpers_read_breakers_and_counters_of_a_chain_only() -> None:
-    from engine.providers import provider_breaker_states, provider_stats
+    from providers import provider_breaker_states, provider_stats
 
     provider, _ = chain(FakeProvider("anthropic"), FakeProvider("offline"))
     assert provider_breaker_states(provider) == {"anthropic": "closed", "offline": "closed"}
@@ -487,5 +487,5 @@ def test_importing_the_providers_package_does_not_import_the_sdk() -> None:
     import subprocess
     import sys
 
-    code = "import sys, engine.config, engine.providers; sys.exit('anthropic' in sys.modules)"
+    code = "import sys, engine.config, providers; sys.exit('anthropic' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from actors.model import Message, ModelChunk, ModelError, ModelRequest, ModelResult, TextDelta, continue_after
-from engine.providers import OfflineProvider, ProviderSpec, ScriptedProvider, build_provider, scripted_reply
-from engine.providers.offline import offline_answer
+from providers import OfflineProvider, ProviderSpec, ScriptedProvider, build_provider, scripted_reply
+from providers.offline import offline_answer
 
 
 async def _collect(stream: AsyncIterator[ModelChunk]) -> tuple[list[str], list[ModelResult]]:

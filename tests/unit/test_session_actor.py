@@ -13,7 +13,7 @@ from unit_support import EventLog, ProbedJournal, ProbedLog, kind, prior_events,
 
 from actors.model import Message, ModelChunk, ModelRequest, TextDelta
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
-from engine.providers import ScriptedProvider, scripted_reply
+from providers import ScriptedProvider, scripted_reply
 from salon.v1 import turn_pb2
 from storage import TurnRecord
 

