@@ -25,6 +25,9 @@ from actors.model import (
     ModelRequest,
     ModelResult,
     TextDelta,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
 )
 from actors.placement import host_of_shard, shard_for, shards_of_host
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
@@ -63,6 +66,9 @@ __all__ = [
     "Summarizer",
     "Summary",
     "TextDelta",
+    "ToolCall",
+    "ToolResult",
+    "ToolSpec",
     "Turn",
     "TurnContext",
     "TurnEmitter",

@@ -1,8 +1,12 @@
 """The ``ModelProvider`` seam: what a session needs from a language model.
 
-A provider turns a :class:`ModelRequest` into an async stream of :class:`TextDelta` chunks followed by exactly
-one :class:`ModelResult`. Closing the stream (or cancelling the task consuming it) must stop the upstream
-generation. Implementations live in ``providers``.
+A provider turns a :class:`ModelRequest` into an async stream of :class:`TextDelta` and :class:`ToolCall`
+chunks followed by exactly one :class:`ModelResult`. A model that calls tools ends its round with
+``stop_reason="tool_use"`` after the complete calls (arguments fully assembled from the vendor's streamed
+deltas); the session runs them and asks again with the calls and their results appended to ``messages``.
+
+Closing the stream (or cancelling the task consuming it) must stop the upstream generation. Implementations
+live in ``providers``.
 """
 
 from __future__ import annotations
@@ -14,13 +18,50 @@ from typing import Literal, Protocol, runtime_checkable
 from storage import Passage
 from storage.errors import SalonError
 
-Role = Literal["user", "assistant"]
+Role = Literal["user", "assistant", "tool"]
+"""``tool`` messages carry the results of the calls made by the assistant message before them."""
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]
 
 
 @dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool the model may call: its name, what it does, and the JSON Schema of its arguments."""
+
+    name: str
+    description: str = ""
+    input_schema_json: str = '{"type": "object"}'
+    """The arguments' JSON Schema (an object schema), as JSON text."""
+    requires_approval: bool = False
+    """A person approves or rejects each call before it runs."""
+    server: str = ""
+    """The MCP server that runs it; empty: the client runs it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The model asks for a tool to run (``arguments_json`` is complete, valid or not)."""
+
+    call_id: str
+    name: str
+    arguments_json: str = "{}"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What a tool call produced (or why it failed, with ``is_error``), as the model will see it."""
+
+    call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
-    """One message of the conversation as the model sees it."""
+    """One message of the conversation as the model sees it.
+
+    An ``assistant`` message may carry the tool calls it made (its text may then be empty); the ``tool``
+    message after it carries their results, in the same order."""
 
     role: Role
     text: str
@@ -28,6 +69,8 @@ class Message:
     turn_index: int = field(default=0, compare=False)
     """Index of the turn the message belongs to (0: not recorded yet). Bookkeeping of the session's memory,
     not part of what the model sees, so equality ignores it."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_results: tuple[ToolResult, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +96,8 @@ class ModelRequest:
     """The rolling summary in ``system``, for providers that answer without a model (the offline one)."""
     passages: tuple[Passage, ...] = ()
     """The retrieved passages in ``system``, numbered [1], [2] … in this order."""
+    tools: tuple[ToolSpec, ...] = ()
+    """Tools the model may call in this round; empty: none (providers then send no tool definitions)."""
     canary_line: str = ""
     """The line the engine appended to ``system`` to carry the session's guardrail canary (empty: none).
     Providers send ``system`` whole; code that quotes the instructions back to people (the offline
@@ -83,7 +128,7 @@ class ModelResult:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-ModelChunk = TextDelta | ModelResult
+ModelChunk = TextDelta | ToolCall | ModelResult
 
 
 class ModelError(SalonError):
@@ -118,7 +163,7 @@ class ModelProvider(Protocol):
         ...
 
     def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
-        """Stream the answer to ``request``: text deltas, then one :class:`ModelResult`."""
+        """Stream the answer to ``request``: text deltas and tool calls, then one :class:`ModelResult`."""
         ...
 
     async def aclose(self) -> None:
