@@ -662,7 +662,7 @@ class SessionActor:
                                 partial=bool(deltas),
                             )
                             return
-                else:
+                elif isinstance(chunk, ModelResult):
                     draft.result = chunk
             if draft.result is None:
                 raise ModelError("the model stream ended without a result", reason="MODEL_PROTOCOL_ERROR")

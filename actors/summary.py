@@ -130,7 +130,7 @@ class ModelSummarizer:
             async for chunk in self._provider.stream(request):
                 if isinstance(chunk, TextDelta):
                     parts.append(chunk.text)
-                else:
+                elif isinstance(chunk, ModelResult):
                     result = chunk
         except Exception as exc:
             log.warning("summarising with the model failed (%s); using an extractive summary", type(exc).__name__)

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import Literal
 
-from actors.model import ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta
+from actors.model import ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta, ToolCall
 from providers import errors
 
 log = logging.getLogger(__name__)
@@ -278,7 +278,8 @@ class ProviderChain:
                 inner = self._providers[name].stream(attempt_request)
                 try:
                     while (chunk := await _next_chunk(inner, deadline, self._clock, name)) is not None:
-                        if isinstance(chunk, TextDelta):
+                        if isinstance(chunk, TextDelta | ToolCall):
+                            # A tool call is output too: after it, a retry could ask for the call twice.
                             started = True
                             yield chunk
                             continue
