@@ -12,13 +12,13 @@ from actors.session import RECENT_TURNS_KEPT, SessionState
 from storage import (
     FailedPrecondition,
     Fenced,
-    InMemoryJournal,
     LoadedSession,
     SnapshotRecord,
     TurnRecord,
     Unavailable,
     turn_key,
 )
+from storage.inmemory import InMemoryJournal
 from storage.records import TurnStatus
 
 TENANT, SESSION, INCARNATION = "acme", "s1", "1700000000000000000"

@@ -10,7 +10,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from salon.v1 import session_pb2
 from storage.errors import AlreadyExists, NotFound
-from storage.sessions import InMemorySessionRegistry, incarnation_of
+from storage.inmemory import InMemorySessionRegistry
+from storage.sessions import incarnation_of
 
 
 def _session(session_id: str, prompt: str = "") -> session_pb2.Session:

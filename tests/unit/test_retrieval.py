@@ -16,21 +16,21 @@ import pytest
 
 from storage.embedding import HashEmbedder, default_embedder
 from storage.errors import InvalidArgument
-from storage.knowledge import Document, KnowledgeBase
-from storage.memories import MEMORIES, memory_text
+from storage.inmemory import InMemoryRetriever
+from storage.knowledge import Document
+from storage.lance.knowledge import KnowledgeBase
+from storage.lance.memories import MEMORIES, memory_text
+from storage.lance.retrieval import LanceRetriever, memory_filter
+from storage.lance.schemas import TRANSCRIPTS_SCHEMA
 from storage.records import TurnRecord
 from storage.retrieval import (
     KNOWLEDGE,
     MEMORY,
     Candidate,
-    InMemoryRetriever,
-    LanceRetriever,
     Passage,
     RetrievalQuery,
     fuse,
-    memory_filter,
 )
-from storage.schemas import TRANSCRIPTS_SCHEMA
 from storage.tables import TRANSCRIPTS, MemoryIndexer, TranscriptStore
 
 DIM = 64
