@@ -112,7 +112,11 @@ class _NatsSessionLog:
         )
 
     async def read_turn(self, seq: int) -> TurnRecord | None:
-        return await self._journal.read_turn(seq)
+        record = await self._journal.read_turn(seq)
+        # Sequences are the whole stream's: one of another session's entries is not this session's turn.
+        if record is None or (record.tenant_id, record.session_id) != (self._tenant_id, self._session_id):
+            return None
+        return record
 
 
 async def _append(
@@ -201,7 +205,9 @@ class NatsJournal:
         return int(raw.seq or 0)
 
     async def read_turn(self, seq: int) -> TurnRecord | None:
-        """The turn record at ledger sequence ``seq`` (None if it aged out)."""
+        """The turn record at ledger sequence ``seq`` (None if it aged out, or there is none)."""
+        if seq <= 0:
+            return None  # not a stream sequence: the server would refuse the request
         try:
             raw = await self.js.get_msg(self.names.ledger_stream, seq)
         except nats.js.errors.NotFoundError:
