@@ -40,11 +40,12 @@ test: setup node-setup
 test-unit: setup
 	$(VENV)/bin/pytest tests/unit
 
-## lint: ruff, mypy, generated code up to date, buf lint
+## lint: ruff, mypy, the import contracts (lint-imports), generated code up to date, buf lint
 lint: setup protos-check buf-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 ## protos: regenerate the Python stubs from protos/
 protos: setup

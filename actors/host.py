@@ -256,7 +256,7 @@ class SessionHost:
 
     async def _dispatch(self, msg: BusMessage) -> None:
         try:
-            envelope = TurnEnvelope.from_msg(msg)  # type: ignore[arg-type]
+            envelope = TurnEnvelope.from_msg(msg)
         except SalonError:
             log.error("dropping a malformed turn message")
             await msg.term()

@@ -1,7 +1,7 @@
 """The Ray actors: Salon's only Ray code.
 
 ``HostActor`` hosts a :class:`~actors.host.SessionHost`; ``WriterActor`` hosts the ledger's
-:class:`~storage.BatchWriter`. Both are thin shells: they connect to NATS, build their plain object from a
+:class:`~storage.writer.BatchWriter`. Both are thin shells: they connect to NATS, build their plain object from a
 spec and forward lifecycle calls. Ray restarts them when their process dies; ``__init__`` runs again and they
 take up their work, where JetStream redelivers whatever the dead process had not acknowledged.
 """
@@ -22,36 +22,16 @@ import otel
 from actors.host import HostSettings, SessionHost
 from actors.model import ModelProvider
 from otel import TelemetrySettings
-from storage import (
-    BatchWriter,
-    Embedder,
-    EventPublisher,
-    HashEmbedder,
-    KvSessionRegistry,
-    LanceRetriever,
-    LedgerReader,
-    MemoryIndexer,
-    Names,
-    NatsJournal,
-    NotFound,
-    ShardPuller,
-    TranscriptStore,
-    WriterStatus,
-    close_connection,
-    connect,
-    default_embedder,
-    incarnation_of,
-)
+from storage import Names, NotFound, build_embedder, incarnation_of
+from storage.jetstream.bus import EventPublisher, ShardPuller
+from storage.jetstream.client import close_connection, connect
+from storage.jetstream.ledger import LedgerReader, NatsJournal
+from storage.jetstream.sessions import KvSessionRegistry
+from storage.lance.retrieval import LanceRetriever
+from storage.tables import MemoryIndexer, TranscriptStore
+from storage.writer import BatchWriter, WriterStatus
 
 log = logging.getLogger(__name__)
-
-
-def build_embedder(kind: str) -> Embedder:
-    """The embedder named by the ``embedding_model`` setting: ``default`` (the bundled model, loaded once per
-    process; slow enough to load that callers run this in a thread) or ``hash`` (for tests)."""
-    if kind == "hash":
-        return HashEmbedder()
-    return default_embedder()
 
 
 @dataclass(frozen=True)
@@ -188,7 +168,7 @@ class WriterSpec:
 
 @ray.remote(max_restarts=-1, num_cpus=0)
 class WriterActor:
-    """Ray shell around the :class:`~storage.BatchWriter` that turns ledger entries into LanceDB rows."""
+    """Ray shell around the :class:`~storage.writer.BatchWriter` that turns ledger entries into LanceDB rows."""
 
     def __init__(self, spec: WriterSpec) -> None:
         otel.setup_logging(spec.log_level, spec.telemetry.log_format, process="writer")

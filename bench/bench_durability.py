@@ -94,32 +94,20 @@ from engine.nats_server import EmbeddedNats
 from providers import ScriptedProvider
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2, turn_pb2
-from storage import (
-    BatchWriter,
-    BusSettings,
-    EventPublisher,
-    InMemoryJournal,
-    Journal,
-    KvSessionRegistry,
+from storage import Journal, Names, NotFound, SessionLog, SnapshotRecord, TurnRecord, incarnation_of, uuid7
+from storage.inmemory import InMemoryJournal
+from storage.jetstream.bus import BusSettings, EventPublisher, ShardPuller, TurnPublisher, ensure_bus
+from storage.jetstream.client import close_connection, connect
+from storage.jetstream.ledger import (
     LedgerReader,
     LedgerSettings,
-    Names,
     NatsJournal,
-    NotFound,
-    SessionLog,
-    ShardPuller,
-    SnapshotRecord,
-    TranscriptStore,
-    TurnPublisher,
-    TurnRecord,
-    close_connection,
-    connect,
-    ensure_bus,
+    _NatsSessionLog,  # the per-session handle NatsJournal.open returns (memory section)
     ensure_ledger,
-    incarnation_of,
-    uuid7,
 )
-from storage.ledger import _NatsSessionLog  # the per-session handle NatsJournal.open returns (memory section)
+from storage.jetstream.sessions import KvSessionRegistry
+from storage.tables import TranscriptStore
+from storage.writer import BatchWriter
 
 log = logging.getLogger("bench.durability")
 

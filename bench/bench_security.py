@@ -50,7 +50,7 @@ from providers.scripted import ScriptedProvider
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2
-from storage import InMemoryJournal
+from storage.inmemory import InMemoryJournal
 
 log = logging.getLogger("bench.security")
 

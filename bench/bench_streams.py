@@ -62,7 +62,7 @@ from engine.config import Config
 from providers.fake_servers import FakeAnthropicServer, Reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
-from storage.nats_client import connect
+from storage.jetstream.client import connect
 
 log = logging.getLogger("bench.streams")
 

@@ -53,7 +53,7 @@ from engine.app import Engine
 from engine.config import Config
 from engine.nats_server import EmbeddedNats
 from salon.client import SalonClient, SalonError
-from storage.nats_client import connect
+from storage.jetstream.client import connect
 
 log = logging.getLogger("bench.turns")
 

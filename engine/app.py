@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import ray
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 import otel
-from actors.ray_host import build_embedder
 from engine.admin import AdminServicer
 from engine.auth import Authenticator, AuthInterceptor
 from engine.config import Config
@@ -30,7 +28,7 @@ from engine.knowledge import Knowledge
 from engine.knowledge_servicer import KnowledgeServicer
 from engine.limits import TenantLimiter
 from engine.nats_server import EmbeddedNats
-from engine.ray_runtime import HostGroup, WriterHandle, ensure_ray, host_specs
+from engine.ray_runtime import HostGroup, WriterHandle, ensure_ray, host_specs, shutdown_ray
 from engine.servicer import ConversationServicer
 from engine.tenants import Limits, TenantRegistry
 from salon.v1 import admin_service_pb2 as admin_pb2
@@ -39,23 +37,14 @@ from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
-from storage import (
-    BusSettings,
-    InvalidArgument,
-    KnowledgeBase,
-    KvSessionRegistry,
-    KvTokenCounters,
-    LedgerSettings,
-    Names,
-    NatsJournal,
-    TranscriptStore,
-    TurnPublisher,
-    close_connection,
-    connect,
-    ensure_bus,
-    ensure_ledger,
-    redact_url,
-)
+from storage import InvalidArgument, Names, build_embedder, redact_url
+from storage.jetstream.bus import BusSettings, TurnPublisher, ensure_bus
+from storage.jetstream.client import close_connection, connect
+from storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_ledger
+from storage.jetstream.sessions import KvSessionRegistry
+from storage.jetstream.usage import KvTokenCounters
+from storage.lance.knowledge import KnowledgeBase
+from storage.tables import TranscriptStore
 
 log = logging.getLogger(__name__)
 
@@ -388,8 +377,8 @@ class Engine:
         if self._knowledge is not None:
             await self._knowledge.close()
             self._knowledge = None
-        if self._started_ray and ray.is_initialized():
-            ray.shutdown()
+        if self._started_ray:
+            shutdown_ray()
             self._started_ray = False
         if self._nc is not None:
             nc, self._nc = self._nc, None

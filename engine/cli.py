@@ -19,7 +19,7 @@ from engine.config import Config, describe, is_loopback, markdown_table
 from salon.client.chat import add_credential_arguments
 from storage.errors import SalonError
 from storage.ids import require_id
-from storage.nats_client import redact_url
+from storage.urls import redact_url
 
 DESCRIPTION = """Salon: a conversation engine. Sessions are stateful actors on Ray, turns travel over NATS
 JetStream, and answers stream back token by token over gRPC.

@@ -8,8 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import ipc
 
-from storage import NotFound, TranscriptStore, require_id
-from storage.schemas import TRANSCRIPTS_SCHEMA, turns_to_batch
+from storage import NotFound, require_id
+from storage.lance.schemas import TRANSCRIPTS_SCHEMA, turns_to_batch
+from storage.tables import TranscriptStore
 
 FORMATS = ("parquet", "arrow")
 PAGE = 1000

@@ -31,15 +31,15 @@ from storage import (
     ResourceExhausted,
     SalonError,
     SessionRegistry,
-    TranscriptStore,
     TurnEnvelope,
-    TurnPublisher,
     TurnRecord,
     Unavailable,
     incarnation_of,
     require_id,
     uuid7,
 )
+from storage.jetstream.bus import TurnPublisher
+from storage.tables import TranscriptStore
 
 _DEFAULT_GUARDRAILS = GuardrailSettings()
 

@@ -1,6 +1,6 @@
 """The knowledge base as the API offers it: ingestion with per-document outcomes and progress, deletion and
 search, for one tenant at a time (the caller's). The gRPC servicer (``engine.knowledge_servicer``) is a thin
-adapter over :class:`Knowledge`; chunking, embedding and storage are ``storage.KnowledgeBase``'s.
+adapter over :class:`Knowledge`; chunking, embedding and storage are ``storage.lance.knowledge.KnowledgeBase``'s.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import grpc
 from engine.validation import check_text
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import turn_pb2
-from storage import Document, InvalidArgument, KnowledgeBase, Passage, is_valid_id
+from storage import Document, InvalidArgument, Passage, is_valid_id
+from storage.lance.knowledge import KnowledgeBase
 
 MAX_SEARCH_TOP_K = 50
 DEFAULT_SEARCH_TOP_K = 4

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from engine.tenants import Limits, TenantPolicy
 from salon.v1 import turn_pb2
 from storage.errors import ResourceExhausted, SalonError
-from storage.usage import InMemoryTokenCounters, TokenCounters
+from storage.inmemory import InMemoryTokenCounters
+from storage.usage import TokenCounters
 
 log = logging.getLogger(__name__)
 

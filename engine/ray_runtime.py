@@ -14,7 +14,7 @@ from actors import HostSettings, shards_of_host
 from actors.ray_host import HostActor, HostSpec, WriterActor, WriterSpec
 from engine.config import Config
 from otel import TelemetrySettings
-from storage import WriterStatus
+from storage.writer import WriterStatus
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +160,9 @@ class WriterHandle:
         except Exception as exc:
             log.warning("the batch writer did not close cleanly: %s", type(exc).__name__)
         ray.kill(handle, no_restart=True)
+
+
+def shutdown_ray() -> None:
+    """Disconnect from Ray, stopping the local cluster if this process started it. Idempotent."""
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,12 +1,22 @@
-"""Storage: the turn bus on JetStream, session definitions and snapshots, transcripts, embeddings, the
-knowledge base and retrieval, ids and the error root.
+"""Storage: the contracts of the turn bus, the ledger, session definitions, token counters and retrieval, the
+records they carry, ids and the error root.
 
-Knows nothing of gRPC or Ray.
+This face loads no NATS, LanceDB or Arrow: the adapters are imported from their own modules by the
+composition roots (``engine.app``, ``actors.ray_host``) and by tests: ``storage.jetstream`` (NATS JetStream),
+``storage.lance`` and ``storage.tables`` (LanceDB), ``storage.writer`` (ledger to tables). In-memory
+references of the contracts are in ``storage.inmemory``. Knows nothing of gRPC or Ray.
 """
 
-from storage.bus import BusSettings, EventPublisher, EventStream, ShardPuller, TurnEnvelope, TurnPublisher, ensure_bus
+from storage.bus import TurnEnvelope
 from storage.chunking import Chunk, chunk_text, estimate_tokens
-from storage.embedding import Embedder, EmbeddingUnavailable, HashEmbedder, OnnxEmbedder, default_embedder
+from storage.embedding import (
+    Embedder,
+    EmbeddingUnavailable,
+    HashEmbedder,
+    OnnxEmbedder,
+    build_embedder,
+    default_embedder,
+)
 from storage.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -21,65 +31,32 @@ from storage.errors import (
     Unavailable,
 )
 from storage.ids import is_valid_id, require_id, uuid7
-from storage.knowledge import Document, IngestResult, KnowledgeBase
-from storage.ledger import (
-    Fenced,
-    InMemoryJournal,
-    Journal,
-    LedgerReader,
-    LedgerSettings,
-    LoadedSession,
-    NatsJournal,
-    SessionLog,
-    ensure_ledger,
-)
-from storage.nats_client import close_connection, connect, redact_url, wait_for_port
-from storage.records import GuardrailDecision, SnapshotRecord, TurnRecord, turn_key
-from storage.retrieval import InMemoryRetriever, LanceRetriever, Passage, RetrievalQuery, Retriever
-from storage.sessions import (
-    InMemorySessionRegistry,
-    KvSessionRegistry,
-    SessionRegistry,
-    incarnation_of,
-)
+from storage.knowledge import Document, IngestResult
+from storage.ledger import Fenced, Journal, LoadedSession, SessionLog
+from storage.records import GuardrailDecision, SnapshotRecord, TurnRecord, TurnStatus, turn_key
+from storage.retrieval import Passage, RetrievalQuery, Retriever
+from storage.sessions import SessionRegistry, incarnation_of
 from storage.subjects import Names
-from storage.tables import MemoryIndexer, TranscriptStore
-from storage.usage import InMemoryTokenCounters, KvTokenCounters, TokenCounters
-from storage.writer import BatchWriter, WriterStatus
+from storage.urls import redact_url
+from storage.usage import TokenCounters
 
 __all__ = [
     "AlreadyExists",
-    "BatchWriter",
-    "BusSettings",
     "Chunk",
     "DeadlineExceeded",
     "Document",
     "Embedder",
     "EmbeddingUnavailable",
-    "EventPublisher",
-    "EventStream",
     "FailedPrecondition",
     "Fenced",
     "GuardrailDecision",
     "HashEmbedder",
-    "InMemoryJournal",
-    "InMemoryRetriever",
-    "InMemorySessionRegistry",
-    "InMemoryTokenCounters",
     "IngestResult",
     "Internal",
     "InvalidArgument",
     "Journal",
-    "KnowledgeBase",
-    "KvSessionRegistry",
-    "KvTokenCounters",
-    "LanceRetriever",
-    "LedgerReader",
-    "LedgerSettings",
     "LoadedSession",
-    "MemoryIndexer",
     "Names",
-    "NatsJournal",
     "NotFound",
     "OnnxEmbedder",
     "Passage",
@@ -90,22 +67,16 @@ __all__ = [
     "SalonError",
     "SessionLog",
     "SessionRegistry",
-    "ShardPuller",
     "SnapshotRecord",
     "TokenCounters",
-    "TranscriptStore",
     "TurnEnvelope",
-    "TurnPublisher",
     "TurnRecord",
+    "TurnStatus",
     "Unauthenticated",
     "Unavailable",
-    "WriterStatus",
+    "build_embedder",
     "chunk_text",
-    "close_connection",
-    "connect",
     "default_embedder",
-    "ensure_bus",
-    "ensure_ledger",
     "estimate_tokens",
     "incarnation_of",
     "is_valid_id",
@@ -113,5 +84,4 @@ __all__ = [
     "require_id",
     "turn_key",
     "uuid7",
-    "wait_for_port",
 ]

@@ -169,6 +169,14 @@ class HashEmbedder:
         return [v / norm for v in values]
 
 
+def build_embedder(kind: str) -> Embedder:
+    """The embedder named by the ``embedding_model`` setting: ``default`` (the bundled model, loaded once per
+    process; slow enough to load that callers run this in a thread) or ``hash`` (for tests)."""
+    if kind == "hash":
+        return HashEmbedder()
+    return default_embedder()
+
+
 _WORD = re.compile(r"\w+")
 
 

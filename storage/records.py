@@ -1,7 +1,7 @@
 """What the ledger carries and the tables hold: one record per finished turn, and session snapshots.
 
 Records are plain dataclasses encoded as JSON on the ledger (readable with any NATS tool) and turned into
-Arrow rows by ``storage.schemas``. The turn key (tenant, session, turn id) is the identity of a turn
+Arrow rows by ``storage.lance.schemas``. The turn key (tenant, session, turn id) is the identity of a turn
 everywhere: JetStream message id, ledger entry, transcript row.
 """
 

@@ -1,25 +1,16 @@
-"""Where session definitions live: a JetStream key-value bucket keyed ``<tenant>.<session>``, replicated with
-the NATS cluster, shared by every gateway and host, with compare-and-set for creation. An in-memory version
-serves unit tests. (Session state lives in the ledger: ``storage.ledger``.)
+"""The session registry's contract: session definitions (what ``CreateSession`` stored), per tenant.
+
+The JetStream key-value registry is :mod:`storage.jetstream.sessions`; :mod:`storage.inmemory` holds a
+reference for unit tests. (Session state lives in the ledger: :mod:`storage.ledger`.)
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-import nats.errors
-import nats.js.errors
-from nats.js import api
-from nats.js.client import JetStreamContext
-from nats.js.kv import KeyValue
-
 from salon.v1 import session_pb2
-from storage.errors import AlreadyExists, NotFound, Unavailable
-from storage.jsread import read_subject
-from storage.subjects import Names
 
-_NOT_FOUND = "session not found"
-_NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
+NOT_FOUND_MESSAGE = "session not found"
 
 
 class SessionRegistry(Protocol):
@@ -50,110 +41,3 @@ def incarnation_of(session: session_pb2.Session) -> str:
     """A session's incarnation: its creation time, unique per (tenant, id) over time. A session deleted and
     created again under the same id is a new incarnation and must not inherit the old one's memory."""
     return str(session.create_time.ToNanoseconds())
-
-
-async def open_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
-    """The bucket, created (file storage, one revision per key) if it does not exist."""
-    try:
-        return await js.key_value(bucket)
-    except nats.js.errors.BucketNotFoundError:
-        return await js.create_key_value(api.KeyValueConfig(bucket=bucket, history=1, storage=api.StorageType.FILE))
-
-
-def _unavailable(exc: BaseException) -> Unavailable:
-    return Unavailable("session storage is not reachable", reason="STORAGE_UNAVAILABLE", retry_after_s=1.0)
-
-
-class KvSessionRegistry:
-    """:class:`SessionRegistry` on a JetStream key-value bucket."""
-
-    def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str) -> None:
-        self._kv = kv
-        self._js = js
-        self._bucket = bucket
-
-    @classmethod
-    async def open(cls, js: JetStreamContext, names: Names) -> KvSessionRegistry:
-        """Open (creating if needed) the deployment's session bucket."""
-        return cls(await open_bucket(js, names.sessions_bucket), js, names.sessions_bucket)
-
-    async def create(self, tenant_id: str, session: session_pb2.Session) -> None:
-        try:
-            await self._kv.create(Names.session_key(tenant_id, session.session_id), session.SerializeToString())
-        except nats.js.errors.KeyWrongLastSequenceError:
-            raise AlreadyExists("a session with this id already exists", reason="SESSION_EXISTS") from None
-        except _NATS_ERRORS as exc:
-            raise _unavailable(exc) from exc
-
-    async def get(self, tenant_id: str, session_id: str) -> session_pb2.Session:
-        try:
-            entry = await self._kv.get(Names.session_key(tenant_id, session_id))
-        except nats.js.errors.KeyNotFoundError:
-            raise NotFound(_NOT_FOUND, reason="SESSION_NOT_FOUND") from None
-        except _NATS_ERRORS as exc:
-            raise _unavailable(exc) from exc
-        session: session_pb2.Session = session_pb2.Session.FromString(entry.value or b"")
-        return session
-
-    async def put(self, tenant_id: str, session: session_pb2.Session) -> None:
-        try:
-            await self._kv.put(Names.session_key(tenant_id, session.session_id), session.SerializeToString())
-        except _NATS_ERRORS as exc:
-            raise _unavailable(exc) from exc
-
-    async def delete(self, tenant_id: str, session_id: str) -> None:
-        await self.get(tenant_id, session_id)
-        try:
-            await self._kv.purge(Names.session_key(tenant_id, session_id))
-        except _NATS_ERRORS as exc:
-            raise _unavailable(exc) from exc
-
-    async def list_ids(self, tenant_id: str) -> list[str]:
-        try:
-            return await _list_keys(self._js, self._bucket, f"{tenant_id}.")
-        except _NATS_ERRORS as exc:
-            raise _unavailable(exc) from exc
-
-
-async def _list_keys(js: JetStreamContext, bucket: str, prefix: str) -> list[str]:
-    """Live keys under ``prefix`` (a whole key token), without it, sorted. Filtered by the server (nats-py's
-    ``keys()`` streams every key of the bucket and matches substrings on the client)."""
-    subject_prefix = f"$KV.{bucket}."
-    msgs = await read_subject(
-        js, f"KV_{bucket}", f"{subject_prefix}{prefix}*", last_per_subject=True, headers_only=True
-    )
-    return sorted(
-        m.subject[len(subject_prefix) + len(prefix) :]
-        for m in msgs
-        if (m.headers or {}).get("KV-Operation") not in ("DEL", "PURGE")
-    )
-
-
-class InMemorySessionRegistry:
-    """:class:`SessionRegistry` in a dict, for unit tests."""
-
-    def __init__(self) -> None:
-        self._data: dict[tuple[str, str], bytes] = {}
-
-    async def create(self, tenant_id: str, session: session_pb2.Session) -> None:
-        key = (tenant_id, session.session_id)
-        if key in self._data:
-            raise AlreadyExists("a session with this id already exists", reason="SESSION_EXISTS")
-        self._data[key] = session.SerializeToString()
-
-    async def get(self, tenant_id: str, session_id: str) -> session_pb2.Session:
-        try:
-            session: session_pb2.Session = session_pb2.Session.FromString(self._data[(tenant_id, session_id)])
-            return session
-        except KeyError:
-            raise NotFound(_NOT_FOUND, reason="SESSION_NOT_FOUND") from None
-
-    async def put(self, tenant_id: str, session: session_pb2.Session) -> None:
-        self._data[(tenant_id, session.session_id)] = session.SerializeToString()
-
-    async def delete(self, tenant_id: str, session_id: str) -> None:
-        if self._data.pop((tenant_id, session_id), None) is None:
-            raise NotFound(_NOT_FOUND, reason="SESSION_NOT_FOUND")
-
-    async def list_ids(self, tenant_id: str) -> list[str]:
-        return sorted(s for t, s in self._data if t == tenant_id)

@@ -30,9 +30,8 @@ from lancedb.table import AsyncTable
 from storage.embedding import Embedder
 from storage.errors import FailedPrecondition, InvalidArgument, Unavailable
 from storage.ids import is_valid_id, require_id
-from storage.memories import MEMORIES, memories_to_batch, memory_text, remembers
-from storage.records import SnapshotRecord, TurnRecord, turn_key
-from storage.schemas import (
+from storage.lance.memories import MEMORIES, memories_to_batch, memory_text, remembers
+from storage.lance.schemas import (
     CHUNK_KEY,
     CONVERSION_ERRORS,
     MEMORY_KEY,
@@ -48,6 +47,7 @@ from storage.schemas import (
     snapshots_to_batch,
     turns_to_batch,
 )
+from storage.records import SnapshotRecord, TurnRecord, turn_key
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class TranscriptStore:
         inserted into ``memories`` (a redelivered turn is neither embedded nor stored again).
         Raises :class:`Unavailable` (``STORE_UNWRITABLE``) if the store cannot be written, and
         :class:`InvalidArgument` (``RECORD_DOES_NOT_FIT``, nothing written) if a record does not fit its
-        table's schema (see :func:`storage.schemas.record_fits`).
+        table's schema (see :func:`storage.lance.schemas.record_fits`).
         """
         self._check_open()
         unique_turns = _first_per_key(turns, lambda r: r.key)

@@ -22,8 +22,8 @@ from typing import Final, Protocol, TypedDict
 
 import otel
 from storage.errors import InvalidArgument, SalonError
+from storage.lance.schemas import record_fits
 from storage.records import KIND_ACTIVATION, KIND_SNAPSHOT, KIND_TURN, RECORD_HEADER, SnapshotRecord, TurnRecord
-from storage.schemas import record_fits
 
 log = logging.getLogger(__name__)
 

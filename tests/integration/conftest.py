@@ -22,7 +22,8 @@ from engine.ray_runtime import ensure_ray
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2
-from storage import Names, close_connection, connect
+from storage import Names
+from storage.jetstream.client import close_connection, connect
 
 _namespaces = itertools.count()
 

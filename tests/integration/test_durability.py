@@ -18,7 +18,7 @@ from engine import Engine
 from providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
-from storage import TranscriptStore
+from storage.tables import TranscriptStore
 
 
 async def _history(stub: cs_grpc.ConversationServiceStub, session_id: str, page_size: int = 3) -> list[str]:

@@ -15,7 +15,7 @@ from providers.scripted import ECHO_SYSTEM
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2
-from storage import TranscriptStore
+from storage.tables import TranscriptStore
 
 # Fake credentials and card (test data) the scripted model will repeat back.
 FAKE_KEY = "sk-ant-api03-" + "Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0Fe" * 2

@@ -13,7 +13,6 @@ import pytest
 from conftest import EngineFactory, assert_well_formed, collect_turn, create_session
 
 from actors import SessionActor, SessionKey, SessionSettings, SessionState, Turn
-from actors.ray_host import build_embedder
 from engine.cli import main
 from providers import ScriptedProvider
 from salon.client import Document, SalonClient
@@ -22,14 +21,11 @@ from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
 from salon.v1 import turn_pb2
 from storage import Document as StoredDocument
-from storage import (
-    InMemoryJournal,
-    KnowledgeBase,
-    LanceRetriever,
-    RetrievalQuery,
-    TranscriptStore,
-    TurnRecord,
-)
+from storage import RetrievalQuery, TurnRecord, build_embedder
+from storage.inmemory import InMemoryJournal
+from storage.lance.knowledge import KnowledgeBase
+from storage.lance.retrieval import LanceRetriever
+from storage.tables import TranscriptStore
 
 pytestmark = pytest.mark.integration
 

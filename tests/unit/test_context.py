@@ -25,7 +25,8 @@ from otel import attributes as attrs
 from providers import OfflineProvider, ScriptedProvider
 from providers.offline import offline_answer
 from salon.v1 import turn_pb2
-from storage import InMemoryJournal, InMemoryRetriever, Passage, RetrievalQuery
+from storage import Passage, RetrievalQuery
+from storage.inmemory import InMemoryJournal, InMemoryRetriever
 
 KEY = SessionKey("acme", "s1")
 INCARNATION = "1"

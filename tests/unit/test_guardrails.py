@@ -20,7 +20,8 @@ from actors.session import SessionActor, SessionKey, SessionSettings, SessionSta
 from otel import attributes as attrs
 from salon.client.events import Guardrail, event_from_proto
 from salon.v1 import turn_pb2
-from storage import InMemoryJournal, InvalidArgument, TurnRecord
+from storage import InvalidArgument, TurnRecord
+from storage.inmemory import InMemoryJournal
 
 # Test data only: fake credentials and personal data in the formats the redactor must catch.
 ANTHROPIC_KEY = "sk-ant-api03-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z" * 2

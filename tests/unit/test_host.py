@@ -27,7 +27,7 @@ from actors.model import ModelChunk, ModelProvider, ModelRequest, ModelResult, T
 from providers import OfflineProvider, ScriptedProvider, scripted_reply
 from salon.v1 import session_pb2
 from storage import TurnRecord
-from storage.sessions import InMemorySessionRegistry
+from storage.inmemory import InMemorySessionRegistry
 
 TENANT = "acme"
 

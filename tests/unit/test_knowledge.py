@@ -18,9 +18,10 @@ from storage.knowledge import (
     UNSUPPORTED_MEDIA_TYPE,
     Document,
     IngestResult,
-    KnowledgeBase,
 )
-from storage.retrieval import KNOWLEDGE, search_table
+from storage.lance.knowledge import KnowledgeBase
+from storage.lance.retrieval import search_table
+from storage.retrieval import KNOWLEDGE
 
 REFUNDS = Document(
     "refunds",

@@ -1,5 +1,6 @@
-"""The ledger: the in-memory journal honours the fencing contract of the JetStream one, records survive their
-encoding, and a session's state is a pure function of its records (a snapshot is only a cache)."""
+"""The ledger's records survive their encoding, a session's state is a pure function of its records (a
+snapshot is only a cache), and the in-memory journal fails appends as an unreachable ledger does. (The
+journal contract itself, on both journals: tests/contract/test_journal.py.)"""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ import pytest
 
 from actors.session import RECENT_TURNS_KEPT, SessionState
 from storage import (
-    FailedPrecondition,
-    Fenced,
-    InMemoryJournal,
     LoadedSession,
     SnapshotRecord,
     TurnRecord,
     Unavailable,
     turn_key,
 )
+from storage.inmemory import InMemoryJournal
 from storage.records import TurnStatus
 
 TENANT, SESSION, INCARNATION = "acme", "s1", "1700000000000000000"
@@ -51,56 +50,6 @@ def snapshot_of(state: SessionState, incarnation: str = INCARNATION) -> Snapshot
     )
 
 
-async def test_a_new_session_loads_nothing_and_appends_are_read_back_by_their_sequence() -> None:
-    journal = InMemoryJournal()
-    loaded, log = await journal.open(TENANT, SESSION, INCARNATION, holder="host-a")
-    assert (loaded.snapshot, loaded.turns) == (None, [])
-    first = await log.append_turn(record(1))
-    second = await log.append_turn(record(2))
-    assert 0 < first.ledger_seq < second.ledger_seq
-    assert first == record(1).with_seq(first.ledger_seq)  # nothing but the sequence is changed
-    again = await journal.peek(TENANT, SESSION, INCARNATION)
-    assert again.snapshot is None
-    assert again.turns == [first, second]  # with their ledger sequences
-    assert await log.read_turn(second.ledger_seq) == second
-    assert await log.read_turn(first.ledger_seq) == first
-    assert await log.read_turn(0) is None
-    assert await log.read_turn(second.ledger_seq + 1) is None
-
-
-async def test_every_activation_appends_a_marker_and_fences_the_one_before() -> None:
-    journal = InMemoryJournal()
-    _, old = await journal.open(TENANT, SESSION, INCARNATION, holder="host-a")
-    kept = await old.append_turn(record(1))
-    loaded, new = await journal.open(TENANT, SESSION, INCARNATION, holder="host-b")
-    assert loaded.turns == [kept]
-    with pytest.raises(Fenced) as info:
-        await old.append_turn(record(2))
-    assert isinstance(info.value, FailedPrecondition)
-    assert info.value.reason == "SESSION_FENCED"
-    assert (await journal.peek(TENANT, SESSION, INCARNATION)).turns == [kept]  # the refused one is not there
-    # The marker sits between the two activations' records.
-    taken = await new.append_turn(record(2))
-    assert taken.ledger_seq > kept.ledger_seq + 1
-    assert await new.read_turn(kept.ledger_seq + 1) is None  # a marker is not a turn
-    with pytest.raises(Fenced):
-        await old.append_turn(record(3))  # still stale after the new owner wrote
-    _, third = await journal.open(TENANT, SESSION, INCARNATION, holder="host-c")
-    with pytest.raises(Fenced):
-        await new.append_turn(record(3))
-    await third.append_turn(record(3))
-    assert [r.turn_id for r in (await journal.peek(TENANT, SESSION, INCARNATION)).turns] == ["t1", "t2", "t3"]
-
-
-async def test_peek_does_not_take_the_session_over() -> None:
-    journal = InMemoryJournal()
-    _, log = await journal.open(TENANT, SESSION, INCARNATION, holder="host-a")
-    await log.append_turn(record(1))
-    await journal.peek(TENANT, SESSION, INCARNATION)
-    await log.append_turn(record(2))  # not fenced
-    assert len((await journal.peek(TENANT, SESSION, INCARNATION)).turns) == 2
-
-
 async def test_an_unreachable_ledger_refuses_appends_without_writing_or_fencing() -> None:
     journal = InMemoryJournal()
     _, log = await journal.open(TENANT, SESSION, INCARNATION, holder="host-a")
@@ -112,64 +61,6 @@ async def test_an_unreachable_ledger_refuses_appends_without_writing_or_fencing(
     journal.fail_appends = False
     stored = await log.append_turn(record(1))  # the same activation carries on
     assert (await journal.peek(TENANT, SESSION, INCARNATION)).turns == [stored]
-
-
-async def test_loading_starts_after_the_latest_snapshot_of_the_incarnation() -> None:
-    journal = InMemoryJournal()
-    _, log = await journal.open(TENANT, SESSION, INCARNATION, holder="host-a")
-    state = SessionState(incarnation=INCARNATION)
-    stored = []
-    for i in range(1, 5):
-        stored.append(await log.append_turn(record(i)))
-        state.apply(stored[-1], 40)
-        if i == 1:
-            after_one = snapshot_of(state)
-        if i == 2:
-            after_two = snapshot_of(state)
-    await log.save_snapshot(after_two)
-    await log.save_snapshot(after_one)  # saved later, but older
-    await log.save_snapshot(SnapshotRecord(TENANT, SESSION, "another-incarnation", 9, stored[-1].ledger_seq))
-    loaded = await journal.peek(TENANT, SESSION, INCARNATION)
-    assert loaded.snapshot == after_two
-    assert loaded.turns == stored[2:]
-    assert SessionState.restore(loaded, INCARNATION, 40) == state
-
-
-async def test_other_incarnations_and_sessions_are_not_loaded() -> None:
-    journal = InMemoryJournal()
-    _, log = await journal.open(TENANT, SESSION, "old", holder="host-a")
-    await log.append_turn(record(1, "old", turn_id="old-t1"))
-    loaded, log = await journal.open(TENANT, SESSION, "new", holder="host-a")
-    assert loaded.turns == []  # the deleted session's records are not the new one's memory
-    mine = await log.append_turn(record(1, "new"))
-    _, other = await journal.open(TENANT, "s2", "new", holder="host-a")
-    await other.append_turn(record(1, "new", session_id="s2"))
-    assert (await journal.peek(TENANT, SESSION, "new")).turns == [mine]
-    assert [r.turn_id for r in (await journal.peek(TENANT, SESSION, "old")).turns] == ["old-t1"]
-    assert [r.session_id for r in (await journal.peek(TENANT, "s2", "new")).turns] == ["s2"]
-
-
-async def test_turns_after_a_sequence() -> None:
-    journal = InMemoryJournal()
-    _, log = await journal.open(TENANT, SESSION, INCARNATION, holder="host-a")
-    stored = [await log.append_turn(record(i)) for i in range(1, 4)]
-    assert await journal.turns_after(TENANT, SESSION, INCARNATION, 0) == stored
-    assert await journal.turns_after(TENANT, SESSION, INCARNATION, stored[0].ledger_seq) == stored[1:]
-    assert await journal.turns_after(TENANT, SESSION, INCARNATION, stored[-1].ledger_seq) == []
-    assert await journal.turns_after(TENANT, SESSION, "other", 0) == []
-
-
-async def test_purge_drops_the_session_only() -> None:
-    journal = InMemoryJournal()
-    _, log = await journal.open(TENANT, SESSION, INCARNATION, holder="host-a")
-    await log.append_turn(record(1))
-    await log.save_snapshot(SnapshotRecord(TENANT, SESSION, INCARNATION, 1, 2))
-    _, other = await journal.open(TENANT, "s2", INCARNATION, holder="host-a")
-    kept = await other.append_turn(record(1, session_id="s2"))
-    await journal.purge(TENANT, SESSION)
-    assert await journal.peek(TENANT, SESSION, INCARNATION) == LoadedSession(None, [])
-    assert (await journal.peek(TENANT, "s2", INCARNATION)).turns == [kept]
-    await journal.purge(TENANT, SESSION)  # no error when absent
 
 
 def test_turn_record_encoding() -> None:

@@ -105,7 +105,7 @@ async def test_a_refused_turn_counts_nothing() -> None:
 
 
 async def test_token_totals_are_shared_by_limiters_on_one_store() -> None:
-    from storage import InMemoryTokenCounters
+    from storage.inmemory import InMemoryTokenCounters
 
     clock = Clock()
     shared = InMemoryTokenCounters()

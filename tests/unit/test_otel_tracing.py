@@ -16,7 +16,7 @@ import otel
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
 from otel import attributes as attrs
 from providers import ScriptedProvider
-from storage import InMemoryJournal
+from storage.inmemory import InMemoryJournal
 
 KEY = SessionKey("acme", "s1")
 CANARY = "canary-7f3a9c-do-not-export"

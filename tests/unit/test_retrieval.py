@@ -1,6 +1,6 @@
-"""Retrieval: one contract for the LanceDB retriever and the in-memory one (tenant and session isolation,
-excluded turns, top_k, min_score, sources), long-term memory written by the transcript store, and a fact
-from far back found by the real model."""
+"""Retrieval from LanceDB: filters and fusion, long-term memory written by the transcript store, and a fact
+from far back found by the real model. (The retriever contract, on LanceDB and in memory:
+tests/contract/test_retriever.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import lancedb
 import pyarrow as pa
@@ -16,21 +15,19 @@ import pytest
 
 from storage.embedding import HashEmbedder, default_embedder
 from storage.errors import InvalidArgument
-from storage.knowledge import Document, KnowledgeBase
-from storage.memories import MEMORIES, memory_text
+from storage.knowledge import Document
+from storage.lance.knowledge import KnowledgeBase
+from storage.lance.memories import MEMORIES
+from storage.lance.retrieval import LanceRetriever, memory_filter
+from storage.lance.schemas import TRANSCRIPTS_SCHEMA
 from storage.records import TurnRecord
 from storage.retrieval import (
-    KNOWLEDGE,
     MEMORY,
     Candidate,
-    InMemoryRetriever,
-    LanceRetriever,
     Passage,
     RetrievalQuery,
     fuse,
-    memory_filter,
 )
-from storage.schemas import TRANSCRIPTS_SCHEMA
 from storage.tables import TRANSCRIPTS, MemoryIndexer, TranscriptStore
 
 DIM = 64
@@ -52,24 +49,6 @@ def turn(
     return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
 
 
-# What every retriever holds for the contract tests: (tenant, session, turn index, user text).
-MEMORY_ROWS = [
-    ("acme", "s1", 1, "my dog is called biscuit"),
-    ("acme", "s1", 2, "i work as a nurse in lisbon"),
-    ("acme", "s1", 3, "the dog biscuit loves the beach"),
-    ("acme", "s2", 1, "my dog is called rex"),
-    ("globex", "s1", 1, "my dog is called shadow"),
-]
-KNOWLEDGE_ROWS = [
-    ("acme", "dogs", "dog licences cost ten euros a year"),
-    ("globex", "dogs", "globex dog policy secret"),
-]
-
-
-class Retrievers(Protocol):
-    async def __call__(self, tmp_path: Path) -> tuple[object, object]: ...
-
-
 class CountingEmbedder(HashEmbedder):
     def __init__(self) -> None:
         super().__init__(dim=DIM)
@@ -80,113 +59,8 @@ class CountingEmbedder(HashEmbedder):
         return await super().embed(texts)
 
 
-async def lance_retriever(tmp_path: Path) -> AsyncIterator[LanceRetriever]:
-    uri = str(tmp_path / "lance")
-    embedder = HashEmbedder(dim=DIM)
-    store = await TranscriptStore.open(uri, embedder=embedder)
-    kb = await KnowledgeBase.open(uri, embedder)
-    try:
-        turns = [turn(i, text, tenant=t, session=s) for t, s, i, text in MEMORY_ROWS]
-        await store.write(turns, [])
-        for tenant, doc_id, text in KNOWLEDGE_ROWS:
-            async for result in kb.ingest(tenant, _one(Document(doc_id, text))):
-                assert result.ok
-    finally:
-        await store.close()
-        await kb.close()
-    retriever = await LanceRetriever.open(uri, embedder)
-    yield retriever
-    await retriever.close()
-
-
-async def memory_retriever(tmp_path: Path) -> AsyncIterator[InMemoryRetriever]:
-    retriever = InMemoryRetriever(HashEmbedder(dim=DIM))
-    for tenant, session, index, text in MEMORY_ROWS:
-        t = turn(index, text, tenant=tenant, session=session)
-        retriever.add(Passage(MEMORY, session, t.turn_id, memory_text(t), 0.0, 0, turn_index=index), tenant, session)
-    for tenant, doc_id, text in KNOWLEDGE_ROWS:
-        retriever.add(Passage(KNOWLEDGE, doc_id, f"{doc_id}#0", text, 0.0, 0), tenant)
-    yield retriever
-
-
 async def _one(document: Document) -> AsyncIterator[Document]:
     yield document
-
-
-@pytest.fixture(params=["lance", "in-memory"])
-async def retriever(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[LanceRetriever | InMemoryRetriever]:
-    make = lance_retriever if request.param == "lance" else memory_retriever
-    async for r in make(tmp_path):
-        yield r
-
-
-def keys(passages: list[Passage]) -> set[tuple[str, str, str]]:
-    return {(p.source, p.document_id, p.chunk_id) for p in passages}
-
-
-async def test_memories_come_from_the_session_and_knowledge_from_the_tenant(
-    retriever: LanceRetriever | InMemoryRetriever,
-) -> None:
-    found = await retriever.retrieve(RetrievalQuery("acme", "s1", "what is my dog called", top_k=10))
-    assert keys(found) == {
-        (MEMORY, "s1", "t1"),
-        (MEMORY, "s1", "t2"),
-        (MEMORY, "s1", "t3"),
-        (KNOWLEDGE, "dogs", "dogs#0"),
-    }
-    assert found[0].chunk_id == "t1"
-    assert found[0].text == "User: my dog is called biscuit\nAssistant: noted"
-    assert found[0].turn_index == 1
-    assert [p.score for p in found] == sorted((p.score for p in found), reverse=True)
-    assert all(0.0 <= p.score <= 1.0 for p in found)
-    assert "globex" not in " ".join(p.text for p in found)
-    other = await retriever.retrieve(RetrievalQuery("globex", "s1", "what is my dog called", top_k=10))
-    assert {p.text.split()[-1] for p in other if p.source == KNOWLEDGE} == {"secret"}
-    assert all("shadow" in p.text for p in other if p.source == MEMORY)
-
-
-async def test_turns_in_the_window_are_never_returned(retriever: LanceRetriever | InMemoryRetriever) -> None:
-    query = RetrievalQuery("acme", "s1", "my dog biscuit", top_k=10, exclude_turn_ids=frozenset({"t1", "t3"}))
-    found = await retriever.retrieve(query)
-    assert {p.chunk_id for p in found if p.source == MEMORY} == {"t2"}
-
-
-async def test_top_k_min_score_and_sources(retriever: LanceRetriever | InMemoryRetriever) -> None:
-    base = RetrievalQuery("acme", "s1", "my dog is called biscuit", top_k=10)
-    assert len(await retriever.retrieve(dataclasses.replace(base, top_k=2))) == 2
-    assert await retriever.retrieve(dataclasses.replace(base, top_k=0)) == []
-    everything = await retriever.retrieve(base)
-    threshold = everything[1].score
-    above = await retriever.retrieve(dataclasses.replace(base, min_score=threshold))
-    assert above == [p for p in everything if p.score >= threshold]
-    assert len(above) < len(everything)
-    only_memory = await retriever.retrieve(dataclasses.replace(base, include_knowledge=False))
-    assert {p.source for p in only_memory} == {MEMORY}
-    only_knowledge = await retriever.retrieve(dataclasses.replace(base, include_memory=False))
-    assert {p.source for p in only_knowledge} == {KNOWLEDGE}
-    assert await retriever.retrieve(dataclasses.replace(base, include_memory=False, include_knowledge=False)) == []
-
-
-@pytest.mark.parametrize(
-    "query",
-    [
-        RetrievalQuery("acme' OR '1'='1", "s1", "dog"),
-        RetrievalQuery("acme", "s1' OR session_id != '", "dog"),
-        RetrievalQuery("acme", "s1", "dog", exclude_turn_ids=frozenset({"t1') OR ('a'='a"})),
-        RetrievalQuery("", "s1", "dog"),
-    ],
-)
-async def test_bad_ids_are_refused(retriever: LanceRetriever | InMemoryRetriever, query: RetrievalQuery) -> None:
-    with pytest.raises(InvalidArgument):
-        await retriever.retrieve(query)
-
-
-async def test_query_text_is_never_query_syntax(retriever: LanceRetriever | InMemoryRetriever) -> None:
-    for text in ['"dog" AND (biscuit:', "title:dog OR *", "'; DROP TABLE memories; --", "", "   "]:
-        found = await retriever.retrieve(RetrievalQuery("acme", "s1", text, top_k=10))
-        assert all(p.source == KNOWLEDGE or p.document_id == "s1" for p in found)
 
 
 def test_memory_filter_is_built_from_validated_ids_only() -> None:

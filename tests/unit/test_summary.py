@@ -18,7 +18,7 @@ from actors.summary import (
     summarizer_for,
 )
 from providers import OfflineProvider, ScriptedProvider
-from storage import InMemoryJournal
+from storage.inmemory import InMemoryJournal
 
 KEY = SessionKey("acme", "s1")
 INCARNATION = "1"

@@ -13,8 +13,7 @@ import pyarrow as pa
 import pytest
 
 from storage.errors import FailedPrecondition, InvalidArgument, Unavailable
-from storage.records import SnapshotRecord, TurnRecord
-from storage.schemas import (
+from storage.lance.schemas import (
     CONVERSION_ERRORS,
     SNAPSHOT_KEY,
     SNAPSHOTS_SCHEMA,
@@ -26,6 +25,7 @@ from storage.schemas import (
     snapshots_to_batch,
     turns_to_batch,
 )
+from storage.records import SnapshotRecord, TurnRecord
 from storage.tables import SNAPSHOTS, TRANSCRIPTS, TranscriptStore
 
 INCARNATION = "1700000000000000000"

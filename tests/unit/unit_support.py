@@ -13,8 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2, turn_pb2
-from storage import InMemoryJournal, LoadedSession, SessionLog, SnapshotRecord, TurnRecord, Unavailable
-from storage.bus import TurnEnvelope
+from storage import LoadedSession, SessionLog, SnapshotRecord, TurnEnvelope, TurnRecord, Unavailable
+from storage.inmemory import InMemoryJournal
 
 DEFAULT_TIMEOUT_S = 5.0
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlparse, urlsplit, urlunsplit
+from urllib.parse import urlparse
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -14,16 +14,6 @@ from nats.aio.client import Client as NatsClient
 from storage.errors import Unavailable
 
 log = logging.getLogger(__name__)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password (or token) in it replaced, for logs and messages."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0] if ":" in userinfo else ""
-    return urlunsplit(parts._replace(netloc=f"{user + ':' if user else ''}***@{host}"))
 
 
 async def wait_for_port(url: str, timeout_s: float) -> None:

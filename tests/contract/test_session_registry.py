@@ -1,40 +1,54 @@
-"""The in-memory session registry honours the storage contract; incarnations tell re-created sessions apart.
+"""The session registry contract (:class:`storage.sessions.SessionRegistry`), on the in-memory registry and on
+a JetStream key-value bucket; incarnations tell re-created sessions apart.
 
-(Session state lives in the ledger: see test_ledger.py.)
+(Session state lives in the ledger: see test_journal.py.)
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from nats.aio.client import Client as NatsClient
 
 from salon.v1 import session_pb2
+from storage import Names, SessionRegistry
 from storage.errors import AlreadyExists, NotFound
-from storage.sessions import InMemorySessionRegistry, incarnation_of
+from storage.inmemory import InMemorySessionRegistry
+from storage.jetstream.sessions import KvSessionRegistry
+from storage.sessions import incarnation_of
+
+
+@pytest.fixture
+async def registry(nats: NatsClient | None, names: Names) -> AsyncIterator[SessionRegistry]:
+    if nats is None:
+        yield InMemorySessionRegistry()
+        return
+    js = nats.jetstream()
+    yield await KvSessionRegistry.open(js, names)
+    await js.delete_key_value(names.sessions_bucket)
 
 
 def _session(session_id: str, prompt: str = "") -> session_pb2.Session:
     return session_pb2.Session(session_id=session_id, system_prompt=prompt)
 
 
-async def test_create_then_get_returns_the_definition() -> None:
-    registry = InMemorySessionRegistry()
+async def test_create_then_get_returns_the_definition(registry: SessionRegistry) -> None:
     await registry.create("acme", _session("s1", "be brief"))
     got = await registry.get("acme", "s1")
     assert got.session_id == "s1"
     assert got.system_prompt == "be brief"
 
 
-async def test_get_returns_a_copy() -> None:
-    registry = InMemorySessionRegistry()
+async def test_get_returns_a_copy(registry: SessionRegistry) -> None:
     await registry.create("acme", _session("s1", "original"))
     got = await registry.get("acme", "s1")
     got.system_prompt = "changed by caller"
     assert (await registry.get("acme", "s1")).system_prompt == "original"
 
 
-async def test_duplicate_create_raises_already_exists_and_keeps_the_first() -> None:
-    registry = InMemorySessionRegistry()
+async def test_duplicate_create_raises_already_exists_and_keeps_the_first(registry: SessionRegistry) -> None:
     await registry.create("acme", _session("s1", "first"))
     with pytest.raises(AlreadyExists) as info:
         await registry.create("acme", _session("s1", "second"))
@@ -42,8 +56,7 @@ async def test_duplicate_create_raises_already_exists_and_keeps_the_first() -> N
     assert (await registry.get("acme", "s1")).system_prompt == "first"
 
 
-async def test_missing_session_raises_not_found() -> None:
-    registry = InMemorySessionRegistry()
+async def test_missing_session_raises_not_found(registry: SessionRegistry) -> None:
     with pytest.raises(NotFound) as info:
         await registry.get("acme", "nope")
     assert info.value.reason == "SESSION_NOT_FOUND"
@@ -51,15 +64,13 @@ async def test_missing_session_raises_not_found() -> None:
         await registry.delete("acme", "nope")
 
 
-async def test_put_overwrites() -> None:
-    registry = InMemorySessionRegistry()
+async def test_put_overwrites(registry: SessionRegistry) -> None:
     await registry.create("acme", _session("s1", "old"))
     await registry.put("acme", _session("s1", "new"))
     assert (await registry.get("acme", "s1")).system_prompt == "new"
 
 
-async def test_delete_then_get_and_recreate() -> None:
-    registry = InMemorySessionRegistry()
+async def test_delete_then_get_and_recreate(registry: SessionRegistry) -> None:
     await registry.create("acme", _session("s1"))
     await registry.delete("acme", "s1")
     with pytest.raises(NotFound):
@@ -68,8 +79,7 @@ async def test_delete_then_get_and_recreate() -> None:
     assert (await registry.get("acme", "s1")).system_prompt == "again"
 
 
-async def test_list_ids_is_sorted_and_per_tenant() -> None:
-    registry = InMemorySessionRegistry()
+async def test_list_ids_is_sorted_and_per_tenant(registry: SessionRegistry) -> None:
     for sid in ["b", "c", "a"]:
         await registry.create("acme", _session(sid))
     await registry.create("other", _session("z"))
@@ -78,8 +88,7 @@ async def test_list_ids_is_sorted_and_per_tenant() -> None:
     assert await registry.list_ids("nobody") == []
 
 
-async def test_tenants_are_isolated() -> None:
-    registry = InMemorySessionRegistry()
+async def test_tenants_are_isolated(registry: SessionRegistry) -> None:
     await registry.create("tenant-a", _session("shared-id", "a's prompt"))
     with pytest.raises(NotFound):
         await registry.get("tenant-b", "shared-id")
@@ -92,8 +101,7 @@ async def test_tenants_are_isolated() -> None:
     assert (await registry.get("tenant-b", "shared-id")).system_prompt == "b's prompt"
 
 
-async def test_a_recreated_session_is_a_new_incarnation() -> None:
-    registry = InMemorySessionRegistry()
+async def test_a_recreated_session_is_a_new_incarnation(registry: SessionRegistry) -> None:
     await registry.create("acme", session_pb2.Session(session_id="s1", create_time=Timestamp(seconds=100)))
     first = incarnation_of(await registry.get("acme", "s1"))
     assert first == incarnation_of(await registry.get("acme", "s1"))  # stable across reads

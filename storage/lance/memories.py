@@ -2,7 +2,7 @@
 
 The rows are written by the persistence path (:meth:`storage.tables.TranscriptStore.write`, called by the
 batch writer), one embedding batch per flush, never on the way to a turn's first token; they are read by
-:class:`storage.retrieval.LanceRetriever`, always prefiltered to one tenant and one session.
+:class:`storage.lance.retrieval.LanceRetriever`, always prefiltered to one tenant and one session.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Final
 
 import pyarrow as pa
 
+from storage.lance.schemas import MEMORY_KEY, memories_schema, rows_to_batch
 from storage.records import TurnRecord
-from storage.schemas import MEMORY_KEY, memories_schema, rows_to_batch
 
 MEMORIES: Final = "memories"
 REMEMBERED_STATUSES: Final = frozenset({"completed"})

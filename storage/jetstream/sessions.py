@@ -1,0 +1,95 @@
+"""Session definitions in a JetStream key-value bucket keyed ``<tenant>.<session>``, replicated with the NATS
+cluster, shared by every gateway and host, with compare-and-set for creation."""
+
+from __future__ import annotations
+
+import nats.errors
+import nats.js.errors
+from nats.js import api
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from salon.v1 import session_pb2
+from storage.errors import AlreadyExists, NotFound, Unavailable
+from storage.jetstream.read import read_subject
+from storage.sessions import NOT_FOUND_MESSAGE
+from storage.subjects import Names
+
+_NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
+
+
+async def open_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
+    """The bucket, created (file storage, one revision per key) if it does not exist."""
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_key_value(api.KeyValueConfig(bucket=bucket, history=1, storage=api.StorageType.FILE))
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    return Unavailable("session storage is not reachable", reason="STORAGE_UNAVAILABLE", retry_after_s=1.0)
+
+
+class KvSessionRegistry:
+    """:class:`~storage.sessions.SessionRegistry` on a JetStream key-value bucket."""
+
+    def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str) -> None:
+        self._kv = kv
+        self._js = js
+        self._bucket = bucket
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, names: Names) -> KvSessionRegistry:
+        """Open (creating if needed) the deployment's session bucket."""
+        return cls(await open_bucket(js, names.sessions_bucket), js, names.sessions_bucket)
+
+    async def create(self, tenant_id: str, session: session_pb2.Session) -> None:
+        try:
+            await self._kv.create(Names.session_key(tenant_id, session.session_id), session.SerializeToString())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise AlreadyExists("a session with this id already exists", reason="SESSION_EXISTS") from None
+        except _NATS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+    async def get(self, tenant_id: str, session_id: str) -> session_pb2.Session:
+        try:
+            entry = await self._kv.get(Names.session_key(tenant_id, session_id))
+        except nats.js.errors.KeyNotFoundError:
+            raise NotFound(NOT_FOUND_MESSAGE, reason="SESSION_NOT_FOUND") from None
+        except _NATS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        session: session_pb2.Session = session_pb2.Session.FromString(entry.value or b"")
+        return session
+
+    async def put(self, tenant_id: str, session: session_pb2.Session) -> None:
+        try:
+            await self._kv.put(Names.session_key(tenant_id, session.session_id), session.SerializeToString())
+        except _NATS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+    async def delete(self, tenant_id: str, session_id: str) -> None:
+        await self.get(tenant_id, session_id)
+        try:
+            await self._kv.purge(Names.session_key(tenant_id, session_id))
+        except _NATS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+    async def list_ids(self, tenant_id: str) -> list[str]:
+        try:
+            return await _list_keys(self._js, self._bucket, f"{tenant_id}.")
+        except _NATS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+
+async def _list_keys(js: JetStreamContext, bucket: str, prefix: str) -> list[str]:
+    """Live keys under ``prefix`` (a whole key token), without it, sorted. Filtered by the server (nats-py's
+    ``keys()`` streams every key of the bucket and matches substrings on the client)."""
+    subject_prefix = f"$KV.{bucket}."
+    msgs = await read_subject(
+        js, f"KV_{bucket}", f"{subject_prefix}{prefix}*", last_per_subject=True, headers_only=True
+    )
+    return sorted(
+        m.subject[len(subject_prefix) + len(prefix) :]
+        for m in msgs
+        if (m.headers or {}).get("KV-Operation") not in ("DEL", "PURGE")
+    )
