@@ -20,6 +20,7 @@ from actors.control import ControlError, ControlReply, ControlRequest, parse_req
 from actors.emitter import EventSink, TurnEmitter
 from actors.events import TurnEvent
 from actors.guardrails import GuardrailSettings
+from actors.host_turn import BusMessage, HostTurn, TurnKey, redelivered
 from actors.model import ModelChunk, ModelProvider, ModelRequest
 from actors.running import CANCELLED
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
@@ -31,29 +32,6 @@ from storage import Journal, Retriever, SessionRegistry, TurnEnvelope, incarnati
 from storage.errors import NotFound, SalonError
 
 log = logging.getLogger(__name__)
-
-
-class BusMessage(Protocol):
-    """What the host needs of a bus message (a JetStream ``Msg``)."""
-
-    data: bytes
-    headers: dict[str, str] | None
-
-    async def ack(self) -> None:
-        """Mark the message done."""
-        ...
-
-    async def in_progress(self) -> None:
-        """Reset the redelivery timer."""
-        ...
-
-    async def term(self) -> None:
-        """Never redeliver."""
-        ...
-
-    async def nak(self, delay: float | None = None) -> None:
-        """Redeliver (after ``delay``)."""
-        ...
 
 
 class Puller(Protocol):
@@ -168,7 +146,7 @@ class SessionHost:
         self._settings = settings
         self._clock = clock
         self._sessions: dict[SessionKey, SessionActor] = {}
-        self._inflight: dict[TurnKey, _HostTurn] = {}
+        self._inflight: dict[TurnKey, HostTurn] = {}
         """Turns in flight, per (tenant, session, turn), with their bus messages."""
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -287,7 +265,7 @@ class SessionHost:
 
     async def _take(
         self, msg: BusMessage, envelope: TurnEnvelope, key: SessionKey, span: ConsumerSpan
-    ) -> tuple[SessionActor, _HostTurn] | None:
+    ) -> tuple[SessionActor, HostTurn] | None:
         """The turn's session and the turn in flight for ``msg``, or None when the message is settled here:
         its session does not exist, it is a copy of a turn running here, or the host refuses it."""
         try:
@@ -308,7 +286,7 @@ class SessionHost:
             await self._refuse(msg, envelope, "TOO_MANY_TURNS", refusal, retryable=True, retry_after_s=1.0)
             return None
         turn = _turn_of(envelope, span, await self._prior_events(msg, envelope))
-        inflight = _HostTurn(
+        inflight = HostTurn(
             turn,
             turn_key,
             publish=self._publisher(envelope.tenant_id),
@@ -337,7 +315,7 @@ class SessionHost:
     async def _prior_events(self, msg: BusMessage, envelope: TurnEnvelope) -> list[TurnEvent]:
         """What an earlier attempt at a redelivered turn sent (it may have streamed part of the answer before
         its host died). When that cannot be read, the message goes back to the bus for a later try."""
-        if not _redelivered(msg):
+        if not redelivered(msg):
             return []
         try:
             sent = await self._events.sent(envelope.tenant_id, envelope.request.session_id, envelope.turn_id)
@@ -454,55 +432,6 @@ class SessionHost:
                         await msg.in_progress()
 
 
-TurnKey = tuple[str, str, str]
-"""A turn in flight: (tenant, session, turn)."""
-
-
-class _HostTurn:
-    """A turn in flight on this host, as its session sees it (:class:`~actors.turn.InFlight`): events are
-    published on the turn's subject; done acknowledges, release hands back, every bus copy of the turn."""
-
-    def __init__(
-        self,
-        turn: Turn,
-        key: TurnKey,
-        *,
-        publish: EventSink,
-        span: ConsumerSpan,
-        copies: list[BusMessage],
-        registry: dict[TurnKey, _HostTurn],
-    ) -> None:
-        self.turn = turn
-        self.key = key
-        self._publish = publish
-        self._span = span
-        self.copies = copies
-        """The bus messages of this turn: redelivered copies join the first."""
-        self._registry = registry
-        """The host's turns in flight; this one leaves it once settled."""
-
-    async def emit(self, event: TurnEvent) -> None:
-        """Publish one of the turn's events."""
-        await self._publish(event)
-
-    async def done(self) -> None:
-        """The turn ended and is recorded: acknowledge every copy."""
-        for copy in self._settle():
-            await copy.ack()
-
-    async def release(self) -> None:
-        """Another host runs the session now: hand every copy back for prompt redelivery."""
-        for copy in self._settle():
-            await copy.nak()
-
-    def _settle(self) -> list[BusMessage]:
-        self._span.end()
-        if self._registry.get(self.key) is not self:
-            return []
-        del self._registry[self.key]
-        return self.copies
-
-
 async def _envelope_of(msg: BusMessage) -> TurnEnvelope | None:
     """The turn a message carries; None (and the message dropped for good) when it is malformed."""
     try:
@@ -540,11 +469,6 @@ def _turn_of(envelope: TurnEnvelope, span: ConsumerSpan, prior: list[TurnEvent])
         deadline_ns=envelope.deadline_ns,
         guardrails=GuardrailSettings.from_header(envelope.guardrails),
     )
-
-
-def _redelivered(msg: BusMessage) -> bool:
-    metadata = getattr(msg, "metadata", None)
-    return bool(metadata is not None and (metadata.num_delivered or 0) > 1)
 
 
 class _CountingProvider:
