@@ -1,12 +1,23 @@
 """Session actors and the hosts that run them.
 
-``SessionActor`` is plain asyncio (no Ray, NATS or gRPC): its prompt is the sliding window (``memory``), the
-rolling summary (``summary``) and retrieved passages (``context``). ``SessionHost`` runs many of them for a
-set of shards; ``HostActor`` (in :mod:`actors.ray_host`, imported on demand) is the only Ray code.
+``SessionActor`` is plain asyncio (no Ray, NATS, gRPC or API types): its prompt is the sliding window
+(``memory``), the rolling summary (``summary``) and retrieved passages (``context``); its turns' events are
+records of its own (``events``). ``SessionHost`` runs many of them for a set of shards and converts their
+events to the API's at its edge (``wire``); ``HostActor`` (in :mod:`actors.ray_host`, imported on demand) is the
+only Ray code.
+
+The host and the API conversions are loaded on first use, so importing session logic loads no protobuf types.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from actors.context import PassageEntry, TurnContext, WindowEntry, explain, render_system
-from actors.events import EventSink, TurnEmitter, decision_to_proto, is_terminal, record_events
+from actors.control import CancelTurn, ControlError, ControlReply
+from actors.emitter import EventSink, TurnEmitter
+from actors.events import TurnEvent
 from actors.guardrails import (
     Guardrails,
     GuardrailSettings,
@@ -15,7 +26,6 @@ from actors.guardrails import (
     forbidden_character,
     injection_score,
 )
-from actors.host import HostSettings, SessionHost, session_settings
 from actors.memory import estimate_tokens, fit_window, turn_groups
 from actors.model import (
     Message,
@@ -39,15 +49,47 @@ from actors.summary import (
     extractive_summary,
     summarizer_for,
 )
+from actors.turn import InFlight, LocalInFlight
 from storage import GuardrailDecision
 
+if TYPE_CHECKING:
+    from actors.host import HostSettings, SessionHost, session_settings
+    from actors.wire import decision_to_proto, event_from_proto, event_to_proto, is_terminal, record_events
+
+_EDGE = {
+    "HostSettings": "actors.host",
+    "SessionHost": "actors.host",
+    "session_settings": "actors.host",
+    "decision_to_proto": "actors.wire",
+    "event_from_proto": "actors.wire",
+    "event_to_proto": "actors.wire",
+    "is_terminal": "actors.wire",
+    "record_events": "actors.wire",
+}
+"""Names whose modules import the API's protobuf types: loaded when first asked for."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _EDGE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'actors' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
+    "CancelTurn",
+    "ControlError",
+    "ControlReply",
     "EventSink",
     "ExtractiveSummarizer",
     "GuardrailDecision",
     "GuardrailSettings",
     "Guardrails",
     "HostSettings",
+    "InFlight",
+    "LocalInFlight",
     "Message",
     "ModelChunk",
     "ModelError",
@@ -72,9 +114,12 @@ __all__ = [
     "Turn",
     "TurnContext",
     "TurnEmitter",
+    "TurnEvent",
     "WindowEntry",
     "decision_to_proto",
     "estimate_tokens",
+    "event_from_proto",
+    "event_to_proto",
     "explain",
     "extractive_summary",
     "fit_window",

@@ -16,40 +16,22 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from actors.events import TurnEmitter
+from actors.control import ControlError, ControlReply, ControlRequest, parse_request
+from actors.emitter import EventSink, TurnEmitter
+from actors.events import TurnEvent
 from actors.guardrails import GuardrailSettings
+from actors.host_turn import BusMessage, HostTurn, TurnKey, redelivered
 from actors.model import ModelChunk, ModelProvider, ModelRequest
+from actors.running import CANCELLED
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
 from actors.summary import summarizer_for
-from otel import attributes, consumer_span
+from actors.wire import event_from_proto, event_to_proto
+from otel import ConsumerSpan, attributes, consumer_span
 from salon.v1 import session_pb2, turn_pb2
 from storage import Journal, Retriever, SessionRegistry, TurnEnvelope, incarnation_of
 from storage.errors import NotFound, SalonError
 
 log = logging.getLogger(__name__)
-
-
-class BusMessage(Protocol):
-    """What the host needs of a bus message (a JetStream ``Msg``)."""
-
-    data: bytes
-    headers: dict[str, str] | None
-
-    async def ack(self) -> None:
-        """Mark the message done."""
-        ...
-
-    async def in_progress(self) -> None:
-        """Reset the redelivery timer."""
-        ...
-
-    async def term(self) -> None:
-        """Never redeliver."""
-        ...
-
-    async def nak(self, delay: float | None = None) -> None:
-        """Redeliver (after ``delay``)."""
-        ...
 
 
 class Puller(Protocol):
@@ -164,8 +146,8 @@ class SessionHost:
         self._settings = settings
         self._clock = clock
         self._sessions: dict[SessionKey, SessionActor] = {}
-        self._inflight: dict[tuple[str, str, str], list[BusMessage]] = {}
-        """Bus messages of turns in flight, per (tenant, session, turn): redelivered copies join the list."""
+        self._inflight: dict[TurnKey, HostTurn] = {}
+        """Turns in flight, per (tenant, session, turn), with their bus messages."""
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._closed = False
@@ -255,95 +237,100 @@ class SessionHost:
                     log.exception("dispatching a turn failed; it will be redelivered")
 
     async def _dispatch(self, msg: BusMessage) -> None:
-        try:
-            envelope = TurnEnvelope.from_msg(msg)
-        except SalonError:
-            log.error("dropping a malformed turn message")
-            await msg.term()
+        """Hand one turn message to its session: activate the session, settle copies and refusals, read what
+        an earlier attempt sent, submit."""
+        envelope = await _envelope_of(msg)
+        if envelope is None:
             return
-        tenant = envelope.tenant_id
-        key = SessionKey(tenant, envelope.request.session_id)
-        span = consumer_span("salon.host.turn", envelope.trace_headers, envelope.enqueued_at_ns)
-        trace_id = span.trace_id_hex
-        if span.span.is_recording():
-            span.span.set_attributes(
-                {
-                    attributes.TURN_ID: envelope.turn_id,
-                    attributes.SESSION_ID: key.session_id,
-                    attributes.TENANT_ID: tenant,
-                }
-            )
+        key = SessionKey(envelope.tenant_id, envelope.request.session_id)
+        span = _turn_span(envelope, key)
+        try:
+            taken = await self._take(msg, envelope, key, span)
+        except BaseException:
+            span.end()
+            raise
+        if taken is None:
+            span.end()
+            return
+        session, inflight = taken
+        # Tracked before submit: a fast turn can finish (and be done) before submit returns.
+        self._inflight[inflight.key] = inflight
+        try:
+            await session.submit(inflight)
+        except BaseException:
+            self._inflight.pop(inflight.key, None)
+            span.end()
+            raise
+        self.turns_started += 1
 
-        async def sink(event: turn_pb2.TurnEvent) -> None:
-            await self._events.publish(tenant, event)
-
+    async def _take(
+        self, msg: BusMessage, envelope: TurnEnvelope, key: SessionKey, span: ConsumerSpan
+    ) -> tuple[SessionActor, HostTurn] | None:
+        """The turn's session and the turn in flight for ``msg``, or None when the message is settled here:
+        its session does not exist, it is a copy of a turn running here, or the host refuses it."""
         try:
             session = await self._activate(key, envelope.incarnation)
         except NotFound:
             # Deleted between SendTurn and now: tell the waiting client, and drop the turn.
-            emitter = TurnEmitter(key.session_id, envelope.turn_id, sink)
-            await emitter.error("SESSION_NOT_FOUND", "session not found", retryable=False, partial=False)
-            await msg.ack()
-            span.end()
-            return
-
-        turn_key = (tenant, key.session_id, envelope.turn_id)
-        copies = self._inflight.get(turn_key)
-        if copies is not None:
+            await self._refuse(msg, envelope, "SESSION_NOT_FOUND", "session not found", retryable=False)
+            return None
+        turn_key = (envelope.tenant_id, key.session_id, envelope.turn_id)
+        running = self._inflight.get(turn_key)
+        if running is not None:
             # A redelivered copy of a turn still running here: settle it with the running copy's ack.
-            copies.append(msg)
+            running.copies.append(msg)
             self.duplicates += 1
-            span.end()
-            return
-        refusal = self._admission(tenant)
+            return None
+        refusal = self._admission(envelope.tenant_id)
         if refusal is not None:
-            emitter = TurnEmitter(key.session_id, envelope.turn_id, sink)
-            await emitter.error("TOO_MANY_TURNS", refusal, retryable=True, partial=False, retry_after_s=1.0)
-            await msg.ack()
-            span.end()
-            return
-        prior: list[turn_pb2.TurnEvent] = []
-        if _redelivered(msg):
-            # An earlier attempt may have streamed part of the answer before its host died.
-            try:
-                prior = await self._events.sent(tenant, key.session_id, envelope.turn_id)
-            except Exception:
-                span.end()
-                await msg.nak(delay=1.0)
-                raise
-        # Tracked before submit: a fast turn can finish (and call done) before submit returns.
-        self._inflight[turn_key] = [msg]
-
-        async def done() -> None:
-            span.end()
-            for copy in self._inflight.pop(turn_key, []):
-                await copy.ack()
-
-        async def release() -> None:
-            span.end()
-            for copy in self._inflight.pop(turn_key, []):
-                await copy.nak()
-
-        turn = Turn(
-            envelope.turn_id,
-            envelope.request.text,
-            trace_id=trace_id,
-            trace_context=span.context(),
-            enqueued_at_ns=envelope.enqueued_at_ns,
-            prior_events=prior,
-            policy=DOUBLE_TEXTING.get(envelope.request.double_texting, ""),
-            deadline_ns=envelope.deadline_ns,
-            guardrails=GuardrailSettings.from_header(envelope.guardrails),
-            on_done=done,
-            on_release=release,
+            await self._refuse(msg, envelope, "TOO_MANY_TURNS", refusal, retryable=True, retry_after_s=1.0)
+            return None
+        turn = _turn_of(envelope, span, await self._prior_events(msg, envelope))
+        inflight = HostTurn(
+            turn,
+            turn_key,
+            publish=self._publisher(envelope.tenant_id),
+            span=span,
+            copies=[msg],
+            registry=self._inflight,
         )
+        return session, inflight
+
+    async def _refuse(
+        self,
+        msg: BusMessage,
+        envelope: TurnEnvelope,
+        reason: str,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after_s: float | None = None,
+    ) -> None:
+        """End a turn this host will not run with an error event, and drop its message."""
+        publish = self._publisher(envelope.tenant_id)
+        emitter = TurnEmitter(envelope.request.session_id, envelope.turn_id, publish)
+        await emitter.error(reason, message, retryable=retryable, partial=False, retry_after_s=retry_after_s)
+        await msg.ack()
+
+    async def _prior_events(self, msg: BusMessage, envelope: TurnEnvelope) -> list[TurnEvent]:
+        """What an earlier attempt at a redelivered turn sent (it may have streamed part of the answer before
+        its host died). When that cannot be read, the message goes back to the bus for a later try."""
+        if not redelivered(msg):
+            return []
         try:
-            await session.submit(turn, sink)
-        except BaseException:
-            self._inflight.pop(turn_key, None)
-            span.end()
+            sent = await self._events.sent(envelope.tenant_id, envelope.request.session_id, envelope.turn_id)
+        except Exception:
+            await msg.nak(delay=1.0)
             raise
-        self.turns_started += 1
+        return [event_from_proto(e) for e in sent]
+
+    def _publisher(self, tenant_id: str) -> EventSink:
+        """Where a tenant's turn events go: converted to the API's form and published."""
+
+        async def publish(event: TurnEvent) -> None:
+            await self._events.publish(tenant_id, event_to_proto(event))
+
+        return publish
 
     def _admission(self, tenant_id: str) -> str | None:
         """Why a new turn must be refused now, or None. Counts turns in flight on this host."""
@@ -354,16 +341,29 @@ class SessionHost:
             return "too many turns of this tenant are running or queued; retry shortly"
         return None
 
-    async def control(self, request: dict[str, str]) -> dict[str, str]:
-        """Act on a request about one of this host's sessions (from the gateway): ``cancel`` a turn."""
-        if request.get("action") != "cancel":
-            return {"result": "unsupported"}
-        key = SessionKey(request["tenant_id"], request["session_id"])
+    async def control(self, request: ControlRequest) -> ControlReply:
+        """Act on a request about one of this host's sessions (from the gateway): cancel a turn."""
+        key = SessionKey(request.tenant_id, request.session_id)
         try:
-            session = await self._activate(key, request.get("incarnation", ""))
+            session = await self._activate(key, request.incarnation)
         except NotFound:
-            return {"result": "unknown_session"}
-        return {"result": session.cancel(request["turn_id"], request.get("reason") or "the turn was cancelled")}
+            return ControlReply("unknown_session")
+        return ControlReply(session.cancel(request.turn_id, request.reason or CANCELLED))
+
+    async def control_message(self, data: bytes) -> bytes:
+        """Answer a control message's bytes: a malformed or unknown request gets a clear error reply, and a
+        failure while acting on it an ``error`` reply (logged), never an exception."""
+        try:
+            request = parse_request(data)
+        except ControlError as exc:
+            log.warning("refusing a control message: %s", exc.reason)
+            return ControlReply.refusal(exc).to_bytes()
+        try:
+            reply = await self.control(request)
+        except Exception:
+            log.exception("a control request failed")
+            reply = ControlReply("error", "CONTROL_FAILED", "the host failed to act on the request")
+        return reply.to_bytes()
 
     async def _activate(self, key: SessionKey, incarnation: str) -> SessionActor:
         session = self._sessions.get(key)
@@ -426,15 +426,49 @@ class SessionHost:
         interval = max(self._settings.ack_wait_s / 3, 0.05)
         while True:
             await asyncio.sleep(interval)
-            for copies in list(self._inflight.values()):
-                for msg in copies:
+            for turn in list(self._inflight.values()):
+                for msg in turn.copies:
                     with contextlib.suppress(Exception):
                         await msg.in_progress()
 
 
-def _redelivered(msg: BusMessage) -> bool:
-    metadata = getattr(msg, "metadata", None)
-    return bool(metadata is not None and (metadata.num_delivered or 0) > 1)
+async def _envelope_of(msg: BusMessage) -> TurnEnvelope | None:
+    """The turn a message carries; None (and the message dropped for good) when it is malformed."""
+    try:
+        return TurnEnvelope.from_msg(msg)
+    except SalonError:
+        log.error("dropping a malformed turn message")
+        await msg.term()
+        return None
+
+
+def _turn_span(envelope: TurnEnvelope, key: SessionKey) -> ConsumerSpan:
+    """The CONSUMER span of a turn on this host, a child of the gateway's (ended when the turn is settled)."""
+    span = consumer_span("salon.host.turn", envelope.trace_headers, envelope.enqueued_at_ns)
+    if span.span.is_recording():
+        span.span.set_attributes(
+            {
+                attributes.TURN_ID: envelope.turn_id,
+                attributes.SESSION_ID: key.session_id,
+                attributes.TENANT_ID: key.tenant_id,
+            }
+        )
+    return span
+
+
+def _turn_of(envelope: TurnEnvelope, span: ConsumerSpan, prior: list[TurnEvent]) -> Turn:
+    """The turn a message carries, as its session is handed it."""
+    return Turn(
+        envelope.turn_id,
+        envelope.request.text,
+        trace_id=span.trace_id_hex,
+        trace_context=span.context(),
+        enqueued_at_ns=envelope.enqueued_at_ns,
+        prior_events=prior,
+        policy=DOUBLE_TEXTING.get(envelope.request.double_texting, ""),
+        deadline_ns=envelope.deadline_ns,
+        guardrails=GuardrailSettings.from_header(envelope.guardrails),
+    )
 
 
 class _CountingProvider:

@@ -9,7 +9,6 @@ take up their work, where JetStream redelivers whatever the dead process had not
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -55,12 +54,7 @@ async def serve_control(host: SessionHost, nc: Any, names: Names, shards: tuple[
     """Answer the gateway's requests (cancel) about the sessions of ``shards``; returns the subscriptions."""
 
     async def handle(msg: Any) -> None:
-        try:
-            reply = await host.control(json.loads(msg.data))
-        except Exception:
-            log.exception("a control request failed")
-            reply = {"result": "error"}
-        await msg.respond(json.dumps(reply).encode())
+        await msg.respond(await host.control_message(msg.data))
 
     return [await nc.subscribe(names.control_subject(shard), cb=handle) for shard in shards]
 

@@ -72,8 +72,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
+from actors.events import TurnEvent
 from actors.host import HostSettings, SessionHost
-from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from actors.session import LocalInFlight, SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from actors.wire import event_to_proto
 from bench.bench_turns import (
     PROMPT,
     LevelResult,
@@ -93,7 +95,7 @@ from engine.gateway import Gateway
 from engine.nats_server import EmbeddedNats
 from providers import ScriptedProvider
 from salon.v1 import conversation_service_pb2 as cs_pb2
-from salon.v1 import session_pb2, turn_pb2
+from salon.v1 import session_pb2
 from storage import Journal, Names, NotFound, SessionLog, SnapshotRecord, TurnRecord, incarnation_of, uuid7
 from storage.inmemory import InMemoryJournal
 from storage.jetstream.bus import BusSettings, EventPublisher, ShardPuller, TurnPublisher, ensure_bus
@@ -983,8 +985,8 @@ async def actor_turns(actor: SessionActor, turns: int, timings: ActorTimings | N
         marks: dict[str, float] = {}
         finished = asyncio.Event()
 
-        async def sink(event: turn_pb2.TurnEvent, marks: dict[str, float] = marks) -> None:
-            kind = event.WhichOneof("kind")
+        async def sink(event: TurnEvent, marks: dict[str, float] = marks) -> None:
+            kind = event_to_proto(event).WhichOneof("kind")  # converted as the host does before publishing
             if kind == "delta" and "first" not in marks:
                 marks["first"] = time.perf_counter()
             elif kind in ("completed", "error", "cancelled"):
@@ -995,7 +997,7 @@ async def actor_turns(actor: SessionActor, turns: int, timings: ActorTimings | N
             finished.set()
 
         started = time.perf_counter()
-        await actor.submit(Turn(uuid7(), PROMPT, on_done=done), sink)
+        await actor.submit(LocalInFlight(Turn(uuid7(), PROMPT), sink, done))
         await asyncio.wait_for(finished.wait(), 10.0)
         ended = time.perf_counter()
         if not marks.get("completed") or "first" not in marks:

@@ -38,8 +38,10 @@ from typing import Any
 
 import grpc
 
+from actors.events import TurnEvent
 from actors.guardrails import Guardrails, GuardrailSettings, OutputGuard, new_canary
-from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from actors.session import LocalInFlight, SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from actors.wire import event_to_proto
 from bench.common import load_average, percentile, positive_int
 from engine.app import Engine
 from engine.config import Config
@@ -49,7 +51,6 @@ from providers import scripted_reply
 from providers.scripted import ScriptedProvider
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
-from salon.v1 import turn_pb2
 from storage.inmemory import InMemoryJournal
 
 log = logging.getLogger("bench.security")
@@ -208,16 +209,17 @@ async def actor_ttft_us(blocks: int = 20, per_block: int = 50) -> dict[str, floa
                     first: asyncio.Future[float] = loop.create_future()
                     done: asyncio.Future[None] = loop.create_future()
 
-                    async def sink(event: turn_pb2.TurnEvent, first: asyncio.Future[float] = first) -> None:
-                        if event.HasField("delta") and not first.done():
+                    async def sink(event: TurnEvent, first: asyncio.Future[float] = first) -> None:
+                        # Converted as the host does before publishing.
+                        if event_to_proto(event).HasField("delta") and not first.done():
                             first.set_result(time.perf_counter())
 
                     async def on_done(done: asyncio.Future[None] = done) -> None:
                         done.set_result(None)
 
                     start = time.perf_counter()
-                    turn = Turn(f"{block}-{i}", MESSAGE, on_done=on_done, guardrails=settings[name])
-                    await actors[name].submit(turn, sink)
+                    turn = Turn(f"{block}-{i}", MESSAGE, guardrails=settings[name])
+                    await actors[name].submit(LocalInFlight(turn, sink, on_done))
                     samples[name].append((await first - start) * 1e6)
                     await done
     finally:

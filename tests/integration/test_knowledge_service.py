@@ -12,7 +12,8 @@ import grpc
 import pytest
 from conftest import EngineFactory, assert_well_formed, collect_turn, create_session
 
-from actors import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from actors import LocalInFlight, SessionActor, SessionKey, SessionSettings, SessionState, Turn, TurnEvent
+from actors.wire import event_to_proto
 from engine.cli import main
 from providers import ScriptedProvider
 from salon.client import Document, SalonClient
@@ -233,13 +234,14 @@ async def test_tenants_never_retrieve_each_others_documents_or_memories(tmp_path
             events: list[turn_pb2.TurnEvent] = []
             done = asyncio.Event()
 
-            async def sink(event: turn_pb2.TurnEvent, events: list[turn_pb2.TurnEvent] = events) -> None:
-                events.append(event)
+            async def sink(event: TurnEvent, events: list[turn_pb2.TurnEvent] = events) -> None:
+                events.append(event_to_proto(event))
 
             async def on_done(done: asyncio.Event = done) -> None:
                 done.set()
 
-            await actor.submit(Turn("t2", "What is the launch code and my secret word?", on_done=on_done), sink)
+            turn = Turn("t2", "What is the launch code and my secret word?")
+            await actor.submit(LocalInFlight(turn, sink, on_done))
             await asyncio.wait_for(done.wait(), 30)
             await actor.close()
             cited = [c for e in events if e.HasField("citations") for c in e.citations.citations]

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from unit_support import EventLog, kind
+from unit_support import EventLog, from_protos, kind, local
 
 import otel
 from actors.context import PASSAGES_HEADING, TurnContext, explain
@@ -73,7 +73,7 @@ class Rig:
         async def on_done() -> None:
             done.set()
 
-        await actor.submit(Turn(turn_id, text, on_done=on_done), self.log)
+        await actor.submit(local(Turn(turn_id, text), self.log, on_done))
         await asyncio.wait_for(done.wait(), 5)
         return self.log.of(turn_id)
 
@@ -184,7 +184,7 @@ async def test_a_replayed_turn_sends_the_same_citations_with_the_same_numbers() 
     async def on_done() -> None:
         done.set()
 
-    await actor.submit(Turn("t1", "alpha", on_done=on_done), replay_log)
+    await actor.submit(local(Turn("t1", "alpha"), replay_log, on_done))
     await asyncio.wait_for(done.wait(), 5)
     replayed = replay_log.of("t1")
     assert [(e.seq, kind(e)) for e in replayed] == [(e.seq, kind(e)) for e in first]
@@ -245,7 +245,7 @@ async def test_a_turn_continued_after_a_dead_host_keeps_the_citations_it_already
     async def on_done() -> None:
         done.set()
 
-    await actor.submit(Turn("t1", "alpha", prior_events=prior, on_done=on_done), rig.log)
+    await actor.submit(local(Turn("t1", "alpha", prior_events=from_protos(prior)), rig.log, on_done))
     await asyncio.wait_for(done.wait(), 5)
     continued = rig.log.of("t1")
     assert continued[0].seq == 4 and not any(kind(e) == "citations" for e in continued)
@@ -255,7 +255,7 @@ async def test_a_turn_continued_after_a_dead_host_keeps_the_citations_it_already
     # A later replay sends what the client saw first: the same citations at the same sequence number.
     replay_log = EventLog()
     done.clear()
-    await actor.submit(Turn("t1", "alpha", on_done=on_done), replay_log)
+    await actor.submit(local(Turn("t1", "alpha"), replay_log, on_done))
     await asyncio.wait_for(done.wait(), 5)
     replayed = replay_log.of("t1")
     assert (replayed[1].seq, [c.chunk_id for c in replayed[1].citations.citations]) == (2, ["other#0"])
@@ -276,7 +276,7 @@ async def test_a_turn_continued_after_tokens_without_citations_gets_no_late_cita
     async def on_done() -> None:
         done.set()
 
-    await actor.submit(Turn("t1", "alpha", prior_events=prior, on_done=on_done), rig.log)
+    await actor.submit(local(Turn("t1", "alpha", prior_events=from_protos(prior)), rig.log, on_done))
     await asyncio.wait_for(done.wait(), 5)
     assert not any(kind(e) == "citations" for e in rig.log.of("t1"))
     assert rig.context("t1").passages == ()

@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from unit_support import EventLog, wait_for
+from unit_support import EventLog, local, wait_for
 
 import otel
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
@@ -60,8 +60,8 @@ async def _run_turn(text: str) -> None:
         acked.append("t1")
 
     try:
-        turn = Turn("t1", text, trace_id=consumer.trace_id_hex, trace_context=consumer.context(), on_done=done)
-        await actor.submit(turn, EventLog())
+        turn = Turn("t1", text, trace_id=consumer.trace_id_hex, trace_context=consumer.context())
+        await actor.submit(local(turn, EventLog(), done))
         await wait_for(lambda: acked == ["t1"], what="the turn's ack")
     finally:
         await actor.close()

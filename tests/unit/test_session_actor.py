@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from unit_support import EventLog, ProbedJournal, ProbedLog, kind, prior_events, wait_for
+from unit_support import EventLog, ProbedJournal, ProbedLog, from_protos, kind, local, prior_events, wait_for
 
 from actors.model import Message, ModelChunk, ModelRequest, TextDelta
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
@@ -82,7 +82,7 @@ class Rig:
         return self.journal.records(KEY.tenant_id, KEY.session_id)
 
     async def submit(self, actor: SessionActor, turn_id: str, text: str, sink: EventLog | None = None) -> bool:
-        return await actor.submit(Turn(turn_id, text, on_done=self.on_done(turn_id)), sink or self.sink)
+        return await actor.submit(local(Turn(turn_id, text), sink or self.sink, self.on_done(turn_id)))
 
     async def run_turn(self, actor: SessionActor, turn_id: str, text: str, sink: EventLog | None = None) -> None:
         """Submit a turn and wait until it is acknowledged."""
@@ -108,7 +108,7 @@ async def test_a_turn_emits_gap_free_events_in_order_and_is_recorded() -> None:
     rig = Rig(ScriptedProvider(tokens=5))
     actor = await rig.activate()
     try:
-        await actor.submit(Turn("t1", "hello there world", enqueued_at_ns=123, on_done=rig.on_done("t1")), rig.sink)
+        await actor.submit(local(Turn("t1", "hello there world", enqueued_at_ns=123), rig.sink, rig.on_done("t1")))
         await wait_for(lambda: rig.acks("t1") == 1)
     finally:
         await actor.close()
@@ -487,7 +487,7 @@ async def test_submit_after_close_is_refused() -> None:
     actor = await rig.activate()
     await actor.close()
     with pytest.raises(RuntimeError, match="closed"):
-        await actor.submit(Turn("t1", "late"), EventLog())
+        await actor.submit(local(Turn("t1", "late"), EventLog()))
     assert rig.provider.calls == 0
 
 
@@ -500,7 +500,7 @@ async def test_a_turn_with_prior_events_continues_after_them(already_sent: int) 
     reply = scripted_reply(text, 8)
     prior = prior_events("s1", "t1", reply[:already_sent])
     try:
-        await actor.submit(Turn("t1", text, prior_events=prior, on_done=rig.on_done("t1")), rig.sink)
+        await actor.submit(local(Turn("t1", text, prior_events=from_protos(prior)), rig.sink, rig.on_done("t1")))
         await wait_for(lambda: rig.acks("t1") == 1)
     finally:
         await actor.close()
@@ -524,7 +524,7 @@ async def test_a_recorded_turn_with_prior_events_is_finished_from_its_record() -
     try:
         await rig.run_turn(actor, "t1", "a b c d e")
         prior = prior_events("s1", "t1", reply[:2])
-        await actor.submit(Turn("t1", "a b c d e", prior_events=prior, on_done=rig.on_done("t1")), rest)
+        await actor.submit(local(Turn("t1", "a b c d e", prior_events=from_protos(prior)), rest, rig.on_done("t1")))
         await wait_for(lambda: rig.acks("t1") == 2)
     finally:
         await actor.close()
@@ -544,7 +544,7 @@ async def test_a_recorded_turn_whose_usage_was_already_sent_gets_no_second_usage
         await rig.run_turn(actor, "t1", "x y z")
         original = rig.sink.of("t1")
         prior = original[:-1]  # the host died between the usage and the completed event
-        await actor.submit(Turn("t1", "x y z", prior_events=prior, on_done=rig.on_done("t1")), rest)
+        await actor.submit(local(Turn("t1", "x y z", prior_events=from_protos(prior)), rest, rig.on_done("t1")))
         await wait_for(lambda: rig.acks("t1") == 2)
     finally:
         await actor.close()

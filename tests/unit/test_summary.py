@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from unit_support import EventLog, wait_for
+from unit_support import EventLog, local, wait_for
 
 from actors.model import Message, ModelChunk, ModelRequest, ModelResult, TextDelta
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
@@ -37,7 +37,7 @@ async def run(actor: SessionActor, turn_id: str, text: str) -> None:
     async def on_done() -> None:
         done.set()
 
-    await actor.submit(Turn(turn_id, text, on_done=on_done), EventLog())
+    await actor.submit(local(Turn(turn_id, text), EventLog(), on_done))
     await asyncio.wait_for(done.wait(), 5)
     await actor.wait_summary()
 
@@ -101,7 +101,7 @@ async def test_summary_is_written_after_the_turn_not_before_it() -> None:
         async def on_done(done: asyncio.Event = done) -> None:
             done.set()
 
-        await actor.submit(Turn(f"t{i}", f"message {i}", on_done=on_done), EventLog())
+        await actor.submit(local(Turn(f"t{i}", f"message {i}"), EventLog(), on_done))
         # Turns complete while the rewrite waits: summarising is off the turn's path.
         await asyncio.wait_for(done.wait(), 5)
     assert actor.state.summary.version == 0
@@ -128,9 +128,9 @@ async def test_close_cancels_a_running_rewrite() -> None:
         async def on_done(done: asyncio.Event = done) -> None:
             done.set()
 
-        await actor.submit(Turn(f"t{i}", f"message {i}", on_done=on_done), EventLog())
+        await actor.submit(local(Turn(f"t{i}", f"message {i}"), EventLog(), on_done))
         await asyncio.wait_for(done.wait(), 5)
-    task = actor._summary_task
+    task = actor._summary.task
     assert task is not None and not task.done()
     await asyncio.wait_for(actor.close(), 5)
     assert task.done()

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from actors.events import TurnEvent
+from actors.turn import LocalInFlight, Turn
+from actors.wire import event_from_proto, event_to_proto
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2, turn_pb2
 from storage import LoadedSession, SessionLog, SnapshotRecord, TurnEnvelope, TurnRecord, Unavailable
@@ -36,6 +39,25 @@ def kind(event: turn_pb2.TurnEvent) -> str:
 def terminal(event: turn_pb2.TurnEvent) -> bool:
     """Whether the event ends its turn."""
     return kind(event) in {"completed", "error", "cancelled"}
+
+
+def local(
+    turn: Turn,
+    sink: Callable[[turn_pb2.TurnEvent], Awaitable[None]],
+    on_done: Callable[[], Awaitable[None]] | None = None,
+) -> LocalInFlight:
+    """``turn`` in flight, to hand a session directly: its events reach ``sink`` in the API's form, converted
+    as the host converts them before publishing."""
+
+    async def emit(event: TurnEvent) -> None:
+        await sink(event_to_proto(event))
+
+    return LocalInFlight(turn, emit, on_done)
+
+
+def from_protos(events: Sequence[turn_pb2.TurnEvent]) -> list[TurnEvent]:
+    """Events an earlier attempt sent, as the host hands them to a session (read back from the bus)."""
+    return [event_from_proto(e) for e in events]
 
 
 class EventLog:

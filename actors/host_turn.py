@@ -1,0 +1,93 @@
+"""The host's side of a turn in flight: the bus messages that carry it, its span, and how it is settled.
+
+A :class:`HostTurn` is the :class:`~actors.turn.InFlight` the host hands a session. It owns the bus copies
+of its turn (a redelivered copy joins the first while the turn runs) and settles them exactly once: all
+acknowledged when the turn is done, all handed back when another host took the session over.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from actors.emitter import EventSink
+from actors.events import TurnEvent
+from actors.turn import Turn
+from otel import ConsumerSpan
+
+
+class BusMessage(Protocol):
+    """What the host needs of a bus message (a JetStream ``Msg``)."""
+
+    data: bytes
+    headers: dict[str, str] | None
+
+    async def ack(self) -> None:
+        """Mark the message done."""
+        ...
+
+    async def in_progress(self) -> None:
+        """Reset the redelivery timer."""
+        ...
+
+    async def term(self) -> None:
+        """Never redeliver."""
+        ...
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Redeliver (after ``delay``)."""
+        ...
+
+
+TurnKey = tuple[str, str, str]
+"""A turn in flight: (tenant, session, turn)."""
+
+
+class HostTurn:
+    """A turn in flight on this host, as its session sees it (:class:`~actors.turn.InFlight`): events are
+    published on the turn's subject; done acknowledges, release hands back, every bus copy of the turn."""
+
+    def __init__(
+        self,
+        turn: Turn,
+        key: TurnKey,
+        *,
+        publish: EventSink,
+        span: ConsumerSpan,
+        copies: list[BusMessage],
+        registry: dict[TurnKey, HostTurn],
+    ) -> None:
+        self.turn = turn
+        self.key = key
+        self._publish = publish
+        self._span = span
+        self.copies = copies
+        """The bus messages of this turn: redelivered copies join the first."""
+        self._registry = registry
+        """The host's turns in flight; this one leaves it once settled."""
+
+    async def emit(self, event: TurnEvent) -> None:
+        """Publish one of the turn's events."""
+        await self._publish(event)
+
+    async def done(self) -> None:
+        """The turn ended and is recorded: acknowledge every copy."""
+        for copy in self._settle():
+            await copy.ack()
+
+    async def release(self) -> None:
+        """Another host runs the session now: hand every copy back for prompt redelivery."""
+        for copy in self._settle():
+            await copy.nak()
+
+    def _settle(self) -> list[BusMessage]:
+        self._span.end()
+        if self._registry.get(self.key) is not self:
+            return []
+        del self._registry[self.key]
+        return self.copies
+
+
+def redelivered(msg: BusMessage) -> bool:
+    """Whether the bus delivered ``msg`` before (an earlier attempt at its turn may have sent events)."""
+    metadata = getattr(msg, "metadata", None)
+    return bool(metadata is not None and (metadata.num_delivered or 0) > 1)

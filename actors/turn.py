@@ -1,0 +1,132 @@
+"""What a session is given: its identity and settings, and each turn in flight.
+
+A turn reaches a session as one :class:`InFlight` object: the turn's data, where its events go, and the two
+ways it leaves the session (done: recorded and ended; released: handed back unfinished). The host implements
+it over a bus message; :class:`LocalInFlight` implements it with plain callbacks for running a session
+without a host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import otel
+from actors.events import TurnEvent
+from actors.guardrails import GuardrailSettings
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKey:
+    """A session's identity: sessions are always scoped to a tenant."""
+
+    tenant_id: str
+    session_id: str
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}/{self.session_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """What the session was created with (read from the session registry at activation)."""
+
+    system_prompt: str = ""
+    window_max_messages: int = 40
+    window_token_budget: int = 8000
+    model: str = ""
+    max_tokens: int = 1024
+    temperature: float | None = None
+    stop_sequences: tuple[str, ...] = ()
+    snapshot_every_turns: int = 20
+    provider: str = ""
+    fallback_providers: tuple[str, ...] = ()
+    double_texting: str = "enqueue"
+    """What a turn arriving while another runs does: enqueue, reject, interrupt or rollback."""
+    retrieval_top_k: int = 4
+    """Retrieved passages (knowledge and long-term memory) that may enter a prompt; 0 turns retrieval off."""
+    retrieval_min_score: float = 0.0
+    long_term_memory: bool = True
+    """Whether this session's earlier turns are retrieved (the knowledge base is, either way)."""
+    summary_max_tokens: int = 400
+    """Size the rolling summary is kept under."""
+    summary_min_messages: int = 4
+    """Messages that must have left the window before the summary is rewritten (fewer, larger rewrites)."""
+
+
+@dataclass(slots=True)
+class Turn:
+    """One turn's data, as handed to a session."""
+
+    turn_id: str
+    text: str
+    trace_id: str = ""
+    trace_context: otel.TraceContext | None = None
+    """The host's CONSUMER span of this turn: the session's spans are its children."""
+    enqueued_at_ns: int = 0
+    prior_events: Sequence[TurnEvent] = ()
+    """Events an earlier attempt at this turn already sent (its host died mid-turn): the answer continues
+    after them instead of starting over."""
+    policy: str = ""
+    """Double-texting policy for this turn; empty: the session's."""
+    deadline_ns: int = 0
+    """Wall-clock time (ns) after which the turn is cancelled; 0: none."""
+    guardrails: GuardrailSettings = field(default_factory=GuardrailSettings)
+    """The tenant's guardrails, as the gateway sent them with the turn."""
+
+    @property
+    def prior_seq(self) -> int:
+        """Sequence number of the last event an earlier attempt sent (0: none)."""
+        return self.prior_events[-1].seq if self.prior_events else 0
+
+
+class InFlight(Protocol):
+    """A turn in flight, as its session sees it. The session calls exactly one of :meth:`done` and
+    :meth:`release` for a turn it took, or neither when it stops before the turn's end (the bus then
+    redelivers it)."""
+
+    @property
+    def turn(self) -> Turn:
+        """The turn's data."""
+        ...
+
+    async def emit(self, event: TurnEvent) -> None:
+        """Send one of the turn's events (numbered by the session)."""
+        ...
+
+    async def done(self) -> None:
+        """The turn is recorded and its terminal event sent: it may be acknowledged."""
+        ...
+
+    async def release(self) -> None:
+        """This session will not finish the turn (another host took the session over): hand it back for
+        prompt redelivery."""
+        ...
+
+
+Callback = Callable[[], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class LocalInFlight:
+    """An :class:`InFlight` made of plain callbacks: a session run without a host (tests, benchmarks)."""
+
+    turn: Turn
+    sink: Callable[[TurnEvent], Awaitable[None]]
+    on_done: Callback | None = None
+    on_release: Callback | None = None
+
+    async def emit(self, event: TurnEvent) -> None:
+        """Hand the event to ``sink``."""
+        await self.sink(event)
+
+    async def done(self) -> None:
+        """Call ``on_done``, if any."""
+        if self.on_done is not None:
+            await self.on_done()
+
+    async def release(self) -> None:
+        """Call ``on_release``, if any."""
+        if self.on_release is not None:
+            await self.on_release()
