@@ -39,6 +39,7 @@ from actors.summary import (
     extractive_summary,
     summarizer_for,
 )
+from actors.tools import InvalidTool, ToolPolicy, ToolSelection, offered_tools, validate_call
 from storage import GuardrailDecision
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "GuardrailSettings",
     "Guardrails",
     "HostSettings",
+    "InvalidTool",
     "Message",
     "ModelChunk",
     "ModelError",
@@ -67,7 +69,9 @@ __all__ = [
     "Summary",
     "TextDelta",
     "ToolCall",
+    "ToolPolicy",
     "ToolResult",
+    "ToolSelection",
     "ToolSpec",
     "Turn",
     "TurnContext",
@@ -82,6 +86,7 @@ __all__ = [
     "host_of_shard",
     "injection_score",
     "is_terminal",
+    "offered_tools",
     "record_events",
     "render_system",
     "session_settings",
@@ -89,4 +94,5 @@ __all__ = [
     "shards_of_host",
     "summarizer_for",
     "turn_groups",
+    "validate_call",
 ]
