@@ -74,7 +74,10 @@ class ToolScript:
 
 
 def _turn_so_far(messages: tuple[Message, ...]) -> tuple[str, int, str]:
-    """The user message that opened the turn, the rounds of calls made since, and the last results' text."""
+    """The message answered (the user message that opened the turn), the rounds of calls made since, and the
+    last results' text."""
+    if messages and messages[-1].role != "tool":
+        return messages[-1].text, 0, ""  # as before tools: the newest message is the one answered
     rounds, results = 0, ""
     for message in reversed(messages):
         if message.role == "user":
@@ -119,10 +122,7 @@ class ScriptedProvider:
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         """Yield the scripted tokens (or this round's scripted tool calls), then the result."""
         self.calls += 1
-        last = request.messages[-1] if request.messages else None
         user_text, rounds, results = _turn_so_far(request.messages)
-        if last is not None and last.role != "tool":
-            user_text = last.text  # as before tools: the newest message is the one answered
         script = ToolScript.parse(user_text)
         if self.first_token_delay_s:
             await asyncio.sleep(self.first_token_delay_s)
