@@ -20,13 +20,17 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from referencing.exceptions import Unresolvable
 
 from actors.model import ToolCall, ToolResult, ToolSpec
-from salon.v1 import session_pb2
+from salon.v1 import conversation_service_pb2 as cs_pb2
+from salon.v1 import session_pb2, turn_pb2
 from storage.errors import InvalidArgument
+from storage.ids import require_id
 
 # Reasons (UPPER_SNAKE_CASE, as in ``salon-error-reason``) this module and the action layer use.
 INVALID_TOOL = "INVALID_TOOL"
@@ -43,6 +47,24 @@ TOOL_WAIT_TIMEOUT = "TOOL_WAIT_TIMEOUT"
 """A turn's wait for a tool result or an approval passed its deadline (the turn's error reason)."""
 TOOL_ROUNDS_EXHAUSTED = "TOOL_ROUNDS_EXHAUSTED"
 """The model still called tools after the turn's last allowed model round (the turn's error reason)."""
+INVALID_CALL_ID = "INVALID_CALL_ID"
+"""A submitted call id that cannot name a call (empty, too long, control characters)."""
+EMPTY_TOOL_RESULT = "EMPTY_TOOL_RESULT"
+"""SubmitToolResult with neither a result nor an error."""
+INVALID_VERDICT = "INVALID_VERDICT"
+"""DecideApproval with neither approve nor reject."""
+INVALID_APPROVER = "INVALID_APPROVER"
+"""An approver name over its limit or with control characters."""
+
+SOURCES = {
+    "client": turn_pb2.TOOL_RESULT_SOURCE_CLIENT,
+    "mcp": turn_pb2.TOOL_RESULT_SOURCE_MCP,
+    "rejected": turn_pb2.TOOL_RESULT_SOURCE_REJECTED,
+    "timeout": turn_pb2.TOOL_RESULT_SOURCE_TIMEOUT,
+    "invalid_call": turn_pb2.TOOL_RESULT_SOURCE_INVALID_CALL,
+    "cancelled": turn_pb2.TOOL_RESULT_SOURCE_CANCELLED,
+}
+"""Where a result came from, by the name records use, as the API's ``ToolResultSource``."""
 
 MAX_TOOLS = 64
 """Tools one turn may offer, MCP servers' tools included (vendors accept more; prompts do not)."""
@@ -56,6 +78,8 @@ DEFAULT_MAX_RESULT_BYTES = 64 * 1024
 MAX_REASON_BYTES = 4 * 1024
 """An approval decision's reason."""
 MAX_APPROVER_CHARS = 128
+MAX_CALL_ID_CHARS = 256
+"""Call ids are the vendor's (``toolu_…``, ``call_…``); a submitted one longer than this names no call."""
 PREVIEW_BYTES = 1024
 """The part of a result a ``tool_result`` event carries (``content_preview``)."""
 DEFAULT_WAIT_TIMEOUT_S = 900.0
@@ -258,8 +282,43 @@ def check_decision(reason: str, approver: str) -> None:
     """An approval decision's free text: bounded sizes (``TOOL_RESULT_TOO_LARGE`` for the reason, which the
     model sees like a result)."""
     check_result_size(reason, MAX_REASON_BYTES, "reason")
-    if len(approver) > MAX_APPROVER_CHARS:
-        raise InvalidArgument(f"approver must be at most {MAX_APPROVER_CHARS} characters", reason="INVALID_APPROVER")
+    if len(approver) > MAX_APPROVER_CHARS or not approver.isprintable():
+        raise InvalidArgument(
+            f"approver must be at most {MAX_APPROVER_CHARS} printable characters", reason=INVALID_APPROVER
+        )
+
+
+def check_call_id(call_id: str) -> None:
+    """A submitted call id that could name a call; anything else is refused before any lookup."""
+    if not call_id or len(call_id) > MAX_CALL_ID_CHARS or not call_id.isprintable():
+        raise InvalidArgument(f"call_id must be 1 to {MAX_CALL_ID_CHARS} printable characters", reason=INVALID_CALL_ID)
+
+
+def check_submit(request: cs_pb2.SubmitToolResultRequest, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
+    """A SubmitToolResult request (or the Converse variant): ids well formed, an outcome, within the size."""
+    require_id(request.session_id, "session_id")
+    require_id(request.turn_id, "turn_id")
+    check_call_id(request.call_id)
+    outcome = request.WhichOneof("outcome")
+    if outcome is None:
+        raise InvalidArgument("set result or error", reason=EMPTY_TOOL_RESULT)
+    check_result_size(getattr(request, outcome), max_result_bytes, outcome)
+
+
+def check_decide(request: cs_pb2.DecideApprovalRequest) -> None:
+    """A DecideApproval request (or the Converse variant): ids well formed, a verdict, bounded text."""
+    require_id(request.session_id, "session_id")
+    require_id(request.turn_id, "turn_id")
+    check_call_id(request.call_id)
+    if request.verdict not in (cs_pb2.APPROVAL_VERDICT_APPROVE, cs_pb2.APPROVAL_VERDICT_REJECT):
+        raise InvalidArgument("verdict must be APPROVE or REJECT", reason=INVALID_VERDICT)
+    check_decision(request.reason, request.approver)
+
+
+def submitted_result(request: cs_pb2.SubmitToolResultRequest, tool: str) -> ToolResult:
+    """The result a (checked) SubmitToolResult carries, for the call of ``tool``."""
+    is_error = request.WhichOneof("outcome") == "error"
+    return ToolResult(request.call_id, tool, request.error if is_error else request.result, is_error=is_error)
 
 
 def bounded_result(result: ToolResult, max_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> ToolResult:
@@ -374,3 +433,54 @@ def offered_tools(
                 continue
             offered[spec.name] = spec
     return tuple(offered.values()), tuple(left_out)
+
+
+def _timestamp(epoch_s: float | None) -> Timestamp | None:
+    if epoch_s is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(epoch_s * 1e9))
+    return stamp
+
+
+def call_event(call: ToolCall, spec: ToolSpec, round_index: int, wait_deadline: float | None) -> turn_pb2.ToolCall:
+    """The ``tool_call`` payload of a valid call of ``spec`` made in model round ``round_index`` (1-based);
+    ``wait_deadline`` in seconds since the epoch (None: the engine does not wait, an MCP call without approval)."""
+    return turn_pb2.ToolCall(
+        call_id=call.call_id,
+        tool=call.name,
+        arguments_json=call.arguments_json,
+        requires_approval=spec.requires_approval,
+        mcp_server=spec.server,
+        round=round_index,
+        wait_deadline=_timestamp(wait_deadline),
+    )
+
+
+def approval_event(call: ToolCall, spec: ToolSpec, round_index: int, wait_deadline: float) -> turn_pb2.ApprovalRequired:
+    """The ``approval_required`` payload of a call waiting for a person."""
+    return turn_pb2.ApprovalRequired(
+        call_id=call.call_id,
+        tool=call.name,
+        arguments_json=call.arguments_json,
+        mcp_server=spec.server,
+        round=round_index,
+        wait_deadline=_timestamp(wait_deadline),
+    )
+
+
+def result_event(result: ToolResult, source: str, duration_s: float) -> turn_pb2.ToolResult:
+    """The ``tool_result`` payload: a preview of the content and its size (``source``: a key of
+    :data:`SOURCES`)."""
+    text, size = preview(result.content)
+    duration = Duration()
+    duration.FromNanoseconds(int(max(duration_s, 0.0) * 1e9))
+    return turn_pb2.ToolResult(
+        call_id=result.call_id,
+        tool=result.name,
+        is_error=result.is_error,
+        source=SOURCES[source],
+        content_preview=text,
+        content_bytes=size,
+        duration=duration,
+    )

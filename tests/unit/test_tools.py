@@ -11,32 +11,44 @@ from google.protobuf.duration_pb2 import Duration
 from actors.model import ToolCall, ToolResult, ToolSpec
 from actors.tools import (
     DEFAULT_WAIT_TIMEOUT_S,
+    EMPTY_TOOL_RESULT,
+    INVALID_APPROVER,
+    INVALID_CALL_ID,
     INVALID_TOOL,
+    INVALID_VERDICT,
     MAX_ARGUMENTS_BYTES,
     MAX_SCHEMA_BYTES,
     MAX_TOOLS,
     PREVIEW_BYTES,
+    SOURCES,
     TOO_MANY_TOOLS,
     TOOL_RESULT_TOO_LARGE,
     UNKNOWN_MCP_SERVER,
     InvalidTool,
     ToolPolicy,
     ToolSelection,
+    approval_event,
     bounded_result,
+    call_event,
+    check_decide,
     check_decision,
     check_result_size,
     check_servers,
+    check_submit,
     check_tool,
     check_tools,
     offered_tools,
     preview,
     rejection,
+    result_event,
     schema_problem,
     selection_from_proto,
     selection_to_proto,
+    submitted_result,
     validate_call,
 )
-from salon.v1 import session_pb2
+from salon.v1 import conversation_service_pb2 as cs_pb2
+from salon.v1 import session_pb2, turn_pb2
 from storage.errors import InvalidArgument
 
 CANARY = "CANARYzq7x"
@@ -248,3 +260,73 @@ def test_offered_tools_merge_the_session_and_its_servers() -> None:
     assert set(left_out) == {"missing", "lookup_order"}
     capped, _ = offered_tools(ToolSelection(mcp_servers=("crm",)), listed, max_tools=1)
     assert [t.name for t in capped] == ["lookup_order"]
+
+
+# The API's side: requests answering calls, and the event payloads of a turn's tool calls.
+
+
+def _submit(**fields: object) -> cs_pb2.SubmitToolResultRequest:
+    values: dict[str, object] = {"session_id": "s1", "turn_id": "t1", "call_id": "toolu_01", "result": "ok"}
+    values.update(fields)
+    return cs_pb2.SubmitToolResultRequest(**values)  # type: ignore[arg-type]
+
+
+def test_submitted_results_are_checked() -> None:
+    check_submit(_submit())
+    check_submit(_submit(error="the database is down"))
+    assert submitted_result(_submit(error="down"), "lookup") == ToolResult("toolu_01", "lookup", "down", is_error=True)
+    assert submitted_result(_submit(), "lookup") == ToolResult("toolu_01", "lookup", "ok")
+    cases = [
+        (cs_pb2.SubmitToolResultRequest(session_id="s1", turn_id="t1", call_id="c"), EMPTY_TOOL_RESULT),
+        (_submit(call_id=""), INVALID_CALL_ID),
+        (_submit(call_id="c\n" + CANARY), INVALID_CALL_ID),
+        (_submit(call_id="c" * 257), INVALID_CALL_ID),
+        (_submit(session_id=CANARY + "!"), "INVALID_SESSION_ID"),
+        (_submit(turn_id=""), "INVALID_TURN_ID"),
+        (_submit(result=CANARY * 10_000), TOOL_RESULT_TOO_LARGE),
+    ]
+    for request, reason in cases:
+        with pytest.raises(InvalidArgument) as info:
+            check_submit(request, max_result_bytes=64 * 1024)
+        assert info.value.reason == reason and CANARY not in info.value.message
+
+
+def test_approval_decisions_are_checked() -> None:
+    good = cs_pb2.DecideApprovalRequest(
+        session_id="s1", turn_id="t1", call_id="c1", verdict=cs_pb2.APPROVAL_VERDICT_REJECT, reason="no", approver="ann"
+    )
+    check_decide(good)
+    for change, reason in [
+        ({"verdict": cs_pb2.APPROVAL_VERDICT_UNSPECIFIED}, INVALID_VERDICT),
+        ({"verdict": 99}, INVALID_VERDICT),
+        ({"approver": "a\u202eb"}, INVALID_APPROVER),
+        ({"reason": "r" * 5000}, TOOL_RESULT_TOO_LARGE),
+    ]:
+        request = cs_pb2.DecideApprovalRequest()
+        request.CopyFrom(good)
+        for name, value in change.items():
+            setattr(request, name, value)
+        with pytest.raises(InvalidArgument) as info:
+            check_decide(request)
+        assert info.value.reason == reason
+
+
+def test_event_payloads() -> None:
+    call = ToolCall("c1", "refund", '{"order_id": "42"}')
+    spec = ToolSpec("refund", requires_approval=True, server="crm")
+    event = call_event(call, spec, 2, wait_deadline=1_700_000_000.5)
+    assert (event.call_id, event.tool, event.arguments_json, event.requires_approval, event.mcp_server) == (
+        "c1",
+        "refund",
+        '{"order_id": "42"}',
+        True,
+        "crm",
+    )
+    assert event.round == 2 and event.wait_deadline.ToNanoseconds() == 1_700_000_000_500_000_000
+    assert not call_event(call, ToolSpec("refund"), 1, None).HasField("wait_deadline")
+    approval = approval_event(call, spec, 2, 1_700_000_000.0)
+    assert approval.call_id == "c1" and approval.wait_deadline.seconds == 1_700_000_000
+    result = result_event(ToolResult("c1", "refund", "é" * PREVIEW_BYTES, is_error=False), "mcp", 1.25)
+    assert result.source == turn_pb2.TOOL_RESULT_SOURCE_MCP and result.content_bytes == 2 * PREVIEW_BYTES
+    assert len(result.content_preview.encode()) <= PREVIEW_BYTES and result.duration.ToMilliseconds() == 1250
+    assert {result_event(ToolResult("c", "t", ""), source, 0).source for source in SOURCES} == set(SOURCES.values())
