@@ -39,7 +39,19 @@ from actors.summary import (
     extractive_summary,
     summarizer_for,
 )
-from actors.tools import InvalidTool, ToolPolicy, ToolSelection, offered_tools, validate_call
+from actors.tools import (
+    InvalidTool,
+    ToolPolicy,
+    ToolSelection,
+    check_decide,
+    check_servers,
+    check_submit,
+    offered_tools,
+    selection_from_proto,
+    selection_to_proto,
+    submitted_result,
+    validate_call,
+)
 from storage import GuardrailDecision
 
 __all__ = [
@@ -77,6 +89,9 @@ __all__ = [
     "TurnContext",
     "TurnEmitter",
     "WindowEntry",
+    "check_decide",
+    "check_servers",
+    "check_submit",
     "decision_to_proto",
     "estimate_tokens",
     "explain",
@@ -89,9 +104,12 @@ __all__ = [
     "offered_tools",
     "record_events",
     "render_system",
+    "selection_from_proto",
+    "selection_to_proto",
     "session_settings",
     "shard_for",
     "shards_of_host",
+    "submitted_result",
     "summarizer_for",
     "turn_groups",
     "validate_call",
