@@ -6,6 +6,12 @@
 127.0.0.1 and a port the OS picks. Each request takes the next scripted :class:`Reply` (or the default reply):
 an HTTP error with headers, a stream that ends normally, or one that errors, drops, stalls or waits for the
 test after ``k`` tokens. Every request is recorded (body, headers, whether the client hung up early).
+
+Tools: a reply's ``tool_calls`` (:class:`ToolUse`) are streamed after its text as each vendor streams them —
+Anthropic ``tool_use`` blocks whose input arrives in ``input_json_delta`` pieces and ``stop_reason: tool_use``;
+OpenAI ``delta.tool_calls`` with the id and name first and the arguments in fragments, ``finish_reason:
+tool_calls`` — the arguments split across several deltas. :meth:`FakeModelServer.tool_results` and
+:meth:`FakeModelServer.tool_names` read what a recorded request sent back and offered.
 """
 
 from __future__ import annotations
@@ -16,10 +22,42 @@ import json
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 _EMPTY_TEXT = {"type": "text", "text": ""}
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests"}
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """A tool call in a scripted reply."""
+
+    name: str
+    arguments: Mapping[str, Any] | str = field(default_factory=dict)
+    """The arguments; text is sent as it is (to script invalid JSON)."""
+    call_id: str = ""
+    """Default: ``toolu_<n>`` (Anthropic) or ``call_<n>`` (OpenAI), numbered across the server's replies."""
+
+    def arguments_json(self) -> str:
+        """The arguments as the JSON text the model streams."""
+        return self.arguments if isinstance(self.arguments, str) else json.dumps(dict(self.arguments))
+
+
+@dataclass(frozen=True)
+class ToolResultSent:
+    """A tool result found in a recorded request."""
+
+    call_id: str
+    content: str
+    is_error: bool = False
+
+
+def _pieces(text: str, count: int) -> list[str]:
+    """``text`` split into ``count`` pieces or fewer (none empty, unless the text is)."""
+    if not text:
+        return [""]
+    size = -(-len(text) // max(count, 1))
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 @dataclass(frozen=True)
@@ -51,6 +89,17 @@ class Reply:
     token_delay_s: float = 0.0
     ping_every: int = 0
     """A ``ping`` event after every this many tokens (Anthropic only)."""
+    tool_calls: Sequence[ToolUse] = ()
+    """Tool calls streamed after the tokens; the stop reason is then ``tool_use`` unless another is scripted."""
+    argument_pieces: int = 3
+    """How many deltas carry each call's arguments."""
+    same_index: bool = False
+    """OpenAI: number every call 0, telling them apart by id only (as Ollama does)."""
+
+    @classmethod
+    def calls(cls, *calls: ToolUse, text: Sequence[str] = (), **more: Any) -> Reply:
+        """A reply that calls tools (after ``text``, if any)."""
+        return cls(tokens=text, tool_calls=calls, **more)
 
     @classmethod
     def error(cls, status: int, error_type: str = "api_error", *, retry_after: str | None = None) -> Reply:
@@ -108,7 +157,20 @@ class FakeModelServer:
         self._gate = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._call_numbers = itertools.count(1)
         self.url = ""
+
+    def call_id(self, use: ToolUse, prefix: str) -> str:
+        """The id a scripted call is sent with."""
+        return use.call_id or f"{prefix}{next(self._call_numbers)}"
+
+    def tool_results(self, body: dict[str, Any]) -> list[ToolResultSent]:
+        """The tool results a request sent back, in order."""
+        raise NotImplementedError
+
+    def tool_names(self, body: dict[str, Any]) -> list[str]:
+        """The names of the tools a request offered."""
+        raise NotImplementedError
 
     def push(self, *replies: Reply) -> None:
         """Answer the next requests with ``replies``, in order (then the default reply)."""
@@ -141,7 +203,7 @@ class FakeModelServer:
                 task.cancel()
         self._server = None
 
-    async def __aenter__(self) -> FakeModelServer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -268,8 +330,26 @@ class FakeAnthropicServer(FakeModelServer):
         """Anthropic's error body."""
         return {"type": "error", "error": {"type": reply.error_type, "message": f"scripted {reply.error_type}"}}
 
+    def tool_results(self, body: dict[str, Any]) -> list[ToolResultSent]:
+        """The ``tool_result`` blocks of the request's messages."""
+        found = []
+        for message in body.get("messages") or ():
+            content = message.get("content")
+            for block in content if isinstance(content, list) else ():
+                if block.get("type") == "tool_result":
+                    text = block.get("content", "")
+                    if isinstance(text, list):
+                        text = "".join(part.get("text", "") for part in text)
+                    found.append(ToolResultSent(block["tool_use_id"], text, bool(block.get("is_error", False))))
+        return found
+
+    def tool_names(self, body: dict[str, Any]) -> list[str]:
+        """The request's ``tools``."""
+        return [tool["name"] for tool in body.get("tools") or ()]
+
     def steps(self, reply: Reply, body: dict[str, Any]) -> list[Step]:
-        """message_start, one text block of the reply's tokens, message_delta, message_stop."""
+        """message_start, a text block of the reply's tokens, a tool_use block per call, message_delta,
+        message_stop."""
         model = reply.model or str(body.get("model", ""))
         usage = {
             "input_tokens": reply.input_tokens,
@@ -287,41 +367,63 @@ class FakeAnthropicServer(FakeModelServer):
             "stop_sequence": None,
             "usage": usage,
         }
+        steps: list[Step] = [_sse("message_start", {"type": "message_start", "message": message})]
+        text, interrupted = self._text_block(reply)
+        steps += text
+        if interrupted:
+            return steps
+        first = 1 if text else 0
+        for offset, use in enumerate(reply.tool_calls):
+            steps += self._tool_block(use, first + offset, reply.argument_pieces)
+        output = len(reply.tokens) if reply.output_tokens is None else reply.output_tokens
+        stop = "tool_use" if reply.tool_calls and reply.stop_reason == "end_turn" else reply.stop_reason
+        steps += [
+            _sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": reply.stop_sequence},
+                    "usage": {"output_tokens": output + len(reply.tool_calls)},
+                },
+            ),
+            _sse("message_stop", {"type": "message_stop"}),
+        ]
+        return steps
+
+    def _text_block(self, reply: Reply) -> tuple[list[Step], bool]:
+        """The text block (none when the reply only calls tools), or the steps up to its interruption (then
+        True)."""
+        if not reply.tokens and reply.tool_calls:
+            return [], False
 
         def error() -> bytes:
             return _sse("error", self.error_body(reply))
 
-        steps: list[Step] = [
-            _sse("message_start", {"type": "message_start", "message": message}),
-            _sse(
-                "content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-            ),
-        ]
+        start = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+        steps: list[Step] = [_sse("content_block_start", start)]
         for index, token in enumerate(reply.tokens):
             if (end := _interrupted(reply, index, error)) is not None:
-                return steps + end
+                return steps + end, True
             steps += _between(reply, index)
             delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token}}
             steps.append(_sse("content_block_delta", delta))
             if reply.ping_every and (index + 1) % reply.ping_every == 0:
                 steps.append(_sse("ping", {"type": "ping"}))
         if (end := _interrupted(reply, len(reply.tokens), error)) is not None:
-            return steps + end
+            return steps + end, True
         steps += _between(reply, len(reply.tokens))
-        output = len(reply.tokens) if reply.output_tokens is None else reply.output_tokens
-        steps += [
-            _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            _sse(
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
-                    "usage": {"output_tokens": output},
-                },
-            ),
-            _sse("message_stop", {"type": "message_stop"}),
+        return [*steps, _sse("content_block_stop", {"type": "content_block_stop", "index": 0})], False
+
+    def _tool_block(self, use: ToolUse, index: int, pieces: int) -> list[Step]:
+        block = {"type": "tool_use", "id": self.call_id(use, "toolu_"), "name": use.name, "input": {}}
+        steps: list[Step] = [
+            _sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
         ]
+        # The API opens the input with an empty piece, then streams the JSON text.
+        for piece in ["", *_pieces(use.arguments_json(), pieces)]:
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            steps.append(_sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
+        steps.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
         return steps
 
 
@@ -334,8 +436,21 @@ class FakeOpenAIServer(FakeModelServer):
         """OpenAI's error body."""
         return {"error": {"message": f"scripted {reply.error_type}", "type": reply.error_type, "code": reply.status}}
 
+    def tool_results(self, body: dict[str, Any]) -> list[ToolResultSent]:
+        """The request's ``tool`` messages (an error is the content starting with ``Error:``, as the API has no
+        flag for it)."""
+        return [
+            ToolResultSent(m["tool_call_id"], m.get("content") or "", str(m.get("content") or "").startswith("Error:"))
+            for m in body.get("messages") or ()
+            if m.get("role") == "tool"
+        ]
+
+    def tool_names(self, body: dict[str, Any]) -> list[str]:
+        """The request's ``tools`` (functions)."""
+        return [tool["function"]["name"] for tool in body.get("tools") or ()]
+
     def steps(self, reply: Reply, body: dict[str, Any]) -> list[Step]:
-        """A role chunk, one chunk per token, a finish chunk, a usage chunk, ``[DONE]``."""
+        """A role chunk, one chunk per token, the tool call chunks, a finish chunk, a usage chunk, ``[DONE]``."""
         model = reply.model or str(body.get("model", ""))
 
         def chunk(choices: list[dict[str, Any]], **more: Any) -> bytes:
@@ -345,9 +460,9 @@ class FakeOpenAIServer(FakeModelServer):
         def error() -> bytes:
             return _sse(None, {"error": {"message": "scripted", "type": reply.error_type, "code": 500}})
 
-        steps: list[Step] = [
-            chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        ]
+        # The role chunk's content is null when the answer is only tool calls, as OpenAI sends it.
+        opening = {"role": "assistant", "content": "" if reply.tokens or not reply.tool_calls else None}
+        steps: list[Step] = [chunk([{"index": 0, "delta": opening, "finish_reason": None}])]
         for index, token in enumerate(reply.tokens):
             if (end := _interrupted(reply, index, error)) is not None:
                 return steps + end
@@ -356,15 +471,27 @@ class FakeOpenAIServer(FakeModelServer):
         if (end := _interrupted(reply, len(reply.tokens), error)) is not None:
             return steps + end
         steps += _between(reply, len(reply.tokens))
+        for number, use in enumerate(reply.tool_calls):
+            for piece in self._tool_pieces(use, 0 if reply.same_index else number, reply.argument_pieces):
+                steps.append(chunk([{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}]))
         finish = {"max_tokens": "length", "refusal": "content_filter"}.get(reply.stop_reason, "stop")
+        if reply.tool_calls and reply.stop_reason in ("end_turn", "tool_use"):
+            finish = "tool_calls"
         last: dict[str, Any] = {"index": 0, "delta": {}, "finish_reason": finish}
         if reply.stop_sequence:
             last["stop_reason"] = reply.stop_sequence  # as vLLM reports the stop string that matched
         output = len(reply.tokens) if reply.output_tokens is None else reply.output_tokens
         usage = {
             "prompt_tokens": reply.input_tokens + reply.cache_read_input_tokens,
-            "completion_tokens": output,
+            "completion_tokens": output + len(reply.tool_calls),
             "prompt_tokens_details": {"cached_tokens": reply.cache_read_input_tokens},
         }
         steps += [chunk([last]), chunk([], usage=usage), _sse(None, "[DONE]")]
         return steps
+
+    def _tool_pieces(self, use: ToolUse, index: int, pieces: int) -> list[dict[str, Any]]:
+        """The id, type and name with empty arguments first, then the arguments in fragments."""
+        opening = {"index": index, "id": self.call_id(use, "call_"), "type": "function"}
+        deltas: list[dict[str, Any]] = [{**opening, "function": {"name": use.name, "arguments": ""}}]
+        deltas += [{"index": index, "function": {"arguments": p}} for p in _pieces(use.arguments_json(), pieces)]
+        return deltas

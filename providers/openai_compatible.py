@@ -3,6 +3,13 @@
 One upstream request per :meth:`stream` call, over ``httpx2`` (the HTTP client the anthropic SDK brings):
 ``POST {base_url}/chat/completions`` with ``stream: true``, read as server-sent events until ``data: [DONE]``.
 Retries, fallbacks and breakers are :class:`~providers.resilience.ProviderChain`'s job.
+
+Tools (function calling): the request's tools go out as ``tools`` of type ``function``; an assistant message's
+calls as its ``tool_calls`` and each result as a ``tool`` message. Streamed ``delta.tool_calls`` pieces are
+assembled by their ``index`` (id and name first, the arguments in fragments); the complete calls are yielded
+once the stream has finished, then the result with ``stop_reason="tool_use"``. Servers differ: Ollama numbers
+parallel calls all 0 (a new id then starts a new call), some send the arguments as an object rather than text,
+some finish with ``stop`` after calls. A request without tools writes earlier calls and results as text.
 """
 
 from __future__ import annotations
@@ -14,10 +21,10 @@ from typing import Any
 
 import httpx2
 
-from actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, StopReason, TextDelta
+from actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, StopReason, TextDelta, ToolCall, ToolSpec
 from providers import errors
 from providers.pricing import PriceTable
-from providers.turns import merge_turns
+from providers.turns import Entry, conversation
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +41,11 @@ _ERROR_BODY_CHARS = 2000
 
 def build_body(request: ModelRequest, model: str) -> dict[str, Any]:
     """The chat completions request body for ``request``."""
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
-    messages += [{"role": role, "content": text} for role, text in merge_turns(request.messages)]
+    for entry in conversation(request.messages, tools=bool(request.tools)):
+        messages += _messages(entry)
     if request.prefill:
         # A trailing assistant message: llama.cpp's server and Ollama continue it (vLLM needs
         # continue_final_message, which other servers reject, so it is not sent).
@@ -54,7 +62,42 @@ def build_body(request: ModelRequest, model: str) -> dict[str, Any]:
         body["temperature"] = request.temperature
     if request.stop_sequences:
         body["stop"] = list(request.stop_sequences)
+    if request.tools:
+        body["tools"] = [_tool(spec) for spec in request.tools]
     return body
+
+
+def _tool(spec: ToolSpec) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": spec.name}
+    if spec.description:
+        function["description"] = spec.description
+    function["parameters"] = json.loads(spec.input_schema_json or '{"type": "object"}')
+    return {"type": "function", "function": function}
+
+
+def _messages(entry: Entry) -> list[dict[str, Any]]:
+    """An entry as chat messages: a user entry's results as ``tool`` messages before its text; an assistant
+    entry's calls in its ``tool_calls`` (its content null when it has no text, as the API documents)."""
+    if entry.role == "assistant":
+        message: dict[str, Any] = {"role": "assistant", "content": entry.text or None}
+        if entry.calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments_json or "{}"},
+                }
+                for call in entry.calls
+            ]
+        return [message]
+    # The API has no error flag on a tool message: the model reads it from the text.
+    messages: list[dict[str, Any]] = [
+        {"role": "tool", "tool_call_id": r.call_id, "content": f"Error: {r.content}" if r.is_error else r.content}
+        for r in entry.results
+    ]
+    if entry.text:
+        messages.append({"role": "user", "content": entry.text})
+    return messages
 
 
 class OpenAICompatibleProvider:
@@ -91,40 +134,52 @@ class OpenAICompatibleProvider:
         await self._client.aclose()
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
-        """One streamed chat completion: text deltas as they arrive, then the result."""
+        """One streamed chat completion: text deltas as they arrive, then the complete tool calls (if the model
+        called any), then the result."""
+        model, response = await self._open(request)
+        result = _Accumulator(model)
+        try:
+            async for sse in httpx2.EventSource(response):
+                if sse.data.strip() == "[DONE]":
+                    break
+                for text in result.feed(_decode(sse.data)):
+                    yield TextDelta(text)
+        except httpx2.TransportError as exc:
+            raise self._transport_error(exc) from exc
+        finally:
+            # Closing the response closes the connection: an abandoned or cancelled turn stops upstream now.
+            await response.aclose()
+        if result.finish_reason is None:
+            raise errors.connection_lost(self.name, "the stream ended before a finish reason")
+        final = result.result(self.name, self.prices, request.stop_sequences)
+        if final.stop_reason == "tool_use":
+            for call in result.calls:
+                yield call
+        yield final
+
+    async def _open(self, request: ModelRequest) -> tuple[str, httpx2.Response]:
+        """The model asked for and the response, its status checked."""
         model = request.model or self.model
         if not model:
             raise ModelError("no model is configured for the openai_compatible provider", reason=errors.NOT_CONFIGURED)
         http_request = self._client.build_request("POST", self.url, json=build_body(request, model))
         try:
             response = await self._client.send(http_request, stream=True)
-        except httpx2.ReadTimeout as exc:
-            raise errors.stalled(self.name, self.idle_timeout_s) from exc
         except httpx2.TransportError as exc:
-            raise errors.connection_lost(self.name, type(exc).__name__) from exc
-        try:
-            if response.status_code != 200:
+            raise self._transport_error(exc) from exc
+        if response.status_code != 200:
+            try:
                 raise await self._status_error(response)
-            result = _Accumulator(model)
-            async for sse in httpx2.EventSource(response):
-                if sse.data.strip() == "[DONE]":
-                    break
-                for text in result.feed(_decode(sse.data)):
-                    yield TextDelta(text)
-        except ModelError:
-            raise
-        except httpx2.ReadTimeout as exc:
-            raise errors.stalled(self.name, self.idle_timeout_s) from exc
-        except httpx2.SSEError as exc:
-            raise errors.protocol_error(self.name, str(exc)) from exc
-        except httpx2.TransportError as exc:
-            raise errors.connection_lost(self.name, type(exc).__name__) from exc
-        finally:
-            # Closing the response closes the connection: an abandoned or cancelled turn stops upstream now.
-            await response.aclose()
-        if result.finish_reason is None:
-            raise errors.connection_lost(self.name, "the stream ended before a finish reason")
-        yield result.result(self.name, self.prices, request.stop_sequences)
+            finally:
+                await response.aclose()
+        return model, response
+
+    def _transport_error(self, exc: httpx2.TransportError) -> ModelError:
+        if isinstance(exc, httpx2.ReadTimeout):
+            return errors.stalled(self.name, self.idle_timeout_s)
+        if isinstance(exc, httpx2.SSEError):
+            return errors.protocol_error(self.name, str(exc))
+        return errors.connection_lost(self.name, type(exc).__name__)
 
     async def _status_error(self, response: httpx2.Response) -> ModelError:
         body = (await response.aread())[:_ERROR_BODY_CHARS]
@@ -161,9 +216,43 @@ class _Accumulator:
         self.finish_reason: str | None = None
         self.stop_string = ""
         self.usage: dict[str, int] = {}
+        self._calls: list[_PartialCall] = []
+        self._slots: dict[int, int] = {}
+        """The streamed index of a call -> its position in ``_calls``."""
+
+    @property
+    def calls(self) -> list[ToolCall]:
+        """The tool calls assembled so far, in the order they began."""
+        return [
+            ToolCall(call_id=c.call_id or f"call_{i}", name=c.name, arguments_json="".join(c.arguments).strip() or "{}")
+            for i, c in enumerate(self._calls)
+        ]
+
+    def _tool_delta(self, piece: dict[str, Any]) -> None:
+        raw_index, raw_id = piece.get("index"), piece.get("id")
+        index = raw_index if isinstance(raw_index, int) else len(self._slots)
+        call_id = raw_id if isinstance(raw_id, str) else ""
+        slot = self._slots.get(index)
+        if slot is None or (call_id and self._calls[slot].call_id and call_id != self._calls[slot].call_id):
+            # A new index, or a new id at a used one (Ollama numbers parallel calls all 0): a new call.
+            self._slots[index] = slot = len(self._calls)
+            self._calls.append(_PartialCall())
+        call = self._calls[slot]
+        call.call_id = call.call_id or call_id
+        function = piece.get("function")
+        if not isinstance(function, dict):
+            return
+        if isinstance(function.get("name"), str) and function["name"]:
+            call.name = function["name"]
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            call.arguments.append(arguments)
+        elif isinstance(arguments, dict):
+            call.arguments.append(json.dumps(arguments))
 
     def feed(self, chunk: dict[str, Any]) -> list[str]:
-        """The text pieces of ``chunk`` (raising for an error chunk)."""
+        """The text pieces of ``chunk`` (raising for an error chunk); its tool call pieces, finish reason and
+        usage are kept for the result."""
         error = chunk.get("error")
         if error is not None:
             # vLLM and llama.cpp report a failure during generation as a chunk with an error object.
@@ -177,29 +266,44 @@ class _Accumulator:
             self.model = chunk["model"]
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            for key in ("prompt_tokens", "completion_tokens"):
-                if isinstance(usage.get(key), int):
-                    self.usage[key] = usage[key]
-            details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-                self.usage["cached_tokens"] = details["cached_tokens"]
+            self._usage(usage)
         texts: list[str] = []
         for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict):
-                continue
-            delta = choice.get("delta")
-            if isinstance(delta, dict) and isinstance(delta.get("content"), str) and delta["content"]:
-                texts.append(delta["content"])
-            if choice.get("finish_reason"):
-                self.finish_reason = str(choice["finish_reason"])
-                # vLLM says which stop string matched here.
-                if isinstance(choice.get("stop_reason"), str):
-                    self.stop_string = choice["stop_reason"]
+            if isinstance(choice, dict):
+                texts += self._choice(choice)
         return texts
+
+    def _usage(self, usage: dict[str, Any]) -> None:
+        for key in ("prompt_tokens", "completion_tokens"):
+            if isinstance(usage.get(key), int):
+                self.usage[key] = usage[key]
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+            self.usage["cached_tokens"] = details["cached_tokens"]
+
+    def _choice(self, choice: dict[str, Any]) -> list[str]:
+        delta = choice.get("delta")
+        delta = delta if isinstance(delta, dict) else {}
+        for piece in delta.get("tool_calls") or ():
+            if isinstance(piece, dict):
+                self._tool_delta(piece)
+        if choice.get("finish_reason"):
+            self.finish_reason = str(choice["finish_reason"])
+            # vLLM says which stop string matched here.
+            if isinstance(choice.get("stop_reason"), str):
+                self.stop_string = choice["stop_reason"]
+        content = delta.get("content")
+        return [content] if isinstance(content, str) and content else []
 
     def result(self, provider: str, prices: PriceTable, stop_sequences: tuple[str, ...]) -> ModelResult:
         """The result once the stream has finished."""
         stop = _FINISH_REASONS.get(self.finish_reason or "stop", "end_turn")
+        extra: dict[str, str] = {}
+        if self._calls and stop != "max_tokens":
+            stop = "tool_use"  # some servers finish with "stop" after calls
+        elif self._calls:
+            # Cut off by max_tokens: the last call's arguments may be incomplete, and none may run.
+            extra["incomplete_tool_calls"] = str(len(self._calls))
         stop_sequence = ""
         if stop == "end_turn" and self.stop_string and self.stop_string in stop_sequences:
             stop, stop_sequence = "stop_sequence", self.stop_string
@@ -216,4 +320,14 @@ class _Accumulator:
             provider=provider,
             model=self.model,
             estimated_cost_usd=prices.cost(self.model, input_tokens=inp, output_tokens=out, cache_read_tokens=cached),
+            extra=extra,
         )
+
+
+class _PartialCall:
+    """A tool call being streamed."""
+
+    def __init__(self) -> None:
+        self.call_id = ""
+        self.name = ""
+        self.arguments: list[str] = []

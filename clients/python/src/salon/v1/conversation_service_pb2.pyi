@@ -1,6 +1,7 @@
 from salon.v1 import session_pb2 as _session_pb2
 from salon.v1 import turn_pb2 as _turn_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -8,8 +9,17 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ApprovalVerdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    APPROVAL_VERDICT_UNSPECIFIED: _ClassVar[ApprovalVerdict]
+    APPROVAL_VERDICT_APPROVE: _ClassVar[ApprovalVerdict]
+    APPROVAL_VERDICT_REJECT: _ClassVar[ApprovalVerdict]
+APPROVAL_VERDICT_UNSPECIFIED: ApprovalVerdict
+APPROVAL_VERDICT_APPROVE: ApprovalVerdict
+APPROVAL_VERDICT_REJECT: ApprovalVerdict
+
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("session_id", "metadata", "system_prompt", "memory", "double_texting", "model", "disconnect_policy")
+    __slots__ = ("session_id", "metadata", "system_prompt", "memory", "double_texting", "model", "disconnect_policy", "tools", "tool_settings")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +34,8 @@ class CreateSessionRequest(_message.Message):
     DOUBLE_TEXTING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DISCONNECT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     metadata: _containers.ScalarMap[str, str]
     system_prompt: str
@@ -31,7 +43,9 @@ class CreateSessionRequest(_message.Message):
     double_texting: _session_pb2.DoubleTextingPolicy
     model: _session_pb2.ModelSettings
     disconnect_policy: _session_pb2.DisconnectPolicy
-    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., memory: _Optional[_Union[_session_pb2.MemorySettings, _Mapping]] = ..., double_texting: _Optional[_Union[_session_pb2.DoubleTextingPolicy, str]] = ..., model: _Optional[_Union[_session_pb2.ModelSettings, _Mapping]] = ..., disconnect_policy: _Optional[_Union[_session_pb2.DisconnectPolicy, str]] = ...) -> None: ...
+    tools: _session_pb2.ToolSet
+    tool_settings: _session_pb2.ToolSettings
+    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., memory: _Optional[_Union[_session_pb2.MemorySettings, _Mapping]] = ..., double_texting: _Optional[_Union[_session_pb2.DoubleTextingPolicy, str]] = ..., model: _Optional[_Union[_session_pb2.ModelSettings, _Mapping]] = ..., disconnect_policy: _Optional[_Union[_session_pb2.DisconnectPolicy, str]] = ..., tools: _Optional[_Union[_session_pb2.ToolSet, _Mapping]] = ..., tool_settings: _Optional[_Union[_session_pb2.ToolSettings, _Mapping]] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
     __slots__ = ("session",)
@@ -87,7 +101,7 @@ class DeleteSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SendTurnRequest(_message.Message):
-    __slots__ = ("session_id", "text", "idempotency_key", "double_texting", "metadata", "disconnect_policy")
+    __slots__ = ("session_id", "text", "idempotency_key", "double_texting", "metadata", "disconnect_policy", "tools", "tool_settings")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -101,13 +115,17 @@ class SendTurnRequest(_message.Message):
     DOUBLE_TEXTING_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     DISCONNECT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     text: str
     idempotency_key: str
     double_texting: _session_pb2.DoubleTextingPolicy
     metadata: _containers.ScalarMap[str, str]
     disconnect_policy: _session_pb2.DisconnectPolicy
-    def __init__(self, session_id: _Optional[str] = ..., text: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., double_texting: _Optional[_Union[_session_pb2.DoubleTextingPolicy, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., disconnect_policy: _Optional[_Union[_session_pb2.DisconnectPolicy, str]] = ...) -> None: ...
+    tools: _session_pb2.ToolSet
+    tool_settings: _session_pb2.ToolSettings
+    def __init__(self, session_id: _Optional[str] = ..., text: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., double_texting: _Optional[_Union[_session_pb2.DoubleTextingPolicy, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., disconnect_policy: _Optional[_Union[_session_pb2.DisconnectPolicy, str]] = ..., tools: _Optional[_Union[_session_pb2.ToolSet, _Mapping]] = ..., tool_settings: _Optional[_Union[_session_pb2.ToolSettings, _Mapping]] = ...) -> None: ...
 
 class SendTurnResponse(_message.Message):
     __slots__ = ("event",)
@@ -116,24 +134,40 @@ class SendTurnResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[_turn_pb2.TurnEvent, _Mapping]] = ...) -> None: ...
 
 class ConverseRequest(_message.Message):
-    __slots__ = ("request_id", "send_turn", "cancel_turn", "resume_turn")
+    __slots__ = ("request_id", "send_turn", "cancel_turn", "resume_turn", "submit_tool_result", "decide_approval")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEND_TURN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_TURN_FIELD_NUMBER: _ClassVar[int]
     RESUME_TURN_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_TOOL_RESULT_FIELD_NUMBER: _ClassVar[int]
+    DECIDE_APPROVAL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     send_turn: SendTurnRequest
     cancel_turn: CancelTurnRequest
     resume_turn: ResumeTurnRequest
-    def __init__(self, request_id: _Optional[str] = ..., send_turn: _Optional[_Union[SendTurnRequest, _Mapping]] = ..., cancel_turn: _Optional[_Union[CancelTurnRequest, _Mapping]] = ..., resume_turn: _Optional[_Union[ResumeTurnRequest, _Mapping]] = ...) -> None: ...
+    submit_tool_result: SubmitToolResultRequest
+    decide_approval: DecideApprovalRequest
+    def __init__(self, request_id: _Optional[str] = ..., send_turn: _Optional[_Union[SendTurnRequest, _Mapping]] = ..., cancel_turn: _Optional[_Union[CancelTurnRequest, _Mapping]] = ..., resume_turn: _Optional[_Union[ResumeTurnRequest, _Mapping]] = ..., submit_tool_result: _Optional[_Union[SubmitToolResultRequest, _Mapping]] = ..., decide_approval: _Optional[_Union[DecideApprovalRequest, _Mapping]] = ...) -> None: ...
 
 class ConverseResponse(_message.Message):
-    __slots__ = ("event", "error")
+    __slots__ = ("event", "error", "ack")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
     event: _turn_pb2.TurnEvent
     error: ConverseError
-    def __init__(self, event: _Optional[_Union[_turn_pb2.TurnEvent, _Mapping]] = ..., error: _Optional[_Union[ConverseError, _Mapping]] = ...) -> None: ...
+    ack: ConverseAck
+    def __init__(self, event: _Optional[_Union[_turn_pb2.TurnEvent, _Mapping]] = ..., error: _Optional[_Union[ConverseError, _Mapping]] = ..., ack: _Optional[_Union[ConverseAck, _Mapping]] = ...) -> None: ...
+
+class ConverseAck(_message.Message):
+    __slots__ = ("request_id", "session_id", "duplicate")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    session_id: str
+    duplicate: bool
+    def __init__(self, request_id: _Optional[str] = ..., session_id: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class ConverseError(_message.Message):
     __slots__ = ("request_id", "session_id", "code", "reason", "message")
@@ -194,3 +228,47 @@ class GetHistoryResponse(_message.Message):
     turns: _containers.RepeatedCompositeFieldContainer[_turn_pb2.TurnRecord]
     next_page_token: str
     def __init__(self, turns: _Optional[_Iterable[_Union[_turn_pb2.TurnRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SubmitToolResultRequest(_message.Message):
+    __slots__ = ("session_id", "turn_id", "call_id", "result", "error")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    turn_id: str
+    call_id: str
+    result: str
+    error: str
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., call_id: _Optional[str] = ..., result: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class SubmitToolResultResponse(_message.Message):
+    __slots__ = ("duplicate",)
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    duplicate: bool
+    def __init__(self, duplicate: _Optional[bool] = ...) -> None: ...
+
+class DecideApprovalRequest(_message.Message):
+    __slots__ = ("session_id", "turn_id", "call_id", "verdict", "reason", "approver")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    turn_id: str
+    call_id: str
+    verdict: ApprovalVerdict
+    reason: str
+    approver: str
+    def __init__(self, session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., call_id: _Optional[str] = ..., verdict: _Optional[_Union[ApprovalVerdict, str]] = ..., reason: _Optional[str] = ..., approver: _Optional[str] = ...) -> None: ...
+
+class DecideApprovalResponse(_message.Message):
+    __slots__ = ("duplicate", "verdict")
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    duplicate: bool
+    verdict: ApprovalVerdict
+    def __init__(self, duplicate: _Optional[bool] = ..., verdict: _Optional[_Union[ApprovalVerdict, str]] = ...) -> None: ...

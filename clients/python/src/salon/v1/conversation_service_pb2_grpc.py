@@ -83,6 +83,16 @@ class ConversationServiceStub:
                 request_serializer=salon_dot_v1_dot_conversation__service__pb2.GetHistoryRequest.SerializeToString,
                 response_deserializer=salon_dot_v1_dot_conversation__service__pb2.GetHistoryResponse.FromString,
                 _registered_method=True)
+        self.SubmitToolResult = channel.unary_unary(
+                '/salon.v1.ConversationService/SubmitToolResult',
+                request_serializer=salon_dot_v1_dot_conversation__service__pb2.SubmitToolResultRequest.SerializeToString,
+                response_deserializer=salon_dot_v1_dot_conversation__service__pb2.SubmitToolResultResponse.FromString,
+                _registered_method=True)
+        self.DecideApproval = channel.unary_unary(
+                '/salon.v1.ConversationService/DecideApproval',
+                request_serializer=salon_dot_v1_dot_conversation__service__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=salon_dot_v1_dot_conversation__service__pb2.DecideApprovalResponse.FromString,
+                _registered_method=True)
 
 
 class ConversationServiceServicer:
@@ -156,6 +166,24 @@ class ConversationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitToolResult(self, request, context):
+        """Answers a tool call the client runs (a `tool_call` event with an empty mcp_server) with its result or
+        an error; the turn continues when every call of the model's round is answered. NOT_FOUND for a call
+        the caller cannot see, of a finished turn, or unknown (the same answer for each); INVALID_ARGUMENT for an
+        oversized result. Answering a call again changes nothing (`duplicate` says so).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideApproval(self, request, context):
+        """Approves or rejects a tool call waiting for approval (an `approval_required` event). The first decision
+        counts; the same rules as SubmitToolResult apply.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConversationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +231,16 @@ def add_ConversationServiceServicer_to_server(servicer, server):
                     servicer.GetHistory,
                     request_deserializer=salon_dot_v1_dot_conversation__service__pb2.GetHistoryRequest.FromString,
                     response_serializer=salon_dot_v1_dot_conversation__service__pb2.GetHistoryResponse.SerializeToString,
+            ),
+            'SubmitToolResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitToolResult,
+                    request_deserializer=salon_dot_v1_dot_conversation__service__pb2.SubmitToolResultRequest.FromString,
+                    response_serializer=salon_dot_v1_dot_conversation__service__pb2.SubmitToolResultResponse.SerializeToString,
+            ),
+            'DecideApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideApproval,
+                    request_deserializer=salon_dot_v1_dot_conversation__service__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=salon_dot_v1_dot_conversation__service__pb2.DecideApprovalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -452,6 +490,60 @@ class ConversationService:
             '/salon.v1.ConversationService/GetHistory',
             salon_dot_v1_dot_conversation__service__pb2.GetHistoryRequest.SerializeToString,
             salon_dot_v1_dot_conversation__service__pb2.GetHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitToolResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/salon.v1.ConversationService/SubmitToolResult',
+            salon_dot_v1_dot_conversation__service__pb2.SubmitToolResultRequest.SerializeToString,
+            salon_dot_v1_dot_conversation__service__pb2.SubmitToolResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/salon.v1.ConversationService/DecideApproval',
+            salon_dot_v1_dot_conversation__service__pb2.DecideApprovalRequest.SerializeToString,
+            salon_dot_v1_dot_conversation__service__pb2.DecideApprovalResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -71,7 +72,7 @@ class Summary(_message.Message):
     def __init__(self, text: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "metadata", "system_prompt", "memory", "double_texting", "model", "create_time", "turn_count", "summary", "disconnect_policy")
+    __slots__ = ("session_id", "metadata", "system_prompt", "memory", "double_texting", "model", "create_time", "turn_count", "summary", "disconnect_policy", "tools", "tool_settings")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +90,8 @@ class Session(_message.Message):
     TURN_COUNT_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     DISCONNECT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     metadata: _containers.ScalarMap[str, str]
     system_prompt: str
@@ -99,4 +102,36 @@ class Session(_message.Message):
     turn_count: int
     summary: Summary
     disconnect_policy: DisconnectPolicy
-    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., memory: _Optional[_Union[MemorySettings, _Mapping]] = ..., double_texting: _Optional[_Union[DoubleTextingPolicy, str]] = ..., model: _Optional[_Union[ModelSettings, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., turn_count: _Optional[int] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., disconnect_policy: _Optional[_Union[DisconnectPolicy, str]] = ...) -> None: ...
+    tools: ToolSet
+    tool_settings: ToolSettings
+    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., memory: _Optional[_Union[MemorySettings, _Mapping]] = ..., double_texting: _Optional[_Union[DoubleTextingPolicy, str]] = ..., model: _Optional[_Union[ModelSettings, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., turn_count: _Optional[int] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., disconnect_policy: _Optional[_Union[DisconnectPolicy, str]] = ..., tools: _Optional[_Union[ToolSet, _Mapping]] = ..., tool_settings: _Optional[_Union[ToolSettings, _Mapping]] = ...) -> None: ...
+
+class Tool(_message.Message):
+    __slots__ = ("name", "description", "input_schema_json", "requires_approval", "mcp_server")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    MCP_SERVER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    input_schema_json: str
+    requires_approval: bool
+    mcp_server: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., input_schema_json: _Optional[str] = ..., requires_approval: _Optional[bool] = ..., mcp_server: _Optional[str] = ...) -> None: ...
+
+class ToolSet(_message.Message):
+    __slots__ = ("tools", "mcp_servers")
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    MCP_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    tools: _containers.RepeatedCompositeFieldContainer[Tool]
+    mcp_servers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., mcp_servers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ToolSettings(_message.Message):
+    __slots__ = ("wait_timeout", "max_model_rounds")
+    WAIT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    wait_timeout: _duration_pb2.Duration
+    max_model_rounds: int
+    def __init__(self, wait_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_model_rounds: _Optional[int] = ...) -> None: ...

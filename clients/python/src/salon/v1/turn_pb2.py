@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13salon/v1/turn.proto\x12\x08salon.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x03\n\tTurnEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x08\x61\x63\x63\x65pted\x18\n \x01(\x0b\x32\x16.salon.v1.TurnAcceptedH\x00\x12(\n\tcitations\x18\x0b \x01(\x0b\x32\x13.salon.v1.CitationsH\x00\x12%\n\x05\x64\x65lta\x18\x0c \x01(\x0b\x32\x14.salon.v1.TokenDeltaH\x00\x12 \n\x05usage\x18\r \x01(\x0b\x32\x0f.salon.v1.UsageH\x00\x12,\n\tcompleted\x18\x0e \x01(\x0b\x32\x17.salon.v1.TurnCompletedH\x00\x12$\n\x05\x65rror\x18\x0f \x01(\x0b\x32\x13.salon.v1.TurnErrorH\x00\x12,\n\tcancelled\x18\x10 \x01(\x0b\x32\x17.salon.v1.TurnCancelledH\x00\x12.\n\tguardrail\x18\x11 \x01(\x0b\x32\x19.salon.v1.GuardrailNoticeH\x00\x42\x06\n\x04kind\"J\n\x0cTurnAccepted\x12\x16\n\x0equeue_position\x18\x01 \x01(\r\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"2\n\tCitations\x12%\n\tcitations\x18\x01 \x03(\x0b\x32\x12.salon.v1.Citation\"v\n\x08\x43itation\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x15\n\rtable_version\x18\x05 \x01(\x04\x12\r\n\x05title\x18\x06 \x01(\t\"\x1a\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xb7\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x04\x12\x15\n\routput_tokens\x18\x02 \x01(\x04\x12\x1f\n\x17\x63\x61\x63he_read_input_tokens\x18\x03 \x01(\x04\x12#\n\x1b\x63\x61\x63he_creation_input_tokens\x18\x04 \x01(\x04\x12\x1a\n\x12\x65stimated_cost_usd\x18\x05 \x01(\x01\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\"Q\n\rTurnCompleted\x12)\n\x0bstop_reason\x18\x01 \x01(\x0e\x32\x14.salon.v1.StopReason\x12\x15\n\rstop_sequence\x18\x02 \x01(\t\"\x80\x01\n\tTurnError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07partial\x18\x05 \x01(\x08\"A\n\x0fGuardrailNotice\x12.\n\tdecisions\x18\x01 \x03(\x0b\x32\x1b.salon.v1.GuardrailDecision\"\x90\x01\n\x11GuardrailDecision\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12\r\n\x05score\x18\x06 \x01(\x02\x12\r\n\x05rules\x18\x07 \x03(\t\x12\x0f\n\x07passage\x18\x08 \x01(\x05\"\x1f\n\rTurnCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xf2\x02\n\nTurnRecord\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x11\n\tuser_text\x18\x02 \x01(\t\x12\x12\n\nreply_text\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.salon.v1.TurnStatus\x12)\n\x0bstop_reason\x18\x05 \x01(\x0e\x32\x14.salon.v1.StopReason\x12\x1e\n\x05usage\x18\x06 \x01(\x0b\x32\x0f.salon.v1.Usage\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07\x63ontext\x18\t \x01(\x0b\x32\x15.salon.v1.TurnContext\x12/\n\nguardrails\x18\n \x03(\x0b\x32\x1b.salon.v1.GuardrailDecision\"\xf9\x01\n\x0bTurnContext\x12(\n\x06window\x18\x01 \x03(\x0b\x32\x18.salon.v1.ContextMessage\x12\x17\n\x0fsummary_version\x18\x02 \x01(\x04\x12\x16\n\x0esummary_tokens\x18\x03 \x01(\r\x12*\n\x08passages\x18\x04 \x03(\x0b\x32\x18.salon.v1.ContextPassage\x12\x15\n\rsystem_tokens\x18\x05 \x01(\r\x12\x16\n\x0emessage_tokens\x18\x06 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x07 \x01(\r\x12\x1e\n\x16retrieval_error_reason\x18\x08 \x01(\t\"S\n\x0e\x43ontextMessage\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x12\n\nturn_index\x18\x02 \x01(\x04\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x01(\r\"Z\n\x0e\x43ontextPassage\x12$\n\x08\x63itation\x18\x01 \x01(\x0b\x32\x12.salon.v1.Citation\x12\x0e\n\x06tokens\x18\x02 \x01(\r\x12\x12\n\nturn_index\x18\x03 \x01(\x04*\xb1\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14STOP_REASON_END_TURN\x10\x01\x12\x1a\n\x16STOP_REASON_MAX_TOKENS\x10\x02\x12\x1d\n\x19STOP_REASON_STOP_SEQUENCE\x10\x03\x12\x18\n\x14STOP_REASON_TOOL_USE\x10\x04\x12\x17\n\x13STOP_REASON_REFUSAL\x10\x05*\x90\x01\n\nTurnStatus\x12\x1b\n\x17TURN_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15TURN_STATUS_COMPLETED\x10\x01\x12\x16\n\x12TURN_STATUS_FAILED\x10\x02\x12\x17\n\x13TURN_STATUS_PARTIAL\x10\x03\x12\x19\n\x15TURN_STATUS_CANCELLED\x10\x04\x42\x10\n\x0c\x64\x65v.salon.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13salon/v1/turn.proto\x12\x08salon.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x05\n\tTurnEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x08\x61\x63\x63\x65pted\x18\n \x01(\x0b\x32\x16.salon.v1.TurnAcceptedH\x00\x12(\n\tcitations\x18\x0b \x01(\x0b\x32\x13.salon.v1.CitationsH\x00\x12%\n\x05\x64\x65lta\x18\x0c \x01(\x0b\x32\x14.salon.v1.TokenDeltaH\x00\x12 \n\x05usage\x18\r \x01(\x0b\x32\x0f.salon.v1.UsageH\x00\x12,\n\tcompleted\x18\x0e \x01(\x0b\x32\x17.salon.v1.TurnCompletedH\x00\x12$\n\x05\x65rror\x18\x0f \x01(\x0b\x32\x13.salon.v1.TurnErrorH\x00\x12,\n\tcancelled\x18\x10 \x01(\x0b\x32\x17.salon.v1.TurnCancelledH\x00\x12.\n\tguardrail\x18\x11 \x01(\x0b\x32\x19.salon.v1.GuardrailNoticeH\x00\x12\'\n\ttool_call\x18\x12 \x01(\x0b\x32\x12.salon.v1.ToolCallH\x00\x12\x37\n\x11\x61pproval_required\x18\x13 \x01(\x0b\x32\x1a.salon.v1.ApprovalRequiredH\x00\x12\x35\n\x10\x61pproval_decided\x18\x14 \x01(\x0b\x32\x19.salon.v1.ApprovalDecidedH\x00\x12+\n\x0btool_result\x18\x15 \x01(\x0b\x32\x14.salon.v1.ToolResultH\x00\x42\x06\n\x04kind\"J\n\x0cTurnAccepted\x12\x16\n\x0equeue_position\x18\x01 \x01(\r\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"2\n\tCitations\x12%\n\tcitations\x18\x01 \x03(\x0b\x32\x12.salon.v1.Citation\"v\n\x08\x43itation\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x15\n\rtable_version\x18\x05 \x01(\x04\x12\r\n\x05title\x18\x06 \x01(\t\"\x1a\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xcd\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x04\x12\x15\n\routput_tokens\x18\x02 \x01(\x04\x12\x1f\n\x17\x63\x61\x63he_read_input_tokens\x18\x03 \x01(\x04\x12#\n\x1b\x63\x61\x63he_creation_input_tokens\x18\x04 \x01(\x04\x12\x1a\n\x12\x65stimated_cost_usd\x18\x05 \x01(\x01\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x14\n\x0cmodel_rounds\x18\x08 \x01(\r\"Q\n\rTurnCompleted\x12)\n\x0bstop_reason\x18\x01 \x01(\x0e\x32\x14.salon.v1.StopReason\x12\x15\n\rstop_sequence\x18\x02 \x01(\t\"\x80\x01\n\tTurnError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07partial\x18\x05 \x01(\x08\"A\n\x0fGuardrailNotice\x12.\n\tdecisions\x18\x01 \x03(\x0b\x32\x1b.salon.v1.GuardrailDecision\"\xa1\x01\n\x11GuardrailDecision\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12\r\n\x05score\x18\x06 \x01(\x02\x12\r\n\x05rules\x18\x07 \x03(\t\x12\x0f\n\x07passage\x18\x08 \x01(\x05\x12\x0f\n\x07\x63\x61ll_id\x18\t \x01(\t\"\xb2\x01\n\x08ToolCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\x12\x19\n\x11requires_approval\x18\x04 \x01(\x08\x12\x12\n\nmcp_server\x18\x05 \x01(\t\x12\r\n\x05round\x18\x06 \x01(\r\x12\x31\n\rwait_deadline\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9f\x01\n\x10\x41pprovalRequired\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\x12\x12\n\nmcp_server\x18\x04 \x01(\t\x12\r\n\x05round\x18\x05 \x01(\r\x12\x31\n\rwait_deadline\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x0f\x41pprovalDecided\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pproved\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61pprover\x18\x04 \x01(\t\"\xc6\x01\n\nToolResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12\x10\n\x08is_error\x18\x03 \x01(\x08\x12*\n\x06source\x18\x04 \x01(\x0e\x32\x1a.salon.v1.ToolResultSource\x12\x17\n\x0f\x63ontent_preview\x18\x05 \x01(\t\x12\x15\n\rcontent_bytes\x18\x06 \x01(\r\x12+\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1f\n\rTurnCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xb6\x03\n\nTurnRecord\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x11\n\tuser_text\x18\x02 \x01(\t\x12\x12\n\nreply_text\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.salon.v1.TurnStatus\x12)\n\x0bstop_reason\x18\x05 \x01(\x0e\x32\x14.salon.v1.StopReason\x12\x1e\n\x05usage\x18\x06 \x01(\x0b\x32\x0f.salon.v1.Usage\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07\x63ontext\x18\t \x01(\x0b\x32\x15.salon.v1.TurnContext\x12/\n\nguardrails\x18\n \x03(\x0b\x32\x1b.salon.v1.GuardrailDecision\x12,\n\ntool_calls\x18\x0b \x03(\x0b\x32\x18.salon.v1.ToolCallRecord\x12\x14\n\x0cmodel_rounds\x18\x0c \x01(\r\"\xf4\x02\n\x0eToolCallRecord\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\x12\x12\n\nmcp_server\x18\x04 \x01(\t\x12\r\n\x05round\x18\x05 \x01(\r\x12.\n\x08\x61pproval\x18\x06 \x01(\x0b\x32\x1c.salon.v1.ToolApprovalRecord\x12\x0e\n\x06result\x18\x07 \x01(\t\x12\x10\n\x08is_error\x18\x08 \x01(\x08\x12*\n\x06source\x18\t \x01(\x0e\x32\x1a.salon.v1.ToolResultSource\x12-\n\tcall_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresult_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61ll_tokens\x18\x0c \x01(\r\x12\x15\n\rresult_tokens\x18\r \x01(\r\"\x8d\x01\n\x12ToolApprovalRecord\x12\x10\n\x08\x61pproved\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08\x61pprover\x18\x03 \x01(\t\x12\x12\n\ndecided_by\x18\x04 \x01(\t\x12/\n\x0b\x64\x65\x63ide_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf9\x01\n\x0bTurnContext\x12(\n\x06window\x18\x01 \x03(\x0b\x32\x18.salon.v1.ContextMessage\x12\x17\n\x0fsummary_version\x18\x02 \x01(\x04\x12\x16\n\x0esummary_tokens\x18\x03 \x01(\r\x12*\n\x08passages\x18\x04 \x03(\x0b\x32\x18.salon.v1.ContextPassage\x12\x15\n\rsystem_tokens\x18\x05 \x01(\r\x12\x16\n\x0emessage_tokens\x18\x06 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x07 \x01(\r\x12\x1e\n\x16retrieval_error_reason\x18\x08 \x01(\t\"g\n\x0e\x43ontextMessage\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x12\n\nturn_index\x18\x02 \x01(\x04\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x01(\r\x12\x12\n\ntool_calls\x18\x05 \x01(\r\"Z\n\x0e\x43ontextPassage\x12$\n\x08\x63itation\x18\x01 \x01(\x0b\x32\x12.salon.v1.Citation\x12\x0e\n\x06tokens\x18\x02 \x01(\r\x12\x12\n\nturn_index\x18\x03 \x01(\x04*\xb1\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14STOP_REASON_END_TURN\x10\x01\x12\x1a\n\x16STOP_REASON_MAX_TOKENS\x10\x02\x12\x1d\n\x19STOP_REASON_STOP_SEQUENCE\x10\x03\x12\x18\n\x14STOP_REASON_TOOL_USE\x10\x04\x12\x17\n\x13STOP_REASON_REFUSAL\x10\x05*\xf9\x01\n\x10ToolResultSource\x12\"\n\x1eTOOL_RESULT_SOURCE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TOOL_RESULT_SOURCE_CLIENT\x10\x01\x12\x1a\n\x16TOOL_RESULT_SOURCE_MCP\x10\x02\x12\x1f\n\x1bTOOL_RESULT_SOURCE_REJECTED\x10\x03\x12\x1e\n\x1aTOOL_RESULT_SOURCE_TIMEOUT\x10\x04\x12#\n\x1fTOOL_RESULT_SOURCE_INVALID_CALL\x10\x05\x12 \n\x1cTOOL_RESULT_SOURCE_CANCELLED\x10\x06*\x90\x01\n\nTurnStatus\x12\x1b\n\x17TURN_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15TURN_STATUS_COMPLETED\x10\x01\x12\x16\n\x12TURN_STATUS_FAILED\x10\x02\x12\x17\n\x13TURN_STATUS_PARTIAL\x10\x03\x12\x19\n\x15TURN_STATUS_CANCELLED\x10\x04\x42\x10\n\x0c\x64\x65v.salon.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,38 +34,52 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'salon.v1.turn_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.salon.v1P\001'
-  _globals['_STOPREASON']._serialized_start=2275
-  _globals['_STOPREASON']._serialized_end=2452
-  _globals['_TURNSTATUS']._serialized_start=2455
-  _globals['_TURNSTATUS']._serialized_end=2599
+  _globals['_STOPREASON']._serialized_start=3751
+  _globals['_STOPREASON']._serialized_end=3928
+  _globals['_TOOLRESULTSOURCE']._serialized_start=3931
+  _globals['_TOOLRESULTSOURCE']._serialized_end=4180
+  _globals['_TURNSTATUS']._serialized_start=4183
+  _globals['_TURNSTATUS']._serialized_end=4327
   _globals['_TURNEVENT']._serialized_start=99
-  _globals['_TURNEVENT']._serialized_end=547
-  _globals['_TURNACCEPTED']._serialized_start=549
-  _globals['_TURNACCEPTED']._serialized_end=623
-  _globals['_CITATIONS']._serialized_start=625
-  _globals['_CITATIONS']._serialized_end=675
-  _globals['_CITATION']._serialized_start=677
-  _globals['_CITATION']._serialized_end=795
-  _globals['_TOKENDELTA']._serialized_start=797
-  _globals['_TOKENDELTA']._serialized_end=823
-  _globals['_USAGE']._serialized_start=826
-  _globals['_USAGE']._serialized_end=1009
-  _globals['_TURNCOMPLETED']._serialized_start=1011
-  _globals['_TURNCOMPLETED']._serialized_end=1092
-  _globals['_TURNERROR']._serialized_start=1095
-  _globals['_TURNERROR']._serialized_end=1223
-  _globals['_GUARDRAILNOTICE']._serialized_start=1225
-  _globals['_GUARDRAILNOTICE']._serialized_end=1290
-  _globals['_GUARDRAILDECISION']._serialized_start=1293
-  _globals['_GUARDRAILDECISION']._serialized_end=1437
-  _globals['_TURNCANCELLED']._serialized_start=1439
-  _globals['_TURNCANCELLED']._serialized_end=1470
-  _globals['_TURNRECORD']._serialized_start=1473
-  _globals['_TURNRECORD']._serialized_end=1843
-  _globals['_TURNCONTEXT']._serialized_start=1846
-  _globals['_TURNCONTEXT']._serialized_end=2095
-  _globals['_CONTEXTMESSAGE']._serialized_start=2097
-  _globals['_CONTEXTMESSAGE']._serialized_end=2180
-  _globals['_CONTEXTPASSAGE']._serialized_start=2182
-  _globals['_CONTEXTPASSAGE']._serialized_end=2272
+  _globals['_TURNEVENT']._serialized_end=745
+  _globals['_TURNACCEPTED']._serialized_start=747
+  _globals['_TURNACCEPTED']._serialized_end=821
+  _globals['_CITATIONS']._serialized_start=823
+  _globals['_CITATIONS']._serialized_end=873
+  _globals['_CITATION']._serialized_start=875
+  _globals['_CITATION']._serialized_end=993
+  _globals['_TOKENDELTA']._serialized_start=995
+  _globals['_TOKENDELTA']._serialized_end=1021
+  _globals['_USAGE']._serialized_start=1024
+  _globals['_USAGE']._serialized_end=1229
+  _globals['_TURNCOMPLETED']._serialized_start=1231
+  _globals['_TURNCOMPLETED']._serialized_end=1312
+  _globals['_TURNERROR']._serialized_start=1315
+  _globals['_TURNERROR']._serialized_end=1443
+  _globals['_GUARDRAILNOTICE']._serialized_start=1445
+  _globals['_GUARDRAILNOTICE']._serialized_end=1510
+  _globals['_GUARDRAILDECISION']._serialized_start=1513
+  _globals['_GUARDRAILDECISION']._serialized_end=1674
+  _globals['_TOOLCALL']._serialized_start=1677
+  _globals['_TOOLCALL']._serialized_end=1855
+  _globals['_APPROVALREQUIRED']._serialized_start=1858
+  _globals['_APPROVALREQUIRED']._serialized_end=2017
+  _globals['_APPROVALDECIDED']._serialized_start=2019
+  _globals['_APPROVALDECIDED']._serialized_end=2105
+  _globals['_TOOLRESULT']._serialized_start=2108
+  _globals['_TOOLRESULT']._serialized_end=2306
+  _globals['_TURNCANCELLED']._serialized_start=2308
+  _globals['_TURNCANCELLED']._serialized_end=2339
+  _globals['_TURNRECORD']._serialized_start=2342
+  _globals['_TURNRECORD']._serialized_end=2780
+  _globals['_TOOLCALLRECORD']._serialized_start=2783
+  _globals['_TOOLCALLRECORD']._serialized_end=3155
+  _globals['_TOOLAPPROVALRECORD']._serialized_start=3158
+  _globals['_TOOLAPPROVALRECORD']._serialized_end=3299
+  _globals['_TURNCONTEXT']._serialized_start=3302
+  _globals['_TURNCONTEXT']._serialized_end=3551
+  _globals['_CONTEXTMESSAGE']._serialized_start=3553
+  _globals['_CONTEXTMESSAGE']._serialized_end=3656
+  _globals['_CONTEXTPASSAGE']._serialized_start=3658
+  _globals['_CONTEXTPASSAGE']._serialized_end=3748
 # @@protoc_insertion_point(module_scope)

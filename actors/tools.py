@@ -1,0 +1,486 @@
+"""Checking tools and tool calls: the definitions a session offers, the calls a model makes, the results that
+come back.
+
+Definitions come from callers (CreateSession, SendTurn) and from MCP servers, so they are refused with
+:class:`InvalidTool` (reason ``INVALID_TOOL``), whose message names the tool but never repeats its schema or
+description. Calls come from the model: :func:`validate_call` checks one against its tool's schema before any
+client or server sees it, and answers a bad call with a :class:`~actors.model.ToolResult` error that goes back
+to the model, which may then call again. Results come from clients and MCP servers and are bounded in size.
+
+Plain functions over the contract in :mod:`actors.model`; no I/O. The hosts validate arguments, the gateway
+validates definitions, and both use this module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, best_match
+from referencing.exceptions import Unresolvable
+
+from actors.model import ToolCall, ToolResult, ToolSpec
+from salon.v1 import conversation_service_pb2 as cs_pb2
+from salon.v1 import session_pb2, turn_pb2
+from storage.errors import InvalidArgument
+from storage.ids import require_id
+
+# Reasons (UPPER_SNAKE_CASE, as in ``salon-error-reason``) this module and the action layer use.
+INVALID_TOOL = "INVALID_TOOL"
+"""A tool definition is refused (name, description, schema, duplicate)."""
+TOO_MANY_TOOLS = "TOO_MANY_TOOLS"
+"""More tools than a turn may offer."""
+UNKNOWN_MCP_SERVER = "UNKNOWN_MCP_SERVER"
+"""A tool or tool set names an MCP server that neither the deployment nor the tenant configures."""
+INVALID_TOOL_SETTINGS = "INVALID_TOOL_SETTINGS"
+"""A wait timeout or a round limit out of range."""
+TOOL_RESULT_TOO_LARGE = "TOOL_RESULT_TOO_LARGE"
+"""A submitted tool result (or error, or approval reason) is over its size limit."""
+TOOL_WAIT_TIMEOUT = "TOOL_WAIT_TIMEOUT"
+"""A turn's wait for a tool result or an approval passed its deadline (the turn's error reason)."""
+TOOL_ROUNDS_EXHAUSTED = "TOOL_ROUNDS_EXHAUSTED"
+"""The model still called tools after the turn's last allowed model round (the turn's error reason)."""
+INVALID_CALL_ID = "INVALID_CALL_ID"
+"""A submitted call id that cannot name a call (empty, too long, control characters)."""
+EMPTY_TOOL_RESULT = "EMPTY_TOOL_RESULT"
+"""SubmitToolResult with neither a result nor an error."""
+INVALID_VERDICT = "INVALID_VERDICT"
+"""DecideApproval with neither approve nor reject."""
+INVALID_APPROVER = "INVALID_APPROVER"
+"""An approver name over its limit or with control characters."""
+
+SOURCES = {
+    "client": turn_pb2.TOOL_RESULT_SOURCE_CLIENT,
+    "mcp": turn_pb2.TOOL_RESULT_SOURCE_MCP,
+    "rejected": turn_pb2.TOOL_RESULT_SOURCE_REJECTED,
+    "timeout": turn_pb2.TOOL_RESULT_SOURCE_TIMEOUT,
+    "invalid_call": turn_pb2.TOOL_RESULT_SOURCE_INVALID_CALL,
+    "cancelled": turn_pb2.TOOL_RESULT_SOURCE_CANCELLED,
+}
+"""Where a result came from, by the name records use, as the API's ``ToolResultSource``."""
+
+MAX_TOOLS = 64
+"""Tools one turn may offer, MCP servers' tools included (vendors accept more; prompts do not)."""
+MAX_DESCRIPTION_BYTES = 4 * 1024
+MAX_SCHEMA_BYTES = 16 * 1024
+MAX_SCHEMA_DEPTH = 32
+MAX_ARGUMENTS_BYTES = 64 * 1024
+"""A model's call whose arguments are larger goes back to it as an error."""
+DEFAULT_MAX_RESULT_BYTES = 64 * 1024
+"""A tool result (client or MCP) larger than this is refused (client) or replaced by an error (MCP)."""
+MAX_REASON_BYTES = 4 * 1024
+"""An approval decision's reason."""
+MAX_APPROVER_CHARS = 128
+MAX_CALL_ID_CHARS = 256
+"""Call ids are the vendor's (``toolu_…``, ``call_…``); a submitted one longer than this names no call."""
+PREVIEW_BYTES = 1024
+"""The part of a result a ``tool_result`` event carries (``content_preview``)."""
+DEFAULT_WAIT_TIMEOUT_S = 900.0
+MAX_WAIT_TIMEOUT_S = 24 * 3600.0
+DEFAULT_MAX_MODEL_ROUNDS = 8
+MAX_MODEL_ROUNDS = 64
+
+EMPTY_OBJECT_SCHEMA = '{"type": "object"}'
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MESSAGE_CHARS = 300
+"""Length of one schema violation in the error a model sees (its own arguments may be quoted)."""
+_KEYWORDS = frozenset(Draft202012Validator.VALIDATORS) | {"$ref", "$defs", "$schema", "$id"}
+
+
+class InvalidTool(InvalidArgument):
+    """A tool definition is refused: the message names the tool (or its position) and the problem, never the
+    schema or description themselves."""
+
+    reason = INVALID_TOOL
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSelection:
+    """The tools a session (or one turn) offers: its own definitions and whole MCP servers."""
+
+    tools: tuple[ToolSpec, ...] = ()
+    mcp_servers: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.tools or self.mcp_servers)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPolicy:
+    """How a turn uses tools: how long it waits for a result or an approval, how many model rounds it may make,
+    how large a result may be."""
+
+    wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S
+    max_model_rounds: int = DEFAULT_MAX_MODEL_ROUNDS
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+
+    def overridden(self, settings: session_pb2.ToolSettings | None) -> ToolPolicy:
+        """This policy with the non-zero fields of ``settings`` (a session's or a turn's) applied, checked."""
+        if settings is None:
+            return self
+        policy = self
+        if settings.HasField("wait_timeout"):
+            seconds = settings.wait_timeout.ToTimedelta().total_seconds()
+            if seconds < 0 or seconds > MAX_WAIT_TIMEOUT_S:
+                raise InvalidArgument(
+                    f"tool_settings.wait_timeout must be between 0 and {MAX_WAIT_TIMEOUT_S:g} s",
+                    reason=INVALID_TOOL_SETTINGS,
+                )
+            if seconds > 0:
+                policy = replace(policy, wait_timeout_s=seconds)
+        if settings.max_model_rounds:
+            if settings.max_model_rounds > MAX_MODEL_ROUNDS:
+                raise InvalidArgument(
+                    f"tool_settings.max_model_rounds must be at most {MAX_MODEL_ROUNDS}", reason=INVALID_TOOL_SETTINGS
+                )
+            policy = replace(policy, max_model_rounds=settings.max_model_rounds)
+        return policy
+
+
+def is_tool_name(name: str) -> bool:
+    """Whether ``name`` is 1 to 64 characters of [A-Za-z0-9_-] (what Anthropic and OpenAI both accept)."""
+    return _NAME.fullmatch(name) is not None
+
+
+def _label(spec: ToolSpec, index: int) -> str:
+    # A valid name is safe to repeat; anything else is caller input, so the position names it instead.
+    return f"tool {spec.name!r}" if is_tool_name(spec.name) else f"tool #{index + 1}"
+
+
+def check_tool(spec: ToolSpec, index: int = 0) -> None:
+    """One definition: its name, description and schema (an empty schema is allowed for an MCP tool: the
+    server's listing supplies it). Raises :class:`InvalidTool`."""
+    label = _label(spec, index)
+    if not is_tool_name(spec.name):
+        raise InvalidTool(f"{label} has an invalid name: use 1 to 64 characters of A-Z, a-z, 0-9, _ and -")
+    if len(spec.description.encode("utf-8", "surrogatepass")) > MAX_DESCRIPTION_BYTES:
+        raise InvalidTool(f"{label}: the description is over {MAX_DESCRIPTION_BYTES} bytes")
+    if spec.server and not is_tool_name(spec.server):
+        raise InvalidTool(f"{label}: the MCP server name is invalid")
+    if spec.input_schema_json or not spec.server:
+        problem = schema_problem(spec.input_schema_json or EMPTY_OBJECT_SCHEMA)
+        if problem:
+            raise InvalidTool(f"{label}: {problem}")
+
+
+def check_tools(specs: Sequence[ToolSpec], *, max_tools: int = MAX_TOOLS) -> None:
+    """Definitions offered together: each valid, names unique, not too many."""
+    if len(specs) > max_tools:
+        raise InvalidArgument(f"at most {max_tools} tools may be offered; {len(specs)} were", reason=TOO_MANY_TOOLS)
+    seen: set[str] = set()
+    for index, spec in enumerate(specs):
+        check_tool(spec, index)
+        if spec.name in seen:
+            raise InvalidTool(f"{_label(spec, index)} is defined twice")
+        seen.add(spec.name)
+
+
+def schema_problem(schema_json: str) -> str:
+    """What is wrong with an input schema (JSON text), in words that do not quote it; empty when it is a valid
+    JSON Schema (draft 2020-12) of an object, within the size and depth limits, with local references only."""
+    if len(schema_json.encode("utf-8", "surrogatepass")) > MAX_SCHEMA_BYTES:
+        return f"the input schema is over {MAX_SCHEMA_BYTES} bytes"
+    try:
+        schema = json.loads(schema_json)
+    except (ValueError, RecursionError):
+        return "the input schema is not valid JSON"
+    if not isinstance(schema, dict):
+        return "the input schema must be a JSON object"
+    if schema.get("type") != "object":
+        return 'the input schema must describe an object ("type": "object")'
+    if _depth(schema) > MAX_SCHEMA_DEPTH:
+        return f"the input schema nests deeper than {MAX_SCHEMA_DEPTH} levels"
+    if _remote_reference(schema):
+        return "the input schema refers to another document: only local references (#...) are allowed"
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = next((str(part) for part in reversed(exc.absolute_path) if str(part) in _KEYWORDS), "")
+        return "the input schema is not a valid JSON Schema (draft 2020-12)" + (
+            f" at a {where!r} keyword" if where else ""
+        )
+    return ""
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_SCHEMA_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
+
+
+def _remote_reference(value: Any) -> bool:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(item, str) and not item.startswith("#"):
+                return True
+            if _remote_reference(item):
+                return True
+    elif isinstance(value, list):
+        return any(_remote_reference(item) for item in value)
+    return False
+
+
+@lru_cache(maxsize=512)
+def _validator(schema_json: str) -> Draft202012Validator:
+    # Schemas are checked before they are offered; compiled once per distinct text (a host sees few).
+    return Draft202012Validator(json.loads(schema_json))
+
+
+def validate_call(call: ToolCall, spec: ToolSpec | None, offered: Iterable[str] = ()) -> ToolResult | None:
+    """None when ``call`` may run; otherwise the error the model gets instead of running it: ``spec`` is None
+    (no tool of that name is offered: ``offered`` lists those that are), the arguments are too large, not a
+    JSON object, or do not match the tool's schema."""
+    if spec is None:
+        names = ", ".join(sorted(offered)) or "none"
+        return _invalid(call, f"There is no tool named {call.name[:64]!r}. The tools you may call: {names}.")
+    if len(call.arguments_json.encode("utf-8", "surrogatepass")) > MAX_ARGUMENTS_BYTES:
+        return _invalid(call, f"The arguments are over {MAX_ARGUMENTS_BYTES} bytes; the call did not run.")
+    try:
+        arguments = json.loads(call.arguments_json or "{}")
+    except (ValueError, RecursionError) as exc:
+        return _invalid(call, f"The arguments are not valid JSON ({str(exc)[:_MESSAGE_CHARS]}); the call did not run.")
+    if not isinstance(arguments, dict):
+        return _invalid(call, "The arguments must be a JSON object; the call did not run.")
+    try:
+        error = best_match(_validator(spec.input_schema_json or EMPTY_OBJECT_SCHEMA).iter_errors(arguments))
+    except Unresolvable:
+        return _invalid(call, "The tool's schema has a reference that does not resolve; the call did not run.")
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path)
+    message = error.message[:_MESSAGE_CHARS]
+    return _invalid(
+        call,
+        f"The arguments do not match the tool's input schema{f' at {where!r}' if where else ''}: {message}. "
+        "The call did not run; correct the arguments and call again.",
+    )
+
+
+def _invalid(call: ToolCall, message: str) -> ToolResult:
+    return ToolResult(call_id=call.call_id, name=call.name, content=message, is_error=True)
+
+
+def check_result_size(content: str, max_bytes: int = DEFAULT_MAX_RESULT_BYTES, field: str = "result") -> None:
+    """A result (or error) a client submits: at most ``max_bytes`` of UTF-8, else ``TOOL_RESULT_TOO_LARGE``."""
+    size = len(content.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidArgument(f"{field} is {size} bytes; the limit is {max_bytes}", reason=TOOL_RESULT_TOO_LARGE)
+
+
+def check_decision(reason: str, approver: str) -> None:
+    """An approval decision's free text: bounded sizes (``TOOL_RESULT_TOO_LARGE`` for the reason, which the
+    model sees like a result)."""
+    check_result_size(reason, MAX_REASON_BYTES, "reason")
+    if len(approver) > MAX_APPROVER_CHARS or not approver.isprintable():
+        raise InvalidArgument(
+            f"approver must be at most {MAX_APPROVER_CHARS} printable characters", reason=INVALID_APPROVER
+        )
+
+
+def check_call_id(call_id: str) -> None:
+    """A submitted call id that could name a call; anything else is refused before any lookup."""
+    if not call_id or len(call_id) > MAX_CALL_ID_CHARS or not call_id.isprintable():
+        raise InvalidArgument(f"call_id must be 1 to {MAX_CALL_ID_CHARS} printable characters", reason=INVALID_CALL_ID)
+
+
+def check_submit(request: cs_pb2.SubmitToolResultRequest, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
+    """A SubmitToolResult request (or the Converse variant): ids well formed, an outcome, within the size."""
+    require_id(request.session_id, "session_id")
+    require_id(request.turn_id, "turn_id")
+    check_call_id(request.call_id)
+    outcome = request.WhichOneof("outcome")
+    if outcome is None:
+        raise InvalidArgument("set result or error", reason=EMPTY_TOOL_RESULT)
+    check_result_size(getattr(request, outcome), max_result_bytes, outcome)
+
+
+def check_decide(request: cs_pb2.DecideApprovalRequest) -> None:
+    """A DecideApproval request (or the Converse variant): ids well formed, a verdict, bounded text."""
+    require_id(request.session_id, "session_id")
+    require_id(request.turn_id, "turn_id")
+    check_call_id(request.call_id)
+    if request.verdict not in (cs_pb2.APPROVAL_VERDICT_APPROVE, cs_pb2.APPROVAL_VERDICT_REJECT):
+        raise InvalidArgument("verdict must be APPROVE or REJECT", reason=INVALID_VERDICT)
+    check_decision(request.reason, request.approver)
+
+
+def submitted_result(request: cs_pb2.SubmitToolResultRequest, tool: str) -> ToolResult:
+    """The result a (checked) SubmitToolResult carries, for the call of ``tool``."""
+    is_error = request.WhichOneof("outcome") == "error"
+    return ToolResult(request.call_id, tool, request.error if is_error else request.result, is_error=is_error)
+
+
+def bounded_result(result: ToolResult, max_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> ToolResult:
+    """``result`` when it fits; otherwise an error result saying how large it was (for output the engine got
+    from a server, which the model must not receive whole)."""
+    size = len(result.content.encode("utf-8", "surrogatepass"))
+    if size <= max_bytes:
+        return result
+    return ToolResult(
+        call_id=result.call_id,
+        name=result.name,
+        content=f"The tool's output was {size} bytes, over the limit of {max_bytes}; it was discarded.",
+        is_error=True,
+    )
+
+
+def preview(content: str, max_bytes: int = PREVIEW_BYTES) -> tuple[str, int]:
+    """The start of ``content`` in at most ``max_bytes`` of UTF-8 (cut at a character boundary) and the size of
+    the whole, for a ``tool_result`` event."""
+    data = content.encode("utf-8", "surrogatepass")
+    if len(data) <= max_bytes:
+        return content, len(data)
+    return data[:max_bytes].decode("utf-8", "ignore"), len(data)
+
+
+def rejection(call: ToolCall, reason: str) -> ToolResult:
+    """What the model sees for a call a person rejected."""
+    why = f" The reason given: {reason}" if reason.strip() else ""
+    return ToolResult(call.call_id, call.name, f"A person rejected this call; it did not run.{why}", is_error=True)
+
+
+def timed_out(call: ToolCall) -> ToolResult:
+    """What the record holds for a call nobody answered before the deadline."""
+    return ToolResult(call.call_id, call.name, "Nobody answered this call before the deadline.", is_error=True)
+
+
+def selection_from_proto(tool_set: session_pb2.ToolSet) -> ToolSelection:
+    """A ``ToolSet`` from the API as checked definitions (:func:`check_tools`; MCP server names checked for form
+    only: :func:`check_servers` checks they exist)."""
+    specs = tuple(
+        ToolSpec(
+            name=tool.name,
+            description=tool.description,
+            input_schema_json=tool.input_schema_json or ("" if tool.mcp_server else EMPTY_OBJECT_SCHEMA),
+            requires_approval=tool.requires_approval,
+            server=tool.mcp_server,
+        )
+        for tool in tool_set.tools
+    )
+    check_tools(specs)
+    servers = tuple(dict.fromkeys(tool_set.mcp_servers))
+    for index, server in enumerate(servers):
+        if not is_tool_name(server):
+            raise InvalidArgument(f"mcp_servers #{index + 1} is not a valid server name", reason=UNKNOWN_MCP_SERVER)
+    return ToolSelection(tools=specs, mcp_servers=servers)
+
+
+def selection_to_proto(selection: ToolSelection) -> session_pb2.ToolSet:
+    """The API form of ``selection`` (for GetSession)."""
+    return session_pb2.ToolSet(
+        tools=[
+            session_pb2.Tool(
+                name=spec.name,
+                description=spec.description,
+                input_schema_json=spec.input_schema_json,
+                requires_approval=spec.requires_approval,
+                mcp_server=spec.server,
+            )
+            for spec in selection.tools
+        ],
+        mcp_servers=list(selection.mcp_servers),
+    )
+
+
+def check_servers(selection: ToolSelection, configured: Collection[str]) -> None:
+    """Every MCP server ``selection`` names is configured (for the deployment or the caller's tenant)."""
+    named = [*selection.mcp_servers, *(spec.server for spec in selection.tools if spec.server)]
+    for server in named:
+        if server not in configured:
+            raise InvalidArgument(f"MCP server {server!r} is not configured", reason=UNKNOWN_MCP_SERVER)
+
+
+def offered_tools(
+    selection: ToolSelection, listed: Mapping[str, Sequence[ToolSpec]], *, max_tools: int = MAX_TOOLS
+) -> tuple[tuple[ToolSpec, ...], tuple[str, ...]]:
+    """The tools a turn offers the model, and the names left out.
+
+    ``listed`` maps each MCP server that is up to the tools it lists (``ToolSpec.server`` set). The session's
+    own definitions come first, in order; a definition naming an MCP server takes its description and schema
+    from the listing when it left them empty (and is left out when the server does not list it, or is down);
+    then every tool of the selection's whole servers that is not already offered. A server tool whose name
+    collides with an offered one, or past ``max_tools``, is left out."""
+    offered: dict[str, ToolSpec] = {}
+    left_out: list[str] = []
+    for spec in selection.tools:
+        if not spec.server:
+            offered[spec.name] = spec
+            continue
+        found = next((t for t in listed.get(spec.server, ()) if t.name == spec.name), None)
+        if found is None:
+            left_out.append(spec.name)
+            continue
+        offered[spec.name] = replace(
+            spec,
+            description=spec.description or found.description,
+            input_schema_json=spec.input_schema_json or found.input_schema_json,
+        )
+    for server in selection.mcp_servers:
+        for spec in listed.get(server, ()):
+            if spec.name in offered or len(offered) >= max_tools:
+                left_out.append(spec.name)
+                continue
+            offered[spec.name] = spec
+    return tuple(offered.values()), tuple(left_out)
+
+
+def _timestamp(epoch_s: float | None) -> Timestamp | None:
+    if epoch_s is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(epoch_s * 1e9))
+    return stamp
+
+
+def call_event(call: ToolCall, spec: ToolSpec, round_index: int, wait_deadline: float | None) -> turn_pb2.ToolCall:
+    """The ``tool_call`` payload of a valid call of ``spec`` made in model round ``round_index`` (1-based);
+    ``wait_deadline`` in seconds since the epoch (None: the engine does not wait, an MCP call without approval)."""
+    return turn_pb2.ToolCall(
+        call_id=call.call_id,
+        tool=call.name,
+        arguments_json=call.arguments_json,
+        requires_approval=spec.requires_approval,
+        mcp_server=spec.server,
+        round=round_index,
+        wait_deadline=_timestamp(wait_deadline),
+    )
+
+
+def approval_event(call: ToolCall, spec: ToolSpec, round_index: int, wait_deadline: float) -> turn_pb2.ApprovalRequired:
+    """The ``approval_required`` payload of a call waiting for a person."""
+    return turn_pb2.ApprovalRequired(
+        call_id=call.call_id,
+        tool=call.name,
+        arguments_json=call.arguments_json,
+        mcp_server=spec.server,
+        round=round_index,
+        wait_deadline=_timestamp(wait_deadline),
+    )
+
+
+def result_event(result: ToolResult, source: str, duration_s: float) -> turn_pb2.ToolResult:
+    """The ``tool_result`` payload: a preview of the content and its size (``source``: a key of
+    :data:`SOURCES`)."""
+    text, size = preview(result.content)
+    duration = Duration()
+    duration.FromNanoseconds(int(max(duration_s, 0.0) * 1e9))
+    return turn_pb2.ToolResult(
+        call_id=result.call_id,
+        tool=result.name,
+        is_error=result.is_error,
+        source=SOURCES[source],
+        content_preview=text,
+        content_bytes=size,
+        duration=duration,
+    )
