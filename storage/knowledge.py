@@ -27,6 +27,7 @@ from storage.chunking import chunk_text
 from storage.embedding import Embedder
 from storage.errors import InvalidArgument, Unavailable
 from storage.ids import is_valid_id, require_id
+from storage.reasons import Reason
 from storage.retrieval import (
     KNOWLEDGE,
     Passage,
@@ -64,11 +65,11 @@ the indexes), unless one ran less than this long ago. Every batch write leaves a
 pays for each fragment and each unindexed row: measured on a 400-chunk table left in 7 fragments, a vector
 search took 3.9 ms before and 2.5 ms after optimize() (which took 30 ms)."""
 
-INVALID_DOCUMENT_ID: Final = "INVALID_DOCUMENT_ID"
-EMPTY_DOCUMENT: Final = "EMPTY_DOCUMENT"
-DOCUMENT_TOO_LARGE: Final = "DOCUMENT_TOO_LARGE"
-UNSUPPORTED_MEDIA_TYPE: Final = "UNSUPPORTED_MEDIA_TYPE"
-TITLE_TOO_LONG: Final = "TITLE_TOO_LONG"
+INVALID_DOCUMENT_ID: Final = Reason.INVALID_DOCUMENT_ID
+EMPTY_DOCUMENT: Final = Reason.EMPTY_DOCUMENT
+DOCUMENT_TOO_LARGE: Final = Reason.DOCUMENT_TOO_LARGE
+UNSUPPORTED_MEDIA_TYPE: Final = Reason.UNSUPPORTED_MEDIA_TYPE
+TITLE_TOO_LONG: Final = Reason.TITLE_TOO_LONG
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +375,7 @@ class KnowledgeBase:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise Unavailable("the knowledge base is closed", reason="STORE_CLOSED")
+            raise Unavailable("the knowledge base is closed", reason=Reason.STORE_CLOSED)
 
 
 async def _read_into(documents: AsyncIterable[Document], queue: asyncio.Queue[object]) -> None:
