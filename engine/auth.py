@@ -200,21 +200,7 @@ def _guard(
     # grpc.aio picks how to drive a handler from its kind (coroutine function or async generator function):
     # the wrapper must be of the same kind.
     if inspect.isasyncgenfunction(behavior):
-
-        async def generate(request: Any, context: Any) -> Any:
-            outcome = "UNKNOWN"
-            try:
-                if await _establish(auth, context):
-                    async for item in behavior(await _decode(request, context, parse, streaming_requests), context):
-                        yield item
-                outcome = "OK"
-            except asyncio.CancelledError:
-                outcome = "CANCELLED"
-                raise
-            finally:
-                _count(method, context, outcome)
-
-        return generate
+        return _guard_stream(behavior, auth, parse, method, streaming_requests=streaming_requests)
     if inspect.iscoroutinefunction(behavior):
 
         async def call(request: Any, context: Any) -> Any:
@@ -240,6 +226,32 @@ def _guard(
         await abort(context, Unauthenticated(_MESSAGE))
 
     return refuse
+
+
+def _guard_stream(
+    behavior: Callable[..., Any],
+    auth: Authenticator | None,
+    parse: Callable[[bytes], Any],
+    method: str,
+    *,
+    streaming_requests: bool,
+) -> Callable[..., Any]:
+    """:func:`_guard` of an async generator handler (an async generator itself)."""
+
+    async def generate(request: Any, context: Any) -> Any:
+        outcome = "UNKNOWN"
+        try:
+            if await _establish(auth, context):
+                async for item in behavior(await _decode(request, context, parse, streaming_requests), context):
+                    yield item
+            outcome = "OK"
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
+            raise
+        finally:
+            _count(method, context, outcome)
+
+    return generate
 
 
 def _count(method: str, context: Any, outcome: str) -> None:

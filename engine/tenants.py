@@ -145,31 +145,36 @@ def parse_tenants(data: Mapping[str, Any], default_limits: Limits) -> TenantTabl
     policies: dict[str, TenantPolicy] = {}
     keys: dict[str, _Key] = {}
     for tenant_id, table in tenants.items():
-        if not is_valid_id(tenant_id):
-            raise InvalidArgument("tenant ids must be 1-64 characters of [A-Za-z0-9_-]", reason=Reason.INVALID_CONFIG)
-        if not isinstance(table, Mapping):
-            raise InvalidArgument(f"tenants.{tenant_id} must be a table", reason=Reason.INVALID_CONFIG)
-        extra = sorted(set(table) - {"keys", "limits", "guardrails"})
-        if extra:
-            names = ", ".join(extra)
-            raise InvalidArgument(f"unknown settings in tenants.{tenant_id}: {names}", reason=Reason.INVALID_CONFIG)
-        try:
-            policies[tenant_id] = TenantPolicy(
-                tenant_id,
-                Limits.from_mapping(_table(table, "limits"), default_limits),
-                GuardrailSettings.from_mapping(_table(table, "guardrails")),
-            )
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"tenants.{tenant_id}: {exc.message}", reason=Reason.INVALID_CONFIG) from None
-        entries = table.get("keys", [])
-        if not isinstance(entries, list):
-            raise InvalidArgument(f"tenants.{tenant_id}.keys must be a list", reason=Reason.INVALID_CONFIG)
-        for entry in entries:
-            key = _parse_key(tenant_id, entry)
+        policies[tenant_id], entries = _parse_tenant(tenant_id, table, default_limits)
+        for key in entries:
             if key.key_id in keys:
                 raise InvalidArgument(f"key id {key.key_id} appears twice", reason=Reason.INVALID_CONFIG)
             keys[key.key_id] = key
     return TenantTable(policies, keys)
+
+
+def _parse_tenant(tenant_id: str, table: Any, default_limits: Limits) -> tuple[TenantPolicy, list[_Key]]:
+    """One tenant's table: its policy and its keys."""
+    if not is_valid_id(tenant_id):
+        raise InvalidArgument("tenant ids must be 1-64 characters of [A-Za-z0-9_-]", reason=Reason.INVALID_CONFIG)
+    if not isinstance(table, Mapping):
+        raise InvalidArgument(f"tenants.{tenant_id} must be a table", reason=Reason.INVALID_CONFIG)
+    extra = sorted(set(table) - {"keys", "limits", "guardrails"})
+    if extra:
+        names = ", ".join(extra)
+        raise InvalidArgument(f"unknown settings in tenants.{tenant_id}: {names}", reason=Reason.INVALID_CONFIG)
+    try:
+        policy = TenantPolicy(
+            tenant_id,
+            Limits.from_mapping(_table(table, "limits"), default_limits),
+            GuardrailSettings.from_mapping(_table(table, "guardrails")),
+        )
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"tenants.{tenant_id}: {exc.message}", reason=Reason.INVALID_CONFIG) from None
+    entries = table.get("keys", [])
+    if not isinstance(entries, list):
+        raise InvalidArgument(f"tenants.{tenant_id}.keys must be a list", reason=Reason.INVALID_CONFIG)
+    return policy, [_parse_key(tenant_id, entry) for entry in entries]
 
 
 def _table(table: Mapping[str, Any], name: str) -> Mapping[str, Any]:

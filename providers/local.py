@@ -47,6 +47,18 @@ def _load_llama(model_path: str, n_ctx: int, n_threads: int | None) -> Any:
     return Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
 
 
+def _completion_arguments(request: ModelRequest) -> dict[str, Any]:
+    """The keyword arguments of llama.cpp's ``create_chat_completion`` for ``request`` (streamed)."""
+    messages = [{"role": "system", "content": request.system}] if request.system else []
+    messages += [{"role": r, "content": t} for r, t in merge_turns(request.messages)]
+    kwargs: dict[str, Any] = {"messages": messages, "max_tokens": request.max_tokens, "stream": True}
+    if request.temperature is not None:
+        kwargs["temperature"] = request.temperature
+    if request.stop_sequences:
+        kwargs["stop"] = list(request.stop_sequences)
+    return kwargs
+
+
 class LocalLlamaProvider:
     """Streams chat completions from a GGUF model loaded in this process (loaded on first use)."""
 
@@ -84,13 +96,7 @@ class LocalLlamaProvider:
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         """Generate in a worker thread, yielding each token as it is produced."""
-        messages = [{"role": "system", "content": request.system}] if request.system else []
-        messages += [{"role": r, "content": t} for r, t in merge_turns(request.messages)]
-        kwargs: dict[str, Any] = {"messages": messages, "max_tokens": request.max_tokens, "stream": True}
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
-        if request.stop_sequences:
-            kwargs["stop"] = list(request.stop_sequences)
+        kwargs = _completion_arguments(request)
         async with self._lock:
             llm = await self._llm()
             loop = asyncio.get_running_loop()
