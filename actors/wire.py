@@ -31,6 +31,8 @@ from actors.events import (
     Unrecognized,
     Usage,
 )
+from actors.model import ModelResult
+from actors.usage import record_usage
 from salon.v1 import turn_pb2
 from storage import GuardrailDecision, TurnRecord
 
@@ -216,3 +218,8 @@ def event_from_proto(event: turn_pb2.TurnEvent) -> TurnEvent:
 async def record_events(record: TurnRecord, after_seq: int = 0) -> list[turn_pb2.TurnEvent]:
     """The API events of a recorded turn with a sequence number above ``after_seq`` (to resume from a record)."""
     return [event_to_proto(e) for e in await recorded_events(record, after_seq)]
+
+
+def usage_to_proto(result: ModelResult) -> turn_pb2.Usage:
+    """Result -> the API's ``Usage`` message."""
+    return turn_pb2.Usage(**record_usage(result))

@@ -33,6 +33,7 @@ from storage.errors import (
 from storage.ids import is_valid_id, require_id, uuid7
 from storage.knowledge import Document, IngestResult
 from storage.ledger import Fenced, Journal, LoadedSession, SessionLog
+from storage.reasons import Reason
 from storage.records import GuardrailDecision, SnapshotRecord, TurnRecord, TurnStatus, turn_key
 from storage.retrieval import Passage, RetrievalQuery, Retriever
 from storage.sessions import SessionRegistry, incarnation_of
@@ -61,6 +62,7 @@ __all__ = [
     "OnnxEmbedder",
     "Passage",
     "PermissionDenied",
+    "Reason",
     "ResourceExhausted",
     "RetrievalQuery",
     "Retriever",
