@@ -168,25 +168,19 @@ class Engine:
         js = self._nc.jetstream()
         await ensure_bus(js, self.names, self._bus_settings())
         await ensure_ledger(js, self.names, self._ledger_settings())
-        actors_ready: asyncio.Future[Any] | None = None
         if not config.gateway_only:
             # Ray first: it forks helper processes; LanceDB's runtime must not be running in a forking process.
             self._started_ray = ensure_ray(config)
-            # The host and writer processes take the longest to come up (a Ray worker each, importing the
-            # storage stack and loading the embedding model): start them now, and open the gateway's own
-            # store, model and knowledge base meanwhile.
-            self._hosts = HostGroup(host_specs(config, self.nats_url), config.namespace)
-            self._writer = WriterHandle(config, self.nats_url)
-            actors_ready = asyncio.gather(self._hosts.start(), self._writer.start())
-        try:
-            store, knowledge_base = await self._open_gateway_stores()
-        except BaseException:
-            if actors_ready is not None:
-                # Let the actors' start settle before close() removes them.
-                await asyncio.gather(actors_ready, return_exceptions=True)
-            raise
-        if actors_ready is not None:
-            await actors_ready
+        self._store = await TranscriptStore.open(config.lancedb_location)
+        # The embedding model is loaded once, here, off the event loop: ingestion and search never wait for it.
+        embedder = await asyncio.to_thread(build_embedder, config.embedding_model)
+        self._knowledge = await KnowledgeBase.open(
+            config.lancedb_location,
+            embedder,
+            max_document_bytes=config.max_document_bytes,
+            chunk_tokens=config.chunk_tokens,
+            overlap_tokens=config.chunk_overlap_tokens,
+        )
         registry = await KvSessionRegistry.open(js, self.names)
 
         async def count_sessions(tenant_id: str) -> int:
@@ -200,11 +194,14 @@ class Engine:
             TurnPublisher(self._nc, self.names),
             registry,
             NatsJournal(js, self.names),
-            store,
+            self._store,
             store_healthy=lambda: self._store_healthy,
             guardrails_for=self.tenants.guardrails_for,
         )
         if not config.gateway_only:
+            self._hosts = HostGroup(host_specs(config, self.nats_url), config.namespace)
+            self._writer = WriterHandle(config, self.nats_url)
+            await asyncio.gather(self._hosts.start(), self._writer.start())
             self._store_watch = asyncio.create_task(self._watch_store(), name="salon-store-watch")
         authenticator = Authenticator(self.tenants, required=config.auth == "on", default_tenant=config.default_tenant)
         self._server = grpc.aio.server(
@@ -225,7 +222,7 @@ class Engine:
         )
         cs_grpc.add_ConversationServiceServicer_to_server(conversation, self._server)  # type: ignore[no-untyped-call]
         # The knowledge service names the caller's tenant exactly as the conversation service does.
-        knowledge = Knowledge(knowledge_base, max_text_bytes=config.max_text_bytes)
+        knowledge = Knowledge(self._knowledge, max_text_bytes=config.max_text_bytes)
         ks_grpc.add_KnowledgeServiceServicer_to_server(  # type: ignore[no-untyped-call]
             KnowledgeServicer(knowledge, conversation._tenant), self._server
         )
@@ -264,21 +261,6 @@ class Engine:
             config.auth,
             redact_url(self.nats_url),
         )
-
-    async def _open_gateway_stores(self) -> tuple[TranscriptStore, KnowledgeBase]:
-        """The gateway's transcript store and knowledge base (with the embedding model, loaded once, here, off
-        the event loop: ingestion and search never wait for it)."""
-        config = self.config
-        self._store = store = await TranscriptStore.open(config.lancedb_location)
-        embedder = await asyncio.to_thread(build_embedder, config.embedding_model)
-        self._knowledge = await KnowledgeBase.open(
-            config.lancedb_location,
-            embedder,
-            max_document_bytes=config.max_document_bytes,
-            chunk_tokens=config.chunk_tokens,
-            overlap_tokens=config.chunk_overlap_tokens,
-        )
-        return store, self._knowledge
 
     def _bus_settings(self) -> BusSettings:
         config = self.config
