@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import ray
@@ -56,6 +56,9 @@ from storage import (
     ensure_ledger,
     redact_url,
 )
+
+if TYPE_CHECKING:
+    from nats.js.client import JetStreamContext
 
 log = logging.getLogger(__name__)
 
@@ -148,29 +151,59 @@ class Engine:
         self._state = "running"
 
     async def _start(self) -> None:
+        # The order matters; see the module documentation.
+        self._start_telemetry_and_tenants()
+        credentials = server_credentials(self.config)
+        js = await self._start_nats()
+        if not self.config.gateway_only:
+            # Ray first: it forks helper processes; LanceDB's runtime must not be running in a forking process.
+            self._started_ray = ensure_ray(self.config)
+        await self._open_stores()
+        gateway = await self._build_gateway(js)
+        if not self.config.gateway_only:
+            await self._start_workers()
+        await self._start_server(gateway, credentials)
+        await self._set_serving(True)
+        self._start_figures()
+        log.info(
+            "salon listening on %s (%s, auth %s; NATS %s)",
+            self.target,
+            "TLS" if credentials is not None else "plaintext",
+            self.config.auth,
+            redact_url(self.nats_url),
+        )
+
+    def _start_telemetry_and_tenants(self) -> None:
         config = self.config
         otel.setup(otel.TelemetrySettings.from_config(config), process="gateway", serve_metrics=True)
         self.tenants.load()  # a bad tenants file stops the start, before anything runs
         self.tenants.start()
-        credentials = server_credentials(config)
         if config.auth == "off":
             log.warning(
                 "AUTH IS OFF: every caller is tenant %r; listening on loopback %s only",
                 config.default_tenant,
                 config.grpc_host,
             )
+
+    async def _start_nats(self) -> JetStreamContext:
+        """The data directory, the embedded NATS server (unless one is configured), the gateway's connection,
+        and the turn bus and ledger streams; returns the connection's JetStream context."""
+        config = self.config
         data = config.data_path
         data.mkdir(parents=True, exist_ok=True)
         if not self.nats_url:
             self._embedded_nats = EmbeddedNats(data / "nats", binary=config.nats_server_bin, namespace=config.namespace)
             self.nats_url = await self._embedded_nats.start()
-        self._nc = await connect(self.nats_url, name="salon-gateway", on_state=self._on_nats_state)
-        js = self._nc.jetstream()
+        nc = await connect(self.nats_url, name="salon-gateway", on_state=self._on_nats_state)
+        self._nc = nc
+        js = nc.jetstream()
         await ensure_bus(js, self.names, self._bus_settings())
         await ensure_ledger(js, self.names, self._ledger_settings())
-        if not config.gateway_only:
-            # Ray first: it forks helper processes; LanceDB's runtime must not be running in a forking process.
-            self._started_ray = ensure_ray(config)
+        return js
+
+    async def _open_stores(self) -> None:
+        """The transcript store and the knowledge base (with the embedding model)."""
+        config = self.config
         self._store = await TranscriptStore.open(config.lancedb_location)
         # The embedding model is loaded once, here, off the event loop: ingestion and search never wait for it.
         embedder = await asyncio.to_thread(build_embedder, config.embedding_model)
@@ -181,6 +214,10 @@ class Engine:
             chunk_tokens=config.chunk_tokens,
             overlap_tokens=config.chunk_overlap_tokens,
         )
+
+    async def _build_gateway(self, js: JetStreamContext) -> Gateway:
+        """The session registry, the tenant limiter and the gateway over them."""
+        assert self._store is not None
         registry = await KvSessionRegistry.open(js, self.names)
 
         async def count_sessions(tenant_id: str) -> int:
@@ -189,8 +226,8 @@ class Engine:
         self.limiter = TenantLimiter(
             self.tenants.policy, count_sessions=count_sessions, tokens=await KvTokenCounters.open(js, self.names)
         )
-        gateway = Gateway(
-            config,
+        return Gateway(
+            self.config,
             TurnPublisher(self._nc, self.names),
             registry,
             NatsJournal(js, self.names),
@@ -198,13 +235,20 @@ class Engine:
             store_healthy=lambda: self._store_healthy,
             guardrails_for=self.tenants.guardrails_for,
         )
-        if not config.gateway_only:
-            self._hosts = HostGroup(host_specs(config, self.nats_url), config.namespace)
-            self._writer = WriterHandle(config, self.nats_url)
-            await asyncio.gather(self._hosts.start(), self._writer.start())
-            self._store_watch = asyncio.create_task(self._watch_store(), name="salon-store-watch")
+
+    async def _start_workers(self) -> None:
+        """The session hosts and the batch writer (Ray actors), and the watch on the writer's health."""
+        self._hosts = HostGroup(host_specs(self.config, self.nats_url), self.config.namespace)
+        self._writer = WriterHandle(self.config, self.nats_url)
+        await asyncio.gather(self._hosts.start(), self._writer.start())
+        self._store_watch = asyncio.create_task(self._watch_store(), name="salon-store-watch")
+
+    async def _start_server(self, gateway: Gateway, credentials: grpc.ServerCredentials | None) -> None:
+        """The gRPC server with every service on it, listening."""
+        config = self.config
+        assert self._knowledge is not None and self.limiter is not None
         authenticator = Authenticator(self.tenants, required=config.auth == "on", default_tenant=config.default_tenant)
-        self._server = grpc.aio.server(
+        self._server = server = grpc.aio.server(
             interceptors=[AuthInterceptor(authenticator)],
             options=[
                 # Room for the largest document an ingestion request may carry.
@@ -220,16 +264,16 @@ class Engine:
             write_timeout_s=config.stream_write_timeout_s,
             limiter=self.limiter,
         )
-        cs_grpc.add_ConversationServiceServicer_to_server(conversation, self._server)  # type: ignore[no-untyped-call]
+        cs_grpc.add_ConversationServiceServicer_to_server(conversation, server)  # type: ignore[no-untyped-call]
         # The knowledge service names the caller's tenant exactly as the conversation service does.
         knowledge = Knowledge(self._knowledge, max_text_bytes=config.max_text_bytes)
         ks_grpc.add_KnowledgeServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            KnowledgeServicer(knowledge, conversation._tenant), self._server
+            KnowledgeServicer(knowledge, conversation._tenant), server
         )
         admin_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            AdminServicer(self.limiter, self.tenants), self._server
+            AdminServicer(self.limiter, self.tenants), server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
@@ -238,15 +282,16 @@ class Engine:
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
-            self._server,
+            server,
         )
         address = f"{config.grpc_host}:{config.grpc_port}"
         if credentials is None:
-            self.grpc_port = self._server.add_insecure_port(address)
+            self.grpc_port = server.add_insecure_port(address)
         else:
-            self.grpc_port = self._server.add_secure_port(address, credentials)
-        await self._server.start()
-        await self._set_serving(True)
+            self.grpc_port = server.add_secure_port(address, credentials)
+        await server.start()
+
+    def _start_figures(self) -> None:
         hosts, writer = self._hosts, self._writer
         self._figures = FiguresPoller(
             hosts.stats if hosts is not None else None,
@@ -254,13 +299,6 @@ class Engine:
             self._waiting_turns,
         )
         self._figures.start()
-        log.info(
-            "salon listening on %s (%s, auth %s; NATS %s)",
-            self.target,
-            "TLS" if credentials is not None else "plaintext",
-            config.auth,
-            redact_url(self.nats_url),
-        )
 
     def _bus_settings(self) -> BusSettings:
         config = self.config
