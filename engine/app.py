@@ -56,6 +56,7 @@ from storage import (
     ensure_ledger,
     redact_url,
 )
+from storage.ledger_floor import writer_ack_floor
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -234,6 +235,7 @@ class Engine:
             self._store,
             store_healthy=lambda: self._store_healthy,
             guardrails_for=self.tenants.guardrails_for,
+            stored_floor=writer_ack_floor(js, self.names),
         )
 
     async def _start_workers(self) -> None:

@@ -40,6 +40,7 @@ from storage import (
     require_id,
     uuid7,
 )
+from storage.history import StoredFloor, TranscriptReader, no_floor
 
 _DEFAULT_GUARDRAILS = GuardrailSettings()
 
@@ -70,6 +71,7 @@ class Gateway:
         *,
         store_healthy: Callable[[], bool] = lambda: True,
         guardrails_for: Callable[[str], GuardrailSettings] | None = None,
+        stored_floor: StoredFloor = no_floor,
     ) -> None:
         self._config = config
         self._publisher = publisher
@@ -78,6 +80,7 @@ class Gateway:
         self._store = store
         self._store_healthy = store_healthy
         self._guardrails_for = guardrails_for
+        self._transcript = TranscriptReader(store, journal, stored_floor)
         self.names = Names(config.namespace)
 
     def guardrails(self, tenant_id: str) -> GuardrailSettings:
@@ -155,23 +158,12 @@ class Gateway:
     ) -> tuple[list[TurnRecord], int]:
         """One page of the transcript, oldest first, and the turn index to continue after (0: no more).
 
-        Rows come from LanceDB; turns the batch writer has not flushed yet come from the ledger."""
+        Rows come from LanceDB; turns the batch writer may not have stored yet come from the ledger."""
         require_id(session_id, "session_id")
         session = await self._registry.get(tenant_id, session_id)
-        incarnation = incarnation_of(session)
-        rows = await self._store.history(tenant_id, session_id, after_turn_index=after_turn_index, limit=page_size + 1)
-        rows = [r for r in rows if r.incarnation == incarnation]
-        if len(rows) <= page_size:
-            last_seq = max((r.ledger_seq for r in rows), default=0)
-            tail = await self._journal.turns_after(tenant_id, session_id, incarnation, last_seq)
-            known = {r.turn_index for r in rows}
-            rows += [r for r in tail if r.turn_index > after_turn_index and r.turn_index not in known]
-            rows.sort(key=lambda r: r.turn_index)
-        page = rows[:page_size]
-        more = len(rows) > page_size
-        cursor = page[-1].turn_index if more and page else 0
-        # Rolled-back turns are erased from history (their records only answer retries of the same turn).
-        return [r for r in page if r.status != "rolled_back"], cursor
+        return await self._transcript.page(
+            tenant_id, session_id, incarnation_of(session), after_turn_index=after_turn_index, page_size=page_size
+        )
 
     async def send_turn(
         self,
