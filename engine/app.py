@@ -33,6 +33,7 @@ from engine.nats_server import EmbeddedNats
 from engine.ray_runtime import HostGroup, WriterHandle, ensure_ray, host_specs
 from engine.servicer import ConversationServicer
 from engine.tenants import Limits, TenantRegistry
+from engine.transport import MetadataLimitInterceptor, server_options
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -251,13 +252,9 @@ class Engine:
         assert self._knowledge is not None and self.limiter is not None
         authenticator = Authenticator(self.tenants, required=config.auth == "on", default_tenant=config.default_tenant)
         self._server = server = grpc.aio.server(
-            interceptors=[AuthInterceptor(authenticator)],
-            options=[
-                # Room for the largest document an ingestion request may carry.
-                ("grpc.max_receive_message_length", max(4 * 1024 * 1024, config.max_document_bytes + 64 * 1024)),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ],
+            # Outermost first: oversized metadata is refused before authentication reads it.
+            interceptors=[MetadataLimitInterceptor(), AuthInterceptor(authenticator)],
+            options=server_options(config),
         )
         conversation = ConversationServicer(
             # None: the tenant of every call comes from the auth interceptor, never from a default.
