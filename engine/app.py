@@ -25,6 +25,7 @@ from engine.admin import AdminServicer
 from engine.auth import Authenticator, AuthInterceptor
 from engine.config import Config
 from engine.figures import FiguresPoller
+from engine.gates import MetadataLimitInterceptor, NatsGateInterceptor
 from engine.gateway import Gateway
 from engine.knowledge import Knowledge
 from engine.knowledge_servicer import KnowledgeServicer
@@ -33,7 +34,7 @@ from engine.nats_server import EmbeddedNats
 from engine.ray_runtime import HostGroup, WriterHandle, ensure_ray, host_specs
 from engine.servicer import ConversationServicer
 from engine.tenants import Limits, TenantRegistry
-from engine.transport import MetadataLimitInterceptor, server_options
+from engine.transport import server_options
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -67,6 +68,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = cs_pb2.DESCRIPTOR.services_by_name["ConversationService"].full_name
 KNOWLEDGE_SERVICE_NAME = ks_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+NATS_METHOD_PREFIXES = (f"/{SERVICE_NAME}/", f"/{ADMIN_SERVICE_NAME}/")
+"""Methods that need NATS (sessions, turns, usage counters): refused at once while it is away."""
 
 
 def default_limits(config: Config) -> Limits:
@@ -111,6 +114,8 @@ class Engine:
         self._store: TranscriptStore | None = None
         self._knowledge: KnowledgeBase | None = None
         self._store_healthy = True
+        self._bus_ready = True
+        """False from a lost NATS connection until the bus is restored on the reconnected one."""
         self._store_watch: asyncio.Task[None] | None = None
         self._figures: FiguresPoller | None = None
         self._server: grpc.aio.Server | None = None
@@ -253,7 +258,11 @@ class Engine:
         authenticator = Authenticator(self.tenants, required=config.auth == "on", default_tenant=config.default_tenant)
         self._server = server = grpc.aio.server(
             # Outermost first: oversized metadata is refused before authentication reads it.
-            interceptors=[MetadataLimitInterceptor(), AuthInterceptor(authenticator)],
+            interceptors=[
+                MetadataLimitInterceptor(),
+                NatsGateInterceptor(lambda: self._bus_ready, NATS_METHOD_PREFIXES),
+                AuthInterceptor(authenticator),
+            ],
             options=server_options(config),
         )
         conversation = ConversationServicer(
@@ -322,6 +331,11 @@ class Engine:
         await self._health.set(SERVICE_NAME, status)
         await self._health.set(KNOWLEDGE_SERVICE_NAME, status)
 
+    async def _refresh_serving(self) -> None:
+        """Health follows what new calls need: NATS with the bus restored, and a writable transcript store."""
+        if self._state == "running":
+            await self._set_serving(self._bus_ready and self._store_healthy)
+
     async def _watch_store(self) -> None:
         # The engine refuses new turns while it cannot keep them: the ledger still holds every accepted one.
         while True:
@@ -337,14 +351,14 @@ class Engine:
                     log.warning("transcript store writable again; accepting turns")
                 else:
                     log.error("transcript store failing (%s); refusing new turns", status["last_error"])
-                if self._state == "running":
-                    await self._set_serving(healthy and self._nc.is_connected)
+                await self._refresh_serving()
 
     async def _on_nats_state(self, connected: bool) -> None:
-        if self._state != "running":
-            return
         if not connected:
-            await self._set_serving(False)
+            self._bus_ready = False
+            await self._refresh_serving()
+            return
+        if self._state != "running":
             return
         # A restarted NATS server has lost the in-memory events stream: restore the bus before serving
         # again. Run as a task: the client's reconnect callback must not wait on requests itself.
@@ -357,12 +371,16 @@ class Engine:
             try:
                 await ensure_bus(self._nc.jetstream(), self.names, self._bus_settings())
                 await ensure_ledger(self._nc.jetstream(), self.names, self._ledger_settings())
-                await self._set_serving(True)
-                return
             except Exception as exc:
                 log.warning("restoring the turn bus after reconnect failed (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+                continue
+            self._bus_ready = bool(self._nc.is_connected)
+            if self._bus_ready:
+                log.warning("NATS connection and turn bus restored; accepting calls")
+            await self._refresh_serving()
+            return
 
     async def drain(self) -> None:
         """Stop intake and give running turns ``shutdown_grace_s`` to finish. Idempotent."""

@@ -40,6 +40,7 @@ from storage import (
     require_id,
     uuid7,
 )
+from storage.bus import EventsLost
 from storage.history import StoredFloor, TranscriptReader, no_floor
 
 _DEFAULT_GUARDRAILS = GuardrailSettings()
@@ -306,8 +307,17 @@ class Gateway:
             return
         stream = await self._publisher.open_events(tenant_id, session_id, turn_id, after_seq=after_seq)
         wait = self._config.turn_timeout_s if timeout_s is None else min(timeout_s, self._config.turn_timeout_s)
-        async for event in stream.iterate(wait):
-            yield event
+        try:
+            async for event in stream.iterate(wait):
+                after_seq = event.seq
+                yield event
+        except EventsLost:
+            # The events stream lost some (a restarted NATS server starts it empty): the record has them all.
+            record = await self._find_record(tenant_id, session_id, incarnation_of(session), turn_id)
+            if record is None:
+                raise  # still running: retry once it is recorded
+            for event in await record_events(record, after_seq):
+                yield event
 
     async def _find_record(self, tenant_id: str, session_id: str, incarnation: str, turn_id: str) -> TurnRecord | None:
         stored = [

@@ -3,23 +3,20 @@
 gRPC refuses a message over ``grpc.max_receive_message_length`` (4 MiB by default) and call metadata over
 ``grpc.max_metadata_size`` (16 KiB hard by default) with its own ``RESOURCE_EXHAUSTED`` and no
 ``salon-error-reason``. The transport limits here sit far above Salon's own (the configured text and document
-limits, the system prompt limit, :data:`MAX_CALL_METADATA_BYTES`), so a request over Salon's limit is read and
-answered with ``INVALID_ARGUMENT`` and a reason (``TEXT_TOO_LARGE``, ``BAD_METADATA``,
-``CALL_METADATA_TOO_LARGE`` …); only an absurd one, over the transport limit, still gets gRPC's answer. The cost
-of the headroom is that a request up to the transport limit is read into memory before it is refused.
+limits, the system prompt limit, and :data:`MAX_CALL_METADATA_BYTES`, which :mod:`engine.gates` enforces),
+so a request over Salon's limit is read and answered with ``INVALID_ARGUMENT`` and a reason
+(``TEXT_TOO_LARGE``, ``BAD_METADATA``, ``CALL_METADATA_TOO_LARGE`` …); only an absurd one, over the
+transport limit, still gets gRPC's answer. The cost of the headroom is that a request up to the transport
+limit is read into memory before it is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final
-
-import grpc
+from collections.abc import Iterable
+from typing import Final
 
 from engine.config import Config
-from engine.status import abort
 from engine.validation import MAX_SYSTEM_PROMPT_BYTES
-from storage.errors import InvalidArgument
 
 MiB: Final = 1024 * 1024
 
@@ -66,43 +63,3 @@ def server_options(config: Config) -> list[tuple[str, int]]:
 def metadata_bytes(metadata: Iterable[tuple[str, str | bytes]]) -> int:
     """The size of call metadata as HTTP/2 counts it."""
     return sum(len(key) + len(value) + _ENTRY_OVERHEAD for key, value in metadata)
-
-
-_TOO_LARGE = InvalidArgument(
-    f"the call metadata is over the limit of {MAX_CALL_METADATA_BYTES} bytes", reason="CALL_METADATA_TOO_LARGE"
-)
-
-Handler = Any  # grpc.RpcMethodHandler: grpc ships no type information
-
-
-class MetadataLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses a call whose metadata is over :data:`MAX_CALL_METADATA_BYTES` before any handler (or the
-    authentication, which reads the metadata) runs, leaving its request unread."""
-
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Handler]], handler_call_details: Any
-    ) -> Handler:
-        if metadata_bytes(handler_call_details.invocation_metadata or ()) <= MAX_CALL_METADATA_BYTES:
-            return await continuation(handler_call_details)
-        handler = await continuation(handler_call_details)
-        return None if handler is None else _refusing(handler)
-
-
-async def _refuse(request: Any, context: Any) -> None:
-    await abort(context, _TOO_LARGE)
-
-
-def _refusing(handler: Handler) -> Handler:
-    """A handler of the same kind as ``handler`` that refuses the call, without parsing its request."""
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(_refuse)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(_refuse)
-
-    async def refuse_stream(request: Any, context: Any) -> Any:
-        await abort(context, _TOO_LARGE)
-        yield  # an async generator, as grpc.aio drives a response stream
-
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream)
-    return grpc.stream_stream_rpc_method_handler(refuse_stream)
