@@ -8,7 +8,6 @@ then everything closes, leaving no process behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,9 +23,11 @@ from actors.ray_host import build_embedder
 from engine.admin import AdminServicer
 from engine.auth import Authenticator, AuthInterceptor
 from engine.config import Config
+from engine.disk import DiskGuard, local_directory
 from engine.figures import FiguresPoller
-from engine.gates import MetadataLimitInterceptor, NatsGateInterceptor
+from engine.gates import Availability, AvailabilityGate, MetadataLimitInterceptor
 from engine.gateway import Gateway
+from engine.health_watch import HealthWatch
 from engine.knowledge import Knowledge
 from engine.knowledge_servicer import KnowledgeServicer
 from engine.limits import TenantLimiter
@@ -70,6 +71,15 @@ KNOWLEDGE_SERVICE_NAME = ks_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 NATS_METHOD_PREFIXES = (f"/{SERVICE_NAME}/", f"/{ADMIN_SERVICE_NAME}/")
 """Methods that need NATS (sessions, turns, usage counters): refused at once while it is away."""
+WRITING_METHODS = frozenset(
+    {
+        f"/{SERVICE_NAME}/CreateSession",
+        f"/{SERVICE_NAME}/SendTurn",
+        f"/{SERVICE_NAME}/Converse",
+        f"/{KNOWLEDGE_SERVICE_NAME}/IngestDocuments",
+    }
+)
+"""Methods that make the engine write new data: refused while its disk is full (deleting still works)."""
 
 
 def default_limits(config: Config) -> Limits:
@@ -113,16 +123,13 @@ class Engine:
         self._writer: WriterHandle | None = None
         self._store: TranscriptStore | None = None
         self._knowledge: KnowledgeBase | None = None
-        self._store_healthy = True
-        self._bus_ready = True
-        """False from a lost NATS connection until the bus is restored on the reconnected one."""
-        self._store_watch: asyncio.Task[None] | None = None
+        self._availability = Availability(NATS_METHOD_PREFIXES, WRITING_METHODS)
+        self._watch = self._health_watch()
         self._figures: FiguresPoller | None = None
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._started_ray = False
         self._state = "new"
-        self._restore_task: asyncio.Task[None] | None = None
         self.tenants = TenantRegistry(
             config.tenants_file or None, default_limits(config), reload_interval_s=config.tenants_reload_s
         )
@@ -170,7 +177,8 @@ class Engine:
         if not self.config.gateway_only:
             await self._start_workers()
         await self._start_server(gateway, credentials)
-        await self._set_serving(True)
+        self._watch.start()
+        await self._set_serving(self._availability.serving)
         self._start_figures()
         log.info(
             "salon listening on %s (%s, auth %s; NATS %s)",
@@ -203,10 +211,8 @@ class Engine:
             self.nats_url = await self._embedded_nats.start()
         nc = await connect(self.nats_url, name="salon-gateway", on_state=self._on_nats_state)
         self._nc = nc
-        js = nc.jetstream()
-        await ensure_bus(js, self.names, self._bus_settings())
-        await ensure_ledger(js, self.names, self._ledger_settings())
-        return js
+        await self._ensure_streams()
+        return nc.jetstream()
 
     async def _open_stores(self) -> None:
         """The transcript store and the knowledge base (with the embedding model)."""
@@ -239,17 +245,16 @@ class Engine:
             registry,
             NatsJournal(js, self.names),
             self._store,
-            store_healthy=lambda: self._store_healthy,
+            store_healthy=lambda: self._availability.store_healthy,
             guardrails_for=self.tenants.guardrails_for,
             stored_floor=writer_ack_floor(js, self.names),
         )
 
     async def _start_workers(self) -> None:
-        """The session hosts and the batch writer (Ray actors), and the watch on the writer's health."""
+        """The session hosts and the batch writer (Ray actors)."""
         self._hosts = HostGroup(host_specs(self.config, self.nats_url), self.config.namespace)
         self._writer = WriterHandle(self.config, self.nats_url)
         await asyncio.gather(self._hosts.start(), self._writer.start())
-        self._store_watch = asyncio.create_task(self._watch_store(), name="salon-store-watch")
 
     async def _start_server(self, gateway: Gateway, credentials: grpc.ServerCredentials | None) -> None:
         """The gRPC server with every service on it, listening."""
@@ -260,7 +265,7 @@ class Engine:
             # Outermost first: oversized metadata is refused before authentication reads it.
             interceptors=[
                 MetadataLimitInterceptor(),
-                NatsGateInterceptor(lambda: self._bus_ready, NATS_METHOD_PREFIXES),
+                AvailabilityGate(self._availability),
                 AuthInterceptor(authenticator),
             ],
             options=server_options(config),
@@ -308,6 +313,19 @@ class Engine:
         )
         self._figures.start()
 
+    def _health_watch(self) -> HealthWatch:
+        return HealthWatch(
+            self._availability,
+            set_serving=self._set_serving,
+            live=lambda: self._state == "running",
+            restore_bus=self._ensure_streams,
+            connected=lambda: bool(self._nc is not None and self._nc.is_connected),
+            disk=DiskGuard(self._written_paths()),
+            interval_s=self.config.store_check_interval_s,
+            writer=lambda: self._writer,
+            nats_server=lambda: self._embedded_nats,
+        )
+
     def _bus_settings(self) -> BusSettings:
         config = self.config
         return BusSettings(
@@ -331,56 +349,22 @@ class Engine:
         await self._health.set(SERVICE_NAME, status)
         await self._health.set(KNOWLEDGE_SERVICE_NAME, status)
 
-    async def _refresh_serving(self) -> None:
-        """Health follows what new calls need: NATS with the bus restored, and a writable transcript store."""
-        if self._state == "running":
-            await self._set_serving(self._bus_ready and self._store_healthy)
-
-    async def _watch_store(self) -> None:
-        # The engine refuses new turns while it cannot keep them: the ledger still holds every accepted one.
-        while True:
-            await asyncio.sleep(self.config.store_check_interval_s)
-            try:
-                status = await asyncio.wait_for(self.writer.status(), timeout=5.0)
-            except Exception:
-                continue  # the writer is restarting; turns wait safely in the ledger meanwhile
-            healthy = bool(status["healthy"])
-            if healthy != self._store_healthy:
-                self._store_healthy = healthy
-                if healthy:
-                    log.warning("transcript store writable again; accepting turns")
-                else:
-                    log.error("transcript store failing (%s); refusing new turns", status["last_error"])
-                await self._refresh_serving()
+    def _written_paths(self) -> list[Path]:
+        """Where this engine writes on local disk: the data directory and a local LanceDB elsewhere."""
+        paths = [self.config.data_path]
+        lancedb_dir = local_directory(self.config.lancedb_location)
+        if lancedb_dir is not None:
+            paths.append(lancedb_dir)
+        return paths
 
     async def _on_nats_state(self, connected: bool) -> None:
-        if not connected:
-            self._bus_ready = False
-            await self._refresh_serving()
-            return
-        if self._state != "running":
-            return
-        # A restarted NATS server has lost the in-memory events stream: restore the bus before serving
-        # again. Run as a task: the client's reconnect callback must not wait on requests itself.
-        if self._restore_task is None or self._restore_task.done():
-            self._restore_task = asyncio.create_task(self._restore_bus(), name="salon-restore-bus")
+        await self._watch.on_nats_state(connected)
 
-    async def _restore_bus(self) -> None:
-        delay = 0.1
-        while self._state == "running":
-            try:
-                await ensure_bus(self._nc.jetstream(), self.names, self._bus_settings())
-                await ensure_ledger(self._nc.jetstream(), self.names, self._ledger_settings())
-            except Exception as exc:
-                log.warning("restoring the turn bus after reconnect failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            self._bus_ready = bool(self._nc.is_connected)
-            if self._bus_ready:
-                log.warning("NATS connection and turn bus restored; accepting calls")
-            await self._refresh_serving()
-            return
+    async def _ensure_streams(self) -> None:
+        """The turn bus and the ledger on the current connection (again after a restarted server)."""
+        js = self._nc.jetstream()
+        await ensure_bus(js, self.names, self._bus_settings())
+        await ensure_ledger(js, self.names, self._ledger_settings())
 
     async def drain(self) -> None:
         """Stop intake and give running turns ``shutdown_grace_s`` to finish. Idempotent."""
@@ -416,12 +400,7 @@ class Engine:
         if self._state == "running":
             await self.drain()
         self._state = "closed"
-        for task in (self._restore_task, self._store_watch):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._restore_task = self._store_watch = None
+        await self._watch.close()
         if self._figures is not None:
             await self._figures.close()
         await self.tenants.close()

@@ -1,5 +1,5 @@
 """Server interceptors that refuse a call before its handler runs (and without parsing its request): calls
-whose metadata is too large, and calls that need NATS while the engine's connection to it is down."""
+whose metadata is too large, and calls the engine cannot take on now (NATS away, disk full)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ Handler = Any  # grpc.RpcMethodHandler: grpc ships no type information
 
 NATS_RETRY_AFTER_S: Final = 1.0
 """The retry hint while NATS is away: an embedded server is back within about a second."""
+STORAGE_FULL_RETRY_AFTER_S: Final = 30.0
+"""The retry hint while the disk is full: space comes back when someone frees it."""
 
 
 class MetadataLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -35,29 +37,66 @@ class MetadataLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         return refusing(handler, self._error)
 
 
-class NatsGateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """While ``available()`` is False, refuses calls to the methods under ``prefixes`` (those that need NATS:
-    sessions, turns, usage) at once with ``UNAVAILABLE`` (``NATS_UNAVAILABLE``) and a retry hint, instead of
-    letting each wait for its own NATS request to time out. Other services (health, knowledge) go on."""
+class Availability:
+    """What the engine can take on right now. The engine's watchers set the flags; health and
+    :class:`AvailabilityGate` read them.
 
-    _error = Unavailable(
-        "the engine's message bus (NATS) is not reachable; retry shortly",
-        reason="NATS_UNAVAILABLE",
-        retry_after_s=NATS_RETRY_AFTER_S,
-    )
+    ``nats_methods``: method prefixes that need NATS (sessions, turns, usage counters). ``writing_methods``:
+    full method names that make the engine write (new sessions, turns, ingestion).
+    """
 
-    def __init__(self, available: Callable[[], bool], prefixes: tuple[str, ...]) -> None:
-        self._available = available
-        self._prefixes = prefixes
+    def __init__(self, nats_methods: tuple[str, ...], writing_methods: frozenset[str]) -> None:
+        self._nats_methods = nats_methods
+        self._writing_methods = writing_methods
+        self.bus_ready = True
+        """False from a lost NATS connection until the bus is restored on the reconnected one."""
+        self.disk_full = False
+        """The data directory's disk is (nearly) full: see :mod:`engine.disk`."""
+        self.store_healthy = True
+        """The batch writer can write the transcript store (the gateway refuses turns itself when not)."""
+
+    @property
+    def serving(self) -> bool:
+        """What health reports: everything a new turn needs is there."""
+        return self.bus_ready and not self.disk_full and self.store_healthy
+
+    def refusal(self, method: str) -> SalonError | None:
+        """Why a new call to ``method`` is refused now, or None. A full disk is named first: it is the cause
+        an operator must act on, and it can also keep NATS from coming back."""
+        if self.disk_full and method in self._writing_methods:
+            return _DISK_FULL
+        if not self.bus_ready and method.startswith(self._nats_methods):
+            return _NATS_DOWN
+        return None
+
+
+_NATS_DOWN = Unavailable(
+    "the engine's message bus (NATS) is not reachable; retry shortly",
+    reason="NATS_UNAVAILABLE",
+    retry_after_s=NATS_RETRY_AFTER_S,
+)
+_DISK_FULL = Unavailable(
+    "the engine's disk is full; new sessions and turns are refused until space is freed",
+    reason="STORAGE_FULL",
+    retry_after_s=STORAGE_FULL_RETRY_AFTER_S,
+)
+
+
+class AvailabilityGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses, at once and with a reason and retry hint, the calls :meth:`Availability.refusal` names,
+    instead of letting each wait for its own NATS request or disk write to fail."""
+
+    def __init__(self, availability: Availability) -> None:
+        self._availability = availability
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Handler]], handler_call_details: Any
     ) -> Handler:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method or ""
-        if handler is None or self._available() or not method.startswith(self._prefixes):
+        error = self._availability.refusal(handler_call_details.method or "")
+        if handler is None or error is None:
             return handler
-        return refusing(handler, self._error)
+        return refusing(handler, error)
 
 
 def refusing(handler: Handler, error: SalonError) -> Handler:

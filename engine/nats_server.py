@@ -152,6 +152,7 @@ class EmbeddedNats:
         self._lock: TextIO | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
+        self._restart_asked = False
         self.restarts = 0
         """How many times the server was started again after it exited on its own."""
         self.address = ""
@@ -258,8 +259,27 @@ class EmbeddedNats:
             code = await proc.wait()
             if self._closing:
                 return
-            log.error("nats-server (pid %d) exited with %s; starting it again", proc.pid, code)
+            if self._restart_asked:
+                self._restart_asked = False
+                log.warning("nats-server (pid %d) stopped to be restarted", proc.pid)
+            else:
+                log.error("nats-server (pid %d) exited with %s; starting it again", proc.pid, code)
             await self._restart(timeout_s)
+
+    async def restart(self, timeout_s: float = 5.0) -> None:
+        """Stop the running server (SIGTERM, SIGKILL after ``timeout_s``) and let supervision start it again on
+        the same store: this clears a JetStream store that stopped taking writes after a full disk. Returns
+        once the old process is gone; connections then reconnect as after any restart."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None or self._supervisor is None:
+            return
+        self._restart_asked = True
+        proc.terminate()
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
     async def _restart(self, timeout_s: float) -> None:
         delay = RESTART_BACKOFF_S[0]
