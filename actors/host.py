@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from actors.control import ControlError, ControlReply, ControlRequest, parse_request
+from actors.control import CancelTurn, ControlError, ControlReply, ControlRequest, parse_request
 from actors.emitter import EventSink, TurnEmitter
 from actors.events import TurnEvent
 from actors.guardrails import GuardrailSettings
@@ -348,6 +348,8 @@ class SessionHost:
             session = await self._activate(key, request.incarnation)
         except NotFound:
             return ControlReply("unknown_session")
+        if not isinstance(request, CancelTurn):
+            return ControlReply("unsupported", "CONTROL_UNSUPPORTED", "this host does not take tool answers yet")
         return ControlReply(session.cancel(request.turn_id, request.reason or CANCELLED))
 
     async def control_message(self, data: bytes) -> bytes:
