@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from storage.reasons import Reason
+
 MAX_FIELD_CHARS = 1024
 """Longest string a control field may hold (ids are far shorter; a reason is a sentence)."""
 MAX_CONTENT_CHARS = 4 * 1024 * 1024
@@ -44,7 +46,7 @@ _RESULTS = frozenset(ControlResult.__args__)  # type: ignore[attr-defined]
 class ControlError(ValueError):
     """A control message that cannot be read: its stable ``reason`` and a message naming no input."""
 
-    def __init__(self, message: str, *, reason: str = "CONTROL_MALFORMED") -> None:
+    def __init__(self, message: str, *, reason: str = Reason.CONTROL_MALFORMED) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -126,7 +128,7 @@ class CancelTurn(_Message):
         """Read a cancel request's bytes (raises :class:`ControlError`)."""
         request = parse_request(data)
         if not isinstance(request, cls):
-            raise ControlError("the control message is not a cancel request", reason="CONTROL_UNSUPPORTED")
+            raise ControlError("the control message is not a cancel request", reason=Reason.CONTROL_UNSUPPORTED)
         return request
 
     @classmethod
@@ -249,7 +251,7 @@ def parse_request(data: bytes) -> ControlRequest:
     action = message.get("action")
     kind = _ACTIONS.get(action) if isinstance(action, str) else None
     if kind is None:
-        raise ControlError("the control message's action is not supported", reason="CONTROL_UNSUPPORTED")
+        raise ControlError("the control message's action is not supported", reason=Reason.CONTROL_UNSUPPORTED)
     return kind.from_dict(message)
 
 
@@ -268,7 +270,7 @@ class ControlReply:
     @classmethod
     def refusal(cls, error: ControlError) -> ControlReply:
         """The answer to a request that could not be read."""
-        result: ControlResult = "unsupported" if error.reason == "CONTROL_UNSUPPORTED" else "error"
+        result: ControlResult = "unsupported" if error.reason == Reason.CONTROL_UNSUPPORTED else "error"
         return cls(result, error.reason, error.message)
 
     def to_dict(self) -> dict[str, str]:

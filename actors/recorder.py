@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from actors.state import SessionState
 from actors.turn import SessionKey
-from storage import Fenced, ProgressRecord, SalonError, SessionLog, SnapshotRecord, TurnRecord
+from storage import Fenced, ProgressRecord, Reason, SalonError, SessionLog, SnapshotRecord, TurnRecord
 
 _R = TypeVar("_R")
 
@@ -65,7 +65,7 @@ class Recorder:
             except Fenced:
                 raise
             except SalonError as exc:
-                if not retry or self._closing() or exc.reason == "PROGRESS_TOO_LARGE":
+                if not retry or self._closing() or exc.reason == Reason.PROGRESS_TOO_LARGE:
                     raise
                 # Not done until it is recorded: wait for the ledger rather than lose it.
                 log.warning("recording %s failed (%s); retrying in %.2f s", what, exc.reason, delay)

@@ -26,29 +26,30 @@ from referencing.exceptions import Unresolvable
 
 from actors.model import ToolCall, ToolResult, ToolSpec
 from storage.errors import InvalidArgument
+from storage.reasons import Reason
 
 # Reasons (UPPER_SNAKE_CASE, as in ``salon-error-reason``) this module and the action layer use.
-INVALID_TOOL = "INVALID_TOOL"
+INVALID_TOOL = Reason.INVALID_TOOL
 """A tool definition is refused (name, description, schema, duplicate)."""
-TOO_MANY_TOOLS = "TOO_MANY_TOOLS"
+TOO_MANY_TOOLS = Reason.TOO_MANY_TOOLS
 """More tools than a turn may offer."""
-UNKNOWN_MCP_SERVER = "UNKNOWN_MCP_SERVER"
+UNKNOWN_MCP_SERVER = Reason.UNKNOWN_MCP_SERVER
 """A tool or tool set names an MCP server that neither the deployment nor the tenant configures."""
-INVALID_TOOL_SETTINGS = "INVALID_TOOL_SETTINGS"
+INVALID_TOOL_SETTINGS = Reason.INVALID_TOOL_SETTINGS
 """A wait timeout or a round limit out of range."""
-TOOL_RESULT_TOO_LARGE = "TOOL_RESULT_TOO_LARGE"
+TOOL_RESULT_TOO_LARGE = Reason.TOOL_RESULT_TOO_LARGE
 """A submitted tool result (or error, or approval reason) is over its size limit."""
-TOOL_WAIT_TIMEOUT = "TOOL_WAIT_TIMEOUT"
+TOOL_WAIT_TIMEOUT = Reason.TOOL_WAIT_TIMEOUT
 """A turn's wait for a tool result or an approval passed its deadline (the turn's error reason)."""
-TOOL_ROUNDS_EXHAUSTED = "TOOL_ROUNDS_EXHAUSTED"
+TOOL_ROUNDS_EXHAUSTED = Reason.TOOL_ROUNDS_EXHAUSTED
 """The model still called tools after the turn's last allowed model round (the turn's error reason)."""
-INVALID_CALL_ID = "INVALID_CALL_ID"
+INVALID_CALL_ID = Reason.INVALID_CALL_ID
 """A submitted call id that cannot name a call (empty, too long, control characters)."""
-EMPTY_TOOL_RESULT = "EMPTY_TOOL_RESULT"
+EMPTY_TOOL_RESULT = Reason.EMPTY_TOOL_RESULT
 """SubmitToolResult with neither a result nor an error."""
-INVALID_VERDICT = "INVALID_VERDICT"
+INVALID_VERDICT = Reason.INVALID_VERDICT
 """DecideApproval with neither approve nor reject."""
-INVALID_APPROVER = "INVALID_APPROVER"
+INVALID_APPROVER = Reason.INVALID_APPROVER
 """An approver name over its limit or with control characters."""
 
 MAX_TOOLS = 64

@@ -37,7 +37,7 @@ from actors.events import (
     Unrecognized,
     Usage,
 )
-from actors.model import ToolSpec
+from actors.model import ModelResult, ToolSpec
 from actors.tools import (
     EMPTY_OBJECT_SCHEMA,
     INVALID_TOOL_SETTINGS,
@@ -49,6 +49,7 @@ from actors.tools import (
     check_tools,
     is_tool_name,
 )
+from actors.usage import record_usage
 from salon.v1 import session_pb2, turn_pb2
 from storage import GuardrailDecision, InvalidArgument, TurnRecord
 
@@ -393,3 +394,8 @@ def policy_from_proto(base: ToolPolicy, settings: session_pb2.ToolSettings | Non
             f"tool_settings.max_model_rounds must be at most {MAX_MODEL_ROUNDS}", reason=INVALID_TOOL_SETTINGS
         )
     return base.overridden(wait_timeout_s=wait or None, max_model_rounds=settings.max_model_rounds or None)
+
+
+def usage_to_proto(result: ModelResult, model_rounds: int = 0) -> turn_pb2.Usage:
+    """Result -> the API's ``Usage`` message (``model_rounds``: the model requests the turn made)."""
+    return turn_pb2.Usage(**record_usage(result), model_rounds=model_rounds)

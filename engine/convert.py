@@ -8,9 +8,11 @@ import binascii
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from actors import TurnContext, decision_to_proto
-from actors.wire import SOURCES
+from actors.usage import result_usage
+from actors.wire import SOURCES, usage_to_proto
 from salon.v1 import turn_pb2
 from storage import InvalidArgument, ToolCallEntry, TurnRecord
+from storage.reasons import Reason
 
 _STATUSES = {
     "completed": turn_pb2.TURN_STATUS_COMPLETED,
@@ -71,16 +73,7 @@ def record_to_proto(record: TurnRecord) -> turn_pb2.TurnRecord:
         reply_text=record.reply_text,
         status=_STATUSES.get(record.status, turn_pb2.TURN_STATUS_UNSPECIFIED),
         stop_reason=_STOP_REASONS.get(record.stop_reason, turn_pb2.STOP_REASON_UNSPECIFIED),
-        usage=turn_pb2.Usage(
-            input_tokens=record.input_tokens,
-            output_tokens=record.output_tokens,
-            cache_read_input_tokens=record.cache_read_input_tokens,
-            cache_creation_input_tokens=record.cache_creation_input_tokens,
-            provider=record.provider,
-            model=record.model,
-            estimated_cost_usd=record.estimated_cost_usd,
-            model_rounds=_rounds(record),
-        ),
+        usage=usage_to_proto(result_usage(record), _rounds(record)),
         create_time=_timestamp(record.enqueued_at_ns or record.started_at_ns),
         complete_time=_timestamp(record.completed_at_ns),
         context=context_to_proto(TurnContext.from_json(record.context_json)),
@@ -91,8 +84,8 @@ def record_to_proto(record: TurnRecord) -> turn_pb2.TurnRecord:
 
 
 def _rounds(record: TurnRecord) -> int:
-    # Records written before tools existed say 0: one model request, when the turn reached the model.
-    return record.model_rounds or (1 if record.provider else 0)
+    # Records written before tools existed say 0, as the usage event a replay of them sends.
+    return record.model_rounds
 
 
 def context_to_proto(context: TurnContext) -> turn_pb2.TurnContext:
@@ -141,7 +134,7 @@ def decode_index_token(token: str) -> int:
         kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
         index = int(value)
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument("page_token is not valid", reason="BAD_PAGE_TOKEN") from None
+        raise InvalidArgument("page_token is not valid", reason=Reason.BAD_PAGE_TOKEN) from None
     if kind != "t" or index < 0:
-        raise InvalidArgument("page_token is not valid", reason="BAD_PAGE_TOKEN")
+        raise InvalidArgument("page_token is not valid", reason=Reason.BAD_PAGE_TOKEN)
     return index

@@ -26,13 +26,13 @@ from actors.tools import (
 )
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2
-from storage import FailedPrecondition, InvalidArgument, NotFound, Unavailable, require_id
+from storage import FailedPrecondition, InvalidArgument, NotFound, Reason, Unavailable, require_id
 
-CALL_NOT_FOUND = "TOOL_CALL_NOT_FOUND"
+CALL_NOT_FOUND = Reason.TOOL_CALL_NOT_FOUND
 """The call is unknown, its turn finished, or the session is another tenant's (one answer for all)."""
-APPROVAL_PENDING = "TOOL_APPROVAL_PENDING"
+APPROVAL_PENDING = Reason.TOOL_APPROVAL_PENDING
 """A result was submitted for a call that still waits for its approval."""
-TURN_RESUMING = "TURN_RESUMING"
+TURN_RESUMING = Reason.TURN_RESUMING
 """The turn's host stopped and its next activation has not taken the turn up yet: retry shortly."""
 
 ControlSender = Callable[[int, Mapping[str, str]], Awaitable[dict[str, str]]]
@@ -130,7 +130,7 @@ class ToolAnswers:
         except ControlError:
             raise Unavailable(
                 "the session's host gave an answer this gateway cannot read",
-                reason="HOST_UNAVAILABLE",
+                reason=Reason.HOST_UNAVAILABLE,
                 retry_after_s=1.0,
             ) from None
         _raise_for(reply)
@@ -151,7 +151,7 @@ def _raise_for(reply: ControlReply) -> None:
             reason=TURN_RESUMING,
             retry_after_s=1.0,
         )
-    raise Unavailable("the session's host could not take the answer", reason="HOST_UNAVAILABLE", retry_after_s=1.0)
+    raise Unavailable("the session's host could not take the answer", reason=Reason.HOST_UNAVAILABLE, retry_after_s=1.0)
 
 
 __all__ = [

@@ -33,6 +33,7 @@ from storage.errors import (
 from storage.ids import is_valid_id, require_id, uuid7
 from storage.knowledge import Document, IngestResult
 from storage.ledger import Fenced, Journal, LoadedSession, SessionLog
+from storage.reasons import Reason
 from storage.records import (
     GuardrailDecision,
     ProgressRecord,
@@ -72,6 +73,7 @@ __all__ = [
     "Passage",
     "PermissionDenied",
     "ProgressRecord",
+    "Reason",
     "ResourceExhausted",
     "RetrievalQuery",
     "Retriever",

@@ -24,6 +24,7 @@ import otel
 from storage.errors import InvalidArgument, Unavailable
 from storage.jetstream.read import read_subject
 from storage.ledger import Fenced, LoadedSession, SessionLog, unfinished
+from storage.reasons import Reason
 from storage.records import (
     KIND_ACTIVATION,
     KIND_PROGRESS,
@@ -115,7 +116,7 @@ class _NatsSessionLog:
         payload = record.to_json()
         if len(payload) > self._journal.max_record_bytes:
             # The server would refuse it every time: the turn cannot wait durably on this step.
-            raise InvalidArgument("a step of the turn is too large to record", reason="PROGRESS_TOO_LARGE")
+            raise InvalidArgument("a step of the turn is too large to record", reason=Reason.PROGRESS_TOO_LARGE)
         seq = await _append(
             self._js,
             self._names.ledger_turns(self._tenant_id, self._session_id),

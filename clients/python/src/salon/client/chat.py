@@ -71,18 +71,8 @@ async def chat(
     """Run the interactive loop against the gateway at ``target`` (``credentials``: keyword arguments of
     :class:`SalonClient` such as ``api_key`` or ``root_certificates``)."""
     async with SalonClient(target, **dict(credentials or {})) as client:
-        try:
-            await client.wait_ready(10.0)
-        except TimeoutError:
-            print(f"cannot reach a Salon gateway at {target}", file=sys.stderr)
-            return 2
-        try:
-            if session_id:
-                session = await client.get_session(session_id)
-            else:
-                session = await client.create_session(system_prompt=system_prompt)
-        except SalonError as exc:
-            print(f"cannot open the session: {exc.message} ({exc.code.name})", file=sys.stderr)
+        session = await _open_session(client, target, session_id, system_prompt)
+        if session is None:
             return 2
         out.write(_dim(f"session {session.id} on {target}; /help for commands", out) + "\n")
         while True:
@@ -106,6 +96,22 @@ async def chat(
             else:
                 out.write("salon> ")
                 await stream_turn(session, line, out)
+
+
+async def _open_session(client: SalonClient, target: str, session_id: str, system_prompt: str) -> Session | None:
+    """The session to chat in (``session_id``'s, or a new one); None, said on stderr, when there is none."""
+    try:
+        await client.wait_ready(10.0)
+    except TimeoutError:
+        print(f"cannot reach a Salon gateway at {target}", file=sys.stderr)
+        return None
+    try:
+        if session_id:
+            return await client.get_session(session_id)
+        return await client.create_session(system_prompt=system_prompt)
+    except SalonError as exc:
+        print(f"cannot open the session: {exc.message} ({exc.code.name})", file=sys.stderr)
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
