@@ -238,11 +238,13 @@ class ToolLoop:
         passed first."""
         task = asyncio.create_task(_answered(running))
         running.task = task
+        if running.cancel_reason:
+            task.cancel()  # stopped while the round was being recorded, before there was a wait to stop
         try:
             limits = [running.seconds_left(), (deadline_ns - time.time_ns()) / 1e9 if deadline_ns else None]
             timeout = min((max(t, 0.0) for t in limits if t is not None), default=None)
             done, _ = await asyncio.wait({task}, timeout=timeout)
-            if done:
+            if done or running.cancel_reason:
                 return False
             task.cancel()
             await asyncio.wait({task})
