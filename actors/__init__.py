@@ -49,6 +49,7 @@ from actors.summary import (
     extractive_summary,
     summarizer_for,
 )
+from actors.tool_servers import NoToolServers, ToolServers
 from actors.tools import (
     InvalidTool,
     ToolPolicy,
@@ -119,6 +120,7 @@ __all__ = [
     "ModelRequest",
     "ModelResult",
     "ModelSummarizer",
+    "NoToolServers",
     "OutputGuard",
     "PassageEntry",
     "SessionActor",
@@ -135,6 +137,7 @@ __all__ = [
     "ToolPolicy",
     "ToolResult",
     "ToolSelection",
+    "ToolServers",
     "ToolSpec",
     "Turn",
     "TurnContext",

@@ -151,7 +151,8 @@ def _raise_for(reply: ControlReply) -> None:
             reason=TURN_RESUMING,
             retry_after_s=1.0,
         )
-    raise Unavailable("the session's host could not take the answer", reason=Reason.HOST_UNAVAILABLE, retry_after_s=1.0)
+    reason = Reason.from_wire(reply.reason) or Reason.HOST_UNAVAILABLE
+    raise Unavailable("the session's host could not take the answer", reason=reason, retry_after_s=1.0)
 
 
 __all__ = [

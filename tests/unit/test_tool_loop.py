@@ -505,3 +505,26 @@ async def test_memory_keeps_each_call_with_its_result() -> None:
     assert snapshot.messages == actor.state.messages, "snapshots keep calls and results"
     folded = rig.provider.requests[-1]
     assert [m.role for m in folded.messages[:4]] == ["user", "assistant", "tool", "assistant"]
+
+
+async def test_a_recorded_tool_turn_replays_with_its_events_in_their_places() -> None:
+    rig = Rig(LOOKUP, REFUND)
+    actor = await rig.activate()
+    try:
+        await rig.submit(actor, "t1", '$CALL lookup {"order_id": "1"}\n$CALL refund {}\nsaid $RESULTS')
+        await rig.until("approval_required")
+        await actor.answer(submit("call_1_1", "found"))
+        await actor.answer(decide("call_1_2", False, "no"))
+        await wait_for(lambda: rig.acked == ["t1"])
+        first = list(rig.events())
+        rig.sink.events.clear()
+        await rig.submit(actor, "t1", "the same turn, delivered again")
+        await wait_for(lambda: rig.acked == ["t1", "t1"])
+    finally:
+        await actor.close()
+    replay = rig.events()
+    assert replay[0].accepted.replayed
+    assert [(e.seq, kind(e)) for e in replay] == [(e.seq, kind(e)) for e in first]
+    for a, b in zip(first[1:], replay[1:], strict=True):
+        assert getattr(a, kind(a)) == getattr(b, kind(b)), kind(a)
+    assert rig.provider.calls == 2, "a replay asks the model nothing"
