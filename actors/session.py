@@ -163,7 +163,8 @@ class SessionActor:
             return True
         if self._runner is None:
             self._runner = asyncio.create_task(self._run(), name=f"session-{self.key}")
-        if not turn.prior_seq:
+        if not turn.prior_seq and not progress:
+            # A turn taken up again was accepted by its first attempt (its events may have aged out since).
             await running.emitter.accepted(position, trace_id=turn.trace_id)
         return True
 

@@ -231,7 +231,7 @@ class Gateway:
         stream = await self._publish(envelope)
         ended = False
         try:
-            async for event in stream.iterate(self._wait_s(timeout_s)):
+            async for event in stream.iterate(self._wait_s(timeout_s), extend=self._tool_wait(timeout_s)):
                 if observer.events == 0 and event.HasField("error"):
                     _raise_refusal(event.error)
                 ended = is_terminal(event)
@@ -244,6 +244,24 @@ class Gateway:
                     await asyncio.shield(
                         self.cancel_turn(tenant_id, request.session_id, envelope.turn_id, reason="the client went away")
                     )
+
+    def _tool_wait(self, timeout_s: float | None) -> Callable[[turn_pb2.TurnEvent], float | None] | None:
+        """How much longer a stream waits after an event saying the turn waits for a tool result or an approval
+        (until that wait's deadline, then the turn timeout): none when the caller set its own deadline."""
+        if timeout_s is not None:
+            return None
+        turn_timeout_s = self._config.turn_timeout_s
+
+        def extend(event: turn_pb2.TurnEvent) -> float | None:
+            kind = event.WhichOneof("kind")
+            if kind not in ("tool_call", "approval_required"):
+                return None
+            deadline_ns: int = getattr(event, kind).wait_deadline.ToNanoseconds()
+            if not deadline_ns:
+                return None
+            return max(deadline_ns / 1e9 - time.time(), 0.0) + turn_timeout_s
+
+        return extend
 
     def _wait_s(self, timeout_s: float | None) -> float:
         """How long a turn's events are waited for: the turn timeout, or less if the call has less time."""
@@ -345,7 +363,7 @@ class Gateway:
                 yield event
             return
         stream = await self._publisher.open_events(tenant_id, session_id, turn_id, after_seq=after_seq)
-        async for event in stream.iterate(self._wait_s(timeout_s)):
+        async for event in stream.iterate(self._wait_s(timeout_s), extend=self._tool_wait(timeout_s)):
             yield event
 
     async def _find_record(self, tenant_id: str, session_id: str, incarnation: str, turn_id: str) -> TurnRecord | None:

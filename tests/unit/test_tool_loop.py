@@ -528,3 +528,24 @@ async def test_a_recorded_tool_turn_replays_with_its_events_in_their_places() ->
     for a, b in zip(first[1:], replay[1:], strict=True):
         assert getattr(a, kind(a)) == getattr(b, kind(b)), kind(a)
     assert rig.provider.calls == 2, "a replay asks the model nothing"
+
+
+async def test_a_turn_taken_up_after_its_events_aged_out_sends_no_second_accepted_and_its_pending_call_again() -> None:
+    rig = Rig()
+    first = await rig.activate("host-a")
+    text = '$CALL lookup {"order_id": "7"}\nanswer $RESULTS'
+    await rig.submit(first, "t1", text)
+    await rig.until("tool_call")
+    await first.close()
+    rig.sink.events.clear()
+    second = await rig.activate("host-b")
+    try:
+        await rig.submit(second, "t1", text)  # the events stream no longer holds what was sent
+        await wait_for(lambda: second.waiting)
+        # The pending call is sent again under its own number (the same event, for a client resuming now).
+        assert [(e.seq, kind(e)) for e in rig.events()] == [(2, "tool_call")]
+        await second.answer(submit("call_1_1", "shipped"))
+        await wait_for(lambda: rig.acked == ["t1"])
+    finally:
+        await second.close()
+    assert [(e.seq, kind(e)) for e in rig.events()][:3] == [(2, "tool_call"), (3, "tool_result"), (4, "delta")]
