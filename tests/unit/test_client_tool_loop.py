@@ -5,6 +5,7 @@ side of the protocol (events on the stream, SubmitToolResult / DecideApproval an
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -438,3 +439,46 @@ async def _until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
         await asyncio.sleep(0.005)  # wait-ok: polls a condition with a deadline
+
+
+async def test_chat_shows_the_calls_and_puts_approvals_and_client_calls_to_the_person() -> None:
+    from salon.client.chat import stream_turn
+
+    engine = FakeEngine(call("c1", "refund", approval=True, amount=500), call("c2", "lookup", order="A-1"))
+    answers = iter(["n", "too much", "shipped"])
+    prompts: list[str] = []
+
+    async def ask(prompt: str) -> str | None:
+        prompts.append(prompt)
+        return next(answers, None)
+
+    class OneTurnSession:
+        def turn(self, text: str) -> Turn:
+            return make_turn(engine)
+
+    out = io.StringIO()
+    await stream_turn(OneTurnSession(), "refund A-1", out, ask)  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert prompts == ["approve? [y/N] ", "reason (the model sees it)> ", "result of lookup> "]
+    assert '[tool call refund {"amount": 500}]' in text and "[approval needed: refund" in text
+    assert "[rejected by" in text and ": too much]" in text
+    assert "[result of tool (client): shipped]" in text
+    assert engine.decisions[0].verdict == cs_pb2.APPROVAL_VERDICT_REJECT and engine.decisions[0].reason == "too much"
+    assert [(s.call_id, s.result) for s in engine.submits] == [("c2", "shipped")]
+    assert text.index("[rejected") < text.index("result of tool") and "first token" in text
+
+
+async def test_chat_rejects_when_the_input_ends_at_an_approval() -> None:
+    from salon.client.chat import stream_turn
+
+    engine = FakeEngine(call("c1", "refund", approval=True, amount=1))
+
+    async def eof(prompt: str) -> str | None:
+        return None
+
+    class OneTurnSession:
+        def turn(self, text: str) -> Turn:
+            return make_turn(engine)
+
+    await stream_turn(OneTurnSession(), "x", io.StringIO(), eof)  # type: ignore[arg-type]
+    assert engine.decisions[0].verdict == cs_pb2.APPROVAL_VERDICT_REJECT

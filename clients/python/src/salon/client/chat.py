@@ -1,4 +1,9 @@
-"""``salon-chat``: talk to a Salon session from the terminal, with answers streamed as they arrive."""
+"""``salon-chat``: talk to a Salon session from the terminal, with answers streamed as they arrive.
+
+Tool calls show as they happen, with their results. A call that waits for approval asks the person at the
+terminal (``y`` approves; anything else rejects, with a reason the model sees); a call the client is meant
+to run asks the person for its result, since the terminal is the only client there is.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +12,117 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from salon.client.client import SalonClient, Session
 from salon.client.errors import SalonError
-from salon.client.events import Cancelled, Citations, Delta, Failed
+from salon.client.events import (
+    ApprovalDecided,
+    ApprovalRequired,
+    Cancelled,
+    Citations,
+    Delta,
+    Failed,
+    ToolCall,
+    ToolResult,
+)
+from salon.client.turn import BaseTurn
+
+Ask = Callable[[str], Awaitable[str | None]]
+"""Reads one line from the person at the terminal after showing a prompt; ``None`` at end of input."""
+
+PREVIEW_CHARS = 200
 
 HELP = """Commands:
   /new      start a new session
   /session  show the current session id
   /help     show this help
   /quit     leave (Ctrl-D works too)
-Anything else is sent as a turn."""
+Anything else is sent as a turn. Tool calls show as they happen; when one waits for approval you are asked
+(y approves, anything else rejects with a reason the model sees), and a tool the client runs asks you for its
+result."""
 
 
 def _dim(text: str, out: TextIO) -> str:
     return f"\033[2m{text}\033[0m" if out.isatty() else text
 
 
-async def stream_turn(session: Session, text: str, out: TextIO = sys.stdout) -> None:
-    """Send one turn and print its answer as it streams, then how long the first token took.
+async def read_line(prompt: str) -> str | None:
+    """``input(prompt)`` off the event loop (the turn's stream goes on meanwhile); ``None`` at end of input."""
+    try:
+        return await asyncio.to_thread(input, prompt)
+    except EOFError:
+        return None
+
+
+def _approver() -> str:
+    return f"{os.environ.get('USER') or 'someone'} at salon-chat"
+
+
+def _short(text: str, limit: int = PREVIEW_CHARS) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+async def _decide(turn: BaseTurn, event: ApprovalRequired, ask: Ask, out: TextIO) -> None:
+    where = f" on {event.mcp_server}" if event.mcp_server else ""
+    out.write(f"\n[approval needed: {event.tool}{where} {_short(event.arguments_json)}]\n")
+    out.flush()
+    answer = await ask("approve? [y/N] ")
+    if answer is not None and answer.strip().lower() in ("y", "yes"):
+        await turn.approve(event.call_id, approver=_approver())
+        return
+    reason = await ask("reason (the model sees it)> ") if answer is not None else None
+    reason = (reason or "").strip() or "rejected by the person at the terminal"
+    await turn.reject(event.call_id, reason, approver=_approver())
+
+
+async def _answer(turn: BaseTurn, event: ToolCall, ask: Ask, out: TextIO) -> None:
+    out.write(f"\n[the client runs {event.tool}: type its result, or leave it empty to refuse]\n")
+    out.flush()
+    result = await ask(f"result of {event.tool}> ")
+    if result is None or not result.strip():
+        await turn.submit_tool_error(event.call_id, "nobody at the terminal could run this tool")
+    else:
+        await turn.submit_tool_result(event.call_id, result.strip())
+
+
+async def stream_turn(session: Session, text: str, out: TextIO = sys.stdout, ask: Ask = read_line) -> None:
+    """Send one turn and print its answer as it streams, with its tool calls, then how long the first token
+    took. Approvals and client tool calls are put to the person through ``ask``.
 
     A dropped stream is resumed by the client (see :class:`~salon.client.Turn`); the note says so."""
     start = time.perf_counter()
     turn = session.turn(text)
+    calls: dict[str, ToolCall] = {}
     try:
         async with turn:
             async for event in turn:
-                if isinstance(event, Citations) and event.citations:
+                if isinstance(event, ToolCall):
+                    calls[event.call_id] = event
+                    where = f" on {event.mcp_server}" if event.mcp_server else ""
+                    out.write(
+                        "\n" + _dim(f"[tool call {event.tool}{where} {_short(event.arguments_json)}]", out) + "\n"
+                    )
+                    if event.runs_on_client and not event.requires_approval:
+                        await _answer(turn, event, ask, out)
+                elif isinstance(event, ApprovalRequired):
+                    await _decide(turn, event, ask, out)
+                elif isinstance(event, ApprovalDecided):
+                    verdict = "approved" if event.approved else "rejected"
+                    by = f" by {event.approver}" if event.approver else ""
+                    why = f": {event.reason}" if event.reason else ""
+                    out.write(_dim(f"[{verdict}{by}{why}]", out) + "\n")
+                    call = calls.get(event.call_id)
+                    if event.approved and call is not None and call.runs_on_client:
+                        await _answer(turn, call, ask, out)
+                elif isinstance(event, ToolResult):
+                    label = "error" if event.is_error else "result"
+                    line = f"[{label} of {event.tool or 'tool'} ({event.source}): {_short(event.content_preview)}]"
+                    out.write(_dim(line, out) + "\n")
+                elif isinstance(event, Citations) and event.citations:
                     # Before the first token: the passages the answer may cite as [1], [2] …
                     names = [
                         f"[{n}] {'earlier in this chat' if c.source == 'memory' else c.title or c.document_id}"
@@ -67,9 +153,13 @@ async def chat(
     out: TextIO = sys.stdout,
     *,
     credentials: Mapping[str, Any] | None = None,
+    mcp_servers: Sequence[str] = (),
+    ask: Ask = read_line,
 ) -> int:
     """Run the interactive loop against the gateway at ``target`` (``credentials``: keyword arguments of
-    :class:`SalonClient` such as ``api_key`` or ``root_certificates``)."""
+    :class:`SalonClient` such as ``api_key`` or ``root_certificates``; ``mcp_servers``: configured MCP servers
+    whose tools new sessions offer)."""
+    servers = list(mcp_servers) or None
     async with SalonClient(target, **dict(credentials or {})) as client:
         try:
             await client.wait_ready(10.0)
@@ -80,15 +170,17 @@ async def chat(
             if session_id:
                 session = await client.get_session(session_id)
             else:
-                session = await client.create_session(system_prompt=system_prompt)
+                session = await client.create_session(system_prompt=system_prompt, mcp_servers=servers)
         except SalonError as exc:
             print(f"cannot open the session: {exc.message} ({exc.code.name})", file=sys.stderr)
             return 2
         out.write(_dim(f"session {session.id} on {target}; /help for commands", out) + "\n")
         while True:
             try:
-                line = await asyncio.to_thread(input, "you> ")
-            except (EOFError, KeyboardInterrupt):
+                line = await ask("you> ")
+            except KeyboardInterrupt:
+                line = None
+            if line is None:
                 out.write("\n")
                 return 0
             line = line.strip()
@@ -101,11 +193,11 @@ async def chat(
             elif line == "/session":
                 out.write(session.id + "\n")
             elif line == "/new":
-                session = await client.create_session(system_prompt=system_prompt)
+                session = await client.create_session(system_prompt=system_prompt, mcp_servers=servers)
                 out.write(_dim(f"new session {session.id}", out) + "\n")
             else:
                 out.write("salon> ")
-                await stream_turn(session, line, out)
+                await stream_turn(session, line, out, ask)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default="127.0.0.1:50051", help="gateway address, host:port (default %(default)s)")
     parser.add_argument("--session", default="", help="continue this session instead of opening a new one")
     parser.add_argument("--system", default="", help="system prompt of a new session")
+    parser.add_argument(
+        "--mcp-server",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="offer the tools of this configured MCP server to new sessions (repeatable)",
+    )
     add_credential_arguments(parser)
     return parser
 
@@ -156,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``salon-chat``."""
     args = build_parser().parse_args(argv)
     try:
-        return asyncio.run(chat(args.target, args.session, args.system, credentials=credentials_from(args)))
+        return asyncio.run(
+            chat(
+                args.target, args.session, args.system, credentials=credentials_from(args), mcp_servers=args.mcp_server
+            )
+        )
     except KeyboardInterrupt:
         return 130
 
