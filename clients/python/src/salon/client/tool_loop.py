@@ -4,7 +4,8 @@ hand approvals to the application's callback.
 A :class:`ToolLoop` belongs to one turn. The turn shows it every event, in order; the loop starts a task per
 call it answers (several calls of one model round run at once) and per approval it decides, and the turn
 keeps streaming meanwhile. Submitting retries on the retryable statuses of the turn's :class:`RetryPolicy`
-(an answer given twice counts once); a call that is no longer waiting (``NOT_FOUND``: the turn ended, its
+for up to its ``max_elapsed_s`` (an answer given twice counts once; the engine says UNAVAILABLE while a
+waiting turn's host is being replaced); a call that is no longer waiting (``NOT_FOUND``: the turn ended, its
 deadline passed) is dropped; a result over the engine's size limit is replaced by an error saying so. Any
 other failure, and an exception in the approval callback, is kept in :attr:`ToolLoop.failure` and raised by
 the turn's iteration.
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
@@ -67,6 +69,7 @@ class ToolLoop:
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._answers = answers
         self._toolbox = toolbox
@@ -74,6 +77,7 @@ class ToolLoop:
         self._retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
         self._sleep = sleep
+        self._clock = clock
         self._calls: dict[str, ToolCall] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._failed: asyncio.Future[None] | None = None
@@ -227,12 +231,19 @@ class ToolLoop:
             log.debug("tool call %s no longer waits for approval (%s)", request.call_id, exc.reason)
 
     async def _with_retries(self, send: Callable[[], Awaitable[bool]]) -> bool:
+        # Bounded by time, not by count: the engine answers UNAVAILABLE for as long as the turn's host is being
+        # replaced (the turn waits durably meanwhile), and an answer sent twice counts once.
+        policy = self._retry
+        started = self._clock()
         failures = 0
         while True:
             try:
                 return await send()
             except SalonError as exc:
                 failures += 1
-                if exc.code not in self._retry.retry_codes or failures > self._retry.max_retries:
+                if exc.code not in policy.retry_codes or policy.max_retries == 0:
                     raise
-                await self._sleep(self._retry.backoff_s(failures, self._rng, exc.retry_after_s))
+                delay = policy.backoff_s(failures, self._rng, exc.retry_after_s)
+                if self._clock() + delay - started > policy.max_elapsed_s:
+                    raise
+                await self._sleep(delay)

@@ -115,7 +115,7 @@ class BaseTurn:
         self._source: AsyncGenerator[_Item, None] | None = None
         self._view: AsyncIterator[Any] | None = None
         self._typed: AsyncIterator[Event] | None = None
-        self._tools = ToolLoop(self, toolbox, on_approval, retry=self._retry, rng=self._rng, sleep=sleep)
+        self._tools = ToolLoop(self, toolbox, on_approval, retry=self._retry, rng=self._rng, sleep=sleep, clock=clock)
 
     # What the turn is and what it has seen so far.
 
