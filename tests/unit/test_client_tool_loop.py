@@ -482,3 +482,17 @@ async def test_chat_rejects_when_the_input_ends_at_an_approval() -> None:
 
     await stream_turn(OneTurnSession(), "x", io.StringIO(), eof)  # type: ignore[arg-type]
     assert engine.decisions[0].verdict == cs_pb2.APPROVAL_VERDICT_REJECT
+
+
+async def test_chat_reads_a_message_over_several_lines_ending_in_backslashes() -> None:
+    from salon.client.chat import read_message
+
+    lines = iter(["$CALL add {}\\", "then\\", "done", "next", "cut\\"])
+
+    async def ask(prompt: str) -> str | None:
+        return next(lines, None)
+
+    assert await read_message(ask) == "$CALL add {}\nthen\ndone"
+    assert await read_message(ask) == "next"
+    assert await read_message(ask) == "cut"  # the input ended mid-message: what came is sent
+    assert await read_message(ask) is None

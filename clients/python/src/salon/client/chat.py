@@ -40,9 +40,9 @@ HELP = """Commands:
   /session  show the current session id
   /help     show this help
   /quit     leave (Ctrl-D works too)
-Anything else is sent as a turn. Tool calls show as they happen; when one waits for approval you are asked
-(y approves, anything else rejects with a reason the model sees), and a tool the client runs asks you for its
-result."""
+Anything else is sent as a turn; end a line with \\ to continue the message on the next. Tool calls
+show as they happen; when one waits for approval you are asked (y approves, anything else rejects with a
+reason the model sees), and a tool the client runs asks you for its result."""
 
 
 def _dim(text: str, out: TextIO) -> str:
@@ -55,6 +55,19 @@ async def read_line(prompt: str) -> str | None:
         return await asyncio.to_thread(input, prompt)
     except EOFError:
         return None
+
+
+async def read_message(ask: Ask) -> str | None:
+    """One message: a line, or several when each but the last ends with a backslash (``None`` at the end of
+    input)."""
+    line = await ask("you> ")
+    parts: list[str] = []
+    while line is not None and line.endswith("\\"):
+        parts.append(line[:-1])
+        line = await ask("...  ")
+    if line is None:
+        return "\n".join(parts) if parts else None
+    return "\n".join([*parts, line])
 
 
 def _approver() -> str:
@@ -177,7 +190,7 @@ async def chat(
         out.write(_dim(f"session {session.id} on {target}; /help for commands", out) + "\n")
         while True:
             try:
-                line = await ask("you> ")
+                line = await read_message(ask)
             except KeyboardInterrupt:
                 line = None
             if line is None:
