@@ -123,8 +123,10 @@ class ToolLoop:
             if event.approved and call is not None:
                 self._maybe_run(call)
         elif isinstance(event, ToolResult):
-            # The call has its result (ours, or a timeout, a rejection, a cancel): nothing left to submit.
-            self._stop(f"call:{event.call_id}")
+            # The call has its result (a timeout, a rejection, a cancel, another client's): stop its function.
+            # An answer of ours already on its way is left to finish (the event may overtake its response).
+            if event.call_id not in self.answered:
+                self._stop(f"call:{event.call_id}")
             self._stop(f"approval:{event.call_id}")
         elif event.terminal:
             self._closed = True
