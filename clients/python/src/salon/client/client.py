@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from salon.client.approvals import ApprovalHandler
-from salon.client.converse import Conversation
+from salon.client.converse import Conversation, ConverseTurn
 from salon.client.errors import SalonError
 from salon.client.knowledge import Document, IngestProgress, request_stream
 from salon.client.messages import turn_request
@@ -142,7 +142,7 @@ class Session:
         async with turn:
             return await turn.reply()
 
-    def converse(self, conversation: Conversation, text: str, **kwargs: Any) -> Any:
+    def converse(self, conversation: Conversation, text: str, **kwargs: Any) -> ConverseTurn:
         """A new turn of this session carried by ``conversation`` (a ``Converse`` stream), with this session's
         functions and approval callback; the keywords are those of :meth:`Conversation.turn
         <salon.client.converse.Conversation.turn>`."""
