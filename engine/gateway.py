@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 import otel
 from actors import GuardrailSettings, SessionState, is_terminal, record_events, shard_for
+from actors.usage import token_counts
 from engine.config import Config
 from engine.validation import check_create_session, check_send_turn, page_size
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -38,10 +39,12 @@ from storage import (
     require_id,
     uuid7,
 )
-from storage.jetstream.bus import TurnPublisher
+from storage.jetstream.bus import EventStream, TurnPublisher
+from storage.reasons import Reason
 from storage.tables import TranscriptStore
 
 _DEFAULT_GUARDRAILS = GuardrailSettings()
+CANCEL_ON_DISCONNECT = session_pb2.DISCONNECT_POLICY_CANCEL
 
 
 def _encode_token(last_id: str) -> str:
@@ -52,7 +55,7 @@ def _decode_token(token: str) -> str:
     try:
         last_id = base64.urlsafe_b64decode(token.encode()).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument("page_token is not valid", reason="BAD_PAGE_TOKEN") from None
+        raise InvalidArgument("page_token is not valid", reason=Reason.BAD_PAGE_TOKEN) from None
     require_id(last_id, "page_token")
     return last_id
 
@@ -188,90 +191,73 @@ class Gateway:
         """
         guardrails = self.guardrails(tenant_id)
         check_send_turn(request, self._config.max_text_bytes, guardrails)
-        started = time.monotonic()
+        observer = _TurnObserver(otel.metrics(), time.monotonic())
         if not self._store_healthy():
             raise Unavailable(
                 "the transcript store is failing; new turns are refused until it recovers",
-                reason="STORE_UNAVAILABLE",
+                reason=Reason.STORE_UNAVAILABLE,
                 retry_after_s=5.0,
             )
         session = await self._registry.get(tenant_id, request.session_id)
-        turn_id = request.idempotency_key or uuid7()
         envelope = TurnEnvelope(
             tenant_id=tenant_id,
-            turn_id=turn_id,
+            turn_id=request.idempotency_key or uuid7(),
             request=request,
             trace_headers=trace_headers,
             enqueued_at_ns=time.time_ns(),
             incarnation=incarnation_of(session),
             guardrails=guardrails.to_header(),
+            deadline_ns=0 if timeout_s is None else time.time_ns() + int(timeout_s * 1e9),
         )
-        if timeout_s is not None:
-            envelope = dataclasses.replace(envelope, deadline_ns=time.time_ns() + int(timeout_s * 1e9))
-        shard = shard_for(tenant_id, request.session_id, self._config.num_shards)
+        stream = await self._publish(envelope)
+        ended = False
+        try:
+            async for event in stream.iterate(self._wait_s(timeout_s)):
+                if observer.events == 0 and event.HasField("error"):
+                    _raise_refusal(event.error)
+                ended = is_terminal(event)
+                observer.saw(event)
+                yield event
+        finally:
+            if not ended and (request.disconnect_policy or session.disconnect_policy) == CANCEL_ON_DISCONNECT:
+                # The client went away (or its deadline passed) mid-turn and asked for its turns to stop.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(
+                        self.cancel_turn(tenant_id, request.session_id, envelope.turn_id, reason="the client went away")
+                    )
+
+    def _wait_s(self, timeout_s: float | None) -> float:
+        """How long a turn's events are waited for: the turn timeout, or less if the call has less time."""
+        return self._config.turn_timeout_s if timeout_s is None else min(timeout_s, self._config.turn_timeout_s)
+
+    async def _publish(self, envelope: TurnEnvelope) -> EventStream:
+        """Publish the turn on its shard; the stream of its events, subscribed while publishing."""
+        tenant_id, session_id, turn_id = envelope.tenant_id, envelope.request.session_id, envelope.turn_id
+        shard = shard_for(tenant_id, session_id, self._config.num_shards)
         # The events stream keeps the turn's events from the first, so subscribing can overlap the publish.
-        opening = asyncio.ensure_future(self._publisher.open_events(tenant_id, request.session_id, turn_id))
+        opening = asyncio.ensure_future(self._publisher.open_events(tenant_id, session_id, turn_id))
         try:
             # PRODUCER span: the host's CONSUMER span continues the trace from the headers it puts on the message.
             with otel.producer_span(
                 otel.attributes.SPAN_TURN_PUBLISH,
-                trace_headers,
+                envelope.trace_headers,
                 {
                     otel.attributes.MESSAGING_SYSTEM: "nats",
                     otel.attributes.MESSAGING_OPERATION: "send",
                     otel.attributes.MESSAGING_MESSAGE_ID: turn_id,
                     otel.attributes.TURN_ID: turn_id,
-                    otel.attributes.SESSION_ID: request.session_id,
+                    otel.attributes.SESSION_ID: session_id,
                     otel.attributes.TENANT_ID: tenant_id,
                     otel.attributes.SHARD: shard,
                 },
             ) as producer:
-                envelope = dataclasses.replace(envelope, trace_headers=producer.headers())
-                await self._publisher.publish(envelope, shard)
+                await self._publisher.publish(dataclasses.replace(envelope, trace_headers=producer.headers()), shard)
         except BaseException:
             opening.cancel()
             with contextlib.suppress(BaseException):
                 await (await opening).close()
             raise
-        stream = await opening
-        wait = self._config.turn_timeout_s if timeout_s is None else min(timeout_s, self._config.turn_timeout_s)
-        policy = request.disconnect_policy or session.disconnect_policy
-        ended = False
-        metrics = otel.metrics()
-        try:
-            first = True
-            first_token = True
-            replayed = False
-            async for event in stream.iterate(wait):
-                if first and event.HasField("error"):
-                    _raise_refusal(event.error)
-                first = False
-                ended = is_terminal(event)
-                if metrics is not None:
-                    replayed = replayed or (event.HasField("accepted") and event.accepted.replayed)
-                    if first_token and event.HasField("delta"):
-                        first_token = False
-                        metrics.first_token(time.monotonic() - started)
-                    if event.HasField("usage") and not replayed:
-                        u = event.usage
-                        metrics.tokens_used(
-                            {
-                                "input": u.input_tokens,
-                                "output": u.output_tokens,
-                                "cache_read": u.cache_read_input_tokens,
-                                "cache_write": u.cache_creation_input_tokens,
-                            }
-                        )
-                    if ended:
-                        metrics.turn_ended(event.WhichOneof("kind") or "", time.monotonic() - started)
-                yield event
-        finally:
-            if not ended and policy == session_pb2.DISCONNECT_POLICY_CANCEL:
-                # The client went away (or its deadline passed) mid-turn and asked for its turns to stop.
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(
-                        self.cancel_turn(tenant_id, request.session_id, turn_id, reason="the client went away")
-                    )
+        return await opening
 
     async def cancel_turn(
         self, tenant_id: str, session_id: str, turn_id: str, *, reason: str = "cancelled by the client"
@@ -292,9 +278,11 @@ class Gateway:
         reply = await self._publisher.control(shard, request)
         result = reply.get("result", "")
         if result == "unknown_session":
-            raise NotFound("session not found", reason="SESSION_NOT_FOUND")
+            raise NotFound("session not found", reason=Reason.SESSION_NOT_FOUND)
         if result == "error":
-            raise Unavailable("the session's host failed to cancel the turn", reason="CANCEL_FAILED", retry_after_s=1.0)
+            raise Unavailable(
+                "the session's host failed to cancel the turn", reason=Reason.CANCEL_FAILED, retry_after_s=1.0
+            )
         return result
 
     async def resume_turn(
@@ -308,13 +296,12 @@ class Gateway:
         if not await self._publisher.has_events(tenant_id, session_id, turn_id):
             record = await self._find_record(tenant_id, session_id, incarnation_of(session), turn_id)
             if record is None:
-                raise NotFound("turn not found", reason="TURN_NOT_FOUND")
+                raise NotFound("turn not found", reason=Reason.TURN_NOT_FOUND)
             for event in await record_events(record, after_seq):
                 yield event
             return
         stream = await self._publisher.open_events(tenant_id, session_id, turn_id, after_seq=after_seq)
-        wait = self._config.turn_timeout_s if timeout_s is None else min(timeout_s, self._config.turn_timeout_s)
-        async for event in stream.iterate(wait):
+        async for event in stream.iterate(self._wait_s(timeout_s)):
             yield event
 
     async def _find_record(self, tenant_id: str, session_id: str, incarnation: str, turn_id: str) -> TurnRecord | None:
@@ -328,16 +315,47 @@ class Gateway:
         return next((r for r in tail if r.turn_id == turn_id), None)
 
 
-_REFUSALS: dict[str, type[SalonError]] = {
-    "SESSION_BUSY": FailedPrecondition,
-    "TOO_MANY_TURNS": ResourceExhausted,
-    "SESSION_NOT_FOUND": NotFound,
+class _TurnObserver:
+    """The gateway's metrics of one turn it relays: time to its first token, its tokens (not again for a
+    replayed turn, whose tokens were counted when it ran), and how it ended."""
+
+    def __init__(self, metrics: otel.Metrics | None, started: float) -> None:
+        self._metrics = metrics
+        self._started = started
+        self._replayed = False
+        self._first_token = True
+        self.events = 0
+
+    def saw(self, event: turn_pb2.TurnEvent) -> None:
+        """Count ``event`` (events arrive in order)."""
+        self.events += 1
+        metrics = self._metrics
+        if metrics is None:
+            return
+        kind = event.WhichOneof("kind")
+        self._replayed = self._replayed or (kind == "accepted" and event.accepted.replayed)
+        if kind == "delta" and self._first_token:
+            self._first_token = False
+            metrics.first_token(time.monotonic() - self._started)
+        elif kind == "usage" and not self._replayed:
+            metrics.tokens_used(token_counts(event.usage))
+        elif is_terminal(event):
+            metrics.turn_ended(kind or "", time.monotonic() - self._started)
+
+
+_REFUSALS: dict[Reason, type[SalonError]] = {
+    Reason.SESSION_BUSY: FailedPrecondition,
+    Reason.TOO_MANY_TURNS: ResourceExhausted,
+    Reason.SESSION_NOT_FOUND: NotFound,
 }
+"""Turn errors that refuse a turn before it started: they end the call with their status instead of a
+stream of one error event."""
 
 
 def _raise_refusal(error: turn_pb2.TurnError) -> None:
-    """A turn refused before it started ends the call with the matching status, not a stream of one error."""
-    refusal = _REFUSALS.get(error.reason)
+    """Raise the refusal ``error`` stands for, if it is one (its reason string read back through the enum)."""
+    reason = Reason.from_wire(error.reason)
+    refusal = _REFUSALS.get(reason) if reason is not None else None
     if refusal is not None:
         retry = error.retry_after.ToNanoseconds() / 1e9 if error.HasField("retry_after") else None
-        raise refusal(error.message, reason=error.reason, retry_after_s=retry)
+        raise refusal(error.message, reason=reason, retry_after_s=retry)

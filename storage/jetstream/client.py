@@ -12,6 +12,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from storage.errors import Unavailable
+from storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ async def wait_for_port(url: str, timeout_s: float) -> None:
             return
         except OSError:
             if time.monotonic() >= deadline:
-                raise Unavailable("NATS is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from None
+                raise Unavailable("NATS is not reachable", reason=Reason.NATS_UNAVAILABLE, retry_after_s=1.0) from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 

@@ -174,18 +174,8 @@ async def chat(
     whose tools new sessions offer)."""
     servers = list(mcp_servers) or None
     async with SalonClient(target, **dict(credentials or {})) as client:
-        try:
-            await client.wait_ready(10.0)
-        except TimeoutError:
-            print(f"cannot reach a Salon gateway at {target}", file=sys.stderr)
-            return 2
-        try:
-            if session_id:
-                session = await client.get_session(session_id)
-            else:
-                session = await client.create_session(system_prompt=system_prompt, mcp_servers=servers)
-        except SalonError as exc:
-            print(f"cannot open the session: {exc.message} ({exc.code.name})", file=sys.stderr)
+        session = await _open_session(client, target, session_id, system_prompt, servers)
+        if session is None:
             return 2
         out.write(_dim(f"session {session.id} on {target}; /help for commands", out) + "\n")
         while True:
@@ -197,20 +187,41 @@ async def chat(
                 out.write("\n")
                 return 0
             line = line.strip()
-            if not line:
-                continue
             if line in ("/quit", "/exit"):
                 return 0
-            if line == "/help":
-                out.write(HELP + "\n")
-            elif line == "/session":
-                out.write(session.id + "\n")
-            elif line == "/new":
+            if line == "/new":
                 session = await client.create_session(system_prompt=system_prompt, mcp_servers=servers)
                 out.write(_dim(f"new session {session.id}", out) + "\n")
-            else:
-                out.write("salon> ")
-                await stream_turn(session, line, out, ask)
+            elif line:
+                await _command_or_turn(session, line, out, ask)
+
+
+async def _command_or_turn(session: Session, line: str, out: TextIO, ask: Ask) -> None:
+    if line == "/help":
+        out.write(HELP + "\n")
+    elif line == "/session":
+        out.write(session.id + "\n")
+    else:
+        out.write("salon> ")
+        await stream_turn(session, line, out, ask)
+
+
+async def _open_session(
+    client: SalonClient, target: str, session_id: str, system_prompt: str, mcp_servers: list[str] | None
+) -> Session | None:
+    """The session to chat in (``session_id``'s, or a new one); None, said on stderr, when there is none."""
+    try:
+        await client.wait_ready(10.0)
+    except TimeoutError:
+        print(f"cannot reach a Salon gateway at {target}", file=sys.stderr)
+        return None
+    try:
+        if session_id:
+            return await client.get_session(session_id)
+        return await client.create_session(system_prompt=system_prompt, mcp_servers=mcp_servers)
+    except SalonError as exc:
+        print(f"cannot open the session: {exc.message} ({exc.code.name})", file=sys.stderr)
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
