@@ -85,65 +85,63 @@ class FakeEngine:
 
     def handle(self, bidi: Bidi, request: cs_pb2.ConverseRequest) -> None:
         action = request.WhichOneof("action")
-        if action == "send_turn":
-            turn = request.send_turn
-            if turn.session_id in self.refuse_turns:
-                code, reason = self.refuse_turns[turn.session_id]
-                bidi.send(error=cs_pb2.ConverseError(request_id=request.request_id, code=code, reason=reason))
-                return
-            self.bidi_of[turn.idempotency_key] = bidi
-            key, session = turn.idempotency_key, turn.session_id
-            self.emit(key, session, accepted=turn_pb2.TurnAccepted())
-            words = turn.text.split(maxsplit=2)
-            if words[0] == "call":
-                self.emit(
-                    key, session, tool_call=turn_pb2.ToolCall(call_id="c1", tool=words[1], arguments_json=words[2])
+        getattr(self, f"_on_{action}")(bidi, request)
+
+    def _on_send_turn(self, bidi: Bidi, request: cs_pb2.ConverseRequest) -> None:
+        turn = request.send_turn
+        if turn.session_id in self.refuse_turns:
+            code, reason = self.refuse_turns[turn.session_id]
+            bidi.send(error=cs_pb2.ConverseError(request_id=request.request_id, code=code, reason=reason))
+            return
+        self.bidi_of[turn.idempotency_key] = bidi
+        key, session = turn.idempotency_key, turn.session_id
+        self.emit(key, session, accepted=turn_pb2.TurnAccepted())
+        words = turn.text.split(maxsplit=2)
+        if words[0] == "call":
+            call = turn_pb2.ToolCall(call_id="c1", tool=words[1], arguments_json=words[2])
+            self.emit(key, session, tool_call=call)
+        elif words[0] == "approve":
+            call = turn_pb2.ToolCall(call_id="c1", tool=words[1], requires_approval=True)
+            self.emit(key, session, tool_call=call)
+            self.emit(key, session, approval_required=turn_pb2.ApprovalRequired(call_id="c1", tool=words[1]))
+        else:
+            self.emit(key, session, delta=turn_pb2.TokenDelta(text=f"{words[0]} "))
+            if words[0] != "hang":
+                self._finish(key, session)
+
+    def _on_resume_turn(self, bidi: Bidi, request: cs_pb2.ConverseRequest) -> None:
+        resume = request.resume_turn
+        self.bidi_of[resume.turn_id] = bidi
+        for event in self.log.get(resume.turn_id, [])[resume.after_seq :]:
+            bidi.send(event=event)
+
+    def _on_submit_tool_result(self, bidi: Bidi, request: cs_pb2.ConverseRequest) -> None:
+        submit = request.submit_tool_result
+        if submit.call_id != "c1":
+            bidi.send(
+                error=cs_pb2.ConverseError(
+                    request_id=request.request_id,
+                    session_id=submit.session_id,
+                    code=grpc.StatusCode.NOT_FOUND.value[0],
+                    reason="TOOL_CALL_NOT_FOUND",
+                    message="no such call",
                 )
-            elif words[0] == "approve":
-                self.emit(
-                    key, session, tool_call=turn_pb2.ToolCall(call_id="c1", tool=words[1], requires_approval=True)
-                )
-                self.emit(key, session, approval_required=turn_pb2.ApprovalRequired(call_id="c1", tool=words[1]))
-            else:
-                self.emit(key, session, delta=turn_pb2.TokenDelta(text=f"{words[0]} "))
-                if words[0] != "hang":
-                    self._finish(key, session)
-        elif action == "resume_turn":
-            resume = request.resume_turn
-            self.bidi_of[resume.turn_id] = bidi
-            for event in self.log.get(resume.turn_id, [])[resume.after_seq :]:
-                bidi.send(event=event)
-        elif action == "submit_tool_result":
-            submit = request.submit_tool_result
-            if submit.call_id != "c1":
-                bidi.send(
-                    error=cs_pb2.ConverseError(
-                        request_id=request.request_id,
-                        session_id=submit.session_id,
-                        code=grpc.StatusCode.NOT_FOUND.value[0],
-                        reason="TOOL_CALL_NOT_FOUND",
-                        message="no such call",
-                    )
-                )
-                return
-            bidi.send(ack=cs_pb2.ConverseAck(request_id=request.request_id, session_id=submit.session_id))
-            outcome = submit.WhichOneof("outcome")
-            self.emit(
-                submit.turn_id,
-                submit.session_id,
-                tool_result=turn_pb2.ToolResult(call_id="c1", content_preview=getattr(submit, outcome)),
             )
-            self.emit(submit.turn_id, submit.session_id, delta=turn_pb2.TokenDelta(text=getattr(submit, outcome)))
-            self._finish(submit.turn_id, submit.session_id)
-        elif action == "decide_approval":
-            decide = request.decide_approval
-            bidi.send(ack=cs_pb2.ConverseAck(request_id=request.request_id, session_id=decide.session_id))
-            approved = decide.verdict == cs_pb2.APPROVAL_VERDICT_APPROVE
-            self.emit(
-                decide.turn_id,
-                decide.session_id,
-                approval_decided=turn_pb2.ApprovalDecided(call_id="c1", approved=approved, approver=decide.approver),
-            )
+            return
+        bidi.send(ack=cs_pb2.ConverseAck(request_id=request.request_id, session_id=submit.session_id))
+        text = getattr(submit, submit.WhichOneof("outcome"))
+        self.emit(
+            submit.turn_id, submit.session_id, tool_result=turn_pb2.ToolResult(call_id="c1", content_preview=text)
+        )
+        self.emit(submit.turn_id, submit.session_id, delta=turn_pb2.TokenDelta(text=text))
+        self._finish(submit.turn_id, submit.session_id)
+
+    def _on_decide_approval(self, bidi: Bidi, request: cs_pb2.ConverseRequest) -> None:
+        decide = request.decide_approval
+        bidi.send(ack=cs_pb2.ConverseAck(request_id=request.request_id, session_id=decide.session_id))
+        approved = decide.verdict == cs_pb2.APPROVAL_VERDICT_APPROVE
+        decided = turn_pb2.ApprovalDecided(call_id="c1", approved=approved, approver=decide.approver)
+        self.emit(decide.turn_id, decide.session_id, approval_decided=decided)
 
     def _finish(self, turn_id: str, session_id: str) -> None:
         self.emit(turn_id, session_id, completed=turn_pb2.TurnCompleted(stop_reason=turn_pb2.STOP_REASON_END_TURN))

@@ -102,6 +102,62 @@ async def _answer(turn: BaseTurn, event: ToolCall, ask: Ask, out: TextIO) -> Non
         await turn.submit_tool_result(event.call_id, result.strip())
 
 
+class _ToolDesk:
+    """The tool side of one turn at the terminal: shows calls, decisions and results, and puts approvals and
+    client calls to the person."""
+
+    def __init__(self, turn: BaseTurn, ask: Ask, out: TextIO) -> None:
+        self._turn = turn
+        self._ask = ask
+        self._out = out
+        self._calls: dict[str, ToolCall] = {}
+
+    async def handle(self, event: object) -> bool:
+        """Deal with ``event`` if it is about tools; whether it was."""
+        out = self._out
+        if isinstance(event, ToolCall):
+            self._calls[event.call_id] = event
+            where = f" on {event.mcp_server}" if event.mcp_server else ""
+            out.write("\n" + _dim(f"[tool call {event.tool}{where} {_short(event.arguments_json)}]", out) + "\n")
+            if event.runs_on_client and not event.requires_approval:
+                await _answer(self._turn, event, self._ask, out)
+        elif isinstance(event, ApprovalRequired):
+            await _decide(self._turn, event, self._ask, out)
+        elif isinstance(event, ApprovalDecided):
+            verdict = "approved" if event.approved else "rejected"
+            by = f" by {event.approver}" if event.approver else ""
+            why = f": {event.reason}" if event.reason else ""
+            out.write(_dim(f"[{verdict}{by}{why}]", out) + "\n")
+            call = self._calls.get(event.call_id)
+            if event.approved and call is not None and call.runs_on_client:
+                await _answer(self._turn, call, self._ask, out)
+        elif isinstance(event, ToolResult):
+            label = "error" if event.is_error else "result"
+            line = f"[{label} of {event.tool or 'tool'} ({event.source}): {_short(event.content_preview)}]"
+            out.write(_dim(line, out) + "\n")
+        else:
+            return False
+        return True
+
+
+def _show(event: object, out: TextIO) -> None:
+    """Print the answer's part of a turn: sources, text, how it ended."""
+    if isinstance(event, Citations) and event.citations:
+        # Before the first token: the passages the answer may cite as [1], [2] …
+        names = [
+            f"[{n}] {'earlier in this chat' if c.source == 'memory' else c.title or c.document_id}"
+            for n, c in enumerate(event.citations, start=1)
+        ]
+        out.write(_dim("sources: " + "; ".join(names), out) + "\n")
+    elif isinstance(event, Delta):
+        out.write(event.text)
+        out.flush()
+    elif isinstance(event, Failed):
+        out.write(f"\n[turn failed: {event.message} ({event.reason})]")
+    elif isinstance(event, Cancelled):
+        out.write(f"\n[turn cancelled: {event.reason}]")
+
+
 async def stream_turn(session: Session, text: str, out: TextIO = sys.stdout, ask: Ask = read_line) -> None:
     """Send one turn and print its answer as it streams, with its tool calls, then how long the first token
     took. Approvals and client tool calls are put to the person through ``ask``.
@@ -109,46 +165,12 @@ async def stream_turn(session: Session, text: str, out: TextIO = sys.stdout, ask
     A dropped stream is resumed by the client (see :class:`~salon.client.Turn`); the note says so."""
     start = time.perf_counter()
     turn = session.turn(text)
-    calls: dict[str, ToolCall] = {}
+    desk = _ToolDesk(turn, ask, out)
     try:
         async with turn:
             async for event in turn:
-                if isinstance(event, ToolCall):
-                    calls[event.call_id] = event
-                    where = f" on {event.mcp_server}" if event.mcp_server else ""
-                    out.write(
-                        "\n" + _dim(f"[tool call {event.tool}{where} {_short(event.arguments_json)}]", out) + "\n"
-                    )
-                    if event.runs_on_client and not event.requires_approval:
-                        await _answer(turn, event, ask, out)
-                elif isinstance(event, ApprovalRequired):
-                    await _decide(turn, event, ask, out)
-                elif isinstance(event, ApprovalDecided):
-                    verdict = "approved" if event.approved else "rejected"
-                    by = f" by {event.approver}" if event.approver else ""
-                    why = f": {event.reason}" if event.reason else ""
-                    out.write(_dim(f"[{verdict}{by}{why}]", out) + "\n")
-                    call = calls.get(event.call_id)
-                    if event.approved and call is not None and call.runs_on_client:
-                        await _answer(turn, call, ask, out)
-                elif isinstance(event, ToolResult):
-                    label = "error" if event.is_error else "result"
-                    line = f"[{label} of {event.tool or 'tool'} ({event.source}): {_short(event.content_preview)}]"
-                    out.write(_dim(line, out) + "\n")
-                elif isinstance(event, Citations) and event.citations:
-                    # Before the first token: the passages the answer may cite as [1], [2] …
-                    names = [
-                        f"[{n}] {'earlier in this chat' if c.source == 'memory' else c.title or c.document_id}"
-                        for n, c in enumerate(event.citations, start=1)
-                    ]
-                    out.write(_dim("sources: " + "; ".join(names), out) + "\n")
-                elif isinstance(event, Delta):
-                    out.write(event.text)
-                    out.flush()
-                elif isinstance(event, Failed):
-                    out.write(f"\n[turn failed: {event.message} ({event.reason})]")
-                elif isinstance(event, Cancelled):
-                    out.write(f"\n[turn cancelled: {event.reason}]")
+                if not await desk.handle(event):
+                    _show(event, out)
     except SalonError as exc:
         out.write(f"[error: {exc.message} ({exc.code.name}{', ' + exc.reason if exc.reason else ''})]")
     total = time.perf_counter() - start

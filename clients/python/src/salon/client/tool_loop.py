@@ -115,23 +115,32 @@ class ToolLoop:
             if not event.requires_approval:
                 self._maybe_run(event)
         elif isinstance(event, ApprovalRequired):
-            if self._on_approval is not None:
-                self._start(f"approval:{event.call_id}", self._decide(self._on_approval, event))
+            self._approval_required(event)
         elif isinstance(event, ApprovalDecided):
-            self._stop(f"approval:{event.call_id}")  # decided (here or elsewhere): stop asking
-            call = self._calls.get(event.call_id)
-            if event.approved and call is not None:
-                self._maybe_run(call)
+            self._approval_decided(event)
         elif isinstance(event, ToolResult):
-            # The call has its result (a timeout, a rejection, a cancel, another client's): stop its function.
-            # An answer of ours already on its way is left to finish (the event may overtake its response).
-            if event.call_id not in self.answered:
-                self._stop(f"call:{event.call_id}")
-            self._stop(f"approval:{event.call_id}")
+            self._result_arrived(event)
         elif event.terminal:
             self._closed = True
             for key in list(self._tasks):
                 self._stop(key)
+
+    def _approval_required(self, event: ApprovalRequired) -> None:
+        if self._on_approval is not None:
+            self._start(f"approval:{event.call_id}", self._decide(self._on_approval, event))
+
+    def _approval_decided(self, event: ApprovalDecided) -> None:
+        self._stop(f"approval:{event.call_id}")  # decided (here or elsewhere): stop asking
+        call = self._calls.get(event.call_id)
+        if event.approved and call is not None:
+            self._maybe_run(call)
+
+    def _result_arrived(self, event: ToolResult) -> None:
+        # The call has its result (a timeout, a rejection, a cancel, another client's): stop its function. An
+        # answer of ours already on its way is left to finish (the event may overtake its response).
+        if event.call_id not in self.answered:
+            self._stop(f"call:{event.call_id}")
+        self._stop(f"approval:{event.call_id}")
 
     async def race(self, step: Awaitable[T]) -> T:
         """Await ``step`` (the turn's next event), unless the loop fails first: then raise its failure."""
