@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,12 @@ class Engine:
             raise
         self._state = "running"
 
+    def _tool_servers_for(self) -> Callable[[str], tuple[str, ...]]:
+        """The MCP servers a tenant's sessions may name: the deployment's file is read now (a bad one stops the
+        start), the tenants' from the tenants file as it stands."""
+        deployment = tuple(self.config.mcp_servers())
+        return lambda tenant: (*deployment, *self.tenants.mcp_servers_for(tenant))
+
     async def _start(self) -> None:
         config = self.config
         otel.setup(otel.TelemetrySettings.from_config(config), process="gateway", serve_metrics=True)
@@ -186,9 +193,11 @@ class Engine:
             self._store,
             store_healthy=lambda: self._store_healthy,
             guardrails_for=self.tenants.guardrails_for,
+            tool_servers_for=self._tool_servers_for(),
         )
         if not config.gateway_only:
-            self._hosts = HostGroup(host_specs(config, self.nats_url), config.namespace)
+            specs = host_specs(config, self.nats_url, self.tenants.all_mcp_servers())
+            self._hosts = HostGroup(specs, config.namespace)
             self._writer = WriterHandle(config, self.nats_url)
             await asyncio.gather(self._hosts.start(), self._writer.start())
             self._store_watch = asyncio.create_task(self._watch_store(), name="salon-store-watch")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import ray
@@ -14,6 +15,7 @@ from actors import HostSettings, shards_of_host
 from actors.ray_host import HostActor, HostSpec, WriterActor, WriterSpec
 from engine.config import Config
 from otel import TelemetrySettings
+from providers.mcp.config import McpHubSpec, McpServerConfig
 from storage.writer import WriterStatus
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,11 @@ def ensure_ray(config: Config) -> bool:
     return True
 
 
-def host_specs(config: Config, nats_url: str) -> list[HostSpec]:
-    """One spec per host, each owning its shards."""
+def host_specs(
+    config: Config, nats_url: str, tenant_mcp_servers: Mapping[str, Mapping[str, McpServerConfig]] | None = None
+) -> list[HostSpec]:
+    """One spec per host, each owning its shards (and calling the deployment's MCP servers and
+    ``tenant_mcp_servers``, each tenant's own)."""
     settings = HostSettings(
         session_idle_s=config.session_idle_s,
         max_sessions=config.max_sessions_per_host,
@@ -60,8 +65,10 @@ def host_specs(config: Config, nats_url: str) -> list[HostSpec]:
         retrieval_min_score=config.retrieval_min_score,
         summary_max_tokens=config.summary_max_tokens,
         summary_min_messages=config.summary_min_messages,
+        tool_policy=config.tool_policy(),
     )
     provider = config.provider_spec()
+    tools = McpHubSpec(config.mcp_servers(), dict(tenant_mcp_servers or {}))
     return [
         HostSpec(
             index=i,
@@ -69,6 +76,7 @@ def host_specs(config: Config, nats_url: str) -> list[HostSpec]:
             nats_url=nats_url,
             namespace=config.namespace,
             provider_factory=provider.build,
+            tools_factory=tools.build,
             settings=settings,
             log_level=config.log_level,
             telemetry=TelemetrySettings.from_config(config),
