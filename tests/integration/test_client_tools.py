@@ -41,7 +41,7 @@ from salon.v1 import turn_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_CLIENT = ROOT / "clients" / "node"
-TOKENS = 6
+TOKENS = 40
 
 
 @pytest.fixture(scope="module")
