@@ -22,7 +22,8 @@ message names (``$CALL lookup {"n": 1}``) and, once the result is back, answers 
    token of plain turns (``--ttft-turns`` each); then ``--waiting`` other sessions (1,000 by default) each
    start a turn whose tool call nobody answers (the client reads up to the ``tool_call`` and closes its
    stream: the turn waits on, with a one-hour deadline); the same sessions measure the time to first token
-   again while all of them wait; finally the waiting turns are cancelled. The host process's resident memory
+   again while all of them wait; finally the waiting turns are cancelled and the time to first token measured
+   a third time (nobody waiting), which brackets the second reading against drift on a shared machine. The host process's resident memory
    is read from ``/proc`` with every waiting session live but idle (each ran one plain turn first) and again
    with every one waiting: the difference divided by the number of waiting turns is what a waiting turn
    holds in the host (the session's own state is in both readings).
@@ -255,6 +256,7 @@ class WaitingRun:
     start_errors: list[str] = field(default_factory=list)
     ttft_before_s: list[float] = field(default_factory=list)
     ttft_during_s: list[float] = field(default_factory=list)
+    ttft_after_s: list[float] = field(default_factory=list)
     ttft_errors: list[str] = field(default_factory=list)
     host_rss_idle: int = 0
     host_rss_waiting: int = 0
@@ -281,7 +283,12 @@ class WaitingRun:
             "ttft_before_p99_ms": percentile(self.ttft_before_s, 99) * 1e3,
             "ttft_during_p50_ms": during,
             "ttft_during_p99_ms": percentile(self.ttft_during_s, 99) * 1e3,
+            "ttft_after_p50_ms": percentile(self.ttft_after_s, 50) * 1e3,
+            "ttft_after_p99_ms": percentile(self.ttft_after_s, 99) * 1e3,
             "ttft_p50_during_over_before": during / before if before else math.nan,
+            "ttft_p50_during_over_after": (
+                during / (percentile(self.ttft_after_s, 50) * 1e3) if self.ttft_after_s else math.nan
+            ),
             "ttft_errors": len(self.ttft_errors),
             "ttft_error_samples": self.ttft_errors[:5],
             "host_rss_before_sessions_mb": self.host_rss_before_sessions / 2**20,
@@ -382,6 +389,8 @@ async def run_waiting(engine: Engine, client: SalonClient, args: argparse.Namesp
                 return False
 
     run.cancelled = sum(await asyncio.gather(*(cancel(s, t) for s, t in waiting)))
+    # Once more with nobody waiting: brackets the reading under load against drift of a shared machine.
+    await measure_ttft(measured, args.ttft_turns, args.turn_timeout, run.ttft_after_s, run.ttft_errors)
     return run
 
 
@@ -412,13 +421,16 @@ def render(levels: Sequence[RoundLevel], waiting: WaitingRun | None) -> str:
         w = waiting.summary()
         lines += [
             "",
-            "| waiting turns | reached the wait | start errors | TTFT p50 / p99 ms, none waiting "
-            "| TTFT p50 / p99 ms, all waiting | p50 ratio | TTFT errors |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "| waiting turns | reached the wait | start errors | TTFT p50 / p99 ms, none waiting (before) "
+            "| TTFT p50 / p99 ms, all waiting | TTFT p50 / p99 ms, none waiting (after) "
+            "| p50 ratio waiting/before | p50 ratio waiting/after | TTFT errors |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {w['waiting']} | {w['reached_wait']} | {w['start_errors']} "
             f"| {_fmt(w['ttft_before_p50_ms'])} / {_fmt(w['ttft_before_p99_ms'])} "
             f"| {_fmt(w['ttft_during_p50_ms'])} / {_fmt(w['ttft_during_p99_ms'])} "
-            f"| {_fmt(w['ttft_p50_during_over_before'], suffix='x')} | {w['ttft_errors']} |",
+            f"| {_fmt(w['ttft_after_p50_ms'])} / {_fmt(w['ttft_after_p99_ms'])} "
+            f"| {_fmt(w['ttft_p50_during_over_before'], suffix='x')} "
+            f"| {_fmt(w['ttft_p50_during_over_after'], suffix='x')} | {w['ttft_errors']} |",
             "",
             f"Host process resident memory: {_fmt(w['host_rss_before_sessions_mb'], 1)} MB before the "
             f"{w['waiting']} sessions, {_fmt(w['host_rss_idle_mb'], 1)} MB with them live and idle, "
