@@ -23,10 +23,10 @@ message names (``$CALL lookup {"n": 1}``) and, once the result is back, answers 
    start a turn whose tool call nobody answers (the client reads up to the ``tool_call`` and closes its
    stream: the turn waits on, with a one-hour deadline); the same sessions measure the time to first token
    again while all of them wait; finally the waiting turns are cancelled and the time to first token measured
-   a third time (nobody waiting), which brackets the second reading against drift on a shared machine. The host process's resident memory
-   is read from ``/proc`` with every waiting session live but idle (each ran one plain turn first) and again
-   with every one waiting: the difference divided by the number of waiting turns is what a waiting turn
-   holds in the host (the session's own state is in both readings).
+   a third time (nobody waiting), which brackets the second reading against drift on a shared machine. The
+   host process's resident memory is read from ``/proc`` with every waiting session live but idle (each ran
+   one plain turn first) and again with every one waiting: the difference divided by the number of waiting
+   turns is what a waiting turn holds in the host (the session's own state is in both readings).
 
 Exit status 1 when a measured turn failed or not every waiting turn reached its wait, else 0.
 """
