@@ -88,11 +88,6 @@ class ToolLoop:
         """The approvals this loop's callback decided, by call id."""
 
     @property
-    def active(self) -> bool:
-        """Whether this loop has anything to do (a function or an approval callback)."""
-        return bool(self._toolbox) or self._on_approval is not None
-
-    @property
     def busy(self) -> bool:
         """Whether a call or an approval is being worked on."""
         return bool(self._tasks)
