@@ -166,6 +166,8 @@ class SessionHost:
         self._settings = settings
         self._clock = clock
         self._sessions: dict[SessionKey, SessionActor] = {}
+        self._activating: dict[SessionKey, asyncio.Future[None]] = {}
+        """Sessions being activated now, each awaited by whoever else needs the same session meanwhile."""
         self._inflight: dict[TurnKey, HostTurn] = {}
         """Turns in flight, per (tenant, session, turn), with their bus messages."""
         self._tasks: list[asyncio.Task[None]] = []
@@ -396,6 +398,19 @@ class SessionHost:
         return reply.to_bytes()
 
     async def _activate(self, key: SessionKey, incarnation: str) -> SessionActor:
+        """The session's live actor, activated if need be: one activation at a time per session (a turn and a
+        control message arriving together must not make two actors, the later fencing the earlier)."""
+        while (pending := self._activating.get(key)) is not None:
+            await asyncio.wait({pending})
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._activating[key] = done
+        try:
+            return await self._activate_now(key, incarnation)
+        finally:
+            del self._activating[key]
+            done.set_result(None)
+
+    async def _activate_now(self, key: SessionKey, incarnation: str) -> SessionActor:
         session = self._sessions.get(key)
         if session is not None:
             if session.fenced:

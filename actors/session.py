@@ -254,6 +254,11 @@ class SessionActor:
         except Fenced:
             self._fence(running)
             return
+        except Exception:
+            # A bug must end the turn (recorded, acknowledged), never leave it in flight with no runner.
+            log.exception("turn failed inside the engine (session %s)", self.key)
+            self._tools.abandon(running)
+            running.outcome.fail("INTERNAL", "the engine failed while running this turn", partial=bool(running.deltas))
         running.settle_stop()
         try:
             await self._conclude(running, retry=True)
