@@ -1,6 +1,6 @@
 """The README's "Tools" section runs as written: every Python block of it, against an engine this test starts
 the way the section's command does (scripted model, the section's MCP configuration), with only the address
-replaced. The section is read from README.md once it is there, from docs/tools-section.md until then.
+replaced.
 
 The MCP configuration block is the one of ``examples/mcp_servers.toml`` (checked), given to the engine with
 its command made absolute: ``python`` becomes this interpreter (the one with the MCP SDK installed) and the
@@ -29,13 +29,11 @@ BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.DOTALL)
 
 
 def section() -> str:
-    """The "## Tools" section: README.md's when it has one, else the draft in docs/."""
+    """The README's "## Tools" section."""
     readme = (ROOT / "README.md").read_text()
-    if "\n## Tools\n" in readme:
-        start = readme.index("\n## Tools\n")
-        end = readme.find("\n## ", start + 1)
-        return readme[start : end if end != -1 else len(readme)]
-    return (ROOT / "docs" / "tools-section.md").read_text()
+    start = readme.index("\n## Tools\n")
+    end = readme.find("\n## ", start + 1)
+    return readme[start : end if end != -1 else len(readme)]
 
 
 def blocks(language: str) -> list[str]:
