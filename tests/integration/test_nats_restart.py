@@ -150,3 +150,27 @@ async def test_the_engine_recovers_from_a_nats_server_kill_by_itself(make_engine
         f"nats-server SIGKILL: SERVING after {serving_s:.2f} s, first turn completed after {first_turn_s:.2f} s; "
         f"engine closed in {time.monotonic() - closing:.2f} s"
     )
+
+
+async def test_closing_during_a_lasting_outage_completes(make_engine: object, nats_binary: Path) -> None:
+    engine: Engine = await make_engine(  # type: ignore[operator]
+        nats_url="", nats_server_bin=str(nats_binary), scripted_tokens=200, scripted_token_delay_s=0.05
+    )
+    server = engine._embedded_nats
+    assert server is not None and server.pid is not None
+    async with grpc.aio.insecure_channel(engine.target) as channel:
+        stub = cs_grpc.ConversationServiceStub(channel)
+        session_id = await create_session(stub)
+        call = stub.SendTurn(cs_pb2.SendTurnRequest(session_id=session_id, text="cut off"), timeout=120)
+        stream = call.__aiter__()
+        await stream.__anext__()
+        os.kill(server.pid, signal.SIGKILL)
+        nats_binary.unlink()  # noqa: ASYNC240 - before the engine's loop runs again: no server comes back
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in stream:
+                pass
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    closing = time.monotonic()
+    await engine.close()  # raised ConnectionResetError from the NATS client before
+    print(f"engine closed in {time.monotonic() - closing:.2f} s during a lasting nats-server outage")
+    assert engine._embedded_nats is None and server.pid is None
