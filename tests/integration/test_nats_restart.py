@@ -20,6 +20,7 @@ from providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2
+from storage import TranscriptStore
 
 
 def _trailer(error: grpc.aio.AioRpcError, key: str) -> str:
@@ -144,6 +145,19 @@ async def test_the_engine_recovers_from_a_nats_server_kill_by_itself(make_engine
         sent.append(after[0].turn_id)
         history = await stub.GetHistory(cs_pb2.GetHistoryRequest(session_id=session_id))
         assert [t.turn_id for t in history.turns] == sent
+
+        async def stored() -> bool:  # the writer's ledger consumer resumed too
+            try:
+                await engine.writer.flush()
+            except Exception:
+                return False  # a retry may still be under way
+            rows = await TranscriptStore.open(engine.config.lancedb_location)
+            try:
+                return [r.turn_id for r in await rows.history(engine.config.default_tenant, session_id)] == sent
+            finally:
+                await rows.close()
+
+        await wait_for(stored, timeout_s=60, what="both turns to be stored")
     closing = time.monotonic()
     await engine.close()
     print(
