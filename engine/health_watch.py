@@ -136,7 +136,10 @@ class HealthWatch:
         while True:
             await asyncio.sleep(self._interval_s)
             try:
-                status = await asyncio.wait_for(writer.status(), timeout=WRITER_CALL_TIMEOUT_S)
+                # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation that
+                # meets the call's completion, and close() would then wait for this loop forever.
+                async with asyncio.timeout(WRITER_CALL_TIMEOUT_S):
+                    status = await writer.status()
             except Exception:
                 continue  # the writer is restarting; turns wait safely in the ledger meanwhile
             healthy = bool(status["healthy"])
@@ -167,4 +170,5 @@ class HealthWatch:
         if writer is not None:
             # The writer retries a failed write with a backoff of up to seconds: try it now.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.flush(), timeout=WRITER_CALL_TIMEOUT_S)
+                async with asyncio.timeout(WRITER_CALL_TIMEOUT_S):
+                    await writer.flush()

@@ -276,7 +276,8 @@ class EmbeddedNats:
         self._restart_asked = True
         proc.terminate()
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: see engine.health_watch
+                await proc.wait()
         except TimeoutError:
             proc.kill()
             await proc.wait()

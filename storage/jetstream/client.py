@@ -85,10 +85,32 @@ async def connect(
 
 async def close_connection(nc: NatsClient, timeout_s: float = 5.0) -> None:
     """Drain ``nc`` (flush what it buffered, finish subscriptions), closing it outright after ``timeout_s``:
-    a subscription with a request in flight would otherwise hold the drain for nats-py's 30 s default."""
+    a subscription with a request in flight would otherwise hold the drain for nats-py's 30 s default.
+
+    During an outage (the connection is reconnecting) nothing can be flushed: it is closed at once, and what
+    it buffered for the server is dropped. Never raises: the caller is shutting down."""
+    if nc.is_closed:
+        return
+    if nc.is_connected:
+        try:
+            await asyncio.wait_for(nc.drain(), timeout_s)
+            return
+        except Exception:
+            log.warning("NATS connection did not drain in time; closing it")
+    if nc.is_closed:
+        return
+    if not nc.is_connected:
+        _drop_buffered(nc)
     try:
-        await asyncio.wait_for(nc.drain(), timeout_s)
-    except Exception:
-        log.warning("NATS connection did not drain in time; closing it")
-        if not nc.is_closed:
-            await nc.close()
+        await asyncio.wait_for(nc.close(), timeout_s)
+    except Exception as exc:
+        log.warning("closing the NATS connection failed (%s)", type(exc).__name__)
+
+
+def _drop_buffered(nc: NatsClient) -> None:
+    # nats-py (2.16) writes the publishes it buffered while reconnecting to the dead transport on close();
+    # that raises before the subscriptions are released, leaving their readers waiting. They cannot be
+    # delivered anyway: drop them first.
+    if isinstance(getattr(nc, "_pending", None), list):
+        nc._pending = []
+        nc._pending_data_size = 0
