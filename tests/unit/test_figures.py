@@ -64,3 +64,29 @@ async def test_a_failing_source_leaves_its_part_out() -> None:
 
     figures = await FiguresPoller(hosts, writer, waiting).gather()
     assert figures.live_sessions == 0 and figures.batch_rows == 2 and figures.waiting_by_shard == {0: 1}
+
+
+def test_tool_figures_become_metrics_by_tool_and_outcome() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from otel import Metrics
+
+    reader = InMemoryMetricReader()
+    metrics = Metrics(MeterProvider(metric_readers=[reader]), None, None)
+    try:
+        metrics.observe(figures_from(HOSTS, None, {}))
+        data = reader.get_metrics_data()
+        assert data is not None
+        points = {
+            metric.name: [(dict(p.attributes or {}), p.value) for p in metric.data.data_points]
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+        }
+    finally:
+        metrics.close()
+    calls = {(a["gen_ai.tool.name"], a["salon.tool.outcome"]): v for a, v in points["salon.tool.calls"]}
+    assert calls == {("lookup_order", "ok"): 5, ("refund", "rejected"): 1}
+    assert points["salon.tool.wait_time"] == [({}, 2.0)] and points["salon.tool.waits"] == [({}, 3)]
+    assert points["salon.turns.waiting_for_tools"] == [({}, 1)]
