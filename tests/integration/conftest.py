@@ -110,7 +110,9 @@ async def make_engine(nats_url: str, ray_session: None, tmp_path: Path) -> Async
         count = itertools.count()
 
         async def build(**overrides: Any) -> Engine:
-            config = engine_config(tmp_path / f"data{next(count)}", nats_url, **overrides)
+            # A test may name its own NATS (or "" for an embedded one) in place of the shared server.
+            url = overrides.pop("nats_url", nats_url)
+            config = engine_config(tmp_path / f"data{next(count)}", url, **overrides)
             engine: Engine = await stack.enter_async_context(running_engine(config))
             return engine
 
