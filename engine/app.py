@@ -31,6 +31,7 @@ from engine.nats_server import EmbeddedNats
 from engine.ray_runtime import HostGroup, WriterHandle, ensure_ray, host_specs, shutdown_ray
 from engine.servicer import ConversationServicer
 from engine.tenants import Limits, TenantRegistry
+from engine.web import TOKEN_SERVICE_NAME, BrowserAccess
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -106,11 +107,17 @@ class Engine:
             config.tenants_file or None, default_limits(config), reload_interval_s=config.tenants_reload_s
         )
         self.limiter: TenantLimiter | None = None
+        self.browser = BrowserAccess(config)
 
     @property
     def target(self) -> str:
         """``host:port`` of the gRPC gateway, for clients."""
         return f"{self.config.grpc_host}:{self.grpc_port}"
+
+    @property
+    def web_url(self) -> str:
+        """``http://host:port`` of the web bridge (empty when ``web_port`` is -1)."""
+        return self.browser.web_url
 
     @property
     def writer(self) -> WriterHandle:
@@ -192,7 +199,13 @@ class Engine:
             self._writer = WriterHandle(config, self.nats_url)
             await asyncio.gather(self._hosts.start(), self._writer.start())
             self._store_watch = asyncio.create_task(self._watch_store(), name="salon-store-watch")
-        authenticator = Authenticator(self.tenants, required=config.auth == "on", default_tenant=config.default_tenant)
+        await self.browser.open()
+        authenticator = Authenticator(
+            self.tenants,
+            required=config.auth == "on",
+            default_tenant=config.default_tenant,
+            tokens=self.browser.tokens,
+        )
         self._server = grpc.aio.server(
             interceptors=[AuthInterceptor(authenticator)],
             options=[
@@ -218,12 +231,14 @@ class Engine:
         admin_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
             AdminServicer(self.limiter, self.tenants), self._server
         )
+        self.browser.add_to_server(self._server, gateway.get_session)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
                 KNOWLEDGE_SERVICE_NAME,
                 ADMIN_SERVICE_NAME,
+                TOKEN_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -236,6 +251,7 @@ class Engine:
             self.grpc_port = self._server.add_secure_port(address, credentials)
         await self._server.start()
         await self._set_serving(True)
+        await self.browser.start_bridge()
         hosts, writer = self._hosts, self._writer
         self._figures = FiguresPoller(
             hosts.stats if hosts is not None else None,
@@ -325,7 +341,8 @@ class Engine:
         await self._health.enter_graceful_shutdown()
         # New calls are refused at once; calls in flight and the turns behind them share the grace period.
         # Turns still queued on the bus stay there and run after the next start.
-        waits = []
+        # The web bridge stops with the gateway: its open streams share the same grace.
+        waits = [self.browser.close()]
         log.info("draining: intake stopped, running turns get %.0f s", grace)
         if self._server is not None:
             waits.append(self._server.stop(grace=grace))
@@ -359,6 +376,7 @@ class Engine:
         if self._figures is not None:
             await self._figures.close()
         await self.tenants.close()
+        await self.browser.close()
         if self._server is not None:
             await self._server.stop(grace=None)
             self._server = None
