@@ -94,12 +94,11 @@ class Routes:
         self._limits = limits
 
     def endpoints(self) -> list[tuple[str, str, Endpoint]]:
-        """(method, path, endpoint) of every endpoint."""
-        session = "/v1/sessions/{session_id}"
+        """(method, path under ``/v1``, endpoint) of every API endpoint."""
+        session = "/sessions/{session_id}"
         turn = session + "/turns/{turn_id}"
         return [
-            ("GET", "/healthz", self.health),
-            ("POST", "/v1/sessions", handled(self.create_session)),
+            ("POST", "/sessions", handled(self.create_session)),
             ("GET", session, handled(self.get_session)),
             ("GET", session + "/history", handled(self.history)),
             ("POST", session + "/turns", handled(self.send_turn)),

@@ -104,10 +104,10 @@ async def _internal(request: Request, exc: Exception) -> Response:
 
 def build_app(upstream: Upstream, settings: BridgeSettings) -> Starlette:
     """The bridge's ASGI app: the API under ``/v1``, ``/healthz``, and the chat page at ``/``."""
-    routes: list[BaseRoute] = [
-        Route(path, endpoint, methods=[method])
-        for method, path, endpoint in Routes(upstream, settings.limits).endpoints()
-    ]
+    endpoints = Routes(upstream, settings.limits)
+    api = [Route(path, endpoint, methods=[method]) for method, path, endpoint in endpoints.endpoints()]
+    # The API in a mount of its own: an unknown path or method under /v1 never falls through to the page's files.
+    routes: list[BaseRoute] = [Route("/healthz", endpoints.health, methods=["GET"]), Mount("/v1", routes=api)]
     if settings.page_dir is not None:
         routes.append(Mount("/", app=StaticFiles(directory=settings.page_dir, html=True), name="page"))
     middleware = [Middleware(SecurityHeaders)]

@@ -61,6 +61,11 @@ def _refuse_fields(request: Any, fields: tuple[str, ...]) -> None:
             raise PermissionDenied(f"a session token cannot set {field}", reason=Reason.TOKEN_FIELD_NOT_ALLOWED)
 
 
+def _require(claims: TokenClaims, right: Right) -> None:
+    if not claims.allows(right):
+        raise PermissionDenied(f"this token does not grant {right}", reason=Reason.TOKEN_RIGHT_MISSING)
+
+
 def apply_scope(claims: TokenClaims, method: str, request: Any, *, streaming: bool = False) -> None:
     """Refuse (:class:`PermissionDenied`) a call ``claims`` does not cover; label a session a user token creates.
 
@@ -68,10 +73,9 @@ def apply_scope(claims: TokenClaims, method: str, request: Any, *, streaming: bo
     right = METHOD_RIGHTS.get(method)
     if right is None or streaming:
         raise PermissionDenied("a session token cannot call this method", reason=Reason.TOKEN_SCOPE)
-    if not claims.allows(right):
-        raise PermissionDenied(f"this token does not grant {right}", reason=Reason.TOKEN_RIGHT_MISSING)
     if right is Right.CREATE:
         # Only user tokens carry the create right (the issuer never grants it with a session).
+        _require(claims, right)
         if method == _CREATE_SESSION:
             _refuse_fields(request, _CREATE_FIELDS_NOT_ALLOWED)
             request.metadata[OWNER_KEY] = claims.user
@@ -80,7 +84,9 @@ def apply_scope(claims: TokenClaims, method: str, request: Any, *, streaming: bo
         raise PermissionDenied(
             "a user token only creates sessions; use the session token issued for each", reason=Reason.TOKEN_SCOPE
         )
+    # Another session first: that, not a missing right, is what the caller needs to hear.
     if request.session_id != claims.session_id:
         raise PermissionDenied("this token is for another session", reason=Reason.TOKEN_SESSION_MISMATCH)
+    _require(claims, right)
     if method == _SEND_TURN:
         _refuse_fields(request, _TURN_FIELDS_NOT_ALLOWED)
