@@ -40,9 +40,9 @@ def offline_answer(request: ModelRequest) -> str:
     if instructions:
         lines.append(f"My instructions for this session begin: “{_excerpt(instructions)}”.")
     if earlier:
-        recalled = "; ".join(f"“{_excerpt(t)}”" for t in earlier[-3:])
+        recalled = "; ".join(f"“{_excerpt(t)}”" for t in reversed(earlier[-3:]))
         lines.append(
-            f"I remember {len(earlier)} earlier message(s) of yours in this session, most recently {recalled}."
+            f"I remember {len(earlier)} earlier message(s) of yours in this session, most recent first: {recalled}."
         )
     else:
         lines.append("This is the first message of the session that I can see.")

@@ -47,7 +47,7 @@ async def test_offline_mentions_earlier_user_messages() -> None:
     request = _request("my name is Ada", "noted", "I like tea", "ok", "what do you know?")
     answer = "".join((await _collect(OfflineProvider(token_delay_s=0).stream(request)))[0])
     assert "I remember 2 earlier message(s) of yours in this session" in answer
-    assert "“my name is Ada”; “I like tea”" in answer
+    assert "most recent first: “I like tea”; “my name is Ada”." in answer
     assert "noted" not in answer  # replies are not recalled as the user's
     assert "You just said: “what do you know?”." in answer
 
@@ -56,7 +56,7 @@ async def test_offline_recalls_only_the_last_three_and_the_system_prompt() -> No
     request = _request("one", "r", "two", "r", "three", "r", "four", "r", "now", system="Be terse.")
     answer = offline_answer(request)
     assert "I remember 4 earlier message(s)" in answer
-    assert "most recently “two”; “three”; “four”." in answer
+    assert "most recent first: “four”; “three”; “two”." in answer
     assert "“one”" not in answer
     assert "My instructions for this session begin: “Be terse.”." in answer
 
