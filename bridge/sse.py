@@ -24,6 +24,7 @@ of :mod:`bridge.errors`; the stream then ends and the client resumes. Comment li
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,10 +86,12 @@ class SseDecoder:
         self._id: str | None = None
         self.last_event_id: str | None = None
         self._pending_cr = False
+        # Network chunks may split a character's bytes: decode incrementally.
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
 
     def feed(self, chunk: bytes | str) -> Iterator[SseMessage]:
         """The messages completed by ``chunk``."""
-        text = chunk.decode("utf-8") if isinstance(chunk, bytes) else chunk
+        text = self._utf8.decode(chunk) if isinstance(chunk, bytes) else chunk
         if self._pending_cr and text.startswith("\n"):
             text = text[1:]
         self._pending_cr = text.endswith("\r")
