@@ -11,7 +11,6 @@ response: the client going away cancels the gRPC call (whose session's disconnec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -100,6 +99,12 @@ class EventRelay:
         self._call.cancel()
         read, self._read = self._read, None
         if read is not None:
+            # Not awaited: this may run while the response's task is itself being cancelled, and awaiting here
+            # could swallow that. The read's outcome is retrieved when it settles, so nothing is left unread.
+            read.add_done_callback(_retrieve)
             read.cancel()
-            with contextlib.suppress(BaseException):
-                await read
+
+
+def _retrieve(read: asyncio.Future[Any]) -> None:
+    if not read.cancelled():
+        read.exception()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import grpc
 import pytest
 from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
 
 from bridge.credentials import session_token
 from bridge.errors import BridgeError, from_rpc_error
 from bridge.requests import after_seq, read_message
-from bridge.sse import SseDecoder, error_frame, event_frame
+from bridge.sse import KEEPALIVE, PREAMBLE, SseDecoder, error_frame, event_frame
+from bridge.streams import EventRelay
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import turn_pb2
 
@@ -161,3 +164,65 @@ async def test_bodies_are_bounded_typed_and_parsed_into_the_message() -> None:
             await read_message(request(headers, body), cs_pb2.SendTurnRequest(), limit)
         assert (caught.value.http_status, caught.value.reason) == (status, reason)
         assert "secretName" not in caught.value.message
+
+
+class FakeCall:
+    """A server-streaming call: reads answer from a queue of items (messages, EOF or an error)."""
+
+    def __init__(self) -> None:
+        self.items: asyncio.Queue[Any] = asyncio.Queue()
+        self.cancelled = False
+
+    async def read(self) -> Any:
+        item = await self.items.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+def response_of(event: turn_pb2.TurnEvent) -> cs_pb2.SendTurnResponse:
+    return cs_pb2.SendTurnResponse(event=event)
+
+
+async def body_of(response: Any, call: FakeCall, after: list[Any]) -> list[bytes]:
+    frames = []
+    async for frame in response.body_iterator:
+        frames.append(frame)
+        if frame == KEEPALIVE and after:
+            for item in after:
+                call.items.put_nowait(item)
+            after.clear()
+    return frames
+
+
+async def test_a_call_refused_at_once_is_an_http_error_and_a_finished_one_204() -> None:
+    refused = FakeCall()
+    refused.items.put_nowait(
+        rpc_error(grpc.StatusCode.NOT_FOUND, "turn not found", (("salon-error-reason", "TURN_NOT_FOUND"),))
+    )
+    response = await EventRelay(refused, keepalive_s=1).respond(open_wait_s=5)
+    assert isinstance(response, JSONResponse) and response.status_code == 404
+    assert json.loads(bytes(response.body))["error"]["reason"] == "TURN_NOT_FOUND"
+    assert refused.cancelled
+    ended = FakeCall()
+    ended.items.put_nowait(grpc.aio.EOF)
+    assert (await EventRelay(ended, keepalive_s=1).respond(open_wait_s=5)).status_code == 204
+
+
+async def test_a_slow_turn_opens_its_stream_with_keepalives_and_a_late_failure_ends_it_as_an_event() -> None:
+    call = FakeCall()
+    response = await EventRelay(call, keepalive_s=0.01).respond(open_wait_s=0.01)
+    assert isinstance(response, StreamingResponse)
+    late = [
+        response_of(turn_pb2.TurnEvent(seq=5, delta=turn_pb2.TokenDelta(text="x"))),
+        rpc_error(grpc.StatusCode.UNAVAILABLE, "gone", (("salon-error-reason", "NATS_UNAVAILABLE"),)),
+    ]
+    frames = await body_of(response, call, late)
+    assert frames[0] == PREAMBLE and KEEPALIVE in frames
+    assert frames[-2].startswith(b"id: 5\nevent: delta\n")
+    assert frames[-1].startswith(b"event: stream_error\n") and b"NATS_UNAVAILABLE" in frames[-1]
+    assert call.cancelled
