@@ -359,7 +359,9 @@ class TurnView {
       `${Number(usage.outputTokens || 0)} out`,
     ];
     if (usage.estimatedCostUsd) parts.push(`$${Number(usage.estimatedCostUsd).toFixed(4)}`);
-    if (usage.provider) parts.push(usage.model ? `${usage.provider} · ${usage.model}` : usage.provider);
+    if (usage.provider) {
+      parts.push(usage.model && usage.model !== usage.provider ? `${usage.provider} · ${usage.model}` : usage.provider);
+    }
     if (this.firstTokenMs !== null) parts.push(`first token ${Math.round(this.firstTokenMs)} ms`);
     this.usage.textContent = parts.join(" · ");
   }
@@ -526,6 +528,7 @@ function showHistory(turns) {
     view.setCitations(citations.map((p) => p.citation || p));
     view.appendText(record.replyText || "");
     view.flush();
+    view.firstTokenMs = null; // not measured: the turn ran before this page
     if (record.usage) view.setUsage(record.usage);
     const status = record.status || "TURN_STATUS_COMPLETED";
     view.state = status === "TURN_STATUS_CANCELLED" ? "cancelled" : status === "TURN_STATUS_FAILED" ? "error" : "completed";
