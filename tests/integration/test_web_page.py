@@ -7,6 +7,7 @@ each, in order, whatever happened to the connection.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import AsyncIterator
 
@@ -18,10 +19,11 @@ from playwright.async_api import Page, expect
 
 from bridge import mint_page_link
 from engine import Config, Engine
+from engine.servicer import ConversationServicer
 from salon.client import Document, SalonClient
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
-from salon.v1 import turn_pb2
+from salon.v1 import session_pb2, turn_pb2
 
 TOKENS = 40
 TOKEN_DELAY_S = 0.05
@@ -264,3 +266,30 @@ async def test_keyboard_and_phone(web_engine: Engine, open_page: PageFactory) ->
     for name in ("Send", "Stop"):
         button = await page.get_by_role("button", name=name).bounding_box()
         assert button is not None and button["height"] >= 44
+
+
+async def test_a_person_rejects_a_tool_call_from_the_page(web_engine: Engine, open_page: PageFactory) -> None:
+    if not inspect.iscoroutinefunction(ConversationServicer.DecideApproval):
+        pytest.skip("this engine does not implement DecideApproval yet")
+    # The backend gives the session a tool that needs a person's approval; the page's token may decide.
+    async with grpc.aio.insecure_channel(web_engine.target) as channel:
+        created = await cs_grpc.ConversationServiceStub(channel).CreateSession(
+            cs_pb2.CreateSessionRequest(
+                tools=session_pb2.ToolSet(
+                    tools=[session_pb2.Tool(name="refund", description="Refund an order.", requires_approval=True)]
+                )
+            )
+        )
+    link = await mint_page_link(web_engine.target, web_engine.web_url, session_id=created.session.session_id)
+    page = await open_page(link.url)
+    await ready(page)
+    message = page.locator("#message")
+    # The scripted model calls the tool on the message's $CALL line, then answers with the other words.
+    await message.fill('$CALL refund {"order": "A-1"}\nrefund declined, sorry')
+    await message.press("Enter")
+    turn, answer = last_turn(page)
+    await expect(turn.locator(".tools")).to_contain_text("refund wants to run")
+    await turn.get_by_role("button", name="Reject").click()
+    await expect(turn.locator(".tools")).to_contain_text("Rejected.")
+    await expect(turn).to_have_attribute("data-state", "completed", timeout=30_000)
+    await expect(answer).to_contain_text("declined")
