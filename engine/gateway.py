@@ -39,6 +39,8 @@ from storage import (
     require_id,
     uuid7,
 )
+from storage.bus import EventsLost
+from storage.history import StoredFloor, TranscriptReader, no_floor
 from storage.jetstream.bus import EventStream, TurnPublisher
 from storage.reasons import Reason
 from storage.tables import TranscriptStore
@@ -73,6 +75,7 @@ class Gateway:
         *,
         store_healthy: Callable[[], bool] = lambda: True,
         guardrails_for: Callable[[str], GuardrailSettings] | None = None,
+        stored_floor: StoredFloor = no_floor,
     ) -> None:
         self._config = config
         self._publisher = publisher
@@ -81,6 +84,7 @@ class Gateway:
         self._store = store
         self._store_healthy = store_healthy
         self._guardrails_for = guardrails_for
+        self._transcript = TranscriptReader(store, journal, stored_floor)
         self.names = Names(config.namespace)
 
     def guardrails(self, tenant_id: str) -> GuardrailSettings:
@@ -158,23 +162,12 @@ class Gateway:
     ) -> tuple[list[TurnRecord], int]:
         """One page of the transcript, oldest first, and the turn index to continue after (0: no more).
 
-        Rows come from LanceDB; turns the batch writer has not flushed yet come from the ledger."""
+        Rows come from LanceDB; turns the batch writer may not have stored yet come from the ledger."""
         require_id(session_id, "session_id")
         session = await self._registry.get(tenant_id, session_id)
-        incarnation = incarnation_of(session)
-        rows = await self._store.history(tenant_id, session_id, after_turn_index=after_turn_index, limit=page_size + 1)
-        rows = [r for r in rows if r.incarnation == incarnation]
-        if len(rows) <= page_size:
-            last_seq = max((r.ledger_seq for r in rows), default=0)
-            tail = await self._journal.turns_after(tenant_id, session_id, incarnation, last_seq)
-            known = {r.turn_index for r in rows}
-            rows += [r for r in tail if r.turn_index > after_turn_index and r.turn_index not in known]
-            rows.sort(key=lambda r: r.turn_index)
-        page = rows[:page_size]
-        more = len(rows) > page_size
-        cursor = page[-1].turn_index if more and page else 0
-        # Rolled-back turns are erased from history (their records only answer retries of the same turn).
-        return [r for r in page if r.status != "rolled_back"], cursor
+        return await self._transcript.page(
+            tenant_id, session_id, incarnation_of(session), after_turn_index=after_turn_index, page_size=page_size
+        )
 
     async def send_turn(
         self,
@@ -301,8 +294,17 @@ class Gateway:
                 yield event
             return
         stream = await self._publisher.open_events(tenant_id, session_id, turn_id, after_seq=after_seq)
-        async for event in stream.iterate(self._wait_s(timeout_s)):
-            yield event
+        try:
+            async for event in stream.iterate(self._wait_s(timeout_s)):
+                after_seq = event.seq
+                yield event
+        except EventsLost:
+            # The events stream lost some (a restarted NATS server starts it empty): the record has them all.
+            record = await self._find_record(tenant_id, session_id, incarnation_of(session), turn_id)
+            if record is None:
+                raise  # still running: retry once it is recorded
+            for event in await record_events(record, after_seq):
+                yield event
 
     async def _find_record(self, tenant_id: str, session_id: str, incarnation: str, turn_id: str) -> TurnRecord | None:
         stored = [

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from salon.v1 import conversation_service_pb2 as cs_pb2
-from storage.errors import Internal
+from storage.errors import Internal, Unavailable
+from storage.reasons import Reason
 
 H_MSG_ID = "Nats-Msg-Id"
 """Deduplication id: JetStream drops a second turn with the same id within its dedupe window."""
@@ -26,6 +27,13 @@ H_GUARDRAILS = "Salon-Guardrails"
 TRACE_HEADERS = ("traceparent", "tracestate")
 TERMINAL_KINDS = frozenset({"completed", "error", "cancelled"})
 """Event kinds that end a turn's event stream."""
+
+
+class EventsLost(Unavailable):
+    """Some of a turn's events are gone from the events stream (it lives in memory: a restarted NATS server
+    starts it empty), so the stream cannot continue without a gap; the turn's record can, once it exists."""
+
+    reason = Reason.EVENTS_LOST
 
 
 class Delivered(Protocol):

@@ -25,9 +25,10 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 
 from salon.v1 import turn_pb2
-from storage.bus import TERMINAL_KINDS, TurnEnvelope
+from storage.bus import TERMINAL_KINDS, EventsLost, TurnEnvelope
 from storage.errors import DeadlineExceeded, Unavailable
 from storage.jetstream.read import EPHEMERAL_INACTIVE_S, drop_consumer, read_subject
+from storage.reasons import Reason
 from storage.subjects import Names
 
 log = logging.getLogger(__name__)
@@ -167,16 +168,35 @@ class TurnPublisher:
             )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc
-        return EventStream(self._js, sub, after_seq)
+        return EventStream(self._js, sub, after_seq, connection=self._nc)
+
+
+CONNECTION_CHECK_S = 0.5
+"""How often a waiting event stream checks that its NATS connection has not been lost in the meantime."""
 
 
 class EventStream:
-    """One turn's events, in order and each once, until its terminal event. Close it when done."""
+    """One turn's events, in order and each once, until its terminal event. Close it when done.
 
-    def __init__(self, js: JetStreamContext, sub: Any, after_seq: int) -> None:
+    If the NATS connection is lost while it runs, it ends with :class:`Unavailable` (``NATS_UNAVAILABLE``):
+    the subscription cannot survive a restarted server, and the caller resumes from the last event it got.
+    A gap in the sequence ends it with :class:`~storage.bus.EventsLost`."""
+
+    def __init__(self, js: JetStreamContext, sub: Any, after_seq: int, *, connection: NatsClient | None = None) -> None:
         self._js = js
         self._sub = sub
         self._last = after_seq
+        self._nc = connection
+        self._reconnects = connection.stats["reconnects"] if connection is not None else 0
+
+    def _check_connection(self) -> None:
+        nc = self._nc
+        if nc is not None and (not nc.is_connected or nc.stats["reconnects"] != self._reconnects):
+            raise Unavailable(
+                "the connection to the event bus was lost; resume the turn after the last event received",
+                reason=Reason.NATS_UNAVAILABLE,
+                retry_after_s=1.0,
+            )
 
     async def close(self) -> None:
         """Drop the subscription and its consumer. Idempotent."""
@@ -192,8 +212,9 @@ class EventStream:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise DeadlineExceeded("the turn did not finish in time", reason="TURN_TIMEOUT")
+                self._check_connection()
                 try:
-                    msg = await self._sub.next_msg(timeout=remaining)
+                    msg = await self._sub.next_msg(timeout=min(remaining, CONNECTION_CHECK_S))
                 except nats.errors.TimeoutError:
                     continue
                 event = turn_pb2.TurnEvent.FromString(msg.data)
@@ -202,6 +223,8 @@ class EventStream:
                         return  # resumed after the turn's last event: nothing is left to send
                     # Already delivered: a redelivered turn answered again from its record.
                     continue
+                if event.seq > self._last + 1:
+                    raise EventsLost("some of the turn's events are no longer retained", retry_after_s=1.0)
                 self._last = event.seq
                 yield event
                 if event.WhichOneof("kind") in TERMINAL_KINDS:

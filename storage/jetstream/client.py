@@ -10,11 +10,15 @@ from urllib.parse import urlparse
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.js.client import JetStreamContext
 
 from storage.errors import Unavailable
 from storage.reasons import Reason
 
 log = logging.getLogger(__name__)
+
+JetStream = JetStreamContext
+"""The JetStream handle the engine passes between its parts (named here so they need not import nats)."""
 
 
 async def wait_for_port(url: str, timeout_s: float) -> None:

@@ -9,20 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import grpc
+import pytest
 from conftest import create_session, reply_text
 from serve_support import (
     alive,
+    clean_env,
     engine_processes,
     is_loopback,
     listening_sockets,
     read_target,
     serve,
     socket_inodes,
+    stat_of,
     stop,
     wait_gone,
 )
@@ -186,3 +193,46 @@ async def test_embedded_engine_listens_on_loopback_only_and_logs_json_without_no
     for noise in ("Token authentication", "8.8.8.8", "will retry", "SIGTERM handler"):
         assert noise not in text, f"{noise!r} reached the operator's terminal"
     assert "gRPC gateway on" in text and "stopped" in text
+
+
+def _can_isolate_network() -> bool:
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("ip")):
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.skipif(not _can_isolate_network(), reason="needs root and unshare to start without a network")
+async def test_a_start_without_network_prints_no_address_probe(tmp_path: Path) -> None:
+    # Ray in cluster mode routes towards public addresses to find the machine's own, and says so on stderr
+    # when there is no route: started here in a network namespace holding only loopback.
+    command = [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--data-dir", str(tmp_path / "offline")]
+    env = {**clean_env(), "SALON_MODEL_PROVIDER": "scripted"}
+    proc = await asyncio.create_subprocess_exec(
+        "unshare",
+        "-n",
+        "--fork",
+        "--kill-child",  # should the test die, the engine goes with it
+        "sh",
+        "-c",
+        'ip link set lo up && exec "$@"',
+        "sh",
+        *command,
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        await read_target(proc, 120, lines)
+        # unshare does not pass SIGTERM on: the engine (its child) is asked to stop directly.
+        for pid in engine_processes(proc.pid):
+            if (stat := stat_of(pid)) is not None and stat[1] == proc.pid:
+                os.kill(pid, signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    finally:
+        await stop(proc)
+    text = "".join(lines)
+    assert "8.8.8.8" not in text and "external connectivity" not in text, text
+    assert "Token authentication" not in text, text
