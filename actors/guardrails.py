@@ -577,6 +577,13 @@ class Guardrails:
                 found.append(dataclasses.replace(decision, passage=index))
         return found
 
+    def check_tool_result(self, text: str, call_id: str) -> GuardrailDecision | None:
+        """Injection check of a tool's result (a client's answer or an MCP server's output: untrusted input).
+        Under ``block`` the caller replaces the result with an error the model sees (the turn goes on); under
+        ``flag`` it stays and the decision is recorded. The decision names the call."""
+        decision = check_injection(text, self.settings, source="tool")
+        return dataclasses.replace(decision, call_id=call_id) if decision is not None else None
+
     def output_guard(self) -> OutputGuard:
         """A fresh guard for one answer's stream."""
         return OutputGuard(self.settings, self.canary)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,12 @@ class Engine:
             raise
         self._state = "running"
 
+    def _tool_servers_for(self) -> Callable[[str], tuple[str, ...]]:
+        """The MCP servers a tenant's sessions may name: the deployment's file is read now (a bad one stops the
+        start), the tenants' from the tenants file as it stands."""
+        deployment = tuple(self.config.mcp_servers())
+        return lambda tenant: (*deployment, *self.tenants.mcp_servers_for(tenant))
+
     async def _start(self) -> None:
         # The order matters; see the module documentation.
         self._start_telemetry_and_tenants()
@@ -243,11 +250,13 @@ class Engine:
             store_healthy=lambda: self._availability.store_healthy,
             guardrails_for=self.tenants.guardrails_for,
             stored_floor=writer_ack_floor(js, self.names),
+            tool_servers_for=self._tool_servers_for(),
         )
 
     async def _start_workers(self) -> None:
         """The session hosts and the batch writer (Ray actors)."""
-        self._hosts = HostGroup(host_specs(self.config, self.nats_url), self.config.namespace)
+        specs = host_specs(self.config, self.nats_url, self.tenants.all_mcp_servers())
+        self._hosts = HostGroup(specs, self.config.namespace)
         self._writer = WriterHandle(self.config, self.nats_url)
         await asyncio.gather(self._hosts.start(), self._writer.start())
 

@@ -15,11 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from actors.tools import MAX_MODEL_ROUNDS, MAX_WAIT_TIMEOUT_S, ToolPolicy
 from providers import ProviderSpec
+from providers.mcp.config import McpServerConfig, load_servers_file
 from providers.pricing import DEFAULT_PRICES
 from storage.errors import InvalidArgument
 from storage.ids import is_valid_id
 from storage.reasons import Reason
+
+MAX_RESULT_BYTES_LIMIT = 512 * 1024
+"""Largest tool_max_result_bytes: a result travels to its session in one NATS message (1 MB by default)."""
 
 
 def _setting(default: Any, help: str, env: str | None = None) -> Any:
@@ -143,6 +148,22 @@ class Config:
         1000, "Turns running or queued on one host before new ones get RESOURCE_EXHAUSTED."
     )
     max_turns_per_tenant: int = _setting(200, "The same, per tenant on one host.")
+    # Tools (actors.tool_loop): a turn waiting for a tool result or an approval holds no model connection and
+    # does not count against max_turns_per_host.
+    mcp_servers_file: str = _setting(
+        "", "TOML file of the deployment's MCP servers ([servers.<name>] tables: command or url; see README)."
+    )
+    tool_wait_timeout_s: float = _setting(
+        900.0,
+        "Default time a turn waits for a tool result or an approval before it ends with TOOL_WAIT_TIMEOUT (a "
+        "session's or turn's tool_settings override it).",
+    )
+    tool_max_model_rounds: int = _setting(
+        8, "Default model requests per turn; a model still calling tools after the last ends TOOL_ROUNDS_EXHAUSTED."
+    )
+    tool_max_result_bytes: int = _setting(
+        65536, "Largest tool result (or error) a client may submit, in bytes of UTF-8."
+    )
     model_provider: str = _setting(
         "offline", "Last provider of the default chain: offline or scripted (see model_chain for the others)."
     )
@@ -297,6 +318,18 @@ class Config:
                 "chunk_tokens must be at least 16 and chunk_overlap_tokens below it",
             ),
             (self.max_document_bytes < 1, "max_document_bytes must be positive"),
+            (
+                not 0 < self.tool_wait_timeout_s <= MAX_WAIT_TIMEOUT_S,
+                f"tool_wait_timeout_s must be above 0 and at most {MAX_WAIT_TIMEOUT_S:g}",
+            ),
+            (
+                not 1 <= self.tool_max_model_rounds <= MAX_MODEL_ROUNDS,
+                f"tool_max_model_rounds must be 1-{MAX_MODEL_ROUNDS}",
+            ),
+            (
+                not 1 <= self.tool_max_result_bytes <= MAX_RESULT_BYTES_LIMIT,
+                f"tool_max_result_bytes must be 1-{MAX_RESULT_BYTES_LIMIT}",
+            ),
             # A retry deduplicated by JetStream is answered from the turn's events: they must outlive it.
             (self.event_retention_s <= self.dedupe_window_s, "event_retention_s must be longer than dedupe_window_s"),
         ]
@@ -342,6 +375,19 @@ class Config:
     def lancedb_location(self) -> str:
         """Where the LanceDB tables live."""
         return self.lancedb_uri or str(self.data_path / "lancedb")
+
+    def tool_policy(self) -> ToolPolicy:
+        """The deployment's tool defaults."""
+        return ToolPolicy(
+            wait_timeout_s=self.tool_wait_timeout_s,
+            max_model_rounds=self.tool_max_model_rounds,
+            max_result_bytes=self.tool_max_result_bytes,
+        )
+
+    def mcp_servers(self) -> dict[str, McpServerConfig]:
+        """The deployment's MCP servers (none without ``mcp_servers_file``); INVALID_CONFIG when the file is
+        unreadable or wrong."""
+        return load_servers_file(self.mcp_servers_file) if self.mcp_servers_file else {}
 
     def provider_spec(self) -> ProviderSpec:
         """The model provider the hosts should build."""

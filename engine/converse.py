@@ -1,7 +1,8 @@
 """One ``Converse`` call: many turns over one bidirectional stream.
 
-Requests are read as they come and each runs as its own job (send, resume or cancel a turn); what the jobs
-produce goes out in the order produced. A request that fails becomes a ``ConverseError`` message naming it and
+Requests are read as they come and each runs as its own job (send, resume or cancel a turn, answer a tool call
+or decide an approval, each answered with a ``ConverseAck``); what the jobs produce goes out in the order
+produced. A request that fails becomes a ``ConverseError`` message naming it and
 the stream goes on; only the stream's own failures (a slow or vanished reader) end the call.
 """
 
@@ -39,6 +40,11 @@ def converse_error(request_id: str, session_id: str, error: SalonError) -> cs_pb
             message=error.message,
         )
     )
+
+
+def _valid(value: str) -> str:
+    """An id echoed back only when it is a valid id (never arbitrary input)."""
+    return value if is_valid_id(value) else ""
 
 
 class ConverseCall:
@@ -99,6 +105,9 @@ class ConverseCall:
         elif action == "cancel_turn":
             cancel = request.cancel_turn
             self._start(request_id, cancel.session_id, lambda: self._turns.cancel(cancel.session_id, cancel.turn_id))
+        elif action in ("submit_tool_result", "decide_approval"):
+            session_id = getattr(request, action).session_id
+            self._start(request_id, session_id, lambda: self._answer(request))
         else:
             error = InvalidArgument("the request has no action", reason=Reason.EMPTY_REQUEST)
             await self._out.put(converse_error(request_id, "", error))
@@ -120,6 +129,17 @@ class ConverseCall:
         # The span lives as long as the turn it stands for, like SendTurn's.
         with server_span("salon.gateway.Converse.turn", self._metadata) as span:
             await self._relay(await self._turns.send(turn, span.headers()))
+
+    async def _answer(self, request: cs_pb2.ConverseRequest) -> None:
+        """A tool result or an approval decision, acknowledged on the stream as the unary call answers it."""
+        if request.HasField("submit_tool_result"):
+            duplicate = (await self._turns.submit_tool_result(request.submit_tool_result)).duplicate
+            session_id = request.submit_tool_result.session_id
+        else:
+            duplicate = (await self._turns.decide_approval(request.decide_approval)).duplicate
+            session_id = request.decide_approval.session_id
+        ack = cs_pb2.ConverseAck(request_id=_valid(request.request_id), session_id=session_id, duplicate=duplicate)
+        await self._out.put(cs_pb2.ConverseResponse(ack=ack))
 
     def _resumed(self, resume: cs_pb2.ResumeTurnRequest) -> AsyncIterator[turn_pb2.TurnEvent]:
         return self._turns.resume(resume.session_id, resume.turn_id, resume.after_seq)

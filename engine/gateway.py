@@ -12,7 +12,7 @@ import binascii
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -20,6 +20,7 @@ import otel
 from actors import GuardrailSettings, SessionState, is_terminal, record_events, shard_for
 from actors.usage import token_counts
 from engine.config import Config
+from engine.tools_api import ToolAnswers, check_decide, check_submit, check_tool_set, check_tool_settings
 from engine.validation import check_create_session, check_send_turn, page_size
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2, turn_pb2
@@ -76,9 +77,12 @@ class Gateway:
         store_healthy: Callable[[], bool] = lambda: True,
         guardrails_for: Callable[[str], GuardrailSettings] | None = None,
         stored_floor: StoredFloor = no_floor,
+        tool_servers_for: Callable[[str], Collection[str]] | None = None,
     ) -> None:
         self._config = config
         self._publisher = publisher
+        self._tool_servers_for = tool_servers_for
+        self._answers = ToolAnswers(publisher.control, config.num_shards, max_result_bytes=config.tool_max_result_bytes)
         self._registry = registry
         self._journal = journal
         self._store = store
@@ -91,6 +95,17 @@ class Gateway:
         """The tenant's guardrail settings (the defaults when none are configured)."""
         return self._guardrails_for(tenant_id) if self._guardrails_for is not None else _DEFAULT_GUARDRAILS
 
+    def mcp_servers(self, tenant_id: str) -> Collection[str]:
+        """The MCP servers the tenant's sessions may name (the deployment's and the tenant's own)."""
+        return self._tool_servers_for(tenant_id) if self._tool_servers_for is not None else ()
+
+    def _check_tools(self, tenant_id: str, request: cs_pb2.CreateSessionRequest | cs_pb2.SendTurnRequest) -> None:
+        """A request's tools and tool settings, when it sets them (INVALID_ARGUMENT naming the tool)."""
+        if request.HasField("tools"):
+            check_tool_set(request.tools, self.mcp_servers(tenant_id))
+        if request.HasField("tool_settings"):
+            check_tool_settings(request.tool_settings)
+
     @property
     def bus_connected(self) -> bool:
         """Whether the turn bus is reachable now."""
@@ -99,6 +114,7 @@ class Gateway:
     async def create_session(self, tenant_id: str, request: cs_pb2.CreateSessionRequest) -> session_pb2.Session:
         """Store a new session (named by the caller or with a new UUIDv7)."""
         check_create_session(request, self.guardrails(tenant_id))
+        self._check_tools(tenant_id, request)
         now = time.time_ns()
         session = session_pb2.Session(
             session_id=request.session_id or uuid7(),
@@ -109,6 +125,8 @@ class Gateway:
             disconnect_policy=request.disconnect_policy or session_pb2.DISCONNECT_POLICY_CONTINUE,
             model=request.model,
             create_time=Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
+            tools=request.tools if request.HasField("tools") else None,
+            tool_settings=request.tool_settings if request.HasField("tool_settings") else None,
         )
         await self._registry.create(tenant_id, session)
         return session
@@ -184,6 +202,7 @@ class Gateway:
         """
         guardrails = self.guardrails(tenant_id)
         check_send_turn(request, self._config.max_text_bytes, guardrails)
+        self._check_tools(tenant_id, request)
         observer = _TurnObserver(otel.metrics(), time.monotonic())
         if not self._store_healthy():
             raise Unavailable(
@@ -205,7 +224,7 @@ class Gateway:
         stream = await self._publish(envelope)
         ended = False
         try:
-            async for event in stream.iterate(self._wait_s(timeout_s)):
+            async for event in stream.iterate(self._wait_s(timeout_s), extend=self._tool_wait(timeout_s)):
                 if observer.events == 0 and event.HasField("error"):
                     _raise_refusal(event.error)
                 ended = is_terminal(event)
@@ -218,6 +237,24 @@ class Gateway:
                     await asyncio.shield(
                         self.cancel_turn(tenant_id, request.session_id, envelope.turn_id, reason="the client went away")
                     )
+
+    def _tool_wait(self, timeout_s: float | None) -> Callable[[turn_pb2.TurnEvent], float | None] | None:
+        """How much longer a stream waits after an event saying the turn waits for a tool result or an approval
+        (until that wait's deadline, then the turn timeout): none when the caller set its own deadline."""
+        if timeout_s is not None:
+            return None
+        turn_timeout_s = self._config.turn_timeout_s
+
+        def extend(event: turn_pb2.TurnEvent) -> float | None:
+            kind = event.WhichOneof("kind")
+            if kind not in ("tool_call", "approval_required"):
+                return None
+            deadline_ns: int = getattr(event, kind).wait_deadline.ToNanoseconds()
+            if not deadline_ns:
+                return None
+            return max(deadline_ns / 1e9 - time.time(), 0.0) + turn_timeout_s
+
+        return extend
 
     def _wait_s(self, timeout_s: float | None) -> float:
         """How long a turn's events are waited for: the turn timeout, or less if the call has less time."""
@@ -278,6 +315,31 @@ class Gateway:
             )
         return result
 
+    async def submit_tool_result(
+        self, tenant_id: str, request: cs_pb2.SubmitToolResultRequest
+    ) -> cs_pb2.SubmitToolResultResponse:
+        """Hand a client's tool result to the turn waiting for it (on the host owning its session)."""
+        check_submit(request, self._answers.max_result_bytes)
+        incarnation = await self._incarnation(tenant_id, request.session_id)
+        return await self._answers.submit(tenant_id, incarnation, request)
+
+    async def decide_approval(
+        self, tenant_id: str, decided_by: str, request: cs_pb2.DecideApprovalRequest
+    ) -> cs_pb2.DecideApprovalResponse:
+        """Hand a person's decision about a call to the turn waiting for it; ``decided_by``: the caller's
+        credentials, recorded with the decision."""
+        check_decide(request)
+        incarnation = await self._incarnation(tenant_id, request.session_id)
+        return await self._answers.decide(tenant_id, incarnation, decided_by, request)
+
+    async def _incarnation(self, tenant_id: str, session_id: str) -> str:
+        """The session's incarnation; a session the tenant cannot see is a call not found (one answer for an
+        unknown call, a finished turn and another tenant's session)."""
+        try:
+            return incarnation_of(await self._registry.get(tenant_id, session_id))
+        except NotFound:
+            raise NotFound("tool call not found", reason=Reason.TOOL_CALL_NOT_FOUND) from None
+
     async def resume_turn(
         self, tenant_id: str, session_id: str, turn_id: str, *, after_seq: int, timeout_s: float | None = None
     ) -> AsyncIterator[turn_pb2.TurnEvent]:
@@ -295,7 +357,7 @@ class Gateway:
             return
         stream = await self._publisher.open_events(tenant_id, session_id, turn_id, after_seq=after_seq)
         try:
-            async for event in stream.iterate(self._wait_s(timeout_s)):
+            async for event in stream.iterate(self._wait_s(timeout_s), extend=self._tool_wait(timeout_s)):
                 after_seq = event.seq
                 yield event
         except EventsLost:

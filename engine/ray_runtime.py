@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import ray
@@ -15,6 +16,7 @@ from actors import HostSettings, shards_of_host
 from actors.ray_host import HostActor, HostSpec, WriterActor, WriterSpec
 from engine.config import Config
 from otel import TelemetrySettings
+from providers.mcp.config import McpHubSpec, McpServerConfig
 from storage.writer import WriterStatus
 
 log = logging.getLogger(__name__)
@@ -122,8 +124,11 @@ def ensure_ray(config: Config) -> bool:
     return True
 
 
-def host_specs(config: Config, nats_url: str) -> list[HostSpec]:
-    """One spec per host, each owning its shards."""
+def host_specs(
+    config: Config, nats_url: str, tenant_mcp_servers: Mapping[str, Mapping[str, McpServerConfig]] | None = None
+) -> list[HostSpec]:
+    """One spec per host, each owning its shards (and calling the deployment's MCP servers and
+    ``tenant_mcp_servers``, each tenant's own)."""
     settings = HostSettings(
         session_idle_s=config.session_idle_s,
         max_sessions=config.max_sessions_per_host,
@@ -138,8 +143,10 @@ def host_specs(config: Config, nats_url: str) -> list[HostSpec]:
         retrieval_min_score=config.retrieval_min_score,
         summary_max_tokens=config.summary_max_tokens,
         summary_min_messages=config.summary_min_messages,
+        tool_policy=config.tool_policy(),
     )
     provider = config.provider_spec()
+    tools = McpHubSpec(config.mcp_servers(), dict(tenant_mcp_servers or {}))
     return [
         HostSpec(
             index=i,
@@ -147,6 +154,7 @@ def host_specs(config: Config, nats_url: str) -> list[HostSpec]:
             nats_url=nats_url,
             namespace=config.namespace,
             provider_factory=provider.build,
+            tools_factory=tools.build,
             settings=settings,
             log_level=config.log_level,
             telemetry=TelemetrySettings.from_config(config),

@@ -55,7 +55,9 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
         return caller_tenant()
 
     def _turns(self, context: Context) -> TenantTurns:
-        return TenantTurns(self._gateway, self._limiter, self._tenant(context))
+        identity = current_identity()
+        credential = identity.credential if identity is not None else ""
+        return TenantTurns(self._gateway, self._limiter, self._tenant(context), credential)
 
     def _writer(self, context: Context) -> StreamWriter:
         return StreamWriter(context, self._write_timeout_s)
@@ -101,6 +103,14 @@ class ConversationServicer(cs_grpc.ConversationServiceServicer):
     async def CancelTurn(self, request: cs_pb2.CancelTurnRequest, context: Context) -> Any:
         await self._turns(context).cancel(request.session_id, request.turn_id)
         return cs_pb2.CancelTurnResponse()
+
+    @error_boundary
+    async def SubmitToolResult(self, request: cs_pb2.SubmitToolResultRequest, context: Context) -> Any:
+        return await self._turns(context).submit_tool_result(request)
+
+    @error_boundary
+    async def DecideApproval(self, request: cs_pb2.DecideApprovalRequest, context: Context) -> Any:
+        return await self._turns(context).decide_approval(request)
 
     @error_boundary
     async def Converse(self, request_iterator: AsyncIterator[cs_pb2.ConverseRequest], context: Context) -> None:

@@ -15,6 +15,8 @@ The file (``tenants_file``)::
     max_sessions = 1000
     [tenants.acme.guardrails]      # actors.guardrails.GuardrailSettings fields
     injection = "block"
+    [tenants.acme.mcp_servers.crm] # the tenant's own MCP servers (providers.mcp.config: command or url, ...)
+    url = "https://crm.acme.example/mcp"
 
 Keys are ``salon_<12 hex id>_<secret>`` with 256 random bits (``salon keys new``). Only a SHA-256 digest is
 stored: a key is as random as a 256-bit secret, so a slow password hash (scrypt, argon2) would add nothing
@@ -38,6 +40,7 @@ from typing import Any
 
 from actors import GuardrailSettings
 from engine.session_tokens import TokenClaims
+from providers.mcp.config import McpServerConfig, parse_servers
 from storage.errors import InvalidArgument
 from storage.ids import is_valid_id
 from storage.reasons import Reason
@@ -95,6 +98,8 @@ class TenantPolicy:
     tenant_id: str
     limits: Limits = field(default_factory=Limits)
     guardrails: GuardrailSettings = field(default_factory=GuardrailSettings)
+    mcp_servers: Mapping[str, McpServerConfig] = field(default_factory=dict)
+    """The tenant's own MCP servers (its sessions may also name the deployment's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +168,7 @@ def _parse_tenant(tenant_id: str, table: Any, default_limits: Limits) -> tuple[T
         raise InvalidArgument("tenant ids must be 1-64 characters of [A-Za-z0-9_-]", reason=Reason.INVALID_CONFIG)
     if not isinstance(table, Mapping):
         raise InvalidArgument(f"tenants.{tenant_id} must be a table", reason=Reason.INVALID_CONFIG)
-    extra = sorted(set(table) - {"keys", "limits", "guardrails"})
+    extra = sorted(set(table) - {"keys", "limits", "guardrails", "mcp_servers"})
     if extra:
         names = ", ".join(extra)
         raise InvalidArgument(f"unknown settings in tenants.{tenant_id}: {names}", reason=Reason.INVALID_CONFIG)
@@ -172,6 +177,7 @@ def _parse_tenant(tenant_id: str, table: Any, default_limits: Limits) -> tuple[T
             tenant_id,
             Limits.from_mapping(_table(table, "limits"), default_limits),
             GuardrailSettings.from_mapping(_table(table, "guardrails")),
+            parse_servers(_table(table, "mcp_servers"), "mcp_servers"),
         )
     except InvalidArgument as exc:
         raise InvalidArgument(f"tenants.{tenant_id}: {exc.message}", reason=Reason.INVALID_CONFIG) from None
@@ -272,6 +278,14 @@ class TenantRegistry:
         """The tenant's policy; a tenant not in the file gets the defaults."""
         policy = self._table.policies.get(tenant_id)
         return policy if policy is not None else TenantPolicy(tenant_id, self._defaults)
+
+    def mcp_servers_for(self, tenant_id: str) -> Mapping[str, McpServerConfig]:
+        """The tenant's own MCP servers (none when the file names none)."""
+        return self.policy(tenant_id).mcp_servers
+
+    def all_mcp_servers(self) -> dict[str, dict[str, McpServerConfig]]:
+        """Every tenant's own MCP servers, by tenant (what the hosts are built with)."""
+        return {t: dict(p.mcp_servers) for t, p in self._table.policies.items() if p.mcp_servers}
 
     def guardrails_for(self, tenant_id: str) -> GuardrailSettings:
         """The tenant's guardrail settings (the defaults when the file says nothing)."""

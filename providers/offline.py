@@ -48,6 +48,9 @@ def offline_answer(request: ModelRequest) -> str:
         lines.append("This is the first message of the session that I can see.")
     if current is not None and current.text.strip():
         lines.append(f"You just said: “{_excerpt(current.text)}”.")
+    if request.tools:
+        names = ", ".join(spec.name for spec in request.tools[:8]) + (", …" if len(request.tools) > 8 else "")
+        lines.append(f"I cannot use tools, so I did not call any of the ones offered ({names}).")
     if request.passages:
         found = "; ".join(f"[{n}] “{_excerpt(p.text)}”" for n, p in enumerate(request.passages, start=1))
         lines.append(f"From the passages retrieved for this message: {found}.")

@@ -94,7 +94,7 @@ _SPECS: Final = (
         TRANSCRIPTS_SCHEMA,
         TURN_KEY,
         (("tenant_id", Bitmap()), ("session_id", BTree()), (TURN_KEY, BTree())),
-        added_columns=("context_json",),
+        added_columns=("context_json", "model_rounds", "tools_json"),
     ),
     TableSpec(
         SNAPSHOTS,

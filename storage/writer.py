@@ -23,12 +23,21 @@ from typing import Final, Protocol, TypedDict
 import otel
 from storage.errors import InvalidArgument, SalonError
 from storage.lance.schemas import record_fits
-from storage.records import KIND_ACTIVATION, KIND_SNAPSHOT, KIND_TURN, RECORD_HEADER, SnapshotRecord, TurnRecord
+from storage.records import (
+    KIND_ACTIVATION,
+    KIND_PROGRESS,
+    KIND_SNAPSHOT,
+    KIND_TURN,
+    RECORD_HEADER,
+    SnapshotRecord,
+    TurnRecord,
+)
 
 log = logging.getLogger(__name__)
 
-NOT_STORED_KINDS: Final = frozenset({KIND_ACTIVATION})
-"""Kinds the ledger carries for its own use (fencing markers): acked without a word, not written."""
+NOT_STORED_KINDS: Final = frozenset({KIND_ACTIVATION, KIND_PROGRESS})
+"""Kinds the ledger carries for its own use (fencing markers, steps of running turns): acked without a word, not
+written."""
 
 INITIAL_BACKOFF_S: Final = 0.1
 

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,8 +204,11 @@ class EventStream:
         if sub is not None:
             await drop_consumer(self._js, sub)
 
-    async def iterate(self, timeout_s: float) -> AsyncIterator[turn_pb2.TurnEvent]:
-        """Yield events until the terminal one; :class:`DeadlineExceeded` after ``timeout_s``."""
+    async def iterate(
+        self, timeout_s: float, *, extend: Callable[[turn_pb2.TurnEvent], float | None] | None = None
+    ) -> AsyncIterator[turn_pb2.TurnEvent]:
+        """Yield events until the terminal one; :class:`DeadlineExceeded` after ``timeout_s``. ``extend`` may give
+        an event more time (seconds from its arrival): a turn that waits for a tool result waits that long."""
         deadline = time.monotonic() + timeout_s
         try:
             while True:
@@ -226,6 +229,9 @@ class EventStream:
                 if event.seq > self._last + 1:
                     raise EventsLost("some of the turn's events are no longer retained", retry_after_s=1.0)
                 self._last = event.seq
+                more = extend(event) if extend is not None else None
+                if more is not None:
+                    deadline = max(deadline, time.monotonic() + more)
                 yield event
                 if event.WhichOneof("kind") in TERMINAL_KINDS:
                     return

@@ -1,12 +1,14 @@
-"""The README's browser section runs as written: its shell example (a token from `salon token`, a turn streamed
-with curl, resumed after its third event, cancelled) against a real `salon serve --web`. The only change made
-to it is the addresses: the gateway and the bridge listen on free ports instead of 50051 and 8080."""
+"""The README's browser section runs as written against a real `salon serve --web`: its Python example (a backend
+minting a session token) and its shell example (a token from `salon token`, a turn streamed with curl, resumed
+after its third event, cancelled). The only change made to them is the addresses: the gateway and the bridge
+listen on free ports instead of 50051 and 8080. (test_readme.py leaves this section to this test.)"""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,11 +22,15 @@ SECTION = "## Salon in the browser"
 GATEWAY, WEB = "127.0.0.1:50051", "http://127.0.0.1:8080"
 
 
-def section_scripts() -> list[str]:
+def section_blocks(language: str) -> list[str]:
     text = README.read_text()
     start = text.index(SECTION)
     end = text.index("\n## ", start + len(SECTION))
-    return re.findall(r"^```bash\n(.*?)^```$", text[start:end], re.MULTILINE | re.DOTALL)
+    return re.findall(rf"^```{language}\n(.*?)^```$", text[start:end], re.MULTILINE | re.DOTALL)
+
+
+def section_scripts() -> list[str]:
+    return section_blocks("bash")
 
 
 @dataclass
@@ -60,9 +66,29 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
             await drain
 
 
-def test_the_section_has_its_example() -> None:
+def test_the_section_has_its_examples() -> None:
     [script] = section_scripts()
     assert GATEWAY in script and WEB in script
+    [python] = section_blocks("python")
+    assert GATEWAY in python
+
+
+async def test_the_backend_example_mints_a_token(served: Served, tmp_path: Path) -> None:
+    [python] = section_blocks("python")
+    example = tmp_path / "backend.py"
+    example.write_text(python.replace(GATEWAY, served.target))
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(example)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    session_id, token, expires = result.stdout.split()
+    assert token.startswith("sst1.") and expires.endswith("Z") and session_id
 
 
 async def test_the_curl_example_runs_as_written(served: Served) -> None:

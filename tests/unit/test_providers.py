@@ -7,7 +7,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from actors.model import Message, ModelChunk, ModelError, ModelRequest, ModelResult, TextDelta, continue_after
+from actors.model import (
+    Message,
+    ModelChunk,
+    ModelError,
+    ModelRequest,
+    ModelResult,
+    TextDelta,
+    ToolSpec,
+    continue_after,
+)
 from providers import OfflineProvider, ProviderSpec, ScriptedProvider, build_provider, scripted_reply
 from providers.offline import offline_answer
 
@@ -41,6 +50,14 @@ async def test_offline_says_what_it_is() -> None:
     assert result.stop_reason == "end_turn"
     assert result.provider == "offline"
     assert result.output_tokens == len(texts)
+
+
+async def test_offline_says_plainly_it_cannot_use_the_tools_offered() -> None:
+    request = dataclasses.replace(_request("look up order 42"), tools=(ToolSpec("lookup_order"), ToolSpec("refund")))
+    texts, results = await _collect(OfflineProvider(token_delay_s=0).stream(request))
+    assert "I cannot use tools, so I did not call any of the ones offered (lookup_order, refund)." in "".join(texts)
+    assert results[0].stop_reason == "end_turn", "it never calls one"
+    assert "tools" not in offline_answer(_request("look up order 42"))
 
 
 async def test_offline_mentions_earlier_user_messages() -> None:
