@@ -4,7 +4,6 @@ streamed as SSE and resumed with Last-Event-ID, and every refusal a clear status
 from __future__ import annotations
 
 import base64
-import inspect
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,12 +17,12 @@ from sec_support import TenantsFile, bearer, engine_config
 
 from bridge import SseDecoder, SseMessage
 from engine import Engine
-from engine.servicer import ConversationServicer
 from engine.token_scope import OWNER_KEY
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
+from salon.v1 import session_pb2
 from salon.v1 import token_service_pb2 as tok_pb2
 from salon.v1 import token_service_pb2_grpc as tok_grpc
 
@@ -355,8 +354,6 @@ async def test_paths_methods_and_resume_positions_that_do_not_exist(http: httpx.
 
 
 async def test_tool_results_and_approvals_reach_the_engine(http: httpx.AsyncClient, acme: Tenant) -> None:
-    if not inspect.iscoroutinefunction(ConversationServicer.SubmitToolResult):
-        pytest.skip("this engine does not implement SubmitToolResult / DecideApproval yet")
     session = await acme.session()
     token = await acme.token(session)
     turn = f"/v1/sessions/{session}/turns/t-1"
@@ -377,3 +374,28 @@ async def test_the_page_is_served_with_a_strict_content_security_policy(http: ht
     script = await http.get("/app.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert (await http.get("/healthz")).json() == {"status": "ok"}
+
+
+async def test_a_page_answers_a_tool_call_and_the_turn_goes_on(http: httpx.AsyncClient, acme: Tenant) -> None:
+    tool = session_pb2.Tool(name="lookup", description="Look an order up.")
+    session = await acme.session(tools=session_pb2.ToolSet(tools=[tool]))
+    token = await acme.token(session)
+    body = {"text": '$CALL lookup {"order": "A-1"}\nIt is $RESULTS', "idempotencyKey": "tool-turn"}
+    seen: list[SseMessage] = []
+    async with http.stream("POST", f"/v1/sessions/{session}/turns", json=body, headers=auth(token)) as response:
+        decoder = SseDecoder()
+        async for chunk in response.aiter_bytes():
+            for message in decoder.feed(chunk):
+                seen.append(message)
+                if message.event == "tool_call":
+                    call = message.json()["toolCall"]
+                    assert (call["tool"], json.loads(call["argumentsJson"])) == ("lookup", {"order": "A-1"})
+                    answer = {"callId": call["callId"], "result": "shipped"}
+                    path = f"/v1/sessions/{session}/turns/tool-turn/tool-results"
+                    submitted = await http.post(path, json=answer, headers=auth(token))
+                    assert (submitted.status_code, submitted.json()) == (200, {"duplicate": False})
+                    again = await http.post(path, json=answer, headers=auth(token))
+                    assert again.json() == {"duplicate": True}
+    kinds = [m.event for m in seen]
+    assert kinds.index("tool_call") < kinds.index("tool_result") < kinds.index("completed")
+    assert "shipped" in "".join(m.json()["delta"]["text"] for m in seen if m.event == "delta")

@@ -7,7 +7,6 @@ each, in order, whatever happened to the connection.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from collections.abc import AsyncIterator
 
@@ -19,7 +18,6 @@ from playwright.async_api import Page, expect
 
 from bridge import mint_page_link
 from engine import Config, Engine
-from engine.servicer import ConversationServicer
 from salon.client import Document, SalonClient
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
@@ -269,8 +267,6 @@ async def test_keyboard_and_phone(web_engine: Engine, open_page: PageFactory) ->
 
 
 async def test_a_person_rejects_a_tool_call_from_the_page(web_engine: Engine, open_page: PageFactory) -> None:
-    if not inspect.iscoroutinefunction(ConversationServicer.DecideApproval):
-        pytest.skip("this engine does not implement DecideApproval yet")
     # The backend gives the session a tool that needs a person's approval; the page's token may decide.
     async with grpc.aio.insecure_channel(web_engine.target) as channel:
         created = await cs_grpc.ConversationServiceStub(channel).CreateSession(
