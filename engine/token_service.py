@@ -6,6 +6,7 @@ keys, verification) are ``engine.session_tokens``; what a token may do once issu
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
@@ -25,6 +26,7 @@ from storage.ids import require_id
 from storage.reasons import Reason
 
 Context: TypeAlias = Any
+log = logging.getLogger(__name__)
 
 _RIGHTS: dict[tok_pb2.TokenRight, Right] = {
     tok_pb2.TOKEN_RIGHT_SEND: Right.SEND,
@@ -87,6 +89,16 @@ class TokenIssuer:
             user, rights = check_user(request.user), requested or DEFAULT_RIGHTS
             await self._check_grant(caller.tenant_id, request.session_id, user, rights)
         token, claims = self._tokens.mint(caller.tenant_id, request.session_id, user=user, rights=rights, ttl_s=ttl_s)
+        # Names the token and who asked for it (never the token itself), for audits.
+        log.info(
+            "session token %s issued for %s/%s (%s) by %s, expires at %d",
+            claims.token_id,
+            claims.tenant_id,
+            claims.session_id or "(user token)",
+            ",".join(sorted(claims.rights)),
+            caller.credential or "anonymous",
+            claims.expires_at,
+        )
         return tok_pb2.IssueSessionTokenResponse(
             token=token,
             expire_time=Timestamp(seconds=claims.expires_at),

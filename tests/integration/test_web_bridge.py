@@ -18,6 +18,7 @@ from sec_support import TenantsFile, bearer, engine_config
 from bridge import SseDecoder, SseMessage
 from engine import Engine
 from engine.token_scope import OWNER_KEY
+from salon.client import SalonClient
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import knowledge_service_pb2 as ks_pb2
@@ -399,3 +400,17 @@ async def test_a_page_answers_a_tool_call_and_the_turn_goes_on(http: httpx.Async
     kinds = [m.event for m in seen]
     assert kinds.index("tool_call") < kinds.index("tool_result") < kinds.index("completed")
     assert "shipped" in "".join(m.json()["delta"]["text"] for m in seen if m.event == "delta")
+
+
+async def test_a_python_backend_mints_with_the_client_package(
+    http: httpx.AsyncClient, engine: Engine, tenants: TenantsFile
+) -> None:
+    async with SalonClient(engine.target, api_key=tenants.keys["acme"][0]) as backend:
+        session = await backend.create_session()
+        issued = await backend.issue_session_token(session.id, user="alice", rights=["send", "read"], ttl_s=60)
+        with pytest.raises(ValueError):
+            await backend.issue_session_token(session.id, rights=["everything"])
+    assert issued.session_id == session.id
+    assert list(issued.rights) == [tok_pb2.TOKEN_RIGHT_SEND, tok_pb2.TOKEN_RIGHT_READ]
+    events = await send_turn(http, session.id, issued.token, text="hello")
+    assert events[-1].event == "completed"
