@@ -8,7 +8,7 @@ BUF    := .tools/node_modules/.bin/buf
 NODE_CLIENT := clients/node
 NODE_STAMP  := $(NODE_CLIENT)/node_modules/.package-lock.json
 
-.PHONY: setup node-setup demo serve test test-unit lint protos protos-check buf-lint buf-breaking bench check clean
+.PHONY: setup node-setup chromium demo serve test test-unit lint protos protos-check buf-lint buf-breaking bench check clean
 
 ## setup: create .venv and install the engine, the client package and the dev tools
 setup: $(STAMP)
@@ -25,6 +25,15 @@ $(NODE_STAMP): $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
 		cd $(NODE_CLIENT) && npm ci --silent --no-audit --no-fund && touch node_modules/.package-lock.json; \
 	else echo "npm not found: the Node.js example client's dependencies are not installed"; fi
 
+## chromium: the system's Chromium for the chat page's browser tests, installed from the OS packages when missing
+## (Playwright drives it by path; it never downloads a browser of its own)
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium from the system's packages"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium not found and apt-get not usable: the browser tests will be skipped"; fi
+
 ## demo: start Salon on embedded defaults and stream a conversation on three sessions
 demo: setup
 	$(VENV)/bin/salon demo
@@ -34,7 +43,7 @@ serve: setup
 	$(VENV)/bin/salon serve
 
 ## test: the whole suite (unit + integration with real NATS, Ray and gRPC)
-test: setup node-setup
+test: setup node-setup chromium
 	$(VENV)/bin/pytest
 
 test-unit: setup

@@ -1,8 +1,8 @@
 """The composition root: builds and runs a whole engine from a :class:`Config`.
 
 Order of start: data directory → NATS (embedded or configured) → streams and buckets → Ray and the session
-hosts → the gRPC gateway. Shutdown runs the other way: intake stops first, running turns get a grace period,
-then everything closes, leaving no process behind.
+hosts → the gRPC gateway → the web bridge (when ``web_port`` is set). Shutdown runs the other way: intake stops
+first, running turns get a grace period, then everything closes, leaving no process behind.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from engine.ray_runtime import HostGroup, WriterHandle, ensure_ray, host_specs, 
 from engine.servicer import ConversationServicer
 from engine.tenants import Limits, TenantRegistry
 from engine.transport import server_options
+from engine.web import TOKEN_SERVICE_NAME, BrowserAccess
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -121,11 +122,17 @@ class Engine:
             config.tenants_file or None, default_limits(config), reload_interval_s=config.tenants_reload_s
         )
         self.limiter: TenantLimiter | None = None
+        self.browser = BrowserAccess(config)
 
     @property
     def target(self) -> str:
         """``host:port`` of the gRPC gateway, for clients."""
         return f"{self.config.grpc_host}:{self.grpc_port}"
+
+    @property
+    def web_url(self) -> str:
+        """``http://host:port`` of the web bridge (empty when ``web_port`` is -1)."""
+        return self.browser.web_url
 
     @property
     def writer(self) -> WriterHandle:
@@ -172,6 +179,8 @@ class Engine:
         await self._start_server(gateway, credentials)
         self._watch.start()
         await self._set_serving(self._availability.serving)
+        # The web bridge calls the gateway: it starts once the gateway serves.
+        await self.browser.start_bridge()
         self._start_figures()
         log.info(
             "salon listening on %s (%s, auth %s; NATS %s)",
@@ -255,7 +264,13 @@ class Engine:
         """The gRPC server with every service on it, listening."""
         config = self.config
         assert self._knowledge is not None and self.limiter is not None
-        authenticator = Authenticator(self.tenants, required=config.auth == "on", default_tenant=config.default_tenant)
+        await self.browser.open()
+        authenticator = Authenticator(
+            self.tenants,
+            required=config.auth == "on",
+            default_tenant=config.default_tenant,
+            tokens=self.browser.tokens,
+        )
         self._server = server = grpc.aio.server(
             # Outermost first: oversized metadata is refused before authentication reads it.
             interceptors=[
@@ -281,12 +296,14 @@ class Engine:
         admin_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
             AdminServicer(self.limiter, self.tenants), server
         )
+        self.browser.add_to_server(server, gateway.get_session)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
                 KNOWLEDGE_SERVICE_NAME,
                 ADMIN_SERVICE_NAME,
+                TOKEN_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -370,7 +387,8 @@ class Engine:
         await self._health.enter_graceful_shutdown()
         # New calls are refused at once; calls in flight and the turns behind them share the grace period.
         # Turns still queued on the bus stay there and run after the next start.
-        waits = []
+        # The web bridge stops with the gateway: its open streams share the same grace.
+        waits = [self.browser.close()]
         log.info("draining: intake stopped, running turns get %.0f s", grace)
         if self._server is not None:
             waits.append(self._server.stop(grace=grace))
@@ -399,6 +417,7 @@ class Engine:
         if self._figures is not None:
             await self._figures.close()
         await self.tenants.close()
+        await self.browser.close()
         if self._server is not None:
             await self._server.stop(grace=None)
             self._server = None

@@ -9,6 +9,11 @@ that are no valid message get ``INVALID_ARGUMENT`` rather than grpc's ``UNKNOWN`
 A client certificate names its tenant with a URI subject alternative name ``salon://tenant/<id>`` (or, when it
 has none, its subject common name); the tenant must be listed in the tenants file. With both a key and a
 certificate, the key decides.
+
+A session token (``authorization: Bearer sst1.…``, see ``engine.session_tokens``) is verified whether auth is on or
+off: its holder is its tenant, held to its session and rights (``engine.token_scope``, applied once the request is
+parsed). An expired or invalid token is refused with its own reason (``TOKEN_EXPIRED``, ``TOKEN_INVALID``), so a
+page knows to fetch a new one; everything else about credentials keeps one message for every cause.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ from typing import Any
 import grpc
 
 import otel
+from engine.session_tokens import PREFIX as TOKEN_PREFIX
+from engine.session_tokens import SessionTokens
 from engine.status import abort
 from engine.tenants import Identity, TenantRegistry
-from storage.errors import InvalidArgument, Unauthenticated
+from engine.token_scope import apply_scope
+from storage.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from storage.ids import is_valid_id
 from storage.reasons import Reason
 
@@ -85,23 +93,34 @@ class Authenticator:
     """Turns a call's credentials into an :class:`Identity`.
 
     With ``required`` False (auth off, loopback only) every call is ``default_tenant`` and credentials are
-    ignored. With it True a call needs a valid key, or a client certificate verified by the TLS layer
-    (against ``tls_client_ca_file``) that names a tenant listed in the tenants file.
+    ignored, except a session token, which is verified and scoped either way. With it True a call needs a valid
+    key or session token, or a client certificate verified by the TLS layer (against ``tls_client_ca_file``) that
+    names a tenant listed in the tenants file.
     """
 
-    def __init__(self, tenants: TenantRegistry, *, required: bool, default_tenant: str) -> None:
+    def __init__(
+        self,
+        tenants: TenantRegistry,
+        *,
+        required: bool,
+        default_tenant: str,
+        tokens: SessionTokens | None = None,
+    ) -> None:
         self.tenants = tenants
         self.required = required
+        self.tokens = tokens
         # Auth off is allowed on loopback only, where every caller is the machine's operator: admin.
         self._anonymous = Identity(default_tenant, credential="none", admin=True)
 
     def identify(
         self, metadata: Iterable[tuple[str, str | bytes]], auth_context: Mapping[str, Sequence[bytes]]
     ) -> Identity:
-        """The caller, or :class:`Unauthenticated` (same message whatever was wrong)."""
+        """The caller, or :class:`Unauthenticated` (same message whatever was wrong, but for session tokens)."""
+        token = bearer_token(metadata)
+        if token is not None and self.tokens is not None and token.startswith(TOKEN_PREFIX + "."):
+            return self._token_identity(self.tokens, token)
         if not self.required:
             return self._anonymous
-        token = bearer_token(metadata)
         if token is not None:
             identity = self.tenants.verify_key(token)
             if identity is None:
@@ -111,6 +130,13 @@ class Authenticator:
         if tenant is not None and self.tenants.is_listed(tenant):
             return Identity(tenant, credential="certificate")
         raise Unauthenticated(_MESSAGE)
+
+    def _token_identity(self, tokens: SessionTokens, token: str) -> Identity:
+        claims = tokens.verify(token)
+        if self.required and not self.tenants.is_listed(claims.tenant_id):
+            # The tenant left the tenants file: its tokens die with its keys.
+            raise Unauthenticated("the session token is not valid", reason=Reason.TOKEN_INVALID)
+        return Identity(claims.tenant_id, credential=f"token:{claims.token_id}", token=claims)
 
 
 Handler = Any  # grpc.RpcMethodHandler: grpc ships no type information
@@ -189,6 +215,19 @@ async def _establish(auth: Authenticator | None, context: Any) -> bool:
     return True
 
 
+async def _authorize(method: str, request: Any, context: Any, streaming: bool) -> bool:
+    """Hold a session token's caller to its session and rights (other callers pass); abort the call otherwise."""
+    identity = _caller.get()
+    if identity is None or identity.token is None:
+        return True
+    try:
+        apply_scope(identity.token, method, None if streaming else request, streaming=streaming)
+    except PermissionDenied as exc:
+        await abort(context, exc)
+        return False
+    return True
+
+
 def _guard(
     behavior: Callable[..., Any],
     auth: Authenticator | None,
@@ -208,7 +247,9 @@ def _guard(
             try:
                 result = None
                 if await _establish(auth, context):
-                    result = await behavior(await _decode(request, context, parse, streaming_requests), context)
+                    parsed = await _decode(request, context, parse, streaming_requests)
+                    if await _authorize(method, parsed, context, streaming_requests):
+                        result = await behavior(parsed, context)
                 outcome = "OK"
                 return result
             except asyncio.CancelledError:
@@ -242,8 +283,10 @@ def _guard_stream(
         outcome = "UNKNOWN"
         try:
             if await _establish(auth, context):
-                async for item in behavior(await _decode(request, context, parse, streaming_requests), context):
-                    yield item
+                parsed = await _decode(request, context, parse, streaming_requests)
+                if await _authorize(method, parsed, context, streaming_requests):
+                    async for item in behavior(parsed, context):
+                        yield item
             outcome = "OK"
         except asyncio.CancelledError:
             outcome = "CANCELLED"

@@ -62,10 +62,11 @@ class Announcer:
             # Shown whatever SALON_LOG_LEVEL says, as on a terminal: an operator needs the address.
             log.setLevel(logging.INFO)
 
-    def say(self, markup: str, plain: str, *, warning: bool = False) -> None:
-        """Print ``markup`` (rich markup) on a terminal, or log ``plain``."""
+    def say(self, markup: str, plain: str, *, warning: bool = False, wrap: bool = True) -> None:
+        """Print ``markup`` (rich markup) on a terminal, or log ``plain``; ``wrap`` False keeps a long line (a
+        link) whole, for copying."""
         if self._console is not None:
-            self._console.print(markup)
+            self._console.print(markup, soft_wrap=not wrap)
         else:
             log.log(logging.WARNING if warning else logging.INFO, "%s", plain)
 
@@ -118,6 +119,7 @@ async def _serve(config: Config) -> int:
         else:
             text = f"{config.num_hosts} session hosts on Ray; model provider: {config.model_provider}"
         say(text, text)
+        await _announce_web(engine, config, say)
         text = "Ctrl-C stops intake, lets running turns finish, then shuts down."
         say(text, text)
         await stop.wait()
@@ -126,6 +128,71 @@ async def _serve(config: Config) -> int:
     finally:
         await engine.close()
     say("stopped", "stopped")
+    return 0
+
+
+async def _announce_web(engine: Any, config: Config, say: Any) -> None:
+    """Where the web bridge listens and, while auth is off (loopback only), a chat page link for a new session."""
+    if not engine.web_url:
+        return
+    from bridge import mint_page_link
+
+    text = f"web bridge and chat page on {engine.web_url}"
+    say(f"[bold green]web[/]: {text}", text)
+    if config.auth == "off":
+        link = await mint_page_link(engine.target, engine.web_url)
+        text = f"chat page for a new session (token valid 1 h): {link.url}"
+        say(f"open the {text}", f"open the {text}", wrap=False)
+    else:
+        text = "page tokens come from your backend (IssueSessionToken), or: salon token --api-key KEY --web URL"
+        say(text, text)
+
+
+async def _token(args: argparse.Namespace) -> int:
+    import grpc
+
+    from bridge import mint_page_link
+    from salon.client.chat import credentials_from
+    from salon.v1 import token_service_pb2 as tok_pb2
+
+    found = credentials_from(args)
+    rights = []
+    for name in (n.strip() for n in args.rights.split(",") if n.strip()):
+        value = getattr(tok_pb2, f"TOKEN_RIGHT_{name.upper()}", None)
+        if value is None or name.lower() == "create_sessions":
+            print(f"salon token: unknown right {name!r}", file=sys.stderr)
+            return 2
+        rights.append(value)
+    credentials = None
+    if "root_certificates" in found:
+        credentials = grpc.ssl_channel_credentials(
+            found["root_certificates"], found.get("client_key"), found.get("client_certificate")
+        )
+    try:
+        link = await mint_page_link(
+            args.target,
+            args.web or "",
+            session_id=args.session,
+            user=args.user,
+            ttl_s=args.ttl,
+            rights=rights,
+            api_key=found.get("api_key", ""),
+            credentials=credentials,
+        )
+    except grpc.aio.AioRpcError as exc:
+        reason = dict(exc.trailing_metadata() or ()).get("salon-error-reason", exc.code().name)
+        print(f"salon token: {exc.details()} ({reason})", file=sys.stderr)
+        return 1
+    url = link.url if args.web else ""
+    if args.env:
+        import shlex
+
+        print(f"SALON_SESSION={shlex.quote(link.session_id)}")
+        print(f"SALON_TOKEN={shlex.quote(link.token)}")
+        print(f"SALON_PAGE_URL={shlex.quote(url)}")
+    else:
+        expires = link.expire_time.isoformat()
+        print(json.dumps({"session_id": link.session_id, "token": link.token, "expire_time": expires, "url": url}))
     return 0
 
 
@@ -142,7 +209,18 @@ async def _demo(config: Config) -> int:
             f"up in {time.perf_counter() - started:.1f} s: gateway {engine.target}, "
             f"NATS {redact_url(engine.nats_url)}, {config.num_hosts} hosts"
         )
+        link = None
+        if engine.web_url:
+            from bridge import mint_page_link
+
+            link = await mint_page_link(engine.target, engine.web_url, system_prompt="You help people plan trips.")
+            console.print(f"chat page (a session of its own, token valid 1 h): {link.url}", soft_wrap=True)
         ok = await run_demo(engine.target, console)
+        if link is not None and console.is_terminal and sys.stdin.isatty():
+            # On a terminal the page stays usable after the scripted turns, until the person is done with it.
+            console.print(f"The chat page is still open at {link.url}", soft_wrap=True)
+            with contextlib.suppress(EOFError):
+                await asyncio.to_thread(input, "Press Enter to stop the demo. ")
         console.print("shutting down …")
     console.print("[green]done[/]" if ok else "[red]some turns did not complete[/]")
     return 0 if ok else 1
@@ -314,7 +392,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         config = _config(
-            args, grpc_host=args.host, grpc_port=args.port, data_dir=args.data_dir, gateway_only=args.gateway_only
+            args,
+            grpc_host=args.host,
+            grpc_port=args.port,
+            data_dir=args.data_dir,
+            gateway_only=args.gateway_only,
+            web_port=args.web,
         )
         _setup_logging(config)
         return asyncio.run(_serve(config))
@@ -322,7 +405,7 @@ def _run(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as stack:
             data_dir = args.data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="salon-demo-"))
             # Quiet by default: the demo's own output is the point (every process logs warnings only).
-            config = _config(args, data_dir=str(Path(data_dir)), grpc_port=0, log_level="WARNING")
+            config = _config(args, data_dir=str(Path(data_dir)), grpc_port=0, log_level="WARNING", web_port=args.web)
             _setup_logging(config)
             return asyncio.run(_demo(config))
     if args.command == "export":
@@ -337,6 +420,8 @@ def _run(args: argparse.Namespace) -> int:
         return _new_key(args.tenant, admin=args.admin)
     if args.command == "usage":
         return asyncio.run(_usage(_config(args), args))
+    if args.command == "token":
+        return asyncio.run(_token(args))
     return 2
 
 

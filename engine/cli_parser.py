@@ -74,7 +74,17 @@ its SHA-256."""
 KEYS_NEW_HELP = """Print a new API key on stdout and, on stderr, the line that enables it in the tenants file
 (taken up without a restart). `salon keys new --tenant acme > key.txt` keeps the key alone in the file."""
 
+TOKEN_HELP = """Mint a session token for a browser (SessionTokenService.IssueSessionToken) on a running engine,
+with this machine's credentials (an API key or a client certificate; none while auth is off), for --session
+or for a new session, and print it with the chat page's URL. This is what a frontend's backend does before it
+hands a page its token; the API key itself never reaches the page. --env prints shell assignments
+(SALON_SESSION, SALON_TOKEN, SALON_PAGE_URL) for `eval "$(salon token --env …)"`."""
+
 DATA_DIR_HELP = "data directory (default from config: ./.salon)"
+WEB_HELP = (
+    "also serve the web bridge (HTTP JSON and Server-Sent Events) and the chat page on this port "
+    "(0 picks one; default from config: off)"
+)
 
 
 def add_credential_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +107,22 @@ def _command(
     )
 
 
+def _add_token_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    token = _command(sub, "token", "mint a session token and chat page link for a browser", TOKEN_HELP)
+    token.add_argument("--target", default="127.0.0.1:50051", help="host:port of the gateway (default: %(default)s)")
+    token.add_argument("--web", default="", metavar="URL", help="base URL of the web bridge, for the page link")
+    token.add_argument("--session", default="", help="the session (default: a new one)")
+    token.add_argument("--user", default="", help="who the token is for, as your application names them")
+    token.add_argument(
+        "--rights",
+        default="send,resume,cancel,read,tools,approve",
+        help="comma-separated: send, resume, cancel, read, tools, approve (default: %(default)s)",
+    )
+    token.add_argument("--ttl", type=int, default=3600, help="seconds the token lives (default: %(default)s)")
+    token.add_argument("--env", action="store_true", help="print shell assignments instead of JSON")
+    add_credential_arguments(token)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``salon`` command line."""
     parser = argparse.ArgumentParser(
@@ -115,11 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run only a gateway for an existing deployment (needs SALON_NATS_URL, the same namespace and data)",
     )
+    serve.add_argument("--web", type=int, metavar="PORT", help=WEB_HELP)
 
     demo = _command(
         sub, "demo", "start the engine, stream a short conversation on three sessions in parallel, stop", DEMO_HELP
     )
     demo.add_argument("--data-dir", help="keep the demo's data here (default: a temporary directory)")
+    demo.add_argument(
+        "--web",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="port of the chat page the demo prints a link to (default: one that is free)",
+    )
 
     chat = _command(sub, "chat", "chat in the terminal (starts an embedded engine unless --target)", CHAT_HELP)
     chat.add_argument("--target", help="host:port of a running gateway (default: start an embedded engine)")
@@ -184,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip files matching this pattern, e.g. 'drafts/**'; repeatable, wins over --include",
     )
     add_credential_arguments(ingest)
+
+    _add_token_command(sub)
 
     config = _command(sub, "config", "list every setting with its default and meaning", CONFIG_HELP)
     config.add_argument("--markdown", action="store_true", help="print a Markdown table (as in the README)")

@@ -63,6 +63,31 @@ class Config:
         "PEM CA certificates for mutual TLS: every connection must then present a client certificate they "
         "verify, which names the tenant (an API key on the call, if any, still decides).",
     )
+    # Browsers (bridge/, engine.session_tokens): session tokens, and the HTTP/SSE bridge with its chat page.
+    session_token_keys_file: str = _setting(
+        "",
+        "JSON file of the keys that sign session tokens (mode 0600, created when missing; every gateway of a "
+        "deployment must share it); empty: <data_dir>/session-token-keys.json.",
+    )
+    session_token_ttl_s: float = _setting(900.0, "Life of a session token whose request names none.")
+    session_token_max_ttl_s: float = _setting(43200.0, "Longest life a session token may be given.")
+    session_token_rotate_s: float = _setting(
+        604800.0,
+        "A new signing key is made when the current one is this old; old keys verify until their tokens expire "
+        "(0: never rotate).",
+    )
+    web_port: int = _setting(
+        -1,
+        "Port of the browser bridge (HTTP JSON, Server-Sent Events, the chat page), served in the engine's "
+        "process: -1 off, 0 picks a free one.",
+    )
+    web_host: str = _setting("127.0.0.1", "Address the browser bridge listens on (loopback only while auth is off).")
+    web_allowed_origins: str = _setting(
+        "",
+        "Origins (comma separated, e.g. https://app.example.com) whose pages may call the bridge from another "
+        "origin (CORS); empty: only pages the bridge serves itself.",
+    )
+    web_page: bool = _setting(True, "Serve the example chat page (clients/web) at the bridge's root.")
     tenant_turns_per_minute: int = _setting(0, "Default limit of turns a tenant starts per minute (0: none).")
     tenant_concurrent_turns: int = _setting(0, "Default limit of a tenant's turns streaming at once (0: none).")
     tenant_tokens_per_day: int = _setting(0, "Default model tokens a tenant may use per UTC day (0: none).")
@@ -254,6 +279,16 @@ class Config:
                 "auth on needs tenants_file (API keys) or tls_client_ca_file (client certificates)",
             ),
             (bool(self.tls_cert_file) != bool(self.tls_key_file), "tls_cert_file and tls_key_file go together"),
+            (not -1 <= self.web_port <= 65535, "web_port must be -1 (off) or 0-65535"),
+            (
+                self.auth == "off" and self.web_port >= 0 and not is_loopback(self.web_host),
+                "auth is off, so web_host must be a loopback address (turn auth on to listen elsewhere)",
+            ),
+            (
+                not 0 < self.session_token_ttl_s <= self.session_token_max_ttl_s,
+                "session_token_ttl_s must be positive and at most session_token_max_ttl_s",
+            ),
+            (self.session_token_rotate_s < 0, "session_token_rotate_s must not be negative"),
             (
                 bool(self.tls_client_ca_file) and not self.tls_cert_file,
                 "tls_client_ca_file needs tls_cert_file and tls_key_file",
@@ -328,6 +363,13 @@ class Config:
     def data_path(self) -> Path:
         """``data_dir`` as an absolute path."""
         return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def session_token_keys_path(self) -> Path:
+        """The session token keys file, resolved."""
+        if self.session_token_keys_file:
+            return Path(self.session_token_keys_file).expanduser().resolve()
+        return self.data_path / "session-token-keys.json"
 
     @property
     def lancedb_location(self) -> str:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from actors import GuardrailSettings
+from engine.session_tokens import TokenClaims
 from providers.mcp.config import McpServerConfig, parse_servers
 from storage.errors import InvalidArgument
 from storage.ids import is_valid_id
@@ -80,11 +81,14 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who is calling: the tenant, and which credential said so (a key id or a certificate; never a secret)."""
+    """Who is calling: the tenant, and which credential said so (a key id, a certificate or a session token's id;
+    never a secret). ``token`` holds a session token's claims: such a caller is held to them
+    (``engine.token_scope``)."""
 
     tenant_id: str
     credential: str = ""
     admin: bool = False
+    token: TokenClaims | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,18 @@ class Reason(StrEnum):
     # Who may do what.
     NOT_ADMIN = "NOT_ADMIN"
 
+    # Session tokens (engine.session_tokens, engine.token_scope): the credentials of browsers and other clients
+    # that must not hold an API key.
+    TOKEN_INVALID = "TOKEN_INVALID"
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    TOKEN_SCOPE = "TOKEN_SCOPE"
+    TOKEN_RIGHT_MISSING = "TOKEN_RIGHT_MISSING"
+    TOKEN_SESSION_MISMATCH = "TOKEN_SESSION_MISMATCH"
+    TOKEN_FIELD_NOT_ALLOWED = "TOKEN_FIELD_NOT_ALLOWED"
+    TOKEN_TTL_TOO_LONG = "TOKEN_TTL_TOO_LONG"
+    BAD_TOKEN_RIGHTS = "BAD_TOKEN_RIGHTS"
+    BAD_TOKEN_USER = "BAD_TOKEN_USER"
+
     # A tenant's limits (engine.limits) and the stream's reader.
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
     TOKENS_PER_DAY = "TOKENS_PER_DAY"

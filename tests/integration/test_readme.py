@@ -51,7 +51,7 @@ class Command:
         return [arg.replace(README_TARGET, target) for arg in self.argv]
 
 
-OWN_TESTS = {"## Tools": "test_docs_tools.py"}
+OWN_TESTS = {"## Tools": "test_docs_tools.py", "## Salon in the browser": "test_web_readme.py"}
 """README sections whose code runs in a test of its own (against an engine configured as the section says)."""
 
 

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 
 from salon.client.approvals import ApprovalHandler
 from salon.client.converse import Conversation, ConverseTurn
@@ -27,6 +28,8 @@ from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
 from salon.v1 import session_pb2, turn_pb2
+from salon.v1 import token_service_pb2 as tok_pb2
+from salon.v1 import token_service_pb2_grpc as tok_grpc
 
 __all__ = ["Reply", "SalonClient", "Session"]
 
@@ -204,6 +207,7 @@ class SalonClient:
         self.stub = cs_grpc.ConversationServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.knowledge_stub = ks_grpc.KnowledgeServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.admin = admin_grpc.AdminServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self.tokens = tok_grpc.SessionTokenServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> SalonClient:
         return self
@@ -484,6 +488,36 @@ class SalonClient:
         request = admin_pb2.GetUsageRequest(tenant_id=tenant_id, all_tenants=all_tenants)
         response = await self._unary(self.admin.GetUsage, request, timeout_s)
         return list(response.usage)
+
+    async def issue_session_token(
+        self,
+        session_id: str = "",
+        *,
+        user: str = "",
+        rights: Sequence[str] = (),
+        ttl_s: float = 0.0,
+        timeout_s: float | None = None,
+    ) -> tok_pb2.IssueSessionTokenResponse:
+        """A short-lived token for a browser (the web bridge takes these, never an API key): for ``session_id``, or
+        with none a user token that may only create sessions (``rights`` must then hold ``"create_sessions"``).
+        ``rights`` by name (send, resume, cancel, read, tools, approve, create_sessions); empty: send, resume,
+        cancel and read. ``ttl_s`` 0: the deployment's default."""
+        values = [f"TOKEN_RIGHT_{name.upper()}" for name in rights]
+        try:
+            for value in values:
+                tok_pb2.TokenRight.Value(value)
+        except ValueError:
+            known = "send, resume, cancel, read, tools, approve, create_sessions"
+            raise ValueError(f"rights must be among {known}: {list(rights)}") from None
+        seconds = int(ttl_s)
+        request = tok_pb2.IssueSessionTokenRequest(
+            session_id=session_id,
+            user=user,
+            rights=values,
+            ttl=Duration(seconds=seconds, nanos=int((ttl_s - seconds) * 1e9)),
+        )
+        issued: tok_pb2.IssueSessionTokenResponse = await self._unary(self.tokens.IssueSessionToken, request, timeout_s)
+        return issued
 
     async def _unary(self, method: Any, request: object, timeout_s: float | None = None) -> Any:
         timeout = self._timeout_s if timeout_s is None else timeout_s
