@@ -96,4 +96,3 @@ class HostTurn:
             return []
         del self._registry[self.key]
         return self.copies
-

@@ -17,7 +17,9 @@ from storage.jetstream.client import close_connection, connect
 def _events(turn_id: str, deltas: list[str]) -> list[turn_pb2.TurnEvent]:
     events = [turn_pb2.TurnEvent(session_id="s1", turn_id=turn_id, seq=1, accepted=turn_pb2.TurnAccepted())]
     for seq, text in enumerate(deltas, start=2):
-        events.append(turn_pb2.TurnEvent(session_id="s1", turn_id=turn_id, seq=seq, delta=turn_pb2.TokenDelta(text=text)))
+        events.append(
+            turn_pb2.TurnEvent(session_id="s1", turn_id=turn_id, seq=seq, delta=turn_pb2.TokenDelta(text=text))
+        )
     return events
 
 
