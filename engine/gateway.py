@@ -39,6 +39,7 @@ from storage import (
     uuid7,
 )
 from storage.jetstream.bus import TurnPublisher
+from storage.jetstream.events import is_refusal
 from storage.tables import TranscriptStore
 
 _DEFAULT_GUARDRAILS = GuardrailSettings()
@@ -227,7 +228,7 @@ class Gateway:
                 },
             ) as producer:
                 envelope = dataclasses.replace(envelope, trace_headers=producer.headers())
-                await self._publisher.publish(envelope, shard)
+                duplicate = await self._publisher.publish(envelope, shard)
         except BaseException:
             opening.cancel()
             with contextlib.suppress(BaseException):
@@ -243,6 +244,13 @@ class Gateway:
             first_token = True
             replayed = False
             async for event in stream.iterate(wait):
+                if first and duplicate and is_refusal(event):
+                    # The same key was refused before: that message is gone, and JetStream dropped this one as its
+                    # duplicate. Sent again, it runs (or is refused anew, which is then this request's answer).
+                    await self._publisher.send_refused_again(envelope, shard, stream.stream_seq)
+                    stream.rewind(0)
+                    duplicate = False
+                    continue
                 if first and event.HasField("error"):
                     _raise_refusal(event.error)
                 first = False

@@ -301,6 +301,8 @@ class FakeModelServer:
             return True
         finally:
             gone.cancel()
+            # Its end awaited: a reader still waiting would make the next request's read fail.
+            await asyncio.gather(gone, return_exceptions=True)
 
 
 def _sse(event: str | None, data: dict[str, Any] | str) -> bytes:

@@ -26,6 +26,9 @@ H_GUARDRAILS = "Salon-Guardrails"
 TRACE_HEADERS = ("traceparent", "tracestate")
 TERMINAL_KINDS = frozenset({"completed", "error", "cancelled"})
 """Event kinds that end a turn's event stream."""
+REFUSALS = frozenset({"TOO_MANY_TURNS", "SESSION_BUSY"})
+"""Reasons of an error event that refused a turn before it ran: the turn did not run, and sending it again under
+the same idempotency key may run it."""
 
 
 class Delivered(Protocol):

@@ -22,9 +22,9 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 
-from storage.bus import TurnEnvelope
+from storage.bus import H_MSG_ID, TurnEnvelope
 from storage.errors import Unavailable
-from storage.jetstream.events import EventPublisher, EventStream
+from storage.jetstream.events import EventPublisher, EventStream, forget_refusal
 from storage.jetstream.read import EPHEMERAL_INACTIVE_S
 from storage.subjects import Names
 
@@ -145,6 +145,25 @@ class TurnPublisher:
                 "the turn bus did not accept the turn", reason="NATS_UNAVAILABLE", retry_after_s=1.0
             ) from exc
         return bool(ack.duplicate)
+
+    async def send_refused_again(self, envelope: TurnEnvelope, shard: int, refusal_stream_seq: int) -> None:
+        """Put a refused turn on the bus again: JetStream would drop it as a duplicate of the refused message for
+        the dedupe window, so it goes under a message id derived from the refusal (retries of the same refusal
+        agree on it), after the refusal is removed from the turn's events."""
+        headers = envelope.headers()
+        headers[H_MSG_ID] = f"{headers[H_MSG_ID]}.r{refusal_stream_seq}"
+        try:
+            await forget_refusal(self._js, self._names, refusal_stream_seq)
+            await self._js.publish(
+                self._names.turn_subject(shard),
+                envelope.request.SerializeToString(),
+                headers=headers,
+                stream=self._names.turns_stream,
+            )
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise Unavailable(
+                "the turn bus did not accept the turn", reason="NATS_UNAVAILABLE", retry_after_s=1.0
+            ) from exc
 
     async def control(self, shard: int, request: Mapping[str, str], timeout_s: float = 5.0) -> dict[str, str]:
         """Ask the host that owns ``shard`` to act on one of its sessions; its JSON reply."""

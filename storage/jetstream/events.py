@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
 from salon.v1 import turn_pb2
-from storage.bus import H_MSG_ID, TERMINAL_KINDS
+from storage.bus import H_MSG_ID, REFUSALS, TERMINAL_KINDS
 from storage.errors import DeadlineExceeded, Unavailable
 from storage.jetstream.read import drop_consumer, read_subject
 from storage.subjects import Names
@@ -98,6 +99,11 @@ def unpack_events(payload: bytes, headers: Mapping[str, str] | None) -> list[tur
         events.append(turn_pb2.TurnEvent.FromString(payload[pos : pos + length]))
         pos += length
     return events
+
+
+def is_refusal(event: turn_pb2.TurnEvent) -> bool:
+    """Whether ``event`` refused its turn before it ran (sending the turn again may run it)."""
+    return event.WhichOneof("kind") == "error" and event.error.reason in REFUSALS and not event.error.partial
 
 
 def in_order(events: Iterable[turn_pb2.TurnEvent]) -> list[turn_pb2.TurnEvent]:
@@ -186,7 +192,8 @@ class EventPublisher:
 
     async def sent(self, tenant_id: str, session_id: str, turn_id: str) -> list[turn_pb2.TurnEvent]:
         """The turn's events stored so far, in order, each sequence number once (one cheap lookup when there
-        are none)."""
+        are none). A lone refusal is no progress: the turn did not run. It is removed, so this attempt numbers
+        its events from 1 and no reader mistakes the old refusal for this attempt's answer."""
         subject = self._names.event_subject(tenant_id, session_id, turn_id)
         turn = self._logs.get(subject)
         if turn is not None and turn.pending:
@@ -199,9 +206,13 @@ class EventPublisher:
             except nats.js.errors.NotFoundError:
                 return []
             msgs = await read_subject(self._js, stream, subject)
+            events = [e for msg in msgs for e in unpack_events(msg.data, msg.headers)]
+            if len(events) == 1 and is_refusal(events[0]):
+                await forget_refusal(self._js, self._names, msgs[-1].metadata.sequence.stream)
+                return []
         except _NATS_ERRORS as exc:
             raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc
-        return in_order(e for msg in msgs for e in unpack_events(msg.data, msg.headers))
+        return in_order(events)
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Give the events still queued ``grace_s`` to be stored, then stop. Idempotent."""
@@ -251,8 +262,10 @@ class EventPublisher:
     async def _store(self, turn: _TurnLog, batch: Sequence[tuple[int, bytes]]) -> None:
         """Store one message of events, trying again (same message id) until the stream has it."""
         first, last = batch[0][0], batch[-1][0]
-        headers = {H_MSG_ID: f"{turn.subject}:{first}", H_EVENTS: f"{first}-{last}"}
         payload = pack_events(data for _, data in batch)
+        # The id names this very message (its retry is dropped as a duplicate), not just its numbers: another
+        # attempt at the turn may store other events under the same numbers (after a refusal was removed).
+        headers = {H_MSG_ID: f"{turn.subject}:{first}:{zlib.crc32(payload):08x}", H_EVENTS: f"{first}-{last}"}
         delay = 0.05
         while True:
             try:
@@ -273,6 +286,13 @@ class EventPublisher:
             return
 
 
+async def forget_refusal(js: JetStreamContext, names: Names, stream_seq: int) -> None:
+    """Remove a turn's stored refusal (the message at ``stream_seq``). Idempotent. (One message deleted: a
+    filtered purge would also move the position of readers of the subject, past events stored after it.)"""
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.delete_msg(names.events_stream, stream_seq)
+
+
 def _take_batch(pending: Sequence[tuple[int, bytes]]) -> Sequence[tuple[int, bytes]]:
     """The first events of ``pending`` that fit in one message (at least one)."""
     size = 0
@@ -289,6 +309,12 @@ class EventStream:
     def __init__(self, js: JetStreamContext, sub: Any, after_seq: int) -> None:
         self._js = js
         self._sub = sub
+        self._last = after_seq
+        self.stream_seq = 0
+        """Stream sequence of the message that held the last event yielded."""
+
+    def rewind(self, after_seq: int) -> None:
+        """Yield events from ``after_seq`` + 1 again (the turn was sent again after a refusal)."""
         self._last = after_seq
 
     async def close(self) -> None:
@@ -314,8 +340,9 @@ class EventStream:
                         # Already delivered: a redelivered turn answered again from its record.
                         continue
                     self._last = event.seq
+                    self.stream_seq = msg.metadata.sequence.stream
                     yield event
-                    if event.WhichOneof("kind") in TERMINAL_KINDS:
-                        return
+                    if event.WhichOneof("kind") in TERMINAL_KINDS and self._last >= event.seq:
+                        return  # (unless the reader rewound: the turn was sent again)
         finally:
             await self.close()

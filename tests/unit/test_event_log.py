@@ -115,7 +115,7 @@ async def test_a_message_that_fails_is_retried_under_the_same_id_until_stored() 
     await events.flush("acme", "s1", "u1")
     assert [e.seq for e in js.events()] == [1, 2]
     subject = NAMES.event_subject("acme", "s1", "u1")
-    assert js.attempts[:4] == [f"{subject}:1"] * 4
+    assert len(set(js.attempts[:4])) == 1 and js.attempts[0].startswith(f"{subject}:1:")
 
 
 async def test_turns_are_stored_independently() -> None:
