@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from actors.context import PassageEntry, TurnContext, WindowEntry, explain, render_system
-from actors.control import CancelTurn, ControlError, ControlReply
+from actors.control import CancelTurn, ControlError, ControlReply, DecideApproval, SubmitToolResult
 from actors.emitter import EventSink, TurnEmitter
 from actors.events import TurnEvent
 from actors.guardrails import (
@@ -49,17 +49,13 @@ from actors.summary import (
     extractive_summary,
     summarizer_for,
 )
+from actors.tool_servers import NoToolServers, ToolServers
 from actors.tools import (
     InvalidTool,
     ToolPolicy,
     ToolSelection,
-    check_decide,
     check_servers,
-    check_submit,
     offered_tools,
-    selection_from_proto,
-    selection_to_proto,
-    submitted_result,
     validate_call,
 )
 from actors.turn import InFlight, LocalInFlight
@@ -67,7 +63,16 @@ from storage import GuardrailDecision
 
 if TYPE_CHECKING:
     from actors.host import HostSettings, SessionHost, session_settings
-    from actors.wire import decision_to_proto, event_from_proto, event_to_proto, is_terminal, record_events
+    from actors.wire import (
+        decision_to_proto,
+        event_from_proto,
+        event_to_proto,
+        is_terminal,
+        policy_from_proto,
+        record_events,
+        selection_from_proto,
+        selection_to_proto,
+    )
 
 _EDGE = {
     "HostSettings": "actors.host",
@@ -78,6 +83,9 @@ _EDGE = {
     "event_to_proto": "actors.wire",
     "is_terminal": "actors.wire",
     "record_events": "actors.wire",
+    "policy_from_proto": "actors.wire",
+    "selection_from_proto": "actors.wire",
+    "selection_to_proto": "actors.wire",
 }
 """Names whose modules import the API's protobuf types: loaded when first asked for."""
 
@@ -95,6 +103,7 @@ __all__ = [
     "CancelTurn",
     "ControlError",
     "ControlReply",
+    "DecideApproval",
     "EventSink",
     "ExtractiveSummarizer",
     "GuardrailDecision",
@@ -111,6 +120,7 @@ __all__ = [
     "ModelRequest",
     "ModelResult",
     "ModelSummarizer",
+    "NoToolServers",
     "OutputGuard",
     "PassageEntry",
     "SessionActor",
@@ -119,6 +129,7 @@ __all__ = [
     "SessionSettings",
     "SessionState",
     "StreamingRedactor",
+    "SubmitToolResult",
     "Summarizer",
     "Summary",
     "TextDelta",
@@ -126,15 +137,14 @@ __all__ = [
     "ToolPolicy",
     "ToolResult",
     "ToolSelection",
+    "ToolServers",
     "ToolSpec",
     "Turn",
     "TurnContext",
     "TurnEmitter",
     "TurnEvent",
     "WindowEntry",
-    "check_decide",
     "check_servers",
-    "check_submit",
     "decision_to_proto",
     "estimate_tokens",
     "event_from_proto",
@@ -147,6 +157,7 @@ __all__ = [
     "injection_score",
     "is_terminal",
     "offered_tools",
+    "policy_from_proto",
     "record_events",
     "render_system",
     "selection_from_proto",
@@ -154,7 +165,6 @@ __all__ = [
     "session_settings",
     "shard_for",
     "shards_of_host",
-    "submitted_result",
     "summarizer_for",
     "turn_groups",
     "validate_call",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.memory import estimate_tokens
+from actors.memory import message_tokens as tokens_of
 from actors.model import Message
 from actors.summary import Summary
 from storage import Passage
@@ -40,6 +41,8 @@ class WindowEntry:
     turn_index: int
     role: str
     tokens: int
+    tool_calls: int = 0
+    """For an assistant message: the tool calls it made; for a tool message: the results it carries."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,7 @@ class TurnContext:
         how a session recovers its summary from the ledger."""
         data: dict[str, Any] = {
             "v": 1,
-            "window": [[w.turn_id, w.turn_index, w.role, w.tokens] for w in self.window],
+            "window": [_window_row(w) for w in self.window],
             "summary": self.summary.to_dict(),
             "summary_tokens": self.summary_tokens,
             "passages": [
@@ -105,7 +108,7 @@ class TurnContext:
         try:
             data = json.loads(text)
             return cls(
-                window=tuple(WindowEntry(str(t), int(i), str(r), int(n)) for t, i, r, n in data.get("window", [])),
+                window=tuple(_window_entry(row) for row in data.get("window", [])),
                 summary=Summary.from_dict(data.get("summary")),
                 summary_tokens=int(data.get("summary_tokens", 0)),
                 passages=tuple(
@@ -128,6 +131,23 @@ class TurnContext:
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return cls()
+
+
+def _window_row(entry: WindowEntry) -> list[Any]:
+    row: list[Any] = [entry.turn_id, entry.turn_index, entry.role, entry.tokens]
+    return [*row, entry.tool_calls] if entry.tool_calls else row
+
+
+def _window_entry(row: Sequence[Any]) -> WindowEntry:
+    # Four fields, or five when the message carries tool calls or results.
+    calls = int(row[4]) if len(row) > 4 else 0
+    return WindowEntry(str(row[0]), int(row[1]), str(row[2]), int(row[3]), calls)
+
+
+def window_entry(message: Message) -> WindowEntry:
+    """What the record says of a window message."""
+    calls = len(message.tool_calls) or len(message.tool_results)
+    return WindowEntry(message.turn_id, message.turn_index, message.role, tokens_of(message), calls)
 
 
 def passage_text(passage: Passage) -> str:
@@ -164,7 +184,7 @@ def explain(
 ) -> tuple[str, TurnContext]:
     """The system prompt and the record of what entered the prompt."""
     system = render_system(instructions, summary.text, passages)
-    entries = tuple(WindowEntry(m.turn_id, m.turn_index, m.role, estimate_tokens(m.text)) for m in window)
+    entries = tuple(window_entry(m) for m in window)
     passage_entries = tuple(
         PassageEntry(
             source=p.source,

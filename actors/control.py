@@ -1,5 +1,6 @@
-"""Control messages: what the gateway asks of the host that owns a session (today: cancel a turn), and the
-host's answer. Both travel as small JSON objects on the shard's control subject (NATS request/reply).
+"""Control messages: what the gateway asks of the host that owns a session (cancel a turn, hand it a tool result
+or an approval decision), and the host's answer. Both travel as small JSON objects on the shard's control
+subject (NATS request/reply).
 
 The shapes are fixed here, on both sides: a request that is not valid JSON, misses a field, has a field of the
 wrong type or names an unknown action is answered with a clear error (a result, a stable reason and a
@@ -12,21 +13,40 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from storage.reasons import Reason
+
 MAX_FIELD_CHARS = 1024
 """Longest string a control field may hold (ids are far shorter; a reason is a sentence)."""
+MAX_CONTENT_CHARS = 4 * 1024 * 1024
+"""Longest tool result a control message may carry (the gateway holds results to a far smaller limit)."""
 
-ControlResult = Literal["cancelled", "finished", "pending", "unknown_session", "unsupported", "error"]
-"""``cancelled``, ``finished``, ``pending``: what :meth:`~actors.session.SessionActor.cancel` did;
-``unknown_session``: the session does not exist; ``unsupported``: an action this host does not know;
-``error``: the request was malformed or the host failed."""
+ControlResult = Literal[
+    "cancelled",
+    "finished",
+    "pending",
+    "accepted",
+    "duplicate",
+    "not_found",
+    "approval_pending",
+    "resuming",
+    "unavailable",
+    "unknown_session",
+    "unsupported",
+    "error",
+]
+"""``cancelled``, ``finished``, ``pending``: what :meth:`~actors.session.SessionActor.cancel` did; ``accepted``,
+``duplicate``, ``not_found``, ``approval_pending``, ``resuming``, ``unavailable``: what
+:meth:`~actors.session.SessionActor.answer` did with a tool result or decision; ``unknown_session``: the session
+does not exist; ``unsupported``: an action this host does not know; ``error``: the request was malformed or the
+host failed."""
 
-_RESULTS = frozenset({"cancelled", "finished", "pending", "unknown_session", "unsupported", "error"})
+_RESULTS = frozenset(ControlResult.__args__)  # type: ignore[attr-defined]
 
 
 class ControlError(ValueError):
     """A control message that cannot be read: its stable ``reason`` and a message naming no input."""
 
-    def __init__(self, message: str, *, reason: str = "CONTROL_MALFORMED") -> None:
+    def __init__(self, message: str, *, reason: str = Reason.CONTROL_MALFORMED) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -42,19 +62,44 @@ def _object(data: bytes) -> dict[str, Any]:
     return value
 
 
-def _string(data: dict[str, Any], name: str, *, required: bool) -> str:
+def _string(data: dict[str, Any], name: str, *, required: bool, limit: int = MAX_FIELD_CHARS) -> str:
     value = data.get(name, "")
     if not isinstance(value, str):
         raise ControlError(f"the control message's {name} is not a string")
     if required and not value:
         raise ControlError(f"the control message has no {name}")
-    if len(value) > MAX_FIELD_CHARS:
+    if len(value) > limit:
         raise ControlError(f"the control message's {name} is too long")
     return value
 
 
+def _flag(data: dict[str, Any], name: str) -> bool:
+    value = data.get(name, "false")
+    if value not in ("true", "false"):
+        raise ControlError(f"the control message's {name} is not true or false")
+    return bool(value == "true")
+
+
+def _text(value: bool) -> str:
+    return "true" if value else "false"
+
+
+class _Message:
+    """Encoding shared by the requests: bytes are the JSON of :meth:`to_dict`."""
+
+    ACTION: ClassVar[str]
+
+    def to_dict(self) -> dict[str, str]:
+        """The JSON object sent on the control subject."""
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """The message's bytes."""
+        return json.dumps(self.to_dict()).encode()
+
+
 @dataclass(frozen=True, slots=True)
-class CancelTurn:
+class CancelTurn(_Message):
     """Stop a turn of a session, queued, running or not arrived yet."""
 
     tenant_id: str
@@ -78,16 +123,12 @@ class CancelTurn:
             "reason": self.reason,
         }
 
-    def to_bytes(self) -> bytes:
-        """The message's bytes."""
-        return json.dumps(self.to_dict()).encode()
-
     @classmethod
     def from_bytes(cls, data: bytes) -> CancelTurn:
         """Read a cancel request's bytes (raises :class:`ControlError`)."""
         request = parse_request(data)
         if not isinstance(request, cls):
-            raise ControlError("the control message is not a cancel request", reason="CONTROL_UNSUPPORTED")
+            raise ControlError("the control message is not a cancel request", reason=Reason.CONTROL_UNSUPPORTED)
         return request
 
     @classmethod
@@ -103,10 +144,104 @@ class CancelTurn:
         )
 
 
-ControlRequest = CancelTurn
-"""Every request the host answers (one kind so far)."""
+@dataclass(frozen=True, slots=True)
+class SubmitToolResult(_Message):
+    """The result (or error) of a tool call the client ran, for the turn waiting on it."""
 
-_ACTIONS: dict[str, type[CancelTurn]] = {CancelTurn.ACTION: CancelTurn}
+    tenant_id: str
+    session_id: str
+    turn_id: str
+    call_id: str
+    incarnation: str = ""
+    content: str = ""
+    is_error: bool = False
+
+    ACTION: ClassVar[str] = "submit_tool_result"
+
+    def to_dict(self) -> dict[str, str]:
+        """The JSON object sent on the control subject."""
+        return {
+            "action": self.ACTION,
+            "tenant_id": self.tenant_id,
+            "session_id": self.session_id,
+            "turn_id": self.turn_id,
+            "call_id": self.call_id,
+            "incarnation": self.incarnation,
+            "content": self.content,
+            "is_error": _text(self.is_error),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SubmitToolResult:
+        """Read a result (raises :class:`ControlError` when it is malformed)."""
+        return cls(
+            tenant_id=_string(data, "tenant_id", required=True),
+            session_id=_string(data, "session_id", required=True),
+            turn_id=_string(data, "turn_id", required=True),
+            call_id=_string(data, "call_id", required=True),
+            incarnation=_string(data, "incarnation", required=False),
+            content=_string(data, "content", required=False, limit=MAX_CONTENT_CHARS),
+            is_error=_flag(data, "is_error"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DecideApproval(_Message):
+    """A person's decision about a tool call waiting for approval."""
+
+    tenant_id: str
+    session_id: str
+    turn_id: str
+    call_id: str
+    incarnation: str = ""
+    approve: bool = False
+    reason: str = ""
+    approver: str = ""
+    """Who decided, as the application named them."""
+    decided_by: str = ""
+    """The caller's credentials (a key id or certificate name), as the gateway established them."""
+
+    ACTION: ClassVar[str] = "decide_approval"
+
+    def to_dict(self) -> dict[str, str]:
+        """The JSON object sent on the control subject."""
+        return {
+            "action": self.ACTION,
+            "tenant_id": self.tenant_id,
+            "session_id": self.session_id,
+            "turn_id": self.turn_id,
+            "call_id": self.call_id,
+            "incarnation": self.incarnation,
+            "approve": _text(self.approve),
+            "reason": self.reason,
+            "approver": self.approver,
+            "decided_by": self.decided_by,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecideApproval:
+        """Read a decision (raises :class:`ControlError` when it is malformed)."""
+        return cls(
+            tenant_id=_string(data, "tenant_id", required=True),
+            session_id=_string(data, "session_id", required=True),
+            turn_id=_string(data, "turn_id", required=True),
+            call_id=_string(data, "call_id", required=True),
+            incarnation=_string(data, "incarnation", required=False),
+            approve=_flag(data, "approve"),
+            reason=_string(data, "reason", required=False, limit=MAX_CONTENT_CHARS),
+            approver=_string(data, "approver", required=False),
+            decided_by=_string(data, "decided_by", required=False),
+        )
+
+
+ControlRequest = CancelTurn | SubmitToolResult | DecideApproval
+"""Every request the host answers."""
+
+_ACTIONS: dict[str, type[CancelTurn] | type[SubmitToolResult] | type[DecideApproval]] = {
+    CancelTurn.ACTION: CancelTurn,
+    SubmitToolResult.ACTION: SubmitToolResult,
+    DecideApproval.ACTION: DecideApproval,
+}
 
 
 def parse_request(data: bytes) -> ControlRequest:
@@ -116,7 +251,7 @@ def parse_request(data: bytes) -> ControlRequest:
     action = message.get("action")
     kind = _ACTIONS.get(action) if isinstance(action, str) else None
     if kind is None:
-        raise ControlError("the control message's action is not supported", reason="CONTROL_UNSUPPORTED")
+        raise ControlError("the control message's action is not supported", reason=Reason.CONTROL_UNSUPPORTED)
     return kind.from_dict(message)
 
 
@@ -129,11 +264,13 @@ class ControlReply:
     """Stable UPPER_SNAKE_CASE reason, for ``error`` and ``unsupported``."""
     message: str = ""
     """Human-readable explanation (never the request's content)."""
+    verdict: str = ""
+    """For an approval decision: the one that holds (``approve`` or ``reject``), this one or an earlier one."""
 
     @classmethod
     def refusal(cls, error: ControlError) -> ControlReply:
         """The answer to a request that could not be read."""
-        result: ControlResult = "unsupported" if error.reason == "CONTROL_UNSUPPORTED" else "error"
+        result: ControlResult = "unsupported" if error.reason == Reason.CONTROL_UNSUPPORTED else "error"
         return cls(result, error.reason, error.message)
 
     def to_dict(self) -> dict[str, str]:
@@ -143,6 +280,8 @@ class ControlReply:
             reply["reason"] = self.reason
         if self.message:
             reply["message"] = self.message
+        if self.verdict:
+            reply["verdict"] = self.verdict
         return reply
 
     def to_bytes(self) -> bytes:
@@ -159,6 +298,7 @@ class ControlReply:
             result,  # type: ignore[arg-type]
             reason=_string(data, "reason", required=False),
             message=_string(data, "message", required=False),
+            verdict=_string(data, "verdict", required=False),
         )
 
     @classmethod

@@ -1,7 +1,8 @@
 """Numbering a turn's events, and the events a recorded turn stands for (to replay or finish it).
 
 Sequence numbers are per turn, from 1, without gaps: a turn continued after its host died goes on from the
-last number the earlier attempt sent, and a turn replayed from its record gets the numbers it had first.
+last number the earlier attempt sent, and a turn replayed from its record gets the numbers it had first (its
+tool calls' events at the numbers they were sent with, the answer's pieces in between).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from actors.events import (
     Usage,
 )
 from actors.model import ModelResult
+from actors.tool_calls import entry_events
 from storage import GuardrailDecision, TurnRecord
 
 EventSink = Callable[[TurnEvent], Awaitable[None]]
@@ -54,6 +56,11 @@ class TurnEmitter:
         """Sequence number of the last event emitted (0 before the first)."""
         return self._seq
 
+    def skip_to(self, seq: int) -> None:
+        """Number the next event after ``seq``: events up to it were sent by an earlier attempt at the turn (a
+        number never goes back)."""
+        self._seq = max(self._seq, seq)
+
     async def emit(self, body: EventBody) -> None:
         """Number ``body`` and send it (dropped once the turn has had its terminal event)."""
         async with self._lock:
@@ -77,9 +84,9 @@ class TurnEmitter:
         """Emit a piece of the answer."""
         await self.emit(Delta(text))
 
-    async def usage(self, result: ModelResult) -> None:
-        """Emit what the turn consumed."""
-        await self.emit(Usage.of(result))
+    async def usage(self, result: ModelResult, model_rounds: int = 0) -> None:
+        """Emit what the turn consumed (``result``: its model rounds summed)."""
+        await self.emit(Usage.of(result, model_rounds))
 
     async def completed(self, stop_reason: str, stop_sequence: str = "") -> None:
         """Emit the terminal event of a turn that finished normally."""
@@ -129,24 +136,30 @@ def ending_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Step]:
     """The events after a turn's deltas, from its record: the same for a first run and for a replay."""
     output = [d for d in record.guardrails if d.source not in INPUT_SOURCES]
     notice: list[Step] = [functools.partial(emitter.guardrail, output)] if output else []
-    return notice + _terminal_steps(emitter, record)
+    return notice + _usage_steps(emitter, record) + _terminal_steps(emitter, record)
+
+
+def _usage_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Step]:
+    """The usage event: for a completed turn, and for one that ended otherwise after tool rounds (whose tokens
+    were spent and count against the tenant's budget)."""
+    spent = record.input_tokens or record.output_tokens
+    if record.status != "completed" and not (spent and (record.tool_calls or record.model_rounds > 1)):
+        return []
+    usage = ModelResult(
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        cache_read_input_tokens=record.cache_read_input_tokens,
+        cache_creation_input_tokens=record.cache_creation_input_tokens,
+        provider=record.provider,
+        model=record.model,
+        estimated_cost_usd=record.estimated_cost_usd,
+    )
+    return [functools.partial(emitter.usage, usage, record.model_rounds)]
 
 
 def _terminal_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Step]:
     if record.status == "completed":
-        usage = ModelResult(
-            input_tokens=record.input_tokens,
-            output_tokens=record.output_tokens,
-            cache_read_input_tokens=record.cache_read_input_tokens,
-            cache_creation_input_tokens=record.cache_creation_input_tokens,
-            provider=record.provider,
-            model=record.model,
-            estimated_cost_usd=record.estimated_cost_usd,
-        )
-        return [
-            functools.partial(emitter.usage, usage),
-            functools.partial(emitter.completed, record.stop_reason or "end_turn"),
-        ]
+        return [functools.partial(emitter.completed, record.stop_reason or "end_turn")]
     if record.status in ("cancelled", "rolled_back"):
         return [functools.partial(emitter.cancelled, record.error_message or "the turn was cancelled")]
     return [
@@ -169,8 +182,25 @@ def record_steps(emitter: TurnEmitter, record: TurnRecord) -> list[Step]:
     passages = TurnContext.from_json(record.context_json).passages
     if passages:
         steps.append(functools.partial(emitter.citations, passages))
-    steps += [functools.partial(emitter.delta, text) for text in record.deltas]
+    steps += [functools.partial(emitter.emit, body) for body in _answer_events(record, len(steps))]
     return steps + ending_steps(emitter, record)
+
+
+def _answer_events(record: TurnRecord, before: int) -> list[EventBody]:
+    """The answer's pieces and the tool calls' events, in the order they were sent: each tool event at its
+    recorded number, the pieces filling the numbers left between them (after the ``before`` opening events)."""
+    placed = [event for entry in record.tool_calls for event in entry_events(entry)]
+    taken = {seq for seq, _ in placed}
+    # A record shrunk to fit the ledger keeps the answer whole, without its pieces: it goes as one.
+    pieces = record.deltas or ((record.reply_text,) if record.reply_text else ())
+    seq = before
+    for text in pieces:
+        seq += 1
+        while seq in taken:
+            seq += 1
+        placed.append((seq, Delta(text)))
+    placed.sort(key=lambda item: item[0])
+    return [body for _, body in placed]
 
 
 async def recorded_events(record: TurnRecord, after_seq: int = 0) -> list[TurnEvent]:

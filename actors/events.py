@@ -66,10 +66,12 @@ class Usage:
     provider: str = ""
     model: str = ""
     estimated_cost_usd: float = 0.0
+    model_rounds: int = 0
+    """Model requests the turn made; the counts above add up every round."""
 
     @classmethod
-    def of(cls, result: ModelResult) -> Usage:
-        """The usage a model result reports."""
+    def of(cls, result: ModelResult, model_rounds: int = 0) -> Usage:
+        """The usage a model result reports (the sum of a turn's rounds)."""
         return cls(
             input_tokens=result.input_tokens,
             output_tokens=result.output_tokens,
@@ -78,7 +80,59 @@ class Usage:
             provider=result.provider,
             model=result.model,
             estimated_cost_usd=result.estimated_cost_usd,
+            model_rounds=model_rounds,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEvent:
+    """The model called a tool (the API's ``tool_call``): sent for each valid call of a round, in the model's
+    order."""
+
+    call_id: str
+    tool: str
+    arguments_json: str = "{}"
+    requires_approval: bool = False
+    mcp_server: str = ""
+    round: int = 0
+    wait_deadline_ns: int = 0
+    """When the turn stops waiting for the call (0: it does not wait: an MCP call without approval)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequired:
+    """A call waits for a person's decision (the API's ``approval_required``)."""
+
+    call_id: str
+    tool: str
+    arguments_json: str = "{}"
+    mcp_server: str = ""
+    round: int = 0
+    wait_deadline_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalDecided:
+    """A decision about a call that required approval was recorded (the API's ``approval_decided``)."""
+
+    call_id: str
+    approved: bool
+    reason: str = ""
+    approver: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResultEvent:
+    """A call has its result, which the model sees in its next round (the API's ``tool_result``)."""
+
+    call_id: str
+    tool: str
+    is_error: bool = False
+    source: str = ""
+    """``client``, ``mcp``, ``rejected``, ``timeout``, ``invalid_call`` or ``cancelled``."""
+    content_preview: str = ""
+    content_bytes: int = 0
+    duration_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +171,21 @@ class Unrecognized:
     kind: str = ""
 
 
-EventBody = Accepted | Citations | Delta | Guardrail | Usage | Completed | Failed | Cancelled | Unrecognized
+EventBody = (
+    Accepted
+    | Citations
+    | Delta
+    | Guardrail
+    | Usage
+    | Completed
+    | Failed
+    | Cancelled
+    | ToolCallEvent
+    | ApprovalRequired
+    | ApprovalDecided
+    | ToolResultEvent
+    | Unrecognized
+)
 
 KINDS: dict[type, str] = {
     Accepted: "accepted",
@@ -128,6 +196,10 @@ KINDS: dict[type, str] = {
     Completed: "completed",
     Failed: "error",
     Cancelled: "cancelled",
+    ToolCallEvent: "tool_call",
+    ApprovalRequired: "approval_required",
+    ApprovalDecided: "approval_decided",
+    ToolResultEvent: "tool_result",
 }
 """Each record's kind, named as the API's ``TurnEvent.kind`` case."""
 

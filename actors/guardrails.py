@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage import GuardrailDecision, InvalidArgument
+from storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 
 INJECTION_MODES = ("off", "flag", "block")
-BLOCK_REASONS = frozenset({"PROMPT_INJECTION", "SYSTEM_PROMPT_LEAK"})
+BLOCK_REASONS = frozenset({Reason.PROMPT_INJECTION, Reason.SYSTEM_PROMPT_LEAK})
 """Error reasons of turns a guardrail ended: such a turn stays out of the session's memory."""
 
 
@@ -51,10 +52,10 @@ class GuardrailSettings:
     def __post_init__(self) -> None:
         if self.injection not in INJECTION_MODES:
             raise InvalidArgument(
-                f"guardrails.injection must be one of {', '.join(INJECTION_MODES)}", reason="INVALID_CONFIG"
+                f"guardrails.injection must be one of {', '.join(INJECTION_MODES)}", reason=Reason.INVALID_CONFIG
             )
         if not 0.0 < self.injection_threshold <= 100.0:
-            raise InvalidArgument("guardrails.injection_threshold must be in (0, 100]", reason="INVALID_CONFIG")
+            raise InvalidArgument("guardrails.injection_threshold must be in (0, 100]", reason=Reason.INVALID_CONFIG)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> GuardrailSettings:
@@ -63,19 +64,19 @@ class GuardrailSettings:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise InvalidArgument(f"unknown guardrails setting(s): {', '.join(unknown)}", reason="INVALID_CONFIG")
+            raise InvalidArgument(f"unknown guardrails setting(s): {', '.join(unknown)}", reason=Reason.INVALID_CONFIG)
         values: dict[str, Any] = {}
         for name, given in data.items():
             default, value = fields[name].default, given
             if isinstance(default, bool):
                 if not isinstance(value, bool):
-                    raise InvalidArgument(f"guardrails.{name} must be true or false", reason="INVALID_CONFIG")
+                    raise InvalidArgument(f"guardrails.{name} must be true or false", reason=Reason.INVALID_CONFIG)
             elif isinstance(default, float):
                 if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise InvalidArgument(f"guardrails.{name} must be a number", reason="INVALID_CONFIG")
+                    raise InvalidArgument(f"guardrails.{name} must be a number", reason=Reason.INVALID_CONFIG)
                 value = float(value)
             elif isinstance(default, str) and not isinstance(value, str):
-                raise InvalidArgument(f"guardrails.{name} must be a string", reason="INVALID_CONFIG")
+                raise InvalidArgument(f"guardrails.{name} must be a string", reason=Reason.INVALID_CONFIG)
             values[name] = value
         return cls(**values)
 
@@ -124,13 +125,13 @@ _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 (Trojan Source). The marks U+200E/U+200F stay allowed: right-to-left text needs them."""
 
 
-def forbidden_character(text: str, settings: GuardrailSettings) -> str | None:
+def forbidden_character(text: str, settings: GuardrailSettings) -> Reason | None:
     """The reason ``text`` must be refused for its characters (``CONTROL_CHARACTER`` or ``BIDI_CHARACTER``),
     or None. Names the kind of character only, never where or which."""
     if settings.block_control_chars and _CONTROL.search(text):
-        return "CONTROL_CHARACTER"
+        return Reason.CONTROL_CHARACTER
     if settings.block_bidi and _BIDI.search(text):
-        return "BIDI_CHARACTER"
+        return Reason.BIDI_CHARACTER
     return None
 
 
@@ -206,7 +207,7 @@ def check_injection(text: str, settings: GuardrailSettings, *, source: str) -> G
     return GuardrailDecision(
         check="injection",
         action=settings.injection,
-        reason="PROMPT_INJECTION",
+        reason=Reason.PROMPT_INJECTION,
         source=source,
         score=score,
         rules=rules,
@@ -536,7 +537,7 @@ class OutputGuard:
         found = self._redactor.decisions()
         if self.leaked:
             found.append(
-                GuardrailDecision(check="canary", action="block", reason="SYSTEM_PROMPT_LEAK", source="output")
+                GuardrailDecision(check="canary", action="block", reason=Reason.SYSTEM_PROMPT_LEAK, source="output")
             )
         return found
 
@@ -556,9 +557,9 @@ class Guardrails:
     def check_input(self, text: str, field: str) -> None:
         """Refuse ``text`` (``InvalidArgument``) for forbidden characters; the message names the field only."""
         reason = forbidden_character(text, self.settings)
-        if reason == "CONTROL_CHARACTER":
+        if reason == Reason.CONTROL_CHARACTER:
             raise InvalidArgument(f"{field} contains control characters", reason=reason)
-        if reason == "BIDI_CHARACTER":
+        if reason == Reason.BIDI_CHARACTER:
             raise InvalidArgument(f"{field} contains bidirectional override characters", reason=reason)
 
     def check_user_text(self, text: str) -> GuardrailDecision | None:
@@ -575,6 +576,13 @@ class Guardrails:
             if decision is not None:
                 found.append(dataclasses.replace(decision, passage=index))
         return found
+
+    def check_tool_result(self, text: str, call_id: str) -> GuardrailDecision | None:
+        """Injection check of a tool's result (a client's answer or an MCP server's output: untrusted input).
+        Under ``block`` the caller replaces the result with an error the model sees (the turn goes on); under
+        ``flag`` it stays and the decision is recorded. The decision names the call."""
+        decision = check_injection(text, self.settings, source="tool")
+        return dataclasses.replace(decision, call_id=call_id) if decision is not None else None
 
     def output_guard(self) -> OutputGuard:
         """A fresh guard for one answer's stream."""

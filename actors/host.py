@@ -14,10 +14,10 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from actors.control import ControlError, ControlReply, ControlRequest, parse_request
+from actors.control import CancelTurn, ControlError, ControlReply, ControlRequest, parse_request
 from actors.emitter import EventSink, TurnEmitter
 from actors.events import TurnEvent
 from actors.guardrails import GuardrailSettings
@@ -26,11 +26,14 @@ from actors.model import ModelChunk, ModelProvider, ModelRequest
 from actors.running import CANCELLED
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
 from actors.summary import summarizer_for
-from actors.wire import event_from_proto, event_to_proto
+from actors.tool_loop import ToolStats
+from actors.tool_servers import NoToolServers, ToolServers
+from actors.tools import ToolPolicy
+from actors.wire import event_from_proto, event_to_proto, policy_from_proto, selection_from_proto
 from otel import ConsumerSpan, attributes, consumer_span
 from salon.v1 import session_pb2, turn_pb2
 from storage import Journal, Retriever, SessionRegistry, TurnEnvelope, incarnation_of
-from storage.errors import NotFound, SalonError
+from storage.errors import InvalidArgument, NotFound, SalonError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,8 @@ class HostSettings:
     retrieval_min_score: float = 0.0
     summary_max_tokens: int = 400
     summary_min_messages: int = 4
+    tool_policy: ToolPolicy = field(default_factory=ToolPolicy)
+    """The deployment's tool defaults (wait timeout, model rounds per turn); sessions and turns override them."""
 
 
 DOUBLE_TEXTING = {
@@ -122,7 +127,18 @@ def session_settings(session: session_pb2.Session, defaults: HostSettings) -> Se
         long_term_memory=not memory.long_term_memory_disabled,
         summary_max_tokens=defaults.summary_max_tokens,
         summary_min_messages=defaults.summary_min_messages,
+        # Checked by the gateway when the session was created: taken as stored.
+        tools=selection_from_proto(session.tools, check=False),
+        tool_policy=_policy(defaults.tool_policy, session.tool_settings if session.HasField("tool_settings") else None),
     )
+
+
+def _policy(base: ToolPolicy, settings: session_pb2.ToolSettings | None) -> ToolPolicy:
+    """``base`` with ``settings`` (checked by the gateway; an out-of-range value from an older engine is ignored)."""
+    try:
+        return policy_from_proto(base, settings)
+    except InvalidArgument:
+        return base
 
 
 class SessionHost:
@@ -140,6 +156,7 @@ class SessionHost:
         settings: HostSettings,
         clock: Callable[[], float] = time.monotonic,
         retriever: Retriever | None = None,
+        tool_servers: ToolServers | None = None,
     ) -> None:
         self.name = name
         self._pullers = pullers
@@ -152,9 +169,14 @@ class SessionHost:
         self._summarizer = summarizer_for(provider)
         self._retriever = retriever
         """Owned: closed by :meth:`close`."""
+        self._tool_servers = tool_servers or NoToolServers()
+        """Owned: started by :meth:`start`, closed by :meth:`close`."""
+        self._tool_stats = ToolStats()
         self._settings = settings
         self._clock = clock
         self._sessions: dict[SessionKey, SessionActor] = {}
+        self._activating: dict[SessionKey, asyncio.Future[None]] = {}
+        """Sessions being activated now, each awaited by whoever else needs the same session meanwhile."""
         self._inflight: dict[TurnKey, HostTurn] = {}
         """Turns in flight, per (tenant, session, turn), with their bus messages."""
         self._tasks: list[asyncio.Task[None]] = []
@@ -169,6 +191,7 @@ class SessionHost:
         """Start pulling every owned shard, the passivation sweep and the in-progress heartbeat."""
         if self._tasks:
             return
+        await self._tool_servers.start()
         for puller in self._pullers:
             self._tasks.append(asyncio.create_task(self._pull_loop(puller), name=f"{self.name}-shard-{puller.shard}"))
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name=f"{self.name}-sweep"))
@@ -186,6 +209,7 @@ class SessionHost:
             "duplicates": self.duplicates,
             "model_calls": self._provider.calls,
             **self._provider.stats(),
+            **self._tool_stats.figures(),
         }
 
     def model_health(self) -> dict[str, str]:
@@ -193,9 +217,10 @@ class SessionHost:
         return self._provider.breaker_states()
 
     async def drain(self, grace_s: float) -> None:
-        """Stop taking turns and wait up to ``grace_s`` for running ones to finish."""
+        """Stop taking turns and wait up to ``grace_s`` for running ones to finish (or to wait for their tools: a
+        waiting turn goes on from its records where its session is activated next)."""
         self._stopping.set()
-        waits = [asyncio.ensure_future(s.wait_idle()) for s in self._sessions.values() if s.busy]
+        waits = [asyncio.ensure_future(s.wait_settled()) for s in self._sessions.values() if s.busy]
         if waits:
             _, pending = await asyncio.wait(waits, timeout=grace_s)
             for wait in pending:
@@ -225,6 +250,8 @@ class SessionHost:
         if close is not None:
             with contextlib.suppress(Exception):
                 await close()
+        with contextlib.suppress(Exception):
+            await self._tool_servers.close()
 
     async def _pull_loop(self, puller: Puller) -> None:
         while not self._stopping.is_set():
@@ -295,7 +322,7 @@ class SessionHost:
         if refusal is not None:
             await self._refuse(msg, envelope, "TOO_MANY_TURNS", refusal, retryable=True, retry_after_s=1.0)
             return None
-        turn = _turn_of(envelope, span, await self._prior_events(msg, envelope))
+        turn = _turn_of(envelope, span, await self._prior_events(msg, envelope), session.settings)
         inflight = HostTurn(
             turn,
             turn_key,
@@ -346,21 +373,26 @@ class SessionHost:
         return publish
 
     def _admission(self, tenant_id: str) -> str | None:
-        """Why a new turn must be refused now, or None. Counts turns in flight on this host."""
-        if len(self._inflight) >= self._settings.max_inflight_turns:
+        """Why a new turn must be refused now, or None. Counts turns in flight on this host, except those waiting
+        for their tools (they hold no model connection; a thousand may wait at once)."""
+        busy = [key for key, turn in self._inflight.items() if not turn.waiting]
+        if len(busy) >= self._settings.max_inflight_turns:
             return "this host has too many turns running or queued; retry shortly"
-        mine = sum(1 for t, _, _ in self._inflight if t == tenant_id)
+        mine = sum(1 for t, _, _ in busy if t == tenant_id)
         if mine >= self._settings.max_inflight_per_tenant:
             return "too many turns of this tenant are running or queued; retry shortly"
         return None
 
     async def control(self, request: ControlRequest) -> ControlReply:
-        """Act on a request about one of this host's sessions (from the gateway): cancel a turn."""
+        """Act on a request about one of this host's sessions (from the gateway): cancel a turn, or hand a turn
+        waiting for its tools a result or an approval decision."""
         key = SessionKey(request.tenant_id, request.session_id)
         try:
             session = await self._activate(key, request.incarnation)
         except NotFound:
             return ControlReply("unknown_session")
+        if not isinstance(request, CancelTurn):
+            return await session.answer(request)
         return ControlReply(session.cancel(request.turn_id, request.reason or CANCELLED))
 
     async def control_message(self, data: bytes) -> bytes:
@@ -379,6 +411,19 @@ class SessionHost:
         return reply.to_bytes()
 
     async def _activate(self, key: SessionKey, incarnation: str) -> SessionActor:
+        """The session's live actor, activated if need be: one activation at a time per session (a turn and a
+        control message arriving together must not make two actors, the later fencing the earlier)."""
+        while (pending := self._activating.get(key)) is not None:
+            await asyncio.wait({pending})
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._activating[key] = done
+        try:
+            return await self._activate_now(key, incarnation)
+        finally:
+            del self._activating[key]
+            done.set_result(None)
+
+    async def _activate_now(self, key: SessionKey, incarnation: str) -> SessionActor:
         session = self._sessions.get(key)
         if session is not None:
             if session.fenced:
@@ -406,6 +451,8 @@ class SessionHost:
             clock=self._clock,
             retriever=self._retriever,
             summarizer=self._summarizer,
+            tool_servers=self._tool_servers,
+            tool_stats=self._tool_stats,
         )
         self._sessions[key] = session
         self.activations += 1
@@ -469,8 +516,9 @@ def _turn_span(envelope: TurnEnvelope, key: SessionKey) -> ConsumerSpan:
     return span
 
 
-def _turn_of(envelope: TurnEnvelope, span: ConsumerSpan, prior: list[TurnEvent]) -> Turn:
-    """The turn a message carries, as its session is handed it."""
+def _turn_of(envelope: TurnEnvelope, span: ConsumerSpan, prior: list[TurnEvent], settings: SessionSettings) -> Turn:
+    """The turn a message carries, as its session (with ``settings``) is handed it."""
+    request = envelope.request
     return Turn(
         envelope.turn_id,
         envelope.request.text,
@@ -481,6 +529,8 @@ def _turn_of(envelope: TurnEnvelope, span: ConsumerSpan, prior: list[TurnEvent])
         policy=DOUBLE_TEXTING.get(envelope.request.double_texting, ""),
         deadline_ns=envelope.deadline_ns,
         guardrails=GuardrailSettings.from_header(envelope.guardrails),
+        tools=selection_from_proto(request.tools, check=False) if request.HasField("tools") else None,
+        tool_policy=_policy(settings.tool_policy, request.tool_settings) if request.HasField("tool_settings") else None,
     )
 
 

@@ -69,6 +69,8 @@ class HostTurn:
         """The bus messages of this turn: redelivered copies join the first."""
         self._registry = registry
         """The host's turns in flight; this one leaves it once settled."""
+        self.waiting = False
+        """The turn waits for tool results or approvals: not counted against the host's admission limits."""
 
     async def emit(self, event: TurnEvent) -> None:
         """Publish one of the turn's events."""
@@ -86,9 +88,14 @@ class HostTurn:
             await copy.ack()
 
     async def release(self) -> None:
-        """Another host runs the session now: hand every copy back for prompt redelivery."""
+        """Another host runs the session now (or this one is closing while the turn waits): hand every copy
+        back for prompt redelivery."""
         for copy in self._settle():
             await copy.nak()
+
+    def set_waiting(self, waiting: bool) -> None:
+        """Note whether the turn waits for its tools."""
+        self.waiting = waiting
 
     def _settle(self) -> list[BusMessage]:
         self._span.end()

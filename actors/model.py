@@ -17,6 +17,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from storage import Passage
 from storage.errors import SalonError
+from storage.reasons import Reason
 
 Role = Literal["user", "assistant", "tool"]
 """``tool`` messages carry the results of the calls made by the assistant message before them."""
@@ -134,10 +135,15 @@ ModelChunk = TextDelta | ToolCall | ModelResult
 class ModelError(SalonError):
     """The provider failed. ``retryable`` says whether the same request may succeed later."""
 
-    reason = "MODEL_ERROR"
+    reason: str = Reason.MODEL_ERROR
 
     def __init__(
-        self, message: str, *, reason: str = "MODEL_ERROR", retryable: bool = False, retry_after_s: float | None = None
+        self,
+        message: str,
+        *,
+        reason: str = Reason.MODEL_ERROR,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message, reason=reason, retry_after_s=retry_after_s)
         self.retryable = retryable

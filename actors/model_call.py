@@ -1,9 +1,10 @@
-"""One model round of a turn: the provider's stream, in a task of its own, under a GenAI CLIENT span, through
-the turn's output guard.
+"""One model round of a turn: the provider's stream, in a task of its own, under a GenAI CLIENT span (one per
+round), through the turn's output guard.
 
 The stream runs in its own task so the turn alone can be stopped (cancel, deadline, a newer turn) while the
 session goes on; stopping it closes the provider's upstream stream at once. What the round ends with is set
-on the turn's :class:`~actors.running.TurnOutcome`: ``completed`` with the model's result, or a failure.
+on the turn's :class:`~actors.running.TurnOutcome`: ``completed`` with the model's result, or a failure; the
+tool calls it made are in ``running.round_calls``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator
 from opentelemetry.trace import Span
 
 import otel
-from actors.model import ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta
+from actors.model import ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta, ToolCall
 from actors.running import RunningTurn
 from actors.turn import SessionKey
 
@@ -45,6 +46,9 @@ class ModelCall:
             temperature=request.temperature,
         )
         name = f"chat {request.model}" if request.model else "chat"
+        running.model_rounds += 1
+        running.round_calls = []
+        running.outcome.result = None
         with otel.span(name, kind=otel.SpanKind.CLIENT, attributes=request_attrs) as span:
             started_ns = time.time_ns()
             try:
@@ -80,8 +84,11 @@ class ModelCall:
                 if isinstance(chunk, TextDelta):
                     if not await self._on_text(chunk.text, running):
                         return
+                elif isinstance(chunk, ToolCall):
+                    running.round_calls.append(chunk)
                 elif isinstance(chunk, ModelResult):
                     outcome.result = chunk
+                    running.results.append(chunk)
             if outcome.result is None:
                 raise ModelError("the model stream ended without a result", reason="MODEL_PROTOCOL_ERROR")
             await running.release_held()
@@ -137,7 +144,7 @@ class ModelCall:
             # Never the canary line: content capture must not export it.
             system=self._instructions,
             messages=[(m.role, m.text) for m in request.messages],
-            answer="".join(running.deltas),
+            answer=running.prefill,
         )
 
 

@@ -20,6 +20,7 @@ import ray
 import otel
 from actors.host import HostSettings, SessionHost
 from actors.model import ModelProvider
+from actors.tool_servers import ToolServers
 from otel import TelemetrySettings
 from storage import Names, NotFound, build_embedder, incarnation_of
 from storage.jetstream.bus import EventPublisher, ShardPuller
@@ -48,10 +49,14 @@ class HostSpec:
     lancedb_uri: str = ""
     """Where the knowledge base and long-term memories are; empty: sessions retrieve nothing."""
     embedding_model: str = "default"
+    tools_factory: Callable[[], ToolServers] | None = None
+    """Builds the host's MCP servers (the deployment's and its tenants'); None: none. The host starts and
+    closes them."""
 
 
 async def serve_control(host: SessionHost, nc: Any, names: Names, shards: tuple[int, ...]) -> list[Any]:
-    """Answer the gateway's requests (cancel) about the sessions of ``shards``; returns the subscriptions."""
+    """Answer the gateway's requests (cancel, tool results and approvals) about the sessions of ``shards``;
+    returns the subscriptions."""
 
     async def handle(msg: Any) -> None:
         await msg.respond(await host.control_message(msg.data))
@@ -83,6 +88,7 @@ async def build_host(spec: HostSpec) -> tuple[SessionHost, Any]:
         provider=spec.provider_factory(),
         settings=spec.settings,
         retriever=retriever,
+        tool_servers=spec.tools_factory() if spec.tools_factory is not None else None,
     )
     return host, nc
 

@@ -1,16 +1,20 @@
-"""Writing a session to its ledger: turn records (retried while the ledger is unreachable, since a turn is not
-over until it is recorded) and snapshots of the state (best effort: they are a cache of the records)."""
+"""Writing a session to its ledger: turn records and the progress of running turns (retried while the ledger is
+unreachable, since a turn is not over, nor a step of it taken, until it is recorded) and snapshots of the state
+(best effort: they are a cache of the records)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from actors.state import SessionState
 from actors.turn import SessionKey
-from storage import Fenced, SalonError, SessionLog, SnapshotRecord, TurnRecord
+from storage import Fenced, ProgressRecord, Reason, SalonError, SessionLog, SnapshotRecord, TurnRecord
+
+_R = TypeVar("_R")
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +40,35 @@ class Recorder:
         self._snapshot_turn = state.turn_count
         """The turn count of the latest snapshot (the one activation started from counts)."""
 
+    @property
+    def incarnation(self) -> str:
+        """The incarnation of the session the records are for."""
+        return self._state.incarnation
+
     async def append(self, record: TurnRecord, *, retry: bool) -> TurnRecord:
         """Append ``record``; the stored record (with its ledger sequence). Raises :class:`Fenced` when another
         activation owns the session, and ledger errors when ``retry`` is off or the session is closing."""
+        return await self._retrying(lambda: self._ledger.append_turn(record), "a turn", retry=retry)
+
+    async def append_progress(self, record: ProgressRecord, *, retry: bool) -> ProgressRecord:
+        """Append a step of a running turn (the same rules as :meth:`append`); the state keeps it until the turn
+        is recorded."""
+        stored = await self._retrying(lambda: self._ledger.append_progress(record), "a turn's step", retry=retry)
+        self._state.note_progress(stored)
+        return stored
+
+    async def _retrying(self, append: Callable[[], Awaitable[_R]], what: str, *, retry: bool) -> _R:
         delay = 0.05
         while True:
             try:
-                return await self._ledger.append_turn(record)
+                return await append()
             except Fenced:
                 raise
             except SalonError as exc:
-                if not retry or self._closing():
+                if not retry or self._closing() or exc.reason == Reason.PROGRESS_TOO_LARGE:
                     raise
-                # The turn is not over until it is recorded: wait for the ledger rather than lose it.
-                log.warning("recording a turn failed (%s); retrying in %.2f s", exc.reason, delay)
+                # Not done until it is recorded: wait for the ledger rather than lose it.
+                log.warning("recording %s failed (%s); retrying in %.2f s", what, exc.reason, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_retry_delay_s)
 

@@ -1,9 +1,10 @@
 """One turn's state from the moment its session takes it to its record.
 
-A :class:`RunningTurn` holds what a turn was handed (the :class:`~actors.turn.InFlight` and its emitter),
-what it has sent (deltas, citations, guardrail notices, including an earlier attempt's), why it must stop
-(cancel, deadline, a newer turn), the task streaming its answer, and how it is ending
-(:class:`TurnOutcome`). The parts of the session pass this one object instead of its pieces.
+A :class:`RunningTurn` holds what a turn was handed (the :class:`~actors.turn.InFlight` and its emitter, the
+progress an earlier attempt recorded), what it has sent (deltas, citations, guardrail notices, including an
+earlier attempt's), its model rounds and tool calls, why it must stop (cancel, deadline, a newer turn), the
+task streaming its answer or waiting for its tools, and how it is ending (:class:`TurnOutcome`). The parts of
+the session pass this one object instead of its pieces.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import otel
 from actors.emitter import TurnEmitter
 from actors.events import Citation, Citations, Delta, Guardrail
 from actors.guardrails import OutputGuard
-from actors.model import ModelResult
+from actors.model import ModelResult, ToolCall, ToolSpec
+from actors.tool_calls import TurnCalls, total
+from actors.tools import ToolPolicy
 from actors.turn import InFlight, SessionKey, Turn
-from storage import GuardrailDecision, TurnRecord
+from storage import GuardrailDecision, ProgressRecord, TurnRecord
 
 CANCELLED = "the turn was cancelled"
 
@@ -33,7 +36,8 @@ class TurnOutcome:
     status: str = "failed"
     """``completed``, ``partial``, ``failed``, ``cancelled``, ``rolled_back`` or ``fenced``."""
     result: ModelResult | None = None
-    """The model's report of the last round (its stop reason and usage)."""
+    """The model's report of the last round (its stop reason and usage): every round's are in
+    :attr:`RunningTurn.results`."""
     error_reason: str = ""
     error_message: str = ""
     retryable: bool = False
@@ -76,13 +80,38 @@ class RunningTurn:
     output: OutputGuard | None = None
     cut_short: bool = False
     """The session closed while the answer streamed: what was sent is recorded as cancelled."""
+    progress: list[ProgressRecord] = field(default_factory=list)
+    """What an earlier attempt at the turn recorded of its tool rounds (its host died while it ran or waited)."""
+    calls: TurnCalls = field(default_factory=TurnCalls)
+    round_calls: list[ToolCall] = field(default_factory=list)
+    """The tool calls of the model round streaming now."""
+    round_start: int = 0
+    """Index in :attr:`deltas` of the current model round's first piece."""
+    results: list[ModelResult] = field(default_factory=list)
+    """Every model round's result (tokens add up over rounds)."""
+    model_rounds: int = 0
+    """Model requests the turn made."""
+    offered: dict[str, ToolSpec] = field(default_factory=dict)
+    """The tools the turn offers the model, by name."""
+    policy: ToolPolicy = field(default_factory=ToolPolicy)
+    waiting: bool = False
+    """The turn waits for tool results or approvals: no model connection, not a busy slot of its host."""
+    parked: bool = False
+    """The session closed while the turn waited: it is left unfinished, for the session's next activation."""
 
     @classmethod
-    def take(cls, inflight: InFlight, key: SessionKey, *, cancelled: bool = False) -> RunningTurn:
+    def take(
+        cls,
+        inflight: InFlight,
+        key: SessionKey,
+        *,
+        cancelled: bool = False,
+        progress: list[ProgressRecord] | None = None,
+    ) -> RunningTurn:
         """A turn as its session takes it; events are numbered after those an earlier attempt sent."""
         turn = inflight.turn
         emitter = TurnEmitter(key.session_id, turn.turn_id, inflight.emit, start_seq=turn.prior_seq)
-        running = cls(inflight, emitter, cancel_reason=CANCELLED if cancelled else "")
+        running = cls(inflight, emitter, cancel_reason=CANCELLED if cancelled else "", progress=progress or [])
         running.deltas = [e.body.text for e in turn.prior_events if isinstance(e.body, Delta)]
         return running
 
@@ -114,8 +143,13 @@ class RunningTurn:
 
     @property
     def prefill(self) -> str:
-        """The answer an earlier attempt already sent."""
-        return "".join(self.deltas)
+        """The current model round's answer an earlier attempt already sent."""
+        return "".join(self.deltas[self.round_start :])
+
+    def set_waiting(self, waiting: bool) -> None:
+        """The turn starts or stops waiting for tool results or approvals (its host counts it apart)."""
+        self.waiting = waiting
+        self.inflight.set_waiting(waiting)
 
     def pinned_citations(self) -> list[Citation] | None:
         """The citations an earlier attempt sent, which the prompt must keep to: they come before the first
@@ -155,10 +189,18 @@ class RunningTurn:
         """Every guardrail decision of the turn so far."""
         return (*self.guardrails, *(self.output.decisions() if self.output is not None else ()))
 
+    def round_chars(self) -> tuple[int, ...]:
+        """Characters of the answer each model round produced (empty for a turn that called no tool)."""
+        if not self.calls:
+            return ()
+        tool_rounds = [len(r.text) for r in self.calls.rounds]
+        return (*tool_rounds, len("".join(self.deltas)) - sum(tool_rounds))
+
     def record(self, key: SessionKey, incarnation: str, turn_index: int) -> TurnRecord:
         """The turn's ledger record, as it ends now."""
         outcome, turn = self.outcome, self.turn
-        result = outcome.result or ModelResult()
+        result = total(self.results)
+        stop_reason = outcome.result.stop_reason if outcome.result is not None else ""
         return TurnRecord(
             tenant_id=key.tenant_id,
             session_id=key.session_id,
@@ -169,7 +211,7 @@ class RunningTurn:
             user_text=turn.text,
             reply_text="".join(self.deltas),
             deltas=tuple(self.deltas),
-            stop_reason=result.stop_reason if outcome.status == "completed" else "",
+            stop_reason=stop_reason if outcome.status == "completed" else "",
             error_reason=outcome.error_reason,
             error_message=outcome.error_message,
             retryable=outcome.retryable,
@@ -189,6 +231,9 @@ class RunningTurn:
             context_turn_ids=self.context_turn_ids,
             context_json=self.context_json,
             guardrails=self.decisions(),
+            model_rounds=self.model_rounds,
+            tool_calls=self.calls.ordered(),
+            round_chars=self.round_chars(),
         )
 
 

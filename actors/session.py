@@ -7,9 +7,14 @@ state, the terminal event is sent, and only then is the turn done (the host ackn
 that saw a turn complete can read it back, and an acknowledged turn is never lost.
 
 The actor coordinates its parts: the line of turns (:mod:`actors.turn_queue`), each turn's state
-(:mod:`actors.running`), running a turn (:mod:`actors.execution`, with :mod:`actors.prompt` and
-:mod:`actors.model_call`), the ledger (:mod:`actors.recorder`) and the rolling summary
-(:mod:`actors.summary_writer`).
+(:mod:`actors.running`), running a turn (:mod:`actors.execution`, with :mod:`actors.prompt`,
+:mod:`actors.model_call` and its tool calls in :mod:`actors.tool_loop`), the ledger (:mod:`actors.recorder`) and
+the rolling summary (:mod:`actors.summary_writer`).
+
+A turn waiting for tool results or approvals stays at the head of the line (later turns queue behind it, or
+interrupt it under their policy); :meth:`SessionActor.answer` hands it what the gateway routed here. When the
+session closes while a turn waits, the turn is handed back unfinished: its progress is in the ledger and the
+session's next activation takes it up.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import otel
+from actors.control import ControlReply, DecideApproval, SubmitToolResult
 from actors.emitter import ending_steps, record_steps
 from actors.execution import TurnExecution
 from actors.guardrails import new_canary
@@ -33,6 +39,8 @@ from actors.running import CANCELLED, RunningTurn, trace_outcome
 from actors.state import RECENT_TURNS_KEPT, SessionState
 from actors.summary import ExtractiveSummarizer, Summarizer
 from actors.summary_writer import SummaryWriter
+from actors.tool_loop import ToolLoop, ToolStats
+from actors.tool_servers import NoToolServers, ToolServers
 from actors.turn import InFlight, LocalInFlight, SessionKey, SessionSettings, Turn
 from actors.turn_queue import POLICIES, TurnQueue
 from storage import Fenced, Retriever, SessionLog
@@ -67,6 +75,8 @@ class SessionActor:
         max_retry_delay_s: float = 2.0,
         retriever: Retriever | None = None,
         summarizer: Summarizer | None = None,
+        tool_servers: ToolServers | None = None,
+        tool_stats: ToolStats | None = None,
     ) -> None:
         self.key = key
         self.settings = settings
@@ -79,10 +89,22 @@ class SessionActor:
         """Set when another host took the session over; the host then drops this actor."""
         self.last_active = clock()
         self._prompts = PromptBuilder(key, settings, state, retriever)
-        self._execution = TurnExecution(
-            key, self._prompts, ModelCall(key, provider, settings.system_prompt), canary=new_canary()
-        )
         self._recorder = Recorder(key, state, ledger, max_retry_delay_s=max_retry_delay_s, closing=lambda: self._closed)
+        self._tools = ToolLoop(
+            key,
+            tool_servers or NoToolServers(),
+            self._recorder,
+            tool_stats or ToolStats(),
+            closing=lambda: self._closed,
+        )
+        self._execution = TurnExecution(
+            key,
+            settings,
+            self._prompts,
+            ModelCall(key, provider, settings.system_prompt),
+            self._tools,
+            canary=new_canary(),
+        )
         self._summary = SummaryWriter(key, settings, state, summarizer or ExtractiveSummarizer())
 
     @property
@@ -95,10 +117,21 @@ class SessionActor:
         """Turns running or waiting."""
         return len(self._queue)
 
+    @property
+    def waiting(self) -> bool:
+        """Whether the running turn waits for tool results or approvals (holding no model connection)."""
+        return bool(self._queue) and self._queue.head.waiting
+
     async def wait_idle(self) -> None:
         """Return once no turn is running or queued."""
         while self._runner is not None:
             await asyncio.shield(self._runner)
+
+    async def wait_settled(self, poll_s: float = 0.05) -> None:
+        """Return once no turn is running, or the running one waits for its tools (a waiting turn is not work a
+        drain should wait for: it goes on from its records wherever the session is activated next)."""
+        while self._runner is not None and not self.waiting:
+            await asyncio.wait({asyncio.shield(self._runner)}, timeout=poll_s)
 
     async def submit(self, inflight: InFlight) -> bool:
         """Take a turn: its events (starting with ``accepted``) go to ``inflight.emit``, and
@@ -118,7 +151,8 @@ class SessionActor:
         if self._queue.holds(turn.turn_id):
             return False
         cancelled = self._queue.cancelled_before_arrival(turn.turn_id)
-        running = RunningTurn.take(inflight, self.key, cancelled=cancelled)
+        progress = list(self.state.unfinished.get(turn.turn_id, ()))
+        running = RunningTurn.take(inflight, self.key, cancelled=cancelled, progress=progress)
         # Placing the turn before the first await fixes its place in line.
         position = self._queue.admit(running, turn.policy or self.settings.double_texting)
         if position is None:
@@ -129,7 +163,8 @@ class SessionActor:
             return True
         if self._runner is None:
             self._runner = asyncio.create_task(self._run(), name=f"session-{self.key}")
-        if not turn.prior_seq:
+        if not turn.prior_seq and not progress:
+            # A turn taken up again was accepted by its first attempt (its events may have aged out since).
             await running.emitter.accepted(position, trace_id=turn.trace_id)
         return True
 
@@ -143,6 +178,16 @@ class SessionActor:
             return "finished"
         self._queue.cancel_on_arrival(turn_id)
         return "pending"
+
+    async def answer(self, message: SubmitToolResult | DecideApproval) -> ControlReply:
+        """Take a tool result or an approval decision for one of the running turn's calls (routed here by the
+        gateway). ``not_found`` for a turn not running here (queued, finished, unknown), ``resuming`` for one
+        this session will take up again once its message is redelivered."""
+        self.last_active = self._clock()
+        head = self._queue.head if self._queue else None
+        if head is None or head.turn_id != message.turn_id:
+            return ControlReply("resuming" if message.turn_id in self.state.unfinished else "not_found")
+        return await self._tools.answer(head, message)
 
     async def _replay(self, running: RunningTurn, ledger_seq: int) -> None:
         emitter = running.emitter
@@ -203,16 +248,31 @@ class SessionActor:
             if running.cut_short:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._conclude(running, retry=False))
+            elif running.parked:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(running.inflight.release())
             raise
+        except Fenced:
+            self._fence(running)
+            return
+        except Exception:
+            # A bug must end the turn (recorded, acknowledged), never leave it in flight with no runner.
+            log.exception("turn failed inside the engine (session %s)", self.key)
+            self._tools.abandon(running)
+            running.outcome.fail("INTERNAL", "the engine failed while running this turn", partial=bool(running.deltas))
         running.settle_stop()
         try:
             await self._conclude(running, retry=True)
         except Fenced:
             # Another host owns the session now; it will run this (unacknowledged) turn again, continuing
             # after the events already sent.
-            log.warning("session %s was taken over by another host; dropping it here", self.key)
-            self.fenced = True
-            running.outcome.status = "fenced"
+            self._fence(running)
+
+    def _fence(self, running: RunningTurn) -> None:
+        log.warning("session %s was taken over by another host; dropping it here", self.key)
+        self.fenced = True
+        running.outcome.status = "fenced"
+        self._tools.abandon(running)
 
     async def _conclude(self, running: RunningTurn, *, retry: bool) -> None:
         """Record the turn, apply it to the state, send its ending, and hand it back as done."""

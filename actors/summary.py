@@ -73,16 +73,26 @@ def _one_line(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def spoken(message: Message) -> str:
+    """A message as a summary reads it: its text, with a tool call folded in beside it and a tool message as
+    its results (so a call and its result are summarised together, never one without the other)."""
+    parts = [message.text] if message.text.strip() else []
+    parts += [f"called {c.name}({c.arguments_json})" for c in message.tool_calls]
+    parts += [f"{r.name} {'failed' if r.is_error else 'returned'}: {r.content}" for r in message.tool_results]
+    return "; ".join(parts)
+
+
 def extractive_summary(previous: str, messages: Sequence[Message], *, max_tokens: int) -> str:
     """A deterministic summary: the previous one's lines, then one line per folded message (shortened),
     oldest lines dropped first when over ``max_tokens`` (they remain in long-term memory)."""
     lines = [line for line in previous.splitlines() if line.strip()]
     for message in messages:
-        if not message.text.strip():
+        said = spoken(message)
+        if not said.strip():
             continue
-        who = "User" if message.role == "user" else "Assistant"
+        who = {"user": "User", "tool": "Tools"}.get(message.role, "Assistant")
         where = f"turn {message.turn_index}: " if message.turn_index else ""
-        lines.append(f"- {where}{who}: {_one_line(message.text, _LINE_CHARS)}")
+        lines.append(f"- {where}{who}: {_one_line(said, _LINE_CHARS)}")
     budget = max(max_tokens, 1) * CHARS_PER_TOKEN
     while len(lines) > 1 and sum(len(line) + 1 for line in lines) > budget:
         lines.pop(0)
@@ -101,7 +111,7 @@ class ExtractiveSummarizer:
 
 def _transcript(previous: str, messages: Sequence[Message]) -> str:
     parts = [f"Current summary:\n{previous or '(none yet)'}", "Messages that follow it:"]
-    parts += [f"{m.role}: {m.text}" for m in messages]
+    parts += [f"{m.role}: {spoken(m)}" for m in messages]
     return "\n\n".join(parts)
 
 

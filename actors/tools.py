@@ -20,51 +20,37 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from referencing.exceptions import Unresolvable
 
 from actors.model import ToolCall, ToolResult, ToolSpec
-from salon.v1 import conversation_service_pb2 as cs_pb2
-from salon.v1 import session_pb2, turn_pb2
 from storage.errors import InvalidArgument
-from storage.ids import require_id
+from storage.reasons import Reason
 
 # Reasons (UPPER_SNAKE_CASE, as in ``salon-error-reason``) this module and the action layer use.
-INVALID_TOOL = "INVALID_TOOL"
+INVALID_TOOL = Reason.INVALID_TOOL
 """A tool definition is refused (name, description, schema, duplicate)."""
-TOO_MANY_TOOLS = "TOO_MANY_TOOLS"
+TOO_MANY_TOOLS = Reason.TOO_MANY_TOOLS
 """More tools than a turn may offer."""
-UNKNOWN_MCP_SERVER = "UNKNOWN_MCP_SERVER"
+UNKNOWN_MCP_SERVER = Reason.UNKNOWN_MCP_SERVER
 """A tool or tool set names an MCP server that neither the deployment nor the tenant configures."""
-INVALID_TOOL_SETTINGS = "INVALID_TOOL_SETTINGS"
+INVALID_TOOL_SETTINGS = Reason.INVALID_TOOL_SETTINGS
 """A wait timeout or a round limit out of range."""
-TOOL_RESULT_TOO_LARGE = "TOOL_RESULT_TOO_LARGE"
+TOOL_RESULT_TOO_LARGE = Reason.TOOL_RESULT_TOO_LARGE
 """A submitted tool result (or error, or approval reason) is over its size limit."""
-TOOL_WAIT_TIMEOUT = "TOOL_WAIT_TIMEOUT"
+TOOL_WAIT_TIMEOUT = Reason.TOOL_WAIT_TIMEOUT
 """A turn's wait for a tool result or an approval passed its deadline (the turn's error reason)."""
-TOOL_ROUNDS_EXHAUSTED = "TOOL_ROUNDS_EXHAUSTED"
+TOOL_ROUNDS_EXHAUSTED = Reason.TOOL_ROUNDS_EXHAUSTED
 """The model still called tools after the turn's last allowed model round (the turn's error reason)."""
-INVALID_CALL_ID = "INVALID_CALL_ID"
+INVALID_CALL_ID = Reason.INVALID_CALL_ID
 """A submitted call id that cannot name a call (empty, too long, control characters)."""
-EMPTY_TOOL_RESULT = "EMPTY_TOOL_RESULT"
+EMPTY_TOOL_RESULT = Reason.EMPTY_TOOL_RESULT
 """SubmitToolResult with neither a result nor an error."""
-INVALID_VERDICT = "INVALID_VERDICT"
+INVALID_VERDICT = Reason.INVALID_VERDICT
 """DecideApproval with neither approve nor reject."""
-INVALID_APPROVER = "INVALID_APPROVER"
+INVALID_APPROVER = Reason.INVALID_APPROVER
 """An approver name over its limit or with control characters."""
-
-SOURCES = {
-    "client": turn_pb2.TOOL_RESULT_SOURCE_CLIENT,
-    "mcp": turn_pb2.TOOL_RESULT_SOURCE_MCP,
-    "rejected": turn_pb2.TOOL_RESULT_SOURCE_REJECTED,
-    "timeout": turn_pb2.TOOL_RESULT_SOURCE_TIMEOUT,
-    "invalid_call": turn_pb2.TOOL_RESULT_SOURCE_INVALID_CALL,
-    "cancelled": turn_pb2.TOOL_RESULT_SOURCE_CANCELLED,
-}
-"""Where a result came from, by the name records use, as the API's ``ToolResultSource``."""
 
 MAX_TOOLS = 64
 """Tools one turn may offer, MCP servers' tools included (vendors accept more; prompts do not)."""
@@ -121,26 +107,22 @@ class ToolPolicy:
     max_model_rounds: int = DEFAULT_MAX_MODEL_ROUNDS
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
 
-    def overridden(self, settings: session_pb2.ToolSettings | None) -> ToolPolicy:
-        """This policy with the non-zero fields of ``settings`` (a session's or a turn's) applied, checked."""
-        if settings is None:
-            return self
+    def overridden(self, *, wait_timeout_s: float | None = None, max_model_rounds: int | None = None) -> ToolPolicy:
+        """This policy with the values given (a session's or a turn's settings; None: kept), within range."""
         policy = self
-        if settings.HasField("wait_timeout"):
-            seconds = settings.wait_timeout.ToTimedelta().total_seconds()
-            if seconds < 0 or seconds > MAX_WAIT_TIMEOUT_S:
+        if wait_timeout_s is not None:
+            if not 0 < wait_timeout_s <= MAX_WAIT_TIMEOUT_S:
                 raise InvalidArgument(
                     f"tool_settings.wait_timeout must be between 0 and {MAX_WAIT_TIMEOUT_S:g} s",
                     reason=INVALID_TOOL_SETTINGS,
                 )
-            if seconds > 0:
-                policy = replace(policy, wait_timeout_s=seconds)
-        if settings.max_model_rounds:
-            if settings.max_model_rounds > MAX_MODEL_ROUNDS:
+            policy = replace(policy, wait_timeout_s=wait_timeout_s)
+        if max_model_rounds is not None:
+            if not 0 < max_model_rounds <= MAX_MODEL_ROUNDS:
                 raise InvalidArgument(
                     f"tool_settings.max_model_rounds must be at most {MAX_MODEL_ROUNDS}", reason=INVALID_TOOL_SETTINGS
                 )
-            policy = replace(policy, max_model_rounds=settings.max_model_rounds)
+            policy = replace(policy, max_model_rounds=max_model_rounds)
         return policy
 
 
@@ -294,33 +276,6 @@ def check_call_id(call_id: str) -> None:
         raise InvalidArgument(f"call_id must be 1 to {MAX_CALL_ID_CHARS} printable characters", reason=INVALID_CALL_ID)
 
 
-def check_submit(request: cs_pb2.SubmitToolResultRequest, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
-    """A SubmitToolResult request (or the Converse variant): ids well formed, an outcome, within the size."""
-    require_id(request.session_id, "session_id")
-    require_id(request.turn_id, "turn_id")
-    check_call_id(request.call_id)
-    outcome = request.WhichOneof("outcome")
-    if outcome is None:
-        raise InvalidArgument("set result or error", reason=EMPTY_TOOL_RESULT)
-    check_result_size(getattr(request, outcome), max_result_bytes, outcome)
-
-
-def check_decide(request: cs_pb2.DecideApprovalRequest) -> None:
-    """A DecideApproval request (or the Converse variant): ids well formed, a verdict, bounded text."""
-    require_id(request.session_id, "session_id")
-    require_id(request.turn_id, "turn_id")
-    check_call_id(request.call_id)
-    if request.verdict not in (cs_pb2.APPROVAL_VERDICT_APPROVE, cs_pb2.APPROVAL_VERDICT_REJECT):
-        raise InvalidArgument("verdict must be APPROVE or REJECT", reason=INVALID_VERDICT)
-    check_decision(request.reason, request.approver)
-
-
-def submitted_result(request: cs_pb2.SubmitToolResultRequest, tool: str) -> ToolResult:
-    """The result a (checked) SubmitToolResult carries, for the call of ``tool``."""
-    is_error = request.WhichOneof("outcome") == "error"
-    return ToolResult(request.call_id, tool, request.error if is_error else request.result, is_error=is_error)
-
-
 def bounded_result(result: ToolResult, max_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> ToolResult:
     """``result`` when it fits; otherwise an error result saying how large it was (for output the engine got
     from a server, which the model must not receive whole)."""
@@ -353,44 +308,6 @@ def rejection(call: ToolCall, reason: str) -> ToolResult:
 def timed_out(call: ToolCall) -> ToolResult:
     """What the record holds for a call nobody answered before the deadline."""
     return ToolResult(call.call_id, call.name, "Nobody answered this call before the deadline.", is_error=True)
-
-
-def selection_from_proto(tool_set: session_pb2.ToolSet) -> ToolSelection:
-    """A ``ToolSet`` from the API as checked definitions (:func:`check_tools`; MCP server names checked for form
-    only: :func:`check_servers` checks they exist)."""
-    specs = tuple(
-        ToolSpec(
-            name=tool.name,
-            description=tool.description,
-            input_schema_json=tool.input_schema_json or ("" if tool.mcp_server else EMPTY_OBJECT_SCHEMA),
-            requires_approval=tool.requires_approval,
-            server=tool.mcp_server,
-        )
-        for tool in tool_set.tools
-    )
-    check_tools(specs)
-    servers = tuple(dict.fromkeys(tool_set.mcp_servers))
-    for index, server in enumerate(servers):
-        if not is_tool_name(server):
-            raise InvalidArgument(f"mcp_servers #{index + 1} is not a valid server name", reason=UNKNOWN_MCP_SERVER)
-    return ToolSelection(tools=specs, mcp_servers=servers)
-
-
-def selection_to_proto(selection: ToolSelection) -> session_pb2.ToolSet:
-    """The API form of ``selection`` (for GetSession)."""
-    return session_pb2.ToolSet(
-        tools=[
-            session_pb2.Tool(
-                name=spec.name,
-                description=spec.description,
-                input_schema_json=spec.input_schema_json,
-                requires_approval=spec.requires_approval,
-                mcp_server=spec.server,
-            )
-            for spec in selection.tools
-        ],
-        mcp_servers=list(selection.mcp_servers),
-    )
 
 
 def check_servers(selection: ToolSelection, configured: Collection[str]) -> None:
@@ -433,54 +350,3 @@ def offered_tools(
                 continue
             offered[spec.name] = spec
     return tuple(offered.values()), tuple(left_out)
-
-
-def _timestamp(epoch_s: float | None) -> Timestamp | None:
-    if epoch_s is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(epoch_s * 1e9))
-    return stamp
-
-
-def call_event(call: ToolCall, spec: ToolSpec, round_index: int, wait_deadline: float | None) -> turn_pb2.ToolCall:
-    """The ``tool_call`` payload of a valid call of ``spec`` made in model round ``round_index`` (1-based);
-    ``wait_deadline`` in seconds since the epoch (None: the engine does not wait, an MCP call without approval)."""
-    return turn_pb2.ToolCall(
-        call_id=call.call_id,
-        tool=call.name,
-        arguments_json=call.arguments_json,
-        requires_approval=spec.requires_approval,
-        mcp_server=spec.server,
-        round=round_index,
-        wait_deadline=_timestamp(wait_deadline),
-    )
-
-
-def approval_event(call: ToolCall, spec: ToolSpec, round_index: int, wait_deadline: float) -> turn_pb2.ApprovalRequired:
-    """The ``approval_required`` payload of a call waiting for a person."""
-    return turn_pb2.ApprovalRequired(
-        call_id=call.call_id,
-        tool=call.name,
-        arguments_json=call.arguments_json,
-        mcp_server=spec.server,
-        round=round_index,
-        wait_deadline=_timestamp(wait_deadline),
-    )
-
-
-def result_event(result: ToolResult, source: str, duration_s: float) -> turn_pb2.ToolResult:
-    """The ``tool_result`` payload: a preview of the content and its size (``source``: a key of
-    :data:`SOURCES`)."""
-    text, size = preview(result.content)
-    duration = Duration()
-    duration.FromNanoseconds(int(max(duration_s, 0.0) * 1e9))
-    return turn_pb2.ToolResult(
-        call_id=result.call_id,
-        tool=result.name,
-        is_error=result.is_error,
-        source=SOURCES[source],
-        content_preview=text,
-        content_bytes=size,
-        duration=duration,
-    )

@@ -15,6 +15,7 @@ from typing import Protocol
 import otel
 from actors.events import TurnEvent
 from actors.guardrails import GuardrailSettings
+from actors.tools import ToolPolicy, ToolSelection
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,10 @@ class SessionSettings:
     """Size the rolling summary is kept under."""
     summary_min_messages: int = 4
     """Messages that must have left the window before the summary is rewritten (fewer, larger rewrites)."""
+    tools: ToolSelection = field(default_factory=ToolSelection)
+    """The tools the session's turns offer the model."""
+    tool_policy: ToolPolicy = field(default_factory=ToolPolicy)
+    """How its turns wait for tools and how many model rounds they may make."""
 
 
 @dataclass(slots=True)
@@ -74,6 +79,10 @@ class Turn:
     """Wall-clock time (ns) after which the turn is cancelled; 0: none."""
     guardrails: GuardrailSettings = field(default_factory=GuardrailSettings)
     """The tenant's guardrails, as the gateway sent them with the turn."""
+    tools: ToolSelection | None = None
+    """The tools this turn offers instead of the session's; None: the session's."""
+    tool_policy: ToolPolicy | None = None
+    """This turn's tool policy (the session's with the turn's overrides); None: the session's."""
 
     @property
     def prior_seq(self) -> int:
@@ -100,8 +109,13 @@ class InFlight(Protocol):
         ...
 
     async def release(self) -> None:
-        """This session will not finish the turn (another host took the session over): hand it back for
-        prompt redelivery."""
+        """This session will not finish the turn (another host took the session over, or it closed while the
+        turn waited for its tools): hand it back for prompt redelivery."""
+        ...
+
+    def set_waiting(self, waiting: bool) -> None:
+        """The turn starts (True) or stops waiting for tool results or approvals: it holds no model connection
+        meanwhile, so its host does not count it as a busy slot."""
         ...
 
 
@@ -130,3 +144,6 @@ class LocalInFlight:
         """Call ``on_release``, if any."""
         if self.on_release is not None:
             await self.on_release()
+
+    def set_waiting(self, waiting: bool) -> None:
+        """Nothing to tell."""

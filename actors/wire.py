@@ -1,9 +1,11 @@
-"""The edge between session logic and the API: turn events to and from ``salon.v1.turn_pb2.TurnEvent``.
+"""The edge between session logic and the API: turn events to and from ``salon.v1.turn_pb2.TurnEvent``, and the
+tools a session or a turn offers to and from ``salon.v1.session_pb2.ToolSet`` / ``ToolSettings``.
 
-Session logic speaks :mod:`actors.events`; the host converts what it publishes with :func:`event_to_proto`
-and what it reads back from the bus with :func:`event_from_proto`; the gateway turns records into events
-with :func:`record_events`. The conversion is one to one: the events on the wire are exactly those the
-engine sent before session logic had records of its own.
+Session logic speaks :mod:`actors.events` and :mod:`actors.tools`; the host converts what it publishes with
+:func:`event_to_proto`, what it reads back from the bus with :func:`event_from_proto`, and a session's or a
+turn's tools with :func:`selection_from_proto` and :func:`policy_from_proto`; the gateway turns records into
+events with :func:`record_events` and checks tool definitions with the same conversions. The event conversion
+is one to one: the events on the wire are exactly those the engine sent.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from actors.emitter import recorded_events
 from actors.events import (
     TERMINAL_KINDS,
     Accepted,
+    ApprovalDecided,
+    ApprovalRequired,
     Cancelled,
     Citation,
     Citations,
@@ -27,12 +31,27 @@ from actors.events import (
     EventBody,
     Failed,
     Guardrail,
+    ToolCallEvent,
+    ToolResultEvent,
     TurnEvent,
     Unrecognized,
     Usage,
 )
-from salon.v1 import turn_pb2
-from storage import GuardrailDecision, TurnRecord
+from actors.model import ModelResult, ToolSpec
+from actors.tools import (
+    EMPTY_OBJECT_SCHEMA,
+    INVALID_TOOL_SETTINGS,
+    MAX_MODEL_ROUNDS,
+    MAX_WAIT_TIMEOUT_S,
+    UNKNOWN_MCP_SERVER,
+    ToolPolicy,
+    ToolSelection,
+    check_tools,
+    is_tool_name,
+)
+from actors.usage import record_usage
+from salon.v1 import session_pb2, turn_pb2
+from storage import GuardrailDecision, InvalidArgument, TurnRecord
 
 _STOP_REASONS = {
     "end_turn": turn_pb2.STOP_REASON_END_TURN,
@@ -42,6 +61,16 @@ _STOP_REASONS = {
     "refusal": turn_pb2.STOP_REASON_REFUSAL,
 }
 _STOP_REASON_NAMES = {value: name for name, value in _STOP_REASONS.items()}
+SOURCES = {
+    "client": turn_pb2.TOOL_RESULT_SOURCE_CLIENT,
+    "mcp": turn_pb2.TOOL_RESULT_SOURCE_MCP,
+    "rejected": turn_pb2.TOOL_RESULT_SOURCE_REJECTED,
+    "timeout": turn_pb2.TOOL_RESULT_SOURCE_TIMEOUT,
+    "invalid_call": turn_pb2.TOOL_RESULT_SOURCE_INVALID_CALL,
+    "cancelled": turn_pb2.TOOL_RESULT_SOURCE_CANCELLED,
+}
+"""Where a result came from, by the name records use, as the API's ``ToolResultSource``."""
+_SOURCE_NAMES = {value: name for name, value in SOURCES.items()}
 
 _NS = 1_000_000_000
 
@@ -62,6 +91,7 @@ def decision_to_proto(decision: GuardrailDecision) -> turn_pb2.GuardrailDecision
         score=decision.score,
         rules=list(decision.rules),
         passage=decision.passage,
+        call_id=decision.call_id,
     )
 
 
@@ -76,7 +106,16 @@ def decision_from_proto(decision: turn_pb2.GuardrailDecision) -> GuardrailDecisi
         score=decision.score,
         rules=tuple(decision.rules),
         passage=decision.passage,
+        call_id=decision.call_id,
     )
+
+
+def _stamp(time_ns: int) -> Timestamp | None:
+    return Timestamp(seconds=time_ns // _NS, nanos=time_ns % _NS) if time_ns else None
+
+
+def _ns(stamp: Timestamp) -> int:
+    return stamp.seconds * _NS + stamp.nanos
 
 
 def _accepted(body: Accepted) -> ProtoMessage:
@@ -116,6 +155,50 @@ def _usage(body: Usage) -> ProtoMessage:
         provider=body.provider,
         model=body.model,
         estimated_cost_usd=body.estimated_cost_usd,
+        model_rounds=body.model_rounds,
+    )
+
+
+def _tool_call(body: ToolCallEvent) -> ProtoMessage:
+    return turn_pb2.ToolCall(
+        call_id=body.call_id,
+        tool=body.tool,
+        arguments_json=body.arguments_json,
+        requires_approval=body.requires_approval,
+        mcp_server=body.mcp_server,
+        round=body.round,
+        wait_deadline=_stamp(body.wait_deadline_ns),
+    )
+
+
+def _approval_required(body: ApprovalRequired) -> ProtoMessage:
+    return turn_pb2.ApprovalRequired(
+        call_id=body.call_id,
+        tool=body.tool,
+        arguments_json=body.arguments_json,
+        mcp_server=body.mcp_server,
+        round=body.round,
+        wait_deadline=_stamp(body.wait_deadline_ns),
+    )
+
+
+def _approval_decided(body: ApprovalDecided) -> ProtoMessage:
+    return turn_pb2.ApprovalDecided(
+        call_id=body.call_id, approved=body.approved, reason=body.reason, approver=body.approver
+    )
+
+
+def _tool_result(body: ToolResultEvent) -> ProtoMessage:
+    duration = Duration()
+    duration.FromNanoseconds(int(max(body.duration_s, 0.0) * 1e9))
+    return turn_pb2.ToolResult(
+        call_id=body.call_id,
+        tool=body.tool,
+        is_error=body.is_error,
+        source=SOURCES.get(body.source, turn_pb2.TOOL_RESULT_SOURCE_UNSPECIFIED),
+        content_preview=body.content_preview,
+        content_bytes=body.content_bytes,
+        duration=duration,
     )
 
 
@@ -147,6 +230,10 @@ _TO_PROTO: dict[type, Callable[[Any], ProtoMessage]] = {
     Completed: _completed,
     Failed: _failed,
     Cancelled: _cancelled,
+    ToolCallEvent: _tool_call,
+    ApprovalRequired: _approval_required,
+    ApprovalDecided: _approval_decided,
+    ToolResultEvent: _tool_result,
 }
 
 
@@ -190,8 +277,38 @@ def _body_from_proto(event: turn_pb2.TurnEvent) -> EventBody:
             u.provider,
             u.model,
             u.estimated_cost_usd,
+            u.model_rounds,
         )
+    if kind in _TOOL_KINDS:
+        return _tool_from_proto(event, kind)
     return _ending_from_proto(event, kind or "")
+
+
+_TOOL_KINDS = frozenset({"tool_call", "approval_required", "approval_decided", "tool_result"})
+
+
+def _tool_from_proto(event: turn_pb2.TurnEvent, kind: str) -> EventBody:
+    if kind == "tool_call":
+        c = event.tool_call
+        deadline = _ns(c.wait_deadline) if c.HasField("wait_deadline") else 0
+        return ToolCallEvent(c.call_id, c.tool, c.arguments_json, c.requires_approval, c.mcp_server, c.round, deadline)
+    if kind == "approval_required":
+        a = event.approval_required
+        deadline = _ns(a.wait_deadline) if a.HasField("wait_deadline") else 0
+        return ApprovalRequired(a.call_id, a.tool, a.arguments_json, a.mcp_server, a.round, deadline)
+    if kind == "approval_decided":
+        d = event.approval_decided
+        return ApprovalDecided(d.call_id, d.approved, d.reason, d.approver)
+    r = event.tool_result
+    return ToolResultEvent(
+        r.call_id,
+        r.tool,
+        r.is_error,
+        _SOURCE_NAMES.get(r.source, ""),
+        r.content_preview,
+        r.content_bytes,
+        r.duration.ToNanoseconds() / 1e9,
+    )
 
 
 def _ending_from_proto(event: turn_pb2.TurnEvent, kind: str) -> EventBody:
@@ -216,3 +333,69 @@ def event_from_proto(event: turn_pb2.TurnEvent) -> TurnEvent:
 async def record_events(record: TurnRecord, after_seq: int = 0) -> list[turn_pb2.TurnEvent]:
     """The API events of a recorded turn with a sequence number above ``after_seq`` (to resume from a record)."""
     return [event_to_proto(e) for e in await recorded_events(record, after_seq)]
+
+
+def selection_from_proto(tool_set: session_pb2.ToolSet, *, check: bool = True) -> ToolSelection:
+    """A ``ToolSet`` as the tools a session or turn offers. With ``check`` (the gateway, on what callers send):
+    the definitions are checked (:func:`actors.tools.check_tools`, raising ``INVALID_TOOL`` naming the tool) and
+    the MCP server names for form (:func:`actors.tools.check_servers` checks they exist). Without (the host, on
+    what the gateway already checked) they are taken as they are."""
+    specs = tuple(
+        ToolSpec(
+            name=tool.name,
+            description=tool.description,
+            input_schema_json=tool.input_schema_json or ("" if tool.mcp_server else EMPTY_OBJECT_SCHEMA),
+            requires_approval=tool.requires_approval,
+            server=tool.mcp_server,
+        )
+        for tool in tool_set.tools
+    )
+    servers = tuple(dict.fromkeys(tool_set.mcp_servers))
+    if check:
+        check_tools(specs)
+        for index, server in enumerate(servers):
+            if not is_tool_name(server):
+                raise InvalidArgument(f"mcp_servers #{index + 1} is not a valid server name", reason=UNKNOWN_MCP_SERVER)
+    return ToolSelection(tools=specs, mcp_servers=servers)
+
+
+def selection_to_proto(selection: ToolSelection) -> session_pb2.ToolSet:
+    """The API form of ``selection`` (for GetSession)."""
+    return session_pb2.ToolSet(
+        tools=[
+            session_pb2.Tool(
+                name=spec.name,
+                description=spec.description,
+                input_schema_json=spec.input_schema_json,
+                requires_approval=spec.requires_approval,
+                mcp_server=spec.server,
+            )
+            for spec in selection.tools
+        ],
+        mcp_servers=list(selection.mcp_servers),
+    )
+
+
+def policy_from_proto(base: ToolPolicy, settings: session_pb2.ToolSettings | None) -> ToolPolicy:
+    """``base`` with the fields ``settings`` sets (a session's or a turn's); ``INVALID_TOOL_SETTINGS`` when one is
+    out of range."""
+    if settings is None:
+        return base
+    wait: float | None = None
+    if settings.HasField("wait_timeout"):
+        wait = settings.wait_timeout.ToNanoseconds() / 1e9
+        if not 0 <= wait <= MAX_WAIT_TIMEOUT_S:
+            raise InvalidArgument(
+                f"tool_settings.wait_timeout must be between 0 and {MAX_WAIT_TIMEOUT_S:g} s",
+                reason=INVALID_TOOL_SETTINGS,
+            )
+    if settings.max_model_rounds > MAX_MODEL_ROUNDS:
+        raise InvalidArgument(
+            f"tool_settings.max_model_rounds must be at most {MAX_MODEL_ROUNDS}", reason=INVALID_TOOL_SETTINGS
+        )
+    return base.overridden(wait_timeout_s=wait or None, max_model_rounds=settings.max_model_rounds or None)
+
+
+def usage_to_proto(result: ModelResult, model_rounds: int = 0) -> turn_pb2.Usage:
+    """Result -> the API's ``Usage`` message (``model_rounds``: the model requests the turn made)."""
+    return turn_pb2.Usage(**record_usage(result), model_rounds=model_rounds)

@@ -6,11 +6,12 @@ from typing import Any
 
 from engine.auth import current_identity
 from engine.limits import TenantLimiter, Usage
-from engine.status import abort, as_salon_errors
+from engine.status import error_boundary
 from engine.tenants import TenantRegistry
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
-from storage import PermissionDenied, SalonError, Unauthenticated, require_id
+from storage import PermissionDenied, Unauthenticated, require_id
+from storage.reasons import Reason
 
 
 def usage_to_proto(usage: Usage) -> admin_pb2.TenantUsage:
@@ -39,21 +40,18 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
         self._limiter = limiter
         self._tenants = tenants
 
+    @error_boundary
     async def GetUsage(self, request: admin_pb2.GetUsageRequest, context: Any) -> Any:
-        try:
-            with as_salon_errors():
-                identity = current_identity()
-                if identity is None:
-                    raise Unauthenticated("missing or invalid credentials")
-                wanted = request.tenant_id or identity.tenant_id
-                require_id(wanted, "tenant_id")
-                if (request.all_tenants or wanted != identity.tenant_id) and not identity.admin:
-                    raise PermissionDenied("only an admin key may read other tenants' usage", reason="NOT_ADMIN")
-                if request.all_tenants:
-                    tenants = sorted({*self._tenants.tenant_ids(), *self._limiter.known_tenants(), wanted})
-                else:
-                    tenants = [wanted]
-                usage = [usage_to_proto(await self._limiter.usage(t)) for t in tenants]
-            return admin_pb2.GetUsageResponse(usage=usage)
-        except SalonError as exc:
-            await abort(context, exc)
+        identity = current_identity()
+        if identity is None:
+            raise Unauthenticated("missing or invalid credentials")
+        wanted = request.tenant_id or identity.tenant_id
+        require_id(wanted, "tenant_id")
+        if (request.all_tenants or wanted != identity.tenant_id) and not identity.admin:
+            raise PermissionDenied("only an admin key may read other tenants' usage", reason=Reason.NOT_ADMIN)
+        if request.all_tenants:
+            tenants = sorted({*self._tenants.tenant_ids(), *self._limiter.known_tenants(), wanted})
+        else:
+            tenants = [wanted]
+        usage = [usage_to_proto(await self._limiter.usage(t)) for t in tenants]
+        return admin_pb2.GetUsageResponse(usage=usage)

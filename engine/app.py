@@ -8,8 +8,8 @@ then everything closes, leaving no process behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,11 @@ import otel
 from engine.admin import AdminServicer
 from engine.auth import Authenticator, AuthInterceptor
 from engine.config import Config
+from engine.disk import DiskGuard, local_directory
 from engine.figures import FiguresPoller
+from engine.gates import Availability, AvailabilityGate, MetadataLimitInterceptor
 from engine.gateway import Gateway
+from engine.health_watch import HealthWatch
 from engine.knowledge import Knowledge
 from engine.knowledge_servicer import KnowledgeServicer
 from engine.limits import TenantLimiter
@@ -31,6 +34,7 @@ from engine.nats_server import EmbeddedNats
 from engine.ray_runtime import HostGroup, WriterHandle, ensure_ray, host_specs, shutdown_ray
 from engine.servicer import ConversationServicer
 from engine.tenants import Limits, TenantRegistry
+from engine.transport import server_options
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -39,8 +43,9 @@ from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
 from storage import InvalidArgument, Names, build_embedder, redact_url
 from storage.jetstream.bus import BusSettings, TurnPublisher, ensure_bus
-from storage.jetstream.client import close_connection, connect
+from storage.jetstream.client import JetStream, close_connection, connect
 from storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_ledger
+from storage.jetstream.ledger_floor import writer_ack_floor
 from storage.jetstream.sessions import KvSessionRegistry
 from storage.jetstream.usage import KvTokenCounters
 from storage.lance.knowledge import KnowledgeBase
@@ -51,6 +56,17 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = cs_pb2.DESCRIPTOR.services_by_name["ConversationService"].full_name
 KNOWLEDGE_SERVICE_NAME = ks_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+NATS_METHOD_PREFIXES = (f"/{SERVICE_NAME}/", f"/{ADMIN_SERVICE_NAME}/")
+"""Methods that need NATS (sessions, turns, usage counters): refused at once while it is away."""
+WRITING_METHODS = frozenset(
+    {
+        f"/{SERVICE_NAME}/CreateSession",
+        f"/{SERVICE_NAME}/SendTurn",
+        f"/{SERVICE_NAME}/Converse",
+        f"/{KNOWLEDGE_SERVICE_NAME}/IngestDocuments",
+    }
+)
+"""Methods that make the engine write new data: refused while its disk is full (deleting still works)."""
 
 
 def default_limits(config: Config) -> Limits:
@@ -94,14 +110,13 @@ class Engine:
         self._writer: WriterHandle | None = None
         self._store: TranscriptStore | None = None
         self._knowledge: KnowledgeBase | None = None
-        self._store_healthy = True
-        self._store_watch: asyncio.Task[None] | None = None
+        self._availability = Availability(NATS_METHOD_PREFIXES, WRITING_METHODS)
+        self._watch = self._health_watch()
         self._figures: FiguresPoller | None = None
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._started_ray = False
         self._state = "new"
-        self._restore_task: asyncio.Task[None] | None = None
         self.tenants = TenantRegistry(
             config.tenants_file or None, default_limits(config), reload_interval_s=config.tenants_reload_s
         )
@@ -136,30 +151,65 @@ class Engine:
             raise
         self._state = "running"
 
+    def _tool_servers_for(self) -> Callable[[str], tuple[str, ...]]:
+        """The MCP servers a tenant's sessions may name: the deployment's file is read now (a bad one stops the
+        start), the tenants' from the tenants file as it stands."""
+        deployment = tuple(self.config.mcp_servers())
+        return lambda tenant: (*deployment, *self.tenants.mcp_servers_for(tenant))
+
     async def _start(self) -> None:
+        # The order matters; see the module documentation.
+        self._start_telemetry_and_tenants()
+        credentials = server_credentials(self.config)
+        js = await self._start_nats()
+        if not self.config.gateway_only:
+            # Ray first: it forks helper processes; LanceDB's runtime must not be running in a forking process.
+            self._started_ray = ensure_ray(self.config)
+        await self._open_stores()
+        gateway = await self._build_gateway(js)
+        if not self.config.gateway_only:
+            await self._start_workers()
+        await self._start_server(gateway, credentials)
+        self._watch.start()
+        await self._set_serving(self._availability.serving)
+        self._start_figures()
+        log.info(
+            "salon listening on %s (%s, auth %s; NATS %s)",
+            self.target,
+            "TLS" if credentials is not None else "plaintext",
+            self.config.auth,
+            redact_url(self.nats_url),
+        )
+
+    def _start_telemetry_and_tenants(self) -> None:
         config = self.config
         otel.setup(otel.TelemetrySettings.from_config(config), process="gateway", serve_metrics=True)
         self.tenants.load()  # a bad tenants file stops the start, before anything runs
         self.tenants.start()
-        credentials = server_credentials(config)
         if config.auth == "off":
             log.warning(
                 "AUTH IS OFF: every caller is tenant %r; listening on loopback %s only",
                 config.default_tenant,
                 config.grpc_host,
             )
+
+    async def _start_nats(self) -> JetStream:
+        """The data directory, the embedded NATS server (unless one is configured), the gateway's connection,
+        and the turn bus and ledger streams; returns the connection's JetStream context."""
+        config = self.config
         data = config.data_path
         data.mkdir(parents=True, exist_ok=True)
         if not self.nats_url:
             self._embedded_nats = EmbeddedNats(data / "nats", binary=config.nats_server_bin, namespace=config.namespace)
             self.nats_url = await self._embedded_nats.start()
-        self._nc = await connect(self.nats_url, name="salon-gateway", on_state=self._on_nats_state)
-        js = self._nc.jetstream()
-        await ensure_bus(js, self.names, self._bus_settings())
-        await ensure_ledger(js, self.names, self._ledger_settings())
-        if not config.gateway_only:
-            # Ray first: it forks helper processes; LanceDB's runtime must not be running in a forking process.
-            self._started_ray = ensure_ray(config)
+        nc = await connect(self.nats_url, name="salon-gateway", on_state=self._on_nats_state)
+        self._nc = nc
+        await self._ensure_streams()
+        return nc.jetstream()
+
+    async def _open_stores(self) -> None:
+        """The transcript store and the knowledge base (with the embedding model)."""
+        config = self.config
         self._store = await TranscriptStore.open(config.lancedb_location)
         # The embedding model is loaded once, here, off the event loop: ingestion and search never wait for it.
         embedder = await asyncio.to_thread(build_embedder, config.embedding_model)
@@ -170,6 +220,10 @@ class Engine:
             chunk_tokens=config.chunk_tokens,
             overlap_tokens=config.chunk_overlap_tokens,
         )
+
+    async def _build_gateway(self, js: JetStream) -> Gateway:
+        """The session registry, the tenant limiter and the gateway over them."""
+        assert self._store is not None
         registry = await KvSessionRegistry.open(js, self.names)
 
         async def count_sessions(tenant_id: str) -> int:
@@ -178,29 +232,38 @@ class Engine:
         self.limiter = TenantLimiter(
             self.tenants.policy, count_sessions=count_sessions, tokens=await KvTokenCounters.open(js, self.names)
         )
-        gateway = Gateway(
-            config,
+        return Gateway(
+            self.config,
             TurnPublisher(self._nc, self.names),
             registry,
             NatsJournal(js, self.names),
             self._store,
-            store_healthy=lambda: self._store_healthy,
+            store_healthy=lambda: self._availability.store_healthy,
             guardrails_for=self.tenants.guardrails_for,
+            stored_floor=writer_ack_floor(js, self.names),
+            tool_servers_for=self._tool_servers_for(),
         )
-        if not config.gateway_only:
-            self._hosts = HostGroup(host_specs(config, self.nats_url), config.namespace)
-            self._writer = WriterHandle(config, self.nats_url)
-            await asyncio.gather(self._hosts.start(), self._writer.start())
-            self._store_watch = asyncio.create_task(self._watch_store(), name="salon-store-watch")
+
+    async def _start_workers(self) -> None:
+        """The session hosts and the batch writer (Ray actors)."""
+        specs = host_specs(self.config, self.nats_url, self.tenants.all_mcp_servers())
+        self._hosts = HostGroup(specs, self.config.namespace)
+        self._writer = WriterHandle(self.config, self.nats_url)
+        await asyncio.gather(self._hosts.start(), self._writer.start())
+
+    async def _start_server(self, gateway: Gateway, credentials: grpc.ServerCredentials | None) -> None:
+        """The gRPC server with every service on it, listening."""
+        config = self.config
+        assert self._knowledge is not None and self.limiter is not None
         authenticator = Authenticator(self.tenants, required=config.auth == "on", default_tenant=config.default_tenant)
-        self._server = grpc.aio.server(
-            interceptors=[AuthInterceptor(authenticator)],
-            options=[
-                # Room for the largest document an ingestion request may carry.
-                ("grpc.max_receive_message_length", max(4 * 1024 * 1024, config.max_document_bytes + 64 * 1024)),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        self._server = server = grpc.aio.server(
+            # Outermost first: oversized metadata is refused before authentication reads it.
+            interceptors=[
+                MetadataLimitInterceptor(),
+                AvailabilityGate(self._availability),
+                AuthInterceptor(authenticator),
             ],
+            options=server_options(config),
         )
         conversation = ConversationServicer(
             # None: the tenant of every call comes from the auth interceptor, never from a default.
@@ -209,16 +272,16 @@ class Engine:
             write_timeout_s=config.stream_write_timeout_s,
             limiter=self.limiter,
         )
-        cs_grpc.add_ConversationServiceServicer_to_server(conversation, self._server)  # type: ignore[no-untyped-call]
+        cs_grpc.add_ConversationServiceServicer_to_server(conversation, server)  # type: ignore[no-untyped-call]
         # The knowledge service names the caller's tenant exactly as the conversation service does.
         knowledge = Knowledge(self._knowledge, max_text_bytes=config.max_text_bytes)
         ks_grpc.add_KnowledgeServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            KnowledgeServicer(knowledge, conversation._tenant), self._server
+            KnowledgeServicer(knowledge, conversation._tenant), server
         )
         admin_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            AdminServicer(self.limiter, self.tenants), self._server
+            AdminServicer(self.limiter, self.tenants), server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
@@ -227,15 +290,16 @@ class Engine:
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
-            self._server,
+            server,
         )
         address = f"{config.grpc_host}:{config.grpc_port}"
         if credentials is None:
-            self.grpc_port = self._server.add_insecure_port(address)
+            self.grpc_port = server.add_insecure_port(address)
         else:
-            self.grpc_port = self._server.add_secure_port(address, credentials)
-        await self._server.start()
-        await self._set_serving(True)
+            self.grpc_port = server.add_secure_port(address, credentials)
+        await server.start()
+
+    def _start_figures(self) -> None:
         hosts, writer = self._hosts, self._writer
         self._figures = FiguresPoller(
             hosts.stats if hosts is not None else None,
@@ -243,12 +307,18 @@ class Engine:
             self._waiting_turns,
         )
         self._figures.start()
-        log.info(
-            "salon listening on %s (%s, auth %s; NATS %s)",
-            self.target,
-            "TLS" if credentials is not None else "plaintext",
-            config.auth,
-            redact_url(self.nats_url),
+
+    def _health_watch(self) -> HealthWatch:
+        return HealthWatch(
+            self._availability,
+            set_serving=self._set_serving,
+            live=lambda: self._state == "running",
+            restore_bus=self._ensure_streams,
+            connected=lambda: bool(self._nc is not None and self._nc.is_connected),
+            disk=DiskGuard(self._written_paths()),
+            interval_s=self.config.store_check_interval_s,
+            writer=lambda: self._writer,
+            nats_server=lambda: self._embedded_nats,
         )
 
     def _bus_settings(self) -> BusSettings:
@@ -274,47 +344,22 @@ class Engine:
         await self._health.set(SERVICE_NAME, status)
         await self._health.set(KNOWLEDGE_SERVICE_NAME, status)
 
-    async def _watch_store(self) -> None:
-        # The engine refuses new turns while it cannot keep them: the ledger still holds every accepted one.
-        while True:
-            await asyncio.sleep(self.config.store_check_interval_s)
-            try:
-                status = await asyncio.wait_for(self.writer.status(), timeout=5.0)
-            except Exception:
-                continue  # the writer is restarting; turns wait safely in the ledger meanwhile
-            healthy = bool(status["healthy"])
-            if healthy != self._store_healthy:
-                self._store_healthy = healthy
-                if healthy:
-                    log.warning("transcript store writable again; accepting turns")
-                else:
-                    log.error("transcript store failing (%s); refusing new turns", status["last_error"])
-                if self._state == "running":
-                    await self._set_serving(healthy and self._nc.is_connected)
+    def _written_paths(self) -> list[Path]:
+        """Where this engine writes on local disk: the data directory and a local LanceDB elsewhere."""
+        paths = [self.config.data_path]
+        lancedb_dir = local_directory(self.config.lancedb_location)
+        if lancedb_dir is not None:
+            paths.append(lancedb_dir)
+        return paths
 
     async def _on_nats_state(self, connected: bool) -> None:
-        if self._state != "running":
-            return
-        if not connected:
-            await self._set_serving(False)
-            return
-        # A restarted NATS server has lost the in-memory events stream: restore the bus before serving
-        # again. Run as a task: the client's reconnect callback must not wait on requests itself.
-        if self._restore_task is None or self._restore_task.done():
-            self._restore_task = asyncio.create_task(self._restore_bus(), name="salon-restore-bus")
+        await self._watch.on_nats_state(connected)
 
-    async def _restore_bus(self) -> None:
-        delay = 0.1
-        while self._state == "running":
-            try:
-                await ensure_bus(self._nc.jetstream(), self.names, self._bus_settings())
-                await ensure_ledger(self._nc.jetstream(), self.names, self._ledger_settings())
-                await self._set_serving(True)
-                return
-            except Exception as exc:
-                log.warning("restoring the turn bus after reconnect failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+    async def _ensure_streams(self) -> None:
+        """The turn bus and the ledger on the current connection (again after a restarted server)."""
+        js = self._nc.jetstream()
+        await ensure_bus(js, self.names, self._bus_settings())
+        await ensure_ledger(js, self.names, self._ledger_settings())
 
     async def drain(self) -> None:
         """Stop intake and give running turns ``shutdown_grace_s`` to finish. Idempotent."""
@@ -350,18 +395,18 @@ class Engine:
         if self._state == "running":
             await self.drain()
         self._state = "closed"
-        for task in (self._restore_task, self._store_watch):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._restore_task = self._store_watch = None
+        await self._watch.close()
         if self._figures is not None:
             await self._figures.close()
         await self.tenants.close()
         if self._server is not None:
             await self._server.stop(grace=None)
             self._server = None
+        await self._close_workers()
+        await self._close_infrastructure()
+        otel.shutdown()  # last: flushes the gateway's spans, stops the metrics endpoint
+
+    async def _close_workers(self) -> None:
         if self._hosts is not None:
             await self._hosts.close()
             self._hosts = None
@@ -371,6 +416,8 @@ class Engine:
             await self._writer.close()
             self._writer = None
             log.info("batch writer closed")
+
+    async def _close_infrastructure(self) -> None:
         if self._store is not None:
             await self._store.close()
             self._store = None
@@ -386,7 +433,6 @@ class Engine:
         if self._embedded_nats is not None:
             await self._embedded_nats.close()
             self._embedded_nats = None
-        otel.shutdown()  # last: flushes the gateway's spans, stops the metrics endpoint
 
     async def __aenter__(self) -> Engine:
         await self.start()

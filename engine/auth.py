@@ -27,6 +27,7 @@ from engine.status import abort
 from engine.tenants import Identity, TenantRegistry
 from storage.errors import InvalidArgument, Unauthenticated
 from storage.ids import is_valid_id
+from storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def _guarded(handler: Handler, auth: Authenticator | None, method: str = "") -> 
     return handler
 
 
-_MALFORMED = InvalidArgument("the request is not a valid message of this method", reason="MALFORMED_REQUEST")
+_MALFORMED = InvalidArgument("the request is not a valid message of this method", reason=Reason.MALFORMED_REQUEST)
 
 
 async def _decode(request: Any, context: Any, parse: Callable[[bytes], Any], streaming: bool) -> Any:
@@ -199,21 +200,7 @@ def _guard(
     # grpc.aio picks how to drive a handler from its kind (coroutine function or async generator function):
     # the wrapper must be of the same kind.
     if inspect.isasyncgenfunction(behavior):
-
-        async def generate(request: Any, context: Any) -> Any:
-            outcome = "UNKNOWN"
-            try:
-                if await _establish(auth, context):
-                    async for item in behavior(await _decode(request, context, parse, streaming_requests), context):
-                        yield item
-                outcome = "OK"
-            except asyncio.CancelledError:
-                outcome = "CANCELLED"
-                raise
-            finally:
-                _count(method, context, outcome)
-
-        return generate
+        return _guard_stream(behavior, auth, parse, method, streaming_requests=streaming_requests)
     if inspect.iscoroutinefunction(behavior):
 
         async def call(request: Any, context: Any) -> Any:
@@ -239,6 +226,32 @@ def _guard(
         await abort(context, Unauthenticated(_MESSAGE))
 
     return refuse
+
+
+def _guard_stream(
+    behavior: Callable[..., Any],
+    auth: Authenticator | None,
+    parse: Callable[[bytes], Any],
+    method: str,
+    *,
+    streaming_requests: bool,
+) -> Callable[..., Any]:
+    """:func:`_guard` of an async generator handler (an async generator itself)."""
+
+    async def generate(request: Any, context: Any) -> Any:
+        outcome = "UNKNOWN"
+        try:
+            if await _establish(auth, context):
+                async for item in behavior(await _decode(request, context, parse, streaming_requests), context):
+                    yield item
+            outcome = "OK"
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
+            raise
+        finally:
+            _count(method, context, outcome)
+
+    return generate
 
 
 def _count(method: str, context: Any, outcome: str) -> None:

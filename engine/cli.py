@@ -1,4 +1,9 @@
-"""The ``salon`` command: run the engine, watch a demo, chat, inspect configuration."""
+"""The ``salon`` command: run the engine, watch a demo, chat, inspect configuration.
+
+Importing this module loads nothing beyond the standard library: ``salon --help`` answers at once, and each
+command imports what it needs (the engine, gRPC, Ray, NATS, LanceDB) when it runs. The command line itself
+is :mod:`engine.cli_parser`.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +11,29 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+from engine.cli_parser import build_parser
 
-from engine.config import Config, describe, is_loopback, markdown_table
-from salon.client.chat import add_credential_arguments
-from storage.errors import SalonError
-from storage.ids import require_id
-from storage.urls import redact_url
+if TYPE_CHECKING:
+    from rich.console import Console
 
-DESCRIPTION = """Salon: a conversation engine. Sessions are stateful actors on Ray, turns travel over NATS
-JetStream, and answers stream back token by token over gRPC.
+    from engine.config import Config
 
-Without configuration everything runs on this machine: an embedded nats-server, local Ray and the
-offline responder, which answers from what the session holds and says so. Settings come from SALON_*
-environment variables and an optional TOML file (--config); `salon config` lists them."""
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("salon")
 
 
 def _config(args: argparse.Namespace, **overrides: object) -> Config:
+    from engine.config import Config
+
     config = Config.load(args.config)
     changes = {k: v for k, v in overrides.items() if v is not None}
     return config.replace(**changes) if changes else config
@@ -41,12 +45,39 @@ def _setup_logging(config: Config) -> None:
     otel.setup_logging(config.log_level, config.log_format, process="gateway")
 
 
+def _console(*, stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+class Announcer:
+    """What ``salon serve`` tells its operator: styled lines on a terminal, or log records (one JSON object per
+    line, like every other line) when the logs are JSON."""
+
+    def __init__(self, config: Config) -> None:
+        self._json = config.log_format == "json"
+        self._console = None if self._json else _console(stderr=True)
+        if self._json:
+            # Shown whatever SALON_LOG_LEVEL says, as on a terminal: an operator needs the address.
+            log.setLevel(logging.INFO)
+
+    def say(self, markup: str, plain: str, *, warning: bool = False) -> None:
+        """Print ``markup`` (rich markup) on a terminal, or log ``plain``."""
+        if self._console is not None:
+            self._console.print(markup)
+        else:
+            log.log(logging.WARNING if warning else logging.INFO, "%s", plain)
+
+
 async def _serve(config: Config) -> int:
     from engine.app import Engine
+    from engine.config import is_loopback
+    from storage.urls import redact_url
 
     stop = asyncio.Event()
     engine = Engine(config)
-    console = Console(stderr=True)
+    say = Announcer(config).say
     try:
         await engine.start()
         # After start: ray.init() installs its own SIGTERM handler (sys.exit), which would skip the drain.
@@ -58,41 +89,52 @@ async def _serve(config: Config) -> int:
             if config.tls_cert_file
             else "plaintext"
         )
-        console.print(f"[bold green]salon[/] gRPC gateway on [bold]{engine.target}[/] ({tls})")
+        say(
+            f"[bold green]salon[/] gRPC gateway on [bold]{engine.target}[/] ({tls})",
+            f"salon gRPC gateway on {engine.target} ({tls})",
+        )
         if config.auth == "off":
-            console.print(
-                f"[bold red]AUTH IS OFF[/]: every caller is tenant {config.default_tenant!r}, with no credentials. "
-                "Allowed on loopback only; set SALON_AUTH=on and a tenants file (salon keys new) to expose Salon."
+            text = (
+                f"every caller is tenant {config.default_tenant!r}, with no credentials. Allowed on loopback only; "
+                "set SALON_AUTH=on and a tenants file (salon keys new) to expose Salon."
             )
+            say(f"[bold red]AUTH IS OFF[/]: {text}", f"AUTH IS OFF: {text}", warning=True)
         else:
-            console.print(f"auth on: API keys from {config.tenants_file or '(no tenants file)'}")
+            text = f"auth on: API keys from {config.tenants_file or '(no tenants file)'}"
+            say(text, text)
             if not config.tls_cert_file and not is_loopback(config.grpc_host):
-                console.print(
-                    "[bold yellow]warning[/]: no TLS on a non-loopback address: API keys travel in clear "
+                text = (
+                    "no TLS on a non-loopback address: API keys travel in clear "
                     "(set SALON_TLS_CERT_FILE and SALON_TLS_KEY_FILE, or terminate TLS in front of Salon)"
                 )
-        console.print(
+                say(f"[bold yellow]warning[/]: {text}", text, warning=True)
+        text = (
             f"NATS {redact_url(engine.nats_url)}{' (embedded)' if not config.nats_url else ''}; "
             f"data in {config.data_path}"
         )
+        say(text, text)
         if config.gateway_only:
-            console.print("gateway only: turns run on the deployment's hosts")
+            text = "gateway only: turns run on the deployment's hosts"
         else:
-            console.print(f"{config.num_hosts} session hosts on Ray; model provider: {config.model_provider}")
-        console.print("Ctrl-C stops intake, lets running turns finish, then shuts down.")
+            text = f"{config.num_hosts} session hosts on Ray; model provider: {config.model_provider}"
+        say(text, text)
+        text = "Ctrl-C stops intake, lets running turns finish, then shuts down."
+        say(text, text)
         await stop.wait()
-        console.print(f"stopping: running turns get up to {config.shutdown_grace_s:.0f} s …")
+        text = f"stopping: running turns get up to {config.shutdown_grace_s:.0f} s …"
+        say(text, text)
     finally:
         await engine.close()
-    console.print("stopped")
+    say("stopped", "stopped")
     return 0
 
 
 async def _demo(config: Config) -> int:
     from engine.app import Engine
     from engine.demo import run_demo
+    from storage.urls import redact_url
 
-    console = Console()
+    console = _console()
     started = time.perf_counter()
     console.print("[bold]Starting Salon on embedded defaults[/] (nats-server, local Ray, offline responder) …")
     async with Engine(config) as engine:
@@ -114,7 +156,7 @@ async def _chat(config: Config, args: argparse.Namespace) -> int:
         return await chat(target, session, system, credentials=credentials_from(args))
     from engine.app import Engine
 
-    Console(stderr=True).print("starting an embedded engine for this chat (use --target to join a running one) …")
+    _console(stderr=True).print("starting an embedded engine for this chat (use --target to join a running one) …")
     async with Engine(config) as engine:
         return await chat(engine.target, session, system)
 
@@ -125,30 +167,27 @@ async def _export(config: Config, args: argparse.Namespace) -> int:
     output = Path(args.output or f"{args.session}.{'parquet' if args.format == 'parquet' else 'arrow'}")
     tenant = args.tenant or config.default_tenant
     count = await export_session(config.lancedb_location, tenant, args.session, output, args.format)
-    Console(stderr=True).print(f"wrote {count} turns of session {args.session} to {output}")
+    _console(stderr=True).print(f"wrote {count} turns of session {args.session} to {output}")
     return 0
 
 
 async def _ingest(args: argparse.Namespace) -> int:
-    from engine.ingest import ingest_paths
+    from engine.ingest import FileFilter, ingest_paths
     from salon.client.chat import credentials_from
 
-    console = Console(stderr=True)
-    return await ingest_paths(args.target, args.paths, console, batch=args.batch, credentials=credentials_from(args))
-
-
-INGEST_HELP = """Send .txt and .md files to a running engine's knowledge base (KnowledgeService.IngestDocuments).
-
-Each file becomes one document, chunked with overlap and embedded by the engine. Directories are walked
-for .txt/.md files. A file's document id comes from its path (guides/setup.md -> guides-setup-md), so
-ingesting the same files again replaces their documents. A progress bar counts documents and chunks as the
-engine stores them; files that fail (empty, too large, not UTF-8, ...) are listed at the end with the
-reason, and the others are stored regardless. Exit status: 0 all stored, 1 some failed, 2 the engine could
-not be reached or refused the request."""
+    return await ingest_paths(
+        args.target,
+        args.paths,
+        _console(stderr=True),
+        batch=args.batch,
+        credentials=credentials_from(args),
+        file_filter=FileFilter(include=tuple(args.include), exclude=tuple(args.exclude)),
+    )
 
 
 def _new_key(tenant: str, *, admin: bool) -> int:
     from engine.tenants import key_entry_toml, new_key
+    from storage.ids import require_id
 
     require_id(tenant, "tenant")
     key, key_id, digest = new_key()
@@ -165,6 +204,8 @@ def _new_key(tenant: str, *, admin: bool) -> int:
 
 
 async def _usage(config: Config, args: argparse.Namespace) -> int:
+    from rich.table import Table
+
     from salon.client import SalonClient
     from salon.client import SalonError as ClientError
     from salon.client.chat import credentials_from
@@ -178,7 +219,7 @@ async def _usage(config: Config, args: argparse.Namespace) -> int:
         return 1
     fields = ("turns_per_minute", "concurrent_turns", "tokens_per_day", "max_message_bytes", "max_sessions")
     if args.json:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "tenant_id": u.tenant_id,
                 "turns_last_minute": u.turns_last_minute,
@@ -208,7 +249,7 @@ async def _usage(config: Config, args: argparse.Namespace) -> int:
             of(u.sessions, lim.max_sessions),
             f"{lim.max_message_bytes or '-'}",
         )
-    Console().print(table)
+    _console().print(table)
     return 0
 
 
@@ -222,99 +263,31 @@ def _trace(config: Config, args: argparse.Namespace) -> int:
     spans = otel.find_trace(otel.read_spans(source), turn_id=args.turn or "", last=args.last)
     if not spans:
         what = f"turn {args.turn}" if args.turn else "any turn"
-        print(f"salon trace: no spans of {what} in {source} (is telemetry=jsonl?)", file=sys.stderr)
+        print(
+            f"salon trace: no spans of {what} in {source}; spans are written only while the engine runs with "
+            "SALON_TELEMETRY=jsonl",
+            file=sys.stderr,
+        )
         return 1
     print(otel.render_trace(spans), end="")
     return 0
 
 
 def _print_config(markdown: bool) -> int:
+    from rich.table import Table
+
+    from engine.config import describe, markdown_table
+
     if markdown:
         print(markdown_table(), end="")
         return 0
-    rows = describe()
     table = Table(title="Salon settings (environment, or the same names in lower case in a TOML file)")
     for column in ("variable", "default", "meaning"):
         table.add_column(column)
-    for row in rows:
+    for row in describe():
         table.add_row(*row)
-    Console().print(table)
+    _console().print(table)
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``salon`` command line."""
-    parser = argparse.ArgumentParser(
-        prog="salon", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", help="TOML file with settings (default: $SALON_CONFIG)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    serve = sub.add_parser("serve", help="run the engine until Ctrl-C / SIGTERM")
-    serve.add_argument("--host", help="gRPC listen address (default from config: 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="gRPC port (default from config: 50051; 0 picks one)")
-    serve.add_argument("--data-dir", help="data directory (default from config: ./.salon)")
-    serve.add_argument(
-        "--gateway-only",
-        action="store_true",
-        default=None,
-        help="run only a gateway for an existing deployment (needs SALON_NATS_URL, the same namespace and data)",
-    )
-
-    demo = sub.add_parser(
-        "demo", help="start the engine, stream a short conversation on three sessions in parallel, stop"
-    )
-    demo.add_argument("--data-dir", help="keep the demo's data here (default: a temporary directory)")
-
-    chat = sub.add_parser("chat", help="chat in the terminal (starts an embedded engine unless --target)")
-    chat.add_argument("--target", help="host:port of a running gateway")
-    chat.add_argument("--session", default="", help="continue this session")
-    chat.add_argument("--system", default="", help="system prompt of a new session")
-    add_credential_arguments(chat)
-
-    keys = sub.add_parser("keys", help="make API keys for the tenants file")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    new = keys_sub.add_parser("new", help="print a new key and the line that enables it in the tenants file")
-    new.add_argument("--tenant", required=True, help="tenant the key belongs to")
-    new.add_argument("--admin", action="store_true", help="the key may also read every tenant's usage")
-
-    usage = sub.add_parser("usage", help="a tenant's usage against its limits, from a running gateway")
-    usage.add_argument("--target", help="host:port of the gateway (default from config: grpc_host:grpc_port)")
-    usage.add_argument("--tenant", help="another tenant (needs an admin key)")
-    usage.add_argument("--all", action="store_true", help="every tenant (needs an admin key)")
-    usage.add_argument("--json", action="store_true", help="print JSON")
-    add_credential_arguments(usage)
-
-    export = sub.add_parser(
-        "export",
-        help="write a session's transcript as Parquet or Arrow IPC (reads the data directory; works offline)",
-    )
-    export.add_argument("session", help="session id")
-    export.add_argument("--format", choices=("parquet", "arrow"), default="parquet", help="default: %(default)s")
-    export.add_argument("--output", "-o", help="file to write (default: SESSION.parquet or SESSION.arrow)")
-    export.add_argument("--tenant", help="tenant of the session (default: the configured default tenant)")
-    export.add_argument("--data-dir", help="data directory (default from config: ./.salon)")
-
-    trace = sub.add_parser("trace", help="print a turn's spans as a waterfall, from the jsonl span files")
-    trace.add_argument("turn", nargs="?", default="", help="turn id (as in the accepted event)")
-    trace.add_argument("--last", action="store_true", help="the most recent turn instead")
-    trace.add_argument("--file", help="span file, or directory of them (default: telemetry_dir or DATA_DIR/traces)")
-    trace.add_argument("--data-dir", help="data directory (default from config: ./.salon)")
-
-    ingest = sub.add_parser(
-        "ingest",
-        help="send .txt/.md files to a running engine's knowledge base, with a progress bar",
-        description=INGEST_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (.txt, .md)")
-    ingest.add_argument("--target", default="127.0.0.1:50051", help="host:port of the gateway (default: %(default)s)")
-    ingest.add_argument("--batch", type=int, default=8, help="documents per request message (default: %(default)s)")
-    add_credential_arguments(ingest)
-
-    config = sub.add_parser("config", help="list every setting with its default and meaning")
-    config.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,37 +300,43 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_ingest(args))
         except KeyboardInterrupt:
             return 130
+    from storage.errors import SalonError
+
     try:
-        if args.command == "serve":
-            config = _config(
-                args, grpc_host=args.host, grpc_port=args.port, data_dir=args.data_dir, gateway_only=args.gateway_only
-            )
-            _setup_logging(config)
-            return asyncio.run(_serve(config))
-        if args.command == "demo":
-            with contextlib.ExitStack() as stack:
-                data_dir = args.data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="salon-demo-"))
-                # Quiet by default: the demo's own output is the point (every process logs warnings only).
-                config = _config(args, data_dir=str(Path(data_dir)), grpc_port=0, log_level="WARNING")
-                _setup_logging(config)
-                return asyncio.run(_demo(config))
-        if args.command == "export":
-            return asyncio.run(_export(_config(args, data_dir=args.data_dir), args))
-        if args.command == "trace":
-            return _trace(_config(args, data_dir=args.data_dir), args)
-        if args.command == "chat":
-            config = _config(args, grpc_port=0, log_level="WARNING")
-            _setup_logging(config)
-            return asyncio.run(_chat(config, args))
-        if args.command == "keys":
-            return _new_key(args.tenant, admin=args.admin)
-        if args.command == "usage":
-            return asyncio.run(_usage(_config(args), args))
+        return _run(args)
     except SalonError as exc:
         print(f"salon: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        config = _config(
+            args, grpc_host=args.host, grpc_port=args.port, data_dir=args.data_dir, gateway_only=args.gateway_only
+        )
+        _setup_logging(config)
+        return asyncio.run(_serve(config))
+    if args.command == "demo":
+        with contextlib.ExitStack() as stack:
+            data_dir = args.data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="salon-demo-"))
+            # Quiet by default: the demo's own output is the point (every process logs warnings only).
+            config = _config(args, data_dir=str(Path(data_dir)), grpc_port=0, log_level="WARNING")
+            _setup_logging(config)
+            return asyncio.run(_demo(config))
+    if args.command == "export":
+        return asyncio.run(_export(_config(args, data_dir=args.data_dir), args))
+    if args.command == "trace":
+        return _trace(_config(args, data_dir=args.data_dir), args)
+    if args.command == "chat":
+        config = _config(args, grpc_port=0, log_level="WARNING")
+        _setup_logging(config)
+        return asyncio.run(_chat(config, args))
+    if args.command == "keys":
+        return _new_key(args.tenant, admin=args.admin)
+    if args.command == "usage":
+        return asyncio.run(_usage(_config(args), args))
     return 2
 
 

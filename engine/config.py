@@ -15,10 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from actors.tools import MAX_MODEL_ROUNDS, MAX_WAIT_TIMEOUT_S, ToolPolicy
 from providers import ProviderSpec
+from providers.mcp.config import McpServerConfig, load_servers_file
 from providers.pricing import DEFAULT_PRICES
 from storage.errors import InvalidArgument
 from storage.ids import is_valid_id
+from storage.reasons import Reason
+
+MAX_RESULT_BYTES_LIMIT = 512 * 1024
+"""Largest tool_max_result_bytes: a result travels to its session in one NATS message (1 MB by default)."""
 
 
 def _setting(default: Any, help: str, env: str | None = None) -> Any:
@@ -117,6 +123,22 @@ class Config:
         1000, "Turns running or queued on one host before new ones get RESOURCE_EXHAUSTED."
     )
     max_turns_per_tenant: int = _setting(200, "The same, per tenant on one host.")
+    # Tools (actors.tool_loop): a turn waiting for a tool result or an approval holds no model connection and
+    # does not count against max_turns_per_host.
+    mcp_servers_file: str = _setting(
+        "", "TOML file of the deployment's MCP servers ([servers.<name>] tables: command or url; see README)."
+    )
+    tool_wait_timeout_s: float = _setting(
+        900.0,
+        "Default time a turn waits for a tool result or an approval before it ends with TOOL_WAIT_TIMEOUT (a "
+        "session's or turn's tool_settings override it).",
+    )
+    tool_max_model_rounds: int = _setting(
+        8, "Default model requests per turn; a model still calling tools after the last ends TOOL_ROUNDS_EXHAUSTED."
+    )
+    tool_max_result_bytes: int = _setting(
+        65536, "Largest tool result (or error) a client may submit, in bytes of UTF-8."
+    )
     model_provider: str = _setting(
         "offline", "Last provider of the default chain: offline or scripted (see model_chain for the others)."
     )
@@ -203,27 +225,12 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.num_hosts < 1:
-            problems.append("num_hosts must be at least 1")
-        if self.num_shards < self.num_hosts:
-            problems.append("num_shards must be at least num_hosts")
-        if not is_valid_id(self.default_tenant):
-            problems.append("default_tenant must be 1-64 characters of [A-Za-z0-9_-]")
-        if not is_valid_id(self.namespace) or "-" in self.namespace:
-            problems.append("namespace must be letters, digits or '_'")
-        if not 0 <= self.grpc_port <= 65535:
-            problems.append("grpc_port must be 0-65535")
-        if self.auth not in ("off", "on"):
-            problems.append("auth must be on or off")
-        elif self.auth == "off" and not is_loopback(self.grpc_host):
-            problems.append("auth is off, so grpc_host must be a loopback address (turn auth on to listen elsewhere)")
-        elif self.auth == "on" and not (self.tenants_file or self.tls_client_ca_file):
-            problems.append("auth on needs tenants_file (API keys) or tls_client_ca_file (client certificates)")
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            problems.append("tls_cert_file and tls_key_file go together")
-        if self.tls_client_ca_file and not self.tls_cert_file:
-            problems.append("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        problems = [problem for broken, problem in self._checks() if broken]
+        if problems:
+            raise InvalidArgument("invalid configuration: " + "; ".join(problems), reason=Reason.INVALID_CONFIG)
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        """Each rule of a valid configuration: (whether this one breaks it, what it says)."""
         limits = (
             self.tenant_turns_per_minute,
             self.tenant_concurrent_turns,
@@ -231,37 +238,66 @@ class Config:
             self.tenant_max_message_bytes,
             self.tenant_max_sessions,
         )
-        if min(limits) < 0:
-            problems.append("tenant_* limits must not be negative")
-        if self.tenants_reload_s <= 0:
-            problems.append("tenants_reload_s must be positive")
-        if self.max_text_bytes < 1:
-            problems.append("max_text_bytes must be positive")
-        if self.telemetry not in ("off", "console", "jsonl", "otlp"):
-            problems.append("telemetry must be off, console, jsonl or otlp")
-        if self.log_format not in ("text", "json"):
-            problems.append("log_format must be text or json")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"):
-            problems.append("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        if self.gateway_only and not self.nats_url:
-            problems.append("gateway_only needs nats_url (the deployment's NATS)")
-        if self.embedding_model not in ("default", "hash"):
-            problems.append("embedding_model must be default or hash")
-        if not 0 <= self.retrieval_top_k <= 50:
-            problems.append("retrieval_top_k must be 0-50")
-        if not 0.0 <= self.retrieval_min_score <= 1.0:
-            problems.append("retrieval_min_score must be between 0 and 1")
-        if self.summary_max_tokens < 16 or self.summary_min_messages < 1:
-            problems.append("summary_max_tokens must be at least 16 and summary_min_messages at least 1")
-        if self.chunk_tokens < 16 or not 0 <= self.chunk_overlap_tokens < self.chunk_tokens:
-            problems.append("chunk_tokens must be at least 16 and chunk_overlap_tokens below it")
-        if self.max_document_bytes < 1:
-            problems.append("max_document_bytes must be positive")
-        if self.event_retention_s <= self.dedupe_window_s:
+        return [
+            (self.num_hosts < 1, "num_hosts must be at least 1"),
+            (self.num_shards < self.num_hosts, "num_shards must be at least num_hosts"),
+            (not is_valid_id(self.default_tenant), "default_tenant must be 1-64 characters of [A-Za-z0-9_-]"),
+            (not is_valid_id(self.namespace) or "-" in self.namespace, "namespace must be letters, digits or '_'"),
+            (not 0 <= self.grpc_port <= 65535, "grpc_port must be 0-65535"),
+            (self.auth not in ("off", "on"), "auth must be on or off"),
+            (
+                self.auth == "off" and not is_loopback(self.grpc_host),
+                "auth is off, so grpc_host must be a loopback address (turn auth on to listen elsewhere)",
+            ),
+            (
+                self.auth == "on" and not (self.tenants_file or self.tls_client_ca_file),
+                "auth on needs tenants_file (API keys) or tls_client_ca_file (client certificates)",
+            ),
+            (bool(self.tls_cert_file) != bool(self.tls_key_file), "tls_cert_file and tls_key_file go together"),
+            (
+                bool(self.tls_client_ca_file) and not self.tls_cert_file,
+                "tls_client_ca_file needs tls_cert_file and tls_key_file",
+            ),
+            (min(limits) < 0, "tenant_* limits must not be negative"),
+            (self.tenants_reload_s <= 0, "tenants_reload_s must be positive"),
+            (self.max_text_bytes < 1, "max_text_bytes must be positive"),
+            (
+                self.telemetry not in ("off", "console", "jsonl", "otlp"),
+                "telemetry must be off, console, jsonl or otlp",
+            ),
+            (self.log_format not in ("text", "json"), "log_format must be text or json"),
+            (
+                self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"),
+                "log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL",
+            ),
+            (self.gateway_only and not self.nats_url, "gateway_only needs nats_url (the deployment's NATS)"),
+            (self.embedding_model not in ("default", "hash"), "embedding_model must be default or hash"),
+            (not 0 <= self.retrieval_top_k <= 50, "retrieval_top_k must be 0-50"),
+            (not 0.0 <= self.retrieval_min_score <= 1.0, "retrieval_min_score must be between 0 and 1"),
+            (
+                self.summary_max_tokens < 16 or self.summary_min_messages < 1,
+                "summary_max_tokens must be at least 16 and summary_min_messages at least 1",
+            ),
+            (
+                self.chunk_tokens < 16 or not 0 <= self.chunk_overlap_tokens < self.chunk_tokens,
+                "chunk_tokens must be at least 16 and chunk_overlap_tokens below it",
+            ),
+            (self.max_document_bytes < 1, "max_document_bytes must be positive"),
+            (
+                not 0 < self.tool_wait_timeout_s <= MAX_WAIT_TIMEOUT_S,
+                f"tool_wait_timeout_s must be above 0 and at most {MAX_WAIT_TIMEOUT_S:g}",
+            ),
+            (
+                not 1 <= self.tool_max_model_rounds <= MAX_MODEL_ROUNDS,
+                f"tool_max_model_rounds must be 1-{MAX_MODEL_ROUNDS}",
+            ),
+            (
+                not 1 <= self.tool_max_result_bytes <= MAX_RESULT_BYTES_LIMIT,
+                f"tool_max_result_bytes must be 1-{MAX_RESULT_BYTES_LIMIT}",
+            ),
             # A retry deduplicated by JetStream is answered from the turn's events: they must outlive it.
-            problems.append("event_retention_s must be longer than dedupe_window_s")
-        if problems:
-            raise InvalidArgument("invalid configuration: " + "; ".join(problems), reason="INVALID_CONFIG")
+            (self.event_retention_s <= self.dedupe_window_s, "event_retention_s must be longer than dedupe_window_s"),
+        ]
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -274,7 +310,7 @@ class Config:
                 data = tomllib.load(fh)
             unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
             if unknown:
-                raise InvalidArgument(f"unknown settings in {path}: {', '.join(unknown)}", reason="INVALID_CONFIG")
+                raise InvalidArgument(f"unknown settings in {path}: {', '.join(unknown)}", reason=Reason.INVALID_CONFIG)
             values.update(data)
         hints = get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -297,6 +333,19 @@ class Config:
     def lancedb_location(self) -> str:
         """Where the LanceDB tables live."""
         return self.lancedb_uri or str(self.data_path / "lancedb")
+
+    def tool_policy(self) -> ToolPolicy:
+        """The deployment's tool defaults."""
+        return ToolPolicy(
+            wait_timeout_s=self.tool_wait_timeout_s,
+            max_model_rounds=self.tool_max_model_rounds,
+            max_result_bytes=self.tool_max_result_bytes,
+        )
+
+    def mcp_servers(self) -> dict[str, McpServerConfig]:
+        """The deployment's MCP servers (none without ``mcp_servers_file``); INVALID_CONFIG when the file is
+        unreadable or wrong."""
+        return load_servers_file(self.mcp_servers_file) if self.mcp_servers_file else {}
 
     def provider_spec(self) -> ProviderSpec:
         """The model provider the hosts should build."""
@@ -335,7 +384,7 @@ class Config:
                 prices=self.model_prices,
             )
         except ValueError as exc:
-            raise InvalidArgument(f"invalid model provider settings: {exc}", reason="INVALID_CONFIG") from None
+            raise InvalidArgument(f"invalid model provider settings: {exc}", reason=Reason.INVALID_CONFIG) from None
 
 
 def is_loopback(host: str) -> bool:
@@ -361,14 +410,14 @@ def _parse(raw: str, typ: Any, name: str) -> Any:
             return True
         if lowered in {"0", "false", "no", "off", ""}:
             return False
-        raise InvalidArgument(f"{name} must be true or false", reason="INVALID_CONFIG")
+        raise InvalidArgument(f"{name} must be true or false", reason=Reason.INVALID_CONFIG)
     try:
         if typ is int:
             return int(raw)
         if typ is float:
             return float(raw)
     except ValueError:
-        raise InvalidArgument(f"{name} must be a {typ.__name__}", reason="INVALID_CONFIG") from None
+        raise InvalidArgument(f"{name} must be a {typ.__name__}", reason=Reason.INVALID_CONFIG) from None
     return raw
 
 
@@ -381,7 +430,7 @@ def _check(value: Any, typ: Any, name: str) -> Any:
         or (typ is bool and isinstance(value, bool))
     )
     if not ok:
-        raise InvalidArgument(f"{name} must be a {typ.__name__}", reason="INVALID_CONFIG")
+        raise InvalidArgument(f"{name} must be a {typ.__name__}", reason=Reason.INVALID_CONFIG)
     return float(value) if typ is float else value
 
 

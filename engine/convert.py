@@ -8,8 +8,11 @@ import binascii
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from actors import TurnContext, decision_to_proto
+from actors.usage import result_usage
+from actors.wire import SOURCES, usage_to_proto
 from salon.v1 import turn_pb2
-from storage import InvalidArgument, TurnRecord
+from storage import InvalidArgument, ToolCallEntry, TurnRecord
+from storage.reasons import Reason
 
 _STATUSES = {
     "completed": turn_pb2.TURN_STATUS_COMPLETED,
@@ -30,6 +33,38 @@ def _timestamp(ns: int) -> Timestamp:
     return Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 
 
+def tool_call_to_proto(entry: ToolCallEntry) -> turn_pb2.ToolCallRecord:
+    """One tool call of a recorded turn as the API shows it (the whole result, as the model saw it)."""
+    record = turn_pb2.ToolCallRecord(
+        call_id=entry.call_id,
+        tool=entry.tool,
+        arguments_json=entry.arguments_json,
+        mcp_server=entry.server,
+        round=entry.round,
+        result=entry.result,
+        is_error=entry.is_error,
+        source=SOURCES.get(entry.source, turn_pb2.TOOL_RESULT_SOURCE_UNSPECIFIED),
+        call_tokens=entry.call_tokens,
+        result_tokens=entry.result_tokens,
+    )
+    if entry.called_at_ns:
+        record.call_time.CopyFrom(_timestamp(entry.called_at_ns))
+    if entry.result_at_ns:
+        record.result_time.CopyFrom(_timestamp(entry.result_at_ns))
+    approval = entry.approval
+    if approval is not None:
+        record.approval.CopyFrom(
+            turn_pb2.ToolApprovalRecord(
+                approved=approval.approved,
+                reason=approval.reason,
+                approver=approval.approver,
+                decided_by=approval.decided_by,
+                decide_time=_timestamp(approval.decided_at_ns),
+            )
+        )
+    return record
+
+
 def record_to_proto(record: TurnRecord) -> turn_pb2.TurnRecord:
     """A transcript row as the API shows it."""
     return turn_pb2.TurnRecord(
@@ -38,27 +73,28 @@ def record_to_proto(record: TurnRecord) -> turn_pb2.TurnRecord:
         reply_text=record.reply_text,
         status=_STATUSES.get(record.status, turn_pb2.TURN_STATUS_UNSPECIFIED),
         stop_reason=_STOP_REASONS.get(record.stop_reason, turn_pb2.STOP_REASON_UNSPECIFIED),
-        usage=turn_pb2.Usage(
-            input_tokens=record.input_tokens,
-            output_tokens=record.output_tokens,
-            cache_read_input_tokens=record.cache_read_input_tokens,
-            cache_creation_input_tokens=record.cache_creation_input_tokens,
-            provider=record.provider,
-            model=record.model,
-            estimated_cost_usd=record.estimated_cost_usd,
-        ),
+        usage=usage_to_proto(result_usage(record), _rounds(record)),
         create_time=_timestamp(record.enqueued_at_ns or record.started_at_ns),
         complete_time=_timestamp(record.completed_at_ns),
         context=context_to_proto(TurnContext.from_json(record.context_json)),
-        guardrails=[decision_to_proto(d) for d in record.guardrails],
+        guardrails=[decision_to_proto(d) for d in record.all_guardrails()],
+        tool_calls=[tool_call_to_proto(c) for c in record.tool_calls],
+        model_rounds=_rounds(record),
     )
+
+
+def _rounds(record: TurnRecord) -> int:
+    # Records written before tools existed say 0, as the usage event a replay of them sends.
+    return record.model_rounds
 
 
 def context_to_proto(context: TurnContext) -> turn_pb2.TurnContext:
     """A turn's explainable context as the API shows it (the summary's version, not its text)."""
     return turn_pb2.TurnContext(
         window=[
-            turn_pb2.ContextMessage(turn_id=w.turn_id, turn_index=w.turn_index, role=w.role, tokens=w.tokens)
+            turn_pb2.ContextMessage(
+                turn_id=w.turn_id, turn_index=w.turn_index, role=w.role, tokens=w.tokens, tool_calls=w.tool_calls
+            )
             for w in context.window
         ],
         summary_version=context.summary.version,
@@ -98,7 +134,7 @@ def decode_index_token(token: str) -> int:
         kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
         index = int(value)
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument("page_token is not valid", reason="BAD_PAGE_TOKEN") from None
+        raise InvalidArgument("page_token is not valid", reason=Reason.BAD_PAGE_TOKEN) from None
     if kind != "t" or index < 0:
-        raise InvalidArgument("page_token is not valid", reason="BAD_PAGE_TOKEN")
+        raise InvalidArgument("page_token is not valid", reason=Reason.BAD_PAGE_TOKEN)
     return index

@@ -4,12 +4,12 @@ the help of a small knowledge base (the turns cite the passages they retrieved).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
@@ -91,19 +91,40 @@ async def _run_session(client: SalonClient, label: str, system: str, questions: 
         log.total_ms = (time.perf_counter() - start) * 1000
 
 
-def _render(logs: list[TurnLog]) -> Group:
-    panels = []
-    for label, _, _ in SCRIPT:
-        body = Text()
-        for log in (entry for entry in logs if entry.session == label):
-            body.append(f"you> {log.question}\n", style="bold")
-            body.append("".join(log.answer) + "\n")
-            if log.sources:
-                body.append("cited: " + "; ".join(log.sources) + "\n", style="cyan")
-            if log.ttft_ms is not None:
-                body.append(f"first token {log.ttft_ms:.0f} ms\n", style="dim")
-        panels.append(Panel(body, title=label, expand=True))
-    return Group(*panels)
+def _finished_turn(log: TurnLog) -> Text:
+    """A whole turn, printed once it is over: the question, the passages it cited, the answer, its timing."""
+    label = f"[{log.session}] "
+    text = Text()
+    text.append(f"{label}you> {log.question}\n", style="bold")
+    if log.sources:
+        text.append(f"{label}cited: " + "; ".join(log.sources) + "\n", style="cyan")
+    text.append(f"{label}salon> ", style="bold green")
+    text.append("".join(log.answer).strip() + "\n")
+    timing = []
+    if log.ttft_ms is not None:
+        timing.append(f"first token {log.ttft_ms:.0f} ms")
+    if log.total_ms is not None:
+        timing.append(f"whole answer {log.total_ms:.0f} ms")
+    if log.outcome != "completed":
+        timing.append(f"ended: {log.outcome}")
+    text.append(f"{label}({', '.join(timing)})\n", style="dim")
+    return text
+
+
+def _streaming(logs: list[TurnLog], width: int) -> Group:
+    """One line per session whose answer is streaming now: the answer's latest words."""
+    lines = []
+    for log in logs:
+        if log.total_ms is not None:
+            continue
+        prefix = f"[{log.session}] salon> "
+        answer = " ".join("".join(log.answer).split())
+        room = max(width - len(prefix) - 1, 10)
+        shown = answer if len(answer) <= room else "…" + answer[-(room - 1) :]
+        line = Text(prefix, style="bold green")
+        line.append(shown or "…", style="dim" if not answer else "")
+        lines.append(line)
+    return Group(*lines)
 
 
 def _summary(logs: list[TurnLog]) -> Table:
@@ -124,41 +145,36 @@ def _summary(logs: list[TurnLog]) -> Table:
 
 
 async def run_demo(target: str, console: Console) -> bool:
-    """Run the scripted conversation against ``target``; True when every turn completed."""
+    """Run the scripted conversation against ``target``; True when every turn completed.
+
+    The three sessions run at once. Each turn is printed whole when it is over, so answers never interleave;
+    on a terminal, one line per session meanwhile shows its answer streaming in."""
     logs: list[TurnLog] = []
     async with SalonClient(target) as client:
         await client.wait_ready()
         stored = [p async for p in client.ingest(DOCUMENTS) if p.result is not None and p.result.code == 0]
         console.print(f"knowledge base: {len(stored)} documents ingested")
         tasks = [asyncio.create_task(_run_session(client, *entry, logs)) for entry in SCRIPT]
-        if console.is_terminal:
-            with Live(_render(logs), console=console, refresh_per_second=12) as live:
-                while not all(t.done() for t in tasks):
-                    live.update(_render(logs))
-                    await asyncio.wait(tasks, timeout=1 / 12)
-                live.update(_render(logs))
-        else:
-            # Not a terminal (a pipe, CI): stream tokens as plain lines, one line per event batch.
-            printed: dict[int, int] = {}
+        printed: set[int] = set()
+        live = (
+            Live(_streaming(logs, console.width), console=console, refresh_per_second=12, transient=True)
+            if console.is_terminal
+            else None
+        )
+        with live or contextlib.nullcontext():
             while not all(t.done() for t in tasks):
-                await asyncio.wait(tasks, timeout=0.1)
-                _print_progress(logs, printed, console)
-            _print_progress(logs, printed, console)
+                await asyncio.wait(tasks, timeout=1 / 12)
+                _print_finished(logs, printed, console)
+                if live is not None:
+                    live.update(_streaming(logs, console.width))
+        _print_finished(logs, printed, console)
         await asyncio.gather(*tasks)
     console.print(_summary(logs))
     return all(log.outcome == "completed" for log in logs)
 
 
-def _print_progress(logs: list[TurnLog], printed: dict[int, int], console: Console) -> None:
+def _print_finished(logs: list[TurnLog], printed: set[int], console: Console) -> None:
     for index, log in enumerate(logs):
-        done = printed.get(index, 0)
-        if done == 0 and (log.answer or log.outcome != "waiting"):
-            console.print(f"[{log.session}] you> {log.question}", markup=False, highlight=False, style="bold")
-            if log.sources:  # citations arrive before the first token
-                console.print(f"[{log.session}] cited: " + "; ".join(log.sources), markup=False, highlight=False)
-        if len(log.answer) > done:
-            console.print(f"[{log.session}] " + "".join(log.answer[done:]).strip(), markup=False, highlight=False)
-            printed[index] = len(log.answer)
-
-        elif done == 0 and log.outcome != "waiting":
-            printed[index] = -1
+        if index not in printed and log.total_ms is not None:
+            console.print(_finished_turn(log), highlight=False)
+            printed.add(index)

@@ -10,6 +10,7 @@ from pyarrow import ipc
 
 from storage import NotFound, require_id
 from storage.lance.schemas import TRANSCRIPTS_SCHEMA, turns_to_batch
+from storage.reasons import Reason
 from storage.tables import TranscriptStore
 
 FORMATS = ("parquet", "arrow")
@@ -39,7 +40,7 @@ async def export_session(lancedb_uri: str, tenant_id: str, session_id: str, outp
     finally:
         await store.close()
     if not batches:
-        raise NotFound("session not found", reason="SESSION_NOT_FOUND")
+        raise NotFound("session not found", reason=Reason.SESSION_NOT_FOUND)
     table = pa.Table.from_batches(batches, schema=TRANSCRIPTS_SCHEMA)
     output.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":

@@ -29,6 +29,7 @@ def figures_from(
         figures.inflight_turns += stats.get("inflight_turns", 0)
         figures.activations += stats.get("activations", 0)
         figures.passivations += stats.get("passivations", 0)
+        _tool_figures(figures, stats)
         for key, value in stats.items():
             if not key.startswith("model_"):
                 continue
@@ -44,6 +45,18 @@ def figures_from(
         figures.batch_rows = int(writer.get("flushed_rows", 0))
         figures.last_flush_s = float(writer.get("last_flush_ms", 0.0)) / 1000.0
     return figures
+
+
+def _tool_figures(figures: DeploymentFigures, stats: Mapping[str, int]) -> None:
+    """A host's tool figures (``tool_calls.<tool>.<outcome>``, ``tool_wait_ms``, ``tool_waits``,
+    ``waiting_turns``) added to ``figures``."""
+    figures.tool_wait_s += stats.get("tool_wait_ms", 0) / 1000.0
+    figures.tool_waits += stats.get("tool_waits", 0)
+    figures.waiting_turns += stats.get("waiting_turns", 0)
+    for key, value in stats.items():
+        if key.startswith("tool_calls."):
+            tool, _, outcome = key.removeprefix("tool_calls.").rpartition(".")
+            figures.tool_calls[tool, outcome] = figures.tool_calls.get((tool, outcome), 0) + value
 
 
 class FiguresPoller:

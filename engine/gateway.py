@@ -12,13 +12,15 @@ import binascii
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import otel
 from actors import GuardrailSettings, SessionState, is_terminal, record_events, shard_for
+from actors.usage import token_counts
 from engine.config import Config
+from engine.tools_api import ToolAnswers, check_decide, check_submit, check_tool_set, check_tool_settings
 from engine.validation import check_create_session, check_send_turn, page_size
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2, turn_pb2
@@ -38,11 +40,15 @@ from storage import (
     require_id,
     uuid7,
 )
-from storage.jetstream.bus import TurnPublisher
+from storage.bus import EventsLost
+from storage.history import StoredFloor, TranscriptReader, no_floor
+from storage.jetstream.bus import EventStream, TurnPublisher
 from storage.jetstream.events import is_refusal
+from storage.reasons import Reason
 from storage.tables import TranscriptStore
 
 _DEFAULT_GUARDRAILS = GuardrailSettings()
+CANCEL_ON_DISCONNECT = session_pb2.DISCONNECT_POLICY_CANCEL
 
 
 def _encode_token(last_id: str) -> str:
@@ -53,7 +59,7 @@ def _decode_token(token: str) -> str:
     try:
         last_id = base64.urlsafe_b64decode(token.encode()).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument("page_token is not valid", reason="BAD_PAGE_TOKEN") from None
+        raise InvalidArgument("page_token is not valid", reason=Reason.BAD_PAGE_TOKEN) from None
     require_id(last_id, "page_token")
     return last_id
 
@@ -71,19 +77,35 @@ class Gateway:
         *,
         store_healthy: Callable[[], bool] = lambda: True,
         guardrails_for: Callable[[str], GuardrailSettings] | None = None,
+        stored_floor: StoredFloor = no_floor,
+        tool_servers_for: Callable[[str], Collection[str]] | None = None,
     ) -> None:
         self._config = config
         self._publisher = publisher
+        self._tool_servers_for = tool_servers_for
+        self._answers = ToolAnswers(publisher.control, config.num_shards, max_result_bytes=config.tool_max_result_bytes)
         self._registry = registry
         self._journal = journal
         self._store = store
         self._store_healthy = store_healthy
         self._guardrails_for = guardrails_for
+        self._transcript = TranscriptReader(store, journal, stored_floor)
         self.names = Names(config.namespace)
 
     def guardrails(self, tenant_id: str) -> GuardrailSettings:
         """The tenant's guardrail settings (the defaults when none are configured)."""
         return self._guardrails_for(tenant_id) if self._guardrails_for is not None else _DEFAULT_GUARDRAILS
+
+    def mcp_servers(self, tenant_id: str) -> Collection[str]:
+        """The MCP servers the tenant's sessions may name (the deployment's and the tenant's own)."""
+        return self._tool_servers_for(tenant_id) if self._tool_servers_for is not None else ()
+
+    def _check_tools(self, tenant_id: str, request: cs_pb2.CreateSessionRequest | cs_pb2.SendTurnRequest) -> None:
+        """A request's tools and tool settings, when it sets them (INVALID_ARGUMENT naming the tool)."""
+        if request.HasField("tools"):
+            check_tool_set(request.tools, self.mcp_servers(tenant_id))
+        if request.HasField("tool_settings"):
+            check_tool_settings(request.tool_settings)
 
     @property
     def bus_connected(self) -> bool:
@@ -93,6 +115,7 @@ class Gateway:
     async def create_session(self, tenant_id: str, request: cs_pb2.CreateSessionRequest) -> session_pb2.Session:
         """Store a new session (named by the caller or with a new UUIDv7)."""
         check_create_session(request, self.guardrails(tenant_id))
+        self._check_tools(tenant_id, request)
         now = time.time_ns()
         session = session_pb2.Session(
             session_id=request.session_id or uuid7(),
@@ -103,6 +126,8 @@ class Gateway:
             disconnect_policy=request.disconnect_policy or session_pb2.DISCONNECT_POLICY_CONTINUE,
             model=request.model,
             create_time=Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
+            tools=request.tools if request.HasField("tools") else None,
+            tool_settings=request.tool_settings if request.HasField("tool_settings") else None,
         )
         await self._registry.create(tenant_id, session)
         return session
@@ -156,23 +181,12 @@ class Gateway:
     ) -> tuple[list[TurnRecord], int]:
         """One page of the transcript, oldest first, and the turn index to continue after (0: no more).
 
-        Rows come from LanceDB; turns the batch writer has not flushed yet come from the ledger."""
+        Rows come from LanceDB; turns the batch writer may not have stored yet come from the ledger."""
         require_id(session_id, "session_id")
         session = await self._registry.get(tenant_id, session_id)
-        incarnation = incarnation_of(session)
-        rows = await self._store.history(tenant_id, session_id, after_turn_index=after_turn_index, limit=page_size + 1)
-        rows = [r for r in rows if r.incarnation == incarnation]
-        if len(rows) <= page_size:
-            last_seq = max((r.ledger_seq for r in rows), default=0)
-            tail = await self._journal.turns_after(tenant_id, session_id, incarnation, last_seq)
-            known = {r.turn_index for r in rows}
-            rows += [r for r in tail if r.turn_index > after_turn_index and r.turn_index not in known]
-            rows.sort(key=lambda r: r.turn_index)
-        page = rows[:page_size]
-        more = len(rows) > page_size
-        cursor = page[-1].turn_index if more and page else 0
-        # Rolled-back turns are erased from history (their records only answer retries of the same turn).
-        return [r for r in page if r.status != "rolled_back"], cursor
+        return await self._transcript.page(
+            tenant_id, session_id, incarnation_of(session), after_turn_index=after_turn_index, page_size=page_size
+        )
 
     async def send_turn(
         self,
@@ -189,97 +203,104 @@ class Gateway:
         """
         guardrails = self.guardrails(tenant_id)
         check_send_turn(request, self._config.max_text_bytes, guardrails)
-        started = time.monotonic()
+        self._check_tools(tenant_id, request)
+        observer = _TurnObserver(otel.metrics(), time.monotonic())
         if not self._store_healthy():
             raise Unavailable(
                 "the transcript store is failing; new turns are refused until it recovers",
-                reason="STORE_UNAVAILABLE",
+                reason=Reason.STORE_UNAVAILABLE,
                 retry_after_s=5.0,
             )
         session = await self._registry.get(tenant_id, request.session_id)
-        turn_id = request.idempotency_key or uuid7()
         envelope = TurnEnvelope(
             tenant_id=tenant_id,
-            turn_id=turn_id,
+            turn_id=request.idempotency_key or uuid7(),
             request=request,
             trace_headers=trace_headers,
             enqueued_at_ns=time.time_ns(),
             incarnation=incarnation_of(session),
             guardrails=guardrails.to_header(),
+            deadline_ns=0 if timeout_s is None else time.time_ns() + int(timeout_s * 1e9),
         )
+        stream, duplicate = await self._publish(envelope)
+        ended = False
+        try:
+            async for event in stream.iterate(self._wait_s(timeout_s), extend=self._tool_wait(timeout_s)):
+                if observer.events == 0 and duplicate and is_refusal(event):
+                    # The same key was refused before: that message is gone, and JetStream dropped this one as its
+                    # duplicate. Sent again, it runs (or is refused anew, which is then this request's answer).
+                    await self._publisher.send_refused_again(envelope, self._shard(envelope), stream.stream_seq)
+                    stream.rewind(0)
+                    duplicate = False
+                    continue
+                if observer.events == 0 and event.HasField("error"):
+                    _raise_refusal(event.error)
+                ended = is_terminal(event)
+                observer.saw(event)
+                yield event
+        finally:
+            if not ended and (request.disconnect_policy or session.disconnect_policy) == CANCEL_ON_DISCONNECT:
+                # The client went away (or its deadline passed) mid-turn and asked for its turns to stop.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(
+                        self.cancel_turn(tenant_id, request.session_id, envelope.turn_id, reason="the client went away")
+                    )
+
+    def _tool_wait(self, timeout_s: float | None) -> Callable[[turn_pb2.TurnEvent], float | None] | None:
+        """How much longer a stream waits after an event saying the turn waits for a tool result or an approval
+        (until that wait's deadline, then the turn timeout): none when the caller set its own deadline."""
         if timeout_s is not None:
-            envelope = dataclasses.replace(envelope, deadline_ns=time.time_ns() + int(timeout_s * 1e9))
-        shard = shard_for(tenant_id, request.session_id, self._config.num_shards)
+            return None
+        turn_timeout_s = self._config.turn_timeout_s
+
+        def extend(event: turn_pb2.TurnEvent) -> float | None:
+            kind = event.WhichOneof("kind")
+            if kind not in ("tool_call", "approval_required"):
+                return None
+            deadline_ns: int = getattr(event, kind).wait_deadline.ToNanoseconds()
+            if not deadline_ns:
+                return None
+            return max(deadline_ns / 1e9 - time.time(), 0.0) + turn_timeout_s
+
+        return extend
+
+    def _wait_s(self, timeout_s: float | None) -> float:
+        """How long a turn's events are waited for: the turn timeout, or less if the call has less time."""
+        return self._config.turn_timeout_s if timeout_s is None else min(timeout_s, self._config.turn_timeout_s)
+
+    def _shard(self, envelope: TurnEnvelope) -> int:
+        return shard_for(envelope.tenant_id, envelope.request.session_id, self._config.num_shards)
+
+    async def _publish(self, envelope: TurnEnvelope) -> tuple[EventStream, bool]:
+        """Publish the turn on its shard; the stream of its events, subscribed while publishing, and whether
+        JetStream already had the turn (a duplicate within its dedupe window)."""
+        tenant_id, session_id, turn_id = envelope.tenant_id, envelope.request.session_id, envelope.turn_id
+        shard = self._shard(envelope)
         # The events stream keeps the turn's events from the first, so subscribing can overlap the publish.
-        opening = asyncio.ensure_future(self._publisher.open_events(tenant_id, request.session_id, turn_id))
+        opening = asyncio.ensure_future(self._publisher.open_events(tenant_id, session_id, turn_id))
         try:
             # PRODUCER span: the host's CONSUMER span continues the trace from the headers it puts on the message.
             with otel.producer_span(
                 otel.attributes.SPAN_TURN_PUBLISH,
-                trace_headers,
+                envelope.trace_headers,
                 {
                     otel.attributes.MESSAGING_SYSTEM: "nats",
                     otel.attributes.MESSAGING_OPERATION: "send",
                     otel.attributes.MESSAGING_MESSAGE_ID: turn_id,
                     otel.attributes.TURN_ID: turn_id,
-                    otel.attributes.SESSION_ID: request.session_id,
+                    otel.attributes.SESSION_ID: session_id,
                     otel.attributes.TENANT_ID: tenant_id,
                     otel.attributes.SHARD: shard,
                 },
             ) as producer:
-                envelope = dataclasses.replace(envelope, trace_headers=producer.headers())
-                duplicate = await self._publisher.publish(envelope, shard)
+                published = dataclasses.replace(envelope, trace_headers=producer.headers())
+                duplicate = await self._publisher.publish(published, shard)
         except BaseException:
             opening.cancel()
             with contextlib.suppress(BaseException):
                 await (await opening).close()
             raise
-        stream = await opening
-        wait = self._config.turn_timeout_s if timeout_s is None else min(timeout_s, self._config.turn_timeout_s)
-        policy = request.disconnect_policy or session.disconnect_policy
-        ended = False
-        metrics = otel.metrics()
-        try:
-            first = True
-            first_token = True
-            replayed = False
-            async for event in stream.iterate(wait):
-                if first and duplicate and is_refusal(event):
-                    # The same key was refused before: that message is gone, and JetStream dropped this one as its
-                    # duplicate. Sent again, it runs (or is refused anew, which is then this request's answer).
-                    await self._publisher.send_refused_again(envelope, shard, stream.stream_seq)
-                    stream.rewind(0)
-                    duplicate = False
-                    continue
-                if first and event.HasField("error"):
-                    _raise_refusal(event.error)
-                first = False
-                ended = is_terminal(event)
-                if metrics is not None:
-                    replayed = replayed or (event.HasField("accepted") and event.accepted.replayed)
-                    if first_token and event.HasField("delta"):
-                        first_token = False
-                        metrics.first_token(time.monotonic() - started)
-                    if event.HasField("usage") and not replayed:
-                        u = event.usage
-                        metrics.tokens_used(
-                            {
-                                "input": u.input_tokens,
-                                "output": u.output_tokens,
-                                "cache_read": u.cache_read_input_tokens,
-                                "cache_write": u.cache_creation_input_tokens,
-                            }
-                        )
-                    if ended:
-                        metrics.turn_ended(event.WhichOneof("kind") or "", time.monotonic() - started)
-                yield event
-        finally:
-            if not ended and policy == session_pb2.DISCONNECT_POLICY_CANCEL:
-                # The client went away (or its deadline passed) mid-turn and asked for its turns to stop.
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(
-                        self.cancel_turn(tenant_id, request.session_id, turn_id, reason="the client went away")
-                    )
+        return await opening, duplicate
 
     async def cancel_turn(
         self, tenant_id: str, session_id: str, turn_id: str, *, reason: str = "cancelled by the client"
@@ -300,10 +321,37 @@ class Gateway:
         reply = await self._publisher.control(shard, request)
         result = reply.get("result", "")
         if result == "unknown_session":
-            raise NotFound("session not found", reason="SESSION_NOT_FOUND")
+            raise NotFound("session not found", reason=Reason.SESSION_NOT_FOUND)
         if result == "error":
-            raise Unavailable("the session's host failed to cancel the turn", reason="CANCEL_FAILED", retry_after_s=1.0)
+            raise Unavailable(
+                "the session's host failed to cancel the turn", reason=Reason.CANCEL_FAILED, retry_after_s=1.0
+            )
         return result
+
+    async def submit_tool_result(
+        self, tenant_id: str, request: cs_pb2.SubmitToolResultRequest
+    ) -> cs_pb2.SubmitToolResultResponse:
+        """Hand a client's tool result to the turn waiting for it (on the host owning its session)."""
+        check_submit(request, self._answers.max_result_bytes)
+        incarnation = await self._incarnation(tenant_id, request.session_id)
+        return await self._answers.submit(tenant_id, incarnation, request)
+
+    async def decide_approval(
+        self, tenant_id: str, decided_by: str, request: cs_pb2.DecideApprovalRequest
+    ) -> cs_pb2.DecideApprovalResponse:
+        """Hand a person's decision about a call to the turn waiting for it; ``decided_by``: the caller's
+        credentials, recorded with the decision."""
+        check_decide(request)
+        incarnation = await self._incarnation(tenant_id, request.session_id)
+        return await self._answers.decide(tenant_id, incarnation, decided_by, request)
+
+    async def _incarnation(self, tenant_id: str, session_id: str) -> str:
+        """The session's incarnation; a session the tenant cannot see is a call not found (one answer for an
+        unknown call, a finished turn and another tenant's session)."""
+        try:
+            return incarnation_of(await self._registry.get(tenant_id, session_id))
+        except NotFound:
+            raise NotFound("tool call not found", reason=Reason.TOOL_CALL_NOT_FOUND) from None
 
     async def resume_turn(
         self, tenant_id: str, session_id: str, turn_id: str, *, after_seq: int, timeout_s: float | None = None
@@ -316,14 +364,22 @@ class Gateway:
         if not await self._publisher.has_events(tenant_id, session_id, turn_id):
             record = await self._find_record(tenant_id, session_id, incarnation_of(session), turn_id)
             if record is None:
-                raise NotFound("turn not found", reason="TURN_NOT_FOUND")
+                raise NotFound("turn not found", reason=Reason.TURN_NOT_FOUND)
             for event in await record_events(record, after_seq):
                 yield event
             return
         stream = await self._publisher.open_events(tenant_id, session_id, turn_id, after_seq=after_seq)
-        wait = self._config.turn_timeout_s if timeout_s is None else min(timeout_s, self._config.turn_timeout_s)
-        async for event in stream.iterate(wait):
-            yield event
+        try:
+            async for event in stream.iterate(self._wait_s(timeout_s), extend=self._tool_wait(timeout_s)):
+                after_seq = event.seq
+                yield event
+        except EventsLost:
+            # The events stream lost some (a restarted NATS server starts it empty): the record has them all.
+            record = await self._find_record(tenant_id, session_id, incarnation_of(session), turn_id)
+            if record is None:
+                raise  # still running: retry once it is recorded
+            for event in await record_events(record, after_seq):
+                yield event
 
     async def _find_record(self, tenant_id: str, session_id: str, incarnation: str, turn_id: str) -> TurnRecord | None:
         stored = [
@@ -336,16 +392,47 @@ class Gateway:
         return next((r for r in tail if r.turn_id == turn_id), None)
 
 
-_REFUSALS: dict[str, type[SalonError]] = {
-    "SESSION_BUSY": FailedPrecondition,
-    "TOO_MANY_TURNS": ResourceExhausted,
-    "SESSION_NOT_FOUND": NotFound,
+class _TurnObserver:
+    """The gateway's metrics of one turn it relays: time to its first token, its tokens (not again for a
+    replayed turn, whose tokens were counted when it ran), and how it ended."""
+
+    def __init__(self, metrics: otel.Metrics | None, started: float) -> None:
+        self._metrics = metrics
+        self._started = started
+        self._replayed = False
+        self._first_token = True
+        self.events = 0
+
+    def saw(self, event: turn_pb2.TurnEvent) -> None:
+        """Count ``event`` (events arrive in order)."""
+        self.events += 1
+        metrics = self._metrics
+        if metrics is None:
+            return
+        kind = event.WhichOneof("kind")
+        self._replayed = self._replayed or (kind == "accepted" and event.accepted.replayed)
+        if kind == "delta" and self._first_token:
+            self._first_token = False
+            metrics.first_token(time.monotonic() - self._started)
+        elif kind == "usage" and not self._replayed:
+            metrics.tokens_used(token_counts(event.usage))
+        elif is_terminal(event):
+            metrics.turn_ended(kind or "", time.monotonic() - self._started)
+
+
+_REFUSALS: dict[Reason, type[SalonError]] = {
+    Reason.SESSION_BUSY: FailedPrecondition,
+    Reason.TOO_MANY_TURNS: ResourceExhausted,
+    Reason.SESSION_NOT_FOUND: NotFound,
 }
+"""Turn errors that refuse a turn before it started: they end the call with their status instead of a
+stream of one error event."""
 
 
 def _raise_refusal(error: turn_pb2.TurnError) -> None:
-    """A turn refused before it started ends the call with the matching status, not a stream of one error."""
-    refusal = _REFUSALS.get(error.reason)
+    """Raise the refusal ``error`` stands for, if it is one (its reason string read back through the enum)."""
+    reason = Reason.from_wire(error.reason)
+    refusal = _REFUSALS.get(reason) if reason is not None else None
     if refusal is not None:
         retry = error.retry_after.ToNanoseconds() / 1e9 if error.HasField("retry_after") else None
-        raise refusal(error.message, reason=error.reason, retry_after_s=retry)
+        raise refusal(error.message, reason=reason, retry_after_s=retry)

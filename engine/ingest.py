@@ -3,11 +3,14 @@ and a readable account of what failed."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rich.console import Console
@@ -43,20 +46,130 @@ class Found:
     problem: str = ""
 
 
-def find_files(paths: Sequence[str]) -> Iterator[Found]:
-    """The .txt and .md files among ``paths`` (directories are walked, in name order)."""
+VENDORED_DIRS: frozenset[str] = frozenset(
+    {"node_modules", ".venv", "venv", "__pycache__", "site-packages", "dist", "build"}
+)
+"""Folders of other people's files (dependencies, build output): skipped when a folder is walked."""
+VENDORED_SUFFIXES: tuple[str, ...] = (".egg-info",)
+
+
+@dataclass(frozen=True, slots=True)
+class FileFilter:
+    """Which files of a walked folder are taken.
+
+    Skipped by default: hidden files and folders (a name starting with a dot), vendored folders
+    (:data:`VENDORED_DIRS`, ``*.egg-info``) and, inside a git work tree, the files git ignores. ``include``
+    patterns take back skipped files; ``exclude`` patterns skip more, and win over ``include``. A pattern
+    with a ``/`` is matched against the path under the walked folder (``guides/*.md``, ``**/*.md``); one
+    without is matched against each part of it (``drafts``, ``*.txt``). A file named on the command line is
+    always taken."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    use_git: bool = True
+
+
+def _matches(relative: PurePosixPath, pattern: str) -> bool:
+    if "/" not in pattern:
+        return any(fnmatch.fnmatchcase(part, pattern) for part in relative.parts)
+    path = relative.as_posix()
+    return fnmatch.fnmatchcase(path, pattern) or (pattern.startswith("**/") and fnmatch.fnmatchcase(path, pattern[3:]))
+
+
+def skipped_by_default(relative: PurePosixPath) -> bool:
+    """Whether a file at ``relative`` (under the walked folder) is hidden or vendored."""
+    return any(
+        part.startswith(".") or part in VENDORED_DIRS or part.endswith(VENDORED_SUFFIXES) for part in relative.parts
+    )
+
+
+def git_ignored(root: Path, relatives: Sequence[PurePosixPath]) -> set[PurePosixPath]:
+    """The paths among ``relatives`` (under ``root``) that git ignores; empty when ``root`` is not in a git work
+    tree or git is not installed."""
+    if not relatives:
+        return set()
+    try:
+        inside = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if inside.returncode != 0 or inside.stdout.strip() != "true":
+            return set()
+        listed = subprocess.run(
+            ["git", "-C", str(root), "check-ignore", "--stdin", "-z"],
+            input="\0".join(p.as_posix() for p in relatives).encode(),
+            capture_output=True,
+            check=False,
+        )
+    except OSError:  # no git
+        return set()
+    # Exit status 0: some paths are ignored, 1: none; anything else is an error (then nothing is skipped).
+    if listed.returncode not in (0, 1):
+        return set()
+    return {PurePosixPath(raw) for raw in listed.stdout.decode().split("\0") if raw}
+
+
+@dataclass(slots=True)
+class Collected:
+    """The files to ingest and how many a walk skipped."""
+
+    found: list[Found] = field(default_factory=list)
+    skipped: int = 0
+    """Files left out (hidden, vendored, git-ignored or excluded)."""
+    skipped_dirs: int = 0
+    """Hidden and vendored folders not walked at all."""
+
+
+def _walk(root: Path, file_filter: FileFilter, collected: Collected) -> list[PurePosixPath]:
+    """The .txt/.md files under ``root`` that ``file_filter`` takes, in name order; counts what it skips."""
+    taken: list[PurePosixPath] = []
+    candidates: list[PurePosixPath] = []
+    for directory, dirs, files in os.walk(root):
+        base = PurePosixPath(Path(directory).relative_to(root).as_posix())
+        if not file_filter.include:
+            # Nothing can take these back: do not even walk them (node_modules can be large).
+            kept = [d for d in dirs if not skipped_by_default(PurePosixPath(d))]
+            collected.skipped_dirs += len(dirs) - len(kept)
+            dirs[:] = kept
+        dirs.sort()
+        for name in sorted(files):
+            if Path(name).suffix.lower() not in SUFFIXES:
+                continue
+            relative = base / name if base.parts else PurePosixPath(name)
+            if any(_matches(relative, pattern) for pattern in file_filter.exclude):
+                collected.skipped += 1
+            elif any(_matches(relative, pattern) for pattern in file_filter.include):
+                taken.append(relative)
+            elif skipped_by_default(relative):
+                collected.skipped += 1
+            else:
+                candidates.append(relative)
+    ignored = git_ignored(root, candidates) if file_filter.use_git else set()
+    collected.skipped += len(ignored)
+    taken.extend(p for p in candidates if p not in ignored)
+    return sorted(taken, key=lambda p: p.parts)
+
+
+def collect_files(paths: Sequence[str], file_filter: FileFilter | None = None) -> Collected:
+    """The .txt and .md files among ``paths``: directories are walked in name order through ``file_filter``
+    (default: :class:`FileFilter`); a file named directly is always taken."""
+    file_filter = file_filter or FileFilter()
+    collected = Collected()
     for raw in paths:
         root = Path(raw)
         if root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
-            for path in files:
-                yield Found(path, document_id_for(path, root), SUFFIXES[path.suffix.lower()])
+            for relative in _walk(root, file_filter, collected):
+                path = root / relative
+                collected.found.append(Found(path, document_id_for(path, root), SUFFIXES[path.suffix.lower()]))
         elif root.is_file():
             media = SUFFIXES.get(root.suffix.lower(), "")
             problem = "" if media else "not a .txt or .md file"
-            yield Found(root, document_id_for(root, root.parent), media, problem)
+            collected.found.append(Found(root, document_id_for(root, root.parent), media, problem))
         else:
-            yield Found(root, "", "", "no such file or directory")
+            collected.found.append(Found(root, "", "", "no such file or directory"))
+    return collected
 
 
 def _read(found: Found) -> tuple[Document | None, str]:
@@ -73,15 +186,27 @@ def _read(found: Found) -> tuple[Document | None, str]:
 
 
 async def ingest_paths(
-    target: str, paths: Sequence[str], console: Console, *, batch: int = 8, credentials: Mapping[str, Any] | None = None
+    target: str,
+    paths: Sequence[str],
+    console: Console,
+    *,
+    batch: int = 8,
+    credentials: Mapping[str, Any] | None = None,
+    file_filter: FileFilter | None = None,
 ) -> int:
-    """Ingest every file under ``paths`` into the engine at ``target``; 0 when all were stored, 1 when some
-    failed, 2 when the engine could not be reached. ``credentials``: :class:`SalonClient` keyword arguments
-    (API key, TLS files)."""
+    """Ingest every file under ``paths`` (walked through ``file_filter``) into the engine at ``target``; 0 when
+    all were stored, 1 when some failed, 2 when the engine could not be reached. ``credentials``:
+    :class:`SalonClient` keyword arguments (API key, TLS files)."""
     failures: list[tuple[str, str, str]] = []
     documents: list[Document] = []
     sources: list[Path] = []
-    for found in find_files(paths):
+    collected = collect_files(paths, file_filter)
+    if collected.skipped or collected.skipped_dirs:
+        console.print(
+            f"skipped {collected.skipped} file(s) and {collected.skipped_dirs} folder(s): hidden, vendored, "
+            "git-ignored or excluded (--include takes files back)"
+        )
+    for found in collected.found:
         doc, problem = (None, found.problem) if found.problem else _read(found)
         if doc is None:
             failures.append((str(found.path), "NOT_SENT", problem))

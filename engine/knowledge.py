@@ -15,6 +15,7 @@ from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import turn_pb2
 from storage import Document, InvalidArgument, Passage, is_valid_id
 from storage.lance.knowledge import KnowledgeBase
+from storage.reasons import Reason
 
 MAX_SEARCH_TOP_K = 50
 DEFAULT_SEARCH_TOP_K = 4
@@ -107,12 +108,15 @@ class Knowledge:
         """Delete the tenant's documents named in ``request``; how many existed."""
         ids = list(request.document_ids)
         if not ids:
-            raise InvalidArgument("document_ids must not be empty", reason="NO_DOCUMENT_IDS")
+            raise InvalidArgument("document_ids must not be empty", reason=Reason.NO_DOCUMENT_IDS)
         if len(ids) > MAX_DELETE_IDS:
-            raise InvalidArgument(f"at most {MAX_DELETE_IDS} document_ids per request", reason="TOO_MANY_DOCUMENT_IDS")
+            raise InvalidArgument(
+                f"at most {MAX_DELETE_IDS} document_ids per request", reason=Reason.TOO_MANY_DOCUMENT_IDS
+            )
         if not all(is_valid_id(i) for i in ids):
             raise InvalidArgument(
-                "document_ids must be 1 to 64 characters of letters, digits, '_' or '-'", reason="INVALID_DOCUMENT_ID"
+                "document_ids must be 1 to 64 characters of letters, digits, '_' or '-'",
+                reason=Reason.INVALID_DOCUMENT_ID,
             )
         return await self._base.delete(tenant_id, ids)
 
@@ -120,9 +124,9 @@ class Knowledge:
         """The tenant's passages most relevant to the request's text."""
         check_text(request.text, self._max_text_bytes)
         if request.top_k > MAX_SEARCH_TOP_K:
-            raise InvalidArgument(f"top_k must be at most {MAX_SEARCH_TOP_K}", reason="TOP_K_TOO_LARGE")
+            raise InvalidArgument(f"top_k must be at most {MAX_SEARCH_TOP_K}", reason=Reason.TOP_K_TOO_LARGE)
         if not request.min_score >= 0:
-            raise InvalidArgument("min_score must not be negative", reason="BAD_MIN_SCORE")
+            raise InvalidArgument("min_score must not be negative", reason=Reason.BAD_MIN_SCORE)
         passages = await self._base.search(
             tenant_id, request.text, top_k=request.top_k or DEFAULT_SEARCH_TOP_K, min_score=request.min_score
         )

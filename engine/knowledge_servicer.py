@@ -6,10 +6,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 
 from engine.knowledge import Knowledge
-from engine.status import abort, as_salon_errors
+from engine.status import error_boundary
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
-from storage import SalonError
 
 # grpc ships no type information; the servicer context is typed loosely on purpose.
 Context: TypeAlias = Any
@@ -25,29 +24,20 @@ class KnowledgeServicer(ks_grpc.KnowledgeServiceServicer):
         self._knowledge = knowledge
         self._tenant_of = tenant_of
 
+    @error_boundary
     async def IngestDocuments(
         self, request_iterator: AsyncIterator[ks_pb2.IngestDocumentsRequest], context: Context
     ) -> AsyncIterator[ks_pb2.IngestDocumentsResponse]:
-        try:
-            with as_salon_errors():
-                tenant = self._tenant_of(context)
-                async for response in self._knowledge.ingest(tenant, request_iterator):
-                    yield response
-        except SalonError as exc:
-            await abort(context, exc)
+        tenant = self._tenant_of(context)
+        async for response in self._knowledge.ingest(tenant, request_iterator):
+            yield response
 
+    @error_boundary
     async def DeleteDocuments(self, request: ks_pb2.DeleteDocumentsRequest, context: Context) -> Any:
-        try:
-            with as_salon_errors():
-                deleted = await self._knowledge.delete(self._tenant_of(context), request)
-            return ks_pb2.DeleteDocumentsResponse(deleted=deleted)
-        except SalonError as exc:
-            await abort(context, exc)
+        deleted = await self._knowledge.delete(self._tenant_of(context), request)
+        return ks_pb2.DeleteDocumentsResponse(deleted=deleted)
 
+    @error_boundary
     async def Search(self, request: ks_pb2.SearchRequest, context: Context) -> Any:
-        try:
-            with as_salon_errors():
-                hits = await self._knowledge.search(self._tenant_of(context), request)
-            return ks_pb2.SearchResponse(hits=hits)
-        except SalonError as exc:
-            await abort(context, exc)
+        hits = await self._knowledge.search(self._tenant_of(context), request)
+        return ks_pb2.SearchResponse(hits=hits)

@@ -17,10 +17,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from actors.usage import total_tokens
 from engine.tenants import Limits, TenantPolicy
 from salon.v1 import turn_pb2
 from storage.errors import ResourceExhausted, SalonError
 from storage.inmemory import InMemoryTokenCounters
+from storage.reasons import Reason
 from storage.usage import TokenCounters
 
 log = logging.getLogger(__name__)
@@ -101,13 +103,13 @@ class TenantLimiter:
         if limits.max_message_bytes and len(text.encode("utf-8", "surrogatepass")) > limits.max_message_bytes:
             raise ResourceExhausted(
                 f"the message is over this tenant's limit of {limits.max_message_bytes} bytes",
-                reason="MESSAGE_TOO_LARGE",
+                reason=Reason.MESSAGE_TOO_LARGE,
             )
         if limits.tokens_per_day and await self._tokens.get(tenant_id, self._day()) >= limits.tokens_per_day:
             until_midnight = DAY_S - self.wall() % DAY_S
             raise ResourceExhausted(
                 "this tenant's tokens for today are used up (the budget resets at 00:00 UTC)",
-                reason="TOKENS_PER_DAY",
+                reason=Reason.TOKENS_PER_DAY,
                 retry_after_s=until_midnight,
             )
         counters = self._counters(tenant_id)
@@ -115,13 +117,13 @@ class TenantLimiter:
         if limits.turns_per_minute and len(counters.turns) >= limits.turns_per_minute:
             raise ResourceExhausted(
                 f"this tenant may start {limits.turns_per_minute} turns per minute",
-                reason="TURNS_PER_MINUTE",
+                reason=Reason.TURNS_PER_MINUTE,
                 retry_after_s=max(counters.turns[0] + WINDOW_S - now, 0.001),
             )
         if limits.concurrent_turns and counters.active >= limits.concurrent_turns:
             raise ResourceExhausted(
                 f"this tenant may run {limits.concurrent_turns} turns at once",
-                reason="CONCURRENT_TURNS",
+                reason=Reason.CONCURRENT_TURNS,
                 retry_after_s=1.0,
             )
         counters.turns.append(now)
@@ -135,11 +137,8 @@ class TenantLimiter:
         self._counted[turn_id] = None
         if len(self._counted) > _COUNTED_TURNS:
             self._counted.popitem(last=False)
-        tokens = (
-            usage.input_tokens + usage.output_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
-        )
         try:
-            await self._tokens.add(tenant_id, self._day(), tokens)
+            await self._tokens.add(tenant_id, self._day(), total_tokens(usage))
         except SalonError as exc:
             # The answer goes on; only the budget misses these tokens.
             log.warning("tokens of a turn not counted: %s", exc.message)
@@ -169,7 +168,9 @@ class TenantLimiter:
         """Raise :class:`ResourceExhausted` when the tenant already has its maximum of sessions."""
         limit = self._policy_for(tenant_id).limits.max_sessions
         if limit and self._count_sessions is not None and await self._count_sessions(tenant_id) >= limit:
-            raise ResourceExhausted(f"this tenant may keep {limit} sessions; delete some first", reason="MAX_SESSIONS")
+            raise ResourceExhausted(
+                f"this tenant may keep {limit} sessions; delete some first", reason=Reason.MAX_SESSIONS
+            )
 
     async def usage(self, tenant_id: str) -> Usage:
         """The tenant's figures now."""

@@ -3,6 +3,10 @@
 The port is chosen by the server itself (``port: -1``) and read back from its ports file, so there is no
 race for a free port. Acks are fsynced (``sync_interval: always``): an acknowledged turn survives a crash.
 
+The server is supervised: if it exits while the engine runs (killed, crashed, out of memory), it is started
+again on the same store, port and credentials, retrying with backoff until it is up, so every connection
+(gateway, hosts, writers: they reconnect forever) finds it where it was.
+
 It accepts no anonymous connection. The engine's user has a random password kept in
 ``<store>/credentials.json`` (mode 0600, made once and kept, so a restarted server takes the same
 credentials), and may use its namespace's subjects, the JetStream and key-value APIs and reply inboxes. A
@@ -32,6 +36,8 @@ from storage.errors import Unavailable
 log = logging.getLogger(__name__)
 
 ENGINE_USER = "salon-engine"
+RESTART_BACKOFF_S = (0.1, 2.0)
+"""First and longest wait between attempts to start an exited server again."""
 
 
 def tenant_user(tenant_id: str) -> str:
@@ -144,6 +150,11 @@ class EmbeddedNats:
         self.max_memory_store = max_memory_store
         self._proc: asyncio.subprocess.Process | None = None
         self._lock: TextIO | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+        self._restart_asked = False
+        self.restarts = 0
+        """How many times the server was started again after it exited on its own."""
         self.address = ""
         """``nats://host:port``, without credentials."""
         self.url = ""
@@ -218,8 +229,6 @@ class EmbeddedNats:
                     log.warning("stopping a nats-server (pid %d) left behind by an earlier engine", stale)
                     os.kill(stale, signal.SIGKILL)
             pid_file.unlink(missing_ok=True)
-        for stale_ports in self._run_dir.glob("*.ports"):
-            stale_ports.unlink()
 
     def _release_directory(self) -> None:
         (self._run_dir / "nats-server.pid").unlink(missing_ok=True)
@@ -228,20 +237,72 @@ class EmbeddedNats:
             self._lock = None
 
     async def start(self, timeout_s: float = 15.0) -> str:
-        """Start the server and return its URL once it accepts connections."""
+        """Start the server and return its URL once it accepts connections; from then on it is restarted
+        whenever it exits, until :meth:`close`."""
         if self._proc is not None:
             return self.url
         binary = find_nats_server(self.binary)
         self._take_directory()
         try:
-            return await self._spawn(binary, timeout_s)
+            url = await self._spawn(binary, timeout_s)
         except BaseException:
             await self.close()
             raise
+        self._supervisor = asyncio.create_task(self._supervise(timeout_s), name="salon-nats-supervisor")
+        return url
+
+    async def _supervise(self, timeout_s: float) -> None:
+        """Wait for the server to exit; start it again (same store, port and credentials) until it runs."""
+        while not self._closing:
+            proc = self._proc
+            assert proc is not None
+            code = await proc.wait()
+            if self._closing:
+                return
+            if self._restart_asked:
+                self._restart_asked = False
+                log.warning("nats-server (pid %d) stopped to be restarted", proc.pid)
+            else:
+                log.error("nats-server (pid %d) exited with %s; starting it again", proc.pid, code)
+            await self._restart(timeout_s)
+
+    async def restart(self, timeout_s: float = 5.0) -> None:
+        """Stop the running server (SIGTERM, SIGKILL after ``timeout_s``) and let supervision start it again on
+        the same store: this clears a JetStream store that stopped taking writes after a full disk. Returns
+        once the old process is gone; connections then reconnect as after any restart."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None or self._supervisor is None:
+            return
+        self._restart_asked = True
+        proc.terminate()
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    async def _restart(self, timeout_s: float) -> None:
+        delay = RESTART_BACKOFF_S[0]
+        while not self._closing:
+            try:
+                await self._spawn(find_nats_server(self.binary), timeout_s)
+            except (Unavailable, OSError) as exc:
+                await self._stop_process()
+                reason = exc.reason if isinstance(exc, Unavailable) else type(exc).__name__
+                log.error("restarting nats-server failed (%s); retrying in %.1f s", reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_BACKOFF_S[1])
+                continue
+            self.restarts += 1
+            log.warning("nats-server restarted (pid %s) on %s", self.pid, self.address)
+            return
 
     async def _spawn(self, binary: str, timeout_s: float) -> str:
         user, password = engine_credentials(self.store_dir)
+        # After the first start the port is known: a restarted server takes it again.
         config = self._write_config(user, password)
+        for stale_ports in self._run_dir.glob("*.ports"):
+            stale_ports.unlink()
         log_path = self.store_dir / "nats-server.log"
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
@@ -278,7 +339,17 @@ class EmbeddedNats:
         return self.url
 
     async def close(self, timeout_s: float = 10.0) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``). Idempotent."""
+        """Stop supervising, then stop the server (SIGTERM, then SIGKILL after ``timeout_s``). Idempotent."""
+        self._closing = True
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
+        await self._stop_process(timeout_s)
+        self._release_directory()
+
+    async def _stop_process(self, timeout_s: float = 10.0) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
             proc.terminate()
@@ -287,7 +358,6 @@ class EmbeddedNats:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-        self._release_directory()
 
     async def __aenter__(self) -> EmbeddedNats:
         await self.start()

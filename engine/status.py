@@ -1,4 +1,5 @@
-"""The one mapping from Salon errors to gRPC statuses.
+"""The one mapping from Salon errors to gRPC statuses, and the one error boundary of the servicers
+(:func:`error_boundary`).
 
 Each error becomes a status code, a message written for people (never echoing request content), and
 trailing metadata: ``salon-error-reason`` (stable, machine-readable) and, when a retry may help,
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -27,6 +30,7 @@ from storage.errors import (
     Unauthenticated,
     Unavailable,
 )
+from storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ class ClientGone(Exception):
 class Unimplemented(SalonError):
     """The RPC exists in the API but its behaviour is not available yet."""
 
-    reason = "UNIMPLEMENTED"
+    reason = Reason.UNIMPLEMENTED
 
 
 def status_code(error: SalonError) -> grpc.StatusCode:
@@ -68,7 +72,7 @@ def status_code(error: SalonError) -> grpc.StatusCode:
 
 def trailing_metadata(error: SalonError) -> tuple[tuple[str, str], ...]:
     """Trailing metadata that carries the reason (and retry hint) of ``error``."""
-    md: list[tuple[str, str]] = [(REASON_KEY, error.reason)]
+    md: list[tuple[str, str]] = [(REASON_KEY, str(error.reason))]
     if error.retry_after_s is not None:
         md.append((RETRY_AFTER_KEY, str(int(error.retry_after_s * 1000))))
     return tuple(md)
@@ -78,6 +82,15 @@ async def abort(context: Any, error: SalonError) -> None:
     """End the call with ``error``'s status."""
     context.set_trailing_metadata(trailing_metadata(error))
     await context.abort(status_code(error), error.message)
+
+
+def salon_error(exc: Exception) -> SalonError:
+    """``exc`` as the error a caller may see: itself when it is a :class:`SalonError`; otherwise INTERNAL with
+    a fixed message (the exception is logged with its traceback, never shown: it may hold request content)."""
+    if isinstance(exc, SalonError):
+        return exc
+    log.error("unexpected error in a gRPC handler", exc_info=exc)
+    return SalonError("the engine failed to handle this request")
 
 
 @contextlib.contextmanager
@@ -91,5 +104,50 @@ def as_salon_errors() -> Iterator[None]:
     except grpc.aio.AbortError:
         raise
     except Exception as exc:
-        log.exception("unexpected error in a gRPC handler")
-        raise SalonError("the engine failed to handle this request") from exc
+        raise salon_error(exc) from exc
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def error_boundary(handler: Handler) -> Handler:
+    """The one error boundary of a gRPC servicer method ``(self, request_or_iterator, context)``.
+
+    A :class:`SalonError` the handler raises ends the call with its status, message and trailing metadata
+    (:func:`abort`); any other exception ends it with INTERNAL and a fixed message; :class:`ClientGone` ends it
+    quietly. Works for coroutine handlers (unary responses, or streams written with ``context.write``) and for
+    async generator handlers (streamed responses): grpc.aio drives a handler by its kind, so the wrapper keeps
+    the kind of the handler it wraps."""
+    if inspect.isasyncgenfunction(handler):
+
+        @functools.wraps(handler)
+        async def stream(owner: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                async with contextlib.aclosing(handler(owner, request, context)) as responses:
+                    async for response in responses:
+                        yield response
+            except Exception as exc:
+                await _end(context, exc)
+
+        return cast(Handler, stream)
+    if not inspect.iscoroutinefunction(handler):
+        raise TypeError(f"{handler.__qualname__} is not an async gRPC handler")
+
+    @functools.wraps(handler)
+    async def call(owner: Any, request: Any, context: Any) -> Any:
+        try:
+            return await handler(owner, request, context)
+        except Exception as exc:
+            await _end(context, exc)
+            return None  # not reached after an abort, which raises
+
+    return cast(Handler, call)
+
+
+async def _end(context: Any, exc: Exception) -> None:
+    """End the call that ``exc`` interrupted."""
+    if isinstance(exc, ClientGone):
+        return
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc  # the call already has its status
+    await abort(context, salon_error(exc))

@@ -15,6 +15,8 @@ The file (``tenants_file``)::
     max_sessions = 1000
     [tenants.acme.guardrails]      # actors.guardrails.GuardrailSettings fields
     injection = "block"
+    [tenants.acme.mcp_servers.crm] # the tenant's own MCP servers (providers.mcp.config: command or url, ...)
+    url = "https://crm.acme.example/mcp"
 
 Keys are ``salon_<12 hex id>_<secret>`` with 256 random bits (``salon keys new``). Only a SHA-256 digest is
 stored: a key is as random as a 256-bit secret, so a slow password hash (scrypt, argon2) would add nothing
@@ -37,8 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from actors import GuardrailSettings
+from providers.mcp.config import McpServerConfig, parse_servers
 from storage.errors import InvalidArgument
 from storage.ids import is_valid_id
+from storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +69,11 @@ class Limits:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise InvalidArgument(f"unknown limits: {', '.join(unknown)}", reason="INVALID_CONFIG")
+            raise InvalidArgument(f"unknown limits: {', '.join(unknown)}", reason=Reason.INVALID_CONFIG)
         values = {name: getattr(defaults, name) for name in known}
         for name, value in data.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidArgument(f"limits.{name} must be a whole number >= 0", reason="INVALID_CONFIG")
+                raise InvalidArgument(f"limits.{name} must be a whole number >= 0", reason=Reason.INVALID_CONFIG)
             values[name] = value
         return cls(**values)
 
@@ -90,6 +94,8 @@ class TenantPolicy:
     tenant_id: str
     limits: Limits = field(default_factory=Limits)
     guardrails: GuardrailSettings = field(default_factory=GuardrailSettings)
+    mcp_servers: Mapping[str, McpServerConfig] = field(default_factory=dict)
+    """The tenant's own MCP servers (its sessions may also name the deployment's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,62 +143,68 @@ def parse_tenants(data: Mapping[str, Any], default_limits: Limits) -> TenantTabl
     """Check and index a parsed tenants file; :class:`InvalidArgument` (``INVALID_CONFIG``) names the problem."""
     unknown = sorted(set(data) - {"tenants"})
     if unknown:
-        raise InvalidArgument(f"unknown tables in the tenants file: {', '.join(unknown)}", reason="INVALID_CONFIG")
+        raise InvalidArgument(f"unknown tables in the tenants file: {', '.join(unknown)}", reason=Reason.INVALID_CONFIG)
     tenants = data.get("tenants", {})
     if not isinstance(tenants, Mapping):
-        raise InvalidArgument("tenants must be a table", reason="INVALID_CONFIG")
+        raise InvalidArgument("tenants must be a table", reason=Reason.INVALID_CONFIG)
     policies: dict[str, TenantPolicy] = {}
     keys: dict[str, _Key] = {}
     for tenant_id, table in tenants.items():
-        if not is_valid_id(tenant_id):
-            raise InvalidArgument("tenant ids must be 1-64 characters of [A-Za-z0-9_-]", reason="INVALID_CONFIG")
-        if not isinstance(table, Mapping):
-            raise InvalidArgument(f"tenants.{tenant_id} must be a table", reason="INVALID_CONFIG")
-        extra = sorted(set(table) - {"keys", "limits", "guardrails"})
-        if extra:
-            names = ", ".join(extra)
-            raise InvalidArgument(f"unknown settings in tenants.{tenant_id}: {names}", reason="INVALID_CONFIG")
-        try:
-            policies[tenant_id] = TenantPolicy(
-                tenant_id,
-                Limits.from_mapping(_table(table, "limits"), default_limits),
-                GuardrailSettings.from_mapping(_table(table, "guardrails")),
-            )
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"tenants.{tenant_id}: {exc.message}", reason="INVALID_CONFIG") from None
-        entries = table.get("keys", [])
-        if not isinstance(entries, list):
-            raise InvalidArgument(f"tenants.{tenant_id}.keys must be a list", reason="INVALID_CONFIG")
-        for entry in entries:
-            key = _parse_key(tenant_id, entry)
+        policies[tenant_id], entries = _parse_tenant(tenant_id, table, default_limits)
+        for key in entries:
             if key.key_id in keys:
-                raise InvalidArgument(f"key id {key.key_id} appears twice", reason="INVALID_CONFIG")
+                raise InvalidArgument(f"key id {key.key_id} appears twice", reason=Reason.INVALID_CONFIG)
             keys[key.key_id] = key
     return TenantTable(policies, keys)
+
+
+def _parse_tenant(tenant_id: str, table: Any, default_limits: Limits) -> tuple[TenantPolicy, list[_Key]]:
+    """One tenant's table: its policy and its keys."""
+    if not is_valid_id(tenant_id):
+        raise InvalidArgument("tenant ids must be 1-64 characters of [A-Za-z0-9_-]", reason=Reason.INVALID_CONFIG)
+    if not isinstance(table, Mapping):
+        raise InvalidArgument(f"tenants.{tenant_id} must be a table", reason=Reason.INVALID_CONFIG)
+    extra = sorted(set(table) - {"keys", "limits", "guardrails", "mcp_servers"})
+    if extra:
+        names = ", ".join(extra)
+        raise InvalidArgument(f"unknown settings in tenants.{tenant_id}: {names}", reason=Reason.INVALID_CONFIG)
+    try:
+        policy = TenantPolicy(
+            tenant_id,
+            Limits.from_mapping(_table(table, "limits"), default_limits),
+            GuardrailSettings.from_mapping(_table(table, "guardrails")),
+            parse_servers(_table(table, "mcp_servers"), "mcp_servers"),
+        )
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"tenants.{tenant_id}: {exc.message}", reason=Reason.INVALID_CONFIG) from None
+    entries = table.get("keys", [])
+    if not isinstance(entries, list):
+        raise InvalidArgument(f"tenants.{tenant_id}.keys must be a list", reason=Reason.INVALID_CONFIG)
+    return policy, [_parse_key(tenant_id, entry) for entry in entries]
 
 
 def _table(table: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = table.get(name, {})
     if not isinstance(value, Mapping):
-        raise InvalidArgument(f"{name} must be a table", reason="INVALID_CONFIG")
+        raise InvalidArgument(f"{name} must be a table", reason=Reason.INVALID_CONFIG)
     return value
 
 
 def _parse_key(tenant_id: str, entry: Any) -> _Key:
     where = f"a key of tenants.{tenant_id}"
     if not isinstance(entry, Mapping) or set(entry) - {"id", "sha256", "admin"}:
-        raise InvalidArgument(f"{where} must be {{ id, sha256[, admin] }}", reason="INVALID_CONFIG")
+        raise InvalidArgument(f"{where} must be {{ id, sha256[, admin] }}", reason=Reason.INVALID_CONFIG)
     key_id, digest, admin = entry.get("id"), entry.get("sha256"), entry.get("admin", False)
     if not isinstance(key_id, str) or len(key_id) != KEY_ID_CHARS or not set(key_id) <= _KEY_ID_ALPHABET:
-        raise InvalidArgument(f"{where}: id must be {KEY_ID_CHARS} hex digits", reason="INVALID_CONFIG")
+        raise InvalidArgument(f"{where}: id must be {KEY_ID_CHARS} hex digits", reason=Reason.INVALID_CONFIG)
     try:
         raw = bytes.fromhex(digest) if isinstance(digest, str) else b""
     except ValueError:
         raw = b""
     if len(raw) != hashlib.sha256().digest_size:
-        raise InvalidArgument(f"{where}: sha256 must be 64 hex digits", reason="INVALID_CONFIG")
+        raise InvalidArgument(f"{where}: sha256 must be 64 hex digits", reason=Reason.INVALID_CONFIG)
     if not isinstance(admin, bool):
-        raise InvalidArgument(f"{where}: admin must be true or false", reason="INVALID_CONFIG")
+        raise InvalidArgument(f"{where}: admin must be true or false", reason=Reason.INVALID_CONFIG)
     return _Key(key_id, tenant_id, raw, admin)
 
 
@@ -220,14 +232,14 @@ class TenantRegistry:
         try:
             raw = self.path.read_bytes()
         except OSError:
-            raise InvalidArgument("the tenants file cannot be read", reason="INVALID_CONFIG") from None
+            raise InvalidArgument("the tenants file cannot be read", reason=Reason.INVALID_CONFIG) from None
         if raw == self._seen:
             return  # unchanged (or the same bad edit, already reported)
         self._seen = raw
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError):
-            raise InvalidArgument("the tenants file is not valid TOML", reason="INVALID_CONFIG") from None
+            raise InvalidArgument("the tenants file is not valid TOML", reason=Reason.INVALID_CONFIG) from None
         self._table = parse_tenants(data, self._defaults)
         self._raw = raw
         self.generation += 1
@@ -262,6 +274,14 @@ class TenantRegistry:
         """The tenant's policy; a tenant not in the file gets the defaults."""
         policy = self._table.policies.get(tenant_id)
         return policy if policy is not None else TenantPolicy(tenant_id, self._defaults)
+
+    def mcp_servers_for(self, tenant_id: str) -> Mapping[str, McpServerConfig]:
+        """The tenant's own MCP servers (none when the file names none)."""
+        return self.policy(tenant_id).mcp_servers
+
+    def all_mcp_servers(self) -> dict[str, dict[str, McpServerConfig]]:
+        """Every tenant's own MCP servers, by tenant (what the hosts are built with)."""
+        return {t: dict(p.mcp_servers) for t, p in self._table.policies.items() if p.mcp_servers}
 
     def guardrails_for(self, tenant_id: str) -> GuardrailSettings:
         """The tenant's guardrail settings (the defaults when the file says nothing)."""

@@ -14,6 +14,7 @@ from actors import Guardrails, GuardrailSettings
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from storage.errors import InvalidArgument
 from storage.ids import require_id
+from storage.reasons import Reason
 
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_BYTES = 128
@@ -27,10 +28,10 @@ MAX_RETRIEVAL_TOP_K = 50
 def check_text(text: str, max_bytes: int) -> None:
     """A user message: not blank, not over ``max_bytes`` of UTF-8."""
     if not text.strip():
-        raise InvalidArgument("text must not be empty", reason="EMPTY_TEXT")
+        raise InvalidArgument("text must not be empty", reason=Reason.EMPTY_TEXT)
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
-        raise InvalidArgument(f"text is {size} bytes; the limit is {max_bytes}", reason="TEXT_TOO_LARGE")
+        raise InvalidArgument(f"text is {size} bytes; the limit is {max_bytes}", reason=Reason.TEXT_TOO_LARGE)
 
 
 def check_metadata(metadata: Mapping[str, str], field: str, guardrails: GuardrailSettings | None = None) -> None:
@@ -38,13 +39,13 @@ def check_metadata(metadata: Mapping[str, str], field: str, guardrails: Guardrai
     items = dict(metadata)
     guard = Guardrails(guardrails)
     if len(items) > MAX_METADATA_ENTRIES:
-        raise InvalidArgument(f"{field} has more than {MAX_METADATA_ENTRIES} entries", reason="METADATA_TOO_LARGE")
+        raise InvalidArgument(f"{field} has more than {MAX_METADATA_ENTRIES} entries", reason=Reason.METADATA_TOO_LARGE)
     for key, value in items.items():
         if not key or len(key.encode()) > MAX_METADATA_KEY_BYTES:
-            raise InvalidArgument(f"{field} keys must be 1-{MAX_METADATA_KEY_BYTES} bytes", reason="BAD_METADATA")
+            raise InvalidArgument(f"{field} keys must be 1-{MAX_METADATA_KEY_BYTES} bytes", reason=Reason.BAD_METADATA)
         if len(value.encode()) > MAX_METADATA_VALUE_BYTES:
             raise InvalidArgument(
-                f"{field} values must be at most {MAX_METADATA_VALUE_BYTES} bytes", reason="BAD_METADATA"
+                f"{field} values must be at most {MAX_METADATA_VALUE_BYTES} bytes", reason=Reason.BAD_METADATA
             )
         guard.check_input(key, f"{field} keys")
         guard.check_input(value, f"{field} values")
@@ -70,22 +71,22 @@ def check_create_session(request: cs_pb2.CreateSessionRequest, guardrails: Guard
     Guardrails(guardrails).check_input(request.system_prompt, "system_prompt")
     if len(request.system_prompt.encode("utf-8", "surrogatepass")) > MAX_SYSTEM_PROMPT_BYTES:
         raise InvalidArgument(
-            f"system_prompt is over the limit of {MAX_SYSTEM_PROMPT_BYTES} bytes", reason="SYSTEM_PROMPT_TOO_LARGE"
+            f"system_prompt is over the limit of {MAX_SYSTEM_PROMPT_BYTES} bytes", reason=Reason.SYSTEM_PROMPT_TOO_LARGE
         )
     if not 0 <= request.memory.retrieval_min_score <= 1:
-        raise InvalidArgument("memory.retrieval_min_score must be between 0 and 1", reason="BAD_MEMORY_SETTINGS")
+        raise InvalidArgument("memory.retrieval_min_score must be between 0 and 1", reason=Reason.BAD_MEMORY_SETTINGS)
     if request.memory.retrieval_top_k > MAX_RETRIEVAL_TOP_K:
         raise InvalidArgument(
-            f"memory.retrieval_top_k must be at most {MAX_RETRIEVAL_TOP_K}", reason="BAD_MEMORY_SETTINGS"
+            f"memory.retrieval_top_k must be at most {MAX_RETRIEVAL_TOP_K}", reason=Reason.BAD_MEMORY_SETTINGS
         )
     if request.model.HasField("temperature") and not 0.0 <= request.model.temperature <= 2.0:
-        raise InvalidArgument("model.temperature must be between 0 and 2", reason="BAD_MODEL_SETTINGS")
+        raise InvalidArgument("model.temperature must be between 0 and 2", reason=Reason.BAD_MODEL_SETTINGS)
     if len(request.model.stop_sequences) > 8:
-        raise InvalidArgument("model.stop_sequences holds at most 8 entries", reason="BAD_MODEL_SETTINGS")
+        raise InvalidArgument("model.stop_sequences holds at most 8 entries", reason=Reason.BAD_MODEL_SETTINGS)
 
 
 def page_size(requested: int) -> int:
     """The effective page size of a paged request."""
     if requested > MAX_PAGE_SIZE:
-        raise InvalidArgument(f"page_size must be at most {MAX_PAGE_SIZE}", reason="PAGE_SIZE_TOO_LARGE")
+        raise InvalidArgument(f"page_size must be at most {MAX_PAGE_SIZE}", reason=Reason.PAGE_SIZE_TOO_LARGE)
     return requested or DEFAULT_PAGE_SIZE

@@ -24,7 +24,16 @@ from otel.propagation import (
 )
 from otel.runtime import capture_content, force_flush, metrics, metrics_port, otlp_protocol, setup, shutdown
 from otel.settings import LOG_FORMATS, MODES, TelemetrySettings, resolve_mode
-from otel.spans import ProducerSpan, model_span_attributes, producer_span, set_model_content, set_model_response, span
+from otel.spans import (
+    ProducerSpan,
+    end_tool_span,
+    model_span_attributes,
+    producer_span,
+    set_model_content,
+    set_model_response,
+    span,
+    start_tool_span,
+)
 from otel.viewer import find_trace, render_trace
 
 __all__ = [
@@ -47,6 +56,7 @@ __all__ = [
     "capture_content",
     "consumer_span",
     "current_ids",
+    "end_tool_span",
     "find_trace",
     "force_flush",
     "inject_current",
@@ -67,5 +77,6 @@ __all__ = [
     "setup_logging",
     "shutdown",
     "span",
+    "start_tool_span",
     "trace_id_hex",
 ]

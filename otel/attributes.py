@@ -41,13 +41,29 @@ GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
 GEN_AI_FINISH_REASONS = "gen_ai.response.finish_reasons"
 GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_TOOL_NAME = "gen_ai.tool.name"
+GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
+GEN_AI_TOOL_TYPE = "gen_ai.tool.type"
+"""``function`` (the client runs it) or ``extension`` (an MCP server runs it)."""
+GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
+"""Opt-in (content): the call's arguments, as JSON text."""
+GEN_AI_TOOL_CALL_RESULT = "gen_ai.tool.call.result"
+"""Opt-in (content): the call's result."""
+ERROR_TYPE = "error.type"
+OPERATION_EXECUTE_TOOL = "execute_tool"
 GEN_AI_SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
 """Opt-in (content): the system prompt."""
 GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
 """Opt-in (content): the messages sent to the model, as JSON."""
 GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
 """Opt-in (content): the answer, as JSON."""
-CONTENT_ATTRIBUTES = (GEN_AI_SYSTEM_INSTRUCTIONS, GEN_AI_INPUT_MESSAGES, GEN_AI_OUTPUT_MESSAGES)
+CONTENT_ATTRIBUTES = (
+    GEN_AI_SYSTEM_INSTRUCTIONS,
+    GEN_AI_INPUT_MESSAGES,
+    GEN_AI_OUTPUT_MESSAGES,
+    GEN_AI_TOOL_CALL_ARGUMENTS,
+    GEN_AI_TOOL_CALL_RESULT,
+)
 """The only attributes that may hold message content, and only when capture is enabled."""
 
 # Messaging semantic conventions.
@@ -66,6 +82,18 @@ SPAN_EVENTS_PUBLISH = "salon.events publish"
 SPAN_BATCH_WRITE = "salon.batch.write"
 SPAN_CONTEXT = "salon.context assembly"
 SPAN_RETRIEVAL = "salon.retrieval"
+
+# Tool calls (the execute_tool spans add these to the GenAI ones).
+TOOL_SERVER = "salon.tool.mcp_server"
+TOOL_ROUND = "salon.tool.round"
+TOOL_SOURCE = "salon.tool.source"
+"""Where the result came from: client, mcp, rejected, timeout, invalid_call, cancelled."""
+TOOL_REQUIRES_APPROVAL = "salon.tool.requires_approval"
+TOOL_APPROVED = "salon.tool.approved"
+TOOL_OUTCOME = "salon.tool.outcome"
+"""Metric attribute: ok, error, rejected, timeout, invalid, cancelled."""
+TURN_MODEL_ROUNDS = "salon.turn.model_rounds"
+TURN_TOOL_CALLS = "salon.turn.tool_calls"
 
 # Context assembly and retrieval (counts only, never content).
 RETRIEVAL_PASSAGES = "salon.retrieval.passages"

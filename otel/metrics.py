@@ -39,6 +39,14 @@ class DeploymentFigures:
     batch_flushes: int = 0
     batch_rows: int = 0
     last_flush_s: float = 0.0
+    tool_calls: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(tool name, outcome) -> calls that got their result (outcome: ok, error, rejected, timeout, invalid,
+    cancelled)."""
+    tool_wait_s: float = 0.0
+    """Time turns spent waiting for tool results and approvals, summed."""
+    tool_waits: int = 0
+    waiting_turns: int = 0
+    """Turns waiting for tool results or approvals now (holding no model connection)."""
 
 
 class Metrics:
@@ -88,6 +96,11 @@ class Metrics:
                 "Duration of the batch writer's last flush, s.",
                 lambda f: [Observation(f.last_flush_s)],
             ),
+            (
+                "salon.turns.waiting_for_tools",
+                "Turns waiting for tool results or approvals (no model connection held).",
+                lambda f: [Observation(f.waiting_turns)],
+            ),
         ]
         for name, description, read in gauges:
             meter.create_observable_gauge(name, callbacks=[self._reading(read)], description=description)
@@ -107,6 +120,20 @@ class Metrics:
                 ],
             ),
             ("salon.batch.flushes", "Batch writer flushes to LanceDB.", lambda f: [Observation(f.batch_flushes)]),
+            (
+                "salon.tool.calls",
+                "Tool calls that got their result, by tool and outcome.",
+                lambda f: [
+                    Observation(n, {"gen_ai.tool.name": t, "salon.tool.outcome": o})
+                    for (t, o), n in sorted(f.tool_calls.items())
+                ],
+            ),
+            (
+                "salon.tool.wait_time",
+                "Time turns spent waiting for tool results and approvals, s (with salon.tool.waits: the mean wait).",
+                lambda f: [Observation(f.tool_wait_s)],
+            ),
+            ("salon.tool.waits", "Waits of turns for their tools.", lambda f: [Observation(f.tool_waits)]),
             ("salon.batch.rows", "Records the batch writer wrote.", lambda f: [Observation(f.batch_rows)]),
         ]
         for name, description, read in counters:

@@ -89,6 +89,42 @@ def producer_span(
         yield producer
 
 
+def start_tool_span(
+    tool: str, call_id: str, *, server: str, round_index: int, requires_approval: bool, arguments: str
+) -> Span:
+    """Start the span of one tool call, from the moment it was made (a child of the current span, the turn's):
+    ``execute_tool {tool}``, INTERNAL, as the GenAI conventions name it. The caller ends it (see
+    :func:`end_tool_span`); the arguments go on it only when the operator opted in to content."""
+    attributes: dict[str, Any] = {
+        attrs.GEN_AI_OPERATION: attrs.OPERATION_EXECUTE_TOOL,
+        attrs.GEN_AI_TOOL_NAME: tool,
+        attrs.GEN_AI_TOOL_CALL_ID: call_id,
+        attrs.GEN_AI_TOOL_TYPE: "extension" if server else "function",
+        attrs.TOOL_ROUND: round_index,
+        attrs.TOOL_REQUIRES_APPROVAL: requires_approval,
+    }
+    if server:
+        attributes[attrs.TOOL_SERVER] = server
+    current = _tracer().start_span(f"execute_tool {tool}", kind=SpanKind.INTERNAL, attributes=attributes)
+    if capture_content() and current.is_recording():
+        current.set_attribute(attrs.GEN_AI_TOOL_CALL_ARGUMENTS, arguments)
+    return current
+
+
+def end_tool_span(current: Span, *, source: str, is_error: bool, result: str, approved: bool | None = None) -> None:
+    """End a tool call's span with where its result came from (the result itself only under content capture)."""
+    if current.is_recording():
+        current.set_attribute(attrs.TOOL_SOURCE, source)
+        if approved is not None:
+            current.set_attribute(attrs.TOOL_APPROVED, approved)
+        if is_error:
+            current.set_attribute(attrs.ERROR_TYPE, "tool_error" if source in ("client", "mcp") else source)
+            current.set_status(trace.StatusCode.ERROR)
+        if capture_content():
+            current.set_attribute(attrs.GEN_AI_TOOL_CALL_RESULT, result)
+    current.end()
+
+
 def model_span_attributes(
     *,
     provider: str,

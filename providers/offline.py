@@ -40,14 +40,17 @@ def offline_answer(request: ModelRequest) -> str:
     if instructions:
         lines.append(f"My instructions for this session begin: “{_excerpt(instructions)}”.")
     if earlier:
-        recalled = "; ".join(f"“{_excerpt(t)}”" for t in earlier[-3:])
+        recalled = "; ".join(f"“{_excerpt(t)}”" for t in reversed(earlier[-3:]))
         lines.append(
-            f"I remember {len(earlier)} earlier message(s) of yours in this session, most recently {recalled}."
+            f"I remember {len(earlier)} earlier message(s) of yours in this session, most recent first: {recalled}."
         )
     else:
         lines.append("This is the first message of the session that I can see.")
     if current is not None and current.text.strip():
         lines.append(f"You just said: “{_excerpt(current.text)}”.")
+    if request.tools:
+        names = ", ".join(spec.name for spec in request.tools[:8]) + (", …" if len(request.tools) > 8 else "")
+        lines.append(f"I cannot use tools, so I did not call any of the ones offered ({names}).")
     if request.passages:
         found = "; ".join(f"[{n}] “{_excerpt(p.text)}”" for n, p in enumerate(request.passages, start=1))
         lines.append(f"From the passages retrieved for this message: {found}.")

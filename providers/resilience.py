@@ -19,12 +19,13 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from actors.model import ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta, ToolCall
 from providers import errors
+from storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -261,61 +262,16 @@ class ProviderChain:
         passed: list[str] = []
         """Providers that failed or were skipped before the one answering."""
         for index, name in enumerate(chain):
-            breaker, counters = self.breakers[name], self.counters[name]
             # The session's model names a model of its chosen provider; fallbacks use their configured one.
             attempt_request = request if index == 0 else dataclasses.replace(request, model="")
-            attempts = 0
-            while True:
-                if not breaker.allow():
-                    counters.skipped_open += 1
-                    break
-                attempts += 1
-                counters.attempts += 1
-                if attempts > 1:
-                    counters.retries += 1
-                started = False
-                error: ModelError
-                inner = self._providers[name].stream(attempt_request)
-                try:
-                    while (chunk := await _next_chunk(inner, deadline, self._clock, name)) is not None:
-                        if isinstance(chunk, TextDelta | ToolCall):
-                            # A tool call is output too: after it, a retry could ask for the call twice.
-                            started = True
-                            yield chunk
-                            continue
-                        breaker.record_success()
-                        counters.answered += 1
-                        if passed:
-                            counters.fallbacks += 1
-                        yield _labelled(chunk, name, attempts, passed)
-                        return
-                    raise errors.protocol_error(name, "the stream ended without a result")
-                except ModelError as exc:
-                    error = exc
-                except (asyncio.CancelledError, GeneratorExit):
-                    # The turn was cancelled or its stream closed: no verdict on the provider.
-                    breaker.release()
-                    raise
-                except Exception as exc:
-                    log.exception("model provider %s failed unexpectedly", name)
-                    error = ModelError(f"{name} failed: {type(exc).__name__}", reason="MODEL_ERROR")
-                finally:
-                    # Closing the provider's stream is what closes the upstream HTTP stream, at once.
-                    await _aclose(inner)
-                self._settle(breaker, counters, error)
-                if started:
-                    # Text already reached the session: never send the request again, anywhere.
-                    raise ModelError(error.message, reason=error.reason, retryable=False) from error
-                last_error = error
-                if error.reason == errors.TIMEOUT:
-                    raise error  # the turn's time is spent: no retry, no fallback
-                delay = self.retry.delay_s(attempts, error, self._rand)
-                if delay is None or breaker.state == "open":
-                    break  # not worth sending again here (or the breaker just opened): next provider
-                if deadline is not None and self._clock() + delay >= deadline:
-                    break
-                log.warning("%s failed (%s); attempt %d in %.2f s", name, error.reason, attempts + 1, delay)
-                await self._sleep(delay)
+            try:
+                # Closed on the way out, so closing this stream closes the provider's at once (and its HTTP stream).
+                async with contextlib.aclosing(self._from_provider(name, attempt_request, deadline, passed)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+                return
+            except _MovedOn as moved_on:
+                last_error = moved_on.error or last_error
             passed.append(name)
             if index + 1 < len(chain):
                 log.warning("model provider %s is failing or open; falling back to %s", name, chain[index + 1])
@@ -329,6 +285,86 @@ class ProviderChain:
             retry_after_s=retry_in or None,
         )
 
+    async def _from_provider(
+        self, name: str, request: ModelRequest, deadline: float | None, passed: list[str]
+    ) -> AsyncGenerator[ModelChunk, None]:
+        """The answer of provider ``name``, retried while no output reached the session; :class:`_MovedOn` when
+        the chain should try its next provider."""
+        breaker, counters = self.breakers[name], self.counters[name]
+        attempts = 0
+        error: ModelError | None = None
+        while breaker.allow():
+            attempts += 1
+            counters.attempts += 1
+            if attempts > 1:
+                counters.retries += 1
+            try:
+                async with contextlib.aclosing(self._attempt(name, request, deadline, attempts, passed)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+                return
+            except _AttemptFailed as failed:
+                error = failed.error
+            if not await self._before_retry(name, error, attempts, deadline):
+                raise _MovedOn(error)
+        counters.skipped_open += 1
+        raise _MovedOn(error)
+
+    async def _attempt(
+        self, name: str, request: ModelRequest, deadline: float | None, attempts: int, passed: list[str]
+    ) -> AsyncGenerator[ModelChunk, None]:
+        """One request to provider ``name``: its output, then its result labelled. A failure is settled with
+        the breaker and raised: as :class:`_AttemptFailed` before any output, as a final (not retryable)
+        :class:`ModelError` after some."""
+        breaker, counters = self.breakers[name], self.counters[name]
+        started = False
+        error: ModelError
+        inner = self._providers[name].stream(request)
+        try:
+            while (chunk := await _next_chunk(inner, deadline, self._clock, name)) is not None:
+                if isinstance(chunk, TextDelta | ToolCall):
+                    # A tool call is output too: after it, a retry could ask for the call twice.
+                    started = True
+                    yield chunk
+                    continue
+                breaker.record_success()
+                counters.answered += 1
+                if passed:
+                    counters.fallbacks += 1
+                yield _labelled(chunk, name, attempts, passed)
+                return
+            raise errors.protocol_error(name, "the stream ended without a result")
+        except ModelError as exc:
+            error = exc
+        except (asyncio.CancelledError, GeneratorExit):
+            # The turn was cancelled or its stream closed: no verdict on the provider.
+            breaker.release()
+            raise
+        except Exception as exc:
+            log.exception("model provider %s failed unexpectedly", name)
+            error = ModelError(f"{name} failed: {type(exc).__name__}", reason=Reason.MODEL_ERROR)
+        finally:
+            # Closing the provider's stream is what closes the upstream HTTP stream, at once.
+            await _aclose(inner)
+        self._settle(breaker, counters, error)
+        if started:
+            # Text already reached the session: never send the request again, anywhere.
+            raise ModelError(error.message, reason=error.reason, retryable=False) from error
+        raise _AttemptFailed(error)
+
+    async def _before_retry(self, name: str, error: ModelError, attempts: int, deadline: float | None) -> bool:
+        """Wait before sending the request to ``name`` again; False when it should not be sent there again."""
+        if error.reason == errors.TIMEOUT:
+            raise error  # the turn's time is spent: no retry, no fallback
+        delay = self.retry.delay_s(attempts, error, self._rand)
+        if delay is None or self.breakers[name].state == "open":
+            return False  # not worth sending again here (or the breaker just opened): next provider
+        if deadline is not None and self._clock() + delay >= deadline:
+            return False
+        log.warning("%s failed (%s); attempt %d in %.2f s", name, error.reason, attempts + 1, delay)
+        await self._sleep(delay)
+        return True
+
     @staticmethod
     def _settle(breaker: CircuitBreaker, counters: ProviderCounters, error: ModelError) -> None:
         if error.reason in errors.CALLER_FAULTS:
@@ -337,6 +373,23 @@ class ProviderChain:
             counters.failures += 1
             counters.errors[error.reason] = counters.errors.get(error.reason, 0) + 1
             breaker.record_failure()
+
+
+class _AttemptFailed(Exception):
+    """An attempt failed before any output: the request may be sent again, here or to the next provider."""
+
+    def __init__(self, error: ModelError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _MovedOn(Exception):
+    """A provider was given up (failing, or its breaker open): the chain tries its next one. ``error`` is its
+    last failure (None when it was skipped without an attempt)."""
+
+    def __init__(self, error: ModelError | None) -> None:
+        super().__init__(error.message if error is not None else "skipped")
+        self.error = error
 
 
 def _labelled(result: ModelResult, name: str, attempts: int, passed: list[str]) -> ModelResult:

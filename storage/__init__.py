@@ -33,7 +33,18 @@ from storage.errors import (
 from storage.ids import is_valid_id, require_id, uuid7
 from storage.knowledge import Document, IngestResult
 from storage.ledger import Fenced, Journal, LoadedSession, SessionLog
-from storage.records import GuardrailDecision, SnapshotRecord, TurnRecord, TurnStatus, turn_key
+from storage.reasons import Reason
+from storage.records import (
+    GuardrailDecision,
+    ProgressRecord,
+    SnapshotRecord,
+    ToolApproval,
+    ToolCallEntry,
+    ToolSource,
+    TurnRecord,
+    TurnStatus,
+    turn_key,
+)
 from storage.retrieval import Passage, RetrievalQuery, Retriever
 from storage.sessions import SessionRegistry, incarnation_of
 from storage.subjects import Names
@@ -61,6 +72,8 @@ __all__ = [
     "OnnxEmbedder",
     "Passage",
     "PermissionDenied",
+    "ProgressRecord",
+    "Reason",
     "ResourceExhausted",
     "RetrievalQuery",
     "Retriever",
@@ -69,6 +82,9 @@ __all__ = [
     "SessionRegistry",
     "SnapshotRecord",
     "TokenCounters",
+    "ToolApproval",
+    "ToolCallEntry",
+    "ToolSource",
     "TurnEnvelope",
     "TurnRecord",
     "TurnStatus",

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from salon.v1 import conversation_service_pb2 as cs_pb2
-from storage.errors import Internal
+from storage.errors import Internal, Unavailable
+from storage.reasons import Reason
 
 H_MSG_ID = "Nats-Msg-Id"
 """Deduplication id: JetStream drops a second turn with the same id within its dedupe window."""
@@ -26,9 +27,16 @@ H_GUARDRAILS = "Salon-Guardrails"
 TRACE_HEADERS = ("traceparent", "tracestate")
 TERMINAL_KINDS = frozenset({"completed", "error", "cancelled"})
 """Event kinds that end a turn's event stream."""
-REFUSALS = frozenset({"TOO_MANY_TURNS", "SESSION_BUSY"})
+REFUSALS = frozenset({Reason.TOO_MANY_TURNS, Reason.SESSION_BUSY})
 """Reasons of an error event that refused a turn before it ran: the turn did not run, and sending it again under
 the same idempotency key may run it."""
+
+
+class EventsLost(Unavailable):
+    """Some of a turn's events are gone from the events stream (they outlived its retention, or a store lost
+    them), so the stream cannot continue without a gap; the turn's record can, once it exists."""
+
+    reason = Reason.EVENTS_LOST
 
 
 class Delivered(Protocol):

@@ -6,11 +6,14 @@ Messages are written for people and never contain request content.
 
 from __future__ import annotations
 
+from storage.reasons import Reason
+
 
 class SalonError(Exception):
-    """Root of Salon's errors: a stable ``reason`` (UPPER_SNAKE_CASE) and a human message."""
+    """Root of Salon's errors: a stable ``reason`` (a :class:`~storage.reasons.Reason`) and a human message."""
 
-    reason: str = "INTERNAL"
+    # Typed str, not Reason: a few modules still raise with the literal string (equal to the member).
+    reason: str = Reason.INTERNAL
     retryable: bool = False
 
     def __init__(self, message: str, *, reason: str | None = None, retry_after_s: float | None = None) -> None:
@@ -24,62 +27,62 @@ class SalonError(Exception):
 class InvalidArgument(SalonError):
     """The request is malformed; sending it again unchanged will fail again."""
 
-    reason = "INVALID_ARGUMENT"
+    reason: str = Reason.INVALID_ARGUMENT
 
 
 class Unauthenticated(SalonError):
     """The call carries no valid credentials. One message for every cause (missing, malformed, unknown,
     revoked), so a caller learns nothing about which keys exist."""
 
-    reason = "UNAUTHENTICATED"
+    reason: str = Reason.UNAUTHENTICATED
 
 
 class PermissionDenied(SalonError):
     """The caller is known but may not do this (for example read another tenant's usage without an admin key)."""
 
-    reason = "PERMISSION_DENIED"
+    reason: str = Reason.PERMISSION_DENIED
 
 
 class NotFound(SalonError):
     """The named thing does not exist, or the caller may not see it (the two are indistinguishable)."""
 
-    reason = "NOT_FOUND"
+    reason: str = Reason.NOT_FOUND
 
 
 class AlreadyExists(SalonError):
     """A caller-chosen id is taken."""
 
-    reason = "ALREADY_EXISTS"
+    reason: str = Reason.ALREADY_EXISTS
 
 
 class FailedPrecondition(SalonError):
     """The request is valid but the target's state refuses it now (for example a busy session)."""
 
-    reason = "FAILED_PRECONDITION"
+    reason: str = Reason.FAILED_PRECONDITION
 
 
 class ResourceExhausted(SalonError):
     """A limit was reached; ``retry_after_s`` says when trying again may work."""
 
-    reason = "RESOURCE_EXHAUSTED"
+    reason: str = Reason.RESOURCE_EXHAUSTED
     retryable = True
 
 
 class Unavailable(SalonError):
     """A dependency (NATS, storage, hosts) cannot be reached; retrying later may work."""
 
-    reason = "UNAVAILABLE"
+    reason: str = Reason.UNAVAILABLE
     retryable = True
 
 
 class DeadlineExceeded(SalonError):
     """The operation did not finish in the time allowed."""
 
-    reason = "DEADLINE_EXCEEDED"
+    reason: str = Reason.DEADLINE_EXCEEDED
     retryable = True
 
 
 class Internal(SalonError):
     """A bug or an unexpected failure inside the engine."""
 
-    reason = "INTERNAL"
+    reason: str = Reason.INTERNAL

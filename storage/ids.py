@@ -8,6 +8,7 @@ import time
 import uuid
 
 from storage.errors import InvalidArgument
+from storage.reasons import id_reason
 
 # Ids become NATS subject tokens and storage keys, so they must avoid '.', '*', '>' and whitespace.
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -19,10 +20,11 @@ def is_valid_id(value: str) -> bool:
 
 
 def require_id(value: str, what: str) -> str:
-    """Return ``value`` if it is a valid id, else raise :class:`InvalidArgument` naming ``what`` only."""
+    """Return ``value`` if it is a valid id, else raise :class:`InvalidArgument` naming ``what`` only (its
+    reason: ``INVALID_`` and the field's name, for example ``INVALID_SESSION_ID``)."""
     if not is_valid_id(value):
         raise InvalidArgument(
-            f"{what} must be 1 to 64 characters of letters, digits, '_' or '-'", reason=f"INVALID_{what.upper()}"
+            f"{what} must be 1 to 64 characters of letters, digits, '_' or '-'", reason=id_reason(what)
         )
     return value
 

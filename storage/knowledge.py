@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-INVALID_DOCUMENT_ID: Final = "INVALID_DOCUMENT_ID"
-EMPTY_DOCUMENT: Final = "EMPTY_DOCUMENT"
-DOCUMENT_TOO_LARGE: Final = "DOCUMENT_TOO_LARGE"
-UNSUPPORTED_MEDIA_TYPE: Final = "UNSUPPORTED_MEDIA_TYPE"
-TITLE_TOO_LONG: Final = "TITLE_TOO_LONG"
+from storage.reasons import Reason
+
+INVALID_DOCUMENT_ID: Final = Reason.INVALID_DOCUMENT_ID
+EMPTY_DOCUMENT: Final = Reason.EMPTY_DOCUMENT
+DOCUMENT_TOO_LARGE: Final = Reason.DOCUMENT_TOO_LARGE
+UNSUPPORTED_MEDIA_TYPE: Final = Reason.UNSUPPORTED_MEDIA_TYPE
+TITLE_TOO_LONG: Final = Reason.TITLE_TOO_LONG
 
 
 @dataclass(frozen=True, slots=True)

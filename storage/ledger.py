@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from storage.errors import FailedPrecondition
-from storage.records import SnapshotRecord, TurnRecord
+from storage.records import ProgressRecord, SnapshotRecord, TurnRecord
 
 
 class Fenced(FailedPrecondition):
@@ -23,10 +23,19 @@ class Fenced(FailedPrecondition):
 
 @dataclass(slots=True)
 class LoadedSession:
-    """What activation found: the latest snapshot (if any) and the turn records after it."""
+    """What activation found: the latest snapshot (if any), the turn records after it, and the progress records
+    after it of turns that have no record yet (turns that were running or waiting when the session was last
+    active)."""
 
     snapshot: SnapshotRecord | None
     turns: list[TurnRecord] = field(default_factory=list)
+    progress: list[ProgressRecord] = field(default_factory=list)
+
+
+def unfinished(progress: list[ProgressRecord], turns: list[TurnRecord]) -> list[ProgressRecord]:
+    """The progress records of turns that have no turn record among ``turns``, in order."""
+    ended = {t.turn_id for t in turns}
+    return [p for p in progress if p.turn_id not in ended]
 
 
 class SessionLog(Protocol):
@@ -34,6 +43,11 @@ class SessionLog(Protocol):
 
     async def append_turn(self, record: TurnRecord) -> TurnRecord:
         """Append a turn record durably; returns it with its ledger sequence. :class:`Fenced` if stale."""
+        ...
+
+    async def append_progress(self, record: ProgressRecord) -> ProgressRecord:
+        """Append a step of a running turn durably, fenced like a turn record; returns it with its ledger
+        sequence. :class:`Fenced` if stale."""
         ...
 
     async def save_snapshot(self, snapshot: SnapshotRecord) -> None:

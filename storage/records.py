@@ -23,6 +23,13 @@ KIND_TURN = "turn"
 KIND_SNAPSHOT = "snapshot"
 KIND_ACTIVATION = "activation"
 """A fencing marker: appended by each activation of a session, never stored in the tables."""
+KIND_PROGRESS = "progress"
+"""A step of a turn that is still running (a model round's tool calls, an approval, a result): fenced like turn
+records, read back by the session's next activation, never stored in the tables (the turn's record holds it all
+once the turn ends)."""
+
+ToolSource = Literal["", "client", "mcp", "rejected", "timeout", "invalid_call", "cancelled"]
+"""Where a tool call's result came from (empty while the call waits)."""
 
 
 def turn_key(tenant_id: str, session_id: str, turn_id: str) -> str:
@@ -50,10 +57,12 @@ class GuardrailDecision:
     """Names of the rules that matched (not the matched text)."""
     passage: int = -1
     """For a retrieved passage: its index in the list checked."""
+    call_id: str = ""
+    """For a tool result (source ``tool``): the call it came from."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (the ledger record)."""
-        return {
+        """JSON-ready form (the ledger record; ``call_id`` only when set)."""
+        data: dict[str, Any] = {
             "check": self.check,
             "action": self.action,
             "reason": self.reason,
@@ -63,6 +72,9 @@ class GuardrailDecision:
             "rules": list(self.rules),
             "passage": self.passage,
         }
+        if self.call_id:
+            data["call_id"] = self.call_id
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GuardrailDecision:
@@ -76,7 +88,110 @@ class GuardrailDecision:
             score=float(data.get("score", 0.0)),
             rules=tuple(str(r) for r in data.get("rules", ())),
             passage=int(data.get("passage", -1)),
+            call_id=str(data.get("call_id", "")),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolApproval:
+    """How a person decided about a tool call that required approval."""
+
+    approved: bool
+    reason: str = ""
+    approver: str = ""
+    """Who decided, as the application named them."""
+    decided_by: str = ""
+    """The credentials that sent the decision (a key id or certificate name; never a secret)."""
+    decided_at_ns: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ToolApproval:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            approved=bool(data.get("approved", False)),
+            reason=str(data.get("reason", "")),
+            approver=str(data.get("approver", "")),
+            decided_by=str(data.get("decided_by", "")),
+            decided_at_ns=int(data.get("decided_at_ns", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEntry:
+    """One tool call of a turn as it stands: the call, its approval, its result, and the sequence numbers of the
+    events that told the client about each (0: not sent), so a replay sends them again in their places."""
+
+    call_id: str
+    tool: str
+    arguments_json: str = "{}"
+    server: str = ""
+    """The MCP server that runs it; empty: the client."""
+    round: int = 1
+    """The model round that made the call (1 for the turn's first model request)."""
+    requires_approval: bool = False
+    wait_deadline_ns: int = 0
+    """When the turn stops waiting for this call (0: it does not wait: an MCP call, or an invalid one)."""
+    approval: ToolApproval | None = None
+    result: str = ""
+    """The result as the model sees it (empty while the call waits)."""
+    is_error: bool = False
+    source: ToolSource = ""
+    called_at_ns: int = 0
+    result_at_ns: int = 0
+    call_tokens: int = 0
+    """Estimated tokens of the call (name and arguments) in the next prompts."""
+    result_tokens: int = 0
+    guardrail: GuardrailDecision | None = None
+    """The injection guardrail's decision about the result (source ``tool``), when it had one."""
+    call_seq: int = 0
+    approval_seq: int = 0
+    decided_seq: int = 0
+    guardrail_seq: int = 0
+    result_seq: int = 0
+
+    @property
+    def answered(self) -> bool:
+        """Whether the call has its result."""
+        return bool(self.source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["approval"] = self.approval.to_dict() if self.approval is not None else None
+        data["guardrail"] = self.guardrail.to_dict() if self.guardrail is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ToolCallEntry:
+        """Rebuild from :meth:`to_dict` output (unknown keys ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        raw = {k: v for k, v in data.items() if k in known}
+        approval, guardrail = raw.get("approval"), raw.get("guardrail")
+        raw["approval"] = ToolApproval.from_dict(approval) if isinstance(approval, Mapping) else None
+        raw["guardrail"] = GuardrailDecision.from_dict(guardrail) if isinstance(guardrail, Mapping) else None
+        return cls(**raw)
+
+
+def entries_to_json(entries: tuple[ToolCallEntry, ...], round_chars: tuple[int, ...]) -> str:
+    """A turn's tool calls and the length of each model round's text, as the JSON of the transcripts table's
+    ``tools_json`` column ("" for a turn without tools)."""
+    if not entries and not round_chars:
+        return ""
+    data = {"calls": [e.to_dict() for e in entries], "round_chars": list(round_chars)}
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def entries_from_json(text: str) -> tuple[tuple[ToolCallEntry, ...], tuple[int, ...]]:
+    """The inverse of :func:`entries_to_json`."""
+    if not text:
+        return (), ()
+    data = json.loads(text)
+    calls = tuple(ToolCallEntry.from_dict(c) for c in data.get("calls", ()))
+    return calls, tuple(int(n) for n in data.get("round_chars", ()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +238,15 @@ class TurnRecord:
     """Stream sequence of the ledger entry (0 until appended)."""
     guardrails: tuple[GuardrailDecision, ...] = ()
     """What the guardrails decided (injection flags or blocks, redactions, a canary leak); ``reply_text``
-    and ``deltas`` are already redacted."""
+    and ``deltas`` are already redacted. Decisions about tool results are with their calls (``tool_calls``)."""
+    model_rounds: int = 0
+    """Model requests the turn made (0 in records written before tools existed: read it as 1 if it reached the
+    model)."""
+    tool_calls: tuple[ToolCallEntry, ...] = ()
+    """The tool calls the model made, in order, each with its approval and result."""
+    round_chars: tuple[int, ...] = ()
+    """Characters of ``reply_text`` each model round produced (empty without tool calls: one round), so memory
+    can give each round's text back its place before the round's calls."""
 
     @property
     def key(self) -> str:
@@ -141,11 +264,87 @@ class TurnRecord:
         raw["deltas"] = tuple(raw.get("deltas", ()))
         raw["context_turn_ids"] = tuple(raw.get("context_turn_ids", ()))
         raw["guardrails"] = tuple(GuardrailDecision.from_dict(d) for d in raw.get("guardrails", ()))
+        raw["tool_calls"] = tuple(ToolCallEntry.from_dict(c) for c in raw.get("tool_calls", ()))
+        raw["round_chars"] = tuple(int(n) for n in raw.get("round_chars", ()))
         raw["ledger_seq"] = ledger_seq or raw.get("ledger_seq", 0)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
     def with_seq(self, ledger_seq: int) -> TurnRecord:
+        """A copy carrying its ledger sequence."""
+        return dataclasses.replace(self, ledger_seq=ledger_seq)
+
+    def all_guardrails(self) -> tuple[GuardrailDecision, ...]:
+        """Every guardrail decision of the turn: the turn's own, then those about its tool results."""
+        return (*self.guardrails, *(c.guardrail for c in self.tool_calls if c.guardrail is not None))
+
+
+ProgressKind = Literal["round", "update"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressRecord:
+    """One step of a turn still running, appended to the ledger as it happens (before its events are sent):
+    a model round that called tools (``round``: the round's text, usage and calls) or a change to some of its
+    calls (``update``: an approval decided, a result in). A session's next activation rebuilds a turn that was
+    waiting from these, sends none of their events twice and never asks the model again for a round recorded
+    here."""
+
+    tenant_id: str
+    session_id: str
+    turn_id: str
+    incarnation: str
+    index: int
+    """1, 2, … within the turn: with the turn key, the entry's deduplication id."""
+    kind: ProgressKind
+    seq: int
+    """Sequence number of the turn's last event before this step's events (which are numbered after it, as the
+    calls' ``*_seq`` fields say)."""
+    calls: tuple[ToolCallEntry, ...] = ()
+    """The calls this step made or changed, as they stand after it."""
+    round: int = 0
+    """For ``round``: the round's number."""
+    deltas: tuple[str, ...] = ()
+    """For ``round``: the text the round streamed before its calls."""
+    usage: Mapping[str, Any] = field(default_factory=dict)
+    """For ``round``: what the round's model request consumed (``ModelResult`` fields)."""
+    recorded_at_ns: int = 0
+    ledger_seq: int = 0
+
+    @property
+    def key(self) -> str:
+        """Identity of the entry (its ``Nats-Msg-Id``)."""
+        return f"{turn_key(self.tenant_id, self.session_id, self.turn_id)}.p{self.index}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["calls"] = [c.to_dict() for c in self.calls]
+        data["deltas"] = list(self.deltas)
+        data["usage"] = dict(self.usage)
+        return data
+
+    def to_json(self) -> bytes:
+        """Encode for the ledger."""
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], ledger_seq: int = 0) -> ProgressRecord:
+        """Rebuild from :meth:`to_dict` output (unknown keys ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in raw.items() if k in known}
+        data["calls"] = tuple(ToolCallEntry.from_dict(c) for c in raw.get("calls", ()))
+        data["deltas"] = tuple(str(d) for d in raw.get("deltas", ()))
+        data["usage"] = dict(raw.get("usage") or {})
+        data["ledger_seq"] = ledger_seq or int(raw.get("ledger_seq", 0))
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, data: bytes, ledger_seq: int = 0) -> ProgressRecord:
+        """Decode a ledger entry; ``ledger_seq`` is taken from the message."""
+        return cls.from_dict(json.loads(data), ledger_seq)
+
+    def with_seq(self, ledger_seq: int) -> ProgressRecord:
         """A copy carrying its ledger sequence."""
         return dataclasses.replace(self, ledger_seq=ledger_seq)
 

@@ -94,7 +94,7 @@ _SPECS: Final = (
         TRANSCRIPTS_SCHEMA,
         TURN_KEY,
         (("tenant_id", Bitmap()), ("session_id", BTree()), (TURN_KEY, BTree())),
-        added_columns=("context_json",),
+        added_columns=("context_json", "model_rounds", "tools_json"),
     ),
     TableSpec(
         SNAPSHOTS,
@@ -221,7 +221,7 @@ class TranscriptStore:
             if snapshot_rows.num_rows:
                 await self._insert_absent(SNAPSHOTS, snapshot_rows)
         await self._remember([t for t in unique_turns if remembers(t)])
-        await self._ensure_indexes()
+        await self._ensure_indexes((TRANSCRIPTS, SNAPSHOTS, MEMORIES))
 
     async def remember(self, turns: Sequence[TurnRecord]) -> None:
         """Embed the completed ``turns`` that have no memory row yet into ``memories`` (one embedding batch),
@@ -231,7 +231,7 @@ class TranscriptStore:
         if self._embedder is None:
             raise RuntimeError("remember() needs a store opened with an embedder")
         await self._remember([t for t in _first_per_key(turns, lambda r: r.key) if remembers(t)])
-        await self._ensure_indexes()
+        await self._ensure_indexes((MEMORIES,))
 
     async def _remember(self, turns: list[TurnRecord]) -> None:
         """Embed and store the memories of ``turns`` not stored yet (one embedding batch)."""
@@ -346,12 +346,16 @@ class TranscriptStore:
             if await has_indexes(self._tables[spec.name], spec):
                 self._indexed.add(spec.name)
 
-    async def _ensure_indexes(self) -> None:
-        """Create the scalar indexes of each table that has rows and lacks them (once per table)."""
-        if len(self._indexed) == len(self._specs):
+    async def _ensure_indexes(self, written: tuple[str, ...]) -> None:
+        """Create the indexes of each table among ``written`` that has rows and lacks them (once per table).
+
+        Only the tables this store writes: a store that only remembers (the memory indexer's) indexing the
+        transcripts too would race the transcript writer's store making the same index, and lose."""
+        pending = [self._specs[name] for name in written if name in self._specs and name not in self._indexed]
+        if not pending:
             return
         async with self._index_lock:
-            for spec in self._specs.values():
+            for spec in pending:
                 if spec.name not in self._indexed:
                     await self._index_table(spec)
 
@@ -433,7 +437,7 @@ async def create_missing_indexes(table: AsyncTable, spec: TableSpec) -> bool:
     except _STORE_ERRORS as exc:
         log.warning("creating the indexes of %s failed (%s); will retry", spec.name, type(exc).__name__)
         return False
-    log.info("created the indexes of %s", spec.name)
+    log.debug("created the indexes of %s", spec.name)
     return True
 
 

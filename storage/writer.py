@@ -23,12 +23,21 @@ from typing import Final, Protocol, TypedDict
 import otel
 from storage.errors import InvalidArgument, SalonError
 from storage.lance.schemas import record_fits
-from storage.records import KIND_ACTIVATION, KIND_SNAPSHOT, KIND_TURN, RECORD_HEADER, SnapshotRecord, TurnRecord
+from storage.records import (
+    KIND_ACTIVATION,
+    KIND_PROGRESS,
+    KIND_SNAPSHOT,
+    KIND_TURN,
+    RECORD_HEADER,
+    SnapshotRecord,
+    TurnRecord,
+)
 
 log = logging.getLogger(__name__)
 
-NOT_STORED_KINDS: Final = frozenset({KIND_ACTIVATION})
-"""Kinds the ledger carries for its own use (fencing markers): acked without a word, not written."""
+NOT_STORED_KINDS: Final = frozenset({KIND_ACTIVATION, KIND_PROGRESS})
+"""Kinds the ledger carries for its own use (fencing markers, steps of running turns): acked without a word, not
+written."""
 
 INITIAL_BACKOFF_S: Final = 0.1
 
@@ -76,7 +85,9 @@ class WriterStatus(TypedDict):
     """The writer's health and counters, for the engine's status report."""
 
     healthy: bool
-    """False while the last write (or fetch) failed; True again after the next success."""
+    """False while the store fails writes (from a failed write to the next successful one). Failures on the
+    ledger's side (fetching entries, the deleted-session check: a NATS outage the engine watches itself) are
+    counted and named in ``last_error`` but leave the store healthy."""
     last_error: str
     """Reason and message of the last failure (never record content); empty if none yet."""
     buffered: int
@@ -142,7 +153,8 @@ class BatchWriter:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._write_failing = False
-        self._fetch_failing = False
+        """A flush failed (on either side): the loop only retries it."""
+        self._store_failing = False
         self._consecutive_failures = 0
         self._flushes_since_optimize = 0
         self._last_error = ""
@@ -193,7 +205,7 @@ class BatchWriter:
     def status(self) -> WriterStatus:
         """The writer's health and counters."""
         return WriterStatus(
-            healthy=not (self._write_failing or self._fetch_failing),
+            healthy=not self._store_failing,
             last_error=self._last_error,
             buffered=len(self._pending),
             flushed_rows=self._flushed_rows,
@@ -257,11 +269,9 @@ class BatchWriter:
         except Exception as exc:
             await self._note_fetch_failure(exc)
             return []
-        self._fetch_failing = False
         return entries
 
     async def _note_fetch_failure(self, exc: Exception) -> None:
-        self._fetch_failing = True
         self._failures += 1
         self._consecutive_failures += 1
         self._last_error = _describe(exc)
@@ -314,7 +324,12 @@ class BatchWriter:
                 if isinstance(p.record, TurnRecord) and (link := otel.link_from(p.entry.headers)) is not None
             ]
             with otel.span(otel.attributes.SPAN_BATCH_WRITE, attributes=batch_attrs, links=links):
-                await self._store.write(turns, snapshots)
+                try:
+                    await self._store.write(turns, snapshots)
+                except Exception as exc:
+                    # A record that does not fit is set aside (see flush); anything else is the store failing.
+                    self._store_failing = not isinstance(exc, InvalidArgument)
+                    raise
         # Written: from here on nothing may fail the flush. Only the loop appends to the buffer, so the
         # flushed entries are still its first ones.
         del self._pending[: len(batch)]
@@ -338,7 +353,7 @@ class BatchWriter:
     def _note_write_success(
         self, batch: list[_Pending], records: list[Record], live: list[Record], started: float
     ) -> None:
-        self._write_failing = False
+        self._write_failing = self._store_failing = False
         self._consecutive_failures = 0
         self._flushes += 1
         self._flushed_rows += len(live)

@@ -1,7 +1,8 @@
 'use strict';
 /**
  * A small Salon client for Node.js: loads the API from protos/salon/v1 at run time (no generated code),
- * streams a turn's events, resumes a dropped stream, and explains errors.
+ * streams a turn's events, resumes a dropped stream, explains errors, and answers tool calls and approvals
+ * (SubmitToolResult / DecideApproval) as the turn streams.
  */
 
 const path = require('node:path');
@@ -88,19 +89,167 @@ function unary(client, method, request, timeoutS = 10) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
+ * A salon.v1.Tool: what the model may call. inputSchema is a JSON Schema object (sent as JSON text); leave it
+ * out for a tool without arguments (or an MCP tool, whose server lists its schema).
+ */
+function toolSpec({ name, description = '', inputSchema = null, requiresApproval = false, mcpServer = '' }) {
+  return {
+    name,
+    description,
+    input_schema_json: inputSchema ? JSON.stringify(inputSchema) : '',
+    requires_approval: requiresApproval,
+    mcp_server: mcpServer,
+  };
+}
+
+/** What the model sees of a handler's return value: a string as is, nothing as '', anything else as JSON. */
+function encodeResult(value) {
+  if (typeof value === 'string') return value;
+  if (value === undefined || value === null) return '';
+  return JSON.stringify(value);
+}
+
+/**
+ * Answer a tool call with its result or an error (exactly one of them). Resolves with true when the call
+ * already had an answer (the engine keeps the first).
+ */
+async function submitToolResult(client, { session_id, turn_id, call_id, result, error }, timeoutS = 30) {
+  if ((result === undefined) === (error === undefined)) throw new Error('give exactly one of result or error');
+  const request = { session_id, turn_id, call_id };
+  if (error !== undefined) request.error = String(error);
+  else request.result = encodeResult(result);
+  const response = await unary(client, 'SubmitToolResult', request, timeoutS);
+  return Boolean(response.duplicate);
+}
+
+/** Approve or reject a call waiting for approval; resolves with true when it was already decided. */
+async function decideApproval(client, { session_id, turn_id, call_id, approved, reason = '', approver = '' }, timeoutS = 30) {
+  const verdict = approved ? 'APPROVAL_VERDICT_APPROVE' : 'APPROVAL_VERDICT_REJECT';
+  const response = await unary(client, 'DecideApproval', { session_id, turn_id, call_id, verdict, reason, approver }, timeoutS);
+  return Boolean(response.duplicate);
+}
+
+/**
+ * The part of a turn that answers its tool calls: tools maps a tool name to an (async) function of the parsed
+ * arguments and the tool_call event, whose return value is submitted as the result and whose thrown error's
+ * message as an error; onApproval(event) decides an approval_required event, returning true/false or
+ * { approved, reason, approver }. Calls and approvals it has no function for are left to the caller.
+ * observe(event) is fed every event in order; failure is a promise rejected when an answer could not be sent
+ * (a call no longer waiting, NOT_FOUND, is dropped quietly); close() stops observing.
+ */
+function toolAnswerer(client, { tools = {}, onApproval = null } = {}) {
+  const calls = new Map();
+  const answered = new Set();
+  let closed = false;
+  let fail;
+  const failure = new Promise((_, reject) => {
+    fail = reject;
+  });
+  failure.catch(() => {}); // read by whoever races it; never an unhandled rejection
+
+  // An answer is sent again while the gateway is UNAVAILABLE (the engine counts a call's answer once).
+  const withRetries = async (send, attempts = 5) => {
+    for (let n = 1; ; n += 1) {
+      try {
+        return await send();
+      } catch (err) {
+        if (closed || err.code !== grpc.status.UNAVAILABLE || n >= attempts) throw err;
+        await sleep(Math.max(describeError(err).retryAfterMs || 0, 100 * 2 ** (n - 1)));
+      }
+    }
+  };
+  const quietly = (promise) =>
+    promise.catch((err) => {
+      if (closed || err.code === grpc.status.NOT_FOUND) return;
+      fail(Object.assign(err, { toolAnswer: true }));
+    });
+
+  const run = (event) => {
+    const handler = Object.prototype.hasOwnProperty.call(tools, event.tool) ? tools[event.tool] : null;
+    if (!handler || event.mcp_server || answered.has(event.call_id)) return;
+    answered.add(event.call_id);
+    const ids = { session_id: event.session_id, turn_id: event.turn_id, call_id: event.call_id };
+    const outcome = (async () => {
+      let args = {};
+      try {
+        args = event.arguments_json ? JSON.parse(event.arguments_json) : {};
+      } catch {
+        args = {};
+      }
+      try {
+        return { result: encodeResult(await handler(args, event)) };
+      } catch (err) {
+        const message = err && err.message ? err.message : String(err);
+        return { error: `${(err && err.name) || 'Error'}: ${message}` };
+      }
+    })();
+    quietly(outcome.then((answer) => (closed ? false : withRetries(() => submitToolResult(client, { ...ids, ...answer })))));
+  };
+
+  const observe = (event) => {
+    if (closed) return;
+    if (event.kind === 'accepted' && event.accepted.replayed) {
+      closed = true; // a finished turn's record: its calls were answered long ago
+    } else if (event.kind === 'tool_call') {
+      const call = { ...event.tool_call, session_id: event.session_id, turn_id: event.turn_id };
+      calls.set(call.call_id, call);
+      if (!call.requires_approval) run(call);
+    } else if (event.kind === 'approval_required' && onApproval) {
+      const request = { ...event.approval_required, session_id: event.session_id, turn_id: event.turn_id };
+      quietly(
+        (async () => {
+          const decided = await onApproval(request);
+          const decision = typeof decided === 'boolean' ? { approved: decided } : decided;
+          await withRetries(() =>
+            decideApproval(client, {
+              session_id: request.session_id,
+              turn_id: request.turn_id,
+              call_id: request.call_id,
+              approved: Boolean(decision.approved),
+              reason: decision.reason || '',
+              approver: decision.approver || '',
+            }),
+          );
+        })(),
+      );
+    } else if (event.kind === 'approval_decided' && event.approval_decided.approved) {
+      const call = calls.get(event.approval_decided.call_id);
+      if (call) run(call);
+    } else if (TERMINAL.has(event.kind)) {
+      closed = true;
+    }
+  };
+  return {
+    observe,
+    failure,
+    close: () => {
+      closed = true;
+    },
+  };
+}
+
+/**
  * Stream one turn, calling onEvent(event) for each event once, in order, and resolve with the terminal event.
  *
  * request is a SendTurnRequest and must carry an idempotency_key (it names the turn). If the stream fails with
  * UNAVAILABLE, the turn is called again after a jittered backoff: SendTurn with the same key if no event was
  * seen (the engine never runs a turn twice), ResumeTurn after the last seen sequence number otherwise.
  *
- * @returns {{done: Promise<object>, cancel: () => Promise<void>}}
+ * tools ({ name: async (args, event) => result }) answer the turn's tool calls and onApproval its approvals
+ * as it streams (see toolAnswerer); done rejects if an answer could not be sent. The turn's own
+ * submitToolResult / approve / reject answer by hand.
+ *
+ * @returns {{done: Promise<object>, cancel: () => Promise<void>, close: () => void,
+ *   submitToolResult: (callId: string, answer: {result?: any, error?: string}) => Promise<boolean>,
+ *   approve: (callId: string, reason?: string, approver?: string) => Promise<boolean>,
+ *   reject: (callId: string, reason?: string, approver?: string) => Promise<boolean>}}
  */
-function streamTurn(client, request, onEvent, { timeoutS = 300, maxRetries = 5 } = {}) {
+function streamTurn(client, request, onEvent, { timeoutS = 300, maxRetries = 5, tools = {}, onApproval = null } = {}) {
   const deadline = Date.now() + timeoutS * 1000;
   let lastSeq = 0;
   let call = null;
   let stopped = false;
+  const answerer = toolAnswerer(client, { tools, onApproval });
 
   const attempt = () =>
     new Promise((resolve, reject) => {
@@ -122,6 +271,7 @@ function streamTurn(client, request, onEvent, { timeoutS = 300, maxRetries = 5 }
           return;
         }
         lastSeq = seq;
+        answerer.observe(event);
         onEvent(event);
         if (TERMINAL.has(event.kind)) terminal = event;
       });
@@ -137,9 +287,10 @@ function streamTurn(client, request, onEvent, { timeoutS = 300, maxRetries = 5 }
     for (;;) {
       const seqBefore = lastSeq;
       try {
-        return await attempt();
+        return await Promise.race([attempt(), answerer.failure]);
       } catch (err) {
-        if (stopped || err.gap || err.code !== grpc.status.UNAVAILABLE) throw err;
+        if (err.toolAnswer && call) call.cancel(); // stop reading a turn that waits for an answer that failed
+        if (stopped || err.gap || err.toolAnswer || err.code !== grpc.status.UNAVAILABLE) throw err;
         failures = lastSeq > seqBefore ? 1 : failures + 1; // progress resets the count
         if (failures > maxRetries) throw err;
         const step = Math.min(5000, 100 * 2 ** (failures - 1));
@@ -151,24 +302,38 @@ function streamTurn(client, request, onEvent, { timeoutS = 300, maxRetries = 5 }
     }
   })();
 
+  done.finally(() => answerer.close()).catch(() => {});
+
+  const ids = { session_id: request.session_id, turn_id: request.idempotency_key };
   const cancel = async () => {
-    await unary(client, 'CancelTurn', { session_id: request.session_id, turn_id: request.idempotency_key });
+    await unary(client, 'CancelTurn', ids);
   };
   const close = () => {
     stopped = true;
+    answerer.close();
     if (call) call.cancel();
   };
-  return { done, cancel, close };
+  const submit = (callId, answer) => submitToolResult(client, { ...ids, call_id: callId, ...answer });
+  const approve = (callId, reason = '', approver = '') =>
+    decideApproval(client, { ...ids, call_id: callId, approved: true, reason, approver });
+  const reject = (callId, reason = '', approver = '') =>
+    decideApproval(client, { ...ids, call_id: callId, approved: false, reason, approver });
+  return { done, cancel, close, submitToolResult: submit, approve, reject };
 }
 
 module.exports = {
   DEFAULT_PROTOS,
   TERMINAL,
   connect,
+  decideApproval,
   describeError,
+  encodeResult,
   formatError,
   loadService,
   statusName,
   streamTurn,
+  submitToolResult,
+  toolAnswerer,
+  toolSpec,
   unary,
 };

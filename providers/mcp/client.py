@@ -3,7 +3,9 @@ server.
 
 :class:`McpTools` owns one :class:`McpConnection` per configured server. Each connection is a supervisor task
 that opens the SDK's ``Client`` (a subprocess over stdio, or streamable HTTP), lists the server's tools, then
-holds the session open — checking it with a ping when idle — and opens it again, with backoff, when it fails.
+holds the session open — checking it when idle by listing its tools again (which also takes up a changed
+listing; servers following the 2026-07-28 revision refuse ``ping``) — and opens it again, with backoff, when it
+fails.
 The SDK's anyio task groups must be entered and left by one task, which is why a supervisor task holds each
 session while calls from any task go through it.
 
@@ -227,7 +229,7 @@ class McpConnection:
                 await asyncio.wait_for(self._broken.wait(), self.config.ping_interval_s)
                 return
             async with asyncio.timeout(self.config.connect_timeout_s):
-                await client.send_ping()
+                self._tools = await self._list(client)
 
 
 class McpTools:

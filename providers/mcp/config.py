@@ -28,11 +28,15 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from actors.tool_servers import NoToolServers, ToolServers
 from actors.tools import DEFAULT_MAX_RESULT_BYTES, is_tool_name
 from storage.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from providers.mcp.hub import McpHub
 
 INVALID_CONFIG = "INVALID_CONFIG"
 MAX_TIMEOUT_S = 3600.0
@@ -76,6 +80,25 @@ class McpServerConfig:
     def offers(self, tool: str) -> bool:
         """Whether ``tool`` (listed by the server) is offered to models."""
         return not self.tools or tool in self.tools
+
+
+@dataclass(frozen=True)
+class McpHubSpec:
+    """The MCP servers a host is built with: the deployment's and each tenant's own (picklable: the hosts
+    receive it with the rest of their spec)."""
+
+    deployment: Mapping[str, McpServerConfig] = field(default_factory=dict)
+    tenants: Mapping[str, Mapping[str, McpServerConfig]] = field(default_factory=dict)
+
+    def build(self) -> ToolServers:
+        """The host's :class:`~providers.mcp.hub.McpHub` (not started), or no servers at all when none are
+        configured (the MCP SDK is then never imported)."""
+        if not self.deployment and not any(self.tenants.values()):
+            return NoToolServers()
+        from providers.mcp.hub import McpHub
+
+        hub: McpHub = McpHub(self.deployment, self.tenants)
+        return hub
 
 
 _KEYS = frozenset(

@@ -207,7 +207,7 @@ class TurnPublisher:
             )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc
-        return EventStream(self._js, sub, after_seq)
+        return EventStream(self._js, sub, after_seq, connection=self._nc)
 
 
 class ShardPuller:

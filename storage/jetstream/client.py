@@ -10,10 +10,15 @@ from urllib.parse import urlparse
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.js.client import JetStreamContext
 
 from storage.errors import Unavailable
+from storage.reasons import Reason
 
 log = logging.getLogger(__name__)
+
+JetStream = JetStreamContext
+"""The JetStream handle the engine passes between its parts (named here so they need not import nats)."""
 
 
 async def wait_for_port(url: str, timeout_s: float) -> None:
@@ -31,7 +36,7 @@ async def wait_for_port(url: str, timeout_s: float) -> None:
             return
         except OSError:
             if time.monotonic() >= deadline:
-                raise Unavailable("NATS is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from None
+                raise Unavailable("NATS is not reachable", reason=Reason.NATS_UNAVAILABLE, retry_after_s=1.0) from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +33,10 @@ from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
 from salon.v1 import turn_pb2
-from storage.bus import H_MSG_ID, REFUSALS, TERMINAL_KINDS
+from storage.bus import H_MSG_ID, REFUSALS, TERMINAL_KINDS, EventsLost
 from storage.errors import DeadlineExceeded, Unavailable
 from storage.jetstream.read import drop_consumer, read_subject
+from storage.reasons import Reason
 from storage.subjects import Names
 
 log = logging.getLogger(__name__)
@@ -303,13 +304,23 @@ def _take_batch(pending: Sequence[tuple[int, bytes]]) -> Sequence[tuple[int, byt
     return pending[:BATCH_EVENTS]
 
 
-class EventStream:
-    """One turn's events, in order and each once, until its terminal event. Close it when done."""
+CONNECTION_CHECK_S = 0.5
+"""How often a waiting event stream checks that its NATS connection has not been lost in the meantime."""
 
-    def __init__(self, js: JetStreamContext, sub: Any, after_seq: int) -> None:
+
+class EventStream:
+    """One turn's events, in order and each once, until its terminal event. Close it when done.
+
+    If the NATS connection is lost while it runs, it ends with :class:`Unavailable` (``NATS_UNAVAILABLE``):
+    the subscription cannot survive a restarted server, and the caller resumes from the last event it got.
+    A gap in the sequence ends it with :class:`~storage.bus.EventsLost`."""
+
+    def __init__(self, js: JetStreamContext, sub: Any, after_seq: int, *, connection: NatsClient | None = None) -> None:
         self._js = js
         self._sub = sub
         self._last = after_seq
+        self._nc = connection
+        self._reconnects = connection.stats["reconnects"] if connection is not None else 0
         self.stream_seq = 0
         """Stream sequence of the message that held the last event yielded."""
 
@@ -317,30 +328,48 @@ class EventStream:
         """Yield events from ``after_seq`` + 1 again (the turn was sent again after a refusal)."""
         self._last = after_seq
 
+    def _check_connection(self) -> None:
+        nc = self._nc
+        if nc is not None and (not nc.is_connected or nc.stats["reconnects"] != self._reconnects):
+            raise Unavailable(
+                "the connection to the event bus was lost; resume the turn after the last event received",
+                reason=Reason.NATS_UNAVAILABLE,
+                retry_after_s=1.0,
+            )
+
     async def close(self) -> None:
         """Drop the subscription and its consumer. Idempotent."""
         sub, self._sub = self._sub, None
         if sub is not None:
             await drop_consumer(self._js, sub)
 
-    async def iterate(self, timeout_s: float) -> AsyncIterator[turn_pb2.TurnEvent]:
-        """Yield events until the terminal one; :class:`DeadlineExceeded` after ``timeout_s``."""
+    async def iterate(
+        self, timeout_s: float, *, extend: Callable[[turn_pb2.TurnEvent], float | None] | None = None
+    ) -> AsyncIterator[turn_pb2.TurnEvent]:
+        """Yield events until the terminal one; :class:`DeadlineExceeded` after ``timeout_s``. ``extend`` may give
+        an event more time (seconds from its arrival): a turn that waits for a tool result waits that long."""
         deadline = time.monotonic() + timeout_s
         try:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise DeadlineExceeded("the turn did not finish in time", reason="TURN_TIMEOUT")
+                self._check_connection()
                 try:
-                    msg = await self._sub.next_msg(timeout=remaining)
+                    msg = await self._sub.next_msg(timeout=min(remaining, CONNECTION_CHECK_S))
                 except nats.errors.TimeoutError:
                     continue
                 for event in unpack_events(msg.data, msg.headers):
                     if event.seq <= self._last:
                         # Already delivered: a redelivered turn answered again from its record.
                         continue
+                    if event.seq > self._last + 1:
+                        raise EventsLost("some of the turn's events are no longer retained", retry_after_s=1.0)
                     self._last = event.seq
                     self.stream_seq = msg.metadata.sequence.stream
+                    more = extend(event) if extend is not None else None
+                    if more is not None:
+                        deadline = max(deadline, time.monotonic() + more)
                     yield event
                     if event.WhichOneof("kind") in TERMINAL_KINDS and self._last >= event.seq:
                         return  # (unless the reader rewound: the turn was sent again)

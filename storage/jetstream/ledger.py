@@ -21,10 +21,21 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 
 import otel
-from storage.errors import Unavailable
+from storage.errors import InvalidArgument, Unavailable
 from storage.jetstream.read import read_subject
-from storage.ledger import Fenced, LoadedSession, SessionLog
-from storage.records import KIND_ACTIVATION, KIND_SNAPSHOT, KIND_TURN, RECORD_HEADER, SnapshotRecord, TurnRecord
+from storage.ledger import Fenced, LoadedSession, SessionLog, unfinished
+from storage.reasons import Reason
+from storage.records import (
+    KIND_ACTIVATION,
+    KIND_PROGRESS,
+    KIND_SNAPSHOT,
+    KIND_TURN,
+    RECORD_HEADER,
+    ProgressRecord,
+    SnapshotRecord,
+    ToolCallEntry,
+    TurnRecord,
+)
 from storage.subjects import Names
 
 log = logging.getLogger(__name__)
@@ -95,6 +106,22 @@ class _NatsSessionLog:
             self._names.ledger_turns(self._tenant_id, self._session_id),
             record.to_json(),
             kind=KIND_TURN,
+            msg_id=record.key,
+            expected=self._position,
+        )
+        self._position = seq
+        return record.with_seq(seq)
+
+    async def append_progress(self, record: ProgressRecord) -> ProgressRecord:
+        payload = record.to_json()
+        if len(payload) > self._journal.max_record_bytes:
+            # The server would refuse it every time: the turn cannot wait durably on this step.
+            raise InvalidArgument("a step of the turn is too large to record", reason=Reason.PROGRESS_TOO_LARGE)
+        seq = await _append(
+            self._js,
+            self._names.ledger_turns(self._tenant_id, self._session_id),
+            payload,
+            kind=KIND_PROGRESS,
             msg_id=record.key,
             expected=self._position,
         )
@@ -191,9 +218,10 @@ class NatsJournal:
         except _NATS_ERRORS as exc:
             raise _unavailable(exc) from exc
         turns = _turn_records(msgs, incarnation)
+        progress = unfinished(_progress_records(msgs, incarnation), turns)
         # The fencing position is the subject's last sequence; the snapshot's may have aged out since.
         position = msgs[-1].metadata.sequence.stream if msgs else await self._last_seq(tenant_id, session_id)
-        return LoadedSession(snapshot, turns), position
+        return LoadedSession(snapshot, turns, progress), position
 
     async def _last_seq(self, tenant_id: str, session_id: str) -> int:
         try:
@@ -238,14 +266,21 @@ class NatsJournal:
 
 
 TRUNCATION_MARK = "\n[… answer truncated in the transcript: it exceeded the record size limit]"
+RESULT_TRUNCATION_MARK = "\n[… tool result truncated in the transcript: the record exceeded its size limit]"
+KEPT_RESULT_CHARS = 1024
+"""What is kept of each tool result when a record must shrink (the model saw it whole; the record keeps a
+preview)."""
 
 
 def fit_record(record: TurnRecord, max_bytes: int) -> TurnRecord:
     """``record`` within ``max_bytes`` of JSON: first without the per-delta split (a replay then sends the
-    answer as one delta), then with the reply cut and marked. Ordinary answers are far below the limit."""
+    answer as one delta), then with its tool results cut to a preview, then with the reply cut and marked.
+    Ordinary answers are far below the limit."""
     if len(record.to_json()) <= max_bytes:
         return record
     slim = dataclasses.replace(record, deltas=())
+    if len(slim.to_json()) > max_bytes and slim.tool_calls:
+        slim = dataclasses.replace(slim, tool_calls=tuple(_cut_result(c) for c in slim.tool_calls))
     overshoot = len(slim.to_json()) - max_bytes
     if overshoot <= 0:
         return slim
@@ -253,11 +288,26 @@ def fit_record(record: TurnRecord, max_bytes: int) -> TurnRecord:
     return dataclasses.replace(slim, reply_text=slim.reply_text[:keep] + TRUNCATION_MARK)
 
 
+def _cut_result(call: ToolCallEntry) -> ToolCallEntry:
+    if len(call.result) <= KEPT_RESULT_CHARS:
+        return call
+    return dataclasses.replace(call, result=call.result[:KEPT_RESULT_CHARS] + RESULT_TRUNCATION_MARK)
+
+
 def _turn_records(msgs: list[Msg], incarnation: str) -> list[TurnRecord]:
     records = (
         TurnRecord.from_json(m.data, ledger_seq=m.metadata.sequence.stream)
         for m in msgs
         if (m.headers or {}).get(RECORD_HEADER) == KIND_TURN
+    )
+    return [r for r in records if r.incarnation == incarnation]
+
+
+def _progress_records(msgs: list[Msg], incarnation: str) -> list[ProgressRecord]:
+    records = (
+        ProgressRecord.from_json(m.data, ledger_seq=m.metadata.sequence.stream)
+        for m in msgs
+        if (m.headers or {}).get(RECORD_HEADER) == KIND_PROGRESS
     )
     return [r for r in records if r.incarnation == incarnation]
 

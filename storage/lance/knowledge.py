@@ -38,6 +38,7 @@ from storage.knowledge import (
 )
 from storage.lance.retrieval import SearchTarget, candidate_limit, hybrid_search, knowledge_filter
 from storage.lance.schemas import CHUNK_KEY, knowledge_schema, rows_to_batch
+from storage.reasons import Reason
 from storage.retrieval import KNOWLEDGE, Passage, fuse, select
 from storage.tables import (
     UNREADABLE,
@@ -341,7 +342,7 @@ class KnowledgeBase:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise Unavailable("the knowledge base is closed", reason="STORE_CLOSED")
+            raise Unavailable("the knowledge base is closed", reason=Reason.STORE_CLOSED)
 
 
 async def _read_into(documents: AsyncIterable[Document], queue: asyncio.Queue[object]) -> None:

@@ -16,13 +16,16 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-from storage.records import GuardrailDecision, SnapshotRecord, TurnRecord
+from storage.records import GuardrailDecision, SnapshotRecord, TurnRecord, entries_from_json, entries_to_json
 
 TURN_KEY: Final = "turn_key"
 """Merge key column of ``transcripts`` (:attr:`TurnRecord.key`)."""
 SNAPSHOT_KEY: Final = "snapshot_key"
 """Merge key column of ``snapshots`` (:attr:`SnapshotRecord.key`)."""
 
+TOOLS_JSON: Final = "tools_json"
+"""Column of a turn's tool calls and round lengths (:func:`storage.records.entries_to_json`; "" without tools)."""
+_TOOL_FIELDS: Final = frozenset({"tool_calls", "round_chars"})
 _STRINGS = pa.list_(pa.string())
 _LIST_FIELDS: Final = frozenset({"deltas", "context_turn_ids"})
 _GUARDRAIL_DECISION = pa.struct(
@@ -76,9 +79,13 @@ TRANSCRIPTS_SCHEMA: Final = pa.schema(
         _required("context_json", pa.string()),
         _required("ledger_seq", pa.int64()),
         _required("guardrails", pa.list_(_GUARDRAIL_DECISION)),
+        _required("model_rounds", pa.int64()),
+        _required(TOOLS_JSON, pa.string()),
     ]
 )
-"""One row per turn: every :class:`TurnRecord` field plus ``turn_key``."""
+"""One row per turn: every :class:`TurnRecord` field plus ``turn_key``; the tool calls and the length of each
+round's text go together in ``tools_json`` (a string column, so tables made before tools existed take it as an
+added column)."""
 
 SNAPSHOTS_SCHEMA: Final = pa.schema(
     [
@@ -148,7 +155,7 @@ def rows_to_batch(schema: pa.Schema, columns: Mapping[str, Sequence[Any]]) -> pa
     return _without_nulls(pa.RecordBatch.from_pydict(dict(columns), schema=schema))
 
 
-_TURN_FIELDS: Final = tuple(f.name for f in dataclasses.fields(TurnRecord))
+_TURN_FIELDS: Final = tuple(f.name for f in dataclasses.fields(TurnRecord) if f.name not in _TOOL_FIELDS)
 
 CONVERSION_ERRORS: Final = (pa.ArrowException, TypeError, ValueError, OverflowError)
 """What the ``*_to_batch`` functions raise for a record that does not fit its schema (a value of the wrong
@@ -165,17 +172,19 @@ def turns_to_batch(records: Sequence[TurnRecord]) -> pa.RecordBatch:
             columns[name] = [[d.to_dict() for d in v] for v in values]
         else:
             columns[name] = [list(v) for v in values] if name in _LIST_FIELDS else values
+    columns[TOOLS_JSON] = [entries_to_json(r.tool_calls, r.round_chars) for r in records]
     return _without_nulls(pa.RecordBatch.from_pydict(columns, schema=TRANSCRIPTS_SCHEMA))
 
 
 def batch_to_turns(data: pa.Table | pa.RecordBatch) -> list[TurnRecord]:
     """The records in the rows of ``data`` (any column order; extra columns are ignored), in row order."""
-    return [_turn_from_row(row) for row in data.select(list(_TURN_FIELDS)).to_pylist()]
+    return [_turn_from_row(row) for row in data.select([*_TURN_FIELDS, TOOLS_JSON]).to_pylist()]
 
 
 def _turn_from_row(row: Mapping[str, Any]) -> TurnRecord:
     fields: dict[str, Any] = {name: tuple(row[name]) if name in _LIST_FIELDS else row[name] for name in _TURN_FIELDS}
     fields["guardrails"] = tuple(GuardrailDecision.from_dict(d) for d in row["guardrails"])
+    fields["tool_calls"], fields["round_chars"] = entries_from_json(row[TOOLS_JSON])
     return TurnRecord(**fields)
 
 

@@ -12,6 +12,7 @@ from nats.aio.client import Client as NatsClient
 from storage import FailedPrecondition, Fenced, Journal, LoadedSession, Names, SnapshotRecord, TurnRecord
 from storage.inmemory import InMemoryJournal
 from storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_ledger
+from storage.records import ProgressRecord, ToolCallEntry
 
 TENANT, SESSION, INCARNATION = "acme", "s1", "1700000000000000000"
 
@@ -156,3 +157,29 @@ async def test_purge_drops_the_session_only(journal: Journal) -> None:
     assert await journal.peek(TENANT, SESSION, INCARNATION) == LoadedSession(None, [])
     assert (await journal.peek(TENANT, "s2", INCARNATION)).turns == [kept]
     await journal.purge(TENANT, SESSION)  # no error when absent
+
+
+def progress(turn_id: str, index: int, incarnation: str = INCARNATION) -> ProgressRecord:
+    """A step of a running turn: a round that called a tool."""
+    call = ToolCallEntry(f"call_{index}", "lookup", '{"id": 1}', round=index, call_seq=3 + index)
+    return ProgressRecord(TENANT, SESSION, turn_id, incarnation, index, "round", 2 + index, calls=(call,), round=index)
+
+
+async def test_progress_of_a_running_turn_is_fenced_and_loaded_until_the_turn_is_recorded(journal: Journal) -> None:
+    _, log = await journal.open(TENANT, SESSION, INCARNATION, holder="host-a")
+    done = await log.append_turn(record(1))
+    first = await log.append_progress(progress("t2", 1))
+    second = await log.append_progress(progress("t2", 2))
+    assert done.ledger_seq < first.ledger_seq < second.ledger_seq
+    assert first == progress("t2", 1).with_seq(first.ledger_seq)
+    await log.append_progress(progress("t9", 1, incarnation="other"))  # another incarnation's: never loaded
+    loaded, new = await journal.open(TENANT, SESSION, INCARNATION, holder="host-b")
+    assert loaded.turns == [done]
+    assert loaded.progress == [first, second]  # the waiting turn, for the new activation to take up
+    assert await journal.turns_after(TENANT, SESSION, INCARNATION, 0) == [done]  # history sees turns only
+    assert await new.read_turn(first.ledger_seq) is None  # not a turn record
+    with pytest.raises(Fenced):
+        await log.append_progress(progress("t2", 3))
+    finished = await new.append_turn(record(2, turn_id="t2"))
+    assert (await journal.peek(TENANT, SESSION, INCARNATION)).progress == []  # recorded: nothing left to resume
+    assert (await journal.peek(TENANT, SESSION, INCARNATION)).turns == [done, finished]

@@ -72,33 +72,49 @@ async def nats_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[st
 EngineFactory = Callable[..., Awaitable[Engine]]
 
 
+def engine_config(data_dir: Path, nats_url: str, **overrides: Any) -> Config:
+    """The tests' engine settings: the shared NATS, a namespace of its own, 2 hosts on 4 shards, the scripted
+    provider with 8 tokens, a short shutdown grace; ``overrides`` win."""
+    settings: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "grpc_port": 0,
+        "nats_url": nats_url,
+        "namespace": f"t{next(_namespaces)}",
+        "num_hosts": 2,
+        "num_shards": 4,
+        "model_provider": "scripted",
+        "scripted_tokens": 8,
+        "shutdown_grace_s": 2.0,
+    }
+    settings.update(overrides)
+    return Config(**settings)
+
+
+@contextlib.asynccontextmanager
+async def running_engine(config: Config) -> AsyncIterator[Engine]:
+    """An engine started from ``config``, closed (and its events stream released) on exit."""
+    engine = Engine(config)
+    try:
+        await engine.start()
+        yield engine
+    finally:
+        await engine.close()
+        await release_events_stream(config.nats_url, config.namespace)
+
+
 @pytest.fixture
 async def make_engine(nats_url: str, ray_session: None, tmp_path: Path) -> AsyncIterator[EngineFactory]:
-    """Build engines on the shared NATS and Ray; every engine is closed after the test."""
-    engines: list[Engine] = []
+    """Build engines on the shared NATS and Ray; every engine is closed after the test. For a test that needs
+    an engine of its own (a setting, or it kills a part of it); tests that only need some engine share one."""
+    async with contextlib.AsyncExitStack() as stack:
+        count = itertools.count()
 
-    async def build(**overrides: Any) -> Engine:
-        settings: dict[str, Any] = {
-            "data_dir": str(tmp_path / f"data{len(engines)}"),
-            "grpc_port": 0,
-            "nats_url": nats_url,
-            "namespace": f"t{next(_namespaces)}",
-            "num_hosts": 2,
-            "num_shards": 4,
-            "model_provider": "scripted",
-            "scripted_tokens": 8,
-            "shutdown_grace_s": 2.0,
-        }
-        settings.update(overrides)
-        engine = Engine(Config(**settings))
-        engines.append(engine)
-        await engine.start()
-        return engine
+        async def build(**overrides: Any) -> Engine:
+            config = engine_config(tmp_path / f"data{next(count)}", nats_url, **overrides)
+            engine: Engine = await stack.enter_async_context(running_engine(config))
+            return engine
 
-    yield build
-    for engine in reversed(engines):
-        await engine.close()
-        await release_events_stream(nats_url, engine.config.namespace)
+        yield build
 
 
 @pytest.fixture(scope="module")
@@ -106,24 +122,9 @@ async def shared_engine(
     nats_url: str, ray_session: None, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Engine]:
     """One engine (scripted provider, 8 tokens) shared by the tests of a module that need no special config."""
-    engine = Engine(
-        Config(
-            data_dir=str(tmp_path_factory.mktemp("shared")),
-            grpc_port=0,
-            nats_url=nats_url,
-            namespace=f"t{next(_namespaces)}",
-            num_hosts=2,
-            num_shards=4,
-            model_provider="scripted",
-            scripted_tokens=8,
-            scripted_token_delay_s=0.002,
-            shutdown_grace_s=2.0,
-        )
-    )
-    await engine.start()
-    yield engine
-    await engine.close()
-    await release_events_stream(nats_url, engine.config.namespace)
+    config = engine_config(tmp_path_factory.mktemp("shared"), nats_url, scripted_token_delay_s=0.002)
+    async with running_engine(config) as engine:
+        yield engine
 
 
 @pytest.fixture

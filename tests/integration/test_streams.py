@@ -8,12 +8,21 @@ import os
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from conftest import assert_well_formed, collect_turn, create_session, reply_text, wait_for
+from conftest import (
+    assert_well_formed,
+    collect_turn,
+    create_session,
+    engine_config,
+    reply_text,
+    running_engine,
+    wait_for,
+)
 
 from engine import Engine
 from providers import scripted_reply
@@ -46,10 +55,12 @@ async def _model_calls(engine: Engine) -> int:
     return sum(s["model_calls"] for s in await engine.hosts.stats())
 
 
-@pytest.fixture
-async def slow(make_engine: Any) -> Engine:
-    engine: Engine = await make_engine(**SLOW)
-    return engine
+@pytest.fixture(scope="module")
+async def slow(nats_url: str, ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Engine]:
+    """One engine with slow answers for the module: each test works on sessions of its own and waits for its
+    turns to end, so none sees another's (an engine start costs seconds: three Ray worker processes)."""
+    async with running_engine(engine_config(tmp_path_factory.mktemp("slow"), nats_url, **SLOW)) as engine:
+        yield engine
 
 
 async def test_cancel_mid_stream_stops_records_partial_and_frees_the_session(slow: Engine) -> None:

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
 
 import grpc
-from conftest import assert_well_formed, collect_turn, create_session, reply_text
+import pytest
+from conftest import assert_well_formed, collect_turn, create_session, engine_config, reply_text, running_engine
 
 from engine import Engine
 from providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2
+
+PACED_TOKENS = 10
+
+
+@pytest.fixture(scope="module")
+async def paced(nats_url: str, ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Engine]:
+    """An engine whose answers take a moment (10 tokens 20 ms apart), shared by the tests that need a turn to
+    be still running when the next arrives; each works on sessions of its own."""
+    config = engine_config(
+        tmp_path_factory.mktemp("paced"), nats_url, scripted_tokens=PACED_TOKENS, scripted_token_delay_s=0.02
+    )
+    async with running_engine(config) as engine:
+        yield engine
 
 
 async def test_three_turns_stream_in_order_with_gap_free_sequence(stub: cs_grpc.ConversationServiceStub) -> None:
@@ -43,9 +58,8 @@ async def test_parallel_sessions_never_mix_tokens(stub: cs_grpc.ConversationServ
     await asyncio.gather(*(converse(i, s) for i, s in enumerate(sessions)))
 
 
-async def test_two_turns_sent_at_once_run_one_after_the_other(make_engine: object) -> None:
-    engine: Engine = await make_engine(scripted_tokens=6, scripted_token_delay_s=0.02)  # type: ignore[operator]
-    async with grpc.aio.insecure_channel(engine.target) as channel:
+async def test_two_turns_sent_at_once_run_one_after_the_other(paced: Engine) -> None:
+    async with grpc.aio.insecure_channel(paced.target) as channel:
         stub = cs_grpc.ConversationServiceStub(channel)
         session_id = await create_session(stub)
         first_accepted = asyncio.Event()
@@ -71,9 +85,8 @@ async def test_two_turns_sent_at_once_run_one_after_the_other(make_engine: objec
     assert second[0].accepted.queue_position == 1
 
 
-async def test_queued_turn_reports_its_queue_position(make_engine: object) -> None:
-    engine: Engine = await make_engine(scripted_tokens=5, scripted_token_delay_s=0.02)  # type: ignore[operator]
-    async with grpc.aio.insecure_channel(engine.target) as channel:
+async def test_queued_turn_reports_its_queue_position(paced: Engine) -> None:
+    async with grpc.aio.insecure_channel(paced.target) as channel:
         stub = cs_grpc.ConversationServiceStub(channel)
         session_id = await create_session(stub)
         first_call = stub.SendTurn(cs_pb2.SendTurnRequest(session_id=session_id, text="one"))
@@ -81,16 +94,15 @@ async def test_queued_turn_reports_its_queue_position(make_engine: object) -> No
         assert first.event.accepted.queue_position == 0
         second = await collect_turn(stub, session_id, "two")
         assert second[0].accepted.queue_position == 1
-        assert reply_text(second) == "".join(scripted_reply("two", 5))
+        assert reply_text(second) == "".join(scripted_reply("two", PACED_TOKENS))
         last = first
         while (response := await first_call.read()) is not grpc.aio.EOF:
             last = response
         assert last.event.HasField("completed")
 
 
-async def test_converse_carries_two_sessions_interleaved_on_one_stream(make_engine: object) -> None:
-    engine: Engine = await make_engine(scripted_tokens=10, scripted_token_delay_s=0.01)  # type: ignore[operator]
-    async with grpc.aio.insecure_channel(engine.target) as channel:
+async def test_converse_carries_two_sessions_interleaved_on_one_stream(paced: Engine) -> None:
+    async with grpc.aio.insecure_channel(paced.target) as channel:
         stub = cs_grpc.ConversationServiceStub(channel)
         a, b = await create_session(stub), await create_session(stub)
 
@@ -105,8 +117,8 @@ async def test_converse_carries_two_sessions_interleaved_on_one_stream(make_engi
     by_session = {s: [e for e in events if e.session_id == s] for s in (a, b)}
     assert_well_formed(by_session[a], a)
     assert_well_formed(by_session[b], b)
-    assert reply_text(by_session[a]) == "".join(scripted_reply("apple", 10))
-    assert reply_text(by_session[b]) == "".join(scripted_reply("berry", 10))
+    assert reply_text(by_session[a]) == "".join(scripted_reply("apple", PACED_TOKENS))
+    assert reply_text(by_session[b]) == "".join(scripted_reply("berry", PACED_TOKENS))
     order = [e.session_id for e in events if e.HasField("delta")]
     switches = sum(1 for x, y in itertools.pairwise(order) if x != y)
     assert switches >= 2, "the two sessions' tokens should interleave on the shared stream"

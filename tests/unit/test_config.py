@@ -124,6 +124,10 @@ def test_bad_env_value_names_the_variable_not_the_value(variable: str, raw: str)
         ({"SALON_DEFAULT_TENANT": f"{CANARY}.x"}, "default_tenant", CANARY),
         ({"SALON_NAMESPACE": f"{CANARY}-x"}, "namespace", CANARY),
         ({"SALON_MAX_TEXT_BYTES": "0"}, "max_text_bytes", None),
+        ({"SALON_TOOL_WAIT_TIMEOUT_S": "0"}, "tool_wait_timeout_s", None),
+        ({"SALON_TOOL_WAIT_TIMEOUT_S": "999999"}, "tool_wait_timeout_s", None),
+        ({"SALON_TOOL_MAX_MODEL_ROUNDS": "65"}, "tool_max_model_rounds", None),
+        ({"SALON_TOOL_MAX_RESULT_BYTES": "99999999"}, "tool_max_result_bytes", None),
     ],
 )
 def test_invalid_values_are_rejected(env: dict[str, str], setting: str, raw: str | None) -> None:
@@ -176,3 +180,24 @@ def test_long_term_memory_off_leaves_the_writer_without_a_memory_indexer() -> No
 
     assert WriterHandle(Config(), "nats://127.0.0.1:1")._spec.embedding_model == "default"
     assert WriterHandle(Config(long_term_memory=False), "nats://127.0.0.1:1")._spec.embedding_model == ""
+
+
+def test_tool_settings_and_the_mcp_servers_file(tmp_path: Path) -> None:
+    servers = tmp_path / "mcp.toml"
+    servers.write_text(
+        '[servers.docs]\ncommand = ["docs-server", "--stdio"]\n[servers.crm]\nurl = "https://crm.example/mcp"\n'
+    )
+    config = Config.load(
+        env={
+            "SALON_MCP_SERVERS_FILE": str(servers),
+            "SALON_TOOL_WAIT_TIMEOUT_S": "60",
+            "SALON_TOOL_MAX_MODEL_ROUNDS": "3",
+        }
+    )
+    assert (config.tool_policy().wait_timeout_s, config.tool_policy().max_model_rounds) == (60.0, 3)
+    assert sorted(config.mcp_servers()) == ["crm", "docs"]
+    assert Config().mcp_servers() == {}
+    servers.write_text('[servers.docs]\ncommand = ["x"]\nurl = "https://also.example"\n')
+    with pytest.raises(InvalidArgument) as info:
+        config.mcp_servers()
+    assert info.value.reason == "INVALID_CONFIG" and "servers.docs" in info.value.message

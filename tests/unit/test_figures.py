@@ -18,6 +18,11 @@ HOSTS = [
         "model_openai_compatible_errors.rate_limited": 4,
         "model_anthropic_breaker": 0,
         "model_anthropic_errors.overloaded": 1,
+        "tool_calls.lookup_order.ok": 3,
+        "tool_calls.refund.rejected": 1,
+        "tool_wait_ms": 1500,
+        "tool_waits": 2,
+        "waiting_turns": 1,
     },
     {
         "live_sessions": 4,
@@ -26,6 +31,9 @@ HOSTS = [
         "passivations": 1,
         "model_openai_compatible_breaker": 1,
         "model_openai_compatible_errors.rate_limited": 1,
+        "tool_calls.lookup_order.ok": 2,
+        "tool_wait_ms": 500,
+        "tool_waits": 1,
     },
 ]
 
@@ -40,6 +48,8 @@ def test_host_figures_are_summed_and_the_worst_breaker_state_wins() -> None:
     assert figures.model_errors == {("openai_compatible", "rate_limited"): 5, ("anthropic", "overloaded"): 1}
     assert (figures.batch_flushes, figures.batch_rows, figures.last_flush_s) == (7, 70, 0.125)
     assert figures.waiting_by_shard == {0: 2, 1: 0}
+    assert figures.tool_calls == {("lookup_order", "ok"): 5, ("refund", "rejected"): 1}
+    assert (figures.tool_wait_s, figures.tool_waits, figures.waiting_turns) == (2.0, 3, 1)
 
 
 async def test_a_failing_source_leaves_its_part_out() -> None:

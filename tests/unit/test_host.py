@@ -163,7 +163,7 @@ async def test_turns_of_a_session_run_in_order_with_memory() -> None:
         await wait_for(lambda: last.acked)
     order = [entry for entry in rig.timeline if entry.startswith(("completed", "ack"))]
     assert order == ["completed:t1", "ack:t1", "completed:t2", "ack:t2"]
-    assert "I remember 1 earlier message(s) of yours in this session, most recently “my name is Ada”." in (
+    assert "I remember 1 earlier message(s) of yours in this session, most recent first: “my name is Ada”." in (
         rig.sender.log.text("t2")
     )
     assert [(r.turn_id, r.turn_index) for r in rig.records("s1")] == [("t1", 1), ("t2", 2)]
@@ -227,7 +227,7 @@ async def test_idle_session_is_passivated_with_a_snapshot_and_reactivated_with_i
         await rig.turn("s1", "t2", "which word?", incarnation)
         stats = rig.host.stats()
     assert stats["activations"] == 2
-    assert "most recently “remember the word teapot”." in rig.sender.log.text("t2")
+    assert "most recent first: “remember the word teapot”." in rig.sender.log.text("t2")
     assert [(r.turn_id, r.turn_index) for r in rig.records("s1")] == [("t1", 1), ("t2", 2)]
     assert rig.records("s1")[-1].context_turn_ids == ("t1",)
 

@@ -94,3 +94,23 @@ def test_a_bad_file_is_refused(tmp_path: Path) -> None:
 def test_defaults() -> None:
     server = McpServerConfig(name="s", url="http://127.0.0.1/mcp")
     assert server.call_timeout_s > 0 and server.max_output_bytes == 64 * 1024 and not server.all_sessions
+
+
+async def test_a_hub_offers_the_deployments_and_the_tenants_servers_and_builds_nothing_when_none() -> None:
+    from actors.model import ToolCall
+    from actors.tool_servers import NoToolServers
+    from providers.mcp import McpHubSpec
+
+    assert isinstance(McpHubSpec().build(), NoToolServers)
+    docs = McpServerConfig("docs", command=("docs-server",), all_sessions=True)
+    shared_crm = McpServerConfig("crm", url="https://crm.example/mcp")
+    own_crm = McpServerConfig("crm", url="https://crm.acme.example/mcp", all_sessions=True)
+    hub = McpHubSpec({"docs": docs, "crm": shared_crm}, {"acme": {"crm": own_crm}}).build()
+    try:
+        assert hub.configured("acme") == ("docs", "crm") and hub.configured("beta") == ("docs", "crm")
+        assert hub.all_sessions("acme") == ("docs", "crm"), "the tenant's own crm, offered to all its sessions"
+        assert hub.all_sessions("beta") == ("docs",)
+        result = await hub.call("beta", ToolCall("c1", "anything"), "nowhere")
+        assert result.is_error and "nowhere" in result.content
+    finally:
+        await hub.close()

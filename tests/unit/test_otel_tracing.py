@@ -153,3 +153,58 @@ def test_without_telemetry_spans_are_no_ops_that_pass_the_trace_id_on() -> None:
     consumer.end()
     with otel.span("anything") as span:
         assert not span.is_recording()
+
+
+async def _run_tool_turn() -> None:
+    """A turn whose model calls a client tool (its result answered at once), under a host's CONSUMER span."""
+    from actors.control import SubmitToolResult
+    from actors.model import ToolSpec
+    from actors.tools import ToolSelection
+
+    journal = InMemoryJournal()
+    loaded, log = await journal.open(KEY.tenant_id, KEY.session_id, "1", "host-a")
+    settings = SessionSettings(tools=ToolSelection(tools=(ToolSpec("lookup"),)))
+    actor = SessionActor(KEY, settings, SessionState.restore(loaded, "1", 40), ScriptedProvider(tokens=2), log)
+    consumer = otel.consumer_span(attrs.SPAN_HOST_TURN, {"traceparent": TRACEPARENT})
+    sink = EventLog()
+    acked: list[str] = []
+
+    async def done() -> None:
+        consumer.end()
+        acked.append("t1")
+
+    try:
+        turn = Turn("t1", f'$CALL lookup {{"q": "{CANARY}"}}\nsaw', trace_context=consumer.context())
+        await actor.submit(local(turn, sink, done))
+        await wait_for(lambda: any(e.HasField("tool_call") for e in sink.events), what="the tool call")
+        await actor.answer(SubmitToolResult(KEY.tenant_id, KEY.session_id, "t1", "call_1_1", content=CANARY))
+        await wait_for(lambda: acked == ["t1"], what="the turn's ack")
+    finally:
+        await actor.close()
+
+
+async def test_each_tool_call_has_an_execute_tool_span_and_each_round_a_chat_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    await _run_tool_turn()
+    finished = spans.get_finished_spans()
+    [tool] = [s for s in finished if s.name == "execute_tool lookup"]
+    assert tool.kind == SpanKind.INTERNAL
+    attributes = dict(tool.attributes or {})
+    assert attributes[attrs.GEN_AI_OPERATION] == "execute_tool"
+    assert (attributes[attrs.GEN_AI_TOOL_NAME], attributes[attrs.GEN_AI_TOOL_CALL_ID]) == ("lookup", "call_1_1")
+    assert (attributes[attrs.GEN_AI_TOOL_TYPE], attributes[attrs.TOOL_SOURCE]) == ("function", "client")
+    [turn_span] = [s for s in finished if s.name == attrs.SPAN_SESSION_TURN]
+    assert tool.parent is not None and tool.parent.span_id == turn_span.context.span_id
+    assert len([s for s in finished if s.name.startswith("chat")]) == 2, "one chat span per model round"
+    assert all(CANARY not in _everything(s) for s in finished), "arguments and results stay out by default"
+
+
+async def test_tool_arguments_and_results_are_captured_only_when_enabled(
+    spans_with_content: InMemorySpanExporter,
+) -> None:
+    await _run_tool_turn()
+    [tool] = [s for s in spans_with_content.get_finished_spans() if s.name == "execute_tool lookup"]
+    attributes = dict(tool.attributes or {})
+    assert CANARY in str(attributes[attrs.GEN_AI_TOOL_CALL_ARGUMENTS])
+    assert attributes[attrs.GEN_AI_TOOL_CALL_RESULT] == CANARY

@@ -7,7 +7,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from actors.model import Message, ModelChunk, ModelError, ModelRequest, ModelResult, TextDelta, continue_after
+from actors.model import (
+    Message,
+    ModelChunk,
+    ModelError,
+    ModelRequest,
+    ModelResult,
+    TextDelta,
+    ToolSpec,
+    continue_after,
+)
 from providers import OfflineProvider, ProviderSpec, ScriptedProvider, build_provider, scripted_reply
 from providers.offline import offline_answer
 
@@ -43,11 +52,19 @@ async def test_offline_says_what_it_is() -> None:
     assert result.output_tokens == len(texts)
 
 
+async def test_offline_says_plainly_it_cannot_use_the_tools_offered() -> None:
+    request = dataclasses.replace(_request("look up order 42"), tools=(ToolSpec("lookup_order"), ToolSpec("refund")))
+    texts, results = await _collect(OfflineProvider(token_delay_s=0).stream(request))
+    assert "I cannot use tools, so I did not call any of the ones offered (lookup_order, refund)." in "".join(texts)
+    assert results[0].stop_reason == "end_turn", "it never calls one"
+    assert "tools" not in offline_answer(_request("look up order 42"))
+
+
 async def test_offline_mentions_earlier_user_messages() -> None:
     request = _request("my name is Ada", "noted", "I like tea", "ok", "what do you know?")
     answer = "".join((await _collect(OfflineProvider(token_delay_s=0).stream(request)))[0])
     assert "I remember 2 earlier message(s) of yours in this session" in answer
-    assert "“my name is Ada”; “I like tea”" in answer
+    assert "most recent first: “I like tea”; “my name is Ada”." in answer
     assert "noted" not in answer  # replies are not recalled as the user's
     assert "You just said: “what do you know?”." in answer
 
@@ -56,7 +73,7 @@ async def test_offline_recalls_only_the_last_three_and_the_system_prompt() -> No
     request = _request("one", "r", "two", "r", "three", "r", "four", "r", "now", system="Be terse.")
     answer = offline_answer(request)
     assert "I remember 4 earlier message(s)" in answer
-    assert "most recently “two”; “three”; “four”." in answer
+    assert "most recent first: “four”; “three”; “two”." in answer
     assert "“one”" not in answer
     assert "My instructions for this session begin: “Be terse.”." in answer
 

@@ -145,9 +145,10 @@ async def test_deleting_a_session_deletes_its_memories(tmp_path: Path, embedder:
         await gateway_side.close()
 
 
-async def test_a_transcripts_table_without_context_json_is_migrated(tmp_path: Path) -> None:
+async def test_a_transcripts_table_without_context_json_or_tools_is_migrated(tmp_path: Path) -> None:
     uri = str(tmp_path / "lance")
-    old_schema = pa.schema([f for f in TRANSCRIPTS_SCHEMA if f.name != "context_json"])
+    added = ("context_json", "model_rounds", "tools_json")
+    old_schema = pa.schema([f for f in TRANSCRIPTS_SCHEMA if f.name not in added])
     db = await lancedb.connect_async(uri)
     old_row = {f.name: _default(f.type) for f in old_schema}
     old_row.update(turn_key="acme.s1.t1", tenant_id="acme", session_id="s1", turn_id="t1", turn_index=1)
@@ -158,9 +159,10 @@ async def test_a_transcripts_table_without_context_json_is_migrated(tmp_path: Pa
     try:
         (old,) = await store.history("acme", "s1")
         assert old.turn_id == "t1"
-        assert old.context_json == ""
-        await store.write([turn(2, "new", context_json='{"window": []}')], [])
+        assert (old.context_json, old.model_rounds, old.tool_calls) == ("", 0, ())
+        await store.write([turn(2, "new", context_json='{"window": []}', model_rounds=2)], [])
         assert [t.context_json for t in await store.history("acme", "s1")] == ["", '{"window": []}']
+        assert [t.model_rounds for t in await store.history("acme", "s1")] == [0, 2]
     finally:
         await store.close()
 

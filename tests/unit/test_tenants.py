@@ -79,6 +79,7 @@ def test_limits_and_guardrails_per_tenant_over_defaults(tmp_path: Path) -> None:
         "[tenants.acme.limits]\nturns_per_hour = 1\n",
         '[tenants.acme.guardrails]\ninjection = "maybe"\n',
         '[tenants."bad.id"]\n',
+        '[tenants.acme.mcp_servers.crm]\ncommand = ["x"]\nurl = "https://crm.example/mcp"\n',
         "[other]\n",
         "not toml at all [",
     ],
@@ -89,6 +90,17 @@ def test_a_bad_file_is_refused_with_invalid_config(tmp_path: Path, text: str) ->
     with pytest.raises(InvalidArgument) as info:
         TenantRegistry(path, Limits()).load()
     assert info.value.reason == "INVALID_CONFIG"
+
+
+def test_a_tenant_may_have_its_own_mcp_servers(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_text('[tenants.acme.mcp_servers.crm]\nurl = "https://crm.example/mcp"\nrequires_approval = true\n')
+    registry = TenantRegistry(path, Limits())
+    registry.load()
+    [crm] = registry.mcp_servers_for("acme").values()
+    assert (crm.name, crm.url, crm.requires_approval) == ("crm", "https://crm.example/mcp", True)
+    assert registry.mcp_servers_for("beta") == {}
+    assert list(registry.all_mcp_servers()) == ["acme"]
 
 
 def test_the_same_key_id_twice_is_refused() -> None:

@@ -8,6 +8,7 @@ import json
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
+from actors.events import ApprovalDecided, ApprovalRequired, ToolCallEvent, ToolResultEvent, TurnEvent
 from actors.model import ToolCall, ToolResult, ToolSpec
 from actors.tools import (
     DEFAULT_WAIT_TIMEOUT_S,
@@ -20,33 +21,33 @@ from actors.tools import (
     MAX_SCHEMA_BYTES,
     MAX_TOOLS,
     PREVIEW_BYTES,
-    SOURCES,
     TOO_MANY_TOOLS,
     TOOL_RESULT_TOO_LARGE,
     UNKNOWN_MCP_SERVER,
     InvalidTool,
     ToolPolicy,
     ToolSelection,
-    approval_event,
     bounded_result,
-    call_event,
-    check_decide,
     check_decision,
     check_result_size,
     check_servers,
-    check_submit,
     check_tool,
     check_tools,
     offered_tools,
     preview,
     rejection,
-    result_event,
     schema_problem,
-    selection_from_proto,
-    selection_to_proto,
-    submitted_result,
     validate_call,
 )
+from actors.wire import (
+    SOURCES,
+    event_from_proto,
+    event_to_proto,
+    policy_from_proto,
+    selection_from_proto,
+    selection_to_proto,
+)
+from engine.tools_api import check_decide, check_submit, check_tool_set
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2, turn_pb2
 from storage.errors import InvalidArgument
@@ -196,18 +197,20 @@ def test_rejection_carries_the_reason() -> None:
 
 def test_policy_overrides() -> None:
     policy = ToolPolicy()
-    assert policy.overridden(None) == policy
-    assert policy.overridden(session_pb2.ToolSettings()) == policy
-    changed = policy.overridden(session_pb2.ToolSettings(wait_timeout=Duration(seconds=30), max_model_rounds=3))
+    assert policy_from_proto(policy, None) == policy
+    assert policy_from_proto(policy, session_pb2.ToolSettings()) == policy
+    settings = session_pb2.ToolSettings(wait_timeout=Duration(seconds=30), max_model_rounds=3)
+    changed = policy_from_proto(policy, settings)
     assert (changed.wait_timeout_s, changed.max_model_rounds) == (30.0, 3)
     assert policy.wait_timeout_s == DEFAULT_WAIT_TIMEOUT_S
+    assert policy.overridden(wait_timeout_s=5.0) == ToolPolicy(wait_timeout_s=5.0)
     for bad in (
         session_pb2.ToolSettings(wait_timeout=Duration(seconds=-1)),
         session_pb2.ToolSettings(wait_timeout=Duration(seconds=10**7)),
         session_pb2.ToolSettings(max_model_rounds=1000),
     ):
         with pytest.raises(InvalidArgument):
-            policy.overridden(bad)
+            policy_from_proto(policy, bad)
 
 
 def test_selection_round_trips_through_the_api() -> None:
@@ -229,6 +232,14 @@ def test_selection_round_trips_through_the_api() -> None:
     with pytest.raises(InvalidArgument) as info:
         selection_from_proto(session_pb2.ToolSet(mcp_servers=[CANARY + " x"]))
     assert info.value.reason == UNKNOWN_MCP_SERVER and CANARY not in info.value.message
+    unchecked = session_pb2.ToolSet(tools=[session_pb2.Tool(name="x", input_schema_json=CANARY)])
+    assert selection_from_proto(unchecked, check=False).tools[0].input_schema_json == CANARY  # the host's reading
+    with pytest.raises(InvalidTool) as refused:
+        check_tool_set(unchecked, ())
+    assert CANARY not in refused.value.message and "'x'" in refused.value.message
+    with pytest.raises(InvalidArgument) as unknown:
+        check_tool_set(session_pb2.ToolSet(mcp_servers=["docs"]), ("crm",))
+    assert unknown.value.reason == UNKNOWN_MCP_SERVER
 
 
 def test_servers_must_be_configured() -> None:
@@ -274,8 +285,6 @@ def _submit(**fields: object) -> cs_pb2.SubmitToolResultRequest:
 def test_submitted_results_are_checked() -> None:
     check_submit(_submit())
     check_submit(_submit(error="the database is down"))
-    assert submitted_result(_submit(error="down"), "lookup") == ToolResult("toolu_01", "lookup", "down", is_error=True)
-    assert submitted_result(_submit(), "lookup") == ToolResult("toolu_01", "lookup", "ok")
     cases = [
         (cs_pb2.SubmitToolResultRequest(session_id="s1", turn_id="t1", call_id="c"), EMPTY_TOOL_RESULT),
         (_submit(call_id=""), INVALID_CALL_ID),
@@ -311,22 +320,23 @@ def test_approval_decisions_are_checked() -> None:
         assert info.value.reason == reason
 
 
-def test_event_payloads() -> None:
-    call = ToolCall("c1", "refund", '{"order_id": "42"}')
-    spec = ToolSpec("refund", requires_approval=True, server="crm")
-    event = call_event(call, spec, 2, wait_deadline=1_700_000_000.5)
-    assert (event.call_id, event.tool, event.arguments_json, event.requires_approval, event.mcp_server) == (
-        "c1",
-        "refund",
-        '{"order_id": "42"}',
-        True,
-        "crm",
-    )
-    assert event.round == 2 and event.wait_deadline.ToNanoseconds() == 1_700_000_000_500_000_000
-    assert not call_event(call, ToolSpec("refund"), 1, None).HasField("wait_deadline")
-    approval = approval_event(call, spec, 2, 1_700_000_000.0)
-    assert approval.call_id == "c1" and approval.wait_deadline.seconds == 1_700_000_000
-    result = result_event(ToolResult("c1", "refund", "é" * PREVIEW_BYTES, is_error=False), "mcp", 1.25)
-    assert result.source == turn_pb2.TOOL_RESULT_SOURCE_MCP and result.content_bytes == 2 * PREVIEW_BYTES
-    assert len(result.content_preview.encode()) <= PREVIEW_BYTES and result.duration.ToMilliseconds() == 1250
-    assert {result_event(ToolResult("c", "t", ""), source, 0).source for source in SOURCES} == set(SOURCES.values())
+def test_event_payloads_convert_to_the_api_and_back() -> None:
+    bodies = [
+        ToolCallEvent("c1", "refund", '{"order_id": "42"}', True, "crm", 2, 1_700_000_000_500_000_000),
+        ToolCallEvent("c2", "lookup", "{}", round=1),
+        ApprovalRequired("c1", "refund", '{"order_id": "42"}', "crm", 2, 1_700_000_000_000_000_000),
+        ApprovalDecided("c1", False, "too much", "ann"),
+        ToolResultEvent("c1", "refund", True, "rejected", "A person rejected", 17, 1.25),
+    ]
+    for seq, body in enumerate(bodies, 1):
+        event = TurnEvent("s1", "t1", seq, 1_700_000_000_000_000_000 + seq, body)
+        proto = event_to_proto(event)
+        assert proto.WhichOneof("kind") == event.kind
+        assert event_from_proto(proto) == event
+    call = event_to_proto(TurnEvent("s1", "t1", 1, 1, bodies[0])).tool_call
+    assert call.wait_deadline.ToNanoseconds() == 1_700_000_000_500_000_000 and call.requires_approval
+    assert not event_to_proto(TurnEvent("s1", "t1", 1, 1, bodies[1])).tool_call.HasField("wait_deadline")
+    result = event_to_proto(TurnEvent("s1", "t1", 1, 1, bodies[4])).tool_result
+    assert result.source == turn_pb2.TOOL_RESULT_SOURCE_REJECTED and result.duration.ToMilliseconds() == 1250
+    assert set(SOURCES) == {"client", "mcp", "rejected", "timeout", "invalid_call", "cancelled"}
+    assert preview("é" * PREVIEW_BYTES) == ("é" * (PREVIEW_BYTES // 2), 2 * PREVIEW_BYTES)

@@ -411,3 +411,42 @@ def test_rejects_nonsense_settings(source: QueueSource, store: ControlledStore) 
         BatchWriter(source, store, flush_rows=0)
     with pytest.raises(ValueError):
         BatchWriter(source, store, flush_interval_s=0)
+
+
+async def test_ledger_side_failures_are_retried_without_calling_the_store_unhealthy(
+    store: ControlledStore, writers: list[BatchWriter]
+) -> None:
+    # A NATS outage fails the fetch and the deleted-session check; the store itself is fine, and the engine
+    # must not refuse turns as if it were not (it watches NATS on its own).
+    class BrokenSource(QueueSource):
+        failing = True
+
+        async def fetch(self, batch: int, timeout_s: float) -> list[FakeEntry]:
+            if self.failing:
+                raise Unavailable("ledger unreachable", reason="LEDGER_UNAVAILABLE")
+            return await super().fetch(batch, timeout_s)
+
+    registry_up = False
+
+    async def session_exists(tenant: str, session: str, incarnation: str) -> bool:
+        if not registry_up:
+            raise Unavailable("session storage is not reachable", reason="STORAGE_UNAVAILABLE")
+        return True
+
+    source = BrokenSource()
+    writer = await start(
+        writers,
+        BatchWriter(
+            source, store, flush_rows=1, flush_interval_s=3600, max_backoff_s=0.01, session_exists=session_exists
+        ),
+    )
+    source.put_turn(turn(1))
+    await wait_for(lambda: writer.status()["failures"] >= 2, what="fetches failed")
+    assert writer.status()["healthy"]
+    source.failing = False
+    await wait_for(lambda: writer.status()["last_error"].startswith("STORAGE_UNAVAILABLE"), what="check failed")
+    assert writer.status()["healthy"]
+    assert writer.status()["buffered"] == 1
+    registry_up = True
+    await wait_for(source.acked, what="written once the registry is back")
+    assert writer.status()["healthy"]

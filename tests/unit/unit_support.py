@@ -16,7 +16,7 @@ from actors.turn import LocalInFlight, Turn
 from actors.wire import event_from_proto, event_to_proto
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2, turn_pb2
-from storage import LoadedSession, SessionLog, SnapshotRecord, TurnEnvelope, TurnRecord, Unavailable
+from storage import LoadedSession, ProgressRecord, SessionLog, SnapshotRecord, TurnEnvelope, TurnRecord, Unavailable
 from storage.inmemory import InMemoryJournal
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -252,8 +252,10 @@ class ProbedLog:
         self.gate: asyncio.Event | None = None
         self.attempts = 0
         self.appended: list[TurnRecord] = []
+        self.progress: list[ProgressRecord] = []
         self.snapshots: list[SnapshotRecord] = []
         self.fail_snapshots = False
+        self.fail_progress = False
 
     async def append_turn(self, record: TurnRecord) -> TurnRecord:
         self.attempts += 1
@@ -262,6 +264,14 @@ class ProbedLog:
         stored = await self.inner.append_turn(record)
         self.appended.append(stored)
         self.timeline.append(f"record:{record.turn_id}")
+        return stored
+
+    async def append_progress(self, record: ProgressRecord) -> ProgressRecord:
+        if self.fail_progress:
+            raise Unavailable("the ledger is not reachable", reason="LEDGER_UNAVAILABLE")
+        stored = await self.inner.append_progress(record)
+        self.progress.append(stored)
+        self.timeline.append(f"progress:{record.turn_id}")
         return stored
 
     async def save_snapshot(self, snapshot: SnapshotRecord) -> None:
@@ -291,5 +301,5 @@ class ProbedJournal(InMemoryJournal):
         return loaded, probe
 
     def records(self, tenant_id: str, session_id: str) -> list[TurnRecord]:
-        """The session's turn records in ledger order (activation markers left out)."""
-        return [e for e in self.turns.get((tenant_id, session_id), []) if e is not None]
+        """The session's turn records in ledger order (activation markers and progress left out)."""
+        return [e for e in self.turns.get((tenant_id, session_id), []) if isinstance(e, TurnRecord)]

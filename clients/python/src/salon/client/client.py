@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import grpc
 
+from salon.client.approvals import ApprovalHandler
+from salon.client.converse import Conversation, ConverseTurn
 from salon.client.errors import SalonError
 from salon.client.knowledge import Document, IngestProgress, request_stream
+from salon.client.messages import turn_request
 from salon.client.policies import Disconnect, DoubleTexting, disconnect_value, double_texting_value
 from salon.client.reply import Reply
 from salon.client.retry import RetryPolicy
+from salon.client.tools import Toolbox, Tools, tool_settings
 from salon.client.turn import Turn
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
@@ -28,11 +32,26 @@ __all__ = ["Reply", "SalonClient", "Session"]
 
 
 class Session:
-    """A session on the server; send it turns."""
+    """A session on the server; send it turns.
 
-    def __init__(self, client: SalonClient, proto: session_pb2.Session) -> None:
+    ``toolbox`` holds the functions that answer the session's tool calls and ``on_approval`` the callback that
+    decides its calls waiting for approval; both live in this object only (the engine knows the tools' names,
+    descriptions and schemas, not the functions), and every turn of this object uses them unless it is given
+    its own.
+    """
+
+    def __init__(
+        self,
+        client: SalonClient,
+        proto: session_pb2.Session,
+        *,
+        toolbox: Toolbox | None = None,
+        on_approval: ApprovalHandler | None = None,
+    ) -> None:
         self._client = client
         self.proto = proto
+        self.toolbox = toolbox
+        self.on_approval = on_approval
 
     @property
     def id(self) -> str:
@@ -49,12 +68,22 @@ class Session:
         disconnect_policy: Disconnect | None = None,
         metadata: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
+        tools: Tools | None = None,
+        mcp_servers: Sequence[str] | None = None,
+        tool_wait_timeout_s: float | None = None,
+        max_model_rounds: int | None = None,
+        on_approval: ApprovalHandler | None = None,
     ) -> Turn:
         """A new turn: ``async for event in session.turn("hi")`` yields typed events until the turn ends.
 
         Nothing is sent until iteration starts. The turn carries an idempotency key (a new UUID unless given),
         so the automatic retries never run it twice. ``double_texting`` and ``disconnect_policy`` override the
         session's policies for this turn; ``timeout_s`` bounds the whole turn, retries included.
+
+        Tool calls are answered by the session's functions, approvals by its callback, as the turn streams.
+        ``tools`` and ``mcp_servers`` replace the session's tools for this turn (sent to the engine; their
+        functions answer this turn's calls); ``tool_wait_timeout_s`` and ``max_model_rounds`` override the
+        session's tool settings; ``on_approval`` the session's callback.
         """
         return self._client.turn(
             self.id,
@@ -65,6 +94,12 @@ class Session:
             disconnect_policy=disconnect_policy,
             metadata=metadata,
             retry=retry,
+            tools=tools,
+            mcp_servers=mcp_servers,
+            tool_wait_timeout_s=tool_wait_timeout_s,
+            max_model_rounds=max_model_rounds,
+            on_approval=on_approval or self.on_approval,
+            toolbox=self.toolbox,
         )
 
     def send(
@@ -85,17 +120,35 @@ class Session:
         timeout_s: float | None = None,
         double_texting: DoubleTexting | None = None,
         disconnect_policy: Disconnect | None = None,
+        tools: Tools | None = None,
+        mcp_servers: Sequence[str] | None = None,
+        tool_wait_timeout_s: float | None = None,
+        max_model_rounds: int | None = None,
+        on_approval: ApprovalHandler | None = None,
     ) -> Reply:
-        """Send a turn and collect its whole answer."""
+        """Send a turn and collect its whole answer, answering its tool calls on the way (see :meth:`turn`)."""
         turn = self.turn(
             text,
             idempotency_key=idempotency_key,
             timeout_s=timeout_s,
             double_texting=double_texting,
             disconnect_policy=disconnect_policy,
+            tools=tools,
+            mcp_servers=mcp_servers,
+            tool_wait_timeout_s=tool_wait_timeout_s,
+            max_model_rounds=max_model_rounds,
+            on_approval=on_approval,
         )
         async with turn:
             return await turn.reply()
+
+    def converse(self, conversation: Conversation, text: str, **kwargs: Any) -> ConverseTurn:
+        """A new turn of this session carried by ``conversation`` (a ``Converse`` stream), with this session's
+        functions and approval callback; the keywords are those of :meth:`Conversation.turn
+        <salon.client.converse.Conversation.turn>`."""
+        kwargs.setdefault("toolbox", self.toolbox)
+        kwargs.setdefault("on_approval", self.on_approval)
+        return conversation.turn(self.id, text, **kwargs)
 
     async def refresh(self) -> Session:
         """Reload the session from the server."""
@@ -179,8 +232,24 @@ class SalonClient:
         double_texting: DoubleTexting | None = None,
         disconnect_policy: Disconnect | None = None,
         timeout_s: float | None = None,
+        tools: Tools | None = None,
+        mcp_servers: Sequence[str] | None = None,
+        tool_wait_timeout_s: float | None = None,
+        max_model_rounds: int | None = None,
+        on_approval: ApprovalHandler | None = None,
     ) -> Session:
-        """Open a session (with a chosen id, or let the server name it)."""
+        """Open a session (with a chosen id, or let the server name it).
+
+        ``tools`` are the tools the model may call in every turn: plain functions (sync or async) and
+        :class:`~salon.client.Tool` objects (see :func:`~salon.client.tool` and :func:`~salon.client.mcp_tool`);
+        ``mcp_servers`` names configured MCP servers whose every tool is offered. Definitions go to the engine,
+        functions stay in the returned :class:`Session`, which runs them when the model calls them.
+        ``on_approval`` decides calls of tools marked ``requires_approval``; without it, the turn yields
+        :class:`~salon.client.ApprovalRequired` and waits for ``turn.approve`` / ``turn.reject``.
+        ``tool_wait_timeout_s`` bounds how long a turn waits for a result or a decision (then it fails with
+        ``TOOL_WAIT_TIMEOUT``); ``max_model_rounds`` caps the model requests of a turn.
+        """
+        toolbox = Toolbox.of(tools, mcp_servers)
         request = cs_pb2.CreateSessionRequest(
             session_id=session_id,
             system_prompt=system_prompt,
@@ -189,15 +258,26 @@ class SalonClient:
             model=model,
             double_texting=double_texting_value(double_texting),
             disconnect_policy=disconnect_value(disconnect_policy),
+            tools=toolbox.to_proto() if toolbox is not None else None,
+            tool_settings=tool_settings(tool_wait_timeout_s, max_model_rounds),
         )
         response = await self._unary(self.stub.CreateSession, request, timeout_s)
-        return Session(self, response.session)
+        return Session(self, response.session, toolbox=toolbox, on_approval=on_approval)
 
-    async def get_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
-        """The session with this id."""
+    async def get_session(
+        self,
+        session_id: str,
+        *,
+        timeout_s: float | None = None,
+        tools: Tools | None = None,
+        on_approval: ApprovalHandler | None = None,
+    ) -> Session:
+        """The session with this id. ``tools`` and ``on_approval`` attach the functions that answer its calls
+        and the approval callback to the returned object (nothing is sent: the session keeps the definitions
+        it was created with)."""
         request = cs_pb2.GetSessionRequest(session_id=session_id)
         response = await self._unary(self.stub.GetSession, request, timeout_s)
-        return Session(self, response.session)
+        return Session(self, response.session, toolbox=Toolbox.of(tools), on_approval=on_approval)
 
     async def list_sessions(
         self, *, metadata_filter: Mapping[str, str] | None = None, page_size: int = 0, timeout_s: float | None = None
@@ -230,16 +310,27 @@ class SalonClient:
         disconnect_policy: Disconnect | None = None,
         metadata: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
+        tools: Tools | None = None,
+        mcp_servers: Sequence[str] | None = None,
+        tool_wait_timeout_s: float | None = None,
+        max_model_rounds: int | None = None,
+        on_approval: ApprovalHandler | None = None,
+        toolbox: Toolbox | None = None,
     ) -> Turn:
-        """A new turn of ``session_id`` (see :meth:`Session.turn`)."""
+        """A new turn of ``session_id`` (see :meth:`Session.turn`). ``toolbox`` answers the turn's calls when
+        ``tools`` (which are sent, and answer them otherwise) are not given."""
         key = idempotency_key or str(uuid.uuid4())
-        request = cs_pb2.SendTurnRequest(
-            session_id=session_id,
-            text=text,
-            idempotency_key=key,
-            double_texting=double_texting_value(double_texting),
-            disconnect_policy=disconnect_value(disconnect_policy),
-            metadata=dict(metadata or {}),
+        sent = Toolbox.of(tools, mcp_servers)
+        request = turn_request(
+            session_id,
+            text,
+            key,
+            double_texting=double_texting,
+            disconnect_policy=disconnect_policy,
+            metadata=metadata,
+            tools=sent,
+            tool_wait_timeout_s=tool_wait_timeout_s,
+            max_model_rounds=max_model_rounds,
         )
         return Turn(
             self.stub,
@@ -249,6 +340,9 @@ class SalonClient:
             metadata=self._metadata,
             timeout_s=timeout_s,
             retry=retry or self._retry,
+            toolbox=sent if sent is not None else toolbox,
+            on_approval=on_approval,
+            call_timeout_s=self._timeout_s if self._timeout_s is not None else 30.0,
         )
 
     def resume_turn(
@@ -259,10 +353,15 @@ class SalonClient:
         after_seq: int = 0,
         timeout_s: float | None = None,
         retry: RetryPolicy | None = None,
+        tools: Tools | None = None,
+        on_approval: ApprovalHandler | None = None,
     ) -> Turn:
-        """An existing turn, read from the event after ``after_seq`` (running or finished).
+        """An existing turn, read from the event after ``after_seq`` (running, waiting for a tool, or finished).
 
-        Its ``text`` holds only the deltas after ``after_seq``.
+        Its ``text`` holds only the deltas after ``after_seq``. ``tools`` (functions, nothing is sent) answer
+        the calls it yields and ``on_approval`` decides its approvals: a call seen again (``after_seq`` before
+        its result) runs again, and the engine keeps the first answer, so make side effects idempotent by
+        ``call.call_id``.
         """
         return Turn(
             self.stub,
@@ -272,7 +371,62 @@ class SalonClient:
             metadata=self._metadata,
             timeout_s=timeout_s,
             retry=retry or self._retry,
+            toolbox=Toolbox.of(tools),
+            on_approval=on_approval,
+            call_timeout_s=self._timeout_s if self._timeout_s is not None else 30.0,
         )
+
+    def converse(self, *, retry: RetryPolicy | None = None) -> Conversation:
+        """One ``Converse`` stream for many turns of many sessions (``async with client.converse() as c``):
+        turns, cancels, tool results and approvals travel on it; see :class:`~salon.client.Conversation`."""
+        return Conversation(
+            self.stub,
+            metadata=self._metadata,
+            retry=retry or self._retry,
+            call_timeout_s=self._timeout_s if self._timeout_s is not None else 30.0,
+        )
+
+    async def submit_tool_result(
+        self,
+        session_id: str,
+        turn_id: str,
+        call_id: str,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        timeout_s: float | None = None,
+    ) -> bool:
+        """Answer a tool call of any turn (for example one another process streams) with exactly one of
+        ``result`` or ``error``; ``True`` when the call already had an answer."""
+        if (result is None) == (error is None):
+            raise ValueError("give exactly one of result or error")
+        request = cs_pb2.SubmitToolResultRequest(session_id=session_id, turn_id=turn_id, call_id=call_id)
+        if error is not None:
+            request.error = error
+        else:
+            request.result = result or ""
+        response = await self._unary(self.stub.SubmitToolResult, request, timeout_s)
+        return bool(response.duplicate)
+
+    async def decide_approval(
+        self,
+        session_id: str,
+        turn_id: str,
+        call_id: str,
+        *,
+        approved: bool,
+        reason: str = "",
+        approver: str = "",
+        timeout_s: float | None = None,
+    ) -> bool:
+        """Approve or reject a call of any turn waiting for approval; ``True`` when it was already decided (the
+        first decision holds)."""
+        verdict = cs_pb2.APPROVAL_VERDICT_APPROVE if approved else cs_pb2.APPROVAL_VERDICT_REJECT
+        request = cs_pb2.DecideApprovalRequest(
+            session_id=session_id, turn_id=turn_id, call_id=call_id, verdict=verdict, reason=reason, approver=approver
+        )
+        response = await self._unary(self.stub.DecideApproval, request, timeout_s)
+        return bool(response.duplicate)
 
     async def cancel_turn(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> None:
         """Stop a running or queued turn; its stream ends with a ``cancelled`` event."""
@@ -281,7 +435,7 @@ class SalonClient:
 
     async def send_turn(
         self, session_id: str, text: str, *, idempotency_key: str | None = None, timeout_s: float | None = None
-    ) -> AsyncIterator[turn_pb2.TurnEvent]:
+    ) -> AsyncGenerator[turn_pb2.TurnEvent, None]:
         """Send a turn to a session and iterate over its ``salon.v1.TurnEvent`` messages until it ends."""
         turn = self.turn(session_id, text, idempotency_key=idempotency_key, timeout_s=timeout_s)
         async with turn:

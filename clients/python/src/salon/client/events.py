@@ -7,9 +7,10 @@ ends a turn. :func:`event_from_proto` converts one ``TurnEvent``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import ClassVar, TypeAlias, TypedDict
+from typing import Any, ClassVar, TypeAlias, TypedDict
 
 from salon.v1 import turn_pb2
 
@@ -82,6 +83,8 @@ class Usage(BaseEvent):
     estimated_cost_usd: float = 0.0
     provider: str = ""
     model: str = ""
+    model_rounds: int = 0
+    """Model requests the turn made (one per round of tool calls, plus the answer); the counts add them up."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,11 +98,13 @@ class GuardrailDecision:
     reason: str
     """``PROMPT_INJECTION``, ``SYSTEM_PROMPT_LEAK``, ``SECRET``, ``EMAIL``, ``CARD_NUMBER``, ``PHONE_NUMBER`` …"""
     source: str
-    """``user``, ``passage`` or ``output``."""
+    """``user``, ``passage``, ``output`` or ``tool`` (a tool result)."""
     count: int = 1
     score: float = 0.0
     rules: tuple[str, ...] = ()
     passage: int = -1
+    call_id: str = ""
+    """For a tool result (source ``tool``): the call it came from."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +114,96 @@ class Guardrail(BaseEvent):
 
     kind: ClassVar[str] = "guardrail"
     decisions: tuple[GuardrailDecision, ...] = ()
+
+
+def _arguments(arguments_json: str) -> dict[str, Any]:
+    """The arguments of a call as a dict (the engine checked them against the tool's schema: a JSON object)."""
+    try:
+        value = json.loads(arguments_json) if arguments_json else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCall(BaseEvent):
+    """The model called a tool. The client runs it when ``mcp_server`` is empty (after an approving
+    :class:`ApprovalDecided` when ``requires_approval``) and answers with its result or an error."""
+
+    kind: ClassVar[str] = "tool_call"
+    call_id: str = ""
+    """Unique within the turn; names the call when answering it."""
+    tool: str = ""
+    arguments_json: str = "{}"
+    """The arguments, a JSON object as text (checked against the tool's schema)."""
+    requires_approval: bool = False
+    """A person must approve the call first (an :class:`ApprovalRequired` event follows)."""
+    mcp_server: str = ""
+    """The MCP server that runs the call; empty: the client runs it."""
+    round: int = 0
+    """The model round that made the call (1: the turn's first model request)."""
+    wait_deadline: datetime | None = None
+    """When the turn stops waiting for the call's answer (or approval) and fails with TOOL_WAIT_TIMEOUT."""
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The arguments as a dict."""
+        return _arguments(self.arguments_json)
+
+    @property
+    def runs_on_client(self) -> bool:
+        """Whether the client runs this call (no MCP server does)."""
+        return not self.mcp_server
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalRequired(BaseEvent):
+    """A tool call waits for a person to approve or reject it."""
+
+    kind: ClassVar[str] = "approval_required"
+    call_id: str = ""
+    tool: str = ""
+    arguments_json: str = "{}"
+    """What the person approves: the arguments, a JSON object as text."""
+    mcp_server: str = ""
+    round: int = 0
+    wait_deadline: datetime | None = None
+    """When the turn stops waiting for the decision and fails with TOOL_WAIT_TIMEOUT."""
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The arguments as a dict."""
+        return _arguments(self.arguments_json)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalDecided(BaseEvent):
+    """A decision about a call that required approval was recorded (the first one counts)."""
+
+    kind: ClassVar[str] = "approval_decided"
+    call_id: str = ""
+    approved: bool = False
+    reason: str = ""
+    approver: str = ""
+    """Who decided, as the application named them."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolResult(BaseEvent):
+    """A tool call has its result, which the model sees in its next round."""
+
+    kind: ClassVar[str] = "tool_result"
+    call_id: str = ""
+    tool: str = ""
+    is_error: bool = False
+    source: str = ""
+    """Where the result came from: ``client``, ``mcp``, ``rejected``, ``timeout``, ``invalid_call`` (the model's
+    call did not match the tool) or ``cancelled``."""
+    content_preview: str = ""
+    """The start of the result (at most 1 KiB); the whole of it is in the turn's record (GetHistory)."""
+    content_bytes: int = 0
+    duration_s: float | None = None
+    """From the call (or its approval) to its result."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,7 +240,20 @@ class Cancelled(BaseEvent):
     reason: str = ""
 
 
-Event: TypeAlias = Accepted | Citations | Delta | Usage | Guardrail | Completed | Failed | Cancelled
+Event: TypeAlias = (
+    Accepted
+    | Citations
+    | Delta
+    | Usage
+    | Guardrail
+    | ToolCall
+    | ApprovalRequired
+    | ApprovalDecided
+    | ToolResult
+    | Completed
+    | Failed
+    | Cancelled
+)
 """Any typed turn event."""
 
 TerminalEvent: TypeAlias = Completed | Failed | Cancelled
@@ -155,14 +263,24 @@ TERMINAL_KINDS = frozenset({"completed", "error", "cancelled"})
 """The ``TurnEvent.kind`` values that end a turn."""
 
 _STOP_PREFIX = "STOP_REASON_"
+_SOURCE_PREFIX = "TOOL_RESULT_SOURCE_"
+
+
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    try:
+        name: str = enum.Name(value)
+    except ValueError:  # a value added to the API after this client was built
+        return str(value)
+    return name.removeprefix(prefix).lower()
 
 
 def _stop_reason(value: int) -> str:
-    try:
-        name = turn_pb2.StopReason.Name(value)
-    except ValueError:  # a reason added to the API after this client was built
-        return str(value)
-    return name.removeprefix(_STOP_PREFIX).lower()
+    return _enum_name(turn_pb2.StopReason, value, _STOP_PREFIX)
+
+
+def _time(message: Any, field: str) -> datetime | None:
+    # timezone.utc, not datetime.UTC: the client package supports Python 3.10.
+    return getattr(message, field).ToDatetime(tzinfo=timezone.utc) if message.HasField(field) else None  # noqa: UP017
 
 
 class _Common(TypedDict):
@@ -179,7 +297,7 @@ def event_from_proto(event: turn_pb2.TurnEvent) -> Event | None:
         turn_id=event.turn_id,
         seq=event.seq,
         # timezone.utc, not datetime.UTC: the client package supports Python 3.10.
-        time=event.time.ToDatetime(tzinfo=timezone.utc) if event.HasField("time") else None,  # noqa: UP017
+        time=_time(event, "time"),
     )
     kind = event.WhichOneof("kind")
     if kind == "accepted":
@@ -211,6 +329,7 @@ def event_from_proto(event: turn_pb2.TurnEvent) -> Event | None:
             estimated_cost_usd=u.estimated_cost_usd,
             provider=u.provider,
             model=u.model,
+            model_rounds=u.model_rounds,
         )
     if kind == "completed":
         c = event.completed
@@ -239,8 +358,51 @@ def event_from_proto(event: turn_pb2.TurnEvent) -> Event | None:
                 score=d.score,
                 rules=tuple(d.rules),
                 passage=d.passage,
+                call_id=d.call_id,
             )
             for d in event.guardrail.decisions
         )
         return Guardrail(**common, decisions=decisions)
+    return _tool_event(event, kind, common)
+
+
+def _tool_event(event: turn_pb2.TurnEvent, kind: str | None, common: _Common) -> Event | None:
+    if kind == "tool_call":
+        c = event.tool_call
+        return ToolCall(
+            **common,
+            call_id=c.call_id,
+            tool=c.tool,
+            arguments_json=c.arguments_json or "{}",
+            requires_approval=c.requires_approval,
+            mcp_server=c.mcp_server,
+            round=c.round,
+            wait_deadline=_time(c, "wait_deadline"),
+        )
+    if kind == "approval_required":
+        a = event.approval_required
+        return ApprovalRequired(
+            **common,
+            call_id=a.call_id,
+            tool=a.tool,
+            arguments_json=a.arguments_json or "{}",
+            mcp_server=a.mcp_server,
+            round=a.round,
+            wait_deadline=_time(a, "wait_deadline"),
+        )
+    if kind == "approval_decided":
+        d = event.approval_decided
+        return ApprovalDecided(**common, call_id=d.call_id, approved=d.approved, reason=d.reason, approver=d.approver)
+    if kind == "tool_result":
+        r = event.tool_result
+        return ToolResult(
+            **common,
+            call_id=r.call_id,
+            tool=r.tool,
+            is_error=r.is_error,
+            source=_enum_name(turn_pb2.ToolResultSource, r.source, _SOURCE_PREFIX),
+            content_preview=r.content_preview,
+            content_bytes=r.content_bytes,
+            duration_s=r.duration.ToTimedelta().total_seconds() if r.HasField("duration") else None,
+        )
     return None

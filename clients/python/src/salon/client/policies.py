@@ -9,13 +9,14 @@ from salon.v1 import session_pb2
 DoubleTextingName: TypeAlias = Literal["enqueue", "reject", "interrupt", "rollback"]
 DisconnectName: TypeAlias = Literal["continue", "cancel"]
 
-DoubleTexting: TypeAlias = DoubleTextingName | session_pb2.DoubleTextingPolicy
+# Quoted: a protobuf enum is no class at run time, and Python 3.10's typing refuses it in a union.
+DoubleTexting: TypeAlias = "DoubleTextingName | session_pb2.DoubleTextingPolicy"
 """What a session does with a turn that arrives while another runs:
 
 ``enqueue`` (run it after), ``reject`` (refuse it with FAILED_PRECONDITION), ``interrupt`` (cancel the running
 turn, keeping its partial answer) or ``rollback`` (cancel the running turn and erase it)."""
 
-Disconnect: TypeAlias = DisconnectName | session_pb2.DisconnectPolicy
+Disconnect: TypeAlias = "DisconnectName | session_pb2.DisconnectPolicy"
 """What happens to a running turn when its client goes away: ``continue`` (it completes and stays resumable)
 or ``cancel``."""
 

@@ -13,6 +13,8 @@ Limits:
 * One client may be shared by threads; one :class:`Turn` must be read by one thread at a time.
 * Ctrl-C while a call blocks cancels that call (a turn's stream stops; the turn itself follows its
   disconnect policy). Not fork-safe: make clients after forking.
+* Tool functions and approval callbacks that are plain functions run in worker threads of the private loop
+  (so they may block); async ones run on the private loop itself.
 * An unclosed client's thread is a daemon thread, so it does not keep the process alive; close it anyway.
 """
 
@@ -20,31 +22,37 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 import grpc
 
 from salon.client import client as aio
+from salon.client import converse as aio_converse
 from salon.client._loop import LoopThread, is_end, next_or_end
+from salon.client.approvals import ApprovalHandler, Decision
 from salon.client.events import Event, TerminalEvent
 from salon.client.knowledge import Document, IngestProgress
 from salon.client.policies import Disconnect, DoubleTexting
 from salon.client.reply import Reply
 from salon.client.retry import RetryPolicy
-from salon.client.turn import Turn as AsyncTurn
+from salon.client.tool_loop import ToolLoop
+from salon.client.tools import Toolbox, Tools
+from salon.client.turn import BaseTurn
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import session_pb2
 
-__all__ = ["SalonClient", "Session", "Turn"]
+__all__ = ["Conversation", "SalonClient", "Session", "Turn"]
 
 
 class Turn:
     """A turn being read: ``for event in turn`` blocks for each typed event, ending after the terminal one.
 
-    Properties (``text``, ``events``, ``final`` …) describe what has been read so far.
+    Properties (``text``, ``events``, ``final`` …) describe what has been read so far. Tool calls are answered
+    by the turn's functions as it is read; the others with :meth:`submit_tool_result` and the like.
     """
 
-    def __init__(self, loop: LoopThread, turn: AsyncTurn) -> None:
+    def __init__(self, loop: LoopThread, turn: BaseTurn) -> None:
         self._loop = loop
         self._turn = turn
 
@@ -115,9 +123,34 @@ class Turn:
         """Read the turn to its end and collect it."""
         return self._loop.run(self._turn.reply())
 
+    @property
+    def tool_loop(self) -> ToolLoop:
+        """What the turn did about its tool calls (``answered``, ``decided``)."""
+        return self._turn.tool_loop
+
     def cancel(self, *, timeout_s: float | None = 10.0) -> None:
         """Ask the engine to stop the turn; keep reading to get the ``Cancelled`` event."""
         self._loop.run(self._turn.cancel(timeout_s=timeout_s))
+
+    def submit_tool_result(self, call_id: str, result: str) -> bool:
+        """Answer a tool call with its result; ``True`` if it already had an answer."""
+        return self._loop.run(self._turn.submit_tool_result(call_id, result))
+
+    def submit_tool_error(self, call_id: str, error: str) -> bool:
+        """Answer a tool call with an error."""
+        return self._loop.run(self._turn.submit_tool_error(call_id, error))
+
+    def decide_approval(self, call_id: str, decision: Decision) -> bool:
+        """Approve or reject a call waiting for approval; ``True`` if it was already decided."""
+        return self._loop.run(self._turn.decide_approval(call_id, decision))
+
+    def approve(self, call_id: str, reason: str = "", *, approver: str = "") -> bool:
+        """Approve a call waiting for approval."""
+        return self._loop.run(self._turn.approve(call_id, reason, approver=approver))
+
+    def reject(self, call_id: str, reason: str = "", *, approver: str = "") -> bool:
+        """Reject a call waiting for approval; the model sees ``reason``."""
+        return self._loop.run(self._turn.reject(call_id, reason, approver=approver))
 
     def close(self) -> None:
         """Stop reading (see :meth:`salon.client.Turn.aclose`). Idempotent."""
@@ -153,6 +186,16 @@ class Session:
         """The session as the server last described it."""
         return self._session.proto
 
+    @property
+    def toolbox(self) -> Toolbox | None:
+        """The functions answering the session's tool calls (held here, not by the engine)."""
+        return self._session.toolbox
+
+    @property
+    def on_approval(self) -> ApprovalHandler | None:
+        """The callback deciding the session's calls that wait for approval."""
+        return self._session.on_approval
+
     def turn(
         self,
         text: str,
@@ -163,6 +206,11 @@ class Session:
         disconnect_policy: Disconnect | None = None,
         metadata: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
+        tools: Tools | None = None,
+        mcp_servers: Sequence[str] | None = None,
+        tool_wait_timeout_s: float | None = None,
+        max_model_rounds: int | None = None,
+        on_approval: ApprovalHandler | None = None,
     ) -> Turn:
         """A new turn; iterate over it for its typed events (see :meth:`salon.client.Session.turn`)."""
         turn = self._session.turn(
@@ -173,6 +221,11 @@ class Session:
             disconnect_policy=disconnect_policy,
             metadata=metadata,
             retry=retry,
+            tools=tools,
+            mcp_servers=mcp_servers,
+            tool_wait_timeout_s=tool_wait_timeout_s,
+            max_model_rounds=max_model_rounds,
+            on_approval=on_approval,
         )
         return Turn(self._loop, turn)
 
@@ -184,8 +237,13 @@ class Session:
         timeout_s: float | None = None,
         double_texting: DoubleTexting | None = None,
         disconnect_policy: Disconnect | None = None,
+        tools: Tools | None = None,
+        mcp_servers: Sequence[str] | None = None,
+        tool_wait_timeout_s: float | None = None,
+        max_model_rounds: int | None = None,
+        on_approval: ApprovalHandler | None = None,
     ) -> Reply:
-        """Send a turn and return its whole answer."""
+        """Send a turn and return its whole answer, answering its tool calls on the way."""
         return self._loop.run(
             self._session.ask(
                 text,
@@ -193,8 +251,20 @@ class Session:
                 timeout_s=timeout_s,
                 double_texting=double_texting,
                 disconnect_policy=disconnect_policy,
+                tools=tools,
+                mcp_servers=mcp_servers,
+                tool_wait_timeout_s=tool_wait_timeout_s,
+                max_model_rounds=max_model_rounds,
+                on_approval=on_approval,
             )
         )
+
+    def converse(self, conversation: Conversation, text: str, **kwargs: Any) -> Turn:
+        """A new turn of this session on ``conversation``, with this session's functions and approval callback
+        (the keywords of :meth:`Conversation.turn`)."""
+        kwargs.setdefault("toolbox", self._session.toolbox)
+        kwargs.setdefault("on_approval", self._session.on_approval)
+        return conversation.turn(self.id, text, **kwargs)
 
     def refresh(self) -> Session:
         """Reload the session from the server."""
@@ -285,8 +355,14 @@ class SalonClient:
         double_texting: DoubleTexting | None = None,
         disconnect_policy: Disconnect | None = None,
         timeout_s: float | None = None,
+        tools: Tools | None = None,
+        mcp_servers: Sequence[str] | None = None,
+        tool_wait_timeout_s: float | None = None,
+        max_model_rounds: int | None = None,
+        on_approval: ApprovalHandler | None = None,
     ) -> Session:
-        """Open a session (with a chosen id, or let the server name it)."""
+        """Open a session (with a chosen id, or let the server name it), with the tools the model may call
+        (see :meth:`salon.client.SalonClient.create_session`)."""
         session = self._loop.run(
             self._client.create_session(
                 session_id=session_id,
@@ -297,13 +373,26 @@ class SalonClient:
                 double_texting=double_texting,
                 disconnect_policy=disconnect_policy,
                 timeout_s=timeout_s,
+                tools=tools,
+                mcp_servers=mcp_servers,
+                tool_wait_timeout_s=tool_wait_timeout_s,
+                max_model_rounds=max_model_rounds,
+                on_approval=on_approval,
             )
         )
         return Session(self._loop, session)
 
-    def get_session(self, session_id: str, *, timeout_s: float | None = None) -> Session:
-        """The session with this id."""
-        return Session(self._loop, self._loop.run(self._client.get_session(session_id, timeout_s=timeout_s)))
+    def get_session(
+        self,
+        session_id: str,
+        *,
+        timeout_s: float | None = None,
+        tools: Tools | None = None,
+        on_approval: ApprovalHandler | None = None,
+    ) -> Session:
+        """The session with this id (``tools`` and ``on_approval`` attach functions and a callback locally)."""
+        session = self._client.get_session(session_id, timeout_s=timeout_s, tools=tools, on_approval=on_approval)
+        return Session(self._loop, self._loop.run(session))
 
     def list_sessions(
         self, *, metadata_filter: Mapping[str, str] | None = None, page_size: int = 0, timeout_s: float | None = None
@@ -331,10 +420,66 @@ class SalonClient:
         after_seq: int = 0,
         timeout_s: float | None = None,
         retry: RetryPolicy | None = None,
+        tools: Tools | None = None,
+        on_approval: ApprovalHandler | None = None,
     ) -> Turn:
-        """An existing turn, read from the event after ``after_seq``."""
-        turn = self._client.resume_turn(session_id, turn_id, after_seq=after_seq, timeout_s=timeout_s, retry=retry)
+        """An existing turn, read from the event after ``after_seq`` (see
+        :meth:`salon.client.SalonClient.resume_turn`)."""
+        turn = self._client.resume_turn(
+            session_id,
+            turn_id,
+            after_seq=after_seq,
+            timeout_s=timeout_s,
+            retry=retry,
+            tools=tools,
+            on_approval=on_approval,
+        )
         return Turn(self._loop, turn)
+
+    def converse(self, *, retry: RetryPolicy | None = None) -> Conversation:
+        """One ``Converse`` stream for many turns (``with client.converse() as conversation``)."""
+
+        async def build() -> aio_converse.Conversation:
+            conversation = self._client.converse(retry=retry)
+            await conversation.open()
+            return conversation
+
+        return Conversation(self._loop, self._loop.run(build()))
+
+    def submit_tool_result(
+        self,
+        session_id: str,
+        turn_id: str,
+        call_id: str,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        timeout_s: float | None = None,
+    ) -> bool:
+        """Answer a tool call of any turn (see :meth:`salon.client.SalonClient.submit_tool_result`)."""
+        return self._loop.run(
+            self._client.submit_tool_result(
+                session_id, turn_id, call_id, result=result, error=error, timeout_s=timeout_s
+            )
+        )
+
+    def decide_approval(
+        self,
+        session_id: str,
+        turn_id: str,
+        call_id: str,
+        *,
+        approved: bool,
+        reason: str = "",
+        approver: str = "",
+        timeout_s: float | None = None,
+    ) -> bool:
+        """Approve or reject a call of any turn (see :meth:`salon.client.SalonClient.decide_approval`)."""
+        return self._loop.run(
+            self._client.decide_approval(
+                session_id, turn_id, call_id, approved=approved, reason=reason, approver=approver, timeout_s=timeout_s
+            )
+        )
 
     def cancel_turn(self, session_id: str, turn_id: str, *, timeout_s: float | None = None) -> None:
         """Stop a running or queued turn."""
@@ -368,3 +513,49 @@ class SalonClient:
     ) -> list[ks_pb2.SearchHit]:
         """The most relevant passages of the knowledge base."""
         return self._loop.run(self._client.search(text, top_k=top_k, min_score=min_score, timeout_s=timeout_s))
+
+
+class Conversation:
+    """One ``Converse`` stream carrying many turns (blocking); see :class:`salon.client.Conversation`."""
+
+    def __init__(self, loop: LoopThread, conversation: aio_converse.Conversation) -> None:
+        self._loop = loop
+        self._conversation = conversation
+
+    def __enter__(self) -> Conversation:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Cancel the stream. Idempotent."""
+        if not self._loop.closed:
+            self._loop.run(self._conversation.close())
+
+    @property
+    def streams_opened(self) -> int:
+        """How many streams the conversation opened (more than one: it reconnected)."""
+        return self._conversation.streams_opened
+
+    def turn(self, session_id: str, text: str, **kwargs: Any) -> Turn:
+        """A new turn of ``session_id`` on the stream (the keywords of :meth:`salon.client.Conversation.turn`)."""
+        return Turn(self._loop, self._conversation.turn(session_id, text, **kwargs))
+
+    def resume_turn(self, session_id: str, turn_id: str, **kwargs: Any) -> Turn:
+        """An existing turn read on the stream (see :meth:`salon.client.Conversation.resume_turn`)."""
+        return Turn(self._loop, self._conversation.resume_turn(session_id, turn_id, **kwargs))
+
+    def submit_tool_result(
+        self, session_id: str, turn_id: str, call_id: str, *, result: str | None = None, error: str | None = None
+    ) -> bool:
+        """Answer a tool call on the stream."""
+        return self._loop.run(
+            self._conversation.submit_tool_result(session_id, turn_id, call_id, result=result, error=error)
+        )
+
+    def decide_approval(self, session_id: str, turn_id: str, call_id: str, decision: Decision) -> bool:
+        """Approve or reject a call on the stream."""
+        return self._loop.run(self._conversation.decide_approval(session_id, turn_id, call_id, decision))

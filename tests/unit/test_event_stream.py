@@ -1,0 +1,86 @@
+"""A turn's event stream ends with a clear error, instead of hanging or skipping, when its NATS connection
+is lost or some of its events are gone (storage.bus.EventStream, on a scripted subscription)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import nats.errors
+import pytest
+
+from salon.v1 import turn_pb2
+from storage.bus import EventsLost
+from storage.errors import Unavailable
+from storage.jetstream.bus import EventStream
+
+
+class Msg:
+    """A stored message of one event (no ``Salon-Events`` header: a single serialized event)."""
+
+    def __init__(self, seq: int) -> None:
+        self.data = turn_pb2.TurnEvent(seq=seq, turn_id="t").SerializeToString()
+        self.headers = None
+        self.metadata = SimpleNamespace(sequence=SimpleNamespace(stream=seq))
+
+
+class Subscription:
+    """Delivers the given sequence numbers, then nothing (a wait that times out)."""
+
+    def __init__(self, *seqs: int) -> None:
+        self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+        for seq in seqs:
+            self.queue.put_nowait(Msg(seq))
+        self.unsubscribed = False
+
+    async def next_msg(self, timeout: float) -> Msg:  # noqa: ASYNC109 - nats-py's signature
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
+
+    async def unsubscribe(self) -> None:
+        self.unsubscribed = True
+
+
+class Connection:
+    def __init__(self) -> None:
+        self.is_connected = True
+        self.stats = {"reconnects": 0}
+
+
+async def _collect(stream: EventStream, into: list[int], timeout_s: float = 30.0) -> None:
+    async for event in stream.iterate(timeout_s):
+        into.append(event.seq)
+
+
+async def test_a_gap_in_the_sequence_ends_the_stream_with_events_lost() -> None:
+    sub = Subscription(1, 2, 2, 4)
+    seen: list[int] = []
+    with pytest.raises(EventsLost) as info:
+        await _collect(EventStream(Any, sub, 0), seen)  # type: ignore[arg-type]
+    assert seen == [1, 2]
+    assert info.value.reason == "EVENTS_LOST" and info.value.retry_after_s
+    assert sub.unsubscribed
+
+
+async def test_a_resumed_stream_starting_later_than_asked_is_a_gap() -> None:
+    with pytest.raises(EventsLost):
+        await _collect(EventStream(Any, Subscription(7, 8), 5), [])  # type: ignore[arg-type]
+    connection = Connection()
+    events = EventStream(Any, Subscription(3, 6, 7), 5, connection=connection).iterate(30)  # type: ignore[arg-type]
+    assert [(await anext(events)).seq for _ in range(2)] == [6, 7]
+    connection.is_connected = False  # the connection drops after the events it had
+    with pytest.raises(Unavailable):
+        await anext(events)
+
+
+async def test_a_lost_connection_ends_a_waiting_stream_with_nats_unavailable() -> None:
+    connection = Connection()
+    events = EventStream(Any, Subscription(1), 0, connection=connection).iterate(30)  # type: ignore[arg-type]
+    assert (await anext(events)).seq == 1
+    connection.stats["reconnects"] += 1  # reconnected meanwhile: the subscription did not survive
+    with pytest.raises(Unavailable) as info:
+        await anext(events)
+    assert info.value.reason == "NATS_UNAVAILABLE" and info.value.retry_after_s
