@@ -6,8 +6,9 @@ prefill (the engine continuing an answer an earlier attempt began) gets the rest
 starts. A request without a prefill for a tag already answered gets a *different* answer, as a sampling model
 would: a second full generation then shows as text that contradicts what a client may have seen.
 
-Counted per tag at the server (a killed engine process cannot lose these): requests, full generations (no
-prefill), continuations, and tokens written.
+Counted per tag at the server (a killed engine process cannot lose these): requests, generations from the
+start (no prefill) and among them those after an earlier request had streamed the whole answer (a second full
+generation), continuations, and tokens written.
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ class TagCount:
 
     requests: int = 0
     full: int = 0
-    """Requests without a prefill: generations of the whole answer."""
+    """Requests without a prefill: generations from the start of the answer."""
+    second_full: int = 0
+    """Requests without a prefill made after an earlier request for the turn had streamed its whole answer: the
+    answer generated in full twice (restarts from the start after an attempt died early, before any of its
+    tokens were stored, are counted in ``full`` and their cost in the tokens written)."""
     continuations: int = 0
     contradicted: int = 0
     """Continuations whose prefill matched no answer the server gave (text nobody generated)."""
@@ -91,6 +96,7 @@ class CountingModel:
         prefill = _text(last.get("content")) if last.get("role") == "assistant" else ""
         if not prefill:
             count.full += 1
+            count.second_full += any(r.finished for r in count.records[:-1])
             tokens = answer_tokens(tag, count.full - 1, self.tokens, big)
         else:
             count.continuations += 1

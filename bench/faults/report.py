@@ -24,9 +24,10 @@ def render(results: Sequence[FaultResult], notes: Sequence[str]) -> str:
     """One row per fault, then what went wrong in words."""
     lines = [
         "| fault | runs | acked turns | lost | hidden right after | dup rows / history / stored events "
-        "| event gaps / repeats | contradictions | generations per turn (mean / max) | second full generations "
-        "| tokens paid twice | recovery s (p50 / max) | statuses clients saw (attempts) |",
-        "|---|---:|---:|---:|---:|---|---|---:|---|---:|---:|---|---|",
+        "| event gaps / repeats | contradictions | generations per turn (mean / max) "
+        "| restarts from the start / second full generations | tokens paid twice | recovery s (p50 / max) "
+        "| statuses clients saw (attempts) |",
+        "|---|---:|---:|---:|---:|---|---|---:|---|---|---:|---|---|",
     ]
     for r in results:
         if r.skipped:
@@ -38,7 +39,7 @@ def render(results: Sequence[FaultResult], notes: Sequence[str]) -> str:
             f"| {r.name} | {r.runs} | {r.acked} | {r.lost} | {r.hidden} "
             f"| {r.dup_rows} / {r.dup_history} / {r.dup_stored_events} | {r.gaps} / {r.repeats} "
             f"| {r.contradictions + r.contradicted_prefills} | {mean:.2f} / {max(gens, default=0)} "
-            f"| {r.second_full} | {r.tokens_paid_twice} | {_recovery(r.recovery_s)} | {_statuses(r)} |"
+            f"| {r.restarts} / {r.second_full} | {r.tokens_paid_twice} | {_recovery(r.recovery_s)} | {_statuses(r)} |"
         )
     problems = []
     for r in results:

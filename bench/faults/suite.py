@@ -95,8 +95,11 @@ class FaultResult:
     """Events or history replies that differ from what a client saw under the same sequence number."""
     generations: list[int] = field(default_factory=list)
     """Model requests per turn (acknowledged turns)."""
+    restarts: int = 0
+    """Generations from the start beyond a turn's first: an attempt died before any of its tokens were stored
+    (what it had generated is in ``tokens_paid_twice``)."""
     second_full: int = 0
-    """Full generations beyond the first, over every turn (the aim: 0)."""
+    """Answers generated in full a second time (the aim: 0)."""
     contradicted_prefills: int = 0
     tokens_paid_twice: int = 0
     recovery_s: list[float] = field(default_factory=list)
@@ -131,6 +134,7 @@ class FaultResult:
             "contradictions": self.contradictions,
             "generations_per_turn_mean": statistics.fmean(gens) if gens else 0.0,
             "generations_per_turn_max": max(gens, default=0),
+            "restarts_from_the_start": self.restarts,
             "second_full_generations": self.second_full,
             "contradicted_prefills": self.contradicted_prefills,
             "tokens_paid_twice": self.tokens_paid_twice,
@@ -631,14 +635,15 @@ class Run:
             result.repeats += turn.repeats
             result.contradictions += turn.contradictions
             count = suite.model.count(turn.tag)
-            result.second_full += max(count.full - 1, 0)
+            result.restarts += max(count.full - 1, 0)
+            result.second_full += count.second_full
             result.contradicted_prefills += count.contradicted
             answer = suite.options.tokens if turn.completed else sum(1 for k, _ in turn.events.values() if k == "delta")
             result.tokens_paid_twice += max(count.tokens_sent - answer, 0)
             events = stored.get(turn.key, [])
             seqs = Counter(e.seq for e in events)
             result.dup_stored_events += sum(n - 1 for n in seqs.values() if n > 1)
-            odd = count.full > 1 or count.contradicted or turn.gaps or turn.repeats or turn.contradictions
+            odd = count.second_full or count.contradicted or turn.gaps or turn.repeats or turn.contradictions
             if (odd or not turn.completed) and len(result.suspects) < 30:
                 result.suspects.append(
                     {
