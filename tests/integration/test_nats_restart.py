@@ -20,7 +20,7 @@ from providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2
-from storage import TranscriptStore
+from storage.tables import TranscriptStore
 
 
 def _trailer(error: grpc.aio.AioRpcError, key: str) -> str:
