@@ -99,7 +99,10 @@ async def running_engine(config: Config) -> AsyncIterator[Engine]:
         yield engine
     finally:
         await engine.close()
-        await release_events_stream(config.nats_url, config.namespace)
+        # Only the suite's shared server outlives the engine (an embedded one stopped with it, and a test's
+        # own server with credentials is the test's to clean up).
+        if config.nats_url and "@" not in config.nats_url:
+            await release_events_stream(config.nats_url, config.namespace)
 
 
 @pytest.fixture
@@ -112,7 +115,8 @@ async def make_engine(nats_url: str, ray_session: None, tmp_path: Path) -> Async
         async def build(**overrides: Any) -> Engine:
             # A test may name its own NATS (or "" for an embedded one) in place of the shared server.
             url = overrides.pop("nats_url", nats_url)
-            config = engine_config(tmp_path / f"data{next(count)}", url, **overrides)
+            data_dir = overrides.pop("data_dir", tmp_path / f"data{next(count)}")
+            config = engine_config(Path(data_dir), url, **overrides)
             engine: Engine = await stack.enter_async_context(running_engine(config))
             return engine
 
