@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +21,7 @@ from actors.control import CancelTurn, ControlError, ControlReply, ControlReques
 from actors.emitter import EventSink, TurnEmitter
 from actors.events import TurnEvent
 from actors.guardrails import GuardrailSettings
-from actors.host_turn import BusMessage, HostTurn, TurnKey, redelivered
+from actors.host_turn import BusMessage, HostTurn, TurnKey
 from actors.model import ModelChunk, ModelProvider, ModelRequest
 from actors.running import CANCELLED
 from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
@@ -55,11 +56,19 @@ class EventSender(Protocol):
     """Publishes a tenant's turn events, and reads back what was sent for a turn."""
 
     async def publish(self, tenant_id: str, event: turn_pb2.TurnEvent) -> None:
-        """Send one event."""
+        """Send one event (it may be stored later: see :meth:`flush`)."""
+        ...
+
+    async def flush(self, tenant_id: str, session_id: str, turn_id: str) -> None:
+        """Wait until every event of the turn sent so far is stored; raise when it cannot be."""
         ...
 
     async def sent(self, tenant_id: str, session_id: str, turn_id: str) -> list[turn_pb2.TurnEvent]:
         """The events already sent for a turn (still retained), in order."""
+        ...
+
+    async def close(self) -> None:
+        """Store what is still queued (within a grace period) and stop."""
         ...
 
 
@@ -234,6 +243,7 @@ class SessionHost:
             await session.passivate()
         for puller in self._pullers:
             await puller.close()
+        await self._events.close()
         with contextlib.suppress(Exception):
             await self._provider.aclose()
         close = getattr(self._retriever, "close", None)
@@ -317,6 +327,7 @@ class SessionHost:
             turn,
             turn_key,
             publish=self._publisher(envelope.tenant_id),
+            stored=functools.partial(self._events.flush, *turn_key),
             span=span,
             copies=[msg],
             registry=self._inflight,
@@ -337,13 +348,15 @@ class SessionHost:
         publish = self._publisher(envelope.tenant_id)
         emitter = TurnEmitter(envelope.request.session_id, envelope.turn_id, publish)
         await emitter.error(reason, message, retryable=retryable, partial=False, retry_after_s=retry_after_s)
+        await self._events.flush(envelope.tenant_id, envelope.request.session_id, envelope.turn_id)
         await msg.ack()
 
     async def _prior_events(self, msg: BusMessage, envelope: TurnEnvelope) -> list[TurnEvent]:
-        """What an earlier attempt at a redelivered turn sent (it may have streamed part of the answer before
-        its host died). When that cannot be read, the message goes back to the bus for a later try."""
-        if not redelivered(msg):
-            return []
+        """What an earlier attempt at the turn sent (it may have streamed part of the answer before its host,
+        nats-server or the machine died). Read for every delivery, not only redelivered ones: a nats-server
+        killed right after handing a turn out can forget it did, and hand it out again as a first delivery
+        (the read is one lookup when there is nothing). When it cannot be read, the message goes back to the
+        bus for a later try."""
         try:
             sent = await self._events.sent(envelope.tenant_id, envelope.request.session_id, envelope.turn_id)
         except Exception:

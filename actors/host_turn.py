@@ -2,11 +2,13 @@
 
 A :class:`HostTurn` is the :class:`~actors.turn.InFlight` the host hands a session. It owns the bus copies
 of its turn (a redelivered copy joins the first while the turn runs) and settles them exactly once: all
-acknowledged when the turn is done, all handed back when another host took the session over.
+acknowledged when the turn is done and its events are stored, all handed back when another host took the
+session over.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from actors.emitter import EventSink
@@ -52,6 +54,7 @@ class HostTurn:
         key: TurnKey,
         *,
         publish: EventSink,
+        stored: Callable[[], Awaitable[None]],
         span: ConsumerSpan,
         copies: list[BusMessage],
         registry: dict[TurnKey, HostTurn],
@@ -59,6 +62,8 @@ class HostTurn:
         self.turn = turn
         self.key = key
         self._publish = publish
+        self._stored = stored
+        """Waits until the turn's events are stored (raises when they cannot be)."""
         self._span = span
         self.copies = copies
         """The bus messages of this turn: redelivered copies join the first."""
@@ -72,7 +77,13 @@ class HostTurn:
         await self._publish(event)
 
     async def done(self) -> None:
-        """The turn ended and is recorded: acknowledge every copy."""
+        """The turn ended and is recorded: once its events are stored, acknowledge every copy. When they cannot
+        be stored the turn stays unacknowledged (and raises): its redelivery sends what is missing."""
+        try:
+            await self._stored()
+        except BaseException:
+            self._settle()  # no longer renewed: redelivered after its ack wait
+            raise
         for copy in self._settle():
             await copy.ack()
 
@@ -92,9 +103,3 @@ class HostTurn:
             return []
         del self._registry[self.key]
         return self.copies
-
-
-def redelivered(msg: BusMessage) -> bool:
-    """Whether the bus delivered ``msg`` before (an earlier attempt at its turn may have sent events)."""
-    metadata = getattr(msg, "metadata", None)
-    return bool(metadata is not None and (metadata.num_delivered or 0) > 1)

@@ -312,8 +312,14 @@ class _EngineSystem(System):
         return turn
 
     async def describe(self) -> dict[str, Any]:
-        """The hosts' counters (activations, turns started, ...)."""
-        return {"hosts": await self.engine.hosts.stats()}
+        """The hosts' counters (activations, turns started, ...) and what the events stream stored."""
+        nc = await connect(self.engine.nats_url, name="bench-turns-describe")
+        try:
+            info = await nc.jetstream().stream_info(self.engine.names.events_stream)
+        finally:
+            await nc.close()
+        events = {"messages": info.state.messages, "bytes": info.state.bytes}
+        return {"hosts": await self.engine.hosts.stats(), "events_stream": events}
 
 
 @contextlib.asynccontextmanager
@@ -521,6 +527,10 @@ async def run_system(name: str, args: argparse.Namespace, data_dir: Path) -> Sys
             s = level.summary()
             print(f" ttft p50 {s['ttft_p50_ms']:.2f} ms, {s['turns_per_s']:.0f} turns/s, {s['errors']} errors")
         run.details = await system.describe()
+        if "events_stream" in run.details:
+            stored = run.details["events_stream"]["messages"]
+            started_turns = sum(h["turns_started"] for h in run.details["hosts"])
+            print(f"  {name}: the events stream holds {stored} messages for {started_turns} turns started")
         teardown_started = time.perf_counter()
     run.teardown_s = time.perf_counter() - teardown_started
     run.leftover_pids = still_running(system.pids)

@@ -43,6 +43,7 @@ from storage import (
 from storage.bus import EventsLost
 from storage.history import StoredFloor, TranscriptReader, no_floor
 from storage.jetstream.bus import EventStream, TurnPublisher
+from storage.jetstream.events import is_refusal
 from storage.reasons import Reason
 from storage.tables import TranscriptStore
 
@@ -221,10 +222,17 @@ class Gateway:
             guardrails=guardrails.to_header(),
             deadline_ns=0 if timeout_s is None else time.time_ns() + int(timeout_s * 1e9),
         )
-        stream = await self._publish(envelope)
+        stream, duplicate = await self._publish(envelope)
         ended = False
         try:
             async for event in stream.iterate(self._wait_s(timeout_s), extend=self._tool_wait(timeout_s)):
+                if observer.events == 0 and duplicate and is_refusal(event):
+                    # The same key was refused before: that message is gone, and JetStream dropped this one as its
+                    # duplicate. Sent again, it runs (or is refused anew, which is then this request's answer).
+                    await self._publisher.send_refused_again(envelope, self._shard(envelope), stream.stream_seq)
+                    stream.rewind(0)
+                    duplicate = False
+                    continue
                 if observer.events == 0 and event.HasField("error"):
                     _raise_refusal(event.error)
                 ended = is_terminal(event)
@@ -260,10 +268,14 @@ class Gateway:
         """How long a turn's events are waited for: the turn timeout, or less if the call has less time."""
         return self._config.turn_timeout_s if timeout_s is None else min(timeout_s, self._config.turn_timeout_s)
 
-    async def _publish(self, envelope: TurnEnvelope) -> EventStream:
-        """Publish the turn on its shard; the stream of its events, subscribed while publishing."""
+    def _shard(self, envelope: TurnEnvelope) -> int:
+        return shard_for(envelope.tenant_id, envelope.request.session_id, self._config.num_shards)
+
+    async def _publish(self, envelope: TurnEnvelope) -> tuple[EventStream, bool]:
+        """Publish the turn on its shard; the stream of its events, subscribed while publishing, and whether
+        JetStream already had the turn (a duplicate within its dedupe window)."""
         tenant_id, session_id, turn_id = envelope.tenant_id, envelope.request.session_id, envelope.turn_id
-        shard = shard_for(tenant_id, session_id, self._config.num_shards)
+        shard = self._shard(envelope)
         # The events stream keeps the turn's events from the first, so subscribing can overlap the publish.
         opening = asyncio.ensure_future(self._publisher.open_events(tenant_id, session_id, turn_id))
         try:
@@ -281,13 +293,14 @@ class Gateway:
                     otel.attributes.SHARD: shard,
                 },
             ) as producer:
-                await self._publisher.publish(dataclasses.replace(envelope, trace_headers=producer.headers()), shard)
+                published = dataclasses.replace(envelope, trace_headers=producer.headers())
+                duplicate = await self._publisher.publish(published, shard)
         except BaseException:
             opening.cancel()
             with contextlib.suppress(BaseException):
                 await (await opening).close()
             raise
-        return await opening
+        return await opening, duplicate
 
     async def cancel_turn(
         self, tenant_id: str, session_id: str, turn_id: str, *, reason: str = "cancelled by the client"

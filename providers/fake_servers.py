@@ -135,6 +135,12 @@ class Recorded:
     """Set when the client hung up before the answer ended."""
     finished: bool = False
     """The whole answer was sent."""
+    tokens_sent: int = 0
+    """Text tokens written to the client (what a vendor bills, even when the client hung up after them)."""
+
+
+class _Token(bytes):
+    """A stream step that carries one text token (counted as it is written)."""
 
 
 class _Action:
@@ -277,6 +283,7 @@ class FakeModelServer:
                 if isinstance(step, bytes):
                     writer.write(b"%x\r\n%s\r\n" % (len(step), step))
                     await writer.drain()
+                    recorded.tokens_sent += isinstance(step, _Token)
                 elif step.kind == "sleep":
                     await asyncio.sleep(step.value)
                 elif step.kind == "gate":
@@ -294,6 +301,8 @@ class FakeModelServer:
             return True
         finally:
             gone.cancel()
+            # Its end awaited: a reader still waiting would make the next request's read fail.
+            await asyncio.gather(gone, return_exceptions=True)
 
 
 def _sse(event: str | None, data: dict[str, Any] | str) -> bytes:
@@ -406,7 +415,7 @@ class FakeAnthropicServer(FakeModelServer):
                 return steps + end, True
             steps += _between(reply, index)
             delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token}}
-            steps.append(_sse("content_block_delta", delta))
+            steps.append(_Token(_sse("content_block_delta", delta)))
             if reply.ping_every and (index + 1) % reply.ping_every == 0:
                 steps.append(_sse("ping", {"type": "ping"}))
         if (end := _interrupted(reply, len(reply.tokens), error)) is not None:
@@ -467,7 +476,7 @@ class FakeOpenAIServer(FakeModelServer):
             if (end := _interrupted(reply, index, error)) is not None:
                 return steps + end
             steps += _between(reply, index)
-            steps.append(chunk([{"index": 0, "delta": {"content": token}, "finish_reason": None}]))
+            steps.append(_Token(chunk([{"index": 0, "delta": {"content": token}, "finish_reason": None}])))
         if (end := _interrupted(reply, len(reply.tokens), error)) is not None:
             return steps + end
         steps += _between(reply, len(reply.tokens))

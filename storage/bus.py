@@ -27,11 +27,14 @@ H_GUARDRAILS = "Salon-Guardrails"
 TRACE_HEADERS = ("traceparent", "tracestate")
 TERMINAL_KINDS = frozenset({"completed", "error", "cancelled"})
 """Event kinds that end a turn's event stream."""
+REFUSALS = frozenset({Reason.TOO_MANY_TURNS, Reason.SESSION_BUSY})
+"""Reasons of an error event that refused a turn before it ran: the turn did not run, and sending it again under
+the same idempotency key may run it."""
 
 
 class EventsLost(Unavailable):
-    """Some of a turn's events are gone from the events stream (it lives in memory: a restarted NATS server
-    starts it empty), so the stream cannot continue without a gap; the turn's record can, once it exists."""
+    """Some of a turn's events are gone from the events stream (they outlived its retention, or a store lost
+    them), so the stream cannot continue without a gap; the turn's record can, once it exists."""
 
     reason = Reason.EVENTS_LOST
 

@@ -2,20 +2,18 @@
 
 Turns travel on a work-queue stream, one subject per shard, deduplicated by ``Nats-Msg-Id`` (tenant,
 session and turn id, so two tenants' idempotency keys never collide). A turn's events go to a per-turn
-subject captured by an in-memory stream kept for the retention time: a reader starts from the turn's first
-event, so joining a running turn, replaying a finished one and resuming after a drop all read the same way.
+subject captured by a stream on disk kept for the retention time (:mod:`storage.jetstream.events`): a reader
+starts from the turn's first event, so joining a running turn, replaying a finished one and resuming after a
+drop all read the same way, and a turn redelivered after any failure continues after what was stored.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -24,17 +22,19 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 
-from salon.v1 import turn_pb2
-from storage.bus import TERMINAL_KINDS, EventsLost, TurnEnvelope
-from storage.errors import DeadlineExceeded, Unavailable
-from storage.jetstream.read import EPHEMERAL_INACTIVE_S, drop_consumer, read_subject
-from storage.reasons import Reason
+from storage.bus import H_MSG_ID, TurnEnvelope
+from storage.errors import Unavailable
+from storage.jetstream.events import EventPublisher, EventStream, forget_refusal
+from storage.jetstream.read import EPHEMERAL_INACTIVE_S
 from storage.subjects import Names
+
+__all__ = ["BusSettings", "EventPublisher", "EventStream", "ShardPuller", "TurnPublisher", "ensure_bus"]
 
 log = logging.getLogger(__name__)
 
-MAX_EVENTS_BYTES = 512 * 1024 * 1024
-"""Memory cap of the events stream; the oldest events go first when it is reached."""
+EVENTS_DEDUPE_S = 120.0
+"""How long the events stream remembers a stored message's id: a message retried after a reconnect is stored
+once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +56,23 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
         await js.update_stream(config)
 
 
+async def _ensure_events_stream(js: JetStreamContext, name: str, config: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+        return
+    except nats.js.errors.BadRequestError:
+        pass
+    info = await js.stream_info(name)
+    if info.config.storage != config.storage:
+        # An events stream from before events were kept on disk (in memory): its storage cannot be changed in
+        # place. Events are replaceable (a finished turn replays from its record), so it is made anew.
+        log.warning("moving the events stream %s to %s storage", name, config.storage)
+        await js.delete_stream(name)
+        await js.add_stream(config)
+        return
+    await js.update_stream(config)
+
+
 async def ensure_bus(js: JetStreamContext, names: Names, settings: BusSettings) -> None:
     """Create or update the turn and event streams and the per-shard consumers. Idempotent."""
     await _ensure_stream(
@@ -68,16 +85,19 @@ async def ensure_bus(js: JetStreamContext, names: Names, settings: BusSettings) 
             duplicate_window=settings.dedupe_window_s,
         ),
     )
-    await _ensure_stream(
+    await _ensure_events_stream(
         js,
+        names.events_stream,
         api.StreamConfig(
             name=names.events_stream,
             subjects=[names.events_wildcard],
             retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.MEMORY,
+            # On disk: what a client saw survives nats-server and the machine (see storage.jetstream.events).
+            # No byte cap: dropping a running turn's first events would make its continuation start over.
+            storage=api.StorageType.FILE,
             max_age=settings.event_retention_s,
-            max_bytes=MAX_EVENTS_BYTES,
-            discard=api.DiscardPolicy.OLD,
+            duplicate_window=min(EVENTS_DEDUPE_S, settings.event_retention_s),
+            allow_direct=True,
         ),
     )
     for shard in range(settings.num_shards):
@@ -126,6 +146,25 @@ class TurnPublisher:
             ) from exc
         return bool(ack.duplicate)
 
+    async def send_refused_again(self, envelope: TurnEnvelope, shard: int, refusal_stream_seq: int) -> None:
+        """Put a refused turn on the bus again: JetStream would drop it as a duplicate of the refused message for
+        the dedupe window, so it goes under a message id derived from the refusal (retries of the same refusal
+        agree on it), after the refusal is removed from the turn's events."""
+        headers = envelope.headers()
+        headers[H_MSG_ID] = f"{headers[H_MSG_ID]}.r{refusal_stream_seq}"
+        try:
+            await forget_refusal(self._js, self._names, refusal_stream_seq)
+            await self._js.publish(
+                self._names.turn_subject(shard),
+                envelope.request.SerializeToString(),
+                headers=headers,
+                stream=self._names.turns_stream,
+            )
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise Unavailable(
+                "the turn bus did not accept the turn", reason="NATS_UNAVAILABLE", retry_after_s=1.0
+            ) from exc
+
     async def control(self, shard: int, request: Mapping[str, str], timeout_s: float = 5.0) -> dict[str, str]:
         """Ask the host that owns ``shard`` to act on one of its sessions; its JSON reply."""
         try:
@@ -143,7 +182,7 @@ class TurnPublisher:
         """Whether the events stream still holds any event of the turn."""
         try:
             await self._js.get_last_msg(
-                self._names.events_stream, self._names.event_subject(tenant_id, session_id, turn_id)
+                self._names.events_stream, self._names.event_subject(tenant_id, session_id, turn_id), direct=True
             )
         except nats.js.errors.NotFoundError:
             return False
@@ -169,74 +208,6 @@ class TurnPublisher:
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc
         return EventStream(self._js, sub, after_seq, connection=self._nc)
-
-
-CONNECTION_CHECK_S = 0.5
-"""How often a waiting event stream checks that its NATS connection has not been lost in the meantime."""
-
-
-class EventStream:
-    """One turn's events, in order and each once, until its terminal event. Close it when done.
-
-    If the NATS connection is lost while it runs, it ends with :class:`Unavailable` (``NATS_UNAVAILABLE``):
-    the subscription cannot survive a restarted server, and the caller resumes from the last event it got.
-    A gap in the sequence ends it with :class:`~storage.bus.EventsLost`."""
-
-    def __init__(self, js: JetStreamContext, sub: Any, after_seq: int, *, connection: NatsClient | None = None) -> None:
-        self._js = js
-        self._sub = sub
-        self._last = after_seq
-        self._nc = connection
-        self._reconnects = connection.stats["reconnects"] if connection is not None else 0
-
-    def _check_connection(self) -> None:
-        nc = self._nc
-        if nc is not None and (not nc.is_connected or nc.stats["reconnects"] != self._reconnects):
-            raise Unavailable(
-                "the connection to the event bus was lost; resume the turn after the last event received",
-                reason=Reason.NATS_UNAVAILABLE,
-                retry_after_s=1.0,
-            )
-
-    async def close(self) -> None:
-        """Drop the subscription and its consumer. Idempotent."""
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            await drop_consumer(self._js, sub)
-
-    async def iterate(
-        self, timeout_s: float, *, extend: Callable[[turn_pb2.TurnEvent], float | None] | None = None
-    ) -> AsyncIterator[turn_pb2.TurnEvent]:
-        """Yield events until the terminal one; :class:`DeadlineExceeded` after ``timeout_s``. ``extend`` may give
-        an event more time (seconds from its arrival): a turn that waits for a tool result waits that long."""
-        deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeadlineExceeded("the turn did not finish in time", reason="TURN_TIMEOUT")
-                self._check_connection()
-                try:
-                    msg = await self._sub.next_msg(timeout=min(remaining, CONNECTION_CHECK_S))
-                except nats.errors.TimeoutError:
-                    continue
-                event = turn_pb2.TurnEvent.FromString(msg.data)
-                if event.seq <= self._last:
-                    if event.WhichOneof("kind") in TERMINAL_KINDS:
-                        return  # resumed after the turn's last event: nothing is left to send
-                    # Already delivered: a redelivered turn answered again from its record.
-                    continue
-                if event.seq > self._last + 1:
-                    raise EventsLost("some of the turn's events are no longer retained", retry_after_s=1.0)
-                self._last = event.seq
-                more = extend(event) if extend is not None else None
-                if more is not None:
-                    deadline = max(deadline, time.monotonic() + more)
-                yield event
-                if event.WhichOneof("kind") in TERMINAL_KINDS:
-                    return
-        finally:
-            await self.close()
 
 
 class ShardPuller:
@@ -266,33 +237,3 @@ class ShardPuller:
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-
-
-class EventPublisher:
-    """Publishes turn events to their per-turn subjects (captured by the events stream)."""
-
-    def __init__(self, nc: NatsClient, names: Names) -> None:
-        self._nc = nc
-        self._names = names
-
-    async def publish(self, tenant_id: str, event: turn_pb2.TurnEvent) -> None:
-        """Send one event. Order is kept per connection, and one host sends all of a turn's events."""
-        subject = self._names.event_subject(tenant_id, event.session_id, event.turn_id)
-        await self._nc.publish(subject, event.SerializeToString())
-        # nats-py only buffers here; yielding lets its flusher write now, so a provider that never pauses
-        # (or a burst of deltas) does not hold the first token back until the whole answer is buffered.
-        await asyncio.sleep(0)
-
-    async def sent(self, tenant_id: str, session_id: str, turn_id: str) -> list[turn_pb2.TurnEvent]:
-        """The turn's events still retained, in order, each sequence number once."""
-        subject = self._names.event_subject(tenant_id, session_id, turn_id)
-        try:
-            msgs = await read_subject(self._nc.jetstream(), self._names.events_stream, subject)
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
-            raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc
-        events: list[turn_pb2.TurnEvent] = []
-        for msg in msgs:
-            event = turn_pb2.TurnEvent.FromString(msg.data)
-            if event.seq == len(events) + 1:
-                events.append(event)
-        return events

@@ -4,6 +4,7 @@ is lost or some of its events are gone (storage.bus.EventStream, on a scripted s
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import nats.errors
@@ -16,8 +17,12 @@ from storage.jetstream.bus import EventStream
 
 
 class Msg:
+    """A stored message of one event (no ``Salon-Events`` header: a single serialized event)."""
+
     def __init__(self, seq: int) -> None:
         self.data = turn_pb2.TurnEvent(seq=seq, turn_id="t").SerializeToString()
+        self.headers = None
+        self.metadata = SimpleNamespace(sequence=SimpleNamespace(stream=seq))
 
 
 class Subscription:

@@ -134,7 +134,8 @@ async def test_a_turn_is_recorded_then_completed_then_acked() -> None:
     ]
     assert rig.timeline[-1] == "ack:t1"
     assert msg.calls == ["ack"]
-    assert rig.sender.sent_calls == 0  # a first delivery has nothing to continue
+    assert rig.sender.flushed == ["t1"]  # its events stored before the ack
+    assert rig.sender.sent_calls == 1  # every delivery looks for an earlier attempt's events
     assert stats["activations"] == 1
     assert stats["turns_started"] == 1
     assert stats["inflight_turns"] == 0
@@ -272,6 +273,23 @@ async def test_redelivered_turn_continues_after_the_events_a_dead_host_sent() ->
     assert record.reply_text == "".join(reply)
     assert msg.calls == ["ack"]
     assert rig.timeline[-4:] == ["record:t1", "usage:t1", "completed:t1", "ack:t1"]
+
+
+async def test_a_first_delivery_with_events_already_stored_continues_after_them() -> None:
+    # A nats-server killed right after handing the turn out forgot it had: the copy arrives as a first delivery.
+    provider = ScriptedProvider(tokens=6)
+    text = "the server forgot"
+    reply = scripted_reply(text, 6)
+    async with running(provider) as rig:
+        incarnation = await rig.create("s1")
+        prior = prior_events("s1", "t1", reply[:2])
+        rig.sender.retained[(TENANT, "s1", "t1")] = prior
+        msg = await rig.turn("s1", "t1", text, incarnation, num_delivered=1)
+    new = rig.sender.log.of("t1")
+    assert [kind(e) for e in new] == ["delta"] * 4 + ["usage", "completed"]
+    assert [e.seq for e in new] == list(range(4, 10))
+    assert [e.delta.text for e in [*prior, *new] if kind(e) == "delta"] == reply
+    assert msg.calls == ["ack"]
 
 
 async def test_redelivered_turn_with_nothing_sent_starts_over() -> None:
@@ -488,11 +506,12 @@ async def test_a_redelivered_turn_whose_prior_events_cannot_be_read_is_not_left_
         other = await rig.create("s2")
         rig.sender.fail_sent = True
         first = rig.send("s1", "t1", "unlucky", incarnation, num_delivered=2)
+        await wait_for(lambda: "nak" in first.calls, what="t1 handed back to the bus")
+        rig.sender.fail_sent = False
         await rig.turn("s2", "u1", "after it", other)  # one puller: t1's dispatch has ended by now
-        assert rig.sender.sent_calls == 1
+        assert rig.sender.sent_calls == 2
         assert not first.acked  # left for the bus to redeliver
         assert rig.host.stats()["inflight_turns"] == 0
-        rig.sender.fail_sent = False
         again = await rig.turn("s1", "t1", "unlucky", incarnation, num_delivered=3)
     assert again.calls == ["ack"]
     assert kind(rig.sender.log.of("t1")[-1]) == "completed"

@@ -96,11 +96,19 @@ class FakeSender:
         self.retained: dict[tuple[str, str, str], list[turn_pb2.TurnEvent]] = {}
         self.fail_sent = False
         self.sent_calls = 0
+        self.flushed: list[str] = []
+        self.closed = False
 
     async def publish(self, tenant_id: str, event: turn_pb2.TurnEvent) -> None:
         self.published.append((tenant_id, event))
         self.timeline.append(f"{kind(event)}:{event.turn_id}")
         await self.log(event)
+
+    async def flush(self, tenant_id: str, session_id: str, turn_id: str) -> None:
+        self.flushed.append(turn_id)
+
+    async def close(self) -> None:
+        self.closed = True
 
     async def sent(self, tenant_id: str, session_id: str, turn_id: str) -> list[turn_pb2.TurnEvent]:
         self.sent_calls += 1

@@ -1,0 +1,377 @@
+"""A turn's events on the events stream: stored durably, several to a message, read back in order.
+
+A client sees an event only once the events stream has stored it (every reader reads the stream), and the
+stream is on disk: whatever fails (a host, a gateway, nats-server, the whole machine), a redelivered turn reads
+back every event any client saw and continues after it instead of generating the answer again.
+
+Storing each token as its own message would cost a disk write (an fsync, with ``sync_interval: always``) per
+token. :class:`EventPublisher` stores each turn's events in order with one message in flight per turn: what the
+session emits while a message is being stored goes into the next one. A fast stream packs many events into a
+message, a slow one sends each event at once; ``linger_s`` (off by default) spaces a turn's messages further.
+A message is retried, under the same ``Nats-Msg-Id``, until the stream has it, so a nats-server restart
+delays events without losing or repeating one.
+
+Wire format: a message of a turn's events ``a..b`` carries the header ``Salon-Events: a-b`` and, as its
+payload, the protobuf encoding of ``repeated salon.v1.TurnEvent events = 1`` (per event: the tag byte 0x0A,
+its length as a varint, its bytes). A message without the header is one serialized ``TurnEvent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js.client import JetStreamContext
+
+from salon.v1 import turn_pb2
+from storage.bus import H_MSG_ID, REFUSALS, TERMINAL_KINDS, EventsLost
+from storage.errors import DeadlineExceeded, Unavailable
+from storage.jetstream.read import drop_consumer, read_subject
+from storage.reasons import Reason
+from storage.subjects import Names
+
+log = logging.getLogger(__name__)
+
+H_EVENTS = "Salon-Events"
+"""Header of a message of several events: the first and last sequence numbers it holds (``a-b``)."""
+BATCH_EVENTS = 256
+BATCH_BYTES = 256 * 1024
+"""Most events and payload bytes in one stored message (well under NATS's payload limit)."""
+MAX_PENDING_EVENTS = 4096
+"""Events of one turn waiting to be stored before emitting more waits (while NATS is away)."""
+_TAG = b"\x0a"
+_NATS_ERRORS = (TimeoutError, nats.errors.Error, nats.js.errors.Error)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def pack_events(events: Iterable[bytes]) -> bytes:
+    """Serialized events as one payload (see the module's docstring)."""
+    out = bytearray()
+    for data in events:
+        out += _TAG
+        out += _varint(len(data))
+        out += data
+    return bytes(out)
+
+
+def unpack_events(payload: bytes, headers: Mapping[str, str] | None) -> list[turn_pb2.TurnEvent]:
+    """The events one stored message holds, in the order they were packed. Raises ``ValueError`` for a payload
+    that is not a message of events."""
+    if not headers or H_EVENTS not in headers:
+        return [turn_pb2.TurnEvent.FromString(payload)]
+    events: list[turn_pb2.TurnEvent] = []
+    pos, end = 0, len(payload)
+    while pos < end:
+        if payload[pos : pos + 1] != _TAG:
+            raise ValueError("not a message of turn events")
+        pos += 1
+        length = shift = 0
+        while True:
+            if pos >= end:
+                raise ValueError("truncated message of turn events")
+            byte = payload[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if pos + length > end:
+            raise ValueError("truncated message of turn events")
+        events.append(turn_pb2.TurnEvent.FromString(payload[pos : pos + length]))
+        pos += length
+    return events
+
+
+def is_refusal(event: turn_pb2.TurnEvent) -> bool:
+    """Whether ``event`` refused its turn before it ran (sending the turn again may run it)."""
+    return event.WhichOneof("kind") == "error" and event.error.reason in REFUSALS and not event.error.partial
+
+
+def in_order(events: Iterable[turn_pb2.TurnEvent]) -> list[turn_pb2.TurnEvent]:
+    """The events from sequence number 1 on without a gap, each number once (the first copy kept)."""
+    by_seq: dict[int, turn_pb2.TurnEvent] = {}
+    for event in events:
+        by_seq.setdefault(event.seq, event)
+    ordered: list[turn_pb2.TurnEvent] = []
+    while (following := by_seq.get(len(ordered) + 1)) is not None:
+        ordered.append(following)
+    return ordered
+
+
+@dataclass(eq=False, slots=True)
+class _TurnLog:
+    """One turn's events on their way to the stream."""
+
+    subject: str
+    pending: list[tuple[int, bytes]] = field(default_factory=list)
+    """(sequence number, serialized event), in emission order, not yet stored."""
+    task: asyncio.Task[None] | None = None
+    """Storing ``pending``, while there is any."""
+    urgent_seq: int = 0
+    """The last queued event that must not wait for the linger (the first delta, or any but a delta)."""
+    stored_seq: int = 0
+    """The last event stored."""
+    deltas_seen: bool = False
+    ended: bool = False
+    """The terminal event is queued: nothing follows it."""
+    last_store: float = 0.0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+    failing: bool = False
+
+
+class EventPublisher:
+    """Stores turn events on their per-turn subjects (captured by the events stream), each turn's in order.
+
+    Lifecycle: :meth:`close` (idempotent) stores what it can within a grace period and stops."""
+
+    def __init__(self, nc: NatsClient, names: Names, *, linger_s: float = 0.0, publish_timeout_s: float = 2.0) -> None:
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream(timeout=publish_timeout_s)
+        self._names = names
+        self._linger_s = linger_s
+        self._timeout_s = publish_timeout_s
+        self._logs: dict[str, _TurnLog] = {}
+        self._closed = False
+        self.stored_messages = 0
+        """Messages stored so far (for benchmarks: events per stored message)."""
+
+    async def publish(self, tenant_id: str, event: turn_pb2.TurnEvent) -> None:
+        """Queue one event for storing; returns at once unless the turn has too many events waiting."""
+        if self._closed:
+            raise Unavailable("the event publisher is closed", reason="NATS_UNAVAILABLE", retry_after_s=1.0)
+        subject = self._names.event_subject(tenant_id, event.session_id, event.turn_id)
+        turn = self._logs.get(subject)
+        if turn is None:
+            turn = self._logs[subject] = _TurnLog(subject)
+        turn.pending.append((event.seq, event.SerializeToString()))
+        kind = event.WhichOneof("kind")
+        if kind != "delta" or not turn.deltas_seen:
+            turn.urgent_seq = event.seq
+            turn.wake.set()
+        turn.deltas_seen = turn.deltas_seen or kind == "delta"
+        turn.ended = turn.ended or kind in TERMINAL_KINDS
+        if turn.task is None:
+            turn.task = asyncio.create_task(self._drain(turn), name=f"salon-events-{event.turn_id}")
+        while len(turn.pending) > MAX_PENDING_EVENTS and turn.task is not None:
+            turn.room.clear()
+            await turn.room.wait()
+        # Lets the store task send now, so a provider that never pauses (or a burst of deltas) does not hold
+        # the first token back until the whole answer is queued.
+        await asyncio.sleep(0)
+
+    async def flush(self, tenant_id: str, session_id: str, turn_id: str) -> None:
+        """Wait until every event of the turn queued so far is stored; :class:`Unavailable` when the publisher
+        stopped first (the turn must then not be acknowledged: its redelivery sends what is missing)."""
+        turn = self._logs.get(self._names.event_subject(tenant_id, session_id, turn_id))
+        if turn is None:
+            return
+        while turn.task is not None:
+            await asyncio.wait({turn.task})
+        if turn.pending:
+            raise Unavailable("the turn's events could not be stored", reason="NATS_UNAVAILABLE", retry_after_s=1.0)
+
+    async def sent(self, tenant_id: str, session_id: str, turn_id: str) -> list[turn_pb2.TurnEvent]:
+        """The turn's events stored so far, in order, each sequence number once (one cheap lookup when there
+        are none). A lone refusal is no progress: the turn did not run. It is removed, so this attempt numbers
+        its events from 1 and no reader mistakes the old refusal for this attempt's answer."""
+        subject = self._names.event_subject(tenant_id, session_id, turn_id)
+        turn = self._logs.get(subject)
+        if turn is not None and turn.pending:
+            # An earlier attempt here is still storing: read once it is done.
+            raise Unavailable("the turn's earlier events are still being stored", reason="NATS_UNAVAILABLE")
+        stream = self._names.events_stream
+        try:
+            try:
+                await self._js.get_last_msg(stream, subject, direct=True)
+            except nats.js.errors.NotFoundError:
+                return []
+            msgs = await read_subject(self._js, stream, subject)
+            events = [e for msg in msgs for e in unpack_events(msg.data, msg.headers)]
+            if len(events) == 1 and is_refusal(events[0]):
+                await forget_refusal(self._js, self._names, msgs[-1].metadata.sequence.stream)
+                return []
+        except _NATS_ERRORS as exc:
+            raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc
+        return in_order(events)
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Give the events still queued ``grace_s`` to be stored, then stop. Idempotent."""
+        self._closed = True
+        tasks = [t.task for t in self._logs.values() if t.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if pending:
+                log.warning("%d turns' last events were not stored before shutdown", len(pending))
+
+    async def _drain(self, turn: _TurnLog) -> None:
+        try:
+            while True:
+                await self._linger(turn)
+                if not turn.pending:
+                    return
+                batch = _take_batch(turn.pending)
+                turn.last_store = time.monotonic()
+                await self._store(turn, batch)
+                del turn.pending[: len(batch)]
+                turn.stored_seq = batch[-1][0]
+                turn.room.set()
+        finally:
+            turn.task = None
+            turn.room.set()
+            if not turn.pending and self._logs.get(turn.subject) is turn:
+                del self._logs[turn.subject]
+
+    async def _linger(self, turn: _TurnLog) -> None:
+        """With a linger, wait until it has passed since the turn's last store (for more events to pack), unless
+        something urgent is queued or the turn has ended; without one, return at once."""
+        if not self._linger_s or turn.ended:
+            return
+        while turn.urgent_seq <= turn.stored_seq:
+            wait = turn.last_store + self._linger_s - time.monotonic()
+            if wait <= 0:
+                return
+            turn.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(turn.wake.wait(), wait)
+
+    async def _store(self, turn: _TurnLog, batch: Sequence[tuple[int, bytes]]) -> None:
+        """Store one message of events, trying again (same message id) until the stream has it."""
+        first, last = batch[0][0], batch[-1][0]
+        payload = pack_events(data for _, data in batch)
+        # The id names this very message (its retry is dropped as a duplicate), not just its numbers: another
+        # attempt at the turn may store other events under the same numbers (after a refusal was removed).
+        headers = {H_MSG_ID: f"{turn.subject}:{first}:{zlib.crc32(payload):08x}", H_EVENTS: f"{first}-{last}"}
+        delay = 0.05
+        while True:
+            try:
+                await self._js.publish(
+                    turn.subject, payload, timeout=self._timeout_s, stream=self._names.events_stream, headers=headers
+                )
+            except _NATS_ERRORS as exc:
+                if not turn.failing:
+                    log.warning("storing turn events failed (%s); retrying", type(exc).__name__)
+                turn.failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if turn.failing:
+                log.info("turn events stored again")
+                turn.failing = False
+            self.stored_messages += 1
+            return
+
+
+async def forget_refusal(js: JetStreamContext, names: Names, stream_seq: int) -> None:
+    """Remove a turn's stored refusal (the message at ``stream_seq``). Idempotent. (One message deleted: a
+    filtered purge would also move the position of readers of the subject, past events stored after it.)"""
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.delete_msg(names.events_stream, stream_seq)
+
+
+def _take_batch(pending: Sequence[tuple[int, bytes]]) -> Sequence[tuple[int, bytes]]:
+    """The first events of ``pending`` that fit in one message (at least one)."""
+    size = 0
+    for count, (_, data) in enumerate(pending[:BATCH_EVENTS]):
+        size += len(data) + 6
+        if size > BATCH_BYTES and count:
+            return pending[:count]
+    return pending[:BATCH_EVENTS]
+
+
+CONNECTION_CHECK_S = 0.5
+"""How often a waiting event stream checks that its NATS connection has not been lost in the meantime."""
+
+
+class EventStream:
+    """One turn's events, in order and each once, until its terminal event. Close it when done.
+
+    If the NATS connection is lost while it runs, it ends with :class:`Unavailable` (``NATS_UNAVAILABLE``):
+    the subscription cannot survive a restarted server, and the caller resumes from the last event it got.
+    A gap in the sequence ends it with :class:`~storage.bus.EventsLost`."""
+
+    def __init__(self, js: JetStreamContext, sub: Any, after_seq: int, *, connection: NatsClient | None = None) -> None:
+        self._js = js
+        self._sub = sub
+        self._last = after_seq
+        self._nc = connection
+        self._reconnects = connection.stats["reconnects"] if connection is not None else 0
+        self.stream_seq = 0
+        """Stream sequence of the message that held the last event yielded."""
+
+    def rewind(self, after_seq: int) -> None:
+        """Yield events from ``after_seq`` + 1 again (the turn was sent again after a refusal)."""
+        self._last = after_seq
+
+    def _check_connection(self) -> None:
+        nc = self._nc
+        if nc is not None and (not nc.is_connected or nc.stats["reconnects"] != self._reconnects):
+            raise Unavailable(
+                "the connection to the event bus was lost; resume the turn after the last event received",
+                reason=Reason.NATS_UNAVAILABLE,
+                retry_after_s=1.0,
+            )
+
+    async def close(self) -> None:
+        """Drop the subscription and its consumer. Idempotent."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await drop_consumer(self._js, sub)
+
+    async def iterate(
+        self, timeout_s: float, *, extend: Callable[[turn_pb2.TurnEvent], float | None] | None = None
+    ) -> AsyncIterator[turn_pb2.TurnEvent]:
+        """Yield events until the terminal one; :class:`DeadlineExceeded` after ``timeout_s``. ``extend`` may give
+        an event more time (seconds from its arrival): a turn that waits for a tool result waits that long."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded("the turn did not finish in time", reason="TURN_TIMEOUT")
+                self._check_connection()
+                try:
+                    msg = await self._sub.next_msg(timeout=min(remaining, CONNECTION_CHECK_S))
+                except nats.errors.TimeoutError:
+                    continue
+                for event in unpack_events(msg.data, msg.headers):
+                    if event.seq <= self._last:
+                        # Already delivered: a redelivered turn answered again from its record.
+                        continue
+                    if event.seq > self._last + 1:
+                        raise EventsLost("some of the turn's events are no longer retained", retry_after_s=1.0)
+                    self._last = event.seq
+                    self.stream_seq = msg.metadata.sequence.stream
+                    more = extend(event) if extend is not None else None
+                    if more is not None:
+                        deadline = max(deadline, time.monotonic() + more)
+                    yield event
+                    if event.WhichOneof("kind") in TERMINAL_KINDS and self._last >= event.seq:
+                        return  # (unless the reader rewound: the turn was sent again)
+        finally:
+            await self.close()
