@@ -321,10 +321,10 @@ class Suite:
         result.skipped = fault.skip_reason(run)
         if result.skipped:
             return result
-        if fault.gateway:
-            await self.start_gateway()
         try:
             for index in range(self.options.runs):
+                if fault.gateway and self.gateway is None:
+                    await self.start_gateway()  # (again: the last run killed it)
                 run = Run(self, fault, result, index, random.Random(f"{seed}/{fault.name}/{index}"))
                 await run.execute()
         finally:

@@ -46,6 +46,10 @@ H_EVENTS = "Salon-Events"
 BATCH_EVENTS = 256
 BATCH_BYTES = 256 * 1024
 """Most events and payload bytes in one stored message (well under NATS's payload limit)."""
+ACCEPTED_WAIT_S = 0.003
+"""How long a turn's ``accepted`` event waits for the events right behind it (citations, the first token) to go
+into the same stored message: one disk write less before the first token, at most this much later for
+``accepted`` (which no one waits on)."""
 MAX_PENDING_EVENTS = 4096
 """Events of one turn waiting to be stored before emitting more waits (while NATS is away)."""
 _TAG = b"\x0a"
@@ -132,6 +136,8 @@ class _TurnLog:
     stored_seq: int = 0
     """The last event stored."""
     deltas_seen: bool = False
+    opening_until: float = 0.0
+    """While ``accepted`` waits for the events behind it (see ``ACCEPTED_WAIT_S``)."""
     ended: bool = False
     """The terminal event is queued: nothing follows it."""
     last_store: float = 0.0
@@ -166,7 +172,9 @@ class EventPublisher:
             turn = self._logs[subject] = _TurnLog(subject)
         turn.pending.append((event.seq, event.SerializeToString()))
         kind = event.WhichOneof("kind")
-        if kind != "delta" or not turn.deltas_seen:
+        if kind == "accepted" and len(turn.pending) == 1 and turn.task is None:
+            turn.opening_until = time.monotonic() + ACCEPTED_WAIT_S
+        elif kind != "delta" or not turn.deltas_seen:
             turn.urgent_seq = event.seq
             turn.wake.set()
         turn.deltas_seen = turn.deltas_seen or kind == "delta"
@@ -248,8 +256,16 @@ class EventPublisher:
                 del self._logs[turn.subject]
 
     async def _linger(self, turn: _TurnLog) -> None:
-        """With a linger, wait until it has passed since the turn's last store (for more events to pack), unless
-        something urgent is queued or the turn has ended; without one, return at once."""
+        """Let a lone ``accepted`` wait briefly for what follows it; with a linger, wait until it has passed
+        since the turn's last store (for more events to pack), unless something urgent is queued or the turn has
+        ended; otherwise return at once."""
+        opening, turn.opening_until = turn.opening_until, 0.0
+        if opening:
+            turn.wake.clear()
+            if turn.urgent_seq <= turn.stored_seq and (wait := opening - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(turn.wake.wait(), wait)
+            return
         if not self._linger_s or turn.ended:
             return
         while turn.urgent_seq <= turn.stored_seq:

@@ -97,13 +97,24 @@ async def test_a_turns_events_are_stored_in_order_several_to_a_message_while_one
     js.gate = asyncio.Event()
     events = publisher(js)
     await events.publish("acme", accepted())
-    for seq in range(2, 12):
+    await events.publish("acme", delta(2))
+    await wait_for(lambda: len(js.attempts) == 1, what="the first message on its way")
+    for seq in range(3, 12):
         await events.publish("acme", delta(seq))
     js.gate.set()
     await events.flush("acme", "s1", "u1")
     assert [e.seq for e in js.events()] == list(range(1, 12))
-    assert [h[H_EVENTS] for _, h, _ in js.stored] == ["1-1", "2-11"]  # the rest waited for the first
+    # accepted waited for the first token; the rest waited for that message to be stored.
+    assert [h[H_EVENTS] for _, h, _ in js.stored] == ["1-2", "3-11"]
     assert {s for s, _, _ in js.stored} == {NAMES.event_subject("acme", "s1", "u1")}
+
+
+async def test_a_lone_accepted_is_stored_after_a_short_wait() -> None:
+    js = FakeJetStream()
+    events = publisher(js)
+    await events.publish("acme", accepted())
+    await wait_for(lambda: len(js.stored) == 1, what="accepted stored without anything behind it")
+    assert [h[H_EVENTS] for _, h, _ in js.stored] == ["1-1"]
 
 
 async def test_a_message_that_fails_is_retried_under_the_same_id_until_stored() -> None:
@@ -134,16 +145,15 @@ async def test_a_linger_packs_deltas_but_never_holds_the_first_delta_or_the_end(
     js = FakeJetStream()
     events = publisher(js, linger_s=60.0)
     await events.publish("acme", accepted())
-    await wait_for(lambda: len(js.stored) == 1, what="accepted stored at once")
     await events.publish("acme", delta(2))
-    await wait_for(lambda: len(js.stored) == 2, what="the first delta stored at once")
+    await wait_for(lambda: len(js.stored) == 1, what="accepted and the first delta stored at once")
     for seq in range(3, 6):
         await events.publish("acme", delta(seq))
     await asyncio.sleep(0.05)  # wait-ok: shows the deltas are held back (the linger is a minute)
-    assert len(js.stored) == 2
+    assert len(js.stored) == 1
     await events.publish("acme", completed(6))
     await events.flush("acme", "s1", "u1")
-    assert [h[H_EVENTS] for _, h, _ in js.stored] == ["1-1", "2-2", "3-6"]
+    assert [h[H_EVENTS] for _, h, _ in js.stored] == ["1-2", "3-6"]
 
 
 async def test_close_gives_up_after_its_grace_and_flush_then_refuses_to_vouch() -> None:
