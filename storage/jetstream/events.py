@@ -377,6 +377,8 @@ class EventStream:
                     continue
                 for event in unpack_events(msg.data, msg.headers):
                     if event.seq <= self._last:
+                        if event.WhichOneof("kind") in TERMINAL_KINDS:
+                            return  # resumed after the turn's last event: nothing is left to send
                         # Already delivered: a redelivered turn answered again from its record.
                         continue
                     if event.seq > self._last + 1:

@@ -177,6 +177,11 @@ async def test_resume_after_the_client_connection_drops_gets_every_later_event_o
     assert_well_formed(events, session_id)
     assert reply_text(events) == "".join(scripted_reply("resume me", 40))
     assert again == rest
+    # Resumed after its last event, the finished turn's stream ends at once, empty (no wait for the turn timeout).
+    after_end = cs_pb2.ResumeTurnRequest(session_id=session_id, turn_id=seen[0].turn_id, after_seq=events[-1].seq)
+    async with grpc.aio.insecure_channel(slow.target) as channel:
+        stub = cs_grpc.ConversationServiceStub(channel)
+        assert [r.event async for r in stub.ResumeTurn(after_end, timeout=20)] == []
 
 
 async def test_disconnect_policy_cancel_stops_the_turn(slow: Engine) -> None:
