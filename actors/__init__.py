@@ -3,7 +3,7 @@
 ``SessionActor`` is plain asyncio (no Ray, NATS, gRPC or API types): its prompt is the sliding window
 (``memory``), the rolling summary (``summary``) and retrieved passages (``context``); its turns' events are
 records of its own (``events``). ``SessionHost`` runs many of them for a set of shards and converts their
-events to the API's at its edge (``wire``); ``HostActor`` (in :mod:`actors.ray_host`, imported on demand) is the
+events to the API's at its edge (``wire``); ``HostActor`` (in :mod:`salon.actors.ray_host`, imported on demand) is the
 only Ray code.
 
 The host and the API conversions are loaded on first use, so importing session logic loads no protobuf types.
@@ -14,11 +14,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from actors.context import PassageEntry, TurnContext, WindowEntry, explain, render_system
-from actors.control import CancelTurn, ControlError, ControlReply, DecideApproval, SubmitToolResult
-from actors.emitter import EventSink, TurnEmitter
-from actors.events import TurnEvent
-from actors.guardrails import (
+from salon.actors.context import PassageEntry, TurnContext, WindowEntry, explain, render_system
+from salon.actors.control import CancelTurn, ControlError, ControlReply, DecideApproval, SubmitToolResult
+from salon.actors.emitter import EventSink, TurnEmitter
+from salon.actors.events import TurnEvent
+from salon.actors.guardrails import (
     Guardrails,
     GuardrailSettings,
     OutputGuard,
@@ -26,8 +26,8 @@ from actors.guardrails import (
     forbidden_character,
     injection_score,
 )
-from actors.memory import estimate_tokens, fit_window, turn_groups
-from actors.model import (
+from salon.actors.memory import estimate_tokens, fit_window, turn_groups
+from salon.actors.model import (
     Message,
     ModelChunk,
     ModelError,
@@ -39,9 +39,9 @@ from actors.model import (
     ToolResult,
     ToolSpec,
 )
-from actors.placement import host_of_shard, shard_for, shards_of_host
-from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
-from actors.summary import (
+from salon.actors.placement import host_of_shard, shard_for, shards_of_host
+from salon.actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from salon.actors.summary import (
     ExtractiveSummarizer,
     ModelSummarizer,
     Summarizer,
@@ -49,8 +49,8 @@ from actors.summary import (
     extractive_summary,
     summarizer_for,
 )
-from actors.tool_servers import NoToolServers, ToolServers
-from actors.tools import (
+from salon.actors.tool_servers import NoToolServers, ToolServers
+from salon.actors.tools import (
     InvalidTool,
     ToolPolicy,
     ToolSelection,
@@ -58,12 +58,12 @@ from actors.tools import (
     offered_tools,
     validate_call,
 )
-from actors.turn import InFlight, LocalInFlight
-from storage import GuardrailDecision
+from salon.actors.turn import InFlight, LocalInFlight
+from salon.storage import GuardrailDecision
 
 if TYPE_CHECKING:
-    from actors.host import HostSettings, SessionHost, session_settings
-    from actors.wire import (
+    from salon.actors.host import HostSettings, SessionHost, session_settings
+    from salon.actors.wire import (
         decision_to_proto,
         event_from_proto,
         event_to_proto,
@@ -75,17 +75,17 @@ if TYPE_CHECKING:
     )
 
 _EDGE = {
-    "HostSettings": "actors.host",
-    "SessionHost": "actors.host",
-    "session_settings": "actors.host",
-    "decision_to_proto": "actors.wire",
-    "event_from_proto": "actors.wire",
-    "event_to_proto": "actors.wire",
-    "is_terminal": "actors.wire",
-    "record_events": "actors.wire",
-    "policy_from_proto": "actors.wire",
-    "selection_from_proto": "actors.wire",
-    "selection_to_proto": "actors.wire",
+    "HostSettings": "salon.actors.host",
+    "SessionHost": "salon.actors.host",
+    "session_settings": "salon.actors.host",
+    "decision_to_proto": "salon.actors.wire",
+    "event_from_proto": "salon.actors.wire",
+    "event_to_proto": "salon.actors.wire",
+    "is_terminal": "salon.actors.wire",
+    "record_events": "salon.actors.wire",
+    "policy_from_proto": "salon.actors.wire",
+    "selection_from_proto": "salon.actors.wire",
+    "selection_to_proto": "salon.actors.wire",
 }
 """Names whose modules import the API's protobuf types: loaded when first asked for."""
 

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.memory import estimate_tokens
-from actors.memory import message_tokens as tokens_of
-from actors.model import Message
-from actors.summary import Summary
-from storage import Passage
+from salon.actors.memory import estimate_tokens
+from salon.actors.memory import message_tokens as tokens_of
+from salon.actors.model import Message
+from salon.actors.summary import Summary
+from salon.storage import Passage
 
 PASSAGE_MAX_CHARS = 1600
 """A passage longer than this (about 400 tokens) is cut in the prompt: memories are whole turns and a user

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from storage.reasons import Reason
+from salon.storage.reasons import Reason
 
 MAX_FIELD_CHARS = 1024
 """Longest string a control field may hold (ids are far shorter; a reason is a sentence)."""
@@ -34,9 +34,9 @@ ControlResult = Literal[
     "unsupported",
     "error",
 ]
-"""``cancelled``, ``finished``, ``pending``: what :meth:`~actors.session.SessionActor.cancel` did; ``accepted``,
+"""``cancelled``, ``finished``, ``pending``: what :meth:`~salon.actors.session.SessionActor.cancel` did; ``accepted``,
 ``duplicate``, ``not_found``, ``approval_pending``, ``resuming``, ``unavailable``: what
-:meth:`~actors.session.SessionActor.answer` did with a tool result or decision; ``unknown_session``: the session
+:meth:`~salon.actors.session.SessionActor.answer` did with a tool result or decision; ``unknown_session``: the session
 does not exist; ``unsupported``: an action this host does not know; ``error``: the request was malformed or the
 host failed."""
 

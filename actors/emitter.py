@@ -12,8 +12,8 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from actors.context import PassageEntry, TurnContext
-from actors.events import (
+from salon.actors.context import PassageEntry, TurnContext
+from salon.actors.events import (
     Accepted,
     Cancelled,
     Citation,
@@ -26,9 +26,9 @@ from actors.events import (
     TurnEvent,
     Usage,
 )
-from actors.model import ModelResult
-from actors.tool_calls import entry_events
-from storage import GuardrailDecision, TurnRecord
+from salon.actors.model import ModelResult
+from salon.actors.tool_calls import entry_events
+from salon.storage import GuardrailDecision, TurnRecord
 
 EventSink = Callable[[TurnEvent], Awaitable[None]]
 """Where a turn's events go (the host publishes them on the turn's event subject)."""

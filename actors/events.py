@@ -1,6 +1,6 @@
 """A turn's events as session logic produces and reads them: plain records, numbered per turn.
 
-Each kind mirrors one case of the API's ``TurnEvent`` (same name, same fields), so :mod:`actors.wire`, the
+Each kind mirrors one case of the API's ``TurnEvent`` (same name, same fields), so :mod:`salon.actors.wire`, the
 only place that knows the protobuf types, converts them one to one where the host publishes events and where
 it reads back what an earlier attempt at a turn sent.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actors.model import ModelResult
-from storage import GuardrailDecision
+from salon.actors.model import ModelResult
+from salon.storage import GuardrailDecision
 
 
 @dataclass(frozen=True, slots=True)

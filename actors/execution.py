@@ -1,7 +1,7 @@
 """Running one turn up to its outcome: the input guardrail, the prompt, then model rounds and their tool calls.
 
 A turn's model may call tools: each round that does is followed by the calls' results (a client's, an MCP
-server's, a person's decision; :mod:`actors.tool_loop`), then another round that sees them, up to the turn's
+server's, a person's decision; :mod:`salon.actors.tool_loop`), then another round that sees them, up to the turn's
 ``max_model_rounds``. A turn its host left waiting is taken up from its recorded rounds (the model is not asked
 again for them). Recording the outcome is the session's part.
 """
@@ -12,15 +12,15 @@ import asyncio
 import dataclasses
 import logging
 
-from actors.guardrails import Guardrails
-from actors.model import ModelRequest
-from actors.model_call import ModelCall
-from actors.prompt import PromptBuilder
-from actors.running import RunningTurn
-from actors.tool_loop import ToolLoop
-from actors.tools import TOOL_ROUNDS_EXHAUSTED
-from actors.turn import SessionKey, SessionSettings
-from storage import Fenced, SalonError
+from salon.actors.guardrails import Guardrails
+from salon.actors.model import ModelRequest
+from salon.actors.model_call import ModelCall
+from salon.actors.prompt import PromptBuilder
+from salon.actors.running import RunningTurn
+from salon.actors.tool_loop import ToolLoop
+from salon.actors.tools import TOOL_ROUNDS_EXHAUSTED
+from salon.actors.turn import SessionKey, SessionSettings
+from salon.storage import Fenced, SalonError
 
 log = logging.getLogger(__name__)
 

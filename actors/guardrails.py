@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from storage import GuardrailDecision, InvalidArgument
-from storage.reasons import Reason
+from salon.storage import GuardrailDecision, InvalidArgument
+from salon.storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 

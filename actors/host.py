@@ -17,23 +17,23 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from actors.control import CancelTurn, ControlError, ControlReply, ControlRequest, parse_request
-from actors.emitter import EventSink, TurnEmitter
-from actors.events import TurnEvent
-from actors.guardrails import GuardrailSettings
-from actors.host_turn import BusMessage, HostTurn, TurnKey
-from actors.model import ModelChunk, ModelProvider, ModelRequest
-from actors.running import CANCELLED
-from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
-from actors.summary import summarizer_for
-from actors.tool_loop import ToolStats
-from actors.tool_servers import NoToolServers, ToolServers
-from actors.tools import ToolPolicy
-from actors.wire import event_from_proto, event_to_proto, policy_from_proto, selection_from_proto
-from otel import ConsumerSpan, attributes, consumer_span
+from salon.actors.control import CancelTurn, ControlError, ControlReply, ControlRequest, parse_request
+from salon.actors.emitter import EventSink, TurnEmitter
+from salon.actors.events import TurnEvent
+from salon.actors.guardrails import GuardrailSettings
+from salon.actors.host_turn import BusMessage, HostTurn, TurnKey
+from salon.actors.model import ModelChunk, ModelProvider, ModelRequest
+from salon.actors.running import CANCELLED
+from salon.actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from salon.actors.summary import summarizer_for
+from salon.actors.tool_loop import ToolStats
+from salon.actors.tool_servers import NoToolServers, ToolServers
+from salon.actors.tools import ToolPolicy
+from salon.actors.wire import event_from_proto, event_to_proto, policy_from_proto, selection_from_proto
+from salon.otel import ConsumerSpan, attributes, consumer_span
+from salon.storage import Journal, Retriever, SessionRegistry, TurnEnvelope, incarnation_of
+from salon.storage.errors import InvalidArgument, NotFound, SalonError
 from salon.v1 import session_pb2, turn_pb2
-from storage import Journal, Retriever, SessionRegistry, TurnEnvelope, incarnation_of
-from storage.errors import InvalidArgument, NotFound, SalonError
 
 log = logging.getLogger(__name__)
 

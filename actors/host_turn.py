@@ -1,6 +1,6 @@
 """The host's side of a turn in flight: the bus messages that carry it, its span, and how it is settled.
 
-A :class:`HostTurn` is the :class:`~actors.turn.InFlight` the host hands a session. It owns the bus copies
+A :class:`HostTurn` is the :class:`~salon.actors.turn.InFlight` the host hands a session. It owns the bus copies
 of its turn (a redelivered copy joins the first while the turn runs) and settles them exactly once: all
 acknowledged when the turn is done and its events are stored, all handed back when another host took the
 session over.
@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from actors.emitter import EventSink
-from actors.events import TurnEvent
-from actors.turn import Turn
-from otel import ConsumerSpan
+from salon.actors.emitter import EventSink
+from salon.actors.events import TurnEvent
+from salon.actors.turn import Turn
+from salon.otel import ConsumerSpan
 
 
 class BusMessage(Protocol):
@@ -45,7 +45,7 @@ TurnKey = tuple[str, str, str]
 
 
 class HostTurn:
-    """A turn in flight on this host, as its session sees it (:class:`~actors.turn.InFlight`): events are
+    """A turn in flight on this host, as its session sees it (:class:`~salon.actors.turn.InFlight`): events are
     published on the turn's subject; done acknowledges, release hands back, every bus copy of the turn."""
 
     def __init__(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from actors.model import Message
+from salon.actors.model import Message
 
 CHARS_PER_TOKEN = 4
 """Token estimate used for budgets: about four characters of English per token (the usual rule of thumb

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from storage import Passage
-from storage.errors import SalonError
-from storage.reasons import Reason
+from salon.storage import Passage
+from salon.storage.errors import SalonError
+from salon.storage.reasons import Reason
 
 Role = Literal["user", "assistant", "tool"]
 """``tool`` messages carry the results of the calls made by the assistant message before them."""

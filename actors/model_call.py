@@ -3,7 +3,7 @@ round), through the turn's output guard.
 
 The stream runs in its own task so the turn alone can be stopped (cancel, deadline, a newer turn) while the
 session goes on; stopping it closes the provider's upstream stream at once. What the round ends with is set
-on the turn's :class:`~actors.running.TurnOutcome`: ``completed`` with the model's result, or a failure; the
+on the turn's :class:`~salon.actors.running.TurnOutcome`: ``completed`` with the model's result, or a failure; the
 tool calls it made are in ``running.round_calls``.
 """
 
@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 
 from opentelemetry.trace import Span
 
-import otel
-from actors.model import ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta, ToolCall
-from actors.running import RunningTurn
-from actors.turn import SessionKey
+from salon import otel
+from salon.actors.model import ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta, ToolCall
+from salon.actors.running import RunningTurn
+from salon.actors.turn import SessionKey
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import Span
 
-import otel
-from actors.context import PassageEntry, TurnContext, explain
-from actors.events import Citation
-from actors.guardrails import Guardrails, with_canary
-from actors.memory import fit_window
-from actors.model import Message, ModelRequest
-from actors.state import SessionState
-from actors.turn import SessionKey, SessionSettings
-from storage import GuardrailDecision, Passage, RetrievalQuery, Retriever, SalonError
+from salon import otel
+from salon.actors.context import PassageEntry, TurnContext, explain
+from salon.actors.events import Citation
+from salon.actors.guardrails import Guardrails, with_canary
+from salon.actors.memory import fit_window
+from salon.actors.model import Message, ModelRequest
+from salon.actors.state import SessionState
+from salon.actors.turn import SessionKey, SessionSettings
+from salon.storage import GuardrailDecision, Passage, RetrievalQuery, Retriever, SalonError
 
 log = logging.getLogger(__name__)
 

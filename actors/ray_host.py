@@ -1,7 +1,7 @@
 """The Ray actors: Salon's only Ray code.
 
-``HostActor`` hosts a :class:`~actors.host.SessionHost`; ``WriterActor`` hosts the ledger's
-:class:`~storage.writer.BatchWriter`. Both are thin shells: they connect to NATS, build their plain object from a
+``HostActor`` hosts a :class:`~salon.actors.host.SessionHost`; ``WriterActor`` hosts the ledger's
+:class:`~salon.storage.writer.BatchWriter`. Both are thin shells: they connect to NATS, build their plain object from a
 spec and forward lifecycle calls. Ray restarts them when their process dies; ``__init__`` runs again and they
 take up their work, where JetStream redelivers whatever the dead process had not acknowledged.
 """
@@ -17,19 +17,19 @@ from typing import Any
 
 import ray
 
-import otel
-from actors.host import HostSettings, SessionHost
-from actors.model import ModelProvider
-from actors.tool_servers import ToolServers
-from otel import TelemetrySettings
-from storage import Names, NotFound, build_embedder, incarnation_of
-from storage.jetstream.bus import EventPublisher, ShardPuller
-from storage.jetstream.client import close_connection, connect
-from storage.jetstream.ledger import LedgerReader, NatsJournal
-from storage.jetstream.sessions import KvSessionRegistry
-from storage.lance.retrieval import LanceRetriever
-from storage.tables import MemoryIndexer, TranscriptStore
-from storage.writer import BatchWriter, WriterStatus
+from salon import otel
+from salon.actors.host import HostSettings, SessionHost
+from salon.actors.model import ModelProvider
+from salon.actors.tool_servers import ToolServers
+from salon.otel import TelemetrySettings
+from salon.storage import Names, NotFound, build_embedder, incarnation_of
+from salon.storage.jetstream.bus import EventPublisher, ShardPuller
+from salon.storage.jetstream.client import close_connection, connect
+from salon.storage.jetstream.ledger import LedgerReader, NatsJournal
+from salon.storage.jetstream.sessions import KvSessionRegistry
+from salon.storage.lance.retrieval import LanceRetriever
+from salon.storage.tables import MemoryIndexer, TranscriptStore
+from salon.storage.writer import BatchWriter, WriterStatus
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class WriterSpec:
 
 @ray.remote(max_restarts=-1, num_cpus=0)
 class WriterActor:
-    """Ray shell around the :class:`~storage.writer.BatchWriter` that turns ledger entries into LanceDB rows."""
+    """Ray shell around the :class:`~salon.storage.writer.BatchWriter` that turns ledger entries into LanceDB rows."""
 
     def __init__(self, spec: WriterSpec) -> None:
         otel.setup_logging(spec.log_level, spec.telemetry.log_format, process="writer")

@@ -10,9 +10,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from actors.state import SessionState
-from actors.turn import SessionKey
-from storage import Fenced, ProgressRecord, Reason, SalonError, SessionLog, SnapshotRecord, TurnRecord
+from salon.actors.state import SessionState
+from salon.actors.turn import SessionKey
+from salon.storage import Fenced, ProgressRecord, Reason, SalonError, SessionLog, SnapshotRecord, TurnRecord
 
 _R = TypeVar("_R")
 

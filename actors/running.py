@@ -1,6 +1,6 @@
 """One turn's state from the moment its session takes it to its record.
 
-A :class:`RunningTurn` holds what a turn was handed (the :class:`~actors.turn.InFlight` and its emitter, the
+A :class:`RunningTurn` holds what a turn was handed (the :class:`~salon.actors.turn.InFlight` and its emitter, the
 progress an earlier attempt recorded), what it has sent (deltas, citations, guardrail notices, including an
 earlier attempt's), its model rounds and tool calls, why it must stop (cancel, deadline, a newer turn), the
 task streaming its answer or waiting for its tools, and how it is ending (:class:`TurnOutcome`). The parts of
@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 
 from opentelemetry.trace import Span
 
-import otel
-from actors.emitter import TurnEmitter
-from actors.events import Citation, Citations, Delta, Guardrail
-from actors.guardrails import OutputGuard
-from actors.model import ModelResult, ToolCall, ToolSpec
-from actors.tool_calls import TurnCalls, total
-from actors.tools import ToolPolicy
-from actors.turn import InFlight, SessionKey, Turn
-from storage import GuardrailDecision, ProgressRecord, TurnRecord
+from salon import otel
+from salon.actors.emitter import TurnEmitter
+from salon.actors.events import Citation, Citations, Delta, Guardrail
+from salon.actors.guardrails import OutputGuard
+from salon.actors.model import ModelResult, ToolCall, ToolSpec
+from salon.actors.tool_calls import TurnCalls, total
+from salon.actors.tools import ToolPolicy
+from salon.actors.turn import InFlight, SessionKey, Turn
+from salon.storage import GuardrailDecision, ProgressRecord, TurnRecord
 
 CANCELLED = "the turn was cancelled"
 

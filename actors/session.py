@@ -1,15 +1,15 @@
 """The session actor: one conversation's state and its turns, one at a time, in arrival order.
 
 Plain asyncio: no Ray, NATS, gRPC or API types here. The host hands it each turn as an
-:class:`~actors.turn.InFlight` and gives it the session's ledger handle. A turn ends in this order: its answer
+:class:`~salon.actors.turn.InFlight` and gives it the session's ledger handle. A turn ends in this order: its answer
 is streamed, its outcome is appended to the ledger (retried while the ledger is unreachable), applied to the
 state, the terminal event is sent, and only then is the turn done (the host acknowledges it). So a client
 that saw a turn complete can read it back, and an acknowledged turn is never lost.
 
-The actor coordinates its parts: the line of turns (:mod:`actors.turn_queue`), each turn's state
-(:mod:`actors.running`), running a turn (:mod:`actors.execution`, with :mod:`actors.prompt`,
-:mod:`actors.model_call` and its tool calls in :mod:`actors.tool_loop`), the ledger (:mod:`actors.recorder`) and
-the rolling summary (:mod:`actors.summary_writer`).
+The actor coordinates its parts: the line of turns (:mod:`salon.actors.turn_queue`), each turn's state
+(:mod:`salon.actors.running`), running a turn (:mod:`salon.actors.execution`, with :mod:`salon.actors.prompt`,
+:mod:`salon.actors.model_call` and its tool calls in :mod:`salon.actors.tool_loop`), the ledger
+(:mod:`salon.actors.recorder`) and the rolling summary (:mod:`salon.actors.summary_writer`).
 
 A turn waiting for tool results or approvals stays at the head of the line (later turns queue behind it, or
 interrupt it under their policy); :meth:`SessionActor.answer` hands it what the gateway routed here. When the
@@ -26,24 +26,24 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-import otel
-from actors.control import ControlReply, DecideApproval, SubmitToolResult
-from actors.emitter import ending_steps, record_steps
-from actors.execution import TurnExecution
-from actors.guardrails import new_canary
-from actors.model import ModelProvider
-from actors.model_call import ModelCall
-from actors.prompt import PromptBuilder
-from actors.recorder import Recorder
-from actors.running import CANCELLED, RunningTurn, trace_outcome
-from actors.state import RECENT_TURNS_KEPT, SessionState
-from actors.summary import ExtractiveSummarizer, Summarizer
-from actors.summary_writer import SummaryWriter
-from actors.tool_loop import ToolLoop, ToolStats
-from actors.tool_servers import NoToolServers, ToolServers
-from actors.turn import InFlight, LocalInFlight, SessionKey, SessionSettings, Turn
-from actors.turn_queue import POLICIES, TurnQueue
-from storage import Fenced, Retriever, SessionLog
+from salon import otel
+from salon.actors.control import ControlReply, DecideApproval, SubmitToolResult
+from salon.actors.emitter import ending_steps, record_steps
+from salon.actors.execution import TurnExecution
+from salon.actors.guardrails import new_canary
+from salon.actors.model import ModelProvider
+from salon.actors.model_call import ModelCall
+from salon.actors.prompt import PromptBuilder
+from salon.actors.recorder import Recorder
+from salon.actors.running import CANCELLED, RunningTurn, trace_outcome
+from salon.actors.state import RECENT_TURNS_KEPT, SessionState
+from salon.actors.summary import ExtractiveSummarizer, Summarizer
+from salon.actors.summary_writer import SummaryWriter
+from salon.actors.tool_loop import ToolLoop, ToolStats
+from salon.actors.tool_servers import NoToolServers, ToolServers
+from salon.actors.turn import InFlight, LocalInFlight, SessionKey, SessionSettings, Turn
+from salon.actors.turn_queue import POLICIES, TurnQueue
+from salon.storage import Fenced, Retriever, SessionLog
 
 __all__ = [
     "POLICIES",

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.context import TurnContext
-from actors.guardrails import BLOCK_REASONS
-from actors.model import Message, ToolCall, ToolResult
-from actors.summary import Summary
-from storage import LoadedSession, ProgressRecord, ToolCallEntry, TurnRecord
+from salon.actors.context import TurnContext
+from salon.actors.guardrails import BLOCK_REASONS
+from salon.actors.model import Message, ToolCall, ToolResult
+from salon.actors.summary import Summary
+from salon.storage import LoadedSession, ProgressRecord, ToolCallEntry, TurnRecord
 
 RECENT_TURNS_KEPT = 16
 """How many finished turns a session remembers by id, to answer a redelivered turn without the model.

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from actors.memory import CHARS_PER_TOKEN
-from actors.model import Message, ModelProvider, ModelRequest, ModelResult, TextDelta
+from salon.actors.memory import CHARS_PER_TOKEN
+from salon.actors.model import Message, ModelProvider, ModelRequest, ModelResult, TextDelta
 
 log = logging.getLogger(__name__)
 

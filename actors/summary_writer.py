@@ -8,10 +8,10 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from actors.model import Message
-from actors.state import SessionState
-from actors.summary import Summarizer, Summary
-from actors.turn import SessionKey, SessionSettings
+from salon.actors.model import Message
+from salon.actors.state import SessionState
+from salon.actors.summary import Summarizer, Summary
+from salon.actors.turn import SessionKey, SessionSettings
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ and the events that told the client about them, with their sequence numbers.
 This is the turn's side of the action layer that needs no I/O: making a call's entry from the model's call,
 answering it, the events an entry stands for (the same for a first run, a turn taken up after its host died
 and a replay of the turn's record), the messages the next model round sees, and rebuilding all of it from the
-turn's progress records. Running calls, waiting and recording are :mod:`actors.tool_loop`'s.
+turn's progress records. Running calls, waiting and recording are :mod:`salon.actors.tool_loop`'s.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from actors.events import ApprovalDecided, ApprovalRequired, EventBody, Guardrail, ToolCallEvent, ToolResultEvent
-from actors.memory import estimate_tokens
-from actors.model import Message, ModelResult, ToolCall, ToolResult, ToolSpec
-from actors.tools import MAX_ARGUMENTS_BYTES, MAX_CALL_ID_CHARS, preview
-from storage import GuardrailDecision, ProgressRecord, ToolApproval, ToolCallEntry, ToolSource
+from salon.actors.events import ApprovalDecided, ApprovalRequired, EventBody, Guardrail, ToolCallEvent, ToolResultEvent
+from salon.actors.memory import estimate_tokens
+from salon.actors.model import Message, ModelResult, ToolCall, ToolResult, ToolSpec
+from salon.actors.tools import MAX_ARGUMENTS_BYTES, MAX_CALL_ID_CHARS, preview
+from salon.storage import GuardrailDecision, ProgressRecord, ToolApproval, ToolCallEntry, ToolSource
 
 _USAGE_FIELDS = (
     "stop_reason",

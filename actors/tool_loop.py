@@ -32,15 +32,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import otel
-from actors.control import ControlReply, DecideApproval, SubmitToolResult
-from actors.events import Delta
-from actors.guardrails import Guardrails
-from actors.model import ModelResult, ToolResult, ToolSpec
-from actors.model_call import DEADLINE_PASSED
-from actors.recorder import Recorder
-from actors.running import RunningTurn
-from actors.tool_calls import (
+from salon import otel
+from salon.actors.control import ControlReply, DecideApproval, SubmitToolResult
+from salon.actors.events import Delta
+from salon.actors.guardrails import Guardrails
+from salon.actors.model import ModelResult, ToolResult, ToolSpec
+from salon.actors.model_call import DEADLINE_PASSED
+from salon.actors.recorder import Recorder
+from salon.actors.running import RunningTurn
+from salon.actors.tool_calls import (
     ToolRound,
     answered,
     call_id_usable,
@@ -52,8 +52,8 @@ from actors.tool_calls import (
     usage_of,
     waits,
 )
-from actors.tool_servers import ToolServers
-from actors.tools import (
+from salon.actors.tool_servers import ToolServers
+from salon.actors.tools import (
     TOOL_WAIT_TIMEOUT,
     ToolSelection,
     offered_tools,
@@ -61,8 +61,8 @@ from actors.tools import (
     timed_out,
     validate_call,
 )
-from actors.turn import SessionKey
-from storage import ProgressRecord, SalonError, ToolApproval, ToolCallEntry, ToolSource
+from salon.actors.turn import SessionKey
+from salon.storage import ProgressRecord, SalonError, ToolApproval, ToolCallEntry, ToolSource
 
 log = logging.getLogger(__name__)
 

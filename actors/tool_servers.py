@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from actors.model import ToolCall, ToolResult, ToolSpec
+from salon.actors.model import ToolCall, ToolResult, ToolSpec
 
 
 class ToolServers(Protocol):

@@ -4,10 +4,10 @@ come back.
 Definitions come from callers (CreateSession, SendTurn) and from MCP servers, so they are refused with
 :class:`InvalidTool` (reason ``INVALID_TOOL``), whose message names the tool but never repeats its schema or
 description. Calls come from the model: :func:`validate_call` checks one against its tool's schema before any
-client or server sees it, and answers a bad call with a :class:`~actors.model.ToolResult` error that goes back
+client or server sees it, and answers a bad call with a :class:`~salon.actors.model.ToolResult` error that goes back
 to the model, which may then call again. Results come from clients and MCP servers and are bounded in size.
 
-Plain functions over the contract in :mod:`actors.model`; no I/O. The hosts validate arguments, the gateway
+Plain functions over the contract in :mod:`salon.actors.model`; no I/O. The hosts validate arguments, the gateway
 validates definitions, and both use this module.
 """
 
@@ -24,9 +24,9 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from referencing.exceptions import Unresolvable
 
-from actors.model import ToolCall, ToolResult, ToolSpec
-from storage.errors import InvalidArgument
-from storage.reasons import Reason
+from salon.actors.model import ToolCall, ToolResult, ToolSpec
+from salon.storage.errors import InvalidArgument
+from salon.storage.reasons import Reason
 
 # Reasons (UPPER_SNAKE_CASE, as in ``salon-error-reason``) this module and the action layer use.
 INVALID_TOOL = Reason.INVALID_TOOL

@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import otel
-from actors.events import TurnEvent
-from actors.guardrails import GuardrailSettings
-from actors.tools import ToolPolicy, ToolSelection
+from salon import otel
+from salon.actors.events import TurnEvent
+from salon.actors.guardrails import GuardrailSettings
+from salon.actors.tools import ToolPolicy, ToolSelection
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
-from actors.running import RunningTurn
-from actors.state import RECENT_TURNS_KEPT
+from salon.actors.running import RunningTurn
+from salon.actors.state import RECENT_TURNS_KEPT
 
 POLICIES = ("enqueue", "reject", "interrupt", "rollback")
 

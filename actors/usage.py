@@ -1,8 +1,8 @@
 """What a turn consumed, in each of the shapes it takes, each conversion written once.
 
-The model's answer ends with a :class:`~actors.model.ModelResult`; the turn's :class:`~storage.TurnRecord`
+The model's answer ends with a :class:`~salon.actors.model.ModelResult`; the turn's :class:`~salon.storage.TurnRecord`
 keeps its usage fields; the API shows them as a ``turn_pb2.Usage`` (built at the edge,
-:func:`actors.wire.usage_to_proto`); the gateway's metrics and a tenant's token budget read token counts off any
+:func:`salon.actors.wire.usage_to_proto`); the gateway's metrics and a tenant's token budget read token counts off any
 of them.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol, TypedDict
 
-from actors.model import ModelResult
-from storage import TurnRecord
+from salon.actors.model import ModelResult
+from salon.storage import TurnRecord
 
 
 class TokenUsage(Protocol):
@@ -28,7 +28,7 @@ class TokenUsage(Protocol):
 
 
 class UsageFields(TypedDict):
-    """The usage fields a :class:`~storage.TurnRecord` and a :class:`ModelResult` share."""
+    """The usage fields a :class:`~salon.storage.TurnRecord` and a :class:`ModelResult` share."""
 
     input_tokens: int
     output_tokens: int

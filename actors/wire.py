@@ -1,7 +1,7 @@
 """The edge between session logic and the API: turn events to and from ``salon.v1.turn_pb2.TurnEvent``, and the
 tools a session or a turn offers to and from ``salon.v1.session_pb2.ToolSet`` / ``ToolSettings``.
 
-Session logic speaks :mod:`actors.events` and :mod:`actors.tools`; the host converts what it publishes with
+Session logic speaks :mod:`salon.actors.events` and :mod:`salon.actors.tools`; the host converts what it publishes with
 :func:`event_to_proto`, what it reads back from the bus with :func:`event_from_proto`, and a session's or a
 turn's tools with :func:`selection_from_proto` and :func:`policy_from_proto`; the gateway turns records into
 events with :func:`record_events` and checks tool definitions with the same conversions. The event conversion
@@ -17,8 +17,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from actors.emitter import recorded_events
-from actors.events import (
+from salon.actors.emitter import recorded_events
+from salon.actors.events import (
     TERMINAL_KINDS,
     Accepted,
     ApprovalDecided,
@@ -37,8 +37,8 @@ from actors.events import (
     Unrecognized,
     Usage,
 )
-from actors.model import ModelResult, ToolSpec
-from actors.tools import (
+from salon.actors.model import ModelResult, ToolSpec
+from salon.actors.tools import (
     EMPTY_OBJECT_SCHEMA,
     INVALID_TOOL_SETTINGS,
     MAX_MODEL_ROUNDS,
@@ -49,9 +49,9 @@ from actors.tools import (
     check_tools,
     is_tool_name,
 )
-from actors.usage import record_usage
+from salon.actors.usage import record_usage
+from salon.storage import GuardrailDecision, InvalidArgument, TurnRecord
 from salon.v1 import session_pb2, turn_pb2
-from storage import GuardrailDecision, InvalidArgument, TurnRecord
 
 _STOP_REASONS = {
     "end_turn": turn_pb2.STOP_REASON_END_TURN,
@@ -238,7 +238,7 @@ _TO_PROTO: dict[type, Callable[[Any], ProtoMessage]] = {
 
 
 def event_to_proto(event: TurnEvent) -> turn_pb2.TurnEvent:
-    """The API's form of ``event`` (an :class:`~actors.events.Unrecognized` one keeps no kind)."""
+    """The API's form of ``event`` (an :class:`~salon.actors.events.Unrecognized` one keeps no kind)."""
     convert = _TO_PROTO.get(type(event.body))
     # Given to the constructor, the kind is set even when its message is empty (a delta of "").
     kind: dict[str, Any] = {event.kind: convert(event.body)} if convert is not None else {}
@@ -337,8 +337,8 @@ async def record_events(record: TurnRecord, after_seq: int = 0) -> list[turn_pb2
 
 def selection_from_proto(tool_set: session_pb2.ToolSet, *, check: bool = True) -> ToolSelection:
     """A ``ToolSet`` as the tools a session or turn offers. With ``check`` (the gateway, on what callers send):
-    the definitions are checked (:func:`actors.tools.check_tools`, raising ``INVALID_TOOL`` naming the tool) and
-    the MCP server names for form (:func:`actors.tools.check_servers` checks they exist). Without (the host, on
+    the definitions are checked (:func:`salon.actors.tools.check_tools`, raising ``INVALID_TOOL`` naming the tool) and
+    the MCP server names for form (:func:`salon.actors.tools.check_servers` checks they exist). Without (the host, on
     what the gateway already checked) they are taken as they are."""
     specs = tuple(
         ToolSpec(

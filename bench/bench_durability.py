@@ -72,10 +72,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
-from actors.events import TurnEvent
-from actors.host import HostSettings, SessionHost
-from actors.session import LocalInFlight, SessionActor, SessionKey, SessionSettings, SessionState, Turn
-from actors.wire import event_to_proto
 from bench.bench_turns import (
     PROMPT,
     LevelResult,
@@ -90,26 +86,30 @@ from bench.bench_turns import (
     still_running,
 )
 from bench.common import int_list, load_average, percentile, positive_int, run_header
-from engine.config import Config
-from engine.gateway import Gateway
-from engine.nats_server import EmbeddedNats
-from providers import ScriptedProvider
-from salon.v1 import conversation_service_pb2 as cs_pb2
-from salon.v1 import session_pb2
-from storage import Journal, Names, NotFound, SessionLog, SnapshotRecord, TurnRecord, incarnation_of, uuid7
-from storage.inmemory import InMemoryJournal
-from storage.jetstream.bus import BusSettings, EventPublisher, ShardPuller, TurnPublisher, ensure_bus
-from storage.jetstream.client import close_connection, connect
-from storage.jetstream.ledger import (
+from salon.actors.events import TurnEvent
+from salon.actors.host import HostSettings, SessionHost
+from salon.actors.session import LocalInFlight, SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from salon.actors.wire import event_to_proto
+from salon.engine.config import Config
+from salon.engine.gateway import Gateway
+from salon.engine.nats_server import EmbeddedNats
+from salon.providers import ScriptedProvider
+from salon.storage import Journal, Names, NotFound, SessionLog, SnapshotRecord, TurnRecord, incarnation_of, uuid7
+from salon.storage.inmemory import InMemoryJournal
+from salon.storage.jetstream.bus import BusSettings, EventPublisher, ShardPuller, TurnPublisher, ensure_bus
+from salon.storage.jetstream.client import close_connection, connect
+from salon.storage.jetstream.ledger import (
     LedgerReader,
     LedgerSettings,
     NatsJournal,
     _NatsSessionLog,  # the per-session handle NatsJournal.open returns (memory section)
     ensure_ledger,
 )
-from storage.jetstream.sessions import KvSessionRegistry
-from storage.tables import TranscriptStore
-from storage.writer import BatchWriter
+from salon.storage.jetstream.sessions import KvSessionRegistry
+from salon.storage.tables import TranscriptStore
+from salon.storage.writer import BatchWriter
+from salon.v1 import conversation_service_pb2 as cs_pb2
+from salon.v1 import session_pb2
 
 log = logging.getLogger("bench.durability")
 

@@ -5,7 +5,7 @@ stream) answers every request at once with ``--tokens`` tokens. It runs in a chi
 here is the client side only. Two levels:
 
 * ``provider``: the provider alone in this process, one turn after another: the scripted provider bare and
-  behind a :class:`~providers.resilience.ProviderChain`, the Anthropic provider (the real ``anthropic``
+  behind a :class:`~salon.providers.resilience.ProviderChain`, the Anthropic provider (the real ``anthropic``
   SDK over HTTP) and the OpenAI-compatible one, both behind the chain. Per turn: time to first token (``stream``
   called → first delta), turn time, and this process's CPU time.
 * ``engine``: a whole engine (embedded NATS, local Ray, one host, gRPC gateway) with the scripted provider, then
@@ -32,15 +32,15 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from actors.model import Message, ModelProvider, ModelRequest, TextDelta
-from engine.app import Engine
-from engine.config import Config
-from providers import OfflineProvider, ScriptedProvider
-from providers.anthropic import AnthropicProvider
-from providers.fake_servers import FakeAnthropicServer, FakeModelServer, FakeOpenAIServer, echo_reply
-from providers.openai_compatible import OpenAICompatibleProvider
-from providers.resilience import ProviderChain
+from salon.actors.model import Message, ModelProvider, ModelRequest, TextDelta
 from salon.client import SalonClient
+from salon.engine.app import Engine
+from salon.engine.config import Config
+from salon.providers import OfflineProvider, ScriptedProvider
+from salon.providers.anthropic import AnthropicProvider
+from salon.providers.fake_servers import FakeAnthropicServer, FakeModelServer, FakeOpenAIServer, echo_reply
+from salon.providers.openai_compatible import OpenAICompatibleProvider
+from salon.providers.resilience import ProviderChain
 
 log = logging.getLogger("bench.providers")
 

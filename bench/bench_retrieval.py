@@ -45,14 +45,14 @@ import numpy as np
 import pyarrow as pa
 
 from bench.common import load_average, percentile, positive_int
-from storage import Document, RetrievalQuery, TurnRecord, default_embedder
-from storage.embedding import OnnxEmbedder
-from storage.lance.knowledge import KnowledgeBase
-from storage.lance.memories import MEMORIES
-from storage.lance.retrieval import LanceRetriever, memory_filter, search_table
-from storage.lance.schemas import MEMORY_KEY, memories_schema
-from storage.retrieval import MEMORY
-from storage.tables import TranscriptStore, create_missing_indexes, memories_spec
+from salon.storage import Document, RetrievalQuery, TurnRecord, default_embedder
+from salon.storage.embedding import OnnxEmbedder
+from salon.storage.lance.knowledge import KnowledgeBase
+from salon.storage.lance.memories import MEMORIES
+from salon.storage.lance.retrieval import LanceRetriever, memory_filter, search_table
+from salon.storage.lance.schemas import MEMORY_KEY, memories_schema
+from salon.storage.retrieval import MEMORY
+from salon.storage.tables import TranscriptStore, create_missing_indexes, memories_spec
 
 TENANTS = 10
 MEASURED_TENANT = "tenant-3"

@@ -38,20 +38,20 @@ from typing import Any
 
 import grpc
 
-from actors.events import TurnEvent
-from actors.guardrails import Guardrails, GuardrailSettings, OutputGuard, new_canary
-from actors.session import LocalInFlight, SessionActor, SessionKey, SessionSettings, SessionState, Turn
-from actors.wire import event_to_proto
 from bench.common import load_average, percentile, positive_int
-from engine.app import Engine
-from engine.config import Config
-from engine.nats_server import EmbeddedNats
-from engine.tenants import key_entry_toml, new_key
-from providers import scripted_reply
-from providers.scripted import ScriptedProvider
+from salon.actors.events import TurnEvent
+from salon.actors.guardrails import Guardrails, GuardrailSettings, OutputGuard, new_canary
+from salon.actors.session import LocalInFlight, SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from salon.actors.wire import event_to_proto
+from salon.engine.app import Engine
+from salon.engine.config import Config
+from salon.engine.nats_server import EmbeddedNats
+from salon.engine.tenants import key_entry_toml, new_key
+from salon.providers import scripted_reply
+from salon.providers.scripted import ScriptedProvider
+from salon.storage.inmemory import InMemoryJournal
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
-from storage.inmemory import InMemoryJournal
 
 log = logging.getLogger("bench.security")
 

@@ -46,7 +46,7 @@ def _env() -> dict[str, str]:
 def measure_help() -> float:
     """Seconds ``salon --help`` takes."""
     start = time.perf_counter()
-    command = [sys.executable, "-m", "engine.cli", "--help"]
+    command = [sys.executable, "-m", "salon.engine.cli", "--help"]
     subprocess.run(command, env=_env(), cwd=ROOT, check=True, capture_output=True)
     return time.perf_counter() - start
 
@@ -77,7 +77,7 @@ def measure_serve(data_dir: Path, timeout_s: float = 300.0) -> dict[str, float]:
     """Seconds from spawning ``salon serve`` to SERVING, and from SIGTERM to exit."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "salon.engine.cli", "serve", "--port", "0", "--data-dir", str(data_dir)],
         env=_env(),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -116,16 +116,16 @@ def measure_serve(data_dir: Path, timeout_s: float = 300.0) -> dict[str, float]:
 
 PHASES: list[tuple[str, str, str]] = [
     # (label, module, attribute path): wrapped where it exists, so the benchmark survives refactors.
-    ("otel.setup", "engine.app", "otel.setup"),
-    ("nats-server start", "engine.app", "EmbeddedNats.start"),
-    ("ensure streams", "engine.app", "ensure_bus"),
-    ("ensure ledger", "engine.app", "ensure_ledger"),
-    ("ray init", "engine.app", "ensure_ray"),
-    ("transcript store open", "engine.app", "TranscriptStore.open"),
-    ("embedder load", "engine.app", "build_embedder"),
-    ("knowledge base open", "engine.app", "KnowledgeBase.open"),
-    ("hosts start", "engine.app", "HostGroup.start"),
-    ("writer start", "engine.app", "WriterHandle.start"),
+    ("salon.otel.setup", "salon.engine.app", "salon.otel.setup"),
+    ("nats-server start", "salon.engine.app", "EmbeddedNats.start"),
+    ("ensure streams", "salon.engine.app", "ensure_bus"),
+    ("ensure ledger", "salon.engine.app", "ensure_ledger"),
+    ("ray init", "salon.engine.app", "ensure_ray"),
+    ("transcript store open", "salon.engine.app", "TranscriptStore.open"),
+    ("embedder load", "salon.engine.app", "build_embedder"),
+    ("knowledge base open", "salon.engine.app", "KnowledgeBase.open"),
+    ("hosts start", "salon.engine.app", "HostGroup.start"),
+    ("writer start", "salon.engine.app", "WriterHandle.start"),
 ]
 
 
@@ -165,8 +165,8 @@ async def _phases_once(data_dir: Path) -> dict[str, Any]:
     import importlib
 
     start_import = time.perf_counter()
-    app = importlib.import_module("engine.app")
-    from engine.config import Config
+    app = importlib.import_module("salon.engine.app")
+    from salon.engine.config import Config
 
     imported = time.perf_counter() - start_import
     marks: list[tuple[str, float, float]] = []

@@ -4,7 +4,7 @@ Three measurements, each on a whole Salon engine (embedded NATS with JetStream, 
 gRPC gateway) driven through the generated stubs:
 
 * ``cancel``: the engine's model chain is the Anthropic provider (the real SDK) against the local
-  :class:`~providers.fake_servers.FakeAnthropicServer`, which streams a long answer slowly. A turn is
+  :class:`~salon.providers.fake_servers.FakeAnthropicServer`, which streams a long answer slowly. A turn is
   sent, two deltas are read, then ``CancelTurn`` is sent. Measured from sending ``CancelTurn``: the unary
   call's answer, the fake server seeing the SDK hang up (the upstream stream closed) and the client receiving
   the ``cancelled`` event.
@@ -57,12 +57,12 @@ import grpc
 
 from bench.bench_turns import descendants, still_running
 from bench.common import load_average, non_negative_int, percentile, positive_int, run_header
-from engine.app import Engine
-from engine.config import Config
-from providers.fake_servers import FakeAnthropicServer, Reply
+from salon.engine.app import Engine
+from salon.engine.config import Config
+from salon.providers.fake_servers import FakeAnthropicServer, Reply
+from salon.storage.jetstream.client import connect
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
-from storage.jetstream.client import connect
 
 log = logging.getLogger("bench.streams")
 
@@ -511,7 +511,7 @@ async def measure_ttft(engine: Engine, channel: grpc.aio.Channel, args: argparse
         return done
 
     counter = _CutOffCounter()
-    servicer_log = logging.getLogger("engine.servicer")
+    servicer_log = logging.getLogger("salon.engine.servicer")
     servicer_log.addHandler(counter)
     try:
         print("  ttft: baseline ...", flush=True)

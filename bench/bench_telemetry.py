@@ -49,13 +49,13 @@ from typing import Any
 
 import ray
 
-import otel
 from bench.common import int_list, load_average, percentile, positive_int, run_header
-from engine.app import Engine
-from engine.config import Config
-from engine.nats_server import EmbeddedNats
-from engine.ray_runtime import ensure_ray
+from salon import otel
 from salon.client import SalonClient, SalonError
+from salon.engine.app import Engine
+from salon.engine.config import Config
+from salon.engine.nats_server import EmbeddedNats
+from salon.engine.ray_runtime import ensure_ray
 
 log = logging.getLogger("bench.telemetry")
 

@@ -54,8 +54,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import int_list, load_average, non_negative_int, percentile, positive_int, run_header
-from engine.app import Engine
-from engine.config import Config
 from salon.client import (
     NO_RETRY,
     Completed,
@@ -67,6 +65,8 @@ from salon.client import (
     ToolCall,
     tool,
 )
+from salon.engine.app import Engine
+from salon.engine.config import Config
 
 log = logging.getLogger("bench.tools")
 

@@ -49,11 +49,11 @@ from typing import Any
 import grpc
 
 from bench.common import int_list, load_average, non_negative_int, percentile, positive_int, run_header
-from engine.app import Engine
-from engine.config import Config
-from engine.nats_server import EmbeddedNats
 from salon.client import SalonClient, SalonError
-from storage.jetstream.client import connect
+from salon.engine.app import Engine
+from salon.engine.config import Config
+from salon.engine.nats_server import EmbeddedNats
+from salon.storage.jetstream.client import connect
 
 log = logging.getLogger("bench.turns")
 

@@ -40,12 +40,12 @@ import grpc
 import httpx2 as httpx
 
 from bench.common import int_list, load_average, percentile, positive_int, run_header
-from bridge import SseDecoder, mint_page_link
-from engine import Config, Engine
+from salon.bridge import SseDecoder, mint_page_link
+from salon.engine import Config, Engine
+from salon.storage.jetstream.client import close_connection, connect
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import session_pb2
-from storage.jetstream.client import close_connection, connect
 
 CANCEL = session_pb2.DISCONNECT_POLICY_CANCEL
 

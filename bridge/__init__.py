@@ -17,11 +17,11 @@ any gateway (``python -m bridge``).
 
 from __future__ import annotations
 
-from bridge.errors import BridgeError
-from bridge.links import PAGE_RIGHTS, PageLink, mint_page_link, page_url
-from bridge.routes import Limits
-from bridge.server import DEFAULT_PAGE_DIR, BridgeSettings, WebBridge
-from bridge.sse import SseDecoder, SseMessage
+from salon.bridge.errors import BridgeError
+from salon.bridge.links import PAGE_RIGHTS, PageLink, mint_page_link, page_url
+from salon.bridge.routes import Limits
+from salon.bridge.server import DEFAULT_PAGE_DIR, BridgeSettings, WebBridge
+from salon.bridge.sse import SseDecoder, SseMessage
 
 __all__ = [
     "DEFAULT_PAGE_DIR",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from bridge.server import DEFAULT_PAGE_DIR, BridgeSettings, WebBridge
+from salon.bridge.server import DEFAULT_PAGE_DIR, BridgeSettings, WebBridge
 
 
 def build_parser() -> argparse.ArgumentParser:

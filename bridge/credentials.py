@@ -12,7 +12,7 @@ import re
 
 from starlette.requests import Request
 
-from bridge.errors import BridgeError, unauthenticated
+from salon.bridge.errors import BridgeError, unauthenticated
 
 TOKEN_PREFIX = "sst1."
 """How every session token starts (``engine.session_tokens.PREFIX`` and its dot; a test keeps the two equal)."""

@@ -1,6 +1,6 @@
 """Reading what a browser sends: bounded JSON bodies into API messages, ids from paths, the last event id.
 
-Every refusal is a :class:`~bridge.errors.BridgeError` with a fixed message: nothing of the request is echoed
+Every refusal is a :class:`~salon.bridge.errors.BridgeError` with a fixed message: nothing of the request is echoed
 (not even the name of an unknown field, which the protobuf parser would put in its own message).
 """
 
@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from starlette.requests import Request
 
-from bridge.errors import BridgeError, bad_request
+from salon.bridge.errors import BridgeError, bad_request
 
 M = TypeVar("M", bound=Message)
 

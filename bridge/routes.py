@@ -25,12 +25,12 @@ import grpc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bridge.credentials import session_token
-from bridge.errors import BridgeError, bad_request, from_rpc_error
-from bridge.requests import after_seq, read_message
-from bridge.sse import to_json
-from bridge.streams import EventRelay
-from bridge.upstream import Upstream, call_metadata
+from salon.bridge.credentials import session_token
+from salon.bridge.errors import BridgeError, bad_request, from_rpc_error
+from salon.bridge.requests import after_seq, read_message
+from salon.bridge.sse import to_json
+from salon.bridge.streams import EventRelay
+from salon.bridge.upstream import Upstream, call_metadata
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import token_service_pb2 as tok_pb2
 

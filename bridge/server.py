@@ -31,9 +31,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge.errors import BridgeError
-from bridge.routes import Limits, Routes, error_response
-from bridge.upstream import Upstream
+from salon.bridge.errors import BridgeError
+from salon.bridge.routes import Limits, Routes, error_response
+from salon.bridge.upstream import Upstream
 
 log = logging.getLogger(__name__)
 

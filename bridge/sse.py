@@ -19,7 +19,7 @@ of the turn, each event once. ``event`` names the event's kind (the ``TurnEvent.
 citations, delta, usage, completed, error, cancelled, guardrail, tool_call, approval_required, approval_decided,
 tool_result); ``data`` is the whole ``TurnEvent`` in protobuf's JSON mapping (so 64-bit numbers such as ``seq``
 are strings). A failure after the stream opened comes as ``event: stream_error`` (no id) with the JSON error body
-of :mod:`bridge.errors`; the stream then ends and the client resumes. Comment lines keep idle connections open.
+of :mod:`salon.bridge.errors`; the stream then ends and the client resumes. Comment lines keep idle connections open.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from bridge.errors import BridgeError, from_rpc_error
-from bridge.sse import KEEPALIVE, PREAMBLE, error_frame, event_frame
+from salon.bridge.errors import BridgeError, from_rpc_error
+from salon.bridge.sse import KEEPALIVE, PREAMBLE, error_frame, event_frame
 
 STREAM_HEADERS = {
     "Cache-Control": "no-store",

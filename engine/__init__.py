@@ -10,26 +10,26 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.app import Engine
-    from engine.auth import Authenticator, AuthInterceptor, caller_tenant
-    from engine.config import Config
-    from engine.gateway import Gateway
-    from engine.limits import TenantLimiter
-    from engine.nats_server import EmbeddedNats
-    from engine.tenants import Identity, Limits, TenantRegistry
+    from salon.engine.app import Engine
+    from salon.engine.auth import Authenticator, AuthInterceptor, caller_tenant
+    from salon.engine.config import Config
+    from salon.engine.gateway import Gateway
+    from salon.engine.limits import TenantLimiter
+    from salon.engine.nats_server import EmbeddedNats
+    from salon.engine.tenants import Identity, Limits, TenantRegistry
 
 _EXPORTS = {
-    "AuthInterceptor": "engine.auth",
-    "Authenticator": "engine.auth",
-    "Config": "engine.config",
-    "Engine": "engine.app",
-    "EmbeddedNats": "engine.nats_server",
-    "Gateway": "engine.gateway",
-    "Identity": "engine.tenants",
-    "Limits": "engine.tenants",
-    "TenantLimiter": "engine.limits",
-    "TenantRegistry": "engine.tenants",
-    "caller_tenant": "engine.auth",
+    "AuthInterceptor": "salon.engine.auth",
+    "Authenticator": "salon.engine.auth",
+    "Config": "salon.engine.config",
+    "Engine": "salon.engine.app",
+    "EmbeddedNats": "salon.engine.nats_server",
+    "Gateway": "salon.engine.gateway",
+    "Identity": "salon.engine.tenants",
+    "Limits": "salon.engine.tenants",
+    "TenantLimiter": "salon.engine.limits",
+    "TenantRegistry": "salon.engine.tenants",
+    "caller_tenant": "salon.engine.auth",
 }
 
 __all__ = [

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.auth import current_identity
-from engine.limits import TenantLimiter, Usage
-from engine.status import error_boundary
-from engine.tenants import TenantRegistry
+from salon.engine.auth import current_identity
+from salon.engine.limits import TenantLimiter, Usage
+from salon.engine.status import error_boundary
+from salon.engine.tenants import TenantRegistry
+from salon.storage import PermissionDenied, Unauthenticated, require_id
+from salon.storage.reasons import Reason
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
-from storage import PermissionDenied, Unauthenticated, require_id
-from storage.reasons import Reason
 
 
 def usage_to_proto(usage: Usage) -> admin_pb2.TenantUsage:

@@ -18,39 +18,39 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-import otel
-from engine.admin import AdminServicer
-from engine.auth import Authenticator, AuthInterceptor
-from engine.config import Config
-from engine.disk import DiskGuard, local_directory
-from engine.figures import FiguresPoller
-from engine.gates import Availability, AvailabilityGate, MetadataLimitInterceptor
-from engine.gateway import Gateway
-from engine.health_watch import HealthWatch
-from engine.knowledge import Knowledge
-from engine.knowledge_servicer import KnowledgeServicer
-from engine.limits import TenantLimiter
-from engine.nats_server import EmbeddedNats
-from engine.ray_runtime import HostGroup, WriterHandle, ensure_ray, host_specs, shutdown_ray
-from engine.servicer import ConversationServicer
-from engine.tenants import Limits, TenantRegistry
-from engine.transport import server_options
-from engine.web import TOKEN_SERVICE_NAME, BrowserAccess
+from salon import otel
+from salon.engine.admin import AdminServicer
+from salon.engine.auth import Authenticator, AuthInterceptor
+from salon.engine.config import Config
+from salon.engine.disk import DiskGuard, local_directory
+from salon.engine.figures import FiguresPoller
+from salon.engine.gates import Availability, AvailabilityGate, MetadataLimitInterceptor
+from salon.engine.gateway import Gateway
+from salon.engine.health_watch import HealthWatch
+from salon.engine.knowledge import Knowledge
+from salon.engine.knowledge_servicer import KnowledgeServicer
+from salon.engine.limits import TenantLimiter
+from salon.engine.nats_server import EmbeddedNats
+from salon.engine.ray_runtime import HostGroup, WriterHandle, ensure_ray, host_specs, shutdown_ray
+from salon.engine.servicer import ConversationServicer
+from salon.engine.tenants import Limits, TenantRegistry
+from salon.engine.transport import server_options
+from salon.engine.web import TOKEN_SERVICE_NAME, BrowserAccess
+from salon.storage import InvalidArgument, Names, build_embedder, redact_url
+from salon.storage.jetstream.bus import BusSettings, TurnPublisher, ensure_bus
+from salon.storage.jetstream.client import JetStream, close_connection, connect
+from salon.storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_ledger
+from salon.storage.jetstream.ledger_floor import writer_ack_floor
+from salon.storage.jetstream.sessions import KvSessionRegistry
+from salon.storage.jetstream.usage import KvTokenCounters
+from salon.storage.lance.knowledge import KnowledgeBase
+from salon.storage.tables import TranscriptStore
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
-from storage import InvalidArgument, Names, build_embedder, redact_url
-from storage.jetstream.bus import BusSettings, TurnPublisher, ensure_bus
-from storage.jetstream.client import JetStream, close_connection, connect
-from storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_ledger
-from storage.jetstream.ledger_floor import writer_ack_floor
-from storage.jetstream.sessions import KvSessionRegistry
-from storage.jetstream.usage import KvTokenCounters
-from storage.lance.knowledge import KnowledgeBase
-from storage.tables import TranscriptStore
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Who is calling: API keys (``authorization: Bearer <key>``) and client certificates (mutual TLS).
 
 :class:`AuthInterceptor` wraps every handler of the server (every service, present and future): before the
-handler runs it establishes the caller's :class:`~engine.tenants.Identity` from the call's credentials (health
+handler runs it establishes the caller's :class:`~salon.engine.tenants.Identity` from the call's credentials (health
 excepted), or ends the call with ``UNAUTHENTICATED``, one message for every cause. Handlers then read the
 tenant with :func:`caller_tenant`; no request field can name it. It also parses the request itself, so bytes
 that are no valid message get ``INVALID_ARGUMENT`` rather than grpc's ``UNKNOWN`` with the parser's text.
@@ -27,15 +27,15 @@ from typing import Any
 
 import grpc
 
-import otel
-from engine.session_tokens import PREFIX as TOKEN_PREFIX
-from engine.session_tokens import SessionTokens
-from engine.status import abort
-from engine.tenants import Identity, TenantRegistry
-from engine.token_scope import apply_scope
-from storage.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from storage.ids import is_valid_id
-from storage.reasons import Reason
+from salon import otel
+from salon.engine.session_tokens import PREFIX as TOKEN_PREFIX
+from salon.engine.session_tokens import SessionTokens
+from salon.engine.status import abort
+from salon.engine.tenants import Identity, TenantRegistry
+from salon.engine.token_scope import apply_scope
+from salon.storage.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from salon.storage.ids import is_valid_id
+from salon.storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 

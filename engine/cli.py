@@ -2,7 +2,7 @@
 
 Importing this module loads nothing beyond the standard library: ``salon --help`` answers at once, and each
 command imports what it needs (the engine, gRPC, Ray, NATS, LanceDB) when it runs. The command line itself
-is :mod:`engine.cli_parser`.
+is :mod:`salon.engine.cli_parser`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.cli_parser import build_parser
+from salon.engine.cli_parser import build_parser
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from engine.config import Config
+    from salon.engine.config import Config
 
 __all__ = ["build_parser", "main"]
 
@@ -32,7 +32,7 @@ log = logging.getLogger("salon")
 
 
 def _config(args: argparse.Namespace, **overrides: object) -> Config:
-    from engine.config import Config
+    from salon.engine.config import Config
 
     config = Config.load(args.config)
     changes = {k: v for k, v in overrides.items() if v is not None}
@@ -40,7 +40,7 @@ def _config(args: argparse.Namespace, **overrides: object) -> Config:
 
 
 def _setup_logging(config: Config) -> None:
-    import otel
+    from salon import otel
 
     otel.setup_logging(config.log_level, config.log_format, process="gateway")
 
@@ -72,9 +72,9 @@ class Announcer:
 
 
 async def _serve(config: Config) -> int:
-    from engine.app import Engine
-    from engine.config import is_loopback
-    from storage.urls import redact_url
+    from salon.engine.app import Engine
+    from salon.engine.config import is_loopback
+    from salon.storage.urls import redact_url
 
     stop = asyncio.Event()
     engine = Engine(config)
@@ -135,7 +135,7 @@ async def _announce_web(engine: Any, config: Config, say: Any) -> None:
     """Where the web bridge listens and, while auth is off (loopback only), a chat page link for a new session."""
     if not engine.web_url:
         return
-    from bridge import mint_page_link
+    from salon.bridge import mint_page_link
 
     text = f"web bridge and chat page on {engine.web_url}"
     say(f"[bold green]web[/]: {text}", text)
@@ -151,7 +151,7 @@ async def _announce_web(engine: Any, config: Config, say: Any) -> None:
 async def _token(args: argparse.Namespace) -> int:
     import grpc
 
-    from bridge import mint_page_link
+    from salon.bridge import mint_page_link
     from salon.client.chat import credentials_from
     from salon.v1 import token_service_pb2 as tok_pb2
 
@@ -197,9 +197,9 @@ async def _token(args: argparse.Namespace) -> int:
 
 
 async def _demo(config: Config) -> int:
-    from engine.app import Engine
-    from engine.demo import run_demo
-    from storage.urls import redact_url
+    from salon.engine.app import Engine
+    from salon.engine.demo import run_demo
+    from salon.storage.urls import redact_url
 
     console = _console()
     started = time.perf_counter()
@@ -211,7 +211,7 @@ async def _demo(config: Config) -> int:
         )
         link = None
         if engine.web_url:
-            from bridge import mint_page_link
+            from salon.bridge import mint_page_link
 
             link = await mint_page_link(engine.target, engine.web_url, system_prompt="You help people plan trips.")
             console.print(f"chat page (a session of its own, token valid 1 h): {link.url}", soft_wrap=True)
@@ -232,7 +232,7 @@ async def _chat(config: Config, args: argparse.Namespace) -> int:
     target, session, system = args.target, args.session, args.system
     if target:
         return await chat(target, session, system, credentials=credentials_from(args))
-    from engine.app import Engine
+    from salon.engine.app import Engine
 
     _console(stderr=True).print("starting an embedded engine for this chat (use --target to join a running one) …")
     async with Engine(config) as engine:
@@ -240,7 +240,7 @@ async def _chat(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _export(config: Config, args: argparse.Namespace) -> int:
-    from engine.export import export_session
+    from salon.engine.export import export_session
 
     output = Path(args.output or f"{args.session}.{'parquet' if args.format == 'parquet' else 'arrow'}")
     tenant = args.tenant or config.default_tenant
@@ -250,8 +250,8 @@ async def _export(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _ingest(args: argparse.Namespace) -> int:
-    from engine.ingest import FileFilter, ingest_paths
     from salon.client.chat import credentials_from
+    from salon.engine.ingest import FileFilter, ingest_paths
 
     return await ingest_paths(
         args.target,
@@ -264,8 +264,8 @@ async def _ingest(args: argparse.Namespace) -> int:
 
 
 def _new_key(tenant: str, *, admin: bool) -> int:
-    from engine.tenants import key_entry_toml, new_key
-    from storage.ids import require_id
+    from salon.engine.tenants import key_entry_toml, new_key
+    from salon.storage.ids import require_id
 
     require_id(tenant, "tenant")
     key, key_id, digest = new_key()
@@ -332,7 +332,7 @@ async def _usage(config: Config, args: argparse.Namespace) -> int:
 
 
 def _trace(config: Config, args: argparse.Namespace) -> int:
-    import otel
+    from salon import otel
 
     if not args.turn and not args.last:
         print("salon trace: give a TURN_ID or --last", file=sys.stderr)
@@ -354,7 +354,7 @@ def _trace(config: Config, args: argparse.Namespace) -> int:
 def _print_config(markdown: bool) -> int:
     from rich.table import Table
 
-    from engine.config import describe, markdown_table
+    from salon.engine.config import describe, markdown_table
 
     if markdown:
         print(markdown_table(), end="")
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_ingest(args))
         except KeyboardInterrupt:
             return 130
-    from storage.errors import SalonError
+    from salon.storage.errors import SalonError
 
     try:
         return _run(args)

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from actors.tools import MAX_MODEL_ROUNDS, MAX_WAIT_TIMEOUT_S, ToolPolicy
-from providers import ProviderSpec
-from providers.mcp.config import McpServerConfig, load_servers_file
-from providers.pricing import DEFAULT_PRICES
-from storage.errors import InvalidArgument
-from storage.ids import is_valid_id
-from storage.reasons import Reason
+from salon.actors.tools import MAX_MODEL_ROUNDS, MAX_WAIT_TIMEOUT_S, ToolPolicy
+from salon.providers import ProviderSpec
+from salon.providers.mcp.config import McpServerConfig, load_servers_file
+from salon.providers.pricing import DEFAULT_PRICES
+from salon.storage.errors import InvalidArgument
+from salon.storage.ids import is_valid_id
+from salon.storage.reasons import Reason
 
 MAX_RESULT_BYTES_LIMIT = 512 * 1024
 """Largest tool_max_result_bytes: a result travels to its session in one NATS message (1 MB by default)."""

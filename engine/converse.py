@@ -13,15 +13,15 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
-from engine.status import as_salon_errors, status_code
-from engine.streaming import SlowConsumer, StreamWriter
-from engine.turns import TenantTurns
-from otel import server_span
+from salon.engine.status import as_salon_errors, status_code
+from salon.engine.streaming import SlowConsumer, StreamWriter
+from salon.engine.turns import TenantTurns
+from salon.otel import server_span
+from salon.storage.errors import InvalidArgument, SalonError
+from salon.storage.ids import is_valid_id
+from salon.storage.reasons import Reason
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import turn_pb2
-from storage.errors import InvalidArgument, SalonError
-from storage.ids import is_valid_id
-from storage.reasons import Reason
 
 CONVERSE_BUFFER = 256
 """Events buffered per Converse stream before its turns wait for the client to read."""

@@ -7,12 +7,12 @@ import binascii
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from actors import TurnContext, decision_to_proto
-from actors.usage import result_usage
-from actors.wire import SOURCES, usage_to_proto
+from salon.actors import TurnContext, decision_to_proto
+from salon.actors.usage import result_usage
+from salon.actors.wire import SOURCES, usage_to_proto
+from salon.storage import InvalidArgument, ToolCallEntry, TurnRecord
+from salon.storage.reasons import Reason
 from salon.v1 import turn_pb2
-from storage import InvalidArgument, ToolCallEntry, TurnRecord
-from storage.reasons import Reason
 
 _STATUSES = {
     "completed": turn_pb2.TURN_STATUS_COMPLETED,

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import ipc
 
-from storage import NotFound, require_id
-from storage.lance.schemas import TRANSCRIPTS_SCHEMA, turns_to_batch
-from storage.reasons import Reason
-from storage.tables import TranscriptStore
+from salon.storage import NotFound, require_id
+from salon.storage.lance.schemas import TRANSCRIPTS_SCHEMA, turns_to_batch
+from salon.storage.reasons import Reason
+from salon.storage.tables import TranscriptStore
 
 FORMATS = ("parquet", "arrow")
 PAGE = 1000

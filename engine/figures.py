@@ -10,8 +10,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-import otel
-from otel import DeploymentFigures
+from salon import otel
+from salon.otel import DeploymentFigures
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any, Final
 
 import grpc
 
-from engine.status import abort
-from engine.transport import MAX_CALL_METADATA_BYTES, metadata_bytes
-from storage.errors import InvalidArgument, SalonError, Unavailable
+from salon.engine.status import abort
+from salon.engine.transport import MAX_CALL_METADATA_BYTES, metadata_bytes
+from salon.storage.errors import InvalidArgument, SalonError, Unavailable
 
 Handler = Any  # grpc.RpcMethodHandler: grpc ships no type information
 
@@ -21,7 +21,7 @@ STORAGE_FULL_RETRY_AFTER_S: Final = 30.0
 
 
 class MetadataLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses a call whose metadata is over :data:`~engine.transport.MAX_CALL_METADATA_BYTES` with
+    """Refuses a call whose metadata is over :data:`~salon.engine.transport.MAX_CALL_METADATA_BYTES` with
     ``INVALID_ARGUMENT`` (``CALL_METADATA_TOO_LARGE``), before authentication reads the metadata."""
 
     _error = InvalidArgument(
@@ -51,7 +51,7 @@ class Availability:
         self.bus_ready = True
         """False from a lost NATS connection until the bus is restored on the reconnected one."""
         self.disk_full = False
-        """The data directory's disk is (nearly) full: see :mod:`engine.disk`."""
+        """The data directory's disk is (nearly) full: see :mod:`salon.engine.disk`."""
         self.store_healthy = True
         """The batch writer can write the transcript store (the gateway refuses turns itself when not)."""
 

@@ -16,15 +16,13 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-import otel
-from actors import GuardrailSettings, SessionState, is_terminal, record_events, shard_for
-from actors.usage import token_counts
-from engine.config import Config
-from engine.tools_api import ToolAnswers, check_decide, check_submit, check_tool_set, check_tool_settings
-from engine.validation import check_create_session, check_send_turn, page_size
-from salon.v1 import conversation_service_pb2 as cs_pb2
-from salon.v1 import session_pb2, turn_pb2
-from storage import (
+from salon import otel
+from salon.actors import GuardrailSettings, SessionState, is_terminal, record_events, shard_for
+from salon.actors.usage import token_counts
+from salon.engine.config import Config
+from salon.engine.tools_api import ToolAnswers, check_decide, check_submit, check_tool_set, check_tool_settings
+from salon.engine.validation import check_create_session, check_send_turn, page_size
+from salon.storage import (
     FailedPrecondition,
     InvalidArgument,
     Journal,
@@ -40,12 +38,14 @@ from storage import (
     require_id,
     uuid7,
 )
-from storage.bus import EventsLost
-from storage.history import StoredFloor, TranscriptReader, no_floor
-from storage.jetstream.bus import EventStream, TurnPublisher
-from storage.jetstream.events import is_refusal
-from storage.reasons import Reason
-from storage.tables import TranscriptStore
+from salon.storage.bus import EventsLost
+from salon.storage.history import StoredFloor, TranscriptReader, no_floor
+from salon.storage.jetstream.bus import EventStream, TurnPublisher
+from salon.storage.jetstream.events import is_refusal
+from salon.storage.reasons import Reason
+from salon.storage.tables import TranscriptStore
+from salon.v1 import conversation_service_pb2 as cs_pb2
+from salon.v1 import session_pb2, turn_pb2
 
 _DEFAULT_GUARDRAILS = GuardrailSettings()
 CANCEL_ON_DISCONNECT = session_pb2.DISCONNECT_POLICY_CANCEL

@@ -1,9 +1,9 @@
-"""Keeping the engine's :class:`~engine.gates.Availability` and its health status current, and repairing what
+"""Keeping the engine's :class:`~salon.engine.gates.Availability` and its health status current, and repairing what
 can be repaired without an operator.
 
 Three inputs: the gateway's NATS connection (lost: the bus is down; back: the bus is restored, since a
 restarted server has lost the in-memory events stream), the batch writer's health (the transcript store takes
-writes or not) and the data directory's free space (:class:`~engine.disk.DiskGuard`). Health says SERVING only
+writes or not) and the data directory's free space (:class:`~salon.engine.disk.DiskGuard`). Health says SERVING only
 while all three allow new turns. When a full disk has room again, the embedded nats-server is restarted (a
 JetStream store that failed a write takes no more until then) and the writer is asked to retry at once.
 """
@@ -16,9 +16,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from engine.disk import DiskGuard
-from engine.gates import Availability
-from storage.writer import WriterStatus
+from salon.engine.disk import DiskGuard
+from salon.engine.gates import Availability
+from salon.storage.writer import WriterStatus
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ WRITER_CALL_TIMEOUT_S = 5.0
 
 
 class Writer(Protocol):
-    """What the watch needs of the batch writer (:class:`~engine.ray_runtime.WriterHandle`)."""
+    """What the watch needs of the batch writer (:class:`~salon.engine.ray_runtime.WriterHandle`)."""
 
     async def status(self) -> WriterStatus:
         """The writer's health and figures."""
@@ -39,7 +39,7 @@ class Writer(Protocol):
 
 
 class Restartable(Protocol):
-    """The embedded NATS server (:class:`~engine.nats_server.EmbeddedNats`)."""
+    """The embedded NATS server (:class:`~salon.engine.nats_server.EmbeddedNats`)."""
 
     async def restart(self) -> None:
         """Stop the server and let its supervision start it again."""

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from engine.validation import check_text
+from salon.engine.validation import check_text
+from salon.storage import Document, InvalidArgument, Passage, is_valid_id
+from salon.storage.lance.knowledge import KnowledgeBase
+from salon.storage.reasons import Reason
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import turn_pb2
-from storage import Document, InvalidArgument, Passage, is_valid_id
-from storage.lance.knowledge import KnowledgeBase
-from storage.reasons import Reason
 
 MAX_SEARCH_TOP_K = 50
 DEFAULT_SEARCH_TOP_K = 4

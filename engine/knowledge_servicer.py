@@ -1,12 +1,12 @@
-"""The gRPC face of :class:`~engine.knowledge.Knowledge`: request in, status or results out. No logic here."""
+"""The gRPC face of :class:`~salon.engine.knowledge.Knowledge`: request in, status or results out. No logic here."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 
-from engine.knowledge import Knowledge
-from engine.status import error_boundary
+from salon.engine.knowledge import Knowledge
+from salon.engine.status import error_boundary
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
 

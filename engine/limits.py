@@ -17,13 +17,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from actors.usage import total_tokens
-from engine.tenants import Limits, TenantPolicy
+from salon.actors.usage import total_tokens
+from salon.engine.tenants import Limits, TenantPolicy
+from salon.storage.errors import ResourceExhausted, SalonError
+from salon.storage.inmemory import InMemoryTokenCounters
+from salon.storage.reasons import Reason
+from salon.storage.usage import TokenCounters
 from salon.v1 import turn_pb2
-from storage.errors import ResourceExhausted, SalonError
-from storage.inmemory import InMemoryTokenCounters
-from storage.reasons import Reason
-from storage.usage import TokenCounters
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from storage.errors import Unavailable
+from salon.storage.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import ray
 
-from actors import HostSettings, shards_of_host
-from actors.ray_host import HostActor, HostSpec, WriterActor, WriterSpec
-from engine.config import Config
-from otel import TelemetrySettings
-from providers.mcp.config import McpHubSpec, McpServerConfig
-from storage.writer import WriterStatus
+from salon.actors import HostSettings, shards_of_host
+from salon.actors.ray_host import HostActor, HostSpec, WriterActor, WriterSpec
+from salon.engine.config import Config
+from salon.otel import TelemetrySettings
+from salon.providers.mcp.config import McpHubSpec, McpServerConfig
+from salon.storage.writer import WriterStatus
 
 log = logging.getLogger(__name__)
 

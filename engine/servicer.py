@@ -1,22 +1,22 @@
-"""The gRPC face of :class:`~engine.gateway.Gateway`: request in, status or events out. No logic here.
+"""The gRPC face of :class:`~salon.engine.gateway.Gateway`: request in, status or events out. No logic here.
 
-Every method runs inside :func:`~engine.status.error_boundary`, the one place errors become statuses."""
+Every method runs inside :func:`~salon.engine.status.error_boundary`, the one place errors become statuses."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
-from engine.auth import caller_tenant, current_identity
-from engine.converse import ConverseCall
-from engine.convert import decode_index_token, encode_index_token, record_to_proto
-from engine.gateway import Gateway
-from engine.limits import TenantLimiter
-from engine.status import error_boundary
-from engine.streaming import StreamWriter
-from engine.turns import TenantTurns
-from engine.validation import page_size
-from otel import server_span
+from salon.engine.auth import caller_tenant, current_identity
+from salon.engine.converse import ConverseCall
+from salon.engine.convert import decode_index_token, encode_index_token, record_to_proto
+from salon.engine.gateway import Gateway
+from salon.engine.limits import TenantLimiter
+from salon.engine.status import error_boundary
+from salon.engine.streaming import StreamWriter
+from salon.engine.turns import TenantTurns
+from salon.engine.validation import page_size
+from salon.otel import server_span
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 

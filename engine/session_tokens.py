@@ -2,7 +2,7 @@
 
 A backend holding its tenant's API key asks for one (``SessionTokenService.IssueSessionToken``) and hands it to the
 page; the page sends it as ``authorization: Bearer <token>``, to the web bridge or to a gateway directly. What a
-token may do is checked by :mod:`engine.token_scope`.
+token may do is checked by :mod:`salon.engine.token_scope`.
 
 Format, version 1: four parts joined by dots::
 
@@ -48,9 +48,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from storage.errors import InvalidArgument, Unauthenticated
-from storage.ids import is_valid_id
-from storage.reasons import Reason
+from salon.storage.errors import InvalidArgument, Unauthenticated
+from salon.storage.ids import is_valid_id
+from salon.storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 

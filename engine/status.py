@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from storage.errors import (
+from salon.storage.errors import (
     AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
@@ -30,7 +30,7 @@ from storage.errors import (
     Unauthenticated,
     Unavailable,
 )
-from storage.reasons import Reason
+from salon.storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from engine.status import ClientGone
-from storage.errors import ResourceExhausted
-from storage.reasons import Reason
+from salon.engine.status import ClientGone
+from salon.storage.errors import ResourceExhausted
+from salon.storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 

@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors import GuardrailSettings
-from engine.session_tokens import TokenClaims
-from providers.mcp.config import McpServerConfig, parse_servers
-from storage.errors import InvalidArgument
-from storage.ids import is_valid_id
-from storage.reasons import Reason
+from salon.actors import GuardrailSettings
+from salon.engine.session_tokens import TokenClaims
+from salon.providers.mcp.config import McpServerConfig, parse_servers
+from salon.storage.errors import InvalidArgument
+from salon.storage.ids import is_valid_id
+from salon.storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 

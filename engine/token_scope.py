@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.session_tokens import Right, TokenClaims
-from storage.errors import PermissionDenied
-from storage.reasons import Reason
+from salon.engine.session_tokens import Right, TokenClaims
+from salon.storage.errors import PermissionDenied
+from salon.storage.reasons import Reason
 
 OWNER_KEY = "salon.user"
 """The metadata key naming the user whose token created a session."""

@@ -13,17 +13,17 @@ from typing import Any, TypeAlias
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine.auth import current_identity
-from engine.session_tokens import DEFAULT_RIGHTS, Right, SessionTokens, TokenClaims, check_user
-from engine.status import error_boundary
-from engine.tenants import Identity
-from engine.token_scope import OWNER_KEY
+from salon.engine.auth import current_identity
+from salon.engine.session_tokens import DEFAULT_RIGHTS, Right, SessionTokens, TokenClaims, check_user
+from salon.engine.status import error_boundary
+from salon.engine.tenants import Identity
+from salon.engine.token_scope import OWNER_KEY
+from salon.storage.errors import InvalidArgument, NotFound, Unauthenticated
+from salon.storage.ids import require_id
+from salon.storage.reasons import Reason
 from salon.v1 import session_pb2
 from salon.v1 import token_service_pb2 as tok_pb2
 from salon.v1 import token_service_pb2_grpc as tok_grpc
-from storage.errors import InvalidArgument, NotFound, Unauthenticated
-from storage.ids import require_id
-from storage.reasons import Reason
 
 Context: TypeAlias = Any
 log = logging.getLogger(__name__)

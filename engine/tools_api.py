@@ -2,9 +2,9 @@
 SendTurn, tool results and approval decisions), and routing results and decisions to the host that owns the
 turn's session.
 
-Definitions are converted and checked by :mod:`actors.wire` (the same conversion the hosts use) against the MCP
+Definitions are converted and checked by :mod:`salon.actors.wire` (the same conversion the hosts use) against the MCP
 servers the deployment and the caller's tenant configure. A result or decision goes, like a cancel, as a typed
-control message (:mod:`actors.control`) to the host owning the session's shard; the session checks it against
+control message (:mod:`salon.actors.control`) to the host owning the session's shard; the session checks it against
 the turn's own calls, appends it to its ledger and answers. The host's answer becomes the RPC's: the same
 NOT_FOUND for an unknown call, a finished turn and another tenant's session; ``duplicate`` for a call already
 answered; UNAVAILABLE with a retry hint while the owning host is away or the turn is being taken up again.
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
-from actors import ToolPolicy, ToolSelection, check_servers, policy_from_proto, selection_from_proto, shard_for
-from actors.control import ControlError, ControlReply, DecideApproval, SubmitToolResult
-from actors.tools import (
+from salon.actors import ToolPolicy, ToolSelection, check_servers, policy_from_proto, selection_from_proto, shard_for
+from salon.actors.control import ControlError, ControlReply, DecideApproval, SubmitToolResult
+from salon.actors.tools import (
     DEFAULT_MAX_RESULT_BYTES,
     EMPTY_TOOL_RESULT,
     INVALID_VERDICT,
@@ -24,9 +24,9 @@ from actors.tools import (
     check_decision,
     check_result_size,
 )
+from salon.storage import FailedPrecondition, InvalidArgument, NotFound, Reason, Unavailable, require_id
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2
-from storage import FailedPrecondition, InvalidArgument, NotFound, Reason, Unavailable, require_id
 
 CALL_NOT_FOUND = Reason.TOOL_CALL_NOT_FOUND
 """The call is unknown, its turn finished, or the session is another tenant's (one answer for all)."""

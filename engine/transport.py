@@ -3,7 +3,7 @@
 gRPC refuses a message over ``grpc.max_receive_message_length`` (4 MiB by default) and call metadata over
 ``grpc.max_metadata_size`` (16 KiB hard by default) with its own ``RESOURCE_EXHAUSTED`` and no
 ``salon-error-reason``. The transport limits here sit far above Salon's own (the configured text and document
-limits, the system prompt limit, and :data:`MAX_CALL_METADATA_BYTES`, which :mod:`engine.gates` enforces),
+limits, the system prompt limit, and :data:`MAX_CALL_METADATA_BYTES`, which :mod:`salon.engine.gates` enforces),
 so a request over Salon's limit is read and answered with ``INVALID_ARGUMENT`` and a reason
 (``TEXT_TOO_LARGE``, ``BAD_METADATA``, ``CALL_METADATA_TOO_LARGE`` …); only an absurd one, over the
 transport limit, still gets gRPC's answer. The cost of the headroom is that a request up to the transport
@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from engine.config import Config
-from engine.validation import MAX_SYSTEM_PROMPT_BYTES
+from salon.engine.config import Config
+from salon.engine.validation import MAX_SYSTEM_PROMPT_BYTES
 
 MiB: Final = 1024 * 1024
 

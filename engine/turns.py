@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 
-from engine.gateway import Gateway
-from engine.limits import TenantLimiter
+from salon.engine.gateway import Gateway
+from salon.engine.limits import TenantLimiter
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import turn_pb2
 

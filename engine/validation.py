@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from actors import Guardrails, GuardrailSettings
+from salon.actors import Guardrails, GuardrailSettings
+from salon.storage.errors import InvalidArgument
+from salon.storage.ids import require_id
+from salon.storage.reasons import Reason
 from salon.v1 import conversation_service_pb2 as cs_pb2
-from storage.errors import InvalidArgument
-from storage.ids import require_id
-from storage.reasons import Reason
 
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_BYTES = 128

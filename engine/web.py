@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bridge import DEFAULT_PAGE_DIR, BridgeSettings, WebBridge
-from engine.config import Config
-from engine.session_tokens import SessionTokens
-from engine.token_service import SessionTokenServicer, TokenIssuer
+from salon.bridge import DEFAULT_PAGE_DIR, BridgeSettings, WebBridge
+from salon.engine.config import Config
+from salon.engine.session_tokens import SessionTokens
+from salon.engine.token_service import SessionTokenServicer, TokenIssuer
 from salon.v1 import session_pb2
 from salon.v1 import token_service_pb2 as tok_pb2
 from salon.v1 import token_service_pb2_grpc as tok_grpc

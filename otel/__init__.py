@@ -9,11 +9,11 @@ the operator opts in (``capture_content``).
 from opentelemetry.context import Context as TraceContext
 from opentelemetry.trace import SpanKind
 
-from otel import attributes
-from otel.jsonl import JsonlSpanExporter, SpanRecord, read_spans
-from otel.logs import ContentFilter, JsonFormatter, TextFormatter, current_ids, log_context, setup_logging
-from otel.metrics import DeploymentFigures, Metrics
-from otel.propagation import (
+from salon.otel import attributes
+from salon.otel.jsonl import JsonlSpanExporter, SpanRecord, read_spans
+from salon.otel.logs import ContentFilter, JsonFormatter, TextFormatter, current_ids, log_context, setup_logging
+from salon.otel.metrics import DeploymentFigures, Metrics
+from salon.otel.propagation import (
     ConsumerSpan,
     ServerSpan,
     consumer_span,
@@ -22,9 +22,9 @@ from otel.propagation import (
     server_span,
     trace_id_hex,
 )
-from otel.runtime import capture_content, force_flush, metrics, metrics_port, otlp_protocol, setup, shutdown
-from otel.settings import LOG_FORMATS, MODES, TelemetrySettings, resolve_mode
-from otel.spans import (
+from salon.otel.runtime import capture_content, force_flush, metrics, metrics_port, otlp_protocol, setup, shutdown
+from salon.otel.settings import LOG_FORMATS, MODES, TelemetrySettings, resolve_mode
+from salon.otel.spans import (
     ProducerSpan,
     end_tool_span,
     model_span_attributes,
@@ -34,7 +34,7 @@ from otel.spans import (
     span,
     start_tool_span,
 )
-from otel.viewer import find_trace, render_trace
+from salon.otel.viewer import find_trace, render_trace
 
 __all__ = [
     "LOG_FORMATS",

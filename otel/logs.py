@@ -2,8 +2,8 @@
 tenant, session and turn ids of the turn it belongs to, as JSON lines or as text.
 
 The ids travel in a context variable set where turn spans start (:func:`log_context`, used by
-:func:`otel.server_span`, :func:`otel.producer_span` and :func:`otel.span`), so code that logs needs no
-arguments for them. Content stays out unless the operator opted in (``capture_content``): the formatters
+:func:`salon.otel.server_span`, :func:`salon.otel.producer_span` and :func:`salon.otel.span`), so code that logs
+needs no arguments for them. Content stays out unless the operator opted in (``capture_content``): the formatters
 print an exception's type and frames but not its message (messages may quote user text or model output),
 and :class:`ContentFilter` drops the model SDKs' debug logs, which print whole requests.
 """
@@ -26,7 +26,7 @@ from typing import Any, Final
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from otel import attributes as attrs
+from salon.otel import attributes as attrs
 
 FORMATS: Final = ("text", "json")
 ID_FIELDS: Final = {attrs.TENANT_ID: "tenant_id", attrs.SESSION_ID: "session_id", attrs.TURN_ID: "turn_id"}
@@ -40,7 +40,7 @@ _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tup
 
 class _Scope:
     """The turn ids of the code running now, and the span to name when none is current (a gateway call's
-    SERVER span is deliberately never made current: see :class:`otel.ServerSpan`)."""
+    SERVER span is deliberately never made current: see :class:`salon.otel.ServerSpan`)."""
 
     __slots__ = ("ids", "span")
 
@@ -103,7 +103,7 @@ def current_ids() -> dict[str, str]:
 
 
 def _capture_content() -> bool:
-    from otel.runtime import capture_content
+    from salon.otel.runtime import capture_content
 
     return capture_content()
 

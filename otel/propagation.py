@@ -14,7 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind
 
-from otel.logs import log_context
+from salon.otel.logs import log_context
 
 TRACER_NAME = "salon"
 

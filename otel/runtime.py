@@ -37,10 +37,10 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util.types import Attributes
 
-from otel.jsonl import JsonlSpanExporter
-from otel.logs import log_to_file
-from otel.metrics import Metrics
-from otel.settings import TelemetrySettings
+from salon.otel.jsonl import JsonlSpanExporter
+from salon.otel.logs import log_to_file
+from salon.otel.metrics import Metrics
+from salon.otel.settings import TelemetrySettings
 
 log = logging.getLogger(__name__)
 

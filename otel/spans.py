@@ -13,10 +13,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, Span, SpanKind
 
-from otel import attributes as attrs
-from otel.logs import annotate, ids_from_attributes, log_context
-from otel.propagation import TRACER_NAME
-from otel.runtime import capture_content
+from salon.otel import attributes as attrs
+from salon.otel.logs import annotate, ids_from_attributes, log_context
+from salon.otel.propagation import TRACER_NAME
+from salon.otel.runtime import capture_content
 
 
 def _tracer() -> trace.Tracer:

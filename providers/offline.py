@@ -11,8 +11,8 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
-from actors.memory import estimate_tokens
-from actors.model import ModelChunk, ModelRequest, ModelResult, StopReason, TextDelta, continue_after
+from salon.actors.memory import estimate_tokens
+from salon.actors.model import ModelChunk, ModelRequest, ModelResult, StopReason, TextDelta, continue_after
 
 _EXCERPT_CHARS = 120
 

@@ -2,7 +2,7 @@
 
 One upstream request per :meth:`stream` call, over ``httpx2`` (the HTTP client the anthropic SDK brings):
 ``POST {base_url}/chat/completions`` with ``stream: true``, read as server-sent events until ``data: [DONE]``.
-Retries, fallbacks and breakers are :class:`~providers.resilience.ProviderChain`'s job.
+Retries, fallbacks and breakers are :class:`~salon.providers.resilience.ProviderChain`'s job.
 
 Tools (function calling): the request's tools go out as ``tools`` of type ``function``; an assistant message's
 calls as its ``tool_calls`` and each result as a ``tool`` message. Streamed ``delta.tool_calls`` pieces are
@@ -21,10 +21,19 @@ from typing import Any
 
 import httpx2
 
-from actors.model import ModelChunk, ModelError, ModelRequest, ModelResult, StopReason, TextDelta, ToolCall, ToolSpec
-from providers import errors
-from providers.pricing import PriceTable
-from providers.turns import Entry, conversation
+from salon.actors.model import (
+    ModelChunk,
+    ModelError,
+    ModelRequest,
+    ModelResult,
+    StopReason,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+)
+from salon.providers import errors
+from salon.providers.pricing import PriceTable
+from salon.providers.turns import Entry, conversation
 
 log = logging.getLogger(__name__)
 

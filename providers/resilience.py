@@ -5,7 +5,7 @@ again. Before that, a failing attempt is retried (jittered exponential backoff, 
 ``retry-after``) and then the next provider of the chain is tried; after it, the turn ends as partial with an
 error that is not retryable, so no text is ever duplicated.
 
-:class:`ProviderChain` is itself a :class:`~actors.model.ModelProvider`, so the session actor sees one
+:class:`ProviderChain` is itself a :class:`~salon.actors.model.ModelProvider`, so the session actor sees one
 provider. The session's choice of provider and fallbacks travels in the request (``provider`` and
 ``fallback_providers``, read here when the request has them); without them the deployment's chain applies.
 """
@@ -23,9 +23,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 from typing import Literal
 
-from actors.model import ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta, ToolCall
-from providers import errors
-from storage.reasons import Reason
+from salon.actors.model import ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta, ToolCall
+from salon.providers import errors
+from salon.storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class ProviderChain:
-    """A :class:`~actors.model.ModelProvider` over named providers: retries, breakers, fallbacks, a total timeout.
+    """A :class:`~salon.actors.model.ModelProvider` over named providers: retries, breakers, fallbacks, a total timeout.
 
     ``default_chain`` is the deployment's order; a request naming ``provider``/``fallback_providers`` gets its
     own. The request's ``model`` goes to the first provider of the chain only; fallbacks use their own model.
@@ -405,7 +405,7 @@ async def _next_chunk(
     stream: AsyncIterator[ModelChunk], deadline: float | None, clock: Callable[[], float], name: str
 ) -> ModelChunk | None:
     """The next chunk of ``stream`` (None at its end), cut off with a retryable
-    :data:`~providers.errors.TIMEOUT` error at ``deadline``."""
+    :data:`~salon.providers.errors.TIMEOUT` error at ``deadline``."""
     try:
         if deadline is None:
             return await anext(stream)

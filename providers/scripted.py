@@ -16,8 +16,8 @@ import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from actors.memory import estimate_tokens
-from actors.model import (
+from salon.actors.memory import estimate_tokens
+from salon.actors.model import (
     Message,
     ModelChunk,
     ModelError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from actors.model import Message, ToolCall, ToolResult
+from salon.actors.model import Message, ToolCall, ToolResult
 
 MISSING_RESULT = "No result was recorded for this call."
 """What the model is told for a call whose result the conversation lacks (the vendors refuse a call without

@@ -39,6 +39,8 @@ def generate(out_root: Path) -> None:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     (out_root / PACKAGE_DIR / "__init__.py").write_text(INIT_TEXT)
+    # salon is a namespace package (the client and the engine share it): each portion marks itself typed.
+    (out_root / PACKAGE_DIR / "py.typed").write_text("")
 
 
 def _tree(root: Path) -> dict[str, Path]:

@@ -7,9 +7,9 @@ composition roots (``engine.app``, ``actors.ray_host``) and by tests: ``storage.
 references of the contracts are in ``storage.inmemory``. Knows nothing of gRPC or Ray.
 """
 
-from storage.bus import TurnEnvelope
-from storage.chunking import Chunk, chunk_text, estimate_tokens
-from storage.embedding import (
+from salon.storage.bus import TurnEnvelope
+from salon.storage.chunking import Chunk, chunk_text, estimate_tokens
+from salon.storage.embedding import (
     Embedder,
     EmbeddingUnavailable,
     HashEmbedder,
@@ -17,7 +17,7 @@ from storage.embedding import (
     build_embedder,
     default_embedder,
 )
-from storage.errors import (
+from salon.storage.errors import (
     AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
@@ -30,11 +30,11 @@ from storage.errors import (
     Unauthenticated,
     Unavailable,
 )
-from storage.ids import is_valid_id, require_id, uuid7
-from storage.knowledge import Document, IngestResult
-from storage.ledger import Fenced, Journal, LoadedSession, SessionLog
-from storage.reasons import Reason
-from storage.records import (
+from salon.storage.ids import is_valid_id, require_id, uuid7
+from salon.storage.knowledge import Document, IngestResult
+from salon.storage.ledger import Fenced, Journal, LoadedSession, SessionLog
+from salon.storage.reasons import Reason
+from salon.storage.records import (
     GuardrailDecision,
     ProgressRecord,
     SnapshotRecord,
@@ -45,11 +45,11 @@ from storage.records import (
     TurnStatus,
     turn_key,
 )
-from storage.retrieval import Passage, RetrievalQuery, Retriever
-from storage.sessions import SessionRegistry, incarnation_of
-from storage.subjects import Names
-from storage.urls import redact_url
-from storage.usage import TokenCounters
+from salon.storage.retrieval import Passage, RetrievalQuery, Retriever
+from salon.storage.sessions import SessionRegistry, incarnation_of
+from salon.storage.subjects import Names
+from salon.storage.urls import redact_url
+from salon.storage.usage import TokenCounters
 
 __all__ = [
     "AlreadyExists",

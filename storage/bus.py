@@ -1,7 +1,7 @@
 """The turn bus's record: a turn as it travels from the gateway to the host that runs it.
 
 The envelope's metadata rides in message headers beside the serialized request, so any bus that carries
-bytes and string headers can carry it; the JetStream bus is :mod:`storage.jetstream.bus`.
+bytes and string headers can carry it; the JetStream bus is :mod:`salon.storage.jetstream.bus`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from salon.storage.errors import Internal, Unavailable
+from salon.storage.reasons import Reason
 from salon.v1 import conversation_service_pb2 as cs_pb2
-from storage.errors import Internal, Unavailable
-from storage.reasons import Reason
 
 H_MSG_ID = "Nats-Msg-Id"
 """Deduplication id: JetStream drops a second turn with the same id within its dedupe window."""

@@ -6,11 +6,11 @@ Messages are written for people and never contain request content.
 
 from __future__ import annotations
 
-from storage.reasons import Reason
+from salon.storage.reasons import Reason
 
 
 class SalonError(Exception):
-    """Root of Salon's errors: a stable ``reason`` (a :class:`~storage.reasons.Reason`) and a human message."""
+    """Root of Salon's errors: a stable ``reason`` (a :class:`~salon.storage.reasons.Reason`) and a human message."""
 
     # Typed str, not Reason: a few modules still raise with the literal string (equal to the member).
     reason: str = Reason.INTERNAL

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
-from storage.records import TurnRecord
+from salon.storage.records import TurnRecord
 
 StoredFloor = Callable[[], Awaitable[int]]
 """The ledger sequence at or below which every entry is stored in the tables (0: none known to be)."""
@@ -29,7 +29,7 @@ async def no_floor() -> int:
 
 
 class TurnRows(Protocol):
-    """The stored side: :meth:`storage.tables.TranscriptStore.history`."""
+    """The stored side: :meth:`salon.storage.tables.TranscriptStore.history`."""
 
     async def history(
         self, tenant_id: str, session_id: str, *, after_turn_index: int = 0, limit: int = 50
@@ -39,7 +39,7 @@ class TurnRows(Protocol):
 
 
 class TurnLedger(Protocol):
-    """The ledger side: :meth:`storage.ledger.Journal.turns_after`."""
+    """The ledger side: :meth:`salon.storage.ledger.Journal.turns_after`."""
 
     async def turns_after(self, tenant_id: str, session_id: str, incarnation: str, seq: int) -> list[TurnRecord]:
         """The session's turn records after ledger sequence ``seq``, in order."""

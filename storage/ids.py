@@ -7,8 +7,8 @@ import re
 import time
 import uuid
 
-from storage.errors import InvalidArgument
-from storage.reasons import id_reason
+from salon.storage.errors import InvalidArgument
+from salon.storage.reasons import id_reason
 
 # Ids become NATS subject tokens and storage keys, so they must avoid '.', '*', '>' and whitespace.
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -1,12 +1,12 @@
 """The knowledge base's records: a document to ingest, what became of it, and the stable reasons a document
-is refused. The knowledge base itself (chunking, embedding, LanceDB) is :mod:`storage.lance.knowledge`."""
+is refused. The knowledge base itself (chunking, embedding, LanceDB) is :mod:`salon.storage.lance.knowledge`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Final
 
-from storage.reasons import Reason
+from salon.storage.reasons import Reason
 
 INVALID_DOCUMENT_ID: Final = Reason.INVALID_DOCUMENT_ID
 EMPTY_DOCUMENT: Final = Reason.EMPTY_DOCUMENT

@@ -3,7 +3,7 @@
 Each activation of a session takes it over: later appends by an earlier activation are refused
 (:class:`Fenced`), so a host presumed dead cannot write after its session moved. Snapshots (caches of the
 records up to a turn) spare activation a replay from the first turn. The JetStream ledger is
-:mod:`storage.jetstream.ledger`; :mod:`storage.inmemory` holds a reference for unit tests.
+:mod:`salon.storage.jetstream.ledger`; :mod:`salon.storage.inmemory` holds a reference for unit tests.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from storage.errors import FailedPrecondition
-from storage.records import ProgressRecord, SnapshotRecord, TurnRecord
+from salon.storage.errors import FailedPrecondition
+from salon.storage.records import ProgressRecord, SnapshotRecord, TurnRecord
 
 
 class Fenced(FailedPrecondition):

@@ -12,7 +12,7 @@ irrelevant passages. The cosine term is an absolute similarity; the lexical term
 lexical match of the same search) lifts passages that share rare words with the query (names, codes) that
 the small embedding model blurs.
 
-The LanceDB retriever is :mod:`storage.lance.retrieval`; :mod:`storage.inmemory` holds a reference for unit
+The LanceDB retriever is :mod:`salon.storage.lance.retrieval`; :mod:`salon.storage.inmemory` holds a reference for unit
 tests.
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
-from storage.ids import require_id
+from salon.storage.ids import require_id
 
 KNOWLEDGE: Final = "knowledge"
 MEMORY: Final = "memory"
@@ -104,7 +104,7 @@ def select(passages: Iterable[Passage], *, top_k: int, min_score: float) -> list
 
 
 def check_query(query: RetrievalQuery) -> None:
-    """Raise :class:`storage.errors.InvalidArgument` if an id of ``query`` is not a valid id."""
+    """Raise :class:`salon.storage.errors.InvalidArgument` if an id of ``query`` is not a valid id."""
     require_id(query.tenant_id, "tenant_id")
     require_id(query.session_id, "session_id")
     for turn_id in query.exclude_turn_ids:

@@ -1,7 +1,7 @@
 """The session registry's contract: session definitions (what ``CreateSession`` stored), per tenant.
 
-The JetStream key-value registry is :mod:`storage.jetstream.sessions`; :mod:`storage.inmemory` holds a
-reference for unit tests. (Session state lives in the ledger: :mod:`storage.ledger`.)
+The JetStream key-value registry is :mod:`salon.storage.jetstream.sessions`; :mod:`salon.storage.inmemory` holds a
+reference for unit tests. (Session state lives in the ledger: :mod:`salon.storage.ledger`.)
 """
 
 from __future__ import annotations

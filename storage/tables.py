@@ -27,11 +27,11 @@ from lancedb.index import FTS, Bitmap, BTree
 from lancedb.query import ColumnOrdering
 from lancedb.table import AsyncTable
 
-from storage.embedding import Embedder
-from storage.errors import FailedPrecondition, InvalidArgument, Unavailable
-from storage.ids import is_valid_id, require_id
-from storage.lance.memories import MEMORIES, memories_to_batch, memory_text, remembers
-from storage.lance.schemas import (
+from salon.storage.embedding import Embedder
+from salon.storage.errors import FailedPrecondition, InvalidArgument, Unavailable
+from salon.storage.ids import is_valid_id, require_id
+from salon.storage.lance.memories import MEMORIES, memories_to_batch, memory_text, remembers
+from salon.storage.lance.schemas import (
     CHUNK_KEY,
     CONVERSION_ERRORS,
     MEMORY_KEY,
@@ -47,7 +47,7 @@ from storage.lance.schemas import (
     snapshots_to_batch,
     turns_to_batch,
 )
-from storage.records import SnapshotRecord, TurnRecord, turn_key
+from salon.storage.records import SnapshotRecord, TurnRecord, turn_key
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class TranscriptStore:
         inserted into ``memories`` (a redelivered turn is neither embedded nor stored again).
         Raises :class:`Unavailable` (``STORE_UNWRITABLE``) if the store cannot be written, and
         :class:`InvalidArgument` (``RECORD_DOES_NOT_FIT``, nothing written) if a record does not fit its
-        table's schema (see :func:`storage.lance.schemas.record_fits`).
+        table's schema (see :func:`salon.storage.lance.schemas.record_fits`).
         """
         self._check_open()
         unique_turns = _first_per_key(turns, lambda r: r.key)
@@ -520,7 +520,7 @@ def _sort(rows: pa.Table, *columns: str) -> pa.Table:
 
 
 class MemoryIndexer:
-    """The long-term memory side of the ledger, as a :class:`~storage.writer.BatchWriter` store.
+    """The long-term memory side of the ledger, as a :class:`~salon.storage.writer.BatchWriter` store.
 
     Embedding is much slower than writing rows (bench/RESULTS.md: tens to hundreds of texts per second on two
     cores against thousands of rows), so memories are built by a second batch writer on its own durable

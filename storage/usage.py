@@ -1,6 +1,6 @@
 """The token counters' contract: tokens used per tenant and UTC day, shared by every gateway of a deployment
-so budgets hold behind a load balancer. The JetStream key-value counters are :mod:`storage.jetstream.usage`;
-:mod:`storage.inmemory` holds the one-gateway version (also the reference for unit tests)."""
+so budgets hold behind a load balancer. The JetStream key-value counters are :mod:`salon.storage.jetstream.usage`;
+:mod:`salon.storage.inmemory` holds the one-gateway version (also the reference for unit tests)."""
 
 from __future__ import annotations
 

@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, TypedDict
 
-import otel
-from storage.errors import InvalidArgument, SalonError
-from storage.lance.schemas import record_fits
-from storage.records import (
+from salon import otel
+from salon.storage.errors import InvalidArgument, SalonError
+from salon.storage.lance.schemas import record_fits
+from salon.storage.records import (
     KIND_ACTIVATION,
     KIND_PROGRESS,
     KIND_SNAPSHOT,
@@ -70,7 +70,7 @@ class LedgerSource(Protocol):
 
 
 class RecordStore(Protocol):
-    """What the writer needs of :class:`storage.tables.TranscriptStore`."""
+    """What the writer needs of :class:`salon.storage.tables.TranscriptStore`."""
 
     async def write(self, turns: Sequence[TurnRecord], snapshots: Sequence[SnapshotRecord]) -> None:
         """Store the records idempotently (a record already stored is not stored again)."""

@@ -171,7 +171,7 @@ async def start_serve(
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "engine.cli",
+            "salon.engine.cli",
             *args,
             cwd=ROOT,
             env=env,

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from providers.fake_servers import FakeAnthropicServer, Recorded, Reply
+from salon.providers.fake_servers import FakeAnthropicServer, Recorded, Reply
 
 TAG = re.compile(r"\[(t:[A-Za-z0-9:_-]+)\]")
 """A turn's tag, at the start of its text (a summary's prompt quotes earlier turns' texts further in)."""

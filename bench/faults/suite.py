@@ -27,18 +27,18 @@ from typing import Any
 
 import grpc
 
-from actors.placement import shard_for
 from bench.faults.clients import Channels, Client, Policy, TurnLog, reason_of
 from bench.faults.cluster import EngineSettings, Serve, Tmpfs, engine_nats_url, start_serve
 from bench.faults.faults import Fault, catalogue
 from bench.faults.model import CountingModel
+from salon.actors.placement import shard_for
+from salon.storage import Names
+from salon.storage.bus import H_MSG_ID, TurnEnvelope
+from salon.storage.jetstream.client import close_connection, connect
+from salon.storage.jetstream.events import unpack_events
+from salon.storage.jetstream.read import read_subject
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import turn_pb2
-from storage import Names
-from storage.bus import H_MSG_ID, TurnEnvelope
-from storage.jetstream.client import close_connection, connect
-from storage.jetstream.events import unpack_events
-from storage.jetstream.read import read_subject
 
 log = logging.getLogger("bench.faults")
 
@@ -386,7 +386,7 @@ class Suite:
 
     async def _transcript_rows(self) -> list[tuple[str, str]]:
         """(session id, turn id) of every transcript row, read from LanceDB after the engine stopped."""
-        from storage.tables import TranscriptStore
+        from salon.storage.tables import TranscriptStore
 
         assert self.settings is not None
         store = await TranscriptStore.open(str(self.settings.data_dir / "lancedb"))

@@ -7,9 +7,9 @@ servers by tenant (built from a ``McpHubSpec``). Imported only by the
 processes that call tools (the SDK takes a while to import).
 """
 
-from providers.mcp.client import McpConnection, McpTools
-from providers.mcp.config import McpHubSpec, McpServerConfig, load_servers_file, parse_server, parse_servers
-from providers.mcp.hub import McpHub
+from salon.providers.mcp.client import McpConnection, McpTools
+from salon.providers.mcp.config import McpHubSpec, McpServerConfig, load_servers_file, parse_server, parse_servers
+from salon.providers.mcp.hub import McpHub
 
 __all__ = [
     "McpConnection",

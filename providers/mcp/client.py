@@ -31,10 +31,10 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from actors.model import ToolCall, ToolResult, ToolSpec
-from actors.tools import bounded_result, check_tool
-from providers.mcp.config import McpServerConfig
-from storage.errors import InvalidArgument
+from salon.actors.model import ToolCall, ToolResult, ToolSpec
+from salon.actors.tools import bounded_result, check_tool
+from salon.providers.mcp.config import McpServerConfig
+from salon.storage.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class McpTools:
     async def listed(self, servers: Sequence[str] | None = None) -> dict[str, tuple[ToolSpec, ...]]:
         """The tools each of ``servers`` (default: all) lists, waiting for them together up to their connect
         timeouts; servers that are down or not configured are left out. The input of
-        :func:`actors.tools.offered_tools`."""
+        :func:`salon.actors.tools.offered_tools`."""
         if self._closed:
             return {}
         names = [n for n in (self.servers if servers is None else servers) if n in self._connections]

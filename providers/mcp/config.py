@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from actors.tool_servers import NoToolServers, ToolServers
-from actors.tools import DEFAULT_MAX_RESULT_BYTES, is_tool_name
-from storage.errors import InvalidArgument
+from salon.actors.tool_servers import NoToolServers, ToolServers
+from salon.actors.tools import DEFAULT_MAX_RESULT_BYTES, is_tool_name
+from salon.storage.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from providers.mcp.hub import McpHub
+    from salon.providers.mcp.hub import McpHub
 
 INVALID_CONFIG = "INVALID_CONFIG"
 MAX_TIMEOUT_S = 3600.0
@@ -91,11 +91,11 @@ class McpHubSpec:
     tenants: Mapping[str, Mapping[str, McpServerConfig]] = field(default_factory=dict)
 
     def build(self) -> ToolServers:
-        """The host's :class:`~providers.mcp.hub.McpHub` (not started), or no servers at all when none are
+        """The host's :class:`~salon.providers.mcp.hub.McpHub` (not started), or no servers at all when none are
         configured (the MCP SDK is then never imported)."""
         if not self.deployment and not any(self.tenants.values()):
             return NoToolServers()
-        from providers.mcp.hub import McpHub
+        from salon.providers.mcp.hub import McpHub
 
         hub: McpHub = McpHub(self.deployment, self.tenants)
         return hub

@@ -1,5 +1,5 @@
 """A host's MCP servers: the deployment's (connected when the host starts) and each tenant's own (connected on
-the tenant's first use), as the :class:`~actors.tool_servers.ToolServers` its sessions call.
+the tenant's first use), as the :class:`~salon.actors.tool_servers.ToolServers` its sessions call.
 
 A tenant's server of the same name as a deployment's takes its place for that tenant's sessions. Every call
 runs with its server's timeout and output cap, and never raises: a failure is an error result the model sees.
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from actors.model import ToolCall, ToolResult, ToolSpec
-from providers.mcp.client import McpTools
-from providers.mcp.config import McpServerConfig
+from salon.actors.model import ToolCall, ToolResult, ToolSpec
+from salon.providers.mcp.client import McpTools
+from salon.providers.mcp.config import McpServerConfig
 
 
 class McpHub:

@@ -1,4 +1,4 @@
-"""The ledger in memory, with the JetStream ledger's fencing rule: the reference :class:`~storage.ledger.Journal`
+"""The ledger in memory, with the JetStream ledger's fencing rule: the reference :class:`~salon.storage.ledger.Journal`
 for unit tests."""
 
 from __future__ import annotations
@@ -6,15 +6,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from storage.errors import Unavailable
-from storage.ledger import Fenced, LoadedSession, SessionLog, unfinished
-from storage.records import ProgressRecord, SnapshotRecord, TurnRecord
+from salon.storage.errors import Unavailable
+from salon.storage.ledger import Fenced, LoadedSession, SessionLog, unfinished
+from salon.storage.records import ProgressRecord, SnapshotRecord, TurnRecord
 
 Entry = TurnRecord | ProgressRecord | None
 
 
 class InMemoryJournal:
-    """A :class:`~storage.ledger.Journal` in memory. ``fail_appends`` makes appends fail as an unreachable ledger
+    """A :class:`~salon.storage.ledger.Journal` in memory. ``fail_appends`` makes appends fail as an unreachable ledger
     does."""
 
     def __init__(self, clock: Callable[[], int] = time.time_ns) -> None:

@@ -1,4 +1,4 @@
-"""Passages held in memory: the reference :class:`~storage.retrieval.Retriever` for unit tests of code that
+"""Passages held in memory: the reference :class:`~salon.storage.retrieval.Retriever` for unit tests of code that
 retrieves."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from storage.embedding import HashEmbedder
-from storage.retrieval import KNOWLEDGE, MEMORY, Candidate, Passage, RetrievalQuery, check_query, fuse, select
+from salon.storage.embedding import HashEmbedder
+from salon.storage.retrieval import KNOWLEDGE, MEMORY, Candidate, Passage, RetrievalQuery, check_query, fuse, select
 
 
 @dataclass(slots=True)
@@ -19,9 +19,9 @@ class _Stored:
 
 
 class InMemoryRetriever:
-    """A :class:`~storage.retrieval.Retriever` over passages held in memory.
+    """A :class:`~salon.storage.retrieval.Retriever` over passages held in memory.
 
-    Same contract as :class:`~storage.lance.retrieval.LanceRetriever`: tenant isolation, memories only from
+    Same contract as :class:`~salon.storage.lance.retrieval.LanceRetriever`: tenant isolation, memories only from
     the query's session, excluded turns never returned, ``top_k`` and ``min_score``. Relevance uses the same
     fusion, with the :class:`HashEmbedder`'s bag-of-words vectors and a word-overlap count standing in for
     BM25. The score a passage is added with is ignored.
@@ -41,7 +41,7 @@ class InMemoryRetriever:
         self._stored.clear()
 
     async def retrieve(self, query: RetrievalQuery) -> list[Passage]:
-        """See :meth:`storage.retrieval.Retriever.retrieve`."""
+        """See :meth:`salon.storage.retrieval.Retriever.retrieve`."""
         check_query(query)
         await asyncio.sleep(0)  # a real retriever yields to the loop; so does this one, to show up races
         if query.top_k <= 0:

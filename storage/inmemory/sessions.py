@@ -1,14 +1,14 @@
-"""Session definitions in a dict: the reference :class:`~storage.sessions.SessionRegistry` for unit tests."""
+"""Session definitions in a dict: the reference :class:`~salon.storage.sessions.SessionRegistry` for unit tests."""
 
 from __future__ import annotations
 
+from salon.storage.errors import AlreadyExists, NotFound
+from salon.storage.sessions import NOT_FOUND_MESSAGE
 from salon.v1 import session_pb2
-from storage.errors import AlreadyExists, NotFound
-from storage.sessions import NOT_FOUND_MESSAGE
 
 
 class InMemorySessionRegistry:
-    """A :class:`~storage.sessions.SessionRegistry` in a dict. Stores the serialized definition, so a caller
+    """A :class:`~salon.storage.sessions.SessionRegistry` in a dict. Stores the serialized definition, so a caller
     changing what it got changes nothing stored (as with the real one)."""
 
     def __init__(self) -> None:

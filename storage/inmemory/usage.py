@@ -1,11 +1,11 @@
 """Token totals in a dict: the counters of a single gateway, and the reference
-:class:`~storage.usage.TokenCounters` for unit tests."""
+:class:`~salon.storage.usage.TokenCounters` for unit tests."""
 
 from __future__ import annotations
 
 
 class InMemoryTokenCounters:
-    """A :class:`~storage.usage.TokenCounters` in a dict (one gateway, unit tests)."""
+    """A :class:`~salon.storage.usage.TokenCounters` in a dict (one gateway, unit tests)."""
 
     def __init__(self) -> None:
         self._totals: dict[tuple[str, int], int] = {}

@@ -2,7 +2,7 @@
 
 Turns travel on a work-queue stream, one subject per shard, deduplicated by ``Nats-Msg-Id`` (tenant,
 session and turn id, so two tenants' idempotency keys never collide). A turn's events go to a per-turn
-subject captured by a stream on disk kept for the retention time (:mod:`storage.jetstream.events`): a reader
+subject captured by a stream on disk kept for the retention time (:mod:`salon.storage.jetstream.events`): a reader
 starts from the turn's first event, so joining a running turn, replaying a finished one and resuming after a
 drop all read the same way, and a turn redelivered after any failure continues after what was stored.
 """
@@ -22,11 +22,11 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 
-from storage.bus import H_MSG_ID, TurnEnvelope
-from storage.errors import Unavailable
-from storage.jetstream.events import EventPublisher, EventStream, forget_refusal
-from storage.jetstream.read import EPHEMERAL_INACTIVE_S
-from storage.subjects import Names
+from salon.storage.bus import H_MSG_ID, TurnEnvelope
+from salon.storage.errors import Unavailable
+from salon.storage.jetstream.events import EventPublisher, EventStream, forget_refusal
+from salon.storage.jetstream.read import EPHEMERAL_INACTIVE_S
+from salon.storage.subjects import Names
 
 __all__ = ["BusSettings", "EventPublisher", "EventStream", "ShardPuller", "TurnPublisher", "ensure_bus"]
 

@@ -12,8 +12,8 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
-from storage.errors import Unavailable
-from storage.reasons import Reason
+from salon.storage.errors import Unavailable
+from salon.storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 

@@ -32,12 +32,12 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
+from salon.storage.bus import H_MSG_ID, REFUSALS, TERMINAL_KINDS, EventsLost
+from salon.storage.errors import DeadlineExceeded, Unavailable
+from salon.storage.jetstream.read import drop_consumer, read_subject
+from salon.storage.reasons import Reason
+from salon.storage.subjects import Names
 from salon.v1 import turn_pb2
-from storage.bus import H_MSG_ID, REFUSALS, TERMINAL_KINDS, EventsLost
-from storage.errors import DeadlineExceeded, Unavailable
-from storage.jetstream.read import drop_consumer, read_subject
-from storage.reasons import Reason
-from storage.subjects import Names
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ class EventStream:
 
     If the NATS connection is lost while it runs, it ends with :class:`Unavailable` (``NATS_UNAVAILABLE``):
     the subscription cannot survive a restarted server, and the caller resumes from the last event it got.
-    A gap in the sequence ends it with :class:`~storage.bus.EventsLost`."""
+    A gap in the sequence ends it with :class:`~salon.storage.bus.EventsLost`."""
 
     def __init__(self, js: JetStreamContext, sub: Any, after_seq: int, *, connection: NatsClient | None = None) -> None:
         self._js = js

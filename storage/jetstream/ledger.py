@@ -20,12 +20,12 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 
-import otel
-from storage.errors import InvalidArgument, Unavailable
-from storage.jetstream.read import read_subject
-from storage.ledger import Fenced, LoadedSession, SessionLog, unfinished
-from storage.reasons import Reason
-from storage.records import (
+from salon import otel
+from salon.storage.errors import InvalidArgument, Unavailable
+from salon.storage.jetstream.read import read_subject
+from salon.storage.ledger import Fenced, LoadedSession, SessionLog, unfinished
+from salon.storage.reasons import Reason
+from salon.storage.records import (
     KIND_ACTIVATION,
     KIND_PROGRESS,
     KIND_SNAPSHOT,
@@ -36,7 +36,7 @@ from storage.records import (
     ToolCallEntry,
     TurnRecord,
 )
-from storage.subjects import Names
+from salon.storage.subjects import Names
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ async def _append(
 
 
 class NatsJournal:
-    """:class:`~storage.ledger.Journal` on the JetStream ledger stream."""
+    """:class:`~salon.storage.ledger.Journal` on the JetStream ledger stream."""
 
     def __init__(self, js: JetStreamContext, names: Names, *, max_record_bytes: int = 1024 * 1024) -> None:
         self.js = js

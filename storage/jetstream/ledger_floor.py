@@ -1,4 +1,4 @@
-"""The batch writer's ack floor on the JetStream ledger: the :data:`storage.history.StoredFloor` of a
+"""The batch writer's ack floor on the JetStream ledger: the :data:`salon.storage.history.StoredFloor` of a
 deployment, read from the writer's durable consumer (whichever process runs the writer)."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import nats.errors
 import nats.js.errors
 from nats.js.client import JetStreamContext
 
-from storage.errors import Unavailable
-from storage.history import StoredFloor
-from storage.subjects import Names
+from salon.storage.errors import Unavailable
+from salon.storage.history import StoredFloor
+from salon.storage.subjects import Names
 
 
 def writer_ack_floor(js: JetStreamContext, names: Names) -> StoredFloor:

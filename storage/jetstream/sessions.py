@@ -9,11 +9,11 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
+from salon.storage.errors import AlreadyExists, NotFound, Unavailable
+from salon.storage.jetstream.read import read_subject
+from salon.storage.sessions import NOT_FOUND_MESSAGE
+from salon.storage.subjects import Names
 from salon.v1 import session_pb2
-from storage.errors import AlreadyExists, NotFound, Unavailable
-from storage.jetstream.read import read_subject
-from storage.sessions import NOT_FOUND_MESSAGE
-from storage.subjects import Names
 
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
 
@@ -31,7 +31,7 @@ def _unavailable(exc: BaseException) -> Unavailable:
 
 
 class KvSessionRegistry:
-    """:class:`~storage.sessions.SessionRegistry` on a JetStream key-value bucket."""
+    """:class:`~salon.storage.sessions.SessionRegistry` on a JetStream key-value bucket."""
 
     def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str) -> None:
         self._kv = kv

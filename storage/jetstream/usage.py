@@ -10,8 +10,8 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from storage.errors import Unavailable
-from storage.subjects import Names
+from salon.storage.errors import Unavailable
+from salon.storage.subjects import Names
 
 USAGE_TTL_S = 3 * 86400.0
 _ATTEMPTS = 20
@@ -24,7 +24,7 @@ def usage_bucket(names: Names) -> str:
 
 
 class KvTokenCounters:
-    """:class:`~storage.usage.TokenCounters` in a JetStream key-value bucket."""
+    """:class:`~salon.storage.usage.TokenCounters` in a JetStream key-value bucket."""
 
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv

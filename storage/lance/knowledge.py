@@ -23,11 +23,11 @@ import lancedb
 from lancedb.db import AsyncConnection
 from lancedb.table import AsyncTable
 
-from storage.chunking import chunk_text
-from storage.embedding import Embedder
-from storage.errors import InvalidArgument, Unavailable
-from storage.ids import is_valid_id, require_id
-from storage.knowledge import (
+from salon.storage.chunking import chunk_text
+from salon.storage.embedding import Embedder
+from salon.storage.errors import InvalidArgument, Unavailable
+from salon.storage.ids import is_valid_id, require_id
+from salon.storage.knowledge import (
     DOCUMENT_TOO_LARGE,
     EMPTY_DOCUMENT,
     INVALID_DOCUMENT_ID,
@@ -36,11 +36,11 @@ from storage.knowledge import (
     Document,
     IngestResult,
 )
-from storage.lance.retrieval import SearchTarget, candidate_limit, hybrid_search, knowledge_filter
-from storage.lance.schemas import CHUNK_KEY, knowledge_schema, rows_to_batch
-from storage.reasons import Reason
-from storage.retrieval import KNOWLEDGE, Passage, fuse, select
-from storage.tables import (
+from salon.storage.lance.retrieval import SearchTarget, candidate_limit, hybrid_search, knowledge_filter
+from salon.storage.lance.schemas import CHUNK_KEY, knowledge_schema, rows_to_batch
+from salon.storage.reasons import Reason
+from salon.storage.retrieval import KNOWLEDGE, Passage, fuse, select
+from salon.storage.tables import (
     UNREADABLE,
     UNWRITABLE,
     create_missing_indexes,
@@ -123,7 +123,7 @@ class KnowledgeBase:
         """Connect to the LanceDB at ``uri``, creating the ``knowledge`` table if missing.
 
         ``max_document_bytes``: largest document accepted (UTF-8 bytes); ``chunk_tokens`` and
-        ``overlap_tokens``: chunk size and overlap (estimated tokens, see :mod:`storage.chunking`).
+        ``overlap_tokens``: chunk size and overlap (estimated tokens, see :mod:`salon.storage.chunking`).
         """
         if max_document_bytes < 1 or chunk_tokens < 1 or not 0 <= overlap_tokens < chunk_tokens:
             raise ValueError("max_document_bytes >= 1, chunk_tokens >= 1 and 0 <= overlap_tokens < chunk_tokens")
@@ -203,7 +203,7 @@ class KnowledgeBase:
 
     async def search(self, tenant_id: str, text: str, *, top_k: int = 4, min_score: float = 0.0) -> list[Passage]:
         """The tenant's chunks most relevant to ``text``, best first (hybrid search, see
-        :mod:`storage.retrieval`); at most ``top_k``, none below ``min_score``."""
+        :mod:`salon.storage.retrieval`); at most ``top_k``, none below ``min_score``."""
         self._check_open()
         where = knowledge_filter(tenant_id)
         if top_k <= 0:

@@ -1,8 +1,8 @@
 """Long-term memory: each completed turn of a session, embedded, in the LanceDB table ``memories``.
 
-The rows are written by the persistence path (:meth:`storage.tables.TranscriptStore.write`, called by the
+The rows are written by the persistence path (:meth:`salon.storage.tables.TranscriptStore.write`, called by the
 batch writer), one embedding batch per flush, never on the way to a turn's first token; they are read by
-:class:`storage.lance.retrieval.LanceRetriever`, always prefiltered to one tenant and one session.
+:class:`salon.storage.lance.retrieval.LanceRetriever`, always prefiltered to one tenant and one session.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Final
 
 import pyarrow as pa
 
-from storage.lance.schemas import MEMORY_KEY, memories_schema, rows_to_batch
-from storage.records import TurnRecord
+from salon.storage.lance.schemas import MEMORY_KEY, memories_schema, rows_to_batch
+from salon.storage.records import TurnRecord
 
 MEMORIES: Final = "memories"
 REMEMBERED_STATUSES: Final = frozenset({"completed"})

@@ -1,5 +1,5 @@
 """Retrieval from LanceDB: the hybrid search (vector and full-text, each prefiltered to a tenant or a
-session) over the tables ``knowledge`` and ``memories``, fused as :mod:`storage.retrieval` describes."""
+session) over the tables ``knowledge`` and ``memories``, fused as :mod:`salon.storage.retrieval` describes."""
 
 from __future__ import annotations
 
@@ -16,16 +16,16 @@ import pyarrow as pa
 from lancedb.db import AsyncConnection
 from lancedb.table import AsyncTable
 
-from storage.embedding import Embedder
-from storage.errors import Unavailable
-from storage.ids import require_id
-from storage.lance.schemas import TEXT, VECTOR
-from storage.retrieval import KNOWLEDGE, MEMORY, Candidate, Passage, RetrievalQuery, check_query, fuse, select
-from storage.tables import UNREADABLE, knowledge_spec, memories_spec, open_table, store_errors
+from salon.storage.embedding import Embedder
+from salon.storage.errors import Unavailable
+from salon.storage.ids import require_id
+from salon.storage.lance.schemas import TEXT, VECTOR
+from salon.storage.retrieval import KNOWLEDGE, MEMORY, Candidate, Passage, RetrievalQuery, check_query, fuse, select
+from salon.storage.tables import UNREADABLE, knowledge_spec, memories_spec, open_table, store_errors
 
 
 class LanceRetriever:
-    """The :class:`~storage.retrieval.Retriever` over the LanceDB tables ``knowledge`` and ``memories``.
+    """The :class:`~salon.storage.retrieval.Retriever` over the LanceDB tables ``knowledge`` and ``memories``.
     Create with :meth:`open`.
 
     Per query: one embedding of the query text, then on each source a vector search and a full-text
@@ -61,7 +61,7 @@ class LanceRetriever:
         return cls(db, knowledge, memories, embedder)
 
     async def retrieve(self, query: RetrievalQuery) -> list[Passage]:
-        """See :meth:`storage.retrieval.Retriever.retrieve`. Raises :class:`storage.errors.Unavailable` if
+        """See :meth:`salon.storage.retrieval.Retriever.retrieve`. Raises :class:`salon.storage.errors.Unavailable` if
         LanceDB fails."""
         check_query(query)
         if self._closed:

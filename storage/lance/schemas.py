@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-from storage.records import GuardrailDecision, SnapshotRecord, TurnRecord, entries_from_json, entries_to_json
+from salon.storage.records import GuardrailDecision, SnapshotRecord, TurnRecord, entries_from_json, entries_to_json
 
 TURN_KEY: Final = "turn_key"
 """Merge key column of ``transcripts`` (:attr:`TurnRecord.key`)."""
@@ -24,7 +24,7 @@ SNAPSHOT_KEY: Final = "snapshot_key"
 """Merge key column of ``snapshots`` (:attr:`SnapshotRecord.key`)."""
 
 TOOLS_JSON: Final = "tools_json"
-"""Column of a turn's tool calls and round lengths (:func:`storage.records.entries_to_json`; "" without tools)."""
+"""Column of a turn's tool calls and round lengths (:func:`salon.storage.records.entries_to_json`; "" without tools)."""
 _TOOL_FIELDS: Final = frozenset({"tool_calls", "round_chars"})
 _STRINGS = pa.list_(pa.string())
 _LIST_FIELDS: Final = frozenset({"deltas", "context_turn_ids"})

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from engine.nats_server import EmbeddedNats
-from storage import Names
-from storage.jetstream.client import close_connection, connect
+from salon.engine.nats_server import EmbeddedNats
+from salon.storage import Names
+from salon.storage.jetstream.client import close_connection, connect
 
 IN_MEMORY = "in-memory"
 JETSTREAM = "jetstream"

@@ -1,4 +1,4 @@
-"""The ledger contract (:class:`storage.ledger.Journal`), on the in-memory journal and on JetStream: appends read
+"""The ledger contract (:class:`salon.storage.ledger.Journal`), on the in-memory journal and on JetStream: appends read
 back by their sequence, fencing of stale activations, loading from the latest snapshot, incarnations and
 sessions kept apart, purge."""
 
@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from storage import FailedPrecondition, Fenced, Journal, LoadedSession, Names, SnapshotRecord, TurnRecord
-from storage.inmemory import InMemoryJournal
-from storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_ledger
-from storage.records import ProgressRecord, ToolCallEntry
+from salon.storage import FailedPrecondition, Fenced, Journal, LoadedSession, Names, SnapshotRecord, TurnRecord
+from salon.storage.inmemory import InMemoryJournal
+from salon.storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_ledger
+from salon.storage.records import ProgressRecord, ToolCallEntry
 
 TENANT, SESSION, INCARNATION = "acme", "s1", "1700000000000000000"
 

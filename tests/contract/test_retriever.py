@@ -1,4 +1,4 @@
-"""The retriever contract (:class:`storage.retrieval.Retriever`), on LanceDB (in the test's temp dir) and in
+"""The retriever contract (:class:`salon.storage.retrieval.Retriever`), on LanceDB (in the test's temp dir) and in
 memory: tenant and session isolation, excluded turns, top_k, min_score, sources, ids checked, query text
 never read as query syntax."""
 
@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from storage import Document, Passage, RetrievalQuery, Retriever, TurnRecord
-from storage.embedding import HashEmbedder
-from storage.errors import InvalidArgument
-from storage.inmemory import InMemoryRetriever
-from storage.lance.knowledge import KnowledgeBase
-from storage.lance.memories import memory_text
-from storage.lance.retrieval import LanceRetriever
-from storage.retrieval import KNOWLEDGE, MEMORY
-from storage.tables import TranscriptStore
+from salon.storage import Document, Passage, RetrievalQuery, Retriever, TurnRecord
+from salon.storage.embedding import HashEmbedder
+from salon.storage.errors import InvalidArgument
+from salon.storage.inmemory import InMemoryRetriever
+from salon.storage.lance.knowledge import KnowledgeBase
+from salon.storage.lance.memories import memory_text
+from salon.storage.lance.retrieval import LanceRetriever
+from salon.storage.retrieval import KNOWLEDGE, MEMORY
+from salon.storage.tables import TranscriptStore
 
 DIM = 64
 

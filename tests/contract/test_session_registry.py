@@ -1,4 +1,4 @@
-"""The session registry contract (:class:`storage.sessions.SessionRegistry`), on the in-memory registry and on
+"""The session registry contract (:class:`salon.storage.sessions.SessionRegistry`), on the in-memory registry and on
 a JetStream key-value bucket; incarnations tell re-created sessions apart.
 
 (Session state lives in the ledger: see test_journal.py.)
@@ -12,12 +12,12 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NatsClient
 
+from salon.storage import Names, SessionRegistry
+from salon.storage.errors import AlreadyExists, NotFound
+from salon.storage.inmemory import InMemorySessionRegistry
+from salon.storage.jetstream.sessions import KvSessionRegistry
+from salon.storage.sessions import incarnation_of
 from salon.v1 import session_pb2
-from storage import Names, SessionRegistry
-from storage.errors import AlreadyExists, NotFound
-from storage.inmemory import InMemorySessionRegistry
-from storage.jetstream.sessions import KvSessionRegistry
-from storage.sessions import incarnation_of
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The token counters contract (:class:`storage.usage.TokenCounters`), on the in-memory counters and on a
+"""The token counters contract (:class:`salon.storage.usage.TokenCounters`), on the in-memory counters and on a
 JetStream key-value bucket: running totals per tenant and day, and no lost update when gateways add at once."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from storage import Names, TokenCounters
-from storage.inmemory import InMemoryTokenCounters
-from storage.jetstream.usage import KvTokenCounters, usage_bucket
+from salon.storage import Names, TokenCounters
+from salon.storage.inmemory import InMemoryTokenCounters
+from salon.storage.jetstream.usage import KvTokenCounters, usage_bucket
 
 DAY = 20_000
 

@@ -17,13 +17,13 @@ import pytest
 import ray
 from nats.js.errors import NotFoundError
 
-from engine import Config, EmbeddedNats, Engine
-from engine.ray_runtime import ensure_ray
+from salon.engine import Config, EmbeddedNats, Engine
+from salon.engine.ray_runtime import ensure_ray
+from salon.storage import Names
+from salon.storage.jetstream.client import close_connection, connect
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2
-from storage import Names
-from storage.jetstream.client import close_connection, connect
 
 _namespaces = itertools.count()
 

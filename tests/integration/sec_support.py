@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from engine import Config
-from engine.tenants import key_entry_toml, new_key
+from salon.engine import Config
+from salon.engine.tenants import key_entry_toml, new_key
 
 
 @dataclass

@@ -135,7 +135,7 @@ async def serve(data_dir: Path, *args: str, cwd: Path | None = None, **settings:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "engine.cli",
+        "salon.engine.cli",
         "serve",
         "--port",
         "0",

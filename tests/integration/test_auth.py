@@ -16,7 +16,7 @@ from conftest import collect_turn, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sec_support import Pki, TenantsFile, bearer, engine_config, tls_channel
 
-from engine import Engine
+from salon.engine import Engine
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -242,7 +242,7 @@ async def test_salon_serve_refuses_auth_off_beyond_loopback(tmp_path: Path) -> N
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "engine.cli",
+        "salon.engine.cli",
         "serve",
         "--host",
         "0.0.0.0",

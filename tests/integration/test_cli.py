@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SALON_", "ANTHROPIC_", "RAY_ADDRESS"))}
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "salon.engine.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 import pytest
 
-from engine import Config, Engine
 from salon.client import (
     ApprovalDecided,
     ApprovalRequired,
@@ -36,6 +35,7 @@ from salon.client import (
     tool,
 )
 from salon.client import sync as salon_sync
+from salon.engine import Config, Engine
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import turn_pb2
 

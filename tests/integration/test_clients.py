@@ -19,8 +19,6 @@ import grpc
 import pytest
 from conftest import wait_for
 
-from engine import Config, Engine
-from providers.scripted import scripted_reply
 from salon.client import (
     Accepted,
     Cancelled,
@@ -33,6 +31,8 @@ from salon.client import (
     Usage,
 )
 from salon.client import sync as salon_sync
+from salon.engine import Config, Engine
+from salon.providers.scripted import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 

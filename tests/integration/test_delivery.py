@@ -11,9 +11,9 @@ import grpc
 import pytest
 from conftest import assert_well_formed, collect_turn, create_session, reply_text, wait_for
 
-from actors import host_of_shard, shard_for
-from engine import EmbeddedNats, Engine
-from providers import scripted_reply
+from salon.actors import host_of_shard, shard_for
+from salon.engine import EmbeddedNats, Engine
+from salon.providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 

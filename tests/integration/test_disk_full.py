@@ -19,7 +19,7 @@ import pytest
 from conftest import collect_turn, create_session, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine import Engine
+from salon.engine import Engine
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import Config, Engine
-from engine.config import env_name
+from salon.engine import Config, Engine
+from salon.engine.config import env_name
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDRESS = "127.0.0.1:50051"

@@ -13,12 +13,12 @@ import grpc
 from conftest import assert_well_formed, collect_turn, create_session, reply_text, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from actors import host_of_shard, shard_for
-from engine import Engine
-from providers import scripted_reply
+from salon.actors import host_of_shard, shard_for
+from salon.engine import Engine
+from salon.providers import scripted_reply
+from salon.storage.tables import TranscriptStore
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
-from storage.tables import TranscriptStore
 
 
 async def _history(stub: cs_grpc.ConversationServiceStub, session_id: str, page_size: int = 3) -> list[str]:
@@ -217,7 +217,7 @@ async def test_export_writes_the_transcript_as_parquet_and_arrow(make_engine: ob
         result = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "engine.cli",
+            "salon.engine.cli",
             "export",
             session_id,
             "--format",
@@ -237,7 +237,7 @@ async def test_export_writes_the_transcript_as_parquet_and_arrow(make_engine: ob
     missing = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "engine.cli",
+        "salon.engine.cli",
         "export",
         "no-such-session",
         "--data-dir",

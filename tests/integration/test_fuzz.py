@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sec_support import TenantsFile, bearer, engine_config
 
-from engine import Engine
+from salon.engine import Engine
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc

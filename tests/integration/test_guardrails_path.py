@@ -10,12 +10,12 @@ import grpc
 import pytest
 from conftest import collect_turn, create_session, reply_text, wait_for
 
-from engine import Engine
-from providers.scripted import ECHO_SYSTEM
+from salon.engine import Engine
+from salon.providers.scripted import ECHO_SYSTEM
+from salon.storage.tables import TranscriptStore
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2
-from storage.tables import TranscriptStore
 
 # Fake credentials and card (test data) the scripted model will repeat back.
 FAKE_KEY = "sk-ant-api03-" + "Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0Fe" * 2

@@ -10,10 +10,10 @@ import signal
 import grpc
 from conftest import collect_turn, create_session, wait_for
 
-from engine import Engine
+from salon.engine import Engine
+from salon.storage.tables import TranscriptStore
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
-from storage.tables import TranscriptStore
 
 
 async def _history(stub: cs_grpc.ConversationServiceStub, session_id: str, page_size: int) -> list[str]:

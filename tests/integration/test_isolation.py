@@ -10,12 +10,12 @@ import grpc
 import pytest
 from sec_support import TenantsFile, bearer, engine_config
 
-from engine import Engine
+from salon.engine import Engine
+from salon.storage import uuid7
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
-from storage import uuid7
 
 TRACE_A = "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-00f067aa0ba902b7-01"
 TRACE_B = "00-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-00f067aa0ba902b7-01"

@@ -12,21 +12,21 @@ import grpc
 import pytest
 from conftest import EngineFactory, assert_well_formed, collect_turn, create_session
 
-from actors import LocalInFlight, SessionActor, SessionKey, SessionSettings, SessionState, Turn, TurnEvent
-from actors.wire import event_to_proto
-from engine.cli import main
-from providers import ScriptedProvider
+from salon.actors import LocalInFlight, SessionActor, SessionKey, SessionSettings, SessionState, Turn, TurnEvent
+from salon.actors.wire import event_to_proto
 from salon.client import Document, SalonClient
+from salon.engine.cli import main
+from salon.providers import ScriptedProvider
+from salon.storage import Document as StoredDocument
+from salon.storage import RetrievalQuery, TurnRecord, build_embedder
+from salon.storage.inmemory import InMemoryJournal
+from salon.storage.lance.knowledge import KnowledgeBase
+from salon.storage.lance.retrieval import LanceRetriever
+from salon.storage.tables import TranscriptStore
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
 from salon.v1 import turn_pb2
-from storage import Document as StoredDocument
-from storage import RetrievalQuery, TurnRecord, build_embedder
-from storage.inmemory import InMemoryJournal
-from storage.lance.knowledge import KnowledgeBase
-from storage.lance.retrieval import LanceRetriever
-from storage.tables import TranscriptStore
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from sec_support import TenantsFile, bearer, engine_config
 
-from engine import Engine
+from salon.engine import Engine
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -161,7 +161,7 @@ async def test_salon_usage_shows_each_tenant_against_its_limits(setup: tuple[Eng
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "engine.cli",
+        "salon.engine.cli",
         "usage",
         "--target",
         engine.target,
@@ -183,7 +183,7 @@ async def test_salon_usage_shows_each_tenant_against_its_limits(setup: tuple[Eng
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "engine.cli",
+        "salon.engine.cli",
         "usage",
         "--target",
         engine.target,

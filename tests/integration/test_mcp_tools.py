@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from actors.model import ToolCall, ToolResult
-from providers.mcp import McpServerConfig, McpTools
+from salon.actors.model import ToolCall, ToolResult
+from salon.providers.mcp import McpServerConfig, McpTools
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
 MAX_OUTPUT = 1000

@@ -17,11 +17,11 @@ import pytest
 from conftest import EngineFactory, wait_for
 from sec_support import TenantsFile, bearer
 
-from engine.nats_server import EmbeddedNats, tenant_user
+from salon.engine.nats_server import EmbeddedNats, tenant_user
+from salon.storage import Names
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2
-from storage import Names
 
 
 async def _refused(url: str) -> BaseException:

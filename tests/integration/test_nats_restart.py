@@ -14,13 +14,13 @@ import pytest
 from conftest import collect_turn, create_session, reply_text, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine import Engine
-from engine.nats_server import find_nats_server
-from providers import scripted_reply
+from salon.engine import Engine
+from salon.engine.nats_server import find_nats_server
+from salon.providers import scripted_reply
+from salon.storage.tables import TranscriptStore
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2
-from storage.tables import TranscriptStore
 
 
 def _trailer(error: grpc.aio.AioRpcError, key: str) -> str:

@@ -15,13 +15,13 @@ import grpc
 import pytest
 from conftest import EngineFactory, assert_well_formed, collect_turn, create_session, reply_text, wait_for
 
-from actors.model import Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta
-from providers import OfflineProvider, errors
-from providers.anthropic import AnthropicProvider
-from providers.fake_servers import FakeAnthropicServer, FakeModelServer, FakeOpenAIServer, Recorded, Reply
-from providers.openai_compatible import OpenAICompatibleProvider
-from providers.pricing import PriceTable
-from providers.resilience import ProviderChain, RetryPolicy
+from salon.actors.model import Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelResult, TextDelta
+from salon.providers import OfflineProvider, errors
+from salon.providers.anthropic import AnthropicProvider
+from salon.providers.fake_servers import FakeAnthropicServer, FakeModelServer, FakeOpenAIServer, Recorded, Reply
+from salon.providers.openai_compatible import OpenAICompatibleProvider
+from salon.providers.pricing import PriceTable
+from salon.providers.resilience import ProviderChain, RetryPolicy
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import session_pb2, turn_pb2

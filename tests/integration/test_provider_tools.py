@@ -13,11 +13,11 @@ from typing import Any
 import openai
 import pytest
 
-from actors.model import Message, ModelChunk, ModelRequest, ModelResult, TextDelta, ToolCall, ToolResult, ToolSpec
-from providers.anthropic import AnthropicProvider
-from providers.fake_servers import FakeAnthropicServer, FakeOpenAIServer, Reply, ToolResultSent, ToolUse
-from providers.openai_compatible import OpenAICompatibleProvider
-from providers.turns import MISSING_RESULT
+from salon.actors.model import Message, ModelChunk, ModelRequest, ModelResult, TextDelta, ToolCall, ToolResult, ToolSpec
+from salon.providers.anthropic import AnthropicProvider
+from salon.providers.fake_servers import FakeAnthropicServer, FakeOpenAIServer, Reply, ToolResultSent, ToolUse
+from salon.providers.openai_compatible import OpenAICompatibleProvider
+from salon.providers.turns import MISSING_RESULT
 
 ORDER_SCHEMA = {
     "type": "object",

@@ -9,8 +9,8 @@ import grpc
 import pytest
 from conftest import collect_turn, create_session
 
-from engine import Engine
-from engine.transport import transport_limits
+from salon.engine import Engine
+from salon.engine.transport import transport_limits
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 

@@ -34,7 +34,7 @@ from serve_support import (
     wait_gone,
 )
 
-from providers import scripted_reply
+from salon.providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 
@@ -205,7 +205,16 @@ def _can_isolate_network() -> bool:
 async def test_a_start_without_network_prints_no_address_probe(tmp_path: Path) -> None:
     # Ray in cluster mode routes towards public addresses to find the machine's own, and says so on stderr
     # when there is no route: started here in a network namespace holding only loopback.
-    command = [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--data-dir", str(tmp_path / "offline")]
+    command = [
+        sys.executable,
+        "-m",
+        "salon.engine.cli",
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(tmp_path / "offline"),
+    ]
     env = {**clean_env(), "SALON_MODEL_PROVIDER": "scripted"}
     proc = await asyncio.create_subprocess_exec(
         "unshare",

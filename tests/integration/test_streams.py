@@ -24,8 +24,8 @@ from conftest import (
     wait_for,
 )
 
-from engine import Engine
-from providers import scripted_reply
+from salon.engine import Engine
+from salon.providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import session_pb2, turn_pb2
@@ -271,7 +271,7 @@ async def test_resume_on_another_gateway_after_the_first_is_killed(slow: Engine)
     gateway = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "engine.cli",
+        "salon.engine.cli",
         "serve",
         "--gateway-only",
         "--port",

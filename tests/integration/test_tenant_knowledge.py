@@ -13,7 +13,7 @@ import pytest
 from conftest import EngineFactory, assert_well_formed
 from sec_support import bearer
 
-from engine.tenants import key_entry_toml, new_key
+from salon.engine.tenants import key_entry_toml, new_key
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import knowledge_service_pb2 as ks_pb2

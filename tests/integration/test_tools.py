@@ -21,8 +21,8 @@ from conftest import EngineFactory, assert_well_formed, release_events_stream, w
 from google.protobuf.duration_pb2 import Duration
 from sec_support import TenantsFile, bearer, engine_config
 
-from engine import Engine
-from providers.fake_servers import FakeAnthropicServer, FakeOpenAIServer, Reply, ToolUse
+from salon.engine import Engine
+from salon.providers.fake_servers import FakeAnthropicServer, FakeOpenAIServer, Reply, ToolUse
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import session_pb2, turn_pb2

@@ -22,9 +22,9 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace_pb2
 from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSettings, OtelTapInitializationError
 
-import otel
-from otel import attributes as attrs
-from providers.fake_servers import FakeAnthropicServer, Reply
+from salon import otel
+from salon.otel import attributes as attrs
+from salon.providers.fake_servers import FakeAnthropicServer, Reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import knowledge_service_pb2 as ks_pb2
@@ -323,7 +323,7 @@ async def test_json_logs_carry_the_turns_ids_and_no_content_unless_captured(
         await wait_for(retry_logged, what="the host's retry warning in the log files")
         await engine.close()  # every process flushes and closes its log file
         retry = next(r for r in records() if r.get("turn_id") == turn_id and "attempt 2" in r["message"])
-        assert (retry["level"], retry["logger"]) == ("WARNING", "providers.resilience")
+        assert (retry["level"], retry["logger"]) == ("WARNING", "salon.providers.resilience")
         assert retry["process"].startswith("host-")
         assert (retry["trace_id"], retry["tenant_id"], retry["session_id"]) == (CALLER_TRACE, "default", session)
         model_span = next(s for s in otel.read_spans(traces) if s.trace_id == CALLER_TRACE and s.name == "chat")

@@ -10,8 +10,8 @@ import grpc
 import pytest
 from conftest import assert_well_formed, collect_turn, create_session, engine_config, reply_text, running_engine
 
-from engine import Engine
-from providers import scripted_reply
+from salon.engine import Engine
+from salon.providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2

@@ -12,13 +12,13 @@ import grpc
 import pytest
 from conftest import assert_well_formed, collect_turn, create_session, reply_text
 
-from engine import EmbeddedNats, Engine
+from salon.engine import EmbeddedNats, Engine
+from salon.storage import Names
+from salon.storage.jetstream.bus import BusSettings, EventPublisher, ensure_bus
+from salon.storage.jetstream.client import close_connection, connect
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import turn_pb2
-from storage import Names
-from storage.jetstream.bus import BusSettings, EventPublisher, ensure_bus
-from storage.jetstream.client import close_connection, connect
 
 
 def _events(turn_id: str, deltas: list[str]) -> list[turn_pb2.TurnEvent]:

@@ -15,10 +15,10 @@ from conftest import wait_for
 from google.protobuf.duration_pb2 import Duration
 from sec_support import TenantsFile, bearer, engine_config
 
-from bridge import SseDecoder, SseMessage
-from engine import Engine
-from engine.token_scope import OWNER_KEY
+from salon.bridge import SseDecoder, SseMessage
 from salon.client import SalonClient
+from salon.engine import Engine
+from salon.engine.token_scope import OWNER_KEY
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import knowledge_service_pb2 as ks_pb2

@@ -16,9 +16,9 @@ from browser_support import CutFactory, PageFactory, browser, network_cut, open_
 from conftest import release_events_stream, wait_for
 from playwright.async_api import Page, expect
 
-from bridge import mint_page_link
-from engine import Config, Engine
+from salon.bridge import mint_page_link
 from salon.client import Document, SalonClient
+from salon.engine import Config, Engine
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import session_pb2, turn_pb2

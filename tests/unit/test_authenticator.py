@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.auth import Authenticator, bearer_token, tenant_from_certificate
-from engine.config import Config, is_loopback
-from engine.tenants import Limits, TenantRegistry, key_entry_toml, new_key
-from storage import InvalidArgument, Unauthenticated
+from salon.engine.auth import Authenticator, bearer_token, tenant_from_certificate
+from salon.engine.config import Config, is_loopback
+from salon.engine.tenants import Limits, TenantRegistry, key_entry_toml, new_key
+from salon.storage import InvalidArgument, Unauthenticated
 
 SSL = {"transport_security_type": [b"ssl"]}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.disk import MIN_FREE_BYTES, DiskGuard, free_bytes, local_directory
-from engine.gates import Availability
+from salon.engine.disk import MIN_FREE_BYTES, DiskGuard, free_bytes, local_directory
+from salon.engine.gates import Availability
 
 NATS = ("/salon.v1.ConversationService/",)
 WRITING = frozenset({"/salon.v1.ConversationService/SendTurn", "/salon.v1.KnowledgeService/IngestDocuments"})

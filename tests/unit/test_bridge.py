@@ -11,11 +11,11 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from bridge.credentials import session_token
-from bridge.errors import BridgeError, from_rpc_error
-from bridge.requests import after_seq, read_message
-from bridge.sse import KEEPALIVE, PREAMBLE, SseDecoder, error_frame, event_frame
-from bridge.streams import EventRelay
+from salon.bridge.credentials import session_token
+from salon.bridge.errors import BridgeError, from_rpc_error
+from salon.bridge.requests import after_seq, read_message
+from salon.bridge.sse import KEEPALIVE, PREAMBLE, SseDecoder, error_frame, event_frame
+from salon.bridge.streams import EventRelay
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import turn_pb2
 

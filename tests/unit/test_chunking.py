@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from storage.chunking import CHARS_PER_TOKEN, Chunk, chunk_text, estimate_tokens
+from salon.storage.chunking import CHARS_PER_TOKEN, Chunk, chunk_text, estimate_tokens
 
 PROSE = " ".join(
     f"Sentence {i} says that item {i} weighs {i * 3} grams and ships from warehouse {i % 7}." for i in range(120)

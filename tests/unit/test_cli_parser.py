@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from engine.cli_parser import add_credential_arguments, build_parser
+from salon.engine.cli_parser import add_credential_arguments, build_parser
 
 COMMANDS = ("serve", "demo", "chat", "export", "trace", "config", "usage", "ingest", "keys", "token")
 

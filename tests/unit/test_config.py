@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import Config, describe, env_name
-from storage.errors import InvalidArgument
+from salon.engine.config import Config, describe, env_name
+from salon.storage.errors import InvalidArgument
 
 CANARY = "CANARYq9z"
 
@@ -176,7 +176,7 @@ def test_non_integer_toml_value_for_an_int_setting_is_rejected(tmp_path: Path, t
 
 
 def test_long_term_memory_off_leaves_the_writer_without_a_memory_indexer() -> None:
-    from engine.ray_runtime import WriterHandle
+    from salon.engine.ray_runtime import WriterHandle
 
     assert WriterHandle(Config(), "nats://127.0.0.1:1")._spec.embedding_model == "default"
     assert WriterHandle(Config(long_term_memory=False), "nats://127.0.0.1:1")._spec.embedding_model == ""

@@ -10,23 +10,23 @@ from typing import Any
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from unit_support import EventLog, from_protos, kind, local
 
-import otel
-from actors.context import PASSAGES_HEADING, TurnContext, explain
-from actors.model import Message, ModelChunk, ModelRequest
-from actors.session import (
+from salon import otel
+from salon.actors.context import PASSAGES_HEADING, TurnContext, explain
+from salon.actors.model import Message, ModelChunk, ModelRequest
+from salon.actors.session import (
     SessionActor,
     SessionKey,
     SessionSettings,
     SessionState,
     Turn,
 )
-from actors.summary import Summary
-from otel import attributes as attrs
-from providers import OfflineProvider, ScriptedProvider
-from providers.offline import offline_answer
+from salon.actors.summary import Summary
+from salon.otel import attributes as attrs
+from salon.providers import OfflineProvider, ScriptedProvider
+from salon.providers.offline import offline_answer
+from salon.storage import Passage, RetrievalQuery
+from salon.storage.inmemory import InMemoryJournal, InMemoryRetriever
 from salon.v1 import turn_pb2
-from storage import Passage, RetrievalQuery
-from storage.inmemory import InMemoryJournal, InMemoryRetriever
 
 KEY = SessionKey("acme", "s1")
 INCARNATION = "1"

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 from unit_support import FakePuller, FakeSender, ProbedJournal, make_session, turn_msg, wait_for
 
-from actors.control import CancelTurn, ControlError, ControlReply, parse_request
-from actors.host import HostSettings, SessionHost
-from actors.model import ModelChunk, ModelRequest, ModelResult, TextDelta
-from storage.inmemory import InMemorySessionRegistry
+from salon.actors.control import CancelTurn, ControlError, ControlReply, parse_request
+from salon.actors.host import HostSettings, SessionHost
+from salon.actors.model import ModelChunk, ModelRequest, ModelResult, TextDelta
+from salon.storage.inmemory import InMemorySessionRegistry
 
 TENANT = "acme"
 CANCEL = CancelTurn(TENANT, "s1", "t1", incarnation="1700000000000000000", reason="cancelled by the client")

@@ -9,11 +9,11 @@ from typing import Any
 import grpc
 import pytest
 
-from engine.converse import ConverseCall
-from engine.streaming import StreamWriter
+from salon.engine.converse import ConverseCall
+from salon.engine.streaming import StreamWriter
+from salon.storage.errors import InvalidArgument, NotFound
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import turn_pb2
-from storage.errors import InvalidArgument, NotFound
 
 
 class Context:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.embedding import (
+from salon.storage.embedding import (
     MODEL_DIM,
     MODEL_FILE,
     MODEL_PACKAGE,

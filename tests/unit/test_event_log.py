@@ -11,10 +11,10 @@ import nats.js.errors
 import pytest
 from unit_support import wait_for
 
+from salon.storage import Names, Unavailable
+from salon.storage.bus import H_MSG_ID
+from salon.storage.jetstream.events import H_EVENTS, EventPublisher, in_order, pack_events, unpack_events
 from salon.v1 import turn_pb2
-from storage import Names, Unavailable
-from storage.bus import H_MSG_ID
-from storage.jetstream.events import H_EVENTS, EventPublisher, in_order, pack_events, unpack_events
 
 NAMES = Names("t")
 

@@ -10,10 +10,10 @@ from typing import Any
 import nats.errors
 import pytest
 
+from salon.storage.bus import EventsLost
+from salon.storage.errors import Unavailable
+from salon.storage.jetstream.bus import EventStream
 from salon.v1 import turn_pb2
-from storage.bus import EventsLost
-from storage.errors import Unavailable
-from storage.jetstream.bus import EventStream
 
 
 class Msg:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from engine.figures import FiguresPoller, figures_from
+from salon.engine.figures import FiguresPoller, figures_from
 
 HOSTS = [
     {
@@ -70,7 +70,7 @@ def test_tool_figures_become_metrics_by_tool_and_outcome() -> None:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from otel import Metrics
+    from salon.otel import Metrics
 
     reader = InMemoryMetricReader()
     metrics = Metrics(MeterProvider(metric_readers=[reader]), None, None)

@@ -8,8 +8,8 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine.config import Config
-from engine.gateway import Gateway
+from salon.engine.config import Config
+from salon.engine.gateway import Gateway
 from salon.v1 import turn_pb2
 
 

@@ -11,17 +11,17 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from unit_support import EventLog, from_protos, kind, local, wait_for
 
-import otel
-from actors import GuardrailDecision, Guardrails, GuardrailSettings, OutputGuard, StreamingRedactor
-from actors.guardrails import MAX_HOLD, forbidden_character, injection_score, luhn_valid, new_canary
-from actors.model import ModelChunk, ModelRequest, ModelResult, TextDelta
-from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
-from actors.wire import record_events
-from otel import attributes as attrs
+from salon import otel
+from salon.actors import GuardrailDecision, Guardrails, GuardrailSettings, OutputGuard, StreamingRedactor
+from salon.actors.guardrails import MAX_HOLD, forbidden_character, injection_score, luhn_valid, new_canary
+from salon.actors.model import ModelChunk, ModelRequest, ModelResult, TextDelta
+from salon.actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from salon.actors.wire import record_events
 from salon.client.events import Guardrail, event_from_proto
+from salon.otel import attributes as attrs
+from salon.storage import InvalidArgument, TurnRecord
+from salon.storage.inmemory import InMemoryJournal
 from salon.v1 import turn_pb2
-from storage import InvalidArgument, TurnRecord
-from storage.inmemory import InMemoryJournal
 
 # Test data only: fake credentials and personal data in the formats the redactor must catch.
 ANTHROPIC_KEY = "sk-ant-api03-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z" * 2

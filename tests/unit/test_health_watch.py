@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from unit_support import wait_for
 
-from engine.disk import MIN_FREE_BYTES, DiskGuard
-from engine.gates import Availability
-from engine.health_watch import HealthWatch
-from storage import Unavailable
-from storage.writer import WriterStatus
+from salon.engine.disk import MIN_FREE_BYTES, DiskGuard
+from salon.engine.gates import Availability
+from salon.engine.health_watch import HealthWatch
+from salon.storage import Unavailable
+from salon.storage.writer import WriterStatus
 
 
 class Writer:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from storage.history import TranscriptReader, merge_turns
-from storage.inmemory import InMemoryJournal
-from storage.records import TurnRecord
-from storage.tables import TranscriptStore
+from salon.storage.history import TranscriptReader, merge_turns
+from salon.storage.inmemory import InMemoryJournal
+from salon.storage.records import TurnRecord
+from salon.storage.tables import TranscriptStore
 
 TENANT, SESSION, INCARNATION = "acme", "s1", "1700000000000000000"
 

@@ -22,12 +22,12 @@ from unit_support import (
     wait_for,
 )
 
-from actors.host import HostSettings, SessionHost, session_settings
-from actors.model import ModelChunk, ModelProvider, ModelRequest, ModelResult, TextDelta
-from providers import OfflineProvider, ScriptedProvider, scripted_reply
+from salon.actors.host import HostSettings, SessionHost, session_settings
+from salon.actors.model import ModelChunk, ModelProvider, ModelRequest, ModelResult, TextDelta
+from salon.providers import OfflineProvider, ScriptedProvider, scripted_reply
+from salon.storage import TurnRecord
+from salon.storage.inmemory import InMemorySessionRegistry
 from salon.v1 import session_pb2
-from storage import TurnRecord
-from storage.inmemory import InMemorySessionRegistry
 
 TENANT = "acme"
 

@@ -9,11 +9,11 @@ import json
 
 from unit_support import FakePuller, FakeSender, ProbedJournal, kind, make_session, turn_msg, wait_for
 
-from actors.control import ControlReply, DecideApproval, SubmitToolResult
-from actors.host import HostSettings, SessionHost
-from providers import ScriptedProvider
+from salon.actors.control import ControlReply, DecideApproval, SubmitToolResult
+from salon.actors.host import HostSettings, SessionHost
+from salon.providers import ScriptedProvider
+from salon.storage.inmemory import InMemorySessionRegistry
 from salon.v1 import session_pb2
-from storage.inmemory import InMemorySessionRegistry
 
 TENANT = "acme"
 TOOLS = session_pb2.ToolSet(

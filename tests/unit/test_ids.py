@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from storage.errors import InvalidArgument
-from storage.ids import is_valid_id, require_id, uuid7
+from salon.storage.errors import InvalidArgument
+from salon.storage.ids import is_valid_id, require_id, uuid7
 
 
 def _now_ms() -> int:

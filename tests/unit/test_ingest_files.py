@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.ingest import FileFilter, collect_files
+from salon.engine.ingest import FileFilter, collect_files
 
 
 def _tree(root: Path, files: list[str]) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.embedding import HashEmbedder
-from storage.errors import InvalidArgument, Unavailable
-from storage.knowledge import (
+from salon.storage.embedding import HashEmbedder
+from salon.storage.errors import InvalidArgument, Unavailable
+from salon.storage.knowledge import (
     DOCUMENT_TOO_LARGE,
     EMPTY_DOCUMENT,
     INVALID_DOCUMENT_ID,
@@ -19,9 +19,9 @@ from storage.knowledge import (
     Document,
     IngestResult,
 )
-from storage.lance.knowledge import KnowledgeBase
-from storage.lance.retrieval import search_table
-from storage.retrieval import KNOWLEDGE
+from salon.storage.lance.knowledge import KnowledgeBase
+from salon.storage.lance.retrieval import search_table
+from salon.storage.retrieval import KNOWLEDGE
 
 REFUNDS = Document(
     "refunds",

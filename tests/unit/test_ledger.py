@@ -9,16 +9,16 @@ import random
 
 import pytest
 
-from actors.session import RECENT_TURNS_KEPT, SessionState
-from storage import (
+from salon.actors.session import RECENT_TURNS_KEPT, SessionState
+from salon.storage import (
     LoadedSession,
     SnapshotRecord,
     TurnRecord,
     Unavailable,
     turn_key,
 )
-from storage.inmemory import InMemoryJournal
-from storage.records import TurnStatus
+from salon.storage.inmemory import InMemoryJournal
+from salon.storage.records import TurnStatus
 
 TENANT, SESSION, INCARNATION = "acme", "s1", "1700000000000000000"
 WORDS = ["tea", "kettle", "spout", "lid", "steam", "cup", "saucer", "brew"]

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from engine.limits import TenantLimiter
-from engine.tenants import Limits, TenantPolicy
+from salon.engine.limits import TenantLimiter
+from salon.engine.tenants import Limits, TenantPolicy
+from salon.storage import ResourceExhausted
 from salon.v1 import turn_pb2
-from storage import ResourceExhausted
 
 
 class Clock:
@@ -105,7 +105,7 @@ async def test_a_refused_turn_counts_nothing() -> None:
 
 
 async def test_token_totals_are_shared_by_limiters_on_one_store() -> None:
-    from storage.inmemory import InMemoryTokenCounters
+    from salon.storage.inmemory import InMemoryTokenCounters
 
     clock = Clock()
     shared = InMemoryTokenCounters()

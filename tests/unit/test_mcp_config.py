@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from providers.mcp import McpServerConfig, load_servers_file, parse_servers
-from storage.errors import InvalidArgument
+from salon.providers.mcp import McpServerConfig, load_servers_file, parse_servers
+from salon.storage.errors import InvalidArgument
 
 SECRET = "SECRETzq7x"
 
@@ -97,9 +97,9 @@ def test_defaults() -> None:
 
 
 async def test_a_hub_offers_the_deployments_and_the_tenants_servers_and_builds_nothing_when_none() -> None:
-    from actors.model import ToolCall
-    from actors.tool_servers import NoToolServers
-    from providers.mcp import McpHubSpec
+    from salon.actors.model import ToolCall
+    from salon.actors.tool_servers import NoToolServers
+    from salon.providers.mcp import McpHubSpec
 
     assert isinstance(McpHubSpec().build(), NoToolServers)
     docs = McpServerConfig("docs", command=("docs-server",), all_sessions=True)

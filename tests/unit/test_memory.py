@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from actors.memory import estimate_tokens, fit_window
-from actors.model import Message
+from salon.actors.memory import estimate_tokens, fit_window
+from salon.actors.model import Message
 
 
 def conversation(turns: int, chars: int = 8) -> list[Message]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import otel
-from engine.cli import main
-from otel import attributes as attrs
+from salon import otel
+from salon.engine.cli import main
+from salon.otel import attributes as attrs
 
 
 def test_jsonl_exporter_round_trip(tmp_path: Path) -> None:

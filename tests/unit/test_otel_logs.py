@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import otel
-from engine import Config
-from otel import attributes as attrs
-from storage.errors import InvalidArgument
+from salon import otel
+from salon.engine import Config
+from salon.otel import attributes as attrs
+from salon.storage.errors import InvalidArgument
 
 CANARY = "canary-93be1f-not-in-logs"
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -159,7 +159,7 @@ def test_model_sdk_debug_logs_are_dropped_without_capture() -> None:
     assert not passes("anthropic._base_client", logging.DEBUG)
     assert not passes("httpcore.http11", logging.DEBUG)
     assert passes("anthropic._base_client", logging.WARNING)
-    assert passes("actors.session", logging.DEBUG)
+    assert passes("salon.actors.session", logging.DEBUG)
     otel.setup(otel.TelemetrySettings(capture_content=True))
     try:
         assert passes("anthropic._base_client", logging.DEBUG)

@@ -12,11 +12,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from unit_support import EventLog, local, wait_for
 
-import otel
-from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
-from otel import attributes as attrs
-from providers import ScriptedProvider
-from storage.inmemory import InMemoryJournal
+from salon import otel
+from salon.actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from salon.otel import attributes as attrs
+from salon.providers import ScriptedProvider
+from salon.storage.inmemory import InMemoryJournal
 
 KEY = SessionKey("acme", "s1")
 CANARY = "canary-7f3a9c-do-not-export"
@@ -157,9 +157,9 @@ def test_without_telemetry_spans_are_no_ops_that_pass_the_trace_id_on() -> None:
 
 async def _run_tool_turn() -> None:
     """A turn whose model calls a client tool (its result answered at once), under a host's CONSUMER span."""
-    from actors.control import SubmitToolResult
-    from actors.model import ToolSpec
-    from actors.tools import ToolSelection
+    from salon.actors.control import SubmitToolResult
+    from salon.actors.model import ToolSpec
+    from salon.actors.tools import ToolSelection
 
     journal = InMemoryJournal()
     loaded, log = await journal.open(KEY.tenant_id, KEY.session_id, "1", "host-a")

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from actors.placement import host_of_shard, shard_for, shards_of_host
+from salon.actors.placement import host_of_shard, shard_for, shards_of_host
 
 
 def test_shard_for_matches_values_computed_once() -> None:

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from actors.model import Message, ModelError, ModelRequest, ModelResult, TextDelta
-from engine.config import Config
-from providers import OfflineProvider, ProviderSpec, ScriptedProvider, errors
-from providers.anthropic import AnthropicProvider
-from providers.local import LocalLlamaProvider
-from providers.openai_compatible import OpenAICompatibleProvider
-from providers.pricing import DEFAULT_PRICES, PriceTable
-from providers.resilience import ProviderChain
-from storage.errors import InvalidArgument
+from salon.actors.model import Message, ModelError, ModelRequest, ModelResult, TextDelta
+from salon.engine.config import Config
+from salon.providers import OfflineProvider, ProviderSpec, ScriptedProvider, errors
+from salon.providers.anthropic import AnthropicProvider
+from salon.providers.local import LocalLlamaProvider
+from salon.providers.openai_compatible import OpenAICompatibleProvider
+from salon.providers.pricing import DEFAULT_PRICES, PriceTable
+from salon.providers.resilience import ProviderChain
+from salon.storage.errors import InvalidArgument
 
 # pricing
 
@@ -207,7 +207,7 @@ async def test_closing_the_local_stream_stops_generation() -> None:
 async def test_local_provider_without_the_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from providers import local
+    from salon.providers import local
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelError) as info:

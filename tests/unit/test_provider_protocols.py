@@ -8,12 +8,12 @@ import anthropic
 import httpx2
 import pytest
 
-from actors.model import Message, ModelError, ModelRequest
-from providers import errors
-from providers.anthropic import AnthropicProvider, build_params, classify
-from providers.openai_compatible import _Accumulator, build_body
-from providers.pricing import PriceTable
-from providers.turns import HeldBackWhitespace, merge_turns, split_prefill
+from salon.actors.model import Message, ModelError, ModelRequest
+from salon.providers import errors
+from salon.providers.anthropic import AnthropicProvider, build_params, classify
+from salon.providers.openai_compatible import _Accumulator, build_body
+from salon.providers.pricing import PriceTable
+from salon.providers.turns import HeldBackWhitespace, merge_turns, split_prefill
 
 
 def _request(**fields: object) -> ModelRequest:

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from actors.model import Message, ModelChunk, ModelError, ModelRequest, ModelResult, TextDelta
-from providers import errors
-from providers.resilience import CircuitBreaker, ProviderChain, RetryPolicy
+from salon.actors.model import Message, ModelChunk, ModelError, ModelRequest, ModelResult, TextDelta
+from salon.providers import errors
+from salon.providers.resilience import CircuitBreaker, ProviderChain, RetryPolicy
 
 
 class Clock:
@@ -474,7 +474,7 @@ def test_a_default_chain_must_name_given_providers() -> None:
 
 
 def test_host_helpers_read_breakers_and_counters_of_a_chain_only() -> None:
-    from providers import provider_breaker_states, provider_stats
+    from salon.providers import provider_breaker_states, provider_stats
 
     provider, _ = chain(FakeProvider("anthropic"), FakeProvider("offline"))
     assert provider_breaker_states(provider) == {"anthropic": "closed", "offline": "closed"}

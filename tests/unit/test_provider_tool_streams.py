@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from actors.model import Message, ModelRequest, ToolCall, ToolResult, ToolSpec
-from providers.anthropic import build_params
-from providers.openai_compatible import _Accumulator, build_body
-from providers.pricing import PriceTable
-from providers.turns import MISSING_RESULT, conversation, merge_turns
+from salon.actors.model import Message, ModelRequest, ToolCall, ToolResult, ToolSpec
+from salon.providers.anthropic import build_params
+from salon.providers.openai_compatible import _Accumulator, build_body
+from salon.providers.pricing import PriceTable
+from salon.providers.turns import MISSING_RESULT, conversation, merge_turns
 
 CALL = ToolCall("c1", "lookup", '{"id": 1}')
 RESULT = ToolResult("c1", "lookup", "found")

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from actors.model import (
+from salon.actors.model import (
     Message,
     ModelChunk,
     ModelError,
@@ -17,8 +17,8 @@ from actors.model import (
     ToolSpec,
     continue_after,
 )
-from providers import OfflineProvider, ProviderSpec, ScriptedProvider, build_provider, scripted_reply
-from providers.offline import offline_answer
+from salon.providers import OfflineProvider, ProviderSpec, ScriptedProvider, build_provider, scripted_reply
+from salon.providers.offline import offline_answer
 
 
 async def _collect(stream: AsyncIterator[ModelChunk]) -> tuple[list[str], list[ModelResult]]:

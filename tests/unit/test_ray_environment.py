@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from engine.config import Config
-from engine.ray_runtime import prepare_ray_environment, ray_environment
+from salon.engine.config import Config
+from salon.engine.ray_runtime import prepare_ray_environment, ray_environment
 
 
 def test_an_embedded_ray_runs_in_single_machine_mode() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.config import markdown_table
+from salon.engine.config import markdown_table
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

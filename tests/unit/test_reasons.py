@@ -9,11 +9,11 @@ import re
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from engine.gateway import _raise_refusal
+from salon.engine.gateway import _raise_refusal
+from salon.storage.errors import FailedPrecondition, NotFound, ResourceExhausted, SalonError
+from salon.storage.ids import require_id
+from salon.storage.reasons import Reason, id_reason
 from salon.v1 import turn_pb2
-from storage.errors import FailedPrecondition, NotFound, ResourceExhausted, SalonError
-from storage.ids import require_id
-from storage.reasons import Reason, id_reason
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGES = ("engine", "providers", "actors", "storage", "otel")

@@ -13,22 +13,22 @@ import lancedb
 import pyarrow as pa
 import pytest
 
-from storage.embedding import HashEmbedder, default_embedder
-from storage.errors import InvalidArgument
-from storage.knowledge import Document
-from storage.lance.knowledge import KnowledgeBase
-from storage.lance.memories import MEMORIES
-from storage.lance.retrieval import LanceRetriever, memory_filter
-from storage.lance.schemas import TRANSCRIPTS_SCHEMA
-from storage.records import TurnRecord
-from storage.retrieval import (
+from salon.storage.embedding import HashEmbedder, default_embedder
+from salon.storage.errors import InvalidArgument
+from salon.storage.knowledge import Document
+from salon.storage.lance.knowledge import KnowledgeBase
+from salon.storage.lance.memories import MEMORIES
+from salon.storage.lance.retrieval import LanceRetriever, memory_filter
+from salon.storage.lance.schemas import TRANSCRIPTS_SCHEMA
+from salon.storage.records import TurnRecord
+from salon.storage.retrieval import (
     MEMORY,
     Candidate,
     Passage,
     RetrievalQuery,
     fuse,
 )
-from storage.tables import TRANSCRIPTS, MemoryIndexer, TranscriptStore
+from salon.storage.tables import TRANSCRIPTS, MemoryIndexer, TranscriptStore
 
 DIM = 64
 

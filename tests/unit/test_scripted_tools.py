@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from actors.model import Message, ModelChunk, ModelError, ModelRequest, ModelResult, TextDelta, ToolCall, ToolResult
-from providers.scripted import ScriptedProvider, ToolScript
+from salon.actors.model import (
+    Message,
+    ModelChunk,
+    ModelError,
+    ModelRequest,
+    ModelResult,
+    TextDelta,
+    ToolCall,
+    ToolResult,
+)
+from salon.providers.scripted import ScriptedProvider, ToolScript
 
 SCRIPT = """Check my order $RESULTS
 $CALL lookup_order {"order_id": "42"}

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from engine.servicer import ConversationServicer
+from salon.engine.servicer import ConversationServicer
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import turn_pb2
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from unit_support import EventLog, ProbedJournal, ProbedLog, from_protos, kind, local, prior_events, wait_for
 
-from actors.model import Message, ModelChunk, ModelRequest, TextDelta
-from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
-from providers import ScriptedProvider, scripted_reply
+from salon.actors.model import Message, ModelChunk, ModelRequest, TextDelta
+from salon.actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from salon.providers import ScriptedProvider, scripted_reply
+from salon.storage import TurnRecord
 from salon.v1 import turn_pb2
-from storage import TurnRecord
 
 KEY = SessionKey("acme", "s1")
 INCARNATION = "1700000000000000000"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.session_tokens import PREFIX, KeyFile, Right, SessionTokens, check_user
-from storage.errors import InvalidArgument, Unauthenticated
-from storage.reasons import Reason
+from salon.engine.session_tokens import PREFIX, KeyFile, Right, SessionTokens, check_user
+from salon.storage.errors import InvalidArgument, Unauthenticated
+from salon.storage.reasons import Reason
 
 DAY = 86400.0
 

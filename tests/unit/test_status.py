@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from actors.model import ModelError
-from engine.status import (
+from salon.actors.model import ModelError
+from salon.engine.status import (
     REASON_KEY,
     RETRY_AFTER_KEY,
     ClientGone,
@@ -20,7 +20,7 @@ from engine.status import (
     status_code,
     trailing_metadata,
 )
-from storage.errors import (
+from salon.storage.errors import (
     AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
@@ -61,7 +61,7 @@ def test_every_error_class_is_mapped() -> None:
     mapped = {InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted, Unavailable}
     mapped |= {DeadlineExceeded, Internal, Unimplemented, Unauthenticated, PermissionDenied}
     for cls in SalonError.__subclasses__():
-        if cls.__module__ in {"storage.errors", "engine.status"}:
+        if cls.__module__ in {"salon.storage.errors", "salon.engine.status"}:
             assert cls in mapped, f"{cls.__name__} has no test of its status code"
 
 

@@ -8,17 +8,17 @@ from collections.abc import AsyncIterator, Sequence
 
 from unit_support import EventLog, local, wait_for
 
-from actors.model import Message, ModelChunk, ModelRequest, ModelResult, TextDelta
-from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
-from actors.summary import (
+from salon.actors.model import Message, ModelChunk, ModelRequest, ModelResult, TextDelta
+from salon.actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from salon.actors.summary import (
     ExtractiveSummarizer,
     ModelSummarizer,
     Summary,
     extractive_summary,
     summarizer_for,
 )
-from providers import OfflineProvider, ScriptedProvider
-from storage.inmemory import InMemoryJournal
+from salon.providers import OfflineProvider, ScriptedProvider
+from salon.storage.inmemory import InMemoryJournal
 
 KEY = SessionKey("acme", "s1")
 INCARNATION = "1"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from test_tables import turn
 
-from storage import HashEmbedder
-from storage.tables import MEMORIES, SNAPSHOTS, TRANSCRIPTS, TranscriptStore, has_indexes
+from salon.storage import HashEmbedder
+from salon.storage.tables import MEMORIES, SNAPSHOTS, TRANSCRIPTS, TranscriptStore, has_indexes
 
 
 async def test_the_transcript_and_memory_stores_make_their_indexes_without_a_conflict(
@@ -22,7 +22,7 @@ async def test_the_transcript_and_memory_stores_make_their_indexes_without_a_con
     transcripts = await TranscriptStore.open(uri)
     memories = await TranscriptStore.open(uri, embedder=HashEmbedder())
     try:
-        with caplog.at_level(logging.DEBUG, logger="storage.tables"):
+        with caplog.at_level(logging.DEBUG, logger="salon.storage.tables"):
             for index in (1, 2):
                 # As in the writer process: the ledger's two consumers write the same turn at about once.
                 await asyncio.gather(transcripts.write([turn(index)], []), memories.remember([turn(index)]))

@@ -12,8 +12,8 @@ import lancedb
 import pyarrow as pa
 import pytest
 
-from storage.errors import FailedPrecondition, InvalidArgument, Unavailable
-from storage.lance.schemas import (
+from salon.storage.errors import FailedPrecondition, InvalidArgument, Unavailable
+from salon.storage.lance.schemas import (
     CONVERSION_ERRORS,
     SNAPSHOT_KEY,
     SNAPSHOTS_SCHEMA,
@@ -25,8 +25,8 @@ from storage.lance.schemas import (
     snapshots_to_batch,
     turns_to_batch,
 )
-from storage.records import GuardrailDecision, SnapshotRecord, ToolApproval, ToolCallEntry, TurnRecord
-from storage.tables import SNAPSHOTS, TRANSCRIPTS, TranscriptStore
+from salon.storage.records import GuardrailDecision, SnapshotRecord, ToolApproval, ToolCallEntry, TurnRecord
+from salon.storage.tables import SNAPSHOTS, TRANSCRIPTS, TranscriptStore
 
 INCARNATION = "1700000000000000000"
 UNICODE = "héllo wörld — 你好 🎉 e\u0301 \u200b\n\ttab \"quotes\" 'single' \\ back"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from actors import GuardrailSettings
-from engine.tenants import Limits, TenantRegistry, hash_key, key_entry_toml, key_id_of, new_key, parse_tenants
-from storage import InvalidArgument
+from salon.actors import GuardrailSettings
+from salon.engine.tenants import Limits, TenantRegistry, hash_key, key_entry_toml, key_id_of, new_key, parse_tenants
+from salon.storage import InvalidArgument
 
 
 def _file(path: Path, tenants: dict[str, list[str]], extra: str = "") -> None:

@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from bridge.credentials import TOKEN_PREFIX
-from engine.session_tokens import PREFIX, Right, SessionTokens, TokenClaims
-from engine.tenants import Identity
-from engine.token_scope import METHOD_RIGHTS, OWNER_KEY, apply_scope
-from engine.token_service import TokenIssuer, rights_to_proto
+from salon.bridge.credentials import TOKEN_PREFIX
+from salon.engine.session_tokens import PREFIX, Right, SessionTokens, TokenClaims
+from salon.engine.tenants import Identity
+from salon.engine.token_scope import METHOD_RIGHTS, OWNER_KEY, apply_scope
+from salon.engine.token_service import TokenIssuer, rights_to_proto
+from salon.storage.errors import InvalidArgument, NotFound, PermissionDenied, SalonError
+from salon.storage.reasons import Reason
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import session_pb2
 from salon.v1 import token_service_pb2 as tok_pb2
-from storage.errors import InvalidArgument, NotFound, PermissionDenied, SalonError
-from storage.reasons import Reason
 
 CS = "/salon.v1.ConversationService/"
 NOW = 1_800_000_000

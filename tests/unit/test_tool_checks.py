@@ -8,9 +8,9 @@ import json
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from actors.events import ApprovalDecided, ApprovalRequired, ToolCallEvent, ToolResultEvent, TurnEvent
-from actors.model import ToolCall, ToolResult, ToolSpec
-from actors.tools import (
+from salon.actors.events import ApprovalDecided, ApprovalRequired, ToolCallEvent, ToolResultEvent, TurnEvent
+from salon.actors.model import ToolCall, ToolResult, ToolSpec
+from salon.actors.tools import (
     DEFAULT_WAIT_TIMEOUT_S,
     EMPTY_TOOL_RESULT,
     INVALID_APPROVER,
@@ -39,7 +39,7 @@ from actors.tools import (
     schema_problem,
     validate_call,
 )
-from actors.wire import (
+from salon.actors.wire import (
     SOURCES,
     event_from_proto,
     event_to_proto,
@@ -47,10 +47,10 @@ from actors.wire import (
     selection_from_proto,
     selection_to_proto,
 )
-from engine.tools_api import check_decide, check_submit, check_tool_set
+from salon.engine.tools_api import check_decide, check_submit, check_tool_set
+from salon.storage.errors import InvalidArgument
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2, turn_pb2
-from storage.errors import InvalidArgument
 
 CANARY = "CANARYzq7x"
 """Put inside every bad definition: it must never appear in an error message."""

@@ -11,15 +11,15 @@ from typing import Any
 
 from unit_support import EventLog, ProbedJournal, from_protos, kind, local, wait_for
 
-from actors.control import DecideApproval, SubmitToolResult
-from actors.memory import fit_window
-from actors.model import ModelChunk, ModelRequest, ToolCall, ToolResult, ToolSpec
-from actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
-from actors.tool_loop import CALL_CANCELLED, INJECTION_WITHHELD, RESTARTED, ToolStats
-from actors.tools import ToolPolicy, ToolSelection
-from providers import ScriptedProvider
+from salon.actors.control import DecideApproval, SubmitToolResult
+from salon.actors.memory import fit_window
+from salon.actors.model import ModelChunk, ModelRequest, ToolCall, ToolResult, ToolSpec
+from salon.actors.session import SessionActor, SessionKey, SessionSettings, SessionState, Turn
+from salon.actors.tool_loop import CALL_CANCELLED, INJECTION_WITHHELD, RESTARTED, ToolStats
+from salon.actors.tools import ToolPolicy, ToolSelection
+from salon.providers import ScriptedProvider
+from salon.storage import TurnRecord
 from salon.v1 import turn_pb2
-from storage import TurnRecord
 
 KEY = SessionKey("acme", "s1")
 INCARNATION = "1700000000000000000"
@@ -301,7 +301,7 @@ async def test_mcp_calls_run_on_the_host_and_injected_output_is_withheld() -> No
 
 
 def _blocking() -> Any:
-    from actors.guardrails import GuardrailSettings
+    from salon.actors.guardrails import GuardrailSettings
 
     return GuardrailSettings(injection="block")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.config import Config
-from engine.transport import (
+from salon.engine.config import Config
+from salon.engine.transport import (
     MAX_CALL_METADATA_BYTES,
     MIN_TRANSPORT_BYTES,
     metadata_bytes,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from actors.model import ModelResult
-from actors.usage import record_usage, result_usage, token_counts, total_tokens
-from actors.wire import usage_to_proto
-from engine.convert import record_to_proto
-from storage import TurnRecord
+from salon.actors.model import ModelResult
+from salon.actors.usage import record_usage, result_usage, token_counts, total_tokens
+from salon.actors.wire import usage_to_proto
+from salon.engine.convert import record_to_proto
+from salon.storage import TurnRecord
 
 RESULT = ModelResult(
     input_tokens=11,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.validation import (
+from salon.engine.validation import (
     DEFAULT_PAGE_SIZE,
     MAX_METADATA_ENTRIES,
     check_create_session,
@@ -13,8 +13,8 @@ from engine.validation import (
     check_text,
     page_size,
 )
+from salon.storage.errors import InvalidArgument
 from salon.v1 import conversation_service_pb2 as cs_pb2
-from storage.errors import InvalidArgument
 
 CANARY = "CANARYzq7x"
 """A distinctive string put inside every bad input: it must never appear in an error message."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from actors.memory import estimate_tokens, fit_window, turn_groups
-from actors.model import Message
+from salon.actors.memory import estimate_tokens, fit_window, turn_groups
+from salon.actors.model import Message
 
 
 def turn(index: int, *texts: str) -> list[Message]:

@@ -10,9 +10,9 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from actors.context import PassageEntry
-from actors.emitter import TurnEmitter, recorded_events
-from actors.events import (
+from salon.actors.context import PassageEntry
+from salon.actors.emitter import TurnEmitter, recorded_events
+from salon.actors.events import (
     Accepted,
     Cancelled,
     Citation,
@@ -25,10 +25,10 @@ from actors.events import (
     Unrecognized,
     Usage,
 )
-from actors.model import ModelResult
-from actors.wire import event_from_proto, event_to_proto, is_terminal, record_events
+from salon.actors.model import ModelResult
+from salon.actors.wire import event_from_proto, event_to_proto, is_terminal, record_events
+from salon.storage import GuardrailDecision, TurnRecord
 from salon.v1 import turn_pb2
-from storage import GuardrailDecision, TurnRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,12 +154,12 @@ async def test_the_emitter_numbers_from_where_an_earlier_attempt_stopped_and_sto
     assert emitter.finished and emitter.last_seq == 6
 
 
-SESSION_LOGIC_ROOTS = ("actors.session",)
-EDGE = ("salon", "grpc", "nats", "ray", "lancedb", "pyarrow", "google.protobuf")
+SESSION_LOGIC_ROOTS = ("salon.actors.session",)
+EDGE = ("salon.v1", "grpc", "nats", "ray", "lancedb", "pyarrow", "google.protobuf")
 
 
 def _imports(module: str) -> set[str]:
-    path = ROOT / (module.replace(".", "/") + ".py")
+    path = ROOT / (module.removeprefix("salon.").replace(".", "/") + ".py")
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -182,6 +182,12 @@ def test_session_logic_imports_no_api_or_infrastructure_types() -> None:
         imported = _imports(module)
         offending = sorted(n for n in imported if n.startswith(EDGE))
         assert not offending, f"{module} imports {offending}"
-        todo += [n for n in imported if n.startswith("actors.")]
-    assert {"actors.turn_queue", "actors.running", "actors.prompt", "actors.model_call", "actors.events"} <= seen
-    assert "actors.wire" not in seen and "actors.host" not in seen
+        todo += [n for n in imported if n.startswith("salon.actors.")]
+    assert {
+        "salon.actors.turn_queue",
+        "salon.actors.running",
+        "salon.actors.prompt",
+        "salon.actors.model_call",
+        "salon.actors.events",
+    } <= seen
+    assert "salon.actors.wire" not in seen and "salon.actors.host" not in seen

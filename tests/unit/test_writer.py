@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from unit_support import wait_for
 
-from storage.errors import Unavailable
-from storage.records import KIND_SNAPSHOT, KIND_TURN, RECORD_HEADER, SnapshotRecord, TurnRecord
-from storage.tables import SNAPSHOTS, TRANSCRIPTS, TranscriptStore
-from storage.writer import BatchWriter
+from salon.storage.errors import Unavailable
+from salon.storage.records import KIND_SNAPSHOT, KIND_TURN, RECORD_HEADER, SnapshotRecord, TurnRecord
+from salon.storage.tables import SNAPSHOTS, TRANSCRIPTS, TranscriptStore
+from salon.storage.writer import BatchWriter
 
 INCARNATION = "1700000000000000000"
 

@@ -11,13 +11,21 @@ from dataclasses import dataclass
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from actors.events import TurnEvent
-from actors.turn import LocalInFlight, Turn
-from actors.wire import event_from_proto, event_to_proto
+from salon.actors.events import TurnEvent
+from salon.actors.turn import LocalInFlight, Turn
+from salon.actors.wire import event_from_proto, event_to_proto
+from salon.storage import (
+    LoadedSession,
+    ProgressRecord,
+    SessionLog,
+    SnapshotRecord,
+    TurnEnvelope,
+    TurnRecord,
+    Unavailable,
+)
+from salon.storage.inmemory import InMemoryJournal
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2, turn_pb2
-from storage import LoadedSession, ProgressRecord, SessionLog, SnapshotRecord, TurnEnvelope, TurnRecord, Unavailable
-from storage.inmemory import InMemoryJournal
 
 DEFAULT_TIMEOUT_S = 5.0
 

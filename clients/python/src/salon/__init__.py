@@ -1,1 +1,0 @@
-"""Salon's Python client: ``salon.v1`` (generated gRPC stubs) and ``salon.client`` (the async client)."""
