@@ -286,6 +286,31 @@ def test_raycluster_matches_its_schema_and_the_engines_ray() -> None:
     assert spec["headGroupSpec"]["rayStartParams"]["include-dashboard"] == "false"
 
 
+def _ray_start_lines() -> list[str]:
+    """Every `ray start` command line of the compose file and of the hosts' driver pod."""
+    lines = []
+    for service in _compose()["services"].values():
+        command = service.get("command")
+        if service.get("entrypoint") == ["ray"]:
+            lines.append(" ".join(["ray", *command]))
+        elif isinstance(command, list) and any("ray start" in part for part in command):
+            lines += [part for part in command if "ray start" in part]
+    for deployment in _of_kind("Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            lines += [arg for arg in container.get("args", []) if "ray start" in arg]
+    return lines
+
+
+def test_every_ray_node_uses_the_same_fixed_ports_and_a_bounded_object_store() -> None:
+    lines = _ray_start_lines()
+    assert len(lines) == 4  # compose: head, worker, salon-1; Kubernetes: the hosts' driver
+    for line in lines:
+        for option in ("--node-manager-port=6380", "--object-manager-port=6381", "--min-worker-port=10002"):
+            assert option in line, line
+        assert "--max-worker-port=10199" in line and "--object-store-memory=" in line, line
+        assert "--head" in line or "--address=" in line
+
+
 @pytest.mark.parametrize("name_and_template", _pod_specs(), ids=lambda p: p[0])
 def test_pod_template_is_a_valid_pod(name_and_template: tuple[str, dict[str, Any]]) -> None:
     name, template = name_and_template
