@@ -37,8 +37,9 @@ from salon.bridge.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PAGE_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
-"""The example chat page (``clients/web``: one HTML file, one JS module, one stylesheet; no build step)."""
+DEFAULT_PAGE_DIR = Path(__file__).parent / "web"
+"""The example chat page (``clients/web``: one HTML file, one JS module, one stylesheet; no build step),
+installed with the package as ``salon/bridge/web`` (in the repository a link to ``clients/web``)."""
 
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
