@@ -36,6 +36,7 @@ from salon.storage.knowledge import (
     Document,
     IngestResult,
 )
+from salon.storage.lance.reembed import check_model
 from salon.storage.lance.retrieval import SearchTarget, candidate_limit, hybrid_search, knowledge_filter
 from salon.storage.lance.schemas import CHUNK_KEY, knowledge_schema, rows_to_batch
 from salon.storage.reasons import Reason
@@ -134,6 +135,7 @@ class KnowledgeBase:
             spec = knowledge_spec(embedder.dim)
             with store_errors("cannot open the knowledge base", UNWRITABLE):
                 table = await open_table(db, spec)
+            await check_model(table, "knowledge", embedder)
             indexed = await has_indexes(table, spec)
         except BaseException:
             db.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
@@ -210,7 +212,7 @@ class KnowledgeBase:
             return []
         target = SearchTarget(self._table, KNOWLEDGE, where)
         (candidates,) = await hybrid_search([target], text, self._embedder.embed([text]), limit=candidate_limit(top_k))
-        return select(fuse(candidates), top_k=top_k, min_score=min_score)
+        return select(fuse(candidates, query_text=text), top_k=top_k, min_score=min_score)
 
     async def count_chunks(self, tenant_id: str, document_id: str | None = None) -> int:
         """How many chunks the tenant has stored (of ``document_id`` if given)."""
