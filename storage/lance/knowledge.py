@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 
 MAX_DOCUMENT_BYTES: Final = 1 << 20
 CHUNK_TOKENS: Final = 200
-"""About 800 characters: within the embedding model's 256 word pieces, with room for the title."""
+"""Word pieces of the embedding model (counted with its tokenizer; characters / 4 for an embedder without
+one): within the model's 256, with room for the title that is embedded with each chunk."""
 OVERLAP_TOKENS: Final = 40
 MAX_TITLE_CHARS: Final = 512
 MEDIA_TYPES: Final = frozenset({"text/plain", "text/markdown"})
@@ -275,6 +276,8 @@ class KnowledgeBase:
             markdown=media_type == "text/markdown",
             chunk_tokens=self._chunk_tokens,
             overlap_tokens=self._overlap_tokens,
+            # The model's own tokenizer where it has one: no chunk is then cut at the model's input limit.
+            count_tokens=getattr(self._embedder, "count_tokens", None),
         )
         if not chunks:
             return _refused(doc_id, EMPTY_DOCUMENT, "the document has no text")
