@@ -2,8 +2,9 @@
 in its text, so memory retrieval can look among the turns of that period (memories are indexed with their
 date first, see :func:`salon.storage.lance.memories.memory_text`).
 
-English only, and only explicit forms: a month name (with or without a year, or after "last"), a year, an
-ISO date, "yesterday", "last week", "last month", "last year", "this month", "this year". A text naming
+English only, and only explicit forms: a month name with a year or after "last", "this", "in", "of" or
+"during" (a bare "May" or "Jan" is too often a verb or a name), a year after "in", "of" or "during", an ISO
+date, "yesterday", "last week", "last month", "last year", "this month", "this year". A text naming
 none has no period, and retrieval goes on as without.
 """
 
@@ -74,8 +75,8 @@ def find_period(text: str, now: datetime) -> Period | None:
         return _relative(" ".join(match.group(1).lower().split()), today)
     for match in _MONTH_YEAR.finditer(text):
         word, name = (match.group(1) or "").strip().lower(), match.group(2).lower()
-        if name == "may" and not word and not match.group(3):
-            continue  # "may" alone is more often the verb than the month
+        if not word and not match.group(3):
+            continue  # a bare "may", "march" or "Jan" is more often a verb or a name than a month
         month = next(i for i, m in enumerate(MONTHS, 1) if m.startswith(name[:3]))
         if match.group(3):
             year = int(match.group(3))

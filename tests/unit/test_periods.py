@@ -35,7 +35,9 @@ def test_a_named_period_is_found_counting_from_now(text: str, first: date, last:
     assert find_period(text, NOW) == Period(first, last)
 
 
-@pytest.mark.parametrize("text", ["May I ask you something?", "how are you", "on 2026-02-30", "room 2025"])
+@pytest.mark.parametrize(
+    "text", ["May I ask you something?", "Jan said hi", "we march on", "how are you", "on 2026-02-30", "room 2025"]
+)
 def test_no_period_is_found_where_none_is_named(text: str) -> None:
     assert find_period(text, NOW) is None
 
