@@ -264,25 +264,9 @@ async def _ingest(args: argparse.Namespace) -> int:
 
 
 async def _reembed(config: Config, *, everything: bool) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from salon.engine.reembed import reembed_with_progress
 
-    from salon.storage.embedding import build_embedder
-    from salon.storage.lance.reembed import reembed
-
-    embedder = await asyncio.to_thread(build_embedder, config.embedding_model)
-    console = _console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
-        tasks: dict[str, Any] = {}
-
-        def advance(table: str, done: int, total: int) -> None:
-            if table not in tasks:
-                tasks[table] = bar.add_task(table, total=total)
-            bar.update(tasks[table], completed=done)
-
-        count = await reembed(config.lancedb_location, embedder, everything=everything, progress=advance)
-    console.print(f"re-embedded {count} rows with {embedder.model_id}")
-    return 0
+    return await reembed_with_progress(config, _console(stderr=True), everything=everything)
 
 
 def _new_key(tenant: str, *, admin: bool) -> int:
