@@ -91,7 +91,7 @@ class HostSettings:
     """Turns running or queued on this host before new ones are refused (RESOURCE_EXHAUSTED)."""
     max_inflight_per_tenant: int = 200
     """The same, per tenant on this host."""
-    retrieval_top_k: int = 4
+    retrieval_top_k: int = 10
     retrieval_min_score: float = 0.0
     summary_max_tokens: int = 400
     summary_min_messages: int = 4

@@ -45,7 +45,7 @@ class SessionSettings:
     fallback_providers: tuple[str, ...] = ()
     double_texting: str = "enqueue"
     """What a turn arriving while another runs does: enqueue, reject, interrupt or rollback."""
-    retrieval_top_k: int = 4
+    retrieval_top_k: int = 10
     """Retrieved passages (knowledge and long-term memory) that may enter a prompt; 0 turns retrieval off."""
     retrieval_min_score: float = 0.0
     long_term_memory: bool = True

@@ -263,6 +263,12 @@ async def _ingest(args: argparse.Namespace) -> int:
     )
 
 
+async def _reembed(config: Config, *, everything: bool) -> int:
+    from salon.engine.reembed import reembed_with_progress
+
+    return await reembed_with_progress(config, _console(stderr=True), everything=everything)
+
+
 def _new_key(tenant: str, *, admin: bool) -> int:
     from salon.engine.tenants import key_entry_toml, new_key
     from salon.storage.ids import require_id
@@ -422,6 +428,8 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(_usage(_config(args), args))
     if args.command == "token":
         return asyncio.run(_token(args))
+    if args.command == "reembed":
+        return asyncio.run(_reembed(_config(args, data_dir=args.data_dir), everything=args.all))
     return 2
 
 

@@ -80,6 +80,11 @@ or for a new session, and print it with the chat page's URL. This is what a fron
 hands a page its token; the API key itself never reaches the page. --env prints shell assignments
 (SALON_SESSION, SALON_TOKEN, SALON_PAGE_URL) for `eval "$(salon token --env …)"`."""
 
+REEMBED_HELP = """Re-embed long-term memories and knowledge chunks with the configured embedding model
+(embedding_model), with a progress bar. Needed after the model changes: the engine refuses to start on tables
+embedded by another model (reason EMBEDDING_MODEL_MISMATCH). Memories are rebuilt from their turns, so they
+also get the current indexed text (speaker and date). Run it with the engine stopped; it can be interrupted
+and run again."""
 DATA_DIR_HELP = "data directory (default from config: ./.salon)"
 WEB_HELP = (
     "also serve the web bridge (HTTP JSON and Server-Sent Events) and the chat page on this port "
@@ -121,6 +126,18 @@ def _add_token_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     token.add_argument("--ttl", type=int, default=3600, help="seconds the token lives (default: %(default)s)")
     token.add_argument("--env", action="store_true", help="print shell assignments instead of JSON")
     add_credential_arguments(token)
+
+
+def _add_maintenance_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    reembed = _command(
+        sub, "reembed", "re-embed memories and knowledge with the configured model, with a progress bar", REEMBED_HELP
+    )
+    reembed.add_argument("--data-dir", help=DATA_DIR_HELP)
+    reembed.add_argument(
+        "--all", action="store_true", help="every row, not only those embedded by another model (rebuilds texts too)"
+    )
+    config = _command(sub, "config", "list every setting with its default and meaning", CONFIG_HELP)
+    config.add_argument("--markdown", action="store_true", help="print a Markdown table (as in the README)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,7 +237,5 @@ def build_parser() -> argparse.ArgumentParser:
     add_credential_arguments(ingest)
 
     _add_token_command(sub)
-
-    config = _command(sub, "config", "list every setting with its default and meaning", CONFIG_HELP)
-    config.add_argument("--markdown", action="store_true", help="print a Markdown table (as in the README)")
+    _add_maintenance_commands(sub)
     return parser

@@ -10,7 +10,7 @@ chunk and names the chunks under it; headings inside fenced code blocks are code
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -38,24 +38,60 @@ _PARAGRAPH_BREAK: Final = re.compile(r"\n[ \t]*\n+")
 _SENTENCE_END: Final = re.compile(r"(?<=[.!?…。！？])[\"')\]]*\s+")
 
 
-def chunk_text(text: str, *, markdown: bool = False, chunk_tokens: int = 200, overlap_tokens: int = 40) -> list[Chunk]:
-    """Split ``text`` into chunks of at most about ``chunk_tokens`` tokens, each after the first of its
-    section starting with the last ``overlap_tokens`` or so of the one before; no chunk is empty or blank.
+def chunk_text(
+    text: str,
+    *,
+    markdown: bool = False,
+    chunk_tokens: int = 200,
+    overlap_tokens: int = 40,
+    count_tokens: Callable[[str], int] | None = None,
+) -> list[Chunk]:
+    """Split ``text`` into chunks of at most ``chunk_tokens`` tokens, each after the first of its section
+    starting with the last ``overlap_tokens`` or so of the one before; no chunk is empty or blank.
 
     ``markdown``: headings start new chunks and become their ``heading`` (the heading path, e.g.
-    ``"Setup / Linux"``).
+    ``"Setup / Linux"``). ``count_tokens``: the embedding model's own count (its tokenizer), so no chunk is
+    longer than the model reads; without it, tokens are estimated as characters / 4.
     """
     if chunk_tokens < 1 or overlap_tokens < 0:
         raise ValueError("chunk_tokens must be at least 1 and overlap_tokens at least 0")
-    max_chars = chunk_tokens * CHARS_PER_TOKEN
-    # Overlap of at most half a chunk: more would make each chunk mostly a copy of the previous one.
-    overlap_chars = min(overlap_tokens * CHARS_PER_TOKEN, max_chars // 2)
+    if count_tokens is None:
+        measure: Callable[[str], int] = len
+        limit = chunk_tokens * CHARS_PER_TOKEN
+    else:
+        measure, limit = count_tokens, chunk_tokens
+    # Overlap of at most half a chunk: more would make each chunk mostly a copy of the previous one. It is
+    # taken in characters (about four per token): it need not be exact, the chunk it opens is measured.
+    overlap_chars = min(overlap_tokens * CHARS_PER_TOKEN, chunk_tokens * CHARS_PER_TOKEN // 2)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     sections = _markdown_sections(text) if markdown else [("", text)]
+    size = _Size(measure, limit)
     chunks: list[Chunk] = []
     for heading, body in sections:
-        chunks.extend(Chunk(t, heading) for t in _pack(_pieces(body, max_chars), max_chars, overlap_chars))
+        chunks.extend(Chunk(t, heading) for t in _pack(_pieces(body, size), size, overlap_chars))
     return chunks
+
+
+@dataclass(frozen=True, slots=True)
+class _Size:
+    """How text is measured (characters, or the model's tokens) and the most a chunk may measure."""
+
+    measure: Callable[[str], int]
+    limit: int
+
+    def fits(self, text: str) -> bool:
+        # Bounds first, as tokenizing is the slow part: a token spans at least one character, and a text of
+        # more than MAX_CHARS_PER_TOKEN characters per allowed token is taken as too long without counting.
+        if len(text) <= self.limit:
+            return True
+        if len(text) > self.limit * MAX_CHARS_PER_TOKEN:
+            return False
+        return self.measure(text) <= self.limit
+
+
+MAX_CHARS_PER_TOKEN: Final = 12
+"""Above this many characters per token a text is not counted but split further (English averages about 4
+characters per word piece; a whole chunk averaging 12 would be a run of very long words)."""
 
 
 def _markdown_sections(text: str) -> list[tuple[str, str]]:
@@ -93,57 +129,73 @@ class _Piece:
     separator: str
 
 
-def _pieces(body: str, max_chars: int) -> Iterator[_Piece]:
+def _pieces(body: str, size: _Size) -> Iterator[_Piece]:
     """The body's paragraphs, each split further (lines, sentences, words) only if longer than a chunk."""
     for paragraph in _PARAGRAPH_BREAK.split(body):
         stripped = paragraph.strip("\n")
         if not stripped.strip():
             continue
-        for piece, separator in _split(stripped, max_chars, 0, "\n\n"):
+        for piece, separator in _split(stripped, size, 0, "\n\n"):
             yield _Piece(piece, separator)
 
 
 _SPLITTERS: Final = (re.compile(r"\n"), _SENTENCE_END, re.compile(r"\s+"))
 
 
-def _split(text: str, max_chars: int, level: int, separator: str) -> Iterator[tuple[str, str]]:
-    """``text`` in parts of at most ``max_chars``, split at the coarsest boundary that makes them fit, each
+def _split(text: str, size: _Size, level: int, separator: str) -> Iterator[tuple[str, str]]:
+    """``text`` in parts that fit ``size``, split at the coarsest boundary that makes them fit, each
     with the separator that joins it to the part before: ``separator`` for the first, then what was split
     (a line break between lines, so lists and code keep their lines; a space between sentences or words)."""
-    if len(text) <= max_chars:
+    if size.fits(text):
         if text.strip():
             yield text.strip(), separator
         return
     if level == len(_SPLITTERS):
-        for start in range(0, len(text), max_chars):
-            if part := text[start : start + max_chars].strip():
+        # A word longer than a chunk is cut: at most ``limit`` characters, which no tokenizer counts as more
+        # than ``limit`` tokens (each piece of a word spans at least one character).
+        for start in range(0, len(text), size.limit):
+            if part := text[start : start + size.limit].strip():
                 yield part, separator
                 separator = ""
         return
     joiner = "\n" if level == 0 else " "
     for part in _SPLITTERS[level].split(text):
-        for piece in _split(part, max_chars, level + 1, separator):
+        for piece in _split(part, size, level + 1, separator):
             yield piece
             separator = joiner
 
 
-def _pack(pieces: Iterator[_Piece], max_chars: int, overlap_chars: int) -> list[str]:
-    """Greedily join pieces into chunks of at most ``max_chars``, each new chunk opening with an overlap."""
+def _pack(pieces: Iterator[_Piece], size: _Size, overlap_chars: int) -> list[str]:
+    """Greedily join pieces into chunks that fit ``size``, each new chunk opening with an overlap.
+
+    Each piece is measured once and a chunk's size is the sum of its parts' (separators included): exact
+    for characters, and for a tokenizer that splits at white space first (the bundled WordPiece one does),
+    so long documents are not tokenized again for every piece added."""
     chunks: list[str] = []
-    current = ""
+    current, current_size = "", 0
     fresh = True
     """Whether ``current`` holds only overlap carried from the previous chunk (nothing new yet)."""
     for piece in pieces:
-        joined = f"{current}{piece.separator}{piece.text}" if current else piece.text
-        if len(joined) <= max_chars:
-            current, fresh = joined, False
+        piece_size = size.measure(piece.text)
+        if current:
+            joined, joined_size = (
+                f"{current}{piece.separator}{piece.text}",
+                current_size + size.measure(piece.separator) + piece_size,
+            )
+        else:
+            joined, joined_size = piece.text, piece_size
+        if joined_size <= size.limit:
+            current, current_size, fresh = joined, joined_size, False
             continue
         if current and not fresh:
             chunks.append(current)
         tail = _tail(current, overlap_chars)
         # The overlap gives way if it and the new piece do not fit in one chunk.
-        joined = f"{tail} {piece.text}" if tail else piece.text
-        current = joined if tail and len(joined) <= max_chars else piece.text
+        with_tail = size.measure(tail) + size.measure(" ") + piece_size if tail else size.limit + 1
+        if with_tail <= size.limit:
+            current, current_size = f"{tail} {piece.text}", with_tail
+        else:
+            current, current_size = piece.text, piece_size
         fresh = False
     if current and not fresh:
         chunks.append(current)

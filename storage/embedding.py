@@ -79,12 +79,21 @@ class OnnxEmbedder:
         tokenizer.enable_truncation(max_length=MAX_SEQUENCE_TOKENS)
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # the vocabulary's padding token
         self._tokenizer = tokenizer
+        # The same vocabulary without truncation or padding, for counting what the model would read.
+        self._counter = Tokenizer.from_file(str(tokenizer_path))
+        self._counter.no_truncation()
+        self._counter.no_padding()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self._session = onnxruntime.InferenceSession(
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
+
+    def count_tokens(self, text: str) -> int:
+        """How many of the model's word pieces ``text`` is, without the two markers the model adds (so a
+        text the model reads whole counts at most :data:`MAX_SEQUENCE_TOKENS` - 2)."""
+        return len(self._counter.encode(text, add_special_tokens=False).ids)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text, in order; batches of :data:`BATCH_SIZE` run in a worker thread."""

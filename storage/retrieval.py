@@ -18,16 +18,20 @@ tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from datetime import date
 from typing import Final, Protocol
 
 from salon.storage.ids import require_id
+from salon.storage.periods import Period
 
 KNOWLEDGE: Final = "knowledge"
 MEMORY: Final = "memory"
 
-VECTOR_WEIGHT: Final = 0.7
+VECTOR_WEIGHT: Final = 0.85
 LEXICAL_WEIGHT: Final = 1.0 - VECTOR_WEIGHT
 
 
@@ -65,6 +69,8 @@ class RetrievalQuery:
     """Turns still in the window: their memories are never returned."""
     include_memory: bool = True
     include_knowledge: bool = True
+    now_ns: int = 0
+    """When the query is asked (Unix ns; 0: now): what a relative date in it ("last May") counts from."""
 
 
 class Retriever(Protocol):
@@ -85,16 +91,146 @@ class Candidate:
     bm25: float = 0.0
 
 
-def fuse(candidates: Iterable[Candidate]) -> list[Passage]:
-    """The candidates' passages with their fused score, best first (ties: the order given)."""
+def fuse(candidates: Iterable[Candidate], *, query_text: str = "", period: Period | None = None) -> list[Passage]:
+    """The candidates' passages with their fused score, best first (ties: the order given).
+
+    With ``query_text``, the lexical term is BM25 computed over the candidates themselves (term rarity
+    among them, not in the whole table), for every candidate: a word that most of a session's rows share
+    (the speaker's name written into each of their turns) then weighs little, and a row that only the vector
+    search found is scored like the others instead of as 0. Without it, the full-text search's own scores.
+    With ``period``, memories dated inside it (see :func:`memory_date`) are lifted by :data:`DATE_WEIGHT`.
+    """
     pool = list(candidates)
-    best_bm25 = max((c.bm25 for c in pool), default=0.0)
+    if query_text:
+        lexical_scores = pool_bm25(query_text, [_lexical_text(c.passage) for c in pool])
+    else:
+        lexical_scores = [c.bm25 for c in pool]
+    best_lexical = max(lexical_scores, default=0.0)
     scored: list[Passage] = []
-    for c in pool:
-        lexical = c.bm25 / best_bm25 if best_bm25 > 0 else 0.0
+    for c, raw in zip(pool, lexical_scores, strict=True):
+        lexical = raw / best_lexical if best_lexical > 0 else 0.0
         score = VECTOR_WEIGHT * max(0.0, min(1.0, c.cosine)) + LEXICAL_WEIGHT * max(0.0, min(1.0, lexical))
+        if period is not None:
+            day = memory_date(c.passage)
+            score = (1.0 - DATE_WEIGHT) * score + (DATE_WEIGHT if day is not None and period.contains(day) else 0.0)
         scored.append(replace(c.passage, score=score))
     return sorted(scored, key=lambda p: p.score, reverse=True)
+
+
+DATE_WEIGHT: Final = 0.3
+"""How much a memory dated inside the period a query names is lifted (its fused score is mixed with 1 at
+this weight, others' with 0): enough to put the period's turns first, as the question asks about them."""
+
+BM25_K1: Final = 1.2
+BM25_B: Final = 0.75
+_TOKEN: Final = re.compile(r"\w+")
+STOP_WORDS: Final = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "he",
+        "her",
+        "his",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "of",
+        "on",
+        "or",
+        "our",
+        "she",
+        "so",
+        "that",
+        "the",
+        "their",
+        "them",
+        "they",
+        "this",
+        "to",
+        "us",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+        "about",
+        "tell",
+        "told",
+    ]
+)
+
+
+def tokens(text: str) -> list[str]:
+    """The words of ``text`` that count for lexical matching: lower-cased, stop words left out."""
+    return [t for t in _TOKEN.findall(text.lower()) if t not in STOP_WORDS]
+
+
+def pool_bm25(query: str, texts: Sequence[str]) -> list[float]:
+    """The BM25 score of each of ``texts`` for ``query``, with document frequencies and lengths taken over
+    ``texts`` themselves."""
+    wanted = set(tokens(query))
+    if not wanted or not texts:
+        return [0.0] * len(texts)
+    docs = [tokens(t) for t in texts]
+    n = len(docs)
+    average = max(1.0, sum(len(d) for d in docs) / n)
+    frequency = {w: sum(1 for d in docs if w in d) for w in wanted}
+    idf = {w: math.log(1.0 + (n - f + 0.5) / (f + 0.5)) for w, f in frequency.items() if f}
+    scores: list[float] = []
+    for doc in docs:
+        norm = BM25_K1 * (1.0 - BM25_B + BM25_B * len(doc) / average)
+        score = 0.0
+        for w, weight in idf.items():
+            tf = doc.count(w)
+            if tf:
+                score += weight * tf * (BM25_K1 + 1.0) / (tf + norm)
+        scores.append(score)
+    return scores
+
+
+def _lexical_text(passage: Passage) -> str:
+    return f"{passage.title} {passage.text}" if passage.title else passage.text
+
+
+_DATE_PREFIX: Final = re.compile(r"\[(\d{4})-(\d{2})-(\d{2})\]")
+
+
+def memory_date(passage: Passage) -> date | None:
+    """The date a memory was said on (its text starts with it), None for knowledge or an undated memory."""
+    if passage.source != MEMORY or not (match := _DATE_PREFIX.match(passage.text)):
+        return None
+    try:
+        return date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+    except ValueError:
+        return None
 
 
 def select(passages: Iterable[Passage], *, top_k: int, min_score: float) -> list[Passage]:

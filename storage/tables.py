@@ -30,7 +30,7 @@ from lancedb.table import AsyncTable
 from salon.storage.embedding import Embedder
 from salon.storage.errors import FailedPrecondition, InvalidArgument, Unavailable
 from salon.storage.ids import is_valid_id, require_id
-from salon.storage.lance.memories import MEMORIES, memories_to_batch, memory_text, remembers
+from salon.storage.lance.memories import MEMORIES, memories_to_batch, memory_text, memory_words, remembers
 from salon.storage.lance.schemas import (
     CHUNK_KEY,
     CONVERSION_ERRORS,
@@ -246,8 +246,9 @@ class TranscriptStore:
         new = [t for t in turns if t.key not in present]
         if not new:
             return
-        vectors = await embedder.embed([memory_text(t) for t in new])
-        rows = memories_to_batch(new, vectors, dim=embedder.dim, model_id=embedder.model_id)
+        texts = [memory_text(t) for t in new]
+        vectors = await embedder.embed([memory_words(t) for t in new])
+        rows = memories_to_batch(new, vectors, dim=embedder.dim, model_id=embedder.model_id, texts=texts)
         with store_errors("cannot write to the transcript store", UNWRITABLE):
             await self._insert_absent(MEMORIES, rows)
 

@@ -36,6 +36,7 @@ from salon.storage.knowledge import (
     Document,
     IngestResult,
 )
+from salon.storage.lance.reembed import check_model
 from salon.storage.lance.retrieval import SearchTarget, candidate_limit, hybrid_search, knowledge_filter
 from salon.storage.lance.schemas import CHUNK_KEY, knowledge_schema, rows_to_batch
 from salon.storage.reasons import Reason
@@ -54,7 +55,8 @@ log = logging.getLogger(__name__)
 
 MAX_DOCUMENT_BYTES: Final = 1 << 20
 CHUNK_TOKENS: Final = 200
-"""About 800 characters: within the embedding model's 256 word pieces, with room for the title."""
+"""Word pieces of the embedding model (counted with its tokenizer; characters / 4 for an embedder without
+one): within the model's 256, with room for the title that is embedded with each chunk."""
 OVERLAP_TOKENS: Final = 40
 MAX_TITLE_CHARS: Final = 512
 MEDIA_TYPES: Final = frozenset({"text/plain", "text/markdown"})
@@ -134,6 +136,7 @@ class KnowledgeBase:
             spec = knowledge_spec(embedder.dim)
             with store_errors("cannot open the knowledge base", UNWRITABLE):
                 table = await open_table(db, spec)
+            await check_model(table, "knowledge", embedder)
             indexed = await has_indexes(table, spec)
         except BaseException:
             db.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
@@ -210,7 +213,7 @@ class KnowledgeBase:
             return []
         target = SearchTarget(self._table, KNOWLEDGE, where)
         (candidates,) = await hybrid_search([target], text, self._embedder.embed([text]), limit=candidate_limit(top_k))
-        return select(fuse(candidates), top_k=top_k, min_score=min_score)
+        return select(fuse(candidates, query_text=text), top_k=top_k, min_score=min_score)
 
     async def count_chunks(self, tenant_id: str, document_id: str | None = None) -> int:
         """How many chunks the tenant has stored (of ``document_id`` if given)."""
@@ -273,6 +276,8 @@ class KnowledgeBase:
             markdown=media_type == "text/markdown",
             chunk_tokens=self._chunk_tokens,
             overlap_tokens=self._overlap_tokens,
+            # The model's own tokenizer where it has one: no chunk is then cut at the model's input limit.
+            count_tokens=getattr(self._embedder, "count_tokens", None),
         )
         if not chunks:
             return _refused(doc_id, EMPTY_DOCUMENT, "the document has no text")

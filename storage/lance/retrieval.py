@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import lancedb
@@ -19,7 +19,9 @@ from lancedb.table import AsyncTable
 from salon.storage.embedding import Embedder
 from salon.storage.errors import Unavailable
 from salon.storage.ids import require_id
+from salon.storage.lance.reembed import check_model
 from salon.storage.lance.schemas import TEXT, VECTOR
+from salon.storage.periods import Period, find_period
 from salon.storage.retrieval import KNOWLEDGE, MEMORY, Candidate, Passage, RetrievalQuery, check_query, fuse, select
 from salon.storage.tables import UNREADABLE, knowledge_spec, memories_spec, open_table, store_errors
 
@@ -55,6 +57,8 @@ class LanceRetriever:
             with store_errors("cannot open the retrieval tables", UNREADABLE):
                 knowledge = await open_table(db, knowledge_spec(embedder.dim))
                 memories = await open_table(db, memories_spec(embedder.dim))
+            await check_model(knowledge, "knowledge", embedder)
+            await check_model(memories, "memories", embedder)
         except BaseException:
             db.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
             raise
@@ -68,18 +72,33 @@ class LanceRetriever:
             raise Unavailable("the retriever is closed", reason="STORE_CLOSED")
         if query.top_k <= 0 or not (query.include_memory or query.include_knowledge):
             return []
+        now = datetime.fromtimestamp(query.now_ns / 1e9, UTC) if query.now_ns > 0 else datetime.now(UTC)
+        period = find_period(query.text, now) if query.include_memory else None
         targets: list[SearchTarget] = []
         if query.include_knowledge and await self._has_knowledge(query.tenant_id):
             targets.append(SearchTarget(self._knowledge, KNOWLEDGE, knowledge_filter(query.tenant_id)))
         if query.include_memory:
             where = memory_filter(query.tenant_id, query.session_id, query.exclude_turn_ids)
             targets.append(SearchTarget(self._memories, MEMORY, where))
+            if period is not None:
+                # The question names a period: its turns are searched on their own too, so they are among
+                # the candidates even when the rest of the session outscores them.
+                targets.append(SearchTarget(self._memories, MEMORY, f"{where} AND {period_filter(period)}"))
         if not targets:
             return []  # nothing to search: no query embedding either, so such a turn pays nothing
         found = await hybrid_search(
             targets, query.text, self._embedder.embed([query.text]), limit=candidate_limit(query.top_k)
         )
-        fused = [p for candidates in found for p in fuse(candidates)]
+        by_source: dict[str, dict[str, Candidate]] = {}
+        for target, candidates in zip(targets, found, strict=True):
+            pool = by_source.setdefault(target.source, {})
+            for candidate in candidates:
+                pool.setdefault(candidate.passage.chunk_id, candidate)
+        fused = [
+            p
+            for source, pool in by_source.items()
+            for p in fuse(pool.values(), query_text=query.text, period=period if source == MEMORY else None)
+        ]
         return select(fused, top_k=query.top_k, min_score=query.min_score)
 
     async def _has_knowledge(self, tenant_id: str) -> bool:
@@ -116,6 +135,12 @@ def candidate_limit(top_k: int) -> int:
     """How many rows each of the two searches returns for fusion: more than ``top_k``, so a passage ranked
     low by one search but high by the other can still make the cut."""
     return max(2 * top_k, 8)
+
+
+def period_filter(period: Period) -> str:
+    """The prefilter of the memories said during ``period``: their text starts with a date inside it (the
+    prefixes are digits and dashes, made by :meth:`Period.prefixes`)."""
+    return "(" + " OR ".join(f"{TEXT} LIKE '[{prefix}%'" for prefix in period.prefixes()) + ")"
 
 
 def knowledge_filter(tenant_id: str) -> str:

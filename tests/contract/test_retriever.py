@@ -105,7 +105,7 @@ async def test_memories_come_from_the_session_and_knowledge_from_the_tenant(
         (KNOWLEDGE, "dogs", "dogs#0"),
     }
     assert found[0].chunk_id == "t1"
-    assert found[0].text == "User: my dog is called biscuit\nAssistant: noted"
+    assert found[0].text == "user: my dog is called biscuit\nassistant: noted"
     assert found[0].turn_index == 1
     assert [p.score for p in found] == sorted((p.score for p in found), reverse=True)
     assert all(0.0 <= p.score <= 1.0 for p in found)

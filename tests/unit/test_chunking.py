@@ -148,3 +148,25 @@ def test_bad_parameters_are_refused() -> None:
         chunk_text("x", chunk_tokens=0)
     with pytest.raises(ValueError, match="overlap_tokens"):
         chunk_text("x", overlap_tokens=-1)
+
+
+def test_chunks_counted_with_a_tokenizer_never_exceed_its_count() -> None:
+    def words(text: str) -> int:
+        return len(text.split())
+
+    text = "One two three. Four five six seven. Eight nine ten eleven twelve.\n\nThirteen fourteen. " * 20
+    chunks = chunk_text(text, chunk_tokens=9, overlap_tokens=3, count_tokens=words)
+    assert chunks and max(words(c.text) for c in chunks) <= 9
+    assert " ".join(c.text for c in chunks).count("Thirteen") >= 20  # nothing lost (overlaps may repeat)
+
+
+def test_the_models_own_tokenizer_keeps_every_chunk_within_its_input() -> None:
+    from salon.storage.embedding import MAX_SEQUENCE_TOKENS, default_embedder
+
+    model = default_embedder()
+    # Text the characters / 4 estimate under-counts: short words, digits and punctuation.
+    text = " ".join(f"v{i}.{i % 7}-x/{i}" for i in range(2000))
+    estimated = chunk_text(text, chunk_tokens=200)
+    assert max(model.count_tokens(c.text) for c in estimated) > MAX_SEQUENCE_TOKENS - 2  # cut by the model
+    counted = chunk_text(text, chunk_tokens=200, count_tokens=model.count_tokens)
+    assert max(model.count_tokens(c.text) for c in counted) <= 200

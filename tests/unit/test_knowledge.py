@@ -225,4 +225,4 @@ async def test_an_ingestion_leaves_the_table_compacted_and_indexed(kb: Knowledge
     # may leave the first, already indexed fragment on its own until a later optimize).
     assert stats["fragment_stats"]["num_fragments"] <= 2
     assert {index.name: index.num_unindexed_rows for index in await table.list_indices()}["text_idx"] == 0
-    assert [p.document_id for p in await kb.search("acme", "office cat", top_k=1)] == ["office-cat"]
+    assert [p.document_id for p in await kb.search("acme", "Whiskers near the printer", top_k=1)] == ["office-cat"]

@@ -74,7 +74,8 @@ def test_memory_filter_is_built_from_validated_ids_only() -> None:
 def test_fusion_combines_similarity_and_relative_bm25() -> None:
     p = Passage(MEMORY, "s", "t", "x", 0.0, 1)
     fused = fuse([Candidate(p, 0.5, 0.0), Candidate(dataclasses.replace(p, chunk_id="u"), 0.4, 8.0)])
-    assert [(x.chunk_id, round(x.score, 3)) for x in fused] == [("u", 0.58), ("t", 0.35)]
+    # 0.85 * cosine + 0.15 * bm25 / best bm25 (the full-text search's own scores, without query text)
+    assert [(x.chunk_id, round(x.score, 3)) for x in fused] == [("u", 0.49), ("t", 0.425)]
     assert fuse([Candidate(p, -0.3, 0.0)])[0].score == 0.0
 
 
@@ -104,11 +105,11 @@ async def test_each_write_embeds_its_new_completed_turns_in_one_batch(
         turn(5, "fifth", reply="answer five"),
     ]
     await store.write(turns, [])
-    assert embedder.texts == [["User: first\nAssistant: noted", "User: fifth\nAssistant: answer five"]]
+    assert embedder.texts == [["first\nnoted", "fifth\nanswer five"]]
     assert await store.count(MEMORIES) == 2
     # Redelivery: nothing embedded again, nothing duplicated; only the new turn is embedded.
     await store.write([*turns, turn(6, "sixth")], [])
-    assert embedder.texts[1:] == [["User: sixth\nAssistant: noted"]]
+    assert embedder.texts[1:] == [["sixth\nnoted"]]
     await store.write(turns, [])
     assert len(embedder.texts) == 2
     assert await store.count(MEMORIES) == 3
@@ -252,7 +253,7 @@ async def test_the_memory_indexer_writes_memories_only_and_tolerates_redelivery(
         await indexer.write(turns, [])  # redelivered by its consumer
         await indexer.optimize()
         assert await store.count(MEMORIES) == 1
-        assert embedder.texts == [["User: the gate code is 4711\nAssistant: noted"]]
+        assert embedder.texts == [["the gate code is 4711\nnoted"]]
         # The transcript writer owns the transcripts: the indexer never writes them.
         assert await store.count(TRANSCRIPTS) == 0
     finally:
