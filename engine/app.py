@@ -219,7 +219,8 @@ class Engine:
     async def _open_stores(self) -> None:
         """The transcript store and the knowledge base (with the embedding model)."""
         config = self.config
-        self._store = await TranscriptStore.open(config.lancedb_location)
+        options = config.lancedb_storage_options()
+        self._store = await TranscriptStore.open(config.lancedb_location, storage_options=options)
         # The embedding model is loaded once, here, off the event loop: ingestion and search never wait for it.
         embedder = await asyncio.to_thread(build_embedder, config.embedding_model)
         self._knowledge = await KnowledgeBase.open(
@@ -228,6 +229,7 @@ class Engine:
             max_document_bytes=config.max_document_bytes,
             chunk_tokens=config.chunk_tokens,
             overlap_tokens=config.chunk_overlap_tokens,
+            storage_options=options,
         )
 
     async def _build_gateway(self, js: JetStream) -> Gateway:
