@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -29,7 +30,13 @@ from conftest import create_session, engine_config, running_engine, wait_for
 from nats.js import api
 
 from salon.engine import Engine
-from salon.storage.jetstream.client import close_connection, connect
+from salon.storage.jetstream.client import (
+    close_connection,
+    connect,
+    servers_without_sync_always,
+    stream_replicas,
+    warn_unless_synced,
+)
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 
@@ -339,3 +346,62 @@ async def test_killing_the_turn_streams_leader_under_load_loses_no_acknowledged_
     clustered: Engine, cluster: NatsCluster
 ) -> None:
     await _run_kill(clustered, cluster, "leader")
+
+
+def _start_single(directory: Path, *, sync_always: bool) -> tuple[subprocess.Popen[bytes], str]:
+    """One nats-server with a system account user (``sys``) and an application user (``app``)."""
+    directory.mkdir(parents=True)
+    config = directory / "nats-server.conf"
+    config.write_text(
+        "\n".join(
+            [
+                'server_name: "solo"',
+                'listen: "127.0.0.1:-1"',
+                f'ports_file_dir: "{directory}"',
+                "accounts {",
+                "  SYS { users: [{user: sys, password: sys}] }",
+                "  APP { jetstream: enabled, users: [{user: app, password: app}] }",
+                "}",
+                "system_account: SYS",
+                "jetstream {",
+                f'  store_dir: "{directory / "jetstream"}"',
+                *(["  sync_interval: always"] if sync_always else []),
+                "}",
+                "",
+            ]
+        )
+    )
+    binary = Path(sys.executable).with_name("nats-server")
+    with open(directory / "nats-server.log", "wb") as log_file:
+        process = subprocess.Popen([str(binary), "-c", str(config)], stdout=log_file, stderr=subprocess.STDOUT)
+    ports_file = directory / f"{binary.name}_{process.pid}.ports"
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None and time.monotonic() < deadline, "nats-server did not start"
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+            return process, json.loads(ports_file.read_text())["nats"][0].removeprefix("nats://")
+        time.sleep(0.01)  # wait-ok: polls the server's ports file, with a deadline
+
+
+@pytest.mark.parametrize("sync_always", [True, False])
+async def test_a_server_that_does_not_fsync_every_write_is_reported(
+    tmp_path: Path, sync_always: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    process, address = _start_single(tmp_path / "solo", sync_always=sync_always)
+    try:
+        system = await connect(f"nats://sys:sys@{address}", name="sync-check-system")
+        application = await connect(f"nats://app:app@{address}", name="sync-check-app")
+        try:
+            assert await servers_without_sync_always(system) == ([] if sync_always else ["solo"])
+            assert await servers_without_sync_always(application) is None, "an application user cannot tell"
+            with caplog.at_level(logging.INFO, logger="salon.storage.jetstream.client"):
+                await warn_unless_synced(system)
+            warned = [r for r in caplog.records if r.levelno == logging.WARNING and "fsync" in r.getMessage()]
+            assert bool(warned) is not sync_always
+            assert stream_replicas(application) == 1, "a server outside a cluster: one replica"
+        finally:
+            await close_connection(system)
+            await close_connection(application)
+    finally:
+        process.kill()
+        process.wait()
