@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import re
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from conftest import engine_config as base_config
 
 from salon.storage.embedding import HashEmbedder
 from salon.storage.knowledge import Document
+from salon.storage.lance.connection import connect, retry_conflicts
 from salon.storage.lance.knowledge import KnowledgeBase
 from salon.storage.records import TurnRecord
 from salon.storage.tables import TRANSCRIPTS, TranscriptStore
@@ -148,6 +151,30 @@ async def test_several_writers_commit_to_the_same_tables_at_once_and_lose_nothin
         assert len(acknowledged) == WRITERS * FLUSHES * TURNS_PER_FLUSH
         assert await fresh.count(TRANSCRIPTS, "session_id = 'doomed'") == 0
         assert await fresh.count("memories") == len(acknowledged), "one memory per completed turn"
+
+
+async def test_commits_that_lose_a_race_on_s3_are_retried(s3: S3Server, caplog: pytest.LogCaptureFixture) -> None:
+    # Index builds of one table at the same moment: Lance lets one commit and reports the others as
+    # "Retryable commit conflict"; run through retry_conflicts, every one of them ends up done.
+    uri = s3.uri("races")
+    async with _store(s3, "races") as seed:
+        await seed.write([_turn(0, 0, n, "race") for n in range(3)], [])
+    connections = [await connect(uri, storage_options=s3.options) for _ in range(4)]
+    try:
+        tables = [await db.open_table(TRANSCRIPTS) for db in connections]
+        with caplog.at_level(logging.INFO, logger="salon.storage.lance.connection"):
+            await asyncio.gather(
+                *(
+                    retry_conflicts(partial(table.create_index, "session_id", replace=True), what="test index")
+                    for table in tables
+                )
+            )
+        retried = sum("lost a commit race" in r.getMessage() for r in caplog.records)
+        print(f"4 concurrent index builds on S3: {retried} lost their commit race and were run again")
+        assert "session_id" in {c for i in await tables[0].list_indices() for c in i.columns}
+    finally:
+        for db in connections:
+            db.close()  # type: ignore[no-untyped-call]
 
 
 async def test_two_knowledge_bases_ingest_into_one_bucket_at_once(s3: S3Server) -> None:
