@@ -48,7 +48,7 @@ class HostSpec:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     lancedb_uri: str = ""
     """Where the knowledge base and long-term memories are; empty: sessions retrieve nothing."""
-    lancedb_storage_options: dict[str, str] = field(default_factory=dict)
+    lancedb_storage_options: dict[str, str] = field(default_factory=dict, repr=False)
     """Storage options of an object-store ``lancedb_uri`` (endpoint, region, credentials)."""
     embedding_model: str = "default"
     tools_factory: Callable[[], ToolServers] | None = None
@@ -159,7 +159,7 @@ class WriterSpec:
     nats_url: str
     namespace: str
     lancedb_uri: str
-    lancedb_storage_options: dict[str, str] = field(default_factory=dict)
+    lancedb_storage_options: dict[str, str] = field(default_factory=dict, repr=False)
     flush_rows: int = 512
     flush_interval_s: float = 1.0
     optimize_every: int = 50
