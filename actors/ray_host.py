@@ -48,6 +48,8 @@ class HostSpec:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     lancedb_uri: str = ""
     """Where the knowledge base and long-term memories are; empty: sessions retrieve nothing."""
+    lancedb_storage_options: dict[str, str] = field(default_factory=dict, repr=False)
+    """Storage options of an object-store ``lancedb_uri`` (endpoint, region, credentials)."""
     embedding_model: str = "default"
     tools_factory: Callable[[], ToolServers] | None = None
     """Builds the host's MCP servers (the deployment's and its tenants'); None: none. The host starts and
@@ -71,7 +73,7 @@ async def build_host(spec: HostSpec) -> tuple[SessionHost, Any]:
     if spec.lancedb_uri:
         # Loaded at host start, off the event loop, so no turn waits for the model to load.
         embedder = await asyncio.to_thread(build_embedder, spec.embedding_model)
-        retriever = await LanceRetriever.open(spec.lancedb_uri, embedder)
+        retriever = await LanceRetriever.open(spec.lancedb_uri, embedder, storage_options=spec.lancedb_storage_options)
     try:
         nc = await connect(spec.nats_url, name=f"salon-host-{spec.index}")
     except BaseException:
@@ -157,6 +159,7 @@ class WriterSpec:
     nats_url: str
     namespace: str
     lancedb_uri: str
+    lancedb_storage_options: dict[str, str] = field(default_factory=dict, repr=False)
     flush_rows: int = 512
     flush_interval_s: float = 1.0
     optimize_every: int = 50
@@ -197,7 +200,7 @@ class WriterActor:
                 return False
             return incarnation_of(session) == incarnation
 
-        self._store = await TranscriptStore.open(spec.lancedb_uri)
+        self._store = await TranscriptStore.open(spec.lancedb_uri, storage_options=spec.lancedb_storage_options)
         self._source = LedgerReader(js, names)
         self._writer = BatchWriter(
             self._source,
@@ -211,7 +214,9 @@ class WriterActor:
         if spec.embedding_model:
             # Long-term memory has its own consumer and store: embedding never holds up the transcripts.
             embedder = await asyncio.to_thread(build_embedder, spec.embedding_model)
-            self._memory_store = await TranscriptStore.open(spec.lancedb_uri, embedder=embedder)
+            self._memory_store = await TranscriptStore.open(
+                spec.lancedb_uri, embedder=embedder, storage_options=spec.lancedb_storage_options
+            )
             self._memory_source = LedgerReader(js, names, names.memory_consumer)
             self._memory_writer = BatchWriter(
                 self._memory_source,

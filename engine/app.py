@@ -8,6 +8,7 @@ first, running turns get a grace period, then everything closes, leaving no proc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,7 @@ from salon.engine.transport import server_options
 from salon.engine.web import TOKEN_SERVICE_NAME, BrowserAccess
 from salon.storage import InvalidArgument, Names, build_embedder, redact_url
 from salon.storage.jetstream.bus import BusSettings, TurnPublisher, ensure_bus
-from salon.storage.jetstream.client import JetStream, close_connection, connect
+from salon.storage.jetstream.client import JetStream, close_connection, connect, stream_replicas, warn_unless_synced
 from salon.storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_ledger
 from salon.storage.jetstream.ledger_floor import writer_ack_floor
 from salon.storage.jetstream.sessions import KvSessionRegistry
@@ -107,6 +108,9 @@ class Engine:
         self.grpc_port = 0
         self._embedded_nats: EmbeddedNats | None = None
         self._nc: Any = None
+        self.replicas = 1
+        """Replicas of the streams and buckets this engine creates (set once connected)."""
+        self._sync_check: asyncio.Task[None] | None = None
         self._hosts: HostGroup | None = None
         self._writer: WriterHandle | None = None
         self._store: TranscriptStore | None = None
@@ -213,13 +217,18 @@ class Engine:
             self.nats_url = await self._embedded_nats.start()
         nc = await connect(self.nats_url, name="salon-gateway", on_state=self._on_nats_state)
         self._nc = nc
+        self.replicas = stream_replicas(nc, config.nats_replicas)
+        if self._embedded_nats is None:
+            # The embedded server fsyncs every write; an operator's servers must be configured to.
+            self._sync_check = asyncio.create_task(warn_unless_synced(nc), name="salon-nats-sync-check")
         await self._ensure_streams()
         return nc.jetstream()
 
     async def _open_stores(self) -> None:
         """The transcript store and the knowledge base (with the embedding model)."""
         config = self.config
-        self._store = await TranscriptStore.open(config.lancedb_location)
+        options = config.lancedb_storage_options()
+        self._store = await TranscriptStore.open(config.lancedb_location, storage_options=options)
         # The embedding model is loaded once, here, off the event loop: ingestion and search never wait for it.
         embedder = await asyncio.to_thread(build_embedder, config.embedding_model)
         self._knowledge = await KnowledgeBase.open(
@@ -228,18 +237,21 @@ class Engine:
             max_document_bytes=config.max_document_bytes,
             chunk_tokens=config.chunk_tokens,
             overlap_tokens=config.chunk_overlap_tokens,
+            storage_options=options,
         )
 
     async def _build_gateway(self, js: JetStream) -> Gateway:
         """The session registry, the tenant limiter and the gateway over them."""
         assert self._store is not None
-        registry = await KvSessionRegistry.open(js, self.names)
+        registry = await KvSessionRegistry.open(js, self.names, replicas=self.replicas)
 
         async def count_sessions(tenant_id: str) -> int:
             return len(await registry.list_ids(tenant_id))
 
         self.limiter = TenantLimiter(
-            self.tenants.policy, count_sessions=count_sessions, tokens=await KvTokenCounters.open(js, self.names)
+            self.tenants.policy,
+            count_sessions=count_sessions,
+            tokens=await KvTokenCounters.open(js, self.names, replicas=self.replicas),
         )
         return Gateway(
             self.config,
@@ -345,6 +357,7 @@ class Engine:
             dedupe_window_s=config.dedupe_window_s,
             event_retention_s=config.event_retention_s,
             ack_wait_s=config.ack_wait_s,
+            replicas=self.replicas,
         )
 
     def _ledger_settings(self) -> LedgerSettings:
@@ -353,6 +366,7 @@ class Engine:
             retention_s=config.ledger_retention_s,
             dedupe_window_s=config.dedupe_window_s,
             writer_ack_wait_s=config.writer_ack_wait_s,
+            replicas=self.replicas,
         )
 
     async def _set_serving(self, serving: bool) -> None:
@@ -437,6 +451,11 @@ class Engine:
             log.info("batch writer closed")
 
     async def _close_infrastructure(self) -> None:
+        if self._sync_check is not None:
+            check, self._sync_check = self._sync_check, None
+            check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await check
         if self._store is not None:
             await self._store.close()
             self._store = None

@@ -244,7 +244,10 @@ async def _export(config: Config, args: argparse.Namespace) -> int:
 
     output = Path(args.output or f"{args.session}.{'parquet' if args.format == 'parquet' else 'arrow'}")
     tenant = args.tenant or config.default_tenant
-    count = await export_session(config.lancedb_location, tenant, args.session, output, args.format)
+    options = config.lancedb_storage_options()
+    count = await export_session(
+        config.lancedb_location, tenant, args.session, output, args.format, storage_options=options
+    )
     _console(stderr=True).print(f"wrote {count} turns of session {args.session} to {output}")
     return 0
 

@@ -38,7 +38,16 @@ class Config:
     data_dir: str = _setting(".salon", "Directory for the embedded NATS store and local data.")
     grpc_host: str = _setting("127.0.0.1", "Address the gRPC gateway listens on.")
     grpc_port: int = _setting(50051, "gRPC port (0 picks a free one).")
-    nats_url: str = _setting("", "NATS server to use; empty starts an embedded nats-server on loopback.")
+    nats_url: str = _setting(
+        "",
+        "NATS server(s) to use, comma separated for a cluster (nats://user:pass@a:4222,nats://user:pass@b:4222); "
+        "empty starts an embedded nats-server on loopback.",
+    )
+    nats_replicas: str = _setting(
+        "auto",
+        "Replicas of every stream and key-value bucket Salon creates: auto (3 when the NATS cluster has three or "
+        "more servers, else 1) or 1-5.",
+    )
     nats_server_bin: str = _setting("", "Path of the nats-server binary for the embedded server; empty finds it.")
     namespace: str = _setting(
         "salon", "Prefix of every NATS subject, stream and bucket, so deployments can share a NATS cluster."
@@ -104,7 +113,29 @@ class Config:
         30 * 24 * 3600.0, "How long the ledger keeps turn records (the write-ahead log; tables keep them for good)."
     )
     snapshot_every_turns: int = _setting(20, "A session leaves a snapshot every this many turns (and when passivated).")
-    lancedb_uri: str = _setting("", "LanceDB location of transcripts and snapshots; empty: <data_dir>/lancedb.")
+    lancedb_uri: str = _setting(
+        "",
+        "Where the LanceDB tables (transcripts, snapshots, memories, knowledge) live: a directory, or an object "
+        "store such as s3://bucket/prefix (see the storage_* settings); empty: <data_dir>/lancedb.",
+        env="SALON_STORAGE_URI",
+    )
+    # Object storage (storage.lance.connection): passed to LanceDB as storage options. Left empty, LanceDB's own
+    # defaults apply (the AWS_* variables, an instance profile).
+    storage_endpoint: str = _setting(
+        "", "Endpoint of an S3-compatible object store (e.g. http://127.0.0.1:9000); empty: AWS S3."
+    )
+    storage_region: str = _setting("", "Region of the object store's bucket (most S3-compatible stores want one).")
+    storage_access_key_id: str = _setting("", "Access key id of the object store; empty: LanceDB's defaults.")
+    storage_secret_access_key: str = field(
+        default="",
+        repr=False,
+        metadata={"help": "Secret access key of the object store (kept out of logs)."},
+    )
+    storage_allow_http: bool = _setting(False, "Allow plain http to the object store endpoint (loopback, tests).")
+    storage_options: str = _setting(
+        "",
+        "Further LanceDB storage options, comma separated key=value pairs (e.g. timeout=60s,aws_session_token=...).",
+    )
     flush_rows: int = _setting(512, "The batch writer flushes to LanceDB when it holds this many records ...")
     flush_interval_s: float = _setting(1.0, "... or when its oldest record has waited this long.")
     store_check_interval_s: float = _setting(1.0, "How often the gateway checks the batch writer's health.")
@@ -312,6 +343,11 @@ class Config:
                 "log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL",
             ),
             (self.gateway_only and not self.nats_url, "gateway_only needs nats_url (the deployment's NATS)"),
+            (
+                self.nats_replicas != "auto" and self.nats_replicas not in ("1", "2", "3", "4", "5"),
+                "nats_replicas must be auto or 1-5",
+            ),
+            (_bad_storage_options(self.storage_options), "storage_options must be key=value pairs, comma separated"),
             (self.embedding_model not in ("default", "hash"), "embedding_model must be default or hash"),
             (not 0 <= self.retrieval_top_k <= 50, "retrieval_top_k must be 0-50"),
             (not 0.0 <= self.retrieval_min_score <= 1.0, "retrieval_min_score must be between 0 and 1"),
@@ -382,6 +418,19 @@ class Config:
         """Where the LanceDB tables live."""
         return self.lancedb_uri or str(self.data_path / "lancedb")
 
+    def lancedb_storage_options(self) -> dict[str, str]:
+        """The LanceDB storage options of an object-store ``lancedb_uri`` (empty for a directory)."""
+        options = dict(_pairs(self.storage_options))
+        named = {
+            "endpoint": self.storage_endpoint,
+            "region": self.storage_region,
+            "aws_access_key_id": self.storage_access_key_id,
+            "aws_secret_access_key": self.storage_secret_access_key,
+            "allow_http": "true" if self.storage_allow_http else "",
+        }
+        options.update({key: value for key, value in named.items() if value})
+        return options
+
     def tool_policy(self) -> ToolPolicy:
         """The deployment's tool defaults."""
         return ToolPolicy(
@@ -433,6 +482,17 @@ class Config:
             )
         except ValueError as exc:
             raise InvalidArgument(f"invalid model provider settings: {exc}", reason=Reason.INVALID_CONFIG) from None
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    """``key=value`` pairs of a comma-separated list (empty items skipped)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    return [(key.strip(), value.strip()) for key, _, value in (item.partition("=") for item in items)]
+
+
+def _bad_storage_options(text: str) -> bool:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    return any("=" not in item or not item.partition("=")[0].strip() for item in items)
 
 
 def is_loopback(host: str) -> bool:

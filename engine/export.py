@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,8 +18,17 @@ FORMATS = ("parquet", "arrow")
 PAGE = 1000
 
 
-async def export_session(lancedb_uri: str, tenant_id: str, session_id: str, output: Path, fmt: str) -> int:
-    """Write every stored turn of the session to ``output``; returns the number of turns.
+async def export_session(
+    lancedb_uri: str,
+    tenant_id: str,
+    session_id: str,
+    output: Path,
+    fmt: str,
+    *,
+    storage_options: Mapping[str, str] | None = None,
+) -> int:
+    """Write every stored turn of the session to ``output``; returns the number of turns (``storage_options``:
+    those of an object-store ``lancedb_uri``).
 
     Reads the tables directly, so it works with the engine stopped. A running engine's last turns reach the
     tables within the writer's flush interval; a stopped engine has flushed everything it acknowledged.
@@ -27,7 +37,7 @@ async def export_session(lancedb_uri: str, tenant_id: str, session_id: str, outp
     require_id(session_id, "session_id")
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
-    store = await TranscriptStore.open(lancedb_uri)
+    store = await TranscriptStore.open(lancedb_uri, storage_options=storage_options)
     try:
         batches: list[pa.RecordBatch] = []
         after = 0

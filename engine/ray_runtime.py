@@ -159,6 +159,7 @@ def host_specs(
             log_level=config.log_level,
             telemetry=TelemetrySettings.from_config(config),
             lancedb_uri=config.lancedb_location,
+            lancedb_storage_options=config.lancedb_storage_options(),
             embedding_model=config.embedding_model,
         )
         for i in range(config.num_hosts)
@@ -210,6 +211,7 @@ class WriterHandle:
             nats_url=nats_url,
             namespace=config.namespace,
             lancedb_uri=config.lancedb_location,
+            lancedb_storage_options=config.lancedb_storage_options(),
             flush_rows=config.flush_rows,
             flush_interval_s=config.flush_interval_s,
             log_level=config.log_level,

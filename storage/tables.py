@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Final, TypeVar, cast
 
-import lancedb
 import pyarrow as pa
 from lancedb.db import AsyncConnection
 from lancedb.index import FTS, Bitmap, BTree
@@ -30,6 +30,7 @@ from lancedb.table import AsyncTable
 from salon.storage.embedding import Embedder
 from salon.storage.errors import FailedPrecondition, InvalidArgument, Unavailable
 from salon.storage.ids import is_valid_id, require_id
+from salon.storage.lance.connection import connect, retry_conflicts
 from salon.storage.lance.memories import MEMORIES, memories_to_batch, memory_text, memory_words, remembers
 from salon.storage.lance.schemas import (
     CHUNK_KEY,
@@ -166,8 +167,10 @@ class TranscriptStore:
         read_consistency_s: float | None = 0.0,
         keep_versions_s: float = 3600.0,
         embedder: Embedder | None = None,
+        storage_options: Mapping[str, str] | None = None,
     ) -> TranscriptStore:
-        """Connect to the LanceDB at ``uri``, creating the two tables if they are missing.
+        """Connect to the LanceDB at ``uri`` (a directory or an object store, with its ``storage_options``: see
+        :mod:`salon.storage.lance.connection`), creating the two tables if they are missing.
 
         ``read_consistency_s``: how stale a read may be with respect to writes made through another
         connection (another process). LanceDB's default (``None``) never looks for them: a reader would
@@ -178,9 +181,8 @@ class TranscriptStore:
         missing). Without it, an existing ``memories`` table is still opened, so :meth:`delete_session`
         removes a session's memories whichever process deletes it.
         """
-        interval = None if read_consistency_s is None else timedelta(seconds=read_consistency_s)
         with store_errors("cannot open the transcript store", UNWRITABLE):
-            db = await lancedb.connect_async(uri, read_consistency_interval=interval)
+            db = await connect(uri, storage_options=storage_options, read_consistency_s=read_consistency_s)
         try:
             with store_errors("cannot open the transcript store", UNWRITABLE):
                 tables = {s.name: await open_table(db, s) for s in _SPECS}
@@ -292,8 +294,8 @@ class TranscriptStore:
             if MEMORIES not in self._tables and (memories := await open_existing(self._db, MEMORIES)) is not None:
                 # Made by another process (the writer) after this store opened.
                 self._tables[MEMORIES] = memories
-            for table in self._tables.values():
-                await table.delete(where)
+            for name, table in self._tables.items():
+                await retry_conflicts(partial(table.delete, where), what=f"deleting from {name}")
 
     async def count(self, table: str, where: str | None = None) -> int:
         """Rows of ``table`` (``transcripts``, ``snapshots`` or ``memories``) matching ``where``, across tenants.
@@ -311,7 +313,8 @@ class TranscriptStore:
         with store_errors("cannot optimize the transcript store", UNWRITABLE):
             for name, table in self._tables.items():
                 if tables is None or name in tables:
-                    await table.optimize(cleanup_older_than=self._keep_versions)
+                    compact = partial(table.optimize, cleanup_older_than=self._keep_versions)
+                    await retry_conflicts(compact, what=f"optimizing {name}")
 
     async def close(self) -> None:
         """Release the tables and the connection; later calls raise :class:`Unavailable`. Idempotent."""
@@ -324,9 +327,14 @@ class TranscriptStore:
 
     async def _insert_absent(self, name: str, batch: pa.RecordBatch) -> None:
         spec = self._specs[name]
-        builder = self._tables[name].merge_insert(spec.key).when_not_matched_insert_all()
-        # On an AsyncTable, execute() returns a coroutine, though it is annotated as returning the result.
-        await cast(Awaitable[object], builder.execute(batch))
+        table = self._tables[name]
+
+        def insert() -> Awaitable[object]:
+            builder = table.merge_insert(spec.key).when_not_matched_insert_all()
+            # On an AsyncTable, execute() returns a coroutine, though it is annotated as returning the result.
+            return cast(Awaitable[object], builder.execute(batch))
+
+        await retry_conflicts(insert, what=f"writing to {name}")
 
     async def _query(
         self, name: str, where: str, *, order: list[tuple[str, bool]] | None = None, limit: int | None = None

@@ -6,7 +6,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password (or token) in it replaced, for logs and messages."""
+    """``url`` with any password (or token) in it replaced, for logs and messages; each of a comma-separated list
+    of URLs (a NATS cluster's servers)."""
+    if "," in url:
+        return ",".join(redact_url(part) for part in url.split(","))
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url

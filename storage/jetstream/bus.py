@@ -32,6 +32,9 @@ __all__ = ["BusSettings", "EventPublisher", "EventStream", "ShardPuller", "TurnP
 
 log = logging.getLogger(__name__)
 
+EVENTS_HEARTBEAT_S = 1.0
+"""Idle heartbeat of a turn reader's consumer: a reader whose consumer is lost without its connection (the
+node holding it died in a cluster) makes a new one after two missed heartbeats, not after nats-py's 10 s."""
 EVENTS_DEDUPE_S = 120.0
 """How long the events stream remembers a stored message's id: a message retried after a reconnect is stored
 once."""
@@ -46,6 +49,9 @@ class BusSettings:
     event_retention_s: float = 900.0
     ack_wait_s: float = 30.0
     max_deliver: int = 20
+    replicas: int = 1
+    """Replicas of the turn and event streams (3 on a cluster: see
+    :func:`~salon.storage.jetstream.client.stream_replicas`); the shard consumers take the stream's."""
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -83,6 +89,7 @@ async def ensure_bus(js: JetStreamContext, names: Names, settings: BusSettings) 
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=api.StorageType.FILE,
             duplicate_window=settings.dedupe_window_s,
+            num_replicas=settings.replicas,
         ),
     )
     await _ensure_events_stream(
@@ -98,6 +105,7 @@ async def ensure_bus(js: JetStreamContext, names: Names, settings: BusSettings) 
             max_age=settings.event_retention_s,
             duplicate_window=min(EVENTS_DEDUPE_S, settings.event_retention_s),
             allow_direct=True,
+            num_replicas=settings.replicas,
         ),
     )
     for shard in range(settings.num_shards):
@@ -202,6 +210,7 @@ class TurnPublisher:
                 ordered_consumer=True,
                 deliver_policy=api.DeliverPolicy.ALL,
                 inactive_threshold=EPHEMERAL_INACTIVE_S,
+                idle_heartbeat=EVENTS_HEARTBEAT_S,
                 # The stream's bounded buffer: a reader this far behind is the slow client's problem alone.
                 pending_msgs_limit=buffer,
             )

@@ -1,11 +1,19 @@
-"""Connecting to NATS: wait for the port, then connect with endless reconnects."""
+"""Connecting to NATS: wait for a server's port, then connect with endless reconnects.
+
+A URL may list several servers of a cluster, comma separated (``nats://a:4222,nats://b:4222``): the client
+connects to one, learns the others from it, and on losing it reconnects to another. What the engine creates
+(streams, key-value buckets) is replicated over the cluster as :func:`stream_replicas` decides.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import nats
@@ -21,24 +29,41 @@ JetStream = JetStreamContext
 """The JetStream handle the engine passes between its parts (named here so they need not import nats)."""
 
 
-async def wait_for_port(url: str, timeout_s: float) -> None:
-    """Wait until the server behind ``url`` accepts TCP connections (connecting earlier makes nats-py wait
-    and print a traceback), or raise :class:`Unavailable`."""
+REPLICAS = 3
+"""Replicas of a stream in a cluster of three or more servers: one server may be lost (killed, upgraded)
+without losing an acknowledged write or the stream's availability."""
+
+
+def server_urls(url: str) -> list[str]:
+    """The servers of a NATS URL that may list several, comma separated."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
+async def _reachable(url: str) -> bool:
     parsed = urlparse(url)
-    host, port = parsed.hostname or "127.0.0.1", parsed.port or 4222
+    try:
+        _, writer = await asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or 4222)
+    except OSError:
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def wait_for_port(url: str, timeout_s: float) -> None:
+    """Wait until one server of ``url`` accepts TCP connections (connecting earlier makes nats-py wait and
+    print a traceback), or raise :class:`Unavailable`."""
+    servers = server_urls(url)
     deadline = time.monotonic() + timeout_s
     delay = 0.005
     while True:
-        try:
-            _, writer = await asyncio.open_connection(host, port)
-            writer.close()
-            await writer.wait_closed()
+        if any(await asyncio.gather(*(_reachable(server) for server in servers))):
             return
-        except OSError:
-            if time.monotonic() >= deadline:
-                raise Unavailable("NATS is not reachable", reason=Reason.NATS_UNAVAILABLE, retry_after_s=1.0) from None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
+        if time.monotonic() >= deadline:
+            raise Unavailable("NATS is not reachable", reason=Reason.NATS_UNAVAILABLE, retry_after_s=1.0)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 async def connect(
@@ -69,7 +94,7 @@ async def connect(
         log.debug("NATS client error: %s", exc)
 
     nc = await nats.connect(
-        url,
+        servers=server_urls(url),
         name=name,
         connect_timeout=timeout_s,
         max_reconnect_attempts=-1,
@@ -114,3 +139,100 @@ def _drop_buffered(nc: NatsClient) -> None:
     if isinstance(getattr(nc, "_pending", None), list):
         nc._pending = []
         nc._pending_data_size = 0
+
+
+def cluster_size(nc: NatsClient) -> int:
+    """How many servers the connected server's cluster has, as it told the client (its ``connect_urls``);
+    1 for a server outside a cluster. A cluster whose servers do not advertise themselves looks like 1."""
+    info: dict[str, Any] = getattr(nc, "_server_info", None) or {}
+    if not info.get("cluster"):
+        return 1
+    return max(1, len(set(info.get("connect_urls") or ())))
+
+
+def stream_replicas(nc: NatsClient, setting: str = "auto") -> int:
+    """Replicas of the streams and buckets the engine creates: ``setting`` if it is a number, else
+    :data:`REPLICAS` when the cluster has that many servers or more, and 1 otherwise."""
+    if setting != "auto":
+        return int(setting)
+    size = cluster_size(nc)
+    info: dict[str, Any] = getattr(nc, "_server_info", None) or {}
+    if info.get("cluster") and size < REPLICAS:
+        log.warning(
+            "NATS cluster %r shows %d server(s): streams get one replica (set SALON_NATS_REPLICAS to override)",
+            info.get("cluster"),
+            size,
+        )
+    return REPLICAS if size >= REPLICAS else 1
+
+
+VARZ_SUBJECT = "$SYS.REQ.SERVER.PING.VARZ"
+
+
+async def servers_without_sync_always(nc: NatsClient, wait_s: float = 0.5) -> list[str] | None:
+    """The names of the cluster's servers whose JetStream does not fsync every write (``sync_interval:
+    always``), asked through the system account's VARZ request; None when this connection may not ask (it is
+    not a system account user: the usual case)."""
+    inbox = nc.new_inbox()
+    replies: list[dict[str, Any]] = []
+
+    async def collect(msg: Any) -> None:
+        with contextlib.suppress(ValueError):
+            replies.append(json.loads(msg.data))
+
+    sub = await nc.subscribe(inbox, cb=collect)
+    try:
+        await nc.publish(VARZ_SUBJECT, b"", reply=inbox)
+        await nc.flush(timeout=1)
+        await asyncio.sleep(wait_s)  # every server answers; there is no count to wait for
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    if not replies:
+        return None
+    lagging = []
+    for reply in replies:
+        config = ((reply.get("data") or {}).get("jetstream") or {}).get("config") or {}
+        if not config.get("sync_always"):
+            lagging.append(str((reply.get("server") or {}).get("name") or "?"))
+    return sorted(lagging)
+
+
+async def warn_unless_synced(nc: NatsClient) -> None:
+    """Log whether the NATS servers fsync each JetStream write before acknowledging it: without it a crash of
+    a majority of a stream's replicas can lose acknowledged writes (Jepsen's analysis of NATS 2.12). Never
+    raises."""
+    try:
+        lagging = await servers_without_sync_always(nc)
+    except Exception:
+        lagging = None
+    if lagging is None:
+        log.info(
+            "cannot tell whether the NATS servers fsync every write: make sure each sets "
+            "`jetstream { sync_interval: always }`"
+        )
+    elif lagging:
+        log.warning(
+            "NATS server(s) %s do not fsync every JetStream write (sync_interval: always): a crash may lose "
+            "acknowledged turns",
+            ", ".join(lagging),
+        )
+
+
+async def ensure_replicas(
+    js: JetStreamContext, stream: str, replicas: int, *, allow_direct: bool | None = None
+) -> bool:
+    """Give an existing stream ``replicas`` copies (and ``allow_direct`` if given) if it has other settings
+    (JetStream changes them in place); True if it changed them."""
+    info = await js.stream_info(stream)
+    config = info.config
+    if config.num_replicas == replicas and (allow_direct is None or bool(config.allow_direct) == allow_direct):
+        return False
+    log.warning("stream %s: %s replica(s) -> %d", stream, config.num_replicas, replicas)
+    config.num_replicas = replicas
+    if allow_direct is not None:
+        config.allow_direct = allow_direct
+    await js.update_stream(config)
+    return True

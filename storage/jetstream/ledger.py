@@ -51,6 +51,8 @@ class LedgerSettings:
     retention_s: float = 30 * 24 * 3600.0
     dedupe_window_s: float = 600.0
     writer_ack_wait_s: float = 60.0
+    replicas: int = 1
+    """Replicas of the ledger stream (its consumers take the stream's)."""
 
 
 async def ensure_ledger(js: JetStreamContext, names: Names, settings: LedgerSettings) -> None:
@@ -64,6 +66,7 @@ async def ensure_ledger(js: JetStreamContext, names: Names, settings: LedgerSett
         max_age=settings.retention_s,
         duplicate_window=settings.dedupe_window_s,
         allow_direct=True,
+        num_replicas=settings.replicas,
     )
     try:
         await js.add_stream(config)

@@ -10,6 +10,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from salon.storage.errors import AlreadyExists, NotFound, Unavailable
+from salon.storage.jetstream.client import ensure_replicas
 from salon.storage.jetstream.read import read_subject
 from salon.storage.sessions import NOT_FOUND_MESSAGE
 from salon.storage.subjects import Names
@@ -18,12 +19,31 @@ from salon.v1 import session_pb2
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
 
 
-async def open_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
-    """The bucket, created (file storage, one revision per key) if it does not exist."""
+async def open_bucket(js: JetStreamContext, bucket: str, *, replicas: int = 0, ttl_s: float | None = None) -> KeyValue:
+    """The bucket, created (file storage, one revision per key, ``replicas`` copies, entries expiring after
+    ``ttl_s``) if it does not exist. An existing bucket is given ``replicas`` copies if it has others (0: leave
+    it as it is), so a deployment moved onto a cluster replicates what it made before.
+
+    A replicated bucket takes no direct gets: those are answered by any replica, and one that lags returns a
+    value older than a write already acknowledged (a session just created would not be found; a
+    compare-and-set would read a stale revision again and again). Reads then go to the stream's leader."""
+    direct = replicas <= 1
     try:
-        return await js.key_value(bucket)
+        kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
-        return await js.create_key_value(api.KeyValueConfig(bucket=bucket, history=1, storage=api.StorageType.FILE))
+        return await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=bucket,
+                history=1,
+                ttl=ttl_s,
+                storage=api.StorageType.FILE,
+                replicas=replicas or 1,
+                direct=direct,
+            )
+        )
+    if replicas and await ensure_replicas(js, f"KV_{bucket}", replicas, allow_direct=direct):
+        return await js.key_value(bucket)  # the handle reads as the stream now says
+    return kv
 
 
 def _unavailable(exc: BaseException) -> Unavailable:
@@ -39,9 +59,9 @@ class KvSessionRegistry:
         self._bucket = bucket
 
     @classmethod
-    async def open(cls, js: JetStreamContext, names: Names) -> KvSessionRegistry:
-        """Open (creating if needed) the deployment's session bucket."""
-        return cls(await open_bucket(js, names.sessions_bucket), js, names.sessions_bucket)
+    async def open(cls, js: JetStreamContext, names: Names, *, replicas: int = 0) -> KvSessionRegistry:
+        """Open (creating if needed, with ``replicas`` copies) the deployment's session bucket."""
+        return cls(await open_bucket(js, names.sessions_bucket, replicas=replicas), js, names.sessions_bucket)
 
     async def create(self, tenant_id: str, session: session_pb2.Session) -> None:
         try:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import nats.errors
 import nats.js.errors
-from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from salon.storage.errors import Unavailable
+from salon.storage.jetstream.sessions import open_bucket
 from salon.storage.subjects import Names
 
 USAGE_TTL_S = 3 * 86400.0
@@ -30,16 +30,9 @@ class KvTokenCounters:
         self._kv = kv
 
     @classmethod
-    async def open(cls, js: JetStreamContext, names: Names) -> KvTokenCounters:
-        """Open (creating if needed) the deployment's usage bucket."""
-        bucket = usage_bucket(names)
-        try:
-            kv = await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            kv = await js.create_key_value(
-                api.KeyValueConfig(bucket=bucket, history=1, ttl=USAGE_TTL_S, storage=api.StorageType.FILE)
-            )
-        return cls(kv)
+    async def open(cls, js: JetStreamContext, names: Names, *, replicas: int = 0) -> KvTokenCounters:
+        """Open (creating if needed, with ``replicas`` copies) the deployment's usage bucket."""
+        return cls(await open_bucket(js, usage_bucket(names), replicas=replicas, ttl_s=USAGE_TTL_S))
 
     async def get(self, tenant_id: str, day: int) -> int:
         try:

@@ -14,12 +14,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final, cast
 
-import lancedb
 from lancedb.db import AsyncConnection
 from lancedb.table import AsyncTable
 
@@ -36,6 +35,7 @@ from salon.storage.knowledge import (
     Document,
     IngestResult,
 )
+from salon.storage.lance.connection import connect, retry_conflicts
 from salon.storage.lance.reembed import check_model
 from salon.storage.lance.retrieval import SearchTarget, candidate_limit, hybrid_search, knowledge_filter
 from salon.storage.lance.schemas import CHUNK_KEY, knowledge_schema, rows_to_batch
@@ -121,17 +121,18 @@ class KnowledgeBase:
         overlap_tokens: int = OVERLAP_TOKENS,
         read_consistency_s: float | None = 0.0,
         keep_versions_s: float = 3600.0,
+        storage_options: Mapping[str, str] | None = None,
     ) -> KnowledgeBase:
-        """Connect to the LanceDB at ``uri``, creating the ``knowledge`` table if missing.
+        """Connect to the LanceDB at ``uri`` (a directory or an object store with its ``storage_options``),
+        creating the ``knowledge`` table if missing.
 
         ``max_document_bytes``: largest document accepted (UTF-8 bytes); ``chunk_tokens`` and
         ``overlap_tokens``: chunk size and overlap (estimated tokens, see :mod:`salon.storage.chunking`).
         """
         if max_document_bytes < 1 or chunk_tokens < 1 or not 0 <= overlap_tokens < chunk_tokens:
             raise ValueError("max_document_bytes >= 1, chunk_tokens >= 1 and 0 <= overlap_tokens < chunk_tokens")
-        interval = None if read_consistency_s is None else timedelta(seconds=read_consistency_s)
         with store_errors("cannot open the knowledge base", UNWRITABLE):
-            db = await lancedb.connect_async(uri, read_consistency_interval=interval)
+            db = await connect(uri, storage_options=storage_options, read_consistency_s=read_consistency_s)
         try:
             spec = knowledge_spec(embedder.dim)
             with store_errors("cannot open the knowledge base", UNWRITABLE):
@@ -201,7 +202,7 @@ class KnowledgeBase:
         existed = len(set(rows.column("document_id").to_pylist()))
         if existed:
             with store_errors("cannot delete from the knowledge base", UNWRITABLE):
-                await self._table.delete(where)
+                await retry_conflicts(lambda: self._table.delete(where), what="deleting documents")
         return existed
 
     async def search(self, tenant_id: str, text: str, *, top_k: int = 4, min_score: float = 0.0) -> list[Passage]:
@@ -229,7 +230,9 @@ class KnowledgeBase:
         self._check_open()
         async with self._maintenance_lock:
             with store_errors("cannot optimize the knowledge base", UNWRITABLE):
-                await self._table.optimize(cleanup_older_than=self._keep_versions)
+                await retry_conflicts(
+                    lambda: self._table.optimize(cleanup_older_than=self._keep_versions), what="optimizing knowledge"
+                )
             self._last_optimize = time.monotonic()
 
     async def close(self) -> None:
@@ -322,15 +325,19 @@ class KnowledgeBase:
         )
         ids = ", ".join(f"'{p.document.document_id}'" for p in docs)
         stale = f"{knowledge_filter(tenant)} AND document_id IN ({ids})"
-        builder = (
-            self._table.merge_insert(CHUNK_KEY)
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(stale)
-        )
-        with store_errors("cannot write to the knowledge base", UNWRITABLE):
+
+        def replace() -> Awaitable[object]:
+            builder = (
+                self._table.merge_insert(CHUNK_KEY)
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .when_not_matched_by_source_delete(stale)
+            )
             # On an AsyncTable, execute() returns a coroutine, though it is annotated as returning the result.
-            await cast(Awaitable[object], builder.execute(rows))
+            return cast(Awaitable[object], builder.execute(rows))
+
+        with store_errors("cannot write to the knowledge base", UNWRITABLE):
+            await retry_conflicts(replace, what="ingesting documents")
 
     async def _after_write(self) -> None:
         """Create the indexes after the first write, else optimize (at most every

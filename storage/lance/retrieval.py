@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 from lancedb.db import AsyncConnection
@@ -19,6 +18,7 @@ from lancedb.table import AsyncTable
 from salon.storage.embedding import Embedder
 from salon.storage.errors import Unavailable
 from salon.storage.ids import require_id
+from salon.storage.lance.connection import connect
 from salon.storage.lance.reembed import check_model
 from salon.storage.lance.schemas import TEXT, VECTOR
 from salon.storage.periods import Period, find_period
@@ -46,13 +46,20 @@ class LanceRetriever:
         """Tenant -> (when checked, whether it has any document): see :meth:`_has_knowledge`."""
 
     @classmethod
-    async def open(cls, uri: str, embedder: Embedder, *, read_consistency_s: float | None = 0.0) -> LanceRetriever:
-        """Connect to the LanceDB at ``uri``, creating the two tables if missing (empty, for vectors of
-        ``embedder.dim``). ``read_consistency_s``: how stale a read may be with respect to writes by other
-        processes (the batch writer, ingestion); ``0`` looks for new versions on every query."""
-        interval = None if read_consistency_s is None else timedelta(seconds=read_consistency_s)
+    async def open(
+        cls,
+        uri: str,
+        embedder: Embedder,
+        *,
+        read_consistency_s: float | None = 0.0,
+        storage_options: Mapping[str, str] | None = None,
+    ) -> LanceRetriever:
+        """Connect to the LanceDB at ``uri`` (with ``storage_options`` for an object store), creating the two
+        tables if missing (empty, for vectors of ``embedder.dim``). ``read_consistency_s``: how stale a read may
+        be with respect to writes by other processes (the batch writer, ingestion); ``0`` looks for new versions
+        on every query."""
         with store_errors("cannot open the retrieval tables", UNREADABLE):
-            db = await lancedb.connect_async(uri, read_consistency_interval=interval)
+            db = await connect(uri, storage_options=storage_options, read_consistency_s=read_consistency_s)
         try:
             with store_errors("cannot open the retrieval tables", UNREADABLE):
                 knowledge = await open_table(db, knowledge_spec(embedder.dim))
