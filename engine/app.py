@@ -40,6 +40,7 @@ from salon.engine.web import TOKEN_SERVICE_NAME, BrowserAccess
 from salon.storage import InvalidArgument, Names, build_embedder, redact_url
 from salon.storage.jetstream.bus import BusSettings, TurnPublisher, ensure_bus
 from salon.storage.jetstream.client import JetStream, close_connection, connect
+from salon.storage.jetstream.erasure import event_purger
 from salon.storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_ledger
 from salon.storage.jetstream.ledger_floor import writer_ack_floor
 from salon.storage.jetstream.sessions import KvSessionRegistry
@@ -303,7 +304,8 @@ class Engine:
         ks_grpc.add_KnowledgeServiceServicer_to_server(  # type: ignore[no-untyped-call]
             KnowledgeServicer(knowledge, conversation._tenant), server
         )
-        eraser = UserEraser(gateway.registry, gateway.delete_session, gateway.store)
+        purge = event_purger(self._nc.jetstream(), self.names)
+        eraser = UserEraser(gateway.registry, gateway.delete_session, gateway.store.erase_user, purge_events=purge)
         admin_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
             AdminServicer(self.limiter, self.tenants, eraser), server
         )

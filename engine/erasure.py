@@ -1,6 +1,7 @@
 """Erasing a user (a GDPR erasure): every session of the user goes the way ``DeleteSession`` takes (definition,
-ledger entries, transcripts, snapshots, memories), then every row still carrying the user's id is deleted
-(memories indexed after their session was deleted, transcript rows of a session deleted earlier).
+ledger entries, transcripts, snapshots, memories), its turns' events (kept for resuming streams) are purged,
+then every row still carrying the user's id is deleted (memories indexed after their session was deleted,
+transcript rows of a session deleted earlier).
 
 The knowledge base has no owner below the tenant, so it holds nothing of a user to erase.
 """
@@ -11,7 +12,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from salon.storage import NotFound, SessionRegistry, require_id
-from salon.storage.tables import TranscriptStore
+
+SessionAction = Callable[[str, str], Awaitable[None]]
+"""Something done to one session: ``(tenant_id, session_id)``."""
+RowEraser = Callable[[str, str], Awaitable[int]]
+"""``(tenant_id, user_id)`` -> memory rows deleted: :meth:`salon.storage.tables.TranscriptStore.erase_user`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +34,14 @@ class UserEraser:
     def __init__(
         self,
         registry: SessionRegistry,
-        delete_session: Callable[[str, str], Awaitable[None]],
-        store: TranscriptStore,
+        delete_session: SessionAction,
+        erase_rows: RowEraser,
+        purge_events: SessionAction | None = None,
     ) -> None:
         self._registry = registry
         self._delete_session = delete_session
-        self._store = store
+        self._erase_rows = erase_rows
+        self._purge_events = purge_events
 
     async def erase(self, tenant_id: str, user_id: str) -> Erased:
         """Erase the user ``user_id`` of ``tenant_id``; erasing one with nothing stored removes nothing.
@@ -55,6 +62,8 @@ class UserEraser:
                 await self._delete_session(tenant_id, session_id)
             except NotFound:
                 continue
+            if self._purge_events is not None:
+                await self._purge_events(tenant_id, session_id)
             deleted += 1
-        memories = await self._store.erase_user(tenant_id, user_id)
+        memories = await self._erase_rows(tenant_id, user_id)
         return Erased(sessions=deleted, memories=memories)

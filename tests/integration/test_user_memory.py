@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
+import nats.js.errors
 import pytest
 from conftest import wait_for
 from doc_fixtures import docx_bytes, html_page, pdf_bytes
@@ -17,6 +18,8 @@ from sec_support import TenantsFile, bearer, engine_config
 
 from salon.client import Document, SalonClient, SalonError
 from salon.engine import Engine
+from salon.storage import Names
+from salon.storage.jetstream.client import close_connection, connect
 from salon.storage.tables import TranscriptStore
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
@@ -182,12 +185,21 @@ async def test_erasing_a_user_leaves_nothing_of_them(setup: Setup) -> None:
         sessions = [await acme.create_session(user_id="dave", metadata={"who": "dave"}) for _ in range(2)]
         other = await acme.create_session(user_id="erin")
         beta_dave = await beta.create_session(user_id="dave")
+        turn_ids: list[str] = []
         for i, session in enumerate([*sessions, other]):
             events = await turn(acme, session.id, f"Note {i}: my locker number is {4711 + i}.")
             await remembered(acme, "locker number", events[0].turn_id, session_id=session.id)
+            turn_ids.append(events[0].turn_id)
         beta_turn = await turn(beta, beta_dave.id, "My locker number is 99.")
         await remembered(beta, "locker number", beta_turn[0].turn_id, session_id=beta_dave.id)
 
+        # The events of dave's turns are kept for resuming streams: erasure purges them too.
+        nc = await connect(setup.engine.nats_url, name="erasure-test")
+        js = nc.jetstream()
+        names = Names(setup.engine.config.namespace)
+        dave_events = [names.event_subject("acme", s.id, t) for s, t in zip(sessions, turn_ids, strict=True)]
+        for subject in dave_events:
+            assert (await js.get_last_msg(names.events_stream, subject)).data
         # Another tenant cannot erase acme's users; an admin key can name the tenant.
         denied = await failure(beta.erase_user("dave", tenant_id="acme"))
         assert denied[:2] == (grpc.StatusCode.PERMISSION_DENIED, "NOT_ADMIN")
@@ -202,6 +214,14 @@ async def test_erasing_a_user_leaves_nothing_of_them(setup: Setup) -> None:
             ):
                 assert (await failure(call))[:2] == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
         assert [s.id async for s in acme.list_sessions(metadata_filter={"who": "dave"})] == []
+        try:
+            for subject in dave_events:
+                with pytest.raises(nats.js.errors.NotFoundError):
+                    await js.get_last_msg(names.events_stream, subject)
+            other_subject = names.event_subject("acme", other.id, turn_ids[2])
+            assert (await js.get_last_msg(names.events_stream, other_subject)).data
+        finally:
+            await close_connection(nc)
         assert await acme.search_memory("locker number", user_id="dave", top_k=50) == []
         # Nothing left in any table either (as an operator would look).
         store = await TranscriptStore.open(setup.engine.config.lancedb_location)
