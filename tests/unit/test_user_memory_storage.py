@@ -21,7 +21,7 @@ from salon.storage.lance.knowledge import KnowledgeBase
 from salon.storage.lance.memories import MEMORIES
 from salon.storage.lance.memory_search import MemorySearch
 from salon.storage.lance.retrieval import LanceRetriever
-from salon.storage.lance.schemas import knowledge_schema, memories_schema
+from salon.storage.lance.schemas import TRANSCRIPTS_SCHEMA, knowledge_schema, memories_schema
 from salon.storage.reasons import Reason
 from salon.storage.tables import KNOWLEDGE_TABLE, TRANSCRIPTS, TranscriptStore, knowledge_spec, open_table
 
@@ -193,6 +193,12 @@ async def test_older_tables_gain_the_new_columns(tmp_path: Path) -> None:
     old_knowledge = pa.schema([f for f in knowledge_schema(64) if f.name != "collection"])
     await db.create_table(MEMORIES, schema=old_memories)
     await db.create_table(KNOWLEDGE_TABLE, schema=old_knowledge)
+    old_transcripts = pa.schema([f for f in TRANSCRIPTS_SCHEMA if f.name not in ("user_id", "do_not_remember")])
+    await db.create_table(TRANSCRIPTS, schema=old_transcripts)
+    store = await TranscriptStore.open(uri)
+    await store.write([turn("s1", 1, "hello", forget=True)], [])
+    assert await store.count(TRANSCRIPTS, "do_not_remember = true AND user_id = 'alice'") == 1
+    await store.close()
     search = await MemorySearch.open(uri, EMBEDDER)
     knowledge = await open_table(db, knowledge_spec(64))
     try:
