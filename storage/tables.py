@@ -494,12 +494,25 @@ async def _add_missing_columns(table: AsyncTable, spec: TableSpec) -> bool:
     existing = await table.schema()
     missing = [f for f in spec.schema if f.name not in existing.names]
     kept = pa.schema([f for f in spec.schema if f.name in existing.names])
+    if not missing:
+        # Another process added them since the caller looked.
+        return _same_fields(existing, spec.schema)
     addable = all(f.name in spec.added_columns and f.type in _COLUMN_DEFAULTS for f in missing)
-    if not missing or not addable or not _same_fields(existing, kept):
+    if not addable or not _same_fields(existing, kept):
         return False
-    await table.add_columns({f.name: _COLUMN_DEFAULTS[f.type] for f in missing})
-    log.info("added the columns %s to %s", [f.name for f in missing], spec.name)
-    return True
+    for _ in range(_OPEN_ATTEMPTS):
+        try:
+            await table.add_columns({f.name: _COLUMN_DEFAULTS[f.type] for f in missing})
+        except (ValueError, RuntimeError):
+            # A commit conflict: another process (the gateway, a host, the writer: all open the tables at start)
+            # changed the table first, most likely adding the same columns. Look again at the latest version.
+            await table.checkout_latest()  # type: ignore[no-untyped-call]  # lancedb leaves it unannotated
+            if _same_fields(await table.schema(), spec.schema):
+                return True
+            continue
+        log.info("added the columns %s to %s", [f.name for f in missing], spec.name)
+        return True
+    return False
 
 
 def _same_fields(a: pa.Schema, b: pa.Schema) -> bool:

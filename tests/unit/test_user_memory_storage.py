@@ -4,6 +4,7 @@ the do-not-remember flag, erasure by user, and older tables gaining the new colu
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterable
@@ -217,3 +218,18 @@ def test_turn_records_without_the_new_fields_still_decode() -> None:
     del raw["user_id"], raw["do_not_remember"]
     decoded = TurnRecord.from_json(json.dumps(raw).encode())
     assert (decoded.user_id, decoded.do_not_remember) == ("", False)
+
+
+async def test_processes_opening_an_older_table_at_once_all_get_the_new_columns(tmp_path: Path) -> None:
+    # The gateway, each host and the writer open the tables at the same moment at start.
+    uri = str(tmp_path / "lance")
+    db = await lancedb.connect_async(uri)
+    old_memories = pa.schema([f for f in memories_schema(64) if f.name not in ("user_id", "completed_at_ns")])
+    await db.create_table(MEMORIES, schema=old_memories)
+    opened = await asyncio.gather(*(MemorySearch.open(uri, EMBEDDER) for _ in range(4)))
+    try:
+        for search in opened:
+            assert await search.search("acme", "anything", user_id="alice") == []
+    finally:
+        for search in opened:
+            await search.close()
