@@ -197,7 +197,7 @@ async def test_erasing_a_user_leaves_nothing_of_them(setup: Setup) -> None:
         nc = await connect(setup.engine.nats_url, name="erasure-test")
         js = nc.jetstream()
         names = Names(setup.engine.config.namespace)
-        dave_events = [names.event_subject("acme", s.id, t) for s, t in zip(sessions, turn_ids, strict=True)]
+        dave_events = [names.event_subject("acme", s.id, t) for s, t in zip(sessions, turn_ids[:2], strict=True)]
         for subject in dave_events:
             assert (await js.get_last_msg(names.events_stream, subject)).data
         # Another tenant cannot erase acme's users; an admin key can name the tenant.
