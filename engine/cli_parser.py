@@ -108,6 +108,38 @@ def _command(
     )
 
 
+def _add_ingest_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``salon ingest``."""
+    ingest = _command(
+        sub, "ingest", "send text, markdown, HTML, PDF and DOCX files to a running engine's knowledge base", INGEST_HELP
+    )
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (.txt, .md, .html, .pdf, .docx)")
+    ingest.add_argument("--target", default="127.0.0.1:50051", help="host:port of the gateway (default: %(default)s)")
+    ingest.add_argument("--batch", type=int, default=8, help="documents per request message (default: %(default)s)")
+    ingest.add_argument(
+        "--collection",
+        default="",
+        metavar="NAME",
+        help="the knowledge collection the documents belong to (searches and sessions can be limited to it)",
+    )
+    ingest.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="also take files matching this pattern that would be skipped (hidden, vendored or git-ignored); "
+        "repeatable, matched against the path under the folder, e.g. '.github/**/*.md'",
+    )
+    ingest.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip files matching this pattern, e.g. 'drafts/**'; repeatable, wins over --include",
+    )
+    add_credential_arguments(ingest)
+
+
 def _add_token_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     token = _command(sub, "token", "mint a session token and chat page link for a browser", TOKEN_HELP)
     token.add_argument("--target", default="127.0.0.1:50051", help="host:port of the gateway (default: %(default)s)")
@@ -197,28 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--file", help="span file, or directory of them (default: telemetry_dir or DATA_DIR/traces)")
     trace.add_argument("--data-dir", help=DATA_DIR_HELP)
 
-    ingest = _command(
-        sub, "ingest", "send text, markdown, HTML, PDF and DOCX files to a running engine's knowledge base", INGEST_HELP
-    )
-    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (.txt, .md, .html, .pdf, .docx)")
-    ingest.add_argument("--target", default="127.0.0.1:50051", help="host:port of the gateway (default: %(default)s)")
-    ingest.add_argument("--batch", type=int, default=8, help="documents per request message (default: %(default)s)")
-    ingest.add_argument(
-        "--include",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="also take files matching this pattern that would be skipped (hidden, vendored or git-ignored); "
-        "repeatable, matched against the path under the folder, e.g. '.github/**/*.md'",
-    )
-    ingest.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="skip files matching this pattern, e.g. 'drafts/**'; repeatable, wins over --include",
-    )
-    add_credential_arguments(ingest)
+    _add_ingest_command(sub)
 
     _add_token_command(sub)
 

@@ -176,7 +176,7 @@ def collect_files(paths: Sequence[str], file_filter: FileFilter | None = None) -
     return collected
 
 
-def _read(found: Found) -> tuple[Document | None, str]:
+def _read(found: Found, collection: str = "") -> tuple[Document | None, str]:
     try:
         if found.path.stat().st_size > MAX_SEND_BYTES:
             return None, "too large to send"
@@ -188,7 +188,10 @@ def _read(found: Found) -> tuple[Document | None, str]:
     except OSError as exc:
         return None, f"cannot read it ({exc.strerror or type(exc).__name__})"
     title = found.path.stem.replace("_", " ").replace("-", " ")
-    return Document(found.document_id, text, title=title, media_type=found.media_type, content=content), ""
+    document = Document(
+        found.document_id, text, title=title, media_type=found.media_type, content=content, collection=collection
+    )
+    return document, ""
 
 
 async def ingest_paths(
@@ -199,10 +202,12 @@ async def ingest_paths(
     batch: int = 8,
     credentials: Mapping[str, Any] | None = None,
     file_filter: FileFilter | None = None,
+    collection: str = "",
 ) -> int:
     """Ingest every file under ``paths`` (walked through ``file_filter``) into the engine at ``target``; 0 when
     all were stored, 1 when some failed, 2 when the engine could not be reached. ``credentials``:
-    :class:`SalonClient` keyword arguments (API key, TLS files)."""
+    :class:`SalonClient` keyword arguments (API key, TLS files); ``collection``: the knowledge collection the
+    documents go into (empty: none)."""
     failures: list[tuple[str, str, str]] = []
     documents: list[Document] = []
     sources: list[Path] = []
@@ -213,7 +218,7 @@ async def ingest_paths(
             "git-ignored or excluded (--include takes files back)"
         )
     for found in collected.found:
-        doc, problem = (None, found.problem) if found.problem else _read(found)
+        doc, problem = (None, found.problem) if found.problem else _read(found, collection)
         if doc is None:
             failures.append((str(found.path), "NOT_SENT", problem))
         else:

@@ -6,7 +6,9 @@ heading."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +20,7 @@ from sec_support import TenantsFile, bearer, engine_config
 
 from salon.client import Document, SalonClient, SalonError
 from salon.engine import Engine
+from salon.engine.cli import main
 from salon.storage import Names
 from salon.storage.jetstream.client import close_connection, connect
 from salon.storage.tables import TranscriptStore
@@ -290,6 +293,22 @@ async def test_collections_and_documents_beyond_text(setup: Setup) -> None:
             for c in e.citations.citations
         ]
         assert cited and cited[0].document_id == "handbook" and cited[0].title == "Handbook / Safety"
+
+
+async def test_salon_ingest_sends_pdf_and_docx_files_into_a_collection(setup: Setup, tmp_path: Path) -> None:
+    folder = tmp_path / "manuals"
+    folder.mkdir()
+    (folder / "pump.pdf").write_bytes(pdf_bytes([["Pump manual."], ["Bleed the pump valve every ninety days."]]))
+    (folder / "rota.docx").write_bytes(docx_bytes([(1, "Cleaning rota"), (0, "The lab floor is mopped on Tuesdays.")]))
+    args = ["ingest", str(folder), "--target", setup.engine.target, "--collection", "manuals"]
+    code = await asyncio.to_thread(main, [*args, "--api-key", setup.keys["acme"]])
+    assert code == 0
+    async with setup.client("acme") as acme:
+        (hit,) = await acme.search("bleed the pump valve", top_k=1, collections=["manuals"])
+        assert (hit.citation.document_id, hit.citation.title) == ("pump-pdf", "pump / page 2")
+        (hit,) = await acme.search("when is the floor mopped", top_k=1, collections=["manuals"])
+        assert (hit.citation.document_id, hit.citation.title) == ("rota-docx", "rota / Cleaning rota")
+        assert not await acme.search("bleed the pump valve", collections=["elsewhere"])
 
 
 async def test_erase_user_through_the_generated_stub(setup: Setup) -> None:
