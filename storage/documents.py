@@ -92,12 +92,16 @@ def docx_to_markdown(content: bytes) -> str:
         document = docx.Document(io.BytesIO(content))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise UnreadableDocument("the DOCX cannot be parsed") from exc
+    # Style names by id, read once: ``paragraph.style`` looks the default style up anew on every paragraph
+    # (measured: 4 ms a paragraph, seconds for a few hundred).
+    names = {style.style_id: style.name or "" for style in document.styles if style.style_id}
     lines: list[str] = []
     for paragraph in document.paragraphs:
         words = paragraph.text.strip()
         if not words:
             continue
-        style = paragraph.style.name if paragraph.style is not None and paragraph.style.name else ""
+        style_id = paragraph._p.style  # the paragraph's own style id; None: the document's default
+        style = names.get(style_id, "") if style_id else ""
         level = 1 if style == "Title" else int(m.group(1)) if (m := _DOCX_HEADING.match(style)) else 0
         lines.append(f"{'#' * level} {words}" if level else words)
     for table in document.tables:
