@@ -125,6 +125,9 @@ def session_settings(session: session_pb2.Session, defaults: HostSettings) -> Se
         retrieval_top_k=memory.retrieval_top_k or defaults.retrieval_top_k,
         retrieval_min_score=memory.retrieval_min_score or defaults.retrieval_min_score,
         long_term_memory=not memory.long_term_memory_disabled,
+        user_id=session.user_id,
+        user_memory=bool(session.user_id) and memory.memory_scope == session_pb2.MEMORY_SCOPE_USER,
+        knowledge_collections=frozenset(memory.knowledge_collections),
         summary_max_tokens=defaults.summary_max_tokens,
         summary_min_messages=defaults.summary_min_messages,
         # Checked by the gateway when the session was created: taken as stored.
@@ -531,6 +534,7 @@ def _turn_of(envelope: TurnEnvelope, span: ConsumerSpan, prior: list[TurnEvent],
         guardrails=GuardrailSettings.from_header(envelope.guardrails),
         tools=selection_from_proto(request.tools, check=False) if request.HasField("tools") else None,
         tool_policy=_policy(settings.tool_policy, request.tool_settings) if request.HasField("tool_settings") else None,
+        do_not_remember=request.do_not_remember,
     )
 
 

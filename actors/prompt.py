@@ -163,8 +163,9 @@ class PromptBuilder:
     def _query(self, text: str, window: Sequence[Message]) -> RetrievalQuery:
         s = self._settings
         excluded = frozenset(m.turn_id for m in window if m.turn_id)
-        # While every turn of the session is still in the window there is no memory to find: no search.
-        past_window = self._state.turn_count > len(excluded)
+        # While every turn of the session is still in the window there is no memory to find: no search (unless
+        # the user's other sessions are searched too).
+        past_window = s.user_memory or self._state.turn_count > len(excluded)
         return RetrievalQuery(
             tenant_id=self._key.tenant_id,
             session_id=self._key.session_id,
@@ -173,6 +174,8 @@ class PromptBuilder:
             min_score=s.retrieval_min_score,
             exclude_turn_ids=excluded,
             include_memory=s.long_term_memory and past_window,
+            memory_user_id=s.user_id if s.user_memory else "",
+            collections=s.knowledge_collections,
         )
 
     def _admissible(self, found: Sequence[Passage], excluded: frozenset[str]) -> list[Passage]:

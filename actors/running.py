@@ -196,7 +196,7 @@ class RunningTurn:
         tool_rounds = [len(r.text) for r in self.calls.rounds]
         return (*tool_rounds, len("".join(self.deltas)) - sum(tool_rounds))
 
-    def record(self, key: SessionKey, incarnation: str, turn_index: int) -> TurnRecord:
+    def record(self, key: SessionKey, incarnation: str, turn_index: int, user_id: str = "") -> TurnRecord:
         """The turn's ledger record, as it ends now."""
         outcome, turn = self.outcome, self.turn
         result = total(self.results)
@@ -234,6 +234,8 @@ class RunningTurn:
             model_rounds=self.model_rounds,
             tool_calls=self.calls.ordered(),
             round_chars=self.round_chars(),
+            user_id=user_id,
+            do_not_remember=turn.do_not_remember,
         )
 
 

@@ -276,7 +276,9 @@ class SessionActor:
 
     async def _conclude(self, running: RunningTurn, *, retry: bool) -> None:
         """Record the turn, apply it to the state, send its ending, and hand it back as done."""
-        record = running.record(self.key, self.state.incarnation, self.state.turn_count + 1)
+        record = running.record(
+            self.key, self.state.incarnation, self.state.turn_count + 1, user_id=self.settings.user_id
+        )
         nats = {otel.attributes.MESSAGING_SYSTEM: "nats", otel.attributes.MESSAGING_OPERATION: "send"}
         with otel.span(otel.attributes.SPAN_LEDGER_APPEND, kind=otel.SpanKind.PRODUCER, attributes=nats):
             record = await self._recorder.append(record, retry=retry)

@@ -41,6 +41,9 @@ class SessionState:
     unfinished: dict[str, list[ProgressRecord]] = field(default_factory=dict)
     """Progress records of turns that have not ended (they were waiting for tools when the session was last
     active, or wait now): a turn taken up again continues from them."""
+    forgotten: set[str] = field(default_factory=set)
+    """Turns sent with ``do_not_remember`` whose messages are still held: they stay in the window while it
+    reaches them but are never folded into the summary."""
 
     def apply(self, record: TurnRecord, keep_messages: int) -> None:
         """Fold one recorded turn into the state.
@@ -54,6 +57,8 @@ class SessionState:
         # A turn a guardrail blocked stays out of memory: the next turns' prompts must not carry it again.
         if record.status != "rolled_back" and record.error_reason not in BLOCK_REASONS:
             self.messages += recorded_messages(record)
+            if record.do_not_remember:
+                self.forgotten.add(record.turn_id)
         self.unfinished.pop(record.turn_id, None)
         self.trim(keep_messages)
         self.recent[record.turn_id] = record.ledger_seq
@@ -83,13 +88,16 @@ class SessionState:
         cap = keep_messages * 2 + 8
         if len(self.folding) > cap:
             del self.folding[: len(self.folding) - cap]
+        if self.forgotten:
+            self.forgotten &= {m.turn_id for m in (*self.folding, *self.messages)}
 
     def unsummarized(self, window: Sequence[Message]) -> list[Message]:
         """Messages that left ``window`` and are not in the summary yet, oldest first."""
         in_window = {id(m) for m in window}
         first = next((i for i, m in enumerate(self.messages) if id(m) in in_window), len(self.messages))
         through = self.summary.through_turn_index
-        return [m for m in (*self.folding, *self.messages[:first]) if m.turn_index > through]
+        held = (*self.folding, *self.messages[:first])
+        return [m for m in held if m.turn_index > through and m.turn_id not in self.forgotten]
 
     def note_progress(self, record: ProgressRecord) -> None:
         """A step of a running turn was recorded."""
@@ -122,6 +130,7 @@ class SessionState:
             "summary": self.summary.to_dict(),
             "folding": [_message_row(m) for m in self.folding],
             "unfinished": [p.to_dict() for steps in self.unfinished.values() for p in steps],
+            "forgotten": sorted(self.forgotten),
         }
 
     @classmethod
@@ -138,6 +147,7 @@ class SessionState:
         state.folding = [_message_from_row(m) for m in data.get("folding", [])]
         state.recent = OrderedDict((str(t), int(s)) for t, s in data.get("recent", []))
         state.summary = Summary.from_dict(data.get("summary"))
+        state.forgotten = {str(t) for t in data.get("forgotten", [])}
         for raw in data.get("unfinished", []):
             state.note_progress(ProgressRecord.from_dict(raw))
         return state

@@ -50,6 +50,12 @@ class SessionSettings:
     retrieval_min_score: float = 0.0
     long_term_memory: bool = True
     """Whether this session's earlier turns are retrieved (the knowledge base is, either way)."""
+    user_id: str = ""
+    """The session's user (``Session.user_id``): its turns' records and memory rows carry it."""
+    user_memory: bool = False
+    """Retrieve the remembered turns of every session of ``user_id``, not only this session's."""
+    knowledge_collections: frozenset[str] = frozenset()
+    """Knowledge collections retrieved from; empty: the whole knowledge base of the tenant."""
     summary_max_tokens: int = 400
     """Size the rolling summary is kept under."""
     summary_min_messages: int = 4
@@ -83,6 +89,8 @@ class Turn:
     """The tools this turn offers instead of the session's; None: the session's."""
     tool_policy: ToolPolicy | None = None
     """This turn's tool policy (the session's with the turn's overrides); None: the session's."""
+    do_not_remember: bool = False
+    """Answered and recorded, never written into long-term memory (``SendTurnRequest.do_not_remember``)."""
 
     @property
     def prior_seq(self) -> int:

@@ -1,14 +1,16 @@
-"""The gRPC face of operating a deployment (``salon.v1.AdminService``): a tenant's usage against its limits."""
+"""The gRPC face of operating a deployment (``salon.v1.AdminService``): a tenant's usage against its limits, and
+erasing a user of a tenant."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from salon.engine.auth import current_identity
+from salon.engine.erasure import UserEraser
 from salon.engine.limits import TenantLimiter, Usage
 from salon.engine.status import error_boundary
-from salon.engine.tenants import TenantRegistry
-from salon.storage import PermissionDenied, Unauthenticated, require_id
+from salon.engine.tenants import Identity, TenantRegistry
+from salon.storage import PermissionDenied, Unauthenticated, Unavailable, require_id
 from salon.storage.reasons import Reason
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
@@ -36,15 +38,27 @@ def usage_to_proto(usage: Usage) -> admin_pb2.TenantUsage:
 class AdminServicer(admin_grpc.AdminServiceServicer):
     """``salon.v1.AdminService``: a caller sees its own tenant; an admin key sees any."""
 
-    def __init__(self, limiter: TenantLimiter, tenants: TenantRegistry) -> None:
+    def __init__(self, limiter: TenantLimiter, tenants: TenantRegistry, eraser: UserEraser | None = None) -> None:
         self._limiter = limiter
         self._tenants = tenants
+        self._eraser = eraser
+
+    @error_boundary
+    async def EraseUser(self, request: admin_pb2.EraseUserRequest, context: Any) -> Any:
+        identity = _identity()
+        tenant = request.tenant_id or identity.tenant_id
+        require_id(tenant, "tenant_id")
+        if tenant != identity.tenant_id and not identity.admin:
+            raise PermissionDenied("only an admin key may erase users of other tenants", reason=Reason.NOT_ADMIN)
+        require_id(request.user_id, "user_id")
+        if self._eraser is None:
+            raise Unavailable("erasure is not available here", reason=Reason.UNAVAILABLE)
+        erased = await self._eraser.erase(tenant, request.user_id)
+        return admin_pb2.EraseUserResponse(sessions_deleted=erased.sessions, memories_deleted=erased.memories)
 
     @error_boundary
     async def GetUsage(self, request: admin_pb2.GetUsageRequest, context: Any) -> Any:
-        identity = current_identity()
-        if identity is None:
-            raise Unauthenticated("missing or invalid credentials")
+        identity = _identity()
         wanted = request.tenant_id or identity.tenant_id
         require_id(wanted, "tenant_id")
         if (request.all_tenants or wanted != identity.tenant_id) and not identity.admin:
@@ -55,3 +69,10 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
             tenants = [wanted]
         usage = [usage_to_proto(await self._limiter.usage(t)) for t in tenants]
         return admin_pb2.GetUsageResponse(usage=usage)
+
+
+def _identity() -> Identity:
+    identity = current_identity()
+    if identity is None:
+        raise Unauthenticated("missing or invalid credentials")
+    return identity

@@ -24,6 +24,7 @@ from salon.engine.admin import AdminServicer
 from salon.engine.auth import Authenticator, AuthInterceptor
 from salon.engine.config import Config
 from salon.engine.disk import DiskGuard, local_directory
+from salon.engine.erasure import UserEraser
 from salon.engine.figures import FiguresPoller
 from salon.engine.gates import Availability, AvailabilityGate, MetadataLimitInterceptor
 from salon.engine.gateway import Gateway
@@ -40,11 +41,13 @@ from salon.engine.web import TOKEN_SERVICE_NAME, BrowserAccess
 from salon.storage import InvalidArgument, Names, build_embedder, redact_url
 from salon.storage.jetstream.bus import BusSettings, TurnPublisher, ensure_bus
 from salon.storage.jetstream.client import JetStream, close_connection, connect, stream_replicas, warn_unless_synced
+from salon.storage.jetstream.erasure import event_purger
 from salon.storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_ledger
 from salon.storage.jetstream.ledger_floor import writer_ack_floor
 from salon.storage.jetstream.sessions import KvSessionRegistry
 from salon.storage.jetstream.usage import KvTokenCounters
 from salon.storage.lance.knowledge import KnowledgeBase
+from salon.storage.lance.memory_search import MemorySearch
 from salon.storage.tables import TranscriptStore
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
@@ -115,6 +118,7 @@ class Engine:
         self._writer: WriterHandle | None = None
         self._store: TranscriptStore | None = None
         self._knowledge: KnowledgeBase | None = None
+        self._memory_search: MemorySearch | None = None
         self._availability = Availability(NATS_METHOD_PREFIXES, WRITING_METHODS)
         self._watch = self._health_watch()
         self._figures: FiguresPoller | None = None
@@ -225,12 +229,14 @@ class Engine:
         return nc.jetstream()
 
     async def _open_stores(self) -> None:
-        """The transcript store and the knowledge base (with the embedding model)."""
+        """The transcript store, the knowledge base and the memory search (with the embedding model)."""
         config = self.config
         options = config.lancedb_storage_options()
-        self._store = await TranscriptStore.open(config.lancedb_location, storage_options=options)
         # The embedding model is loaded once, here, off the event loop: ingestion and search never wait for it.
         embedder = await asyncio.to_thread(build_embedder, config.embedding_model)
+        # Before the transcript store: this opens (and brings up to date) the memories table the store reads.
+        self._memory_search = await MemorySearch.open(config.lancedb_location, embedder, storage_options=options)
+        self._store = await TranscriptStore.open(config.lancedb_location, storage_options=options)
         self._knowledge = await KnowledgeBase.open(
             config.lancedb_location,
             embedder,
@@ -301,12 +307,19 @@ class Engine:
         )
         cs_grpc.add_ConversationServiceServicer_to_server(conversation, server)  # type: ignore[no-untyped-call]
         # The knowledge service names the caller's tenant exactly as the conversation service does.
-        knowledge = Knowledge(self._knowledge, max_text_bytes=config.max_text_bytes)
+        knowledge = Knowledge(
+            self._knowledge,
+            max_text_bytes=config.max_text_bytes,
+            memory=self._memory_search,
+            session_of=gateway.registry.get,
+        )
         ks_grpc.add_KnowledgeServiceServicer_to_server(  # type: ignore[no-untyped-call]
             KnowledgeServicer(knowledge, conversation._tenant), server
         )
+        purge = event_purger(self._nc.jetstream(), self.names)
+        eraser = UserEraser(gateway.registry, gateway.delete_session, gateway.store.erase_user, purge_events=purge)
         admin_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            AdminServicer(self.limiter, self.tenants), server
+            AdminServicer(self.limiter, self.tenants, eraser), server
         )
         self.browser.add_to_server(server, gateway.get_session)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -462,6 +475,9 @@ class Engine:
         if self._knowledge is not None:
             await self._knowledge.close()
             self._knowledge = None
+        if self._memory_search is not None:
+            await self._memory_search.close()
+            self._memory_search = None
         if self._started_ray:
             shutdown_ray()
             self._started_ray = False

@@ -263,6 +263,7 @@ async def _ingest(args: argparse.Namespace) -> int:
         batch=args.batch,
         credentials=credentials_from(args),
         file_filter=FileFilter(include=tuple(args.include), exclude=tuple(args.exclude)),
+        collection=args.collection,
     )
 
 

@@ -57,10 +57,11 @@ USAGE_HELP = """Show a tenant's usage against its limits (turns in the last minu
 tokens today, sessions, largest message), as counted by a running gateway (AdminService.GetUsage). Your own
 tenant by default; --tenant and --all need an admin key."""
 
-INGEST_HELP = """Send .txt and .md files to a running engine's knowledge base (KnowledgeService.IngestDocuments).
+INGEST_HELP = """Send .txt, .md, .html, .pdf and .docx files to a running engine's knowledge base
+(KnowledgeService.IngestDocuments).
 
 Each file becomes one document, chunked with overlap and embedded by the engine. Directories are walked
-for .txt/.md files, skipping hidden files and folders, vendored folders (node_modules, .venv, venv,
+for .txt/.md/.html/.pdf/.docx files, skipping hidden files and folders, vendored folders (node_modules, .venv, venv,
 __pycache__, *.egg-info, site-packages, dist, build) and, inside a git work tree, the files git ignores;
 --include and --exclude add glob patterns of their own. A file's document id comes from its path
 (guides/setup.md -> guides-setup-md), so ingesting the same files again replaces their documents. A
@@ -110,6 +111,38 @@ def _command(
     return sub.add_parser(
         name, help=summary, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+
+
+def _add_ingest_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``salon ingest``."""
+    ingest = _command(
+        sub, "ingest", "send text, markdown, HTML, PDF and DOCX files to a running engine's knowledge base", INGEST_HELP
+    )
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (.txt, .md, .html, .pdf, .docx)")
+    ingest.add_argument("--target", default="127.0.0.1:50051", help="host:port of the gateway (default: %(default)s)")
+    ingest.add_argument("--batch", type=int, default=8, help="documents per request message (default: %(default)s)")
+    ingest.add_argument(
+        "--collection",
+        default="",
+        metavar="NAME",
+        help="the knowledge collection the documents belong to (searches and sessions can be limited to it)",
+    )
+    ingest.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="also take files matching this pattern that would be skipped (hidden, vendored or git-ignored); "
+        "repeatable, matched against the path under the folder, e.g. '.github/**/*.md'",
+    )
+    ingest.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip files matching this pattern, e.g. 'drafts/**'; repeatable, wins over --include",
+    )
+    add_credential_arguments(ingest)
 
 
 def _add_token_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -213,28 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--file", help="span file, or directory of them (default: telemetry_dir or DATA_DIR/traces)")
     trace.add_argument("--data-dir", help=DATA_DIR_HELP)
 
-    ingest = _command(
-        sub, "ingest", "send .txt/.md files to a running engine's knowledge base, with a progress bar", INGEST_HELP
-    )
-    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (.txt, .md)")
-    ingest.add_argument("--target", default="127.0.0.1:50051", help="host:port of the gateway (default: %(default)s)")
-    ingest.add_argument("--batch", type=int, default=8, help="documents per request message (default: %(default)s)")
-    ingest.add_argument(
-        "--include",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="also take files matching this pattern that would be skipped (hidden, vendored or git-ignored); "
-        "repeatable, matched against the path under the folder, e.g. '.github/**/*.md'",
-    )
-    ingest.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="skip files matching this pattern, e.g. 'drafts/**'; repeatable, wins over --include",
-    )
-    add_credential_arguments(ingest)
+    _add_ingest_command(sub)
 
     _add_token_command(sub)
     _add_maintenance_commands(sub)

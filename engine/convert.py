@@ -80,6 +80,7 @@ def record_to_proto(record: TurnRecord) -> turn_pb2.TurnRecord:
         guardrails=[decision_to_proto(d) for d in record.all_guardrails()],
         tool_calls=[tool_call_to_proto(c) for c in record.tool_calls],
         model_rounds=_rounds(record),
+        not_remembered=record.do_not_remember,
     )
 
 

@@ -108,6 +108,16 @@ class Gateway:
             check_tool_settings(request.tool_settings)
 
     @property
+    def registry(self) -> SessionRegistry:
+        """The session definitions (memory search checks a session exists; erasure finds a user's sessions)."""
+        return self._registry
+
+    @property
+    def store(self) -> TranscriptStore:
+        """The transcript store (erasure removes a user's rows from it)."""
+        return self._store
+
+    @property
     def bus_connected(self) -> bool:
         """Whether the turn bus is reachable now."""
         return self._publisher.connected
@@ -128,6 +138,7 @@ class Gateway:
             create_time=Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
             tools=request.tools if request.HasField("tools") else None,
             tool_settings=request.tool_settings if request.HasField("tool_settings") else None,
+            user_id=request.user_id,
         )
         await self._registry.create(tenant_id, session)
         return session

@@ -1,5 +1,5 @@
-"""``salon ingest``: send text and markdown files to a running engine's knowledge base, with a progress bar
-and a readable account of what failed."""
+"""``salon ingest``: send text, markdown, HTML, PDF and DOCX files to a running engine's knowledge base, with a
+progress bar and a readable account of what failed."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from salon.client import Document, SalonClient, SalonError
+from salon.client.knowledge import MEDIA_TYPES
 
-SUFFIXES = {".txt": "text/plain", ".text": "text/plain", ".md": "text/markdown", ".markdown": "text/markdown"}
+SUFFIXES = MEDIA_TYPES
+"""The files taken, by suffix, and their media types."""
+_BINARY = frozenset({".pdf", ".docx"})
 MAX_SEND_BYTES = 4 * 1024 * 1024 - 64 * 1024
 """A file larger than this cannot travel in one gRPC message; it is reported here instead of sent."""
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -123,7 +126,8 @@ class Collected:
 
 
 def _walk(root: Path, file_filter: FileFilter, collected: Collected) -> list[PurePosixPath]:
-    """The .txt/.md files under ``root`` that ``file_filter`` takes, in name order; counts what it skips."""
+    """The files of a known type (:data:`SUFFIXES`) under ``root`` that ``file_filter`` takes, in name order;
+    counts what it skips."""
     taken: list[PurePosixPath] = []
     candidates: list[PurePosixPath] = []
     for directory, dirs, files in os.walk(root):
@@ -153,7 +157,7 @@ def _walk(root: Path, file_filter: FileFilter, collected: Collected) -> list[Pur
 
 
 def collect_files(paths: Sequence[str], file_filter: FileFilter | None = None) -> Collected:
-    """The .txt and .md files among ``paths``: directories are walked in name order through ``file_filter``
+    """The files of a known type among ``paths``: directories are walked in name order through ``file_filter``
     (default: :class:`FileFilter`); a file named directly is always taken."""
     file_filter = file_filter or FileFilter()
     collected = Collected()
@@ -165,24 +169,29 @@ def collect_files(paths: Sequence[str], file_filter: FileFilter | None = None) -
                 collected.found.append(Found(path, document_id_for(path, root), SUFFIXES[path.suffix.lower()]))
         elif root.is_file():
             media = SUFFIXES.get(root.suffix.lower(), "")
-            problem = "" if media else "not a .txt or .md file"
+            problem = "" if media else f"not a file of a known type ({', '.join(sorted(SUFFIXES))})"
             collected.found.append(Found(root, document_id_for(root, root.parent), media, problem))
         else:
             collected.found.append(Found(root, "", "", "no such file or directory"))
     return collected
 
 
-def _read(found: Found) -> tuple[Document | None, str]:
+def _read(found: Found, collection: str = "") -> tuple[Document | None, str]:
     try:
         if found.path.stat().st_size > MAX_SEND_BYTES:
             return None, "too large to send"
-        text = found.path.read_text(encoding="utf-8")
+        binary = found.path.suffix.lower() in _BINARY
+        content = found.path.read_bytes() if binary else b""
+        text = "" if binary else found.path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         return None, "not UTF-8 text"
     except OSError as exc:
         return None, f"cannot read it ({exc.strerror or type(exc).__name__})"
     title = found.path.stem.replace("_", " ").replace("-", " ")
-    return Document(found.document_id, text, title=title, media_type=found.media_type), ""
+    document = Document(
+        found.document_id, text, title=title, media_type=found.media_type, content=content, collection=collection
+    )
+    return document, ""
 
 
 async def ingest_paths(
@@ -193,10 +202,12 @@ async def ingest_paths(
     batch: int = 8,
     credentials: Mapping[str, Any] | None = None,
     file_filter: FileFilter | None = None,
+    collection: str = "",
 ) -> int:
     """Ingest every file under ``paths`` (walked through ``file_filter``) into the engine at ``target``; 0 when
     all were stored, 1 when some failed, 2 when the engine could not be reached. ``credentials``:
-    :class:`SalonClient` keyword arguments (API key, TLS files)."""
+    :class:`SalonClient` keyword arguments (API key, TLS files); ``collection``: the knowledge collection the
+    documents go into (empty: none)."""
     failures: list[tuple[str, str, str]] = []
     documents: list[Document] = []
     sources: list[Path] = []
@@ -207,7 +218,7 @@ async def ingest_paths(
             "git-ignored or excluded (--include takes files back)"
         )
     for found in collected.found:
-        doc, problem = (None, found.problem) if found.problem else _read(found)
+        doc, problem = (None, found.problem) if found.problem else _read(found, collection)
         if doc is None:
             failures.append((str(found.path), "NOT_SENT", problem))
         else:

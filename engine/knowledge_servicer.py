@@ -41,3 +41,8 @@ class KnowledgeServicer(ks_grpc.KnowledgeServiceServicer):
     async def Search(self, request: ks_pb2.SearchRequest, context: Context) -> Any:
         hits = await self._knowledge.search(self._tenant_of(context), request)
         return ks_pb2.SearchResponse(hits=hits)
+
+    @error_boundary
+    async def SearchMemory(self, request: ks_pb2.SearchMemoryRequest, context: Context) -> Any:
+        hits = await self._knowledge.search_memory(self._tenant_of(context), request)
+        return ks_pb2.SearchMemoryResponse(hits=hits)

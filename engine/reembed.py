@@ -29,6 +29,12 @@ async def reembed_with_progress(config: Config, console: Console, *, everything:
                 tasks[table] = bar.add_task(table, total=total)
             bar.update(tasks[table], completed=done)
 
-        count = await reembed(config.lancedb_location, embedder, everything=everything, progress=advance)
+        count = await reembed(
+            config.lancedb_location,
+            embedder,
+            everything=everything,
+            progress=advance,
+            storage_options=config.lancedb_storage_options(),
+        )
     console.print(f"re-embedded {count} rows with {embedder.model_id}")
     return 0

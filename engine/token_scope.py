@@ -43,8 +43,9 @@ METHOD_RIGHTS: dict[str, Right] = {
 
 _CREATE_SESSION = _CONVERSATION + "CreateSession"
 _SEND_TURN = _CONVERSATION + "SendTurn"
-# Fields a page may not set: the backend chooses the model, the tools and the session's name.
-_CREATE_FIELDS_NOT_ALLOWED = ("session_id", "model", "tools", "tool_settings")
+# Fields a page may not set: the backend chooses the model, the tools, the session's name and its user (whose
+# memory the session may read).
+_CREATE_FIELDS_NOT_ALLOWED = ("session_id", "model", "tools", "tool_settings", "user_id")
 _TURN_FIELDS_NOT_ALLOWED = ("tools", "tool_settings")
 
 

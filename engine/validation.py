@@ -15,6 +15,7 @@ from salon.storage.errors import InvalidArgument
 from salon.storage.ids import require_id
 from salon.storage.reasons import Reason
 from salon.v1 import conversation_service_pb2 as cs_pb2
+from salon.v1 import session_pb2
 
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_BYTES = 128
@@ -79,10 +80,32 @@ def check_create_session(request: cs_pb2.CreateSessionRequest, guardrails: Guard
         raise InvalidArgument(
             f"memory.retrieval_top_k must be at most {MAX_RETRIEVAL_TOP_K}", reason=Reason.BAD_MEMORY_SETTINGS
         )
+    check_user_memory(request)
     if request.model.HasField("temperature") and not 0.0 <= request.model.temperature <= 2.0:
         raise InvalidArgument("model.temperature must be between 0 and 2", reason=Reason.BAD_MODEL_SETTINGS)
     if len(request.model.stop_sequences) > 8:
         raise InvalidArgument("model.stop_sequences holds at most 8 entries", reason=Reason.BAD_MODEL_SETTINGS)
+
+
+MAX_KNOWLEDGE_COLLECTIONS = 16
+
+
+def check_user_memory(request: cs_pb2.CreateSessionRequest) -> None:
+    """The session's user, its memory scope and the knowledge collections it retrieves from."""
+    if request.user_id:
+        require_id(request.user_id, "user_id")
+    memory = request.memory
+    if memory.memory_scope not in session_pb2.MemoryScope.values():
+        raise InvalidArgument("memory.memory_scope is not a known scope", reason=Reason.BAD_MEMORY_SCOPE)
+    if memory.memory_scope == session_pb2.MEMORY_SCOPE_USER and not request.user_id:
+        raise InvalidArgument("memory.memory_scope USER needs the session's user_id", reason=Reason.BAD_MEMORY_SCOPE)
+    if len(memory.knowledge_collections) > MAX_KNOWLEDGE_COLLECTIONS:
+        raise InvalidArgument(
+            f"memory.knowledge_collections holds at most {MAX_KNOWLEDGE_COLLECTIONS} names",
+            reason=Reason.TOO_MANY_COLLECTIONS,
+        )
+    for collection in memory.knowledge_collections:
+        require_id(collection, "collection")
 
 
 def page_size(requested: int) -> int:

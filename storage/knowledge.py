@@ -13,16 +13,22 @@ EMPTY_DOCUMENT: Final = Reason.EMPTY_DOCUMENT
 DOCUMENT_TOO_LARGE: Final = Reason.DOCUMENT_TOO_LARGE
 UNSUPPORTED_MEDIA_TYPE: Final = Reason.UNSUPPORTED_MEDIA_TYPE
 TITLE_TOO_LONG: Final = Reason.TITLE_TOO_LONG
+UNREADABLE_DOCUMENT: Final = Reason.UNREADABLE_DOCUMENT
+INVALID_COLLECTION: Final = Reason.INVALID_COLLECTION
 
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """A document to ingest. ``media_type``: ``text/plain`` (or empty) or ``text/markdown``."""
+    """A document to ingest. ``media_type``: one of :data:`salon.storage.documents.MEDIA_TYPES` (empty: plain
+    text); the content is ``text`` or, for a binary type (PDF, DOCX) and optionally for the others, ``content``.
+    ``collection``: the knowledge base within the tenant it belongs to (empty: none)."""
 
     document_id: str
     text: str
     title: str = ""
     media_type: str = "text/plain"
+    collection: str = ""
+    content: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,8 @@ class Reason(StrEnum):
     INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
     INVALID_DOCUMENT_ID = "INVALID_DOCUMENT_ID"
     INVALID_INCARNATION = "INVALID_INCARNATION"
+    INVALID_USER_ID = "INVALID_USER_ID"
+    INVALID_COLLECTION = "INVALID_COLLECTION"
 
     # The knowledge base.
     NO_DOCUMENT_IDS = "NO_DOCUMENT_IDS"
@@ -64,6 +66,13 @@ class Reason(StrEnum):
     DOCUMENT_TOO_LARGE = "DOCUMENT_TOO_LARGE"
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     TITLE_TOO_LONG = "TITLE_TOO_LONG"
+    UNREADABLE_DOCUMENT = "UNREADABLE_DOCUMENT"
+    """A PDF or DOCX that cannot be parsed, or document bytes that are not UTF-8 for a text type."""
+    TOO_MANY_COLLECTIONS = "TOO_MANY_COLLECTIONS"
+
+    # Long-term memory (SearchMemory, user scope, erasure).
+    BAD_MEMORY_SCOPE = "BAD_MEMORY_SCOPE"
+    """Exactly one of session_id and user_id for SearchMemory; a user_id for the user memory scope."""
 
     # Who may do what.
     NOT_ADMIN = "NOT_ADMIN"

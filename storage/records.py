@@ -247,6 +247,11 @@ class TurnRecord:
     round_chars: tuple[int, ...] = ()
     """Characters of ``reply_text`` each model round produced (empty without tool calls: one round), so memory
     can give each round's text back its place before the round's calls."""
+    user_id: str = ""
+    """The session's user (``Session.user_id``; empty: none): memory rows carry it, and erasing the user
+    deletes the rows that do."""
+    do_not_remember: bool = False
+    """Sent with ``do_not_remember``: answered and recorded, never written into long-term memory."""
 
     @property
     def key(self) -> str:

@@ -54,6 +54,8 @@ class Passage:
     """Knowledge: the document's title and the chunk's markdown heading, if any."""
     turn_index: int = 0
     """Memory only: the turn's index in its session."""
+    time_ns: int = 0
+    """Memory only: when the turn completed (Unix ns; 0 when unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,10 @@ class RetrievalQuery:
     include_knowledge: bool = True
     now_ns: int = 0
     """When the query is asked (Unix ns; 0: now): what a relative date in it ("last May") counts from."""
+    memory_user_id: str = ""
+    """When set: the memories of every session of this user (in the tenant) instead of the session's own."""
+    collections: frozenset[str] = frozenset()
+    """When set: knowledge of documents ingested into these collections only."""
 
 
 class Retriever(Protocol):
@@ -245,3 +251,7 @@ def check_query(query: RetrievalQuery) -> None:
     require_id(query.session_id, "session_id")
     for turn_id in query.exclude_turn_ids:
         require_id(turn_id, "turn_id")
+    if query.memory_user_id:
+        require_id(query.memory_user_id, "user_id")
+    for collection in query.collections:
+        require_id(collection, "collection")

@@ -95,7 +95,7 @@ _SPECS: Final = (
         TRANSCRIPTS_SCHEMA,
         TURN_KEY,
         (("tenant_id", Bitmap()), ("session_id", BTree()), (TURN_KEY, BTree())),
-        added_columns=("context_json", "model_rounds", "tools_json"),
+        added_columns=("context_json", "model_rounds", "tools_json", "user_id", "do_not_remember"),
     ),
     TableSpec(
         SNAPSHOTS,
@@ -117,7 +117,14 @@ def memories_spec(dim: int) -> TableSpec:
         MEMORIES,
         memories_schema(dim),
         MEMORY_KEY,
-        (("tenant_id", Bitmap()), ("session_id", BTree()), (MEMORY_KEY, BTree()), (TEXT, FTS())),
+        (
+            ("tenant_id", Bitmap()),
+            ("session_id", BTree()),
+            (MEMORY_KEY, BTree()),
+            (TEXT, FTS()),
+            ("user_id", BTree()),
+        ),
+        added_columns=("user_id", "completed_at_ns"),
     )
 
 
@@ -133,7 +140,14 @@ def knowledge_spec(dim: int) -> TableSpec:
         KNOWLEDGE_TABLE,
         knowledge_schema(dim),
         CHUNK_KEY,
-        (("tenant_id", Bitmap()), ("document_id", BTree()), (CHUNK_KEY, BTree()), (TEXT, FTS())),
+        (
+            ("tenant_id", Bitmap()),
+            ("document_id", BTree()),
+            (CHUNK_KEY, BTree()),
+            (TEXT, FTS()),
+            ("collection", Bitmap()),
+        ),
+        added_columns=("collection",),
     )
 
 
@@ -296,6 +310,24 @@ class TranscriptStore:
                 self._tables[MEMORIES] = memories
             for name, table in self._tables.items():
                 await retry_conflicts(partial(table.delete, where), what=f"deleting from {name}")
+
+    async def erase_user(self, tenant_id: str, user_id: str) -> int:
+        """Delete every row carrying the user's id (memories and transcripts) in the tenant; how many memory
+        rows there were. The sessions of the user are deleted by :meth:`delete_session`; this catches the rows
+        those leave (a memory indexed after its session was deleted, say)."""
+        self._check_open()
+        where = f"tenant_id = '{require_id(tenant_id, 'tenant_id')}' AND user_id = '{require_id(user_id, 'user_id')}'"
+        erased = 0
+        with store_errors("cannot delete from the transcript store", UNWRITABLE):
+            if MEMORIES not in self._tables and (memories := await open_existing(self._db, MEMORIES)) is not None:
+                self._tables[MEMORIES] = memories
+            for name, table in self._tables.items():
+                if name == SNAPSHOTS or "user_id" not in (await table.schema()).names:
+                    continue  # no user column: a snapshot goes with its session; an unmigrated table has none
+                if name == MEMORIES:
+                    erased = await table.count_rows(where)
+                await table.delete(where)
+        return erased
 
     async def count(self, table: str, where: str | None = None) -> int:
         """Rows of ``table`` (``transcripts``, ``snapshots`` or ``memories``) matching ``where``, across tenants.
@@ -463,7 +495,7 @@ def _schema_mismatch(spec: TableSpec) -> FailedPrecondition:
     )
 
 
-_COLUMN_DEFAULTS: Final = {pa.string(): "''", pa.int64(): "CAST(0 AS BIGINT)"}
+_COLUMN_DEFAULTS: Final = {pa.string(): "''", pa.int64(): "CAST(0 AS BIGINT)", pa.bool_(): "false"}
 
 
 async def _add_missing_columns(table: AsyncTable, spec: TableSpec) -> bool:
@@ -471,12 +503,25 @@ async def _add_missing_columns(table: AsyncTable, spec: TableSpec) -> bool:
     existing = await table.schema()
     missing = [f for f in spec.schema if f.name not in existing.names]
     kept = pa.schema([f for f in spec.schema if f.name in existing.names])
+    if not missing:
+        # Another process added them since the caller looked.
+        return _same_fields(existing, spec.schema)
     addable = all(f.name in spec.added_columns and f.type in _COLUMN_DEFAULTS for f in missing)
-    if not missing or not addable or not _same_fields(existing, kept):
+    if not addable or not _same_fields(existing, kept):
         return False
-    await table.add_columns({f.name: _COLUMN_DEFAULTS[f.type] for f in missing})
-    log.info("added the columns %s to %s", [f.name for f in missing], spec.name)
-    return True
+    for _ in range(_OPEN_ATTEMPTS):
+        try:
+            await table.add_columns({f.name: _COLUMN_DEFAULTS[f.type] for f in missing})
+        except (ValueError, RuntimeError):
+            # A commit conflict: another process (the gateway, a host, the writer: all open the tables at start)
+            # changed the table first, most likely adding the same columns. Look again at the latest version.
+            await table.checkout_latest()  # type: ignore[no-untyped-call]  # lancedb leaves it unannotated
+            if _same_fields(await table.schema(), spec.schema):
+                return True
+            continue
+        log.info("added the columns %s to %s", [f.name for f in missing], spec.name)
+        return True
+    return False
 
 
 def _same_fields(a: pa.Schema, b: pa.Schema) -> bool:

@@ -37,6 +37,50 @@ function loadService(protosDir = DEFAULT_PROTOS) {
 }
 
 /**
+ * Load another salon.v1 service (KnowledgeService, AdminService) from its .proto file under protosDir.
+ * @param {string} file for example 'salon/v1/knowledge_service.proto'
+ * @param {string} name for example 'KnowledgeService'
+ * @param {string} [protosDir]
+ */
+function loadOtherService(file, name, protosDir = DEFAULT_PROTOS) {
+  const definition = protoLoader.loadSync(file, {
+    includeDirs: [protosDir],
+    keepCase: true,
+    longs: Number,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  });
+  return grpc.loadPackageDefinition(definition).salon.v1[name];
+}
+
+/** A KnowledgeService client (documents, Search, SearchMemory) of the gateway at target, plaintext. */
+function connectKnowledge(target, protosDir = DEFAULT_PROTOS) {
+  const Service = loadOtherService('salon/v1/knowledge_service.proto', 'KnowledgeService', protosDir);
+  return new Service(target, grpc.credentials.createInsecure());
+}
+
+/** An AdminService client (GetUsage, EraseUser) of the gateway at target, plaintext. */
+function connectAdmin(target, protosDir = DEFAULT_PROTOS) {
+  const Service = loadOtherService('salon/v1/admin_service.proto', 'AdminService', protosDir);
+  return new Service(target, grpc.credentials.createInsecure());
+}
+
+/**
+ * The remembered turns of one session (session_id) or one user (user_id) most relevant to text: a list of
+ * { citation, text, session_id, turn_id, turn_index, turn_time }. Reads only.
+ */
+async function searchMemory(knowledge, { text, session_id = '', user_id = '', top_k = 0, min_score = 0 }, timeoutS = 10) {
+  const response = await unary(knowledge, 'SearchMemory', { text, session_id, user_id, top_k, min_score }, timeoutS);
+  return response.hits;
+}
+
+/** Erase a user's sessions and memories (the caller's tenant, or tenant_id with an admin key). */
+function eraseUser(admin, { user_id, tenant_id = '' }, timeoutS = 30) {
+  return unary(admin, 'EraseUser', { user_id, tenant_id }, timeoutS);
+}
+
+/**
  * A client of the gateway at target (host:port), plaintext.
  * @param {string} target
  * @param {string} [protosDir]
@@ -325,11 +369,15 @@ module.exports = {
   DEFAULT_PROTOS,
   TERMINAL,
   connect,
+  connectAdmin,
+  connectKnowledge,
   decideApproval,
   describeError,
   encodeResult,
+  eraseUser,
   formatError,
   loadService,
+  searchMemory,
   statusName,
   streamTurn,
   submitToolResult,

@@ -22,15 +22,18 @@ from typing import Final, cast
 from lancedb.db import AsyncConnection
 from lancedb.table import AsyncTable
 
-from salon.storage.chunking import chunk_text
+from salon.storage.chunking import Chunk, chunk_text
+from salon.storage.documents import BINARY_TYPES, MEDIA_TYPES, UnreadableDocument, convert
 from salon.storage.embedding import Embedder
 from salon.storage.errors import InvalidArgument, Unavailable
 from salon.storage.ids import is_valid_id, require_id
 from salon.storage.knowledge import (
     DOCUMENT_TOO_LARGE,
     EMPTY_DOCUMENT,
+    INVALID_COLLECTION,
     INVALID_DOCUMENT_ID,
     TITLE_TOO_LONG,
+    UNREADABLE_DOCUMENT,
     UNSUPPORTED_MEDIA_TYPE,
     Document,
     IngestResult,
@@ -59,7 +62,9 @@ CHUNK_TOKENS: Final = 200
 one): within the model's 256, with room for the title that is embedded with each chunk."""
 OVERLAP_TOKENS: Final = 40
 MAX_TITLE_CHARS: Final = 512
-MEDIA_TYPES: Final = frozenset({"text/plain", "text/markdown"})
+CONVERTED_BYTES_FACTOR: Final = 4
+"""A converted document (PDF, DOCX, HTML) may hold at most this many times ``max_document_bytes`` of text: a
+compressed file can expand far beyond its size."""
 BATCH_DOCUMENTS: Final = 16
 BATCH_CHUNKS: Final = 256
 OPTIMIZE_MIN_INTERVAL_S: Final = 10.0
@@ -205,11 +210,21 @@ class KnowledgeBase:
                 await retry_conflicts(lambda: self._table.delete(where), what="deleting documents")
         return existed
 
-    async def search(self, tenant_id: str, text: str, *, top_k: int = 4, min_score: float = 0.0) -> list[Passage]:
+    async def search(
+        self,
+        tenant_id: str,
+        text: str,
+        *,
+        top_k: int = 4,
+        min_score: float = 0.0,
+        collections: Sequence[str] = (),
+        document_ids: Sequence[str] = (),
+    ) -> list[Passage]:
         """The tenant's chunks most relevant to ``text``, best first (hybrid search, see
-        :mod:`salon.storage.retrieval`); at most ``top_k``, none below ``min_score``."""
+        :mod:`salon.storage.retrieval`); at most ``top_k``, none below ``min_score``; only of ``collections``
+        and of ``document_ids`` when given."""
         self._check_open()
-        where = knowledge_filter(tenant_id)
+        where = knowledge_filter(tenant_id, collections=collections, document_ids=document_ids)
         if top_k <= 0:
             return []
         target = SearchTarget(self._table, KNOWLEDGE, where)
@@ -259,33 +274,59 @@ class KnowledgeBase:
         ]
         return results, rows
 
-    def _prepare(self, document: Document) -> _Prepared | IngestResult:
-        """The document chunked, or the result that refuses it (messages never quote the content)."""
+    def _refusal(self, document: Document, media_type: str) -> IngestResult | None:
+        """Why ``document`` is refused before it is read, or None."""
         doc_id = document.document_id
         if not is_valid_id(doc_id):
             return _refused(doc_id, INVALID_DOCUMENT_ID, "document ids are 1 to 64 letters, digits, '_' or '-'")
-        media_type = _media_type(document.media_type)
         if media_type not in MEDIA_TYPES:
             return _refused(doc_id, UNSUPPORTED_MEDIA_TYPE, f"media type must be one of {sorted(MEDIA_TYPES)}")
+        if document.collection and not is_valid_id(document.collection):
+            return _refused(doc_id, INVALID_COLLECTION, "a collection is 1 to 64 letters, digits, '_' or '-'")
         if len(document.title) > MAX_TITLE_CHARS:
             return _refused(doc_id, TITLE_TOO_LONG, f"the title is longer than {MAX_TITLE_CHARS} characters")
-        size = len(document.text.encode("utf-8", errors="replace"))
+        if document.text and document.content:
+            return _refused(doc_id, UNREADABLE_DOCUMENT, "a document has text or content, not both")
+        if media_type in BINARY_TYPES and document.text:
+            return _refused(doc_id, UNREADABLE_DOCUMENT, "PDF and DOCX documents come as content (bytes), not text")
+        size = len(document.content) or len(document.text.encode("utf-8", errors="replace"))
         if size > self._max_document_bytes:
             return _refused(
                 doc_id, DOCUMENT_TOO_LARGE, f"the document has {size} bytes; at most {self._max_document_bytes}"
             )
-        chunks = chunk_text(
-            document.text,
-            markdown=media_type == "text/markdown",
-            chunk_tokens=self._chunk_tokens,
-            overlap_tokens=self._overlap_tokens,
-            # The model's own tokenizer where it has one: no chunk is then cut at the model's input limit.
-            count_tokens=getattr(self._embedder, "count_tokens", None),
-        )
+        return None
+
+    def _prepare(self, document: Document) -> _Prepared | IngestResult:
+        """The document converted and chunked, or the result that refuses it (messages never quote the
+        content)."""
+        doc_id = document.document_id
+        media_type = _media_type(document.media_type)
+        refused = self._refusal(document, media_type)
+        if refused is not None:
+            return refused
+        try:
+            sections = convert(media_type, document.text, document.content)
+        except UnreadableDocument as exc:
+            return _refused(doc_id, UNREADABLE_DOCUMENT, str(exc))
+        converted = sum(len(s.text) for s in sections)
+        if converted > CONVERTED_BYTES_FACTOR * self._max_document_bytes:
+            return _refused(doc_id, DOCUMENT_TOO_LARGE, "the document's text is too large once converted")
+        chunks: list[tuple[str, Chunk]] = []
+        for section in sections:
+            pieces = chunk_text(
+                section.text,
+                markdown=section.markdown,
+                chunk_tokens=self._chunk_tokens,
+                overlap_tokens=self._overlap_tokens,
+                # The model's own tokenizer where it has one: no chunk is then cut at the model's input limit.
+                count_tokens=getattr(self._embedder, "count_tokens", None),
+            )
+            chunks.extend((section.location, c) for c in pieces)
         if not chunks:
             return _refused(doc_id, EMPTY_DOCUMENT, "the document has no text")
-        titles = [" / ".join(t for t in (document.title.strip(), c.heading) if t) for c in chunks]
-        return _Prepared(document, media_type, [c.text for c in chunks], titles)
+        # The title names where the chunk is: document title, page (PDF), heading path; citations carry it.
+        titles = [" / ".join(t for t in (document.title.strip(), where, c.heading) if t) for where, c in chunks]
+        return _Prepared(document, media_type, [c.text for _, c in chunks], titles)
 
     async def _replace(self, tenant: str, docs: list[_Prepared], vectors: list[list[float]]) -> None:
         """Write the chunks of ``docs`` and delete every other chunk of those documents, in one commit."""
@@ -301,6 +342,7 @@ class KnowledgeBase:
                 "media_type",
                 "text",
                 "model_id",
+                "collection",
             )
         }
         for p in docs:
@@ -316,6 +358,7 @@ class KnowledgeBase:
                     ("media_type", p.media_type),
                     ("text", text),
                     ("model_id", self._embedder.model_id),
+                    ("collection", p.document.collection),
                 ):
                     columns[name].append(value)
         now = time.time_ns()
@@ -389,7 +432,7 @@ def _take_batch(first: Document, queue: asyncio.Queue[object]) -> tuple[list[Doc
 
 
 def _estimated_chunks(document: Document) -> int:
-    return 1 + len(document.text) // (CHUNK_TOKENS * 4)
+    return 1 + (len(document.text) or len(document.content)) // (CHUNK_TOKENS * 4)
 
 
 def _embedded_texts(p: _Prepared) -> list[str]:

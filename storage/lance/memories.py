@@ -25,7 +25,11 @@ not answered or taken back by the user."""
 
 def remembers(turn: TurnRecord) -> bool:
     """Whether ``turn`` belongs in long-term memory."""
-    return turn.status in REMEMBERED_STATUSES and bool(turn.user_text.strip() or turn.reply_text.strip())
+    return (
+        turn.status in REMEMBERED_STATUSES
+        and not turn.do_not_remember
+        and bool(turn.user_text.strip() or turn.reply_text.strip())
+    )
 
 
 def memory_text(turn: TurnRecord, *, speaker: str = "user") -> str:
@@ -88,5 +92,7 @@ def memories_to_batch(
             "vector": [list(v) for v in vectors],
             "model_id": [model_id] * len(turns),
             "created_at_ns": [now] * len(turns),
+            "user_id": [t.user_id for t in turns],
+            "completed_at_ns": [t.completed_at_ns for t in turns],
         },
     )

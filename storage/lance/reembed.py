@@ -11,15 +11,15 @@ from their title and text.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-import lancedb
 import pyarrow as pa
 from lancedb.table import AsyncTable
 
 from salon.storage.embedding import Embedder
 from salon.storage.errors import FailedPrecondition
+from salon.storage.lance.connection import connect
 from salon.storage.lance.memories import MEMORIES, memory_text, memory_words
 from salon.storage.lance.schemas import CHUNK_KEY, MEMORY_KEY, TEXT, TURN_KEY, VECTOR, vector_type
 from salon.storage.records import TurnRecord
@@ -52,11 +52,19 @@ async def check_model(table: AsyncTable, name: str, embedder: Embedder) -> None:
         )
 
 
-async def reembed(uri: str, embedder: Embedder, *, everything: bool = False, progress: Progress | None = None) -> int:
-    """Re-embed the rows of ``memories`` and ``knowledge`` at ``uri`` made by another model than ``embedder``
-    (``everything``: every row); the number of rows rewritten. Safe to interrupt and run again: each step
-    rewrites whole rows in one merge. The vectors' dimension must stay the same."""
-    db = await lancedb.connect_async(uri)
+async def reembed(
+    uri: str,
+    embedder: Embedder,
+    *,
+    everything: bool = False,
+    progress: Progress | None = None,
+    storage_options: Mapping[str, str] | None = None,
+) -> int:
+    """Re-embed the rows of ``memories`` and ``knowledge`` at ``uri`` (with ``storage_options`` for an object
+    store) made by another model than ``embedder`` (``everything``: every row); the number of rows rewritten.
+    Safe to interrupt and run again: each step rewrites whole rows in one merge. The vectors' dimension must
+    stay the same."""
+    db = await connect(uri, storage_options=storage_options)
     done = 0
     try:
         transcripts = await open_existing(db, TRANSCRIPTS)

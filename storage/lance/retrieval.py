@@ -83,9 +83,10 @@ class LanceRetriever:
         period = find_period(query.text, now) if query.include_memory else None
         targets: list[SearchTarget] = []
         if query.include_knowledge and await self._has_knowledge(query.tenant_id):
-            targets.append(SearchTarget(self._knowledge, KNOWLEDGE, knowledge_filter(query.tenant_id)))
+            where = knowledge_filter(query.tenant_id, collections=query.collections)
+            targets.append(SearchTarget(self._knowledge, KNOWLEDGE, where))
         if query.include_memory:
-            where = memory_filter(query.tenant_id, query.session_id, query.exclude_turn_ids)
+            where = memory_filter(query.tenant_id, query.session_id, query.exclude_turn_ids, query.memory_user_id)
             targets.append(SearchTarget(self._memories, MEMORY, where))
             if period is not None:
                 # The question names a period: its turns are searched on their own too, so they are among
@@ -150,14 +151,31 @@ def period_filter(period: Period) -> str:
     return "(" + " OR ".join(f"{TEXT} LIKE '[{prefix}%'" for prefix in period.prefixes()) + ")"
 
 
-def knowledge_filter(tenant_id: str) -> str:
-    """The prefilter of a tenant's knowledge, from a validated id."""
-    return f"tenant_id = '{require_id(tenant_id, 'tenant_id')}'"
+def knowledge_filter(tenant_id: str, *, collections: Iterable[str] = (), document_ids: Iterable[str] = ()) -> str:
+    """The prefilter of a tenant's knowledge (only of ``collections`` and ``document_ids`` when given), from
+    validated ids."""
+    where = f"tenant_id = '{require_id(tenant_id, 'tenant_id')}'"
+    where += _in_filter("collection", collections, "collection")
+    return where + _in_filter("document_id", document_ids, "document_id")
 
 
-def memory_filter(tenant_id: str, session_id: str, exclude_turn_ids: Iterable[str] = ()) -> str:
-    """The prefilter of a session's memories (of one tenant), minus ``exclude_turn_ids``; ids validated."""
-    where = f"{knowledge_filter(tenant_id)} AND session_id = '{require_id(session_id, 'session_id')}'"
+def _in_filter(column: str, values: Iterable[str], what: str) -> str:
+    wanted = sorted({require_id(v, what) for v in values})
+    return f" AND {column} IN ({', '.join(repr_id(v) for v in wanted)})" if wanted else ""
+
+
+def repr_id(value: str) -> str:
+    """A validated id as an SQL string literal (ids never hold a quote)."""
+    return f"'{value}'"
+
+
+def memory_filter(tenant_id: str, session_id: str, exclude_turn_ids: Iterable[str] = (), user_id: str = "") -> str:
+    """The prefilter of a session's memories (of one tenant), or with ``user_id`` of every session of that user,
+    minus ``exclude_turn_ids``; ids validated."""
+    if user_id:
+        where = f"{knowledge_filter(tenant_id)} AND user_id = '{require_id(user_id, 'user_id')}'"
+    else:
+        where = f"{knowledge_filter(tenant_id)} AND session_id = '{require_id(session_id, 'session_id')}'"
     excluded = sorted({require_id(t, "turn_id") for t in exclude_turn_ids})
     if excluded:
         where += " AND turn_id NOT IN (" + ", ".join(f"'{t}'" for t in excluded) + ")"
@@ -166,7 +184,7 @@ def memory_filter(tenant_id: str, session_id: str, exclude_turn_ids: Iterable[st
 
 _COLUMNS: Final = {
     KNOWLEDGE: ["chunk_key", "document_id", "chunk_id", "title", TEXT],
-    MEMORY: ["memory_key", "session_id", "turn_id", "turn_index", TEXT],
+    MEMORY: ["memory_key", "session_id", "turn_id", "turn_index", TEXT, "completed_at_ns", "created_at_ns"],
 }
 
 
@@ -264,4 +282,14 @@ async def _text_search(table: AsyncTable, where: str, text: str, columns: list[s
 def _passage(source: str, row: dict[str, Any], version: int) -> Passage:
     if source == KNOWLEDGE:
         return Passage(KNOWLEDGE, row["document_id"], row["chunk_id"], row[TEXT], 0.0, version, row["title"])
-    return Passage(MEMORY, row["session_id"], row["turn_id"], row[TEXT], 0.0, version, turn_index=row["turn_index"])
+    return Passage(
+        MEMORY,
+        row["session_id"],
+        row["turn_id"],
+        row[TEXT],
+        0.0,
+        version,
+        turn_index=row["turn_index"],
+        # Rows indexed before turn times were kept: the time they were indexed, shortly after the turn.
+        time_ns=row["completed_at_ns"] or row["created_at_ns"],
+    )

@@ -80,6 +80,8 @@ TRANSCRIPTS_SCHEMA: Final = pa.schema(
         _required("ledger_seq", pa.int64()),
         _required("guardrails", pa.list_(_GUARDRAIL_DECISION)),
         _required("model_rounds", pa.int64()),
+        _required("user_id", pa.string()),
+        _required("do_not_remember", pa.bool_()),
         _required(TOOLS_JSON, pa.string()),
     ]
 )
@@ -115,7 +117,9 @@ def vector_type(dim: int) -> pa.DataType:
 
 
 def memories_schema(dim: int) -> pa.Schema:
-    """One row per remembered turn (completed turns only): its user text and reply, embedded."""
+    """One row per remembered turn (completed turns only): its user text and reply, embedded; ``user_id`` (the
+    session's user, "" for none or rows made before users existed) and ``completed_at_ns`` (when the turn
+    completed; 0 in rows made before) were added later."""
     return pa.schema(
         [
             _required(MEMORY_KEY, pa.string()),
@@ -127,12 +131,15 @@ def memories_schema(dim: int) -> pa.Schema:
             _required(VECTOR, vector_type(dim)),
             _required("model_id", pa.string()),
             _required("created_at_ns", pa.int64()),
+            _required("user_id", pa.string()),
+            _required("completed_at_ns", pa.int64()),
         ]
     )
 
 
 def knowledge_schema(dim: int) -> pa.Schema:
-    """One row per chunk of a document of a tenant's knowledge base."""
+    """One row per chunk of a document of a tenant's knowledge base; ``collection`` ("" for none, and in rows
+    made before collections existed) was added later."""
     return pa.schema(
         [
             _required(CHUNK_KEY, pa.string()),
@@ -146,6 +153,7 @@ def knowledge_schema(dim: int) -> pa.Schema:
             _required(VECTOR, vector_type(dim)),
             _required("model_id", pa.string()),
             _required("ingested_at_ns", pa.int64()),
+            _required("collection", pa.string()),
         ]
     )
 

@@ -56,6 +56,7 @@ def every_call(stub: cs_grpc.ConversationServiceStub, admin: admin_grpc.AdminSer
         ),
         "GetHistory": lambda md: stub.GetHistory(cs_pb2.GetHistoryRequest(session_id=session), metadata=md),
         "GetUsage": lambda md: admin.GetUsage(admin_pb2.GetUsageRequest(), metadata=md),
+        "EraseUser": lambda md: admin.EraseUser(admin_pb2.EraseUserRequest(user_id="u1"), metadata=md),
         "SendTurn": lambda md: _drain(
             stub.SendTurn(cs_pb2.SendTurnRequest(session_id=session, text="hi"), metadata=md)
         ),

@@ -383,6 +383,36 @@ async def test_node_client_explains_errors_and_usage(engine: Engine, node: str) 
     assert out == "".join(scripted_reply("hi there", TOKENS)) + "\n"
 
 
+async def test_node_client_searches_a_users_memory_and_erases_the_user(engine: Engine, node: str) -> None:
+    user = f"u{uuid.uuid4().hex[:8]}"
+    async with SalonClient(engine.target) as client:
+        session = await client.create_session(user_id=user)
+        events = [e async for e in client.send_turn(session.id, "My bicycle is painted ultramarine.")]
+        turn_id = events[0].turn_id
+
+        async def remembered() -> bool:
+            return any(h.turn_id == turn_id for h in await client.search_memory("bicycle", user_id=user))
+
+        await wait_for(remembered, timeout_s=90, what="the turn's memory")
+    script = (
+        "const s = require('./salon.js');"
+        "const target = process.argv[1], user = process.argv[2];"
+        "(async () => {"
+        "  const hits = await s.searchMemory(s.connectKnowledge(target), { text: 'bicycle colour', user_id: user });"
+        "  const erased = await s.eraseUser(s.connectAdmin(target), { user_id: user });"
+        "  const after = await s.searchMemory(s.connectKnowledge(target), { text: 'bicycle', user_id: user });"
+        "  console.log(JSON.stringify({ hits, erased, after: after.length }));"
+        "  process.exit(0);"
+        "})().catch((e) => { console.error(s.formatError(e)); process.exit(1); });"
+    )
+    code, out, err = await _run(node, "-e", script, engine.target, user, cwd=NODE_CLIENT)
+    assert code == 0, err
+    result = json.loads(out)
+    assert [(h["session_id"], h["turn_id"]) for h in result["hits"]] == [(session.id, turn_id)]
+    assert result["hits"][0]["citation"]["source"] == "memory"
+    assert (result["erased"]["sessions_deleted"], result["after"]) == (1, 0)
+
+
 async def test_python_client_modules_import_without_the_engine() -> None:
     """The client's modules keep the package free of engine dependencies (grpcio and protobuf only)."""
     probe = (

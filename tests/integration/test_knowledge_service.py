@@ -137,7 +137,7 @@ async def test_bad_documents_fail_alone_and_say_why_without_echoing(make_engine:
                 doc("empty", "   \n  "),
                 doc("good-1", TRAVEL),
                 doc("huge", (secret + " ") * 200),
-                doc("pdf", f"%PDF-1.7 {secret}", media_type="application/pdf"),
+                doc("png", f"PNG {secret}", media_type="image/png"),
                 doc(f"bad id {secret}", f"text {secret}"),
                 doc("good-2", MENU),
             ],
@@ -147,7 +147,7 @@ async def test_bad_documents_fail_alone_and_say_why_without_echoing(make_engine:
             0: ("empty", INVALID, "EMPTY_DOCUMENT"),
             1: ("good-1", 0, ""),
             2: ("huge", INVALID, "DOCUMENT_TOO_LARGE"),
-            3: ("pdf", INVALID, "UNSUPPORTED_MEDIA_TYPE"),
+            3: ("png", INVALID, "UNSUPPORTED_MEDIA_TYPE"),
             4: ("", INVALID, "INVALID_DOCUMENT_ID"),
             5: ("good-2", 0, ""),
         }

@@ -82,3 +82,17 @@ def test_git_ignored_files_are_skipped_inside_a_work_tree(tmp_path: Path) -> Non
     assert "secret-plans.md" in _taken(tmp_path, FileFilter(include=("secret-*.md",)))
     # Without git's help (or outside a work tree) nothing is git-ignored.
     assert "secret-plans.md" in _taken(tmp_path, FileFilter(use_git=False))
+
+
+def test_html_pdf_and_docx_files_are_taken_with_their_media_types(tmp_path: Path) -> None:
+    _tree(tmp_path, ["page.html", "manual.pdf", "handbook.docx", "photo.png", "notes.md"])
+    collected = collect_files([str(tmp_path)])
+    taken = {found.path.name: found.media_type for found in collected.found}
+    assert taken == {
+        "handbook.docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "manual.pdf": "application/pdf",
+        "notes.md": "text/markdown",
+        "page.html": "text/html",
+    }
+    (png,) = collect_files([str(tmp_path / "photo.png")]).found
+    assert png.problem.startswith("not a file of a known type")

@@ -66,6 +66,26 @@ async def test_summary_is_versioned_and_moves_with_the_window() -> None:
     await actor.close()
 
 
+async def test_a_turn_not_to_remember_stays_in_the_window_but_out_of_the_summary() -> None:
+    journal = InMemoryJournal()
+    actor = await activate(journal)
+    done = asyncio.Event()
+
+    async def on_done() -> None:
+        done.set()
+
+    await actor.submit(local(Turn("t1", "the vault code is vaultcode8842", do_not_remember=True), EventLog(), on_done))
+    await asyncio.wait_for(done.wait(), 5)
+    assert "vaultcode8842" in actor.state.messages[0].text  # the window holds it while it reaches it
+    assert SessionState.from_dict(actor.state.to_dict()).forgotten == {"t1"}
+    for i in range(2, 9):
+        await run(actor, f"t{i}", f"message {i} about topic{i}")
+    assert actor.state.summary.version >= 2 and "topic2" in actor.state.summary.text
+    assert "vaultcode8842" not in actor.state.summary.text
+    assert not actor.state.forgotten  # pruned once its messages are gone
+    await actor.close()
+
+
 async def test_summary_survives_snapshot_and_crash() -> None:
     journal = InMemoryJournal()
     actor = await activate(journal)

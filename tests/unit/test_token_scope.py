@@ -76,6 +76,8 @@ def test_a_session_token_acts_on_its_session_with_its_rights() -> None:
         (CS + "DeleteSession", cs_pb2.DeleteSessionRequest(session_id="s1")),
         ("/salon.v1.KnowledgeService/Search", ks_pb2.SearchRequest(text="x")),
         ("/salon.v1.AdminService/GetUsage", None),
+        ("/salon.v1.AdminService/EraseUser", None),
+        ("/salon.v1.KnowledgeService/SearchMemory", ks_pb2.SearchMemoryRequest(text="x", session_id="s1")),
     ],
 )
 def test_other_methods_are_out_of_a_tokens_scope(method: str, request_message: object) -> None:
@@ -99,10 +101,12 @@ def test_a_user_token_creates_sessions_labelled_with_its_user_and_nothing_else()
     request = cs_pb2.CreateSessionRequest(system_prompt="be brief", metadata={OWNER_KEY: "mallory", "app": "x"})
     apply_scope(user, CS + "CreateSession", request)
     assert dict(request.metadata) == {OWNER_KEY: "alice", "app": "x"}
-    for field in ("session_id", "model"):
+    for field in ("session_id", "model", "user_id"):
         chosen = cs_pb2.CreateSessionRequest()
         if field == "session_id":
             chosen.session_id = "mine"
+        elif field == "user_id":
+            chosen.user_id = "bob"  # whose memory the session could read: the backend's choice
         else:
             chosen.model.provider = "anthropic"
         assert (

@@ -76,6 +76,7 @@ class Session:
         tool_wait_timeout_s: float | None = None,
         max_model_rounds: int | None = None,
         on_approval: ApprovalHandler | None = None,
+        do_not_remember: bool = False,
     ) -> Turn:
         """A new turn: ``async for event in session.turn("hi")`` yields typed events until the turn ends.
 
@@ -86,7 +87,8 @@ class Session:
         Tool calls are answered by the session's functions, approvals by its callback, as the turn streams.
         ``tools`` and ``mcp_servers`` replace the session's tools for this turn (sent to the engine; their
         functions answer this turn's calls); ``tool_wait_timeout_s`` and ``max_model_rounds`` override the
-        session's tool settings; ``on_approval`` the session's callback.
+        session's tool settings; ``on_approval`` the session's callback. ``do_not_remember``: the turn is
+        answered but never written into long-term memory.
         """
         return self._client.turn(
             self.id,
@@ -103,6 +105,7 @@ class Session:
             max_model_rounds=max_model_rounds,
             on_approval=on_approval or self.on_approval,
             toolbox=self.toolbox,
+            do_not_remember=do_not_remember,
         )
 
     def send(
@@ -241,6 +244,7 @@ class SalonClient:
         tool_wait_timeout_s: float | None = None,
         max_model_rounds: int | None = None,
         on_approval: ApprovalHandler | None = None,
+        user_id: str = "",
     ) -> Session:
         """Open a session (with a chosen id, or let the server name it).
 
@@ -251,7 +255,9 @@ class SalonClient:
         ``on_approval`` decides calls of tools marked ``requires_approval``; without it, the turn yields
         :class:`~salon.client.ApprovalRequired` and waits for ``turn.approve`` / ``turn.reject``.
         ``tool_wait_timeout_s`` bounds how long a turn waits for a result or a decision (then it fails with
-        ``TOOL_WAIT_TIMEOUT``); ``max_model_rounds`` caps the model requests of a turn.
+        ``TOOL_WAIT_TIMEOUT``); ``max_model_rounds`` caps the model requests of a turn. ``user_id`` names the
+        person the session is with (memory of the user: ``memory.memory_scope``, :meth:`search_memory`,
+        :meth:`erase_user`).
         """
         toolbox = Toolbox.of(tools, mcp_servers)
         request = cs_pb2.CreateSessionRequest(
@@ -264,6 +270,7 @@ class SalonClient:
             disconnect_policy=disconnect_value(disconnect_policy),
             tools=toolbox.to_proto() if toolbox is not None else None,
             tool_settings=tool_settings(tool_wait_timeout_s, max_model_rounds),
+            user_id=user_id,
         )
         response = await self._unary(self.stub.CreateSession, request, timeout_s)
         return Session(self, response.session, toolbox=toolbox, on_approval=on_approval)
@@ -320,6 +327,7 @@ class SalonClient:
         max_model_rounds: int | None = None,
         on_approval: ApprovalHandler | None = None,
         toolbox: Toolbox | None = None,
+        do_not_remember: bool = False,
     ) -> Turn:
         """A new turn of ``session_id`` (see :meth:`Session.turn`). ``toolbox`` answers the turn's calls when
         ``tools`` (which are sent, and answer them otherwise) are not given."""
@@ -335,6 +343,7 @@ class SalonClient:
             tools=sent,
             tool_wait_timeout_s=tool_wait_timeout_s,
             max_model_rounds=max_model_rounds,
+            do_not_remember=do_not_remember,
         )
         return Turn(
             self.stub,
@@ -438,10 +447,19 @@ class SalonClient:
         await self._unary(self.stub.CancelTurn, request, timeout_s)
 
     async def send_turn(
-        self, session_id: str, text: str, *, idempotency_key: str | None = None, timeout_s: float | None = None
+        self,
+        session_id: str,
+        text: str,
+        *,
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+        do_not_remember: bool = False,
     ) -> AsyncGenerator[turn_pb2.TurnEvent, None]:
-        """Send a turn to a session and iterate over its ``salon.v1.TurnEvent`` messages until it ends."""
-        turn = self.turn(session_id, text, idempotency_key=idempotency_key, timeout_s=timeout_s)
+        """Send a turn to a session and iterate over its ``salon.v1.TurnEvent`` messages until it ends
+        (``do_not_remember``: never written into long-term memory)."""
+        turn = self.turn(
+            session_id, text, idempotency_key=idempotency_key, timeout_s=timeout_s, do_not_remember=do_not_remember
+        )
         async with turn:
             async for event in turn.protos():
                 yield event
@@ -474,12 +492,53 @@ class SalonClient:
         return int(response.deleted)
 
     async def search(
-        self, text: str, *, top_k: int = 0, min_score: float = 0.0, timeout_s: float | None = None
+        self,
+        text: str,
+        *,
+        top_k: int = 0,
+        min_score: float = 0.0,
+        collections: Sequence[str] = (),
+        document_ids: Sequence[str] = (),
+        timeout_s: float | None = None,
     ) -> list[ks_pb2.SearchHit]:
-        """The passages of the caller's knowledge base most relevant to ``text``, best first."""
-        request = ks_pb2.SearchRequest(text=text, top_k=top_k, min_score=min_score)
+        """The passages of the caller's knowledge base most relevant to ``text``, best first; only of documents
+        ingested into ``collections`` and of ``document_ids`` when given."""
+        request = ks_pb2.SearchRequest(
+            text=text,
+            top_k=top_k,
+            min_score=min_score,
+            collections=list(collections),
+            document_ids=list(document_ids),
+        )
         response = await self._unary(self.knowledge_stub.Search, request, timeout_s)
         return list(response.hits)
+
+    async def search_memory(
+        self,
+        text: str,
+        *,
+        session_id: str = "",
+        user_id: str = "",
+        top_k: int = 0,
+        min_score: float = 0.0,
+        timeout_s: float | None = None,
+    ) -> list[ks_pb2.MemoryHit]:
+        """The remembered turns most relevant to ``text``, best first: of one session (``session_id``) or of
+        every session of one user (``user_id``), exactly one of the two. Remembers nothing itself."""
+        request = ks_pb2.SearchMemoryRequest(
+            text=text, session_id=session_id, user_id=user_id, top_k=top_k, min_score=min_score
+        )
+        response = await self._unary(self.knowledge_stub.SearchMemory, request, timeout_s)
+        return list(response.hits)
+
+    async def erase_user(
+        self, user_id: str, *, tenant_id: str = "", timeout_s: float | None = None
+    ) -> admin_pb2.EraseUserResponse:
+        """Erase everything the engine holds about a user (their sessions and memories) of the caller's tenant,
+        or of ``tenant_id`` with an admin key."""
+        request = admin_pb2.EraseUserRequest(tenant_id=tenant_id, user_id=user_id)
+        erased: admin_pb2.EraseUserResponse = await self._unary(self.admin.EraseUser, request, timeout_s)
+        return erased
 
     async def get_usage(
         self, tenant_id: str = "", *, all_tenants: bool = False, timeout_s: float | None = None

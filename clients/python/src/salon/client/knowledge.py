@@ -7,23 +7,46 @@ from dataclasses import dataclass
 
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 
-__all__ = ["Document", "IngestProgress", "request_stream"]
+__all__ = ["DOCX", "MEDIA_TYPES", "Document", "IngestProgress", "request_stream"]
+
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+MEDIA_TYPES = {
+    ".txt": "text/plain",
+    ".text": "text/plain",
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".pdf": "application/pdf",
+    ".docx": DOCX,
+}
+"""The media type of a file by its suffix, for the types the knowledge base reads."""
 
 
 @dataclass(frozen=True, slots=True)
 class Document:
     """A document to ingest. ``document_id``: 1 to 64 characters of ``[A-Za-z0-9_-]`` (ingesting the same id
-    again replaces the document); ``media_type``: ``text/plain`` or ``text/markdown``."""
+    again replaces the document); ``media_type``: ``text/plain``, ``text/markdown``, ``text/html``,
+    ``application/pdf`` or DOCX (:data:`DOCX`); a PDF or DOCX comes as ``content`` bytes (``text`` empty).
+    ``collection``: the knowledge base within the tenant it belongs to (searches and sessions can be limited
+    to collections)."""
 
     document_id: str
-    text: str
+    text: str = ""
     title: str = ""
     media_type: str = "text/plain"
+    collection: str = ""
+    content: bytes = b""
 
     def to_proto(self) -> ks_pb2.Document:
         """The ``salon.v1.Document`` message."""
         return ks_pb2.Document(
-            document_id=self.document_id, text=self.text, title=self.title, media_type=self.media_type
+            document_id=self.document_id,
+            text=self.text,
+            title=self.title,
+            media_type=self.media_type,
+            collection=self.collection,
+            content=self.content,
         )
 
 

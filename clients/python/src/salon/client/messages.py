@@ -20,8 +20,10 @@ def turn_request(
     tools: Toolbox | None = None,
     tool_wait_timeout_s: float | None = None,
     max_model_rounds: int | None = None,
+    do_not_remember: bool = False,
 ) -> cs_pb2.SendTurnRequest:
-    """The ``SendTurnRequest`` of a new turn (``tools``: sent to replace the session's for this turn)."""
+    """The ``SendTurnRequest`` of a new turn (``tools``: sent to replace the session's for this turn;
+    ``do_not_remember``: the turn is never written into long-term memory)."""
     return cs_pb2.SendTurnRequest(
         session_id=session_id,
         text=text,
@@ -31,4 +33,5 @@ def turn_request(
         metadata=dict(metadata or {}),
         tools=tools.to_proto() if tools is not None else None,
         tool_settings=tool_settings(tool_wait_timeout_s, max_model_rounds),
+        do_not_remember=do_not_remember,
     )

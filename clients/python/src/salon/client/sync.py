@@ -211,6 +211,7 @@ class Session:
         tool_wait_timeout_s: float | None = None,
         max_model_rounds: int | None = None,
         on_approval: ApprovalHandler | None = None,
+        do_not_remember: bool = False,
     ) -> Turn:
         """A new turn; iterate over it for its typed events (see :meth:`salon.client.Session.turn`)."""
         turn = self._session.turn(
@@ -226,6 +227,7 @@ class Session:
             tool_wait_timeout_s=tool_wait_timeout_s,
             max_model_rounds=max_model_rounds,
             on_approval=on_approval,
+            do_not_remember=do_not_remember,
         )
         return Turn(self._loop, turn)
 
@@ -360,6 +362,7 @@ class SalonClient:
         tool_wait_timeout_s: float | None = None,
         max_model_rounds: int | None = None,
         on_approval: ApprovalHandler | None = None,
+        user_id: str = "",
     ) -> Session:
         """Open a session (with a chosen id, or let the server name it), with the tools the model may call
         (see :meth:`salon.client.SalonClient.create_session`)."""
@@ -378,6 +381,7 @@ class SalonClient:
                 tool_wait_timeout_s=tool_wait_timeout_s,
                 max_model_rounds=max_model_rounds,
                 on_approval=on_approval,
+                user_id=user_id,
             )
         )
         return Session(self._loop, session)
@@ -509,10 +513,50 @@ class SalonClient:
         return self._loop.run(self._client.delete_documents(list(document_ids), timeout_s=timeout_s))
 
     def search(
-        self, text: str, *, top_k: int = 0, min_score: float = 0.0, timeout_s: float | None = None
+        self,
+        text: str,
+        *,
+        top_k: int = 0,
+        min_score: float = 0.0,
+        collections: Sequence[str] = (),
+        document_ids: Sequence[str] = (),
+        timeout_s: float | None = None,
     ) -> list[ks_pb2.SearchHit]:
-        """The most relevant passages of the knowledge base."""
-        return self._loop.run(self._client.search(text, top_k=top_k, min_score=min_score, timeout_s=timeout_s))
+        """The most relevant passages of the knowledge base (of ``collections`` and ``document_ids`` if given)."""
+        return self._loop.run(
+            self._client.search(
+                text,
+                top_k=top_k,
+                min_score=min_score,
+                collections=collections,
+                document_ids=document_ids,
+                timeout_s=timeout_s,
+            )
+        )
+
+    def search_memory(
+        self,
+        text: str,
+        *,
+        session_id: str = "",
+        user_id: str = "",
+        top_k: int = 0,
+        min_score: float = 0.0,
+        timeout_s: float | None = None,
+    ) -> list[ks_pb2.MemoryHit]:
+        """The most relevant remembered turns of a session or of a user (see
+        :meth:`salon.client.SalonClient.search_memory`)."""
+        return self._loop.run(
+            self._client.search_memory(
+                text, session_id=session_id, user_id=user_id, top_k=top_k, min_score=min_score, timeout_s=timeout_s
+            )
+        )
+
+    def erase_user(
+        self, user_id: str, *, tenant_id: str = "", timeout_s: float | None = None
+    ) -> admin_pb2.EraseUserResponse:
+        """Erase a user's sessions and memories (see :meth:`salon.client.SalonClient.erase_user`)."""
+        return self._loop.run(self._client.erase_user(user_id, tenant_id=tenant_id, timeout_s=timeout_s))
 
 
 class Conversation:

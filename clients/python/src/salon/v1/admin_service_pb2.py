@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csalon/v1/admin_service.proto\x12\x08salon.v1\"9\n\x0fGetUsageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61ll_tenants\x18\x02 \x01(\x08\"8\n\x10GetUsageResponse\x12$\n\x05usage\x18\x01 \x03(\x0b\x32\x15.salon.v1.TenantUsage\"\xa5\x01\n\x0bTenantUsage\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x19\n\x11turns_last_minute\x18\x02 \x01(\r\x12\x18\n\x10\x63oncurrent_turns\x18\x03 \x01(\r\x12\x14\n\x0ctokens_today\x18\x04 \x01(\x04\x12\x10\n\x08sessions\x18\x05 \x01(\r\x12&\n\x06limits\x18\x06 \x01(\x0b\x32\x16.salon.v1.TenantLimits\"\x8b\x01\n\x0cTenantLimits\x12\x18\n\x10turns_per_minute\x18\x01 \x01(\r\x12\x18\n\x10\x63oncurrent_turns\x18\x02 \x01(\r\x12\x16\n\x0etokens_per_day\x18\x03 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\x12\x14\n\x0cmax_sessions\x18\x05 \x01(\r2Q\n\x0c\x41\x64minService\x12\x41\n\x08GetUsage\x12\x19.salon.v1.GetUsageRequest\x1a\x1a.salon.v1.GetUsageResponseB\x10\n\x0c\x64\x65v.salon.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csalon/v1/admin_service.proto\x12\x08salon.v1\"6\n\x10\x45raseUserRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"G\n\x11\x45raseUserResponse\x12\x18\n\x10sessions_deleted\x18\x01 \x01(\r\x12\x18\n\x10memories_deleted\x18\x02 \x01(\x04\"9\n\x0fGetUsageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61ll_tenants\x18\x02 \x01(\x08\"8\n\x10GetUsageResponse\x12$\n\x05usage\x18\x01 \x03(\x0b\x32\x15.salon.v1.TenantUsage\"\xa5\x01\n\x0bTenantUsage\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x19\n\x11turns_last_minute\x18\x02 \x01(\r\x12\x18\n\x10\x63oncurrent_turns\x18\x03 \x01(\r\x12\x14\n\x0ctokens_today\x18\x04 \x01(\x04\x12\x10\n\x08sessions\x18\x05 \x01(\r\x12&\n\x06limits\x18\x06 \x01(\x0b\x32\x16.salon.v1.TenantLimits\"\x8b\x01\n\x0cTenantLimits\x12\x18\n\x10turns_per_minute\x18\x01 \x01(\r\x12\x18\n\x10\x63oncurrent_turns\x18\x02 \x01(\r\x12\x16\n\x0etokens_per_day\x18\x03 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\x12\x14\n\x0cmax_sessions\x18\x05 \x01(\r2\x97\x01\n\x0c\x41\x64minService\x12\x41\n\x08GetUsage\x12\x19.salon.v1.GetUsageRequest\x1a\x1a.salon.v1.GetUsageResponse\x12\x44\n\tEraseUser\x12\x1a.salon.v1.EraseUserRequest\x1a\x1b.salon.v1.EraseUserResponseB\x10\n\x0c\x64\x65v.salon.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,14 +32,18 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'salon.v1.admin_service_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.salon.v1P\001'
-  _globals['_GETUSAGEREQUEST']._serialized_start=42
-  _globals['_GETUSAGEREQUEST']._serialized_end=99
-  _globals['_GETUSAGERESPONSE']._serialized_start=101
-  _globals['_GETUSAGERESPONSE']._serialized_end=157
-  _globals['_TENANTUSAGE']._serialized_start=160
-  _globals['_TENANTUSAGE']._serialized_end=325
-  _globals['_TENANTLIMITS']._serialized_start=328
-  _globals['_TENANTLIMITS']._serialized_end=467
-  _globals['_ADMINSERVICE']._serialized_start=469
-  _globals['_ADMINSERVICE']._serialized_end=550
+  _globals['_ERASEUSERREQUEST']._serialized_start=42
+  _globals['_ERASEUSERREQUEST']._serialized_end=96
+  _globals['_ERASEUSERRESPONSE']._serialized_start=98
+  _globals['_ERASEUSERRESPONSE']._serialized_end=169
+  _globals['_GETUSAGEREQUEST']._serialized_start=171
+  _globals['_GETUSAGEREQUEST']._serialized_end=228
+  _globals['_GETUSAGERESPONSE']._serialized_start=230
+  _globals['_GETUSAGERESPONSE']._serialized_end=286
+  _globals['_TENANTUSAGE']._serialized_start=289
+  _globals['_TENANTUSAGE']._serialized_end=454
+  _globals['_TENANTLIMITS']._serialized_start=457
+  _globals['_TENANTLIMITS']._serialized_end=596
+  _globals['_ADMINSERVICE']._serialized_start=599
+  _globals['_ADMINSERVICE']._serialized_end=750
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EraseUserRequest(_message.Message):
+    __slots__ = ("tenant_id", "user_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class EraseUserResponse(_message.Message):
+    __slots__ = ("sessions_deleted", "memories_deleted")
+    SESSIONS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    MEMORIES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    sessions_deleted: int
+    memories_deleted: int
+    def __init__(self, sessions_deleted: _Optional[int] = ..., memories_deleted: _Optional[int] = ...) -> None: ...
+
 class GetUsageRequest(_message.Message):
     __slots__ = ("tenant_id", "all_tenants")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]

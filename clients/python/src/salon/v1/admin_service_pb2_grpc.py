@@ -42,6 +42,11 @@ class AdminServiceStub:
                 request_serializer=salon_dot_v1_dot_admin__service__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=salon_dot_v1_dot_admin__service__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.EraseUser = channel.unary_unary(
+                '/salon.v1.AdminService/EraseUser',
+                request_serializer=salon_dot_v1_dot_admin__service__pb2.EraseUserRequest.SerializeToString,
+                response_deserializer=salon_dot_v1_dot_admin__service__pb2.EraseUserResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -58,6 +63,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseUser(self, request, context):
+        """Erases everything the engine holds about one user of a tenant (a GDPR erasure): the user's sessions
+        (definitions, ledger entries, transcripts, snapshots) and every memory row carrying the user's id. The
+        caller's own tenant, or another tenant with an admin key (PERMISSION_DENIED otherwise). Erasing a user
+        with nothing stored is not an error (the counts are 0).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -65,6 +80,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=salon_dot_v1_dot_admin__service__pb2.GetUsageRequest.FromString,
                     response_serializer=salon_dot_v1_dot_admin__service__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'EraseUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseUser,
+                    request_deserializer=salon_dot_v1_dot_admin__service__pb2.EraseUserRequest.FromString,
+                    response_serializer=salon_dot_v1_dot_admin__service__pb2.EraseUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -97,6 +117,33 @@ class AdminService:
             '/salon.v1.AdminService/GetUsage',
             salon_dot_v1_dot_admin__service__pb2.GetUsageRequest.SerializeToString,
             salon_dot_v1_dot_admin__service__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/salon.v1.AdminService/EraseUser',
+            salon_dot_v1_dot_admin__service__pb2.EraseUserRequest.SerializeToString,
+            salon_dot_v1_dot_admin__service__pb2.EraseUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,7 +19,7 @@ APPROVAL_VERDICT_APPROVE: ApprovalVerdict
 APPROVAL_VERDICT_REJECT: ApprovalVerdict
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("session_id", "metadata", "system_prompt", "memory", "double_texting", "model", "disconnect_policy", "tools", "tool_settings")
+    __slots__ = ("session_id", "metadata", "system_prompt", "memory", "double_texting", "model", "disconnect_policy", "tools", "tool_settings", "user_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class CreateSessionRequest(_message.Message):
     DISCONNECT_POLICY_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     TOOL_SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     metadata: _containers.ScalarMap[str, str]
     system_prompt: str
@@ -45,7 +46,8 @@ class CreateSessionRequest(_message.Message):
     disconnect_policy: _session_pb2.DisconnectPolicy
     tools: _session_pb2.ToolSet
     tool_settings: _session_pb2.ToolSettings
-    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., memory: _Optional[_Union[_session_pb2.MemorySettings, _Mapping]] = ..., double_texting: _Optional[_Union[_session_pb2.DoubleTextingPolicy, str]] = ..., model: _Optional[_Union[_session_pb2.ModelSettings, _Mapping]] = ..., disconnect_policy: _Optional[_Union[_session_pb2.DisconnectPolicy, str]] = ..., tools: _Optional[_Union[_session_pb2.ToolSet, _Mapping]] = ..., tool_settings: _Optional[_Union[_session_pb2.ToolSettings, _Mapping]] = ...) -> None: ...
+    user_id: str
+    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., memory: _Optional[_Union[_session_pb2.MemorySettings, _Mapping]] = ..., double_texting: _Optional[_Union[_session_pb2.DoubleTextingPolicy, str]] = ..., model: _Optional[_Union[_session_pb2.ModelSettings, _Mapping]] = ..., disconnect_policy: _Optional[_Union[_session_pb2.DisconnectPolicy, str]] = ..., tools: _Optional[_Union[_session_pb2.ToolSet, _Mapping]] = ..., tool_settings: _Optional[_Union[_session_pb2.ToolSettings, _Mapping]] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
     __slots__ = ("session",)
@@ -101,7 +103,7 @@ class DeleteSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SendTurnRequest(_message.Message):
-    __slots__ = ("session_id", "text", "idempotency_key", "double_texting", "metadata", "disconnect_policy", "tools", "tool_settings")
+    __slots__ = ("session_id", "text", "idempotency_key", "double_texting", "metadata", "disconnect_policy", "tools", "tool_settings", "do_not_remember")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +119,7 @@ class SendTurnRequest(_message.Message):
     DISCONNECT_POLICY_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     TOOL_SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    DO_NOT_REMEMBER_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     text: str
     idempotency_key: str
@@ -125,7 +128,8 @@ class SendTurnRequest(_message.Message):
     disconnect_policy: _session_pb2.DisconnectPolicy
     tools: _session_pb2.ToolSet
     tool_settings: _session_pb2.ToolSettings
-    def __init__(self, session_id: _Optional[str] = ..., text: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., double_texting: _Optional[_Union[_session_pb2.DoubleTextingPolicy, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., disconnect_policy: _Optional[_Union[_session_pb2.DisconnectPolicy, str]] = ..., tools: _Optional[_Union[_session_pb2.ToolSet, _Mapping]] = ..., tool_settings: _Optional[_Union[_session_pb2.ToolSettings, _Mapping]] = ...) -> None: ...
+    do_not_remember: bool
+    def __init__(self, session_id: _Optional[str] = ..., text: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., double_texting: _Optional[_Union[_session_pb2.DoubleTextingPolicy, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., disconnect_policy: _Optional[_Union[_session_pb2.DisconnectPolicy, str]] = ..., tools: _Optional[_Union[_session_pb2.ToolSet, _Mapping]] = ..., tool_settings: _Optional[_Union[_session_pb2.ToolSettings, _Mapping]] = ..., do_not_remember: _Optional[bool] = ...) -> None: ...
 
 class SendTurnResponse(_message.Message):
     __slots__ = ("event",)

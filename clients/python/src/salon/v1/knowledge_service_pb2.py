@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from salon.v1 import turn_pb2 as salon_dot_v1_dot_turn__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n salon/v1/knowledge_service.proto\x12\x08salon.v1\x1a\x13salon/v1/turn.proto\"P\n\x08\x44ocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\"?\n\x16IngestDocumentsRequest\x12%\n\tdocuments\x18\x01 \x03(\x0b\x32\x12.salon.v1.Document\"y\n\x17IngestDocumentsResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x18.salon.v1.DocumentResultH\x00\x12*\n\x07summary\x18\x02 \x01(\x0b\x32\x17.salon.v1.IngestSummaryH\x00\x42\x06\n\x04kind\"\xba\x01\n\x0e\x44ocumentResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06\x63hunks\x18\x06 \x01(\r\x12\x16\n\x0e\x64ocuments_done\x18\x07 \x01(\r\x12\x18\n\x10\x64ocuments_failed\x18\x08 \x01(\r\x12\x13\n\x0b\x63hunks_done\x18\t \x01(\x04\"\x81\x01\n\rIngestSummary\x12\x11\n\tdocuments\x18\x01 \x01(\r\x12\x11\n\tsucceeded\x18\x02 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\r\x12\x0e\n\x06\x63hunks\x18\x04 \x01(\x04\x12*\n\x08\x66\x61ilures\x18\x05 \x03(\x0b\x32\x18.salon.v1.DocumentResult\".\n\x16\x44\x65leteDocumentsRequest\x12\x14\n\x0c\x64ocument_ids\x18\x01 \x03(\t\"*\n\x17\x44\x65leteDocumentsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"?\n\rSearchRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x11\n\tmin_score\x18\x03 \x01(\x02\"3\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.salon.v1.SearchHit\"?\n\tSearchHit\x12$\n\x08\x63itation\x18\x01 \x01(\x0b\x32\x12.salon.v1.Citation\x12\x0c\n\x04text\x18\x02 \x01(\t2\x83\x02\n\x10KnowledgeService\x12Z\n\x0fIngestDocuments\x12 .salon.v1.IngestDocumentsRequest\x1a!.salon.v1.IngestDocumentsResponse(\x01\x30\x01\x12V\n\x0f\x44\x65leteDocuments\x12 .salon.v1.DeleteDocumentsRequest\x1a!.salon.v1.DeleteDocumentsResponse\x12;\n\x06Search\x12\x17.salon.v1.SearchRequest\x1a\x18.salon.v1.SearchResponseB\x10\n\x0c\x64\x65v.salon.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n salon/v1/knowledge_service.proto\x12\x08salon.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13salon/v1/turn.proto\"u\n\x08\x44ocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x12\n\ncollection\x18\x05 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x06 \x01(\x0c\"?\n\x16IngestDocumentsRequest\x12%\n\tdocuments\x18\x01 \x03(\x0b\x32\x12.salon.v1.Document\"y\n\x17IngestDocumentsResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x18.salon.v1.DocumentResultH\x00\x12*\n\x07summary\x18\x02 \x01(\x0b\x32\x17.salon.v1.IngestSummaryH\x00\x42\x06\n\x04kind\"\xba\x01\n\x0e\x44ocumentResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06\x63hunks\x18\x06 \x01(\r\x12\x16\n\x0e\x64ocuments_done\x18\x07 \x01(\r\x12\x18\n\x10\x64ocuments_failed\x18\x08 \x01(\r\x12\x13\n\x0b\x63hunks_done\x18\t \x01(\x04\"\x81\x01\n\rIngestSummary\x12\x11\n\tdocuments\x18\x01 \x01(\r\x12\x11\n\tsucceeded\x18\x02 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\r\x12\x0e\n\x06\x63hunks\x18\x04 \x01(\x04\x12*\n\x08\x66\x61ilures\x18\x05 \x03(\x0b\x32\x18.salon.v1.DocumentResult\".\n\x16\x44\x65leteDocumentsRequest\x12\x14\n\x0c\x64ocument_ids\x18\x01 \x03(\t\"*\n\x17\x44\x65leteDocumentsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"j\n\rSearchRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x11\n\tmin_score\x18\x03 \x01(\x02\x12\x14\n\x0c\x64ocument_ids\x18\x04 \x03(\t\x12\x13\n\x0b\x63ollections\x18\x05 \x03(\t\"3\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.salon.v1.SearchHit\"?\n\tSearchHit\x12$\n\x08\x63itation\x18\x01 \x01(\x0b\x32\x12.salon.v1.Citation\x12\x0c\n\x04text\x18\x02 \x01(\t\"j\n\x13SearchMemoryRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\tmin_score\x18\x05 \x01(\x02\"9\n\x14SearchMemoryResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.salon.v1.MemoryHit\"\xa7\x01\n\tMemoryHit\x12$\n\x08\x63itation\x18\x01 \x01(\x0b\x32\x12.salon.v1.Citation\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0f\n\x07turn_id\x18\x04 \x01(\t\x12\x12\n\nturn_index\x18\x05 \x01(\x04\x12-\n\tturn_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xd2\x02\n\x10KnowledgeService\x12Z\n\x0fIngestDocuments\x12 .salon.v1.IngestDocumentsRequest\x1a!.salon.v1.IngestDocumentsResponse(\x01\x30\x01\x12V\n\x0f\x44\x65leteDocuments\x12 .salon.v1.DeleteDocumentsRequest\x1a!.salon.v1.DeleteDocumentsResponse\x12;\n\x06Search\x12\x17.salon.v1.SearchRequest\x1a\x18.salon.v1.SearchResponse\x12M\n\x0cSearchMemory\x12\x1d.salon.v1.SearchMemoryRequest\x1a\x1e.salon.v1.SearchMemoryResponseB\x10\n\x0c\x64\x65v.salon.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,26 +34,32 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'salon.v1.knowledge_service_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.salon.v1P\001'
-  _globals['_DOCUMENT']._serialized_start=67
-  _globals['_DOCUMENT']._serialized_end=147
-  _globals['_INGESTDOCUMENTSREQUEST']._serialized_start=149
-  _globals['_INGESTDOCUMENTSREQUEST']._serialized_end=212
-  _globals['_INGESTDOCUMENTSRESPONSE']._serialized_start=214
-  _globals['_INGESTDOCUMENTSRESPONSE']._serialized_end=335
-  _globals['_DOCUMENTRESULT']._serialized_start=338
-  _globals['_DOCUMENTRESULT']._serialized_end=524
-  _globals['_INGESTSUMMARY']._serialized_start=527
-  _globals['_INGESTSUMMARY']._serialized_end=656
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=658
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=704
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=706
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=748
-  _globals['_SEARCHREQUEST']._serialized_start=750
-  _globals['_SEARCHREQUEST']._serialized_end=813
-  _globals['_SEARCHRESPONSE']._serialized_start=815
-  _globals['_SEARCHRESPONSE']._serialized_end=866
-  _globals['_SEARCHHIT']._serialized_start=868
-  _globals['_SEARCHHIT']._serialized_end=931
-  _globals['_KNOWLEDGESERVICE']._serialized_start=934
-  _globals['_KNOWLEDGESERVICE']._serialized_end=1193
+  _globals['_DOCUMENT']._serialized_start=100
+  _globals['_DOCUMENT']._serialized_end=217
+  _globals['_INGESTDOCUMENTSREQUEST']._serialized_start=219
+  _globals['_INGESTDOCUMENTSREQUEST']._serialized_end=282
+  _globals['_INGESTDOCUMENTSRESPONSE']._serialized_start=284
+  _globals['_INGESTDOCUMENTSRESPONSE']._serialized_end=405
+  _globals['_DOCUMENTRESULT']._serialized_start=408
+  _globals['_DOCUMENTRESULT']._serialized_end=594
+  _globals['_INGESTSUMMARY']._serialized_start=597
+  _globals['_INGESTSUMMARY']._serialized_end=726
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=728
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=774
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=776
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=818
+  _globals['_SEARCHREQUEST']._serialized_start=820
+  _globals['_SEARCHREQUEST']._serialized_end=926
+  _globals['_SEARCHRESPONSE']._serialized_start=928
+  _globals['_SEARCHRESPONSE']._serialized_end=979
+  _globals['_SEARCHHIT']._serialized_start=981
+  _globals['_SEARCHHIT']._serialized_end=1044
+  _globals['_SEARCHMEMORYREQUEST']._serialized_start=1046
+  _globals['_SEARCHMEMORYREQUEST']._serialized_end=1152
+  _globals['_SEARCHMEMORYRESPONSE']._serialized_start=1154
+  _globals['_SEARCHMEMORYRESPONSE']._serialized_end=1211
+  _globals['_MEMORYHIT']._serialized_start=1214
+  _globals['_MEMORYHIT']._serialized_end=1381
+  _globals['_KNOWLEDGESERVICE']._serialized_start=1384
+  _globals['_KNOWLEDGESERVICE']._serialized_end=1722
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from salon.v1 import turn_pb2 as _turn_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -8,16 +11,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Document(_message.Message):
-    __slots__ = ("document_id", "title", "media_type", "text")
+    __slots__ = ("document_id", "title", "media_type", "text", "collection", "content")
     DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
     document_id: str
     title: str
     media_type: str
     text: str
-    def __init__(self, document_id: _Optional[str] = ..., title: _Optional[str] = ..., media_type: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+    collection: str
+    content: bytes
+    def __init__(self, document_id: _Optional[str] = ..., title: _Optional[str] = ..., media_type: _Optional[str] = ..., text: _Optional[str] = ..., collection: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class IngestDocumentsRequest(_message.Message):
     __slots__ = ("documents",)
@@ -82,14 +89,18 @@ class DeleteDocumentsResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("text", "top_k", "min_score")
+    __slots__ = ("text", "top_k", "min_score", "document_ids", "collections")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     text: str
     top_k: int
     min_score: float
-    def __init__(self, text: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ...) -> None: ...
+    document_ids: _containers.RepeatedScalarFieldContainer[str]
+    collections: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, text: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., document_ids: _Optional[_Iterable[str]] = ..., collections: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits",)
@@ -104,3 +115,39 @@ class SearchHit(_message.Message):
     citation: _turn_pb2.Citation
     text: str
     def __init__(self, citation: _Optional[_Union[_turn_pb2.Citation, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class SearchMemoryRequest(_message.Message):
+    __slots__ = ("text", "session_id", "user_id", "top_k", "min_score")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    session_id: str
+    user_id: str
+    top_k: int
+    min_score: float
+    def __init__(self, text: _Optional[str] = ..., session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ...) -> None: ...
+
+class SearchMemoryResponse(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[MemoryHit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[MemoryHit, _Mapping]]] = ...) -> None: ...
+
+class MemoryHit(_message.Message):
+    __slots__ = ("citation", "text", "session_id", "turn_id", "turn_index", "turn_time")
+    CITATION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TURN_TIME_FIELD_NUMBER: _ClassVar[int]
+    citation: _turn_pb2.Citation
+    text: str
+    session_id: str
+    turn_id: str
+    turn_index: int
+    turn_time: _timestamp_pb2.Timestamp
+    def __init__(self, citation: _Optional[_Union[_turn_pb2.Citation, _Mapping]] = ..., text: _Optional[str] = ..., session_id: _Optional[str] = ..., turn_id: _Optional[str] = ..., turn_index: _Optional[int] = ..., turn_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class KnowledgeServiceStub:
                 request_serializer=salon_dot_v1_dot_knowledge__service__pb2.SearchRequest.SerializeToString,
                 response_deserializer=salon_dot_v1_dot_knowledge__service__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchMemory = channel.unary_unary(
+                '/salon.v1.KnowledgeService/SearchMemory',
+                request_serializer=salon_dot_v1_dot_knowledge__service__pb2.SearchMemoryRequest.SerializeToString,
+                response_deserializer=salon_dot_v1_dot_knowledge__service__pb2.SearchMemoryResponse.FromString,
+                _registered_method=True)
 
 
 class KnowledgeServiceServicer:
@@ -88,6 +93,14 @@ class KnowledgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchMemory(self, request, context):
+        """The remembered turns (long-term memory) most relevant to a text, of one session or of one user of the
+        caller's tenant. Read-only: searching remembers nothing. NOT_FOUND for a session the caller cannot see.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KnowledgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +118,11 @@ def add_KnowledgeServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=salon_dot_v1_dot_knowledge__service__pb2.SearchRequest.FromString,
                     response_serializer=salon_dot_v1_dot_knowledge__service__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMemory,
+                    request_deserializer=salon_dot_v1_dot_knowledge__service__pb2.SearchMemoryRequest.FromString,
+                    response_serializer=salon_dot_v1_dot_knowledge__service__pb2.SearchMemoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -193,6 +211,33 @@ class KnowledgeService:
             '/salon.v1.KnowledgeService/Search',
             salon_dot_v1_dot_knowledge__service__pb2.SearchRequest.SerializeToString,
             salon_dot_v1_dot_knowledge__service__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/salon.v1.KnowledgeService/SearchMemory',
+            salon_dot_v1_dot_knowledge__service__pb2.SearchMemoryRequest.SerializeToString,
+            salon_dot_v1_dot_knowledge__service__pb2.SearchMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

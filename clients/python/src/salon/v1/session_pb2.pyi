@@ -24,6 +24,12 @@ class DisconnectPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DISCONNECT_POLICY_UNSPECIFIED: _ClassVar[DisconnectPolicy]
     DISCONNECT_POLICY_CONTINUE: _ClassVar[DisconnectPolicy]
     DISCONNECT_POLICY_CANCEL: _ClassVar[DisconnectPolicy]
+
+class MemoryScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MEMORY_SCOPE_UNSPECIFIED: _ClassVar[MemoryScope]
+    MEMORY_SCOPE_SESSION: _ClassVar[MemoryScope]
+    MEMORY_SCOPE_USER: _ClassVar[MemoryScope]
 DOUBLE_TEXTING_POLICY_UNSPECIFIED: DoubleTextingPolicy
 DOUBLE_TEXTING_POLICY_ENQUEUE: DoubleTextingPolicy
 DOUBLE_TEXTING_POLICY_REJECT: DoubleTextingPolicy
@@ -32,20 +38,27 @@ DOUBLE_TEXTING_POLICY_ROLLBACK: DoubleTextingPolicy
 DISCONNECT_POLICY_UNSPECIFIED: DisconnectPolicy
 DISCONNECT_POLICY_CONTINUE: DisconnectPolicy
 DISCONNECT_POLICY_CANCEL: DisconnectPolicy
+MEMORY_SCOPE_UNSPECIFIED: MemoryScope
+MEMORY_SCOPE_SESSION: MemoryScope
+MEMORY_SCOPE_USER: MemoryScope
 
 class MemorySettings(_message.Message):
-    __slots__ = ("window_token_budget", "window_max_messages", "retrieval_top_k", "retrieval_min_score", "long_term_memory_disabled")
+    __slots__ = ("window_token_budget", "window_max_messages", "retrieval_top_k", "retrieval_min_score", "long_term_memory_disabled", "memory_scope", "knowledge_collections")
     WINDOW_TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     WINDOW_MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_TOP_K_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     LONG_TERM_MEMORY_DISABLED_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    KNOWLEDGE_COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     window_token_budget: int
     window_max_messages: int
     retrieval_top_k: int
     retrieval_min_score: float
     long_term_memory_disabled: bool
-    def __init__(self, window_token_budget: _Optional[int] = ..., window_max_messages: _Optional[int] = ..., retrieval_top_k: _Optional[int] = ..., retrieval_min_score: _Optional[float] = ..., long_term_memory_disabled: _Optional[bool] = ...) -> None: ...
+    memory_scope: MemoryScope
+    knowledge_collections: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, window_token_budget: _Optional[int] = ..., window_max_messages: _Optional[int] = ..., retrieval_top_k: _Optional[int] = ..., retrieval_min_score: _Optional[float] = ..., long_term_memory_disabled: _Optional[bool] = ..., memory_scope: _Optional[_Union[MemoryScope, str]] = ..., knowledge_collections: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelSettings(_message.Message):
     __slots__ = ("provider", "model", "max_tokens", "temperature", "stop_sequences", "fallback_providers")
@@ -72,7 +85,7 @@ class Summary(_message.Message):
     def __init__(self, text: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "metadata", "system_prompt", "memory", "double_texting", "model", "create_time", "turn_count", "summary", "disconnect_policy", "tools", "tool_settings")
+    __slots__ = ("session_id", "metadata", "system_prompt", "memory", "double_texting", "model", "create_time", "turn_count", "summary", "disconnect_policy", "tools", "tool_settings", "user_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +105,7 @@ class Session(_message.Message):
     DISCONNECT_POLICY_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     TOOL_SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     metadata: _containers.ScalarMap[str, str]
     system_prompt: str
@@ -104,7 +118,8 @@ class Session(_message.Message):
     disconnect_policy: DisconnectPolicy
     tools: ToolSet
     tool_settings: ToolSettings
-    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., memory: _Optional[_Union[MemorySettings, _Mapping]] = ..., double_texting: _Optional[_Union[DoubleTextingPolicy, str]] = ..., model: _Optional[_Union[ModelSettings, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., turn_count: _Optional[int] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., disconnect_policy: _Optional[_Union[DisconnectPolicy, str]] = ..., tools: _Optional[_Union[ToolSet, _Mapping]] = ..., tool_settings: _Optional[_Union[ToolSettings, _Mapping]] = ...) -> None: ...
+    user_id: str
+    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., memory: _Optional[_Union[MemorySettings, _Mapping]] = ..., double_texting: _Optional[_Union[DoubleTextingPolicy, str]] = ..., model: _Optional[_Union[ModelSettings, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., turn_count: _Optional[int] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., disconnect_policy: _Optional[_Union[DisconnectPolicy, str]] = ..., tools: _Optional[_Union[ToolSet, _Mapping]] = ..., tool_settings: _Optional[_Union[ToolSettings, _Mapping]] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class Tool(_message.Message):
     __slots__ = ("name", "description", "input_schema_json", "requires_approval", "mcp_server")

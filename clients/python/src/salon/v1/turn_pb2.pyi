@@ -271,7 +271,7 @@ class TurnCancelled(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class TurnRecord(_message.Message):
-    __slots__ = ("turn_id", "user_text", "reply_text", "status", "stop_reason", "usage", "create_time", "complete_time", "context", "guardrails", "tool_calls", "model_rounds")
+    __slots__ = ("turn_id", "user_text", "reply_text", "status", "stop_reason", "usage", "create_time", "complete_time", "context", "guardrails", "tool_calls", "model_rounds", "not_remembered")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     USER_TEXT_FIELD_NUMBER: _ClassVar[int]
     REPLY_TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +284,7 @@ class TurnRecord(_message.Message):
     GUARDRAILS_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    NOT_REMEMBERED_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     user_text: str
     reply_text: str
@@ -296,7 +297,8 @@ class TurnRecord(_message.Message):
     guardrails: _containers.RepeatedCompositeFieldContainer[GuardrailDecision]
     tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCallRecord]
     model_rounds: int
-    def __init__(self, turn_id: _Optional[str] = ..., user_text: _Optional[str] = ..., reply_text: _Optional[str] = ..., status: _Optional[_Union[TurnStatus, str]] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[TurnContext, _Mapping]] = ..., guardrails: _Optional[_Iterable[_Union[GuardrailDecision, _Mapping]]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCallRecord, _Mapping]]] = ..., model_rounds: _Optional[int] = ...) -> None: ...
+    not_remembered: bool
+    def __init__(self, turn_id: _Optional[str] = ..., user_text: _Optional[str] = ..., reply_text: _Optional[str] = ..., status: _Optional[_Union[TurnStatus, str]] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[TurnContext, _Mapping]] = ..., guardrails: _Optional[_Iterable[_Union[GuardrailDecision, _Mapping]]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCallRecord, _Mapping]]] = ..., model_rounds: _Optional[int] = ..., not_remembered: _Optional[bool] = ...) -> None: ...
 
 class ToolCallRecord(_message.Message):
     __slots__ = ("call_id", "tool", "arguments_json", "mcp_server", "round", "approval", "result", "is_error", "source", "call_time", "result_time", "call_tokens", "result_tokens")
