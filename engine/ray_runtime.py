@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -160,28 +161,96 @@ def host_specs(
             telemetry=TelemetrySettings.from_config(config),
             lancedb_uri=config.lancedb_location,
             embedding_model=config.embedding_model,
+            num_shards=config.num_shards,
+            lease_s=config.shard_lease_s,
+            expected_hosts=config.num_hosts,
+            move_grace_s=config.shard_move_grace_s,
         )
         for i in range(config.num_hosts)
     ]
 
 
-class HostGroup:
-    """The deployment's host actors. Lifecycle: :meth:`start`, :meth:`drain`, :meth:`close`."""
+SPREAD = "SPREAD"
+"""Ray's scheduling strategy that puts the hosts on as many nodes as it can: a node lost takes fewer shards."""
 
-    def __init__(self, specs: list[HostSpec], namespace: str) -> None:
+
+class HostGroup:
+    """The deployment's host actors, spread over the Ray cluster's nodes. Lifecycle: :meth:`start`, :meth:`drain`,
+    :meth:`close`; with shard leases, hosts can be added (:meth:`add_host`) and removed (:meth:`remove_host`)
+    while it runs."""
+
+    def __init__(self, specs: list[HostSpec], namespace: str, *, start_timeout_s: float = 120.0) -> None:
         self._specs = specs
         self._namespace = namespace
+        self._start_timeout_s = start_timeout_s
+        self._next_index = len(specs)
         self.handles: list[Any] = []
+        self.indexes: list[int] = []
         self.info: list[dict[str, Any]] = []
 
+    def _create(self, spec: HostSpec) -> Any:
+        return HostActor.options(  # type: ignore[attr-defined]
+            name=f"{self._namespace}-host-{spec.index}",
+            lifetime="non_detached",
+            get_if_exists=False,
+            scheduling_strategy=SPREAD,
+        ).remote(spec)
+
     async def start(self) -> None:
-        """Create the host actors and wait until each pulls its shards."""
+        """Create the host actors and wait until every shard is served."""
         for spec in self._specs:
-            handle = HostActor.options(  # type: ignore[attr-defined]
-                name=f"{self._namespace}-host-{spec.index}", lifetime="non_detached", get_if_exists=False
-            ).remote(spec)
-            self.handles.append(handle)
+            self.handles.append(self._create(spec))
+            self.indexes.append(spec.index)
         self.info = list(await asyncio.gather(*(h.ready.remote() for h in self.handles)))
+        if self._specs and self._specs[0].lease_s > 0:
+            await self.wait_balanced(self._start_timeout_s)
+            self.info = list(await asyncio.gather(*(h.ready.remote() for h in self.handles)))
+
+    async def shards(self) -> dict[int, list[int]]:
+        """The shards each host (by index) serves now."""
+        owned = await asyncio.gather(*(h.shards.remote() for h in self.handles))
+        return dict(zip(self.indexes, owned, strict=True))
+
+    async def wait_balanced(self, timeout_s: float) -> dict[int, list[int]]:
+        """Wait until every shard is served by exactly one host and each host serves its fair share (within
+        one); returns who serves what. Raises TimeoutError past ``timeout_s``."""
+        num_shards = self._specs[0].num_shards
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            owned = await self.shards()
+            counts = [len(v) for v in owned.values()]
+            served = sorted(s for v in owned.values() for s in v)
+            if served == list(range(num_shards)) and counts and max(counts) - min(counts) <= 1:
+                return owned
+            if loop.time() >= deadline:
+                raise TimeoutError(f"shards not balanced after {timeout_s:.0f} s: {owned}")
+            await asyncio.sleep(0.1)
+
+    async def add_host(self) -> int:
+        """Start one more host: it takes about its share of the shards from the others. Returns its index."""
+        if not self._specs or self._specs[0].lease_s <= 0:
+            raise RuntimeError("hosts can join only with shard leases (shard_lease_s > 0)")
+        index, self._next_index = self._next_index, self._next_index + 1
+        spec = dataclasses.replace(self._specs[0], index=index, shards=(), expected_hosts=1)
+        handle = self._create(spec)
+        self.handles.append(handle)
+        self.indexes.append(index)
+        self.info.append(await handle.ready.remote())
+        return index
+
+    async def remove_host(self, index: int, grace_s: float) -> None:
+        """Stop host ``index``: it gives its shards up to the others (running turns get ``grace_s``), then it
+        closes."""
+        position = self.indexes.index(index)
+        handle = self.handles.pop(position)
+        self.indexes.pop(position)
+        self.info.pop(position)
+        try:
+            await handle.leave.remote(grace_s)
+            await handle.close.remote()
+        finally:
+            ray.kill(handle, no_restart=True)
 
     async def stats(self) -> list[dict[str, int]]:
         """Each host's live figures."""
@@ -194,6 +263,7 @@ class HostGroup:
     async def close(self) -> None:
         """Close every host and remove its actor. Idempotent."""
         handles, self.handles = self.handles, []
+        self.indexes = []
         results = await asyncio.gather(*(h.close.remote() for h in handles), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
