@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,7 +91,8 @@ class ShardServing:
         store = await KvLeaseStore.open(self._nc.jetstream(), self._names, spec.lease_s)
         self.leases = ShardLeases(
             store,
-            holder=f"host-{spec.index}.{uuid.uuid4().hex[:8]}",
+            # Stable across restarts of the actor: a restarted host takes its own leases back at once.
+            holder=f"host-{spec.index}",
             num_shards=spec.num_shards,
             on_take=self._take,
             on_give_up=self._give_up,

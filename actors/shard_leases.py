@@ -134,6 +134,7 @@ class ShardLeases:
         replaced would leave the lease held)."""
         self._started_at: float | None = None
         self._joined = False
+        self._adopted = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closed = False
@@ -207,6 +208,9 @@ class ShardLeases:
         except Unavailable:
             log.warning("cannot read the shard leases; keeping the shards held")
             return False
+        if not self._adopted:
+            self._adopted = True
+            await self._adopt(leases)
         hosts = {lease.holder for key, lease in leases.items() if key.startswith(HOST_PREFIX)}
         hosts.add(self.holder)
         owners = {
@@ -229,6 +233,37 @@ class ShardLeases:
             await self._take(shard)
         target = fair_shares(hosts, self._num_shards)[self.holder]
         return len(self._leases) < target
+
+    async def _adopt(self, leases: Mapping[str, Lease]) -> None:
+        """Take over the leases an earlier process of this host still holds (it died and was restarted), so its
+        shards are served again at once instead of after the lease time. Done once, at start: later, a lease of
+        ours we did not know of would be a second live process's, and the two must not trade it back and forth."""
+        for key, lease in leases.items():
+            if lease.holder != self.holder:
+                continue
+            if key == host_key(self.holder):
+                self._presence = self._presence or lease
+            elif key.startswith(SHARD_PREFIX):
+                shard = int(key[len(SHARD_PREFIX) :])
+                if shard in self._leases:
+                    continue
+                async with self._lock:
+                    sent = self._clock()
+                    try:
+                        renewed = await self._store.renew(lease)
+                    except Unavailable:
+                        continue
+                    if renewed is None:
+                        continue
+                    self._leases[shard] = renewed
+                    self._renewed_at[shard] = sent
+                try:
+                    await self._on_take(shard)
+                except Exception:
+                    log.exception("starting shard %d failed; releasing it", shard)
+                    await self._release(shard)
+                    continue
+                self.taken += 1
 
     async def _renew_all(self) -> None:
         async with self._lock:

@@ -239,6 +239,15 @@ class HostGroup:
         self.info.append(await handle.ready.remote())
         return index
 
+    def kill_host(self, index: int) -> None:
+        """End host ``index`` at once, as a crash would, and let Ray not restart it: its leases expire and the
+        other hosts take its shards after the lease time (for fault tests and benchmarks)."""
+        position = self.indexes.index(index)
+        handle = self.handles.pop(position)
+        self.indexes.pop(position)
+        self.info.pop(position)
+        ray.kill(handle, no_restart=True)
+
     async def remove_host(self, index: int, grace_s: float) -> None:
         """Stop host ``index``: it gives its shards up to the others (running turns get ``grace_s``), then it
         closes."""

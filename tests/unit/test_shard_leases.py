@@ -197,3 +197,18 @@ async def test_any_number_of_hosts_converges_to_fair_shares(hosts: int) -> None:
     await cluster.rounds(hosts + 2)
     assert cluster.counts() == fair_shares(cluster.hosts, SHARDS)
     assert cluster.served() == list(range(SHARDS))
+
+
+async def test_a_restarted_host_takes_its_own_leases_back_at_once() -> None:
+    cluster = Cluster()
+    cluster.add("host-0")
+    cluster.add("host-1")
+    await cluster.rounds(2)
+    before = set(cluster.serving["host-1"])
+    # The process dies and a new one of the same host starts before the leases expire.
+    await cluster.hosts["host-1"].close()
+    cluster.serving["host-1"] = set()
+    cluster.add("host-1")
+    await cluster.rounds(1, names=["host-1"])
+    assert cluster.serving["host-1"] == before
+    assert cluster.counts() == {"host-0": 8, "host-1": 8}
