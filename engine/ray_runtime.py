@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import os
 import sys
@@ -109,6 +110,11 @@ def ensure_ray(config: Config) -> bool:
     kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": logging.WARNING, "configure_logging": False}
     if config.ray_address:
         address = config.ray_address
+        node_ip = _loopback_host(address)
+        if node_ip is not None:
+            # A cluster reached over loopback runs on this machine: attach to the node at that address (Ray would
+            # otherwise take this machine's routable address as the driver's node and find no raylet there).
+            kwargs["_node_ip_address"] = node_ip
     else:
         address = "local"
         kwargs.update(
@@ -123,6 +129,15 @@ def ensure_ray(config: Config) -> bool:
         warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
         ray.init(address=address, **kwargs)
     return True
+
+
+def _loopback_host(address: str) -> str | None:
+    """The host of a ``host:port`` Ray address when it is a loopback IP address, else None."""
+    host = address.rsplit(":", 1)[0] if "://" not in address else ""
+    try:
+        return host if ipaddress.ip_address(host).is_loopback else None
+    except ValueError:
+        return None
 
 
 def host_specs(
@@ -171,7 +186,9 @@ def host_specs(
 
 
 SPREAD = "SPREAD"
-"""Ray's scheduling strategy that puts the hosts on as many nodes as it can: a node lost takes fewer shards."""
+"""How Ray places the hosts: over as many nodes as it can (a node lost takes fewer shards with it), and a host whose
+node died is restarted on any live one. (Soft node affinity was tried and did not hold: Ray placed hosts on other
+nodes than the ones named.)"""
 
 
 class HostGroup:
@@ -197,7 +214,7 @@ class HostGroup:
         ).remote(spec)
 
     async def start(self) -> None:
-        """Create the host actors and wait until every shard is served."""
+        """Create the host actors (spread over the cluster's nodes) and wait until every shard is served."""
         for spec in self._specs:
             self.handles.append(self._create(spec))
             self.indexes.append(spec.index)
@@ -218,7 +235,10 @@ class HostGroup:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            owned = await self.shards()
+            try:
+                owned = await self.shards()
+            except ray.exceptions.RayError:
+                owned = {}  # a host is restarting (its node died): ask again
             counts = [len(v) for v in owned.values()]
             served = sorted(s for v in owned.values() for s in v)
             if served == list(range(num_shards)) and counts and max(counts) - min(counts) <= 1:

@@ -94,11 +94,11 @@ class KvLeaseStore:
         try:
             watcher = await self._kv.watchall(ignore_deletes=True)
             try:
-                while (entry := await watcher.updates(timeout=5.0)) is not None:
+                while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
                     if entry.value:
                         leases[entry.key] = Lease(entry.key, entry.value.decode(), entry.revision)
             finally:
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
         except _NATS_ERRORS as exc:
             raise _unavailable() from exc
         return leases
