@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import grpc
+import pytest
 from conftest import wait_for
 from load_support import Load
 
@@ -16,6 +17,7 @@ SHARDS = 8
 LEASE_S = 3.0
 
 
+@pytest.mark.timeout(600)  # four moves under load, each waiting for a host to start or a lease to expire
 async def test_hosts_join_leave_and_die_under_turns_without_losing_any(make_engine: object) -> None:
     engine: Engine = await make_engine(  # type: ignore[operator]
         num_hosts=2,

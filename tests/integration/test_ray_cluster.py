@@ -26,6 +26,7 @@ def ray_nodes() -> Iterator[RayNodes]:
         nodes.close()
 
 
+@pytest.mark.timeout(600)  # three `ray start` take a minute or more on a loaded machine
 async def test_a_worker_node_dies_under_turns_and_its_sessions_continue_elsewhere(
     ray_nodes: RayNodes, nats_url: str, tmp_path: Path
 ) -> None:
