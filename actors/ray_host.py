@@ -61,6 +61,8 @@ class HostSpec:
     expected_hosts: int = 1
     """Hosts started together: each waits (up to the lease time) for the others before taking shards."""
     move_grace_s: float = 10.0
+    group: str = ""
+    """The engine's name among hosts sharing the namespace (part of the host's lease holder name)."""
 
 
 async def serve_control(host: SessionHost, nc: Any, names: Names, shards: tuple[int, ...]) -> list[Any]:
@@ -91,8 +93,8 @@ class ShardServing:
         store = await KvLeaseStore.open(self._nc.jetstream(), self._names, spec.lease_s)
         self.leases = ShardLeases(
             store,
-            # Stable across restarts of the actor: a restarted host takes its own leases back at once.
-            holder=f"host-{spec.index}",
+            # Stable across restarts of the actor (and of the engine): a restarted host takes its own leases back.
+            holder=f"{spec.group}-host-{spec.index}" if spec.group else f"host-{spec.index}",
             num_shards=spec.num_shards,
             on_take=self._take,
             on_give_up=self._give_up,

@@ -151,7 +151,8 @@ class Level:
 
     sessions: int
     turns: int = 0
-    errors: int = 0
+    failures: list[str] = field(default_factory=list)
+    """Why each failed turn failed (the error event's reason, or the gRPC status)."""
     window_s: float = 0.0
     ttft: list[float] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
@@ -162,7 +163,8 @@ class Level:
         return {
             "sessions": self.sessions,
             "turns": self.turns,
-            "errors": self.errors,
+            "errors": len(self.failures),
+            "error_reasons": sorted(set(self.failures)),
             "turns_per_s": round(self.turns / self.window_s, 1) if self.window_s else 0.0,
             "ttft_p50_ms": round(percentile(self.ttft, 50) * 1000, 1),
             "ttft_p99_ms": round(percentile(self.ttft, 99) * 1000, 1),
@@ -176,15 +178,18 @@ async def _turn(stub: cs_grpc.ConversationServiceStub, session_id: str, text: st
     """One turn: (time to first delta, latency); raises when it does not complete."""
     start = time.perf_counter()
     first: float | None = None
-    completed = False
+    outcome = "no end"
     async for response in stub.SendTurn(cs_pb2.SendTurnRequest(session_id=session_id, text=text), timeout=300):
         kind = response.event.WhichOneof("kind")
         if kind == "delta" and first is None:
             first = time.perf_counter()
-        completed = completed or kind == "completed"
+        if kind == "error":
+            outcome = response.event.error.reason
+        elif kind in ("completed", "cancelled"):
+            outcome = kind
     end = time.perf_counter()
-    if not completed or first is None:
-        raise RuntimeError("turn did not complete")
+    if outcome != "completed" or first is None:
+        raise RuntimeError(outcome)
     return first - start, end - start
 
 
@@ -202,8 +207,11 @@ async def run_level(stubs: list[cs_grpc.ConversationServiceStub], sessions: int,
         for n in range(turns):
             try:
                 ttft, latency = await _turn(stub, session_id, f"turn {n}")
-            except Exception:
-                level.errors += 1
+            except grpc.aio.AioRpcError as exc:
+                level.failures.append(exc.code().name)
+                continue
+            except RuntimeError as exc:
+                level.failures.append(str(exc))
                 continue
             level.turns += 1
             level.ttft.append(ttft)

@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import os
 import sys
+import uuid
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -140,6 +141,26 @@ def _loopback_host(address: str) -> str | None:
         return None
 
 
+HOST_GROUP_FILE = "host-group-id"
+
+
+def host_group_id(config: Config) -> str:
+    """This engine's name among the hosts sharing its namespace's shard leases: kept in the data directory, so a
+    restarted engine's hosts take their own leases back at once, while another engine on the same NATS and
+    namespace (another data directory) never takes its hosts for its own."""
+    path = config.data_path / HOST_GROUP_FILE
+    try:
+        found = path.read_text().strip()
+    except FileNotFoundError:
+        found = ""
+    if found:
+        return found
+    made = uuid.uuid4().hex[:8]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(made + "\n")
+    return made
+
+
 def host_specs(
     config: Config, nats_url: str, tenant_mcp_servers: Mapping[str, Mapping[str, McpServerConfig]] | None = None
 ) -> list[HostSpec]:
@@ -162,6 +183,7 @@ def host_specs(
         tool_policy=config.tool_policy(),
     )
     provider = config.provider_spec()
+    group = host_group_id(config) if config.shard_lease_s > 0 else ""
     tools = McpHubSpec(config.mcp_servers(), dict(tenant_mcp_servers or {}))
     return [
         HostSpec(
@@ -180,6 +202,7 @@ def host_specs(
             lease_s=config.shard_lease_s,
             expected_hosts=config.num_hosts,
             move_grace_s=config.shard_move_grace_s,
+            group=group,
         )
         for i in range(config.num_hosts)
     ]
