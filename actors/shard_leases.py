@@ -3,9 +3,10 @@ shards so that every live host owns about its fair share.
 
 Every host runs the same round (:meth:`ShardLeases.tick`) every third of the lease time:
 
-1. renew its presence and every shard lease it holds; a lease found lost (expired, or taken after this host
-   missed its renewals) is given up at once, without waiting for its turns: its sessions are someone else's,
-   and the ledger fences this host's next write to any of them;
+1. renew its presence and every shard lease it holds; a lease that expired (a late round) and is still free is
+   taken again; one found taken by another host is given up at once: no more turns are pulled for it, the
+   running ones may finish, and the ledger fences this host's next write to any session the other host has
+   activated;
 2. read every lease, count the live hosts, and work out its fair share (``num_shards`` split over the hosts in
    name order, the first ones taking one more when it does not divide);
 3. above its share, give shards up gracefully (stop pulling, let their running turns finish, leave a snapshot,
@@ -90,8 +91,7 @@ def plan_moves(
 ShardTaken = Callable[[int], Awaitable[None]]
 """Called once a shard's lease is held: start pulling its turns."""
 ShardGivenUp = Callable[[int, float], Awaitable[None]]
-"""Called to stop serving a shard, letting its running turns finish within the grace (seconds; 0 when the lease
-is already lost)."""
+"""Called to stop serving a shard, letting its running turns finish within the grace (seconds)."""
 
 
 class ShardLeases:
@@ -277,6 +277,12 @@ class ShardLeases:
                         continue
                     renewed = None  # past the lease time without a renewal: someone may hold it now
                 if renewed is None:
+                    # Refused: expired (a round came late: an overloaded host) or taken. When nobody holds it, it
+                    # is taken again at once and nothing is interrupted; a session another host activated
+                    # meanwhile is fenced by the ledger at this host's next write to it.
+                    with contextlib.suppress(Unavailable):
+                        renewed = await self._store.create(shard_key(shard), self.holder)
+                if renewed is None:
                     self._lose(shard)
                     continue
                 self._leases[shard] = renewed
@@ -305,7 +311,9 @@ class ShardLeases:
 
     async def _stop_serving(self, shard: int) -> None:
         try:
-            await self._on_give_up(shard, 0.0)
+            # Its turns still get the grace: one whose session moved is fenced at its next write, the others
+            # finish rather than being cut off.
+            await self._on_give_up(shard, self._move_grace_s)
         except Exception:
             log.exception("stopping shard %d failed", shard)
         finally:
