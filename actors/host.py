@@ -162,7 +162,11 @@ class SessionHost:
         tool_servers: ToolServers | None = None,
     ) -> None:
         self.name = name
-        self._pullers = pullers
+        self._pullers: dict[int, Puller] = {p.shard: p for p in pullers}
+        self._pull_tasks: dict[int, asyncio.Task[None]] = {}
+        """Each served shard's pull loop: shards come and go while the host runs (see :meth:`add_shard`)."""
+        self._session_shards: dict[SessionKey, int] = {}
+        """The shard each live session's turns came from, so giving a shard up finds its sessions."""
         self._events = events
         self._registry = registry
         self._journal = journal
@@ -195,10 +199,62 @@ class SessionHost:
         if self._tasks:
             return
         await self._tool_servers.start()
-        for puller in self._pullers:
-            self._tasks.append(asyncio.create_task(self._pull_loop(puller), name=f"{self.name}-shard-{puller.shard}"))
+        for puller in self._pullers.values():
+            self._start_pulling(puller)
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name=f"{self.name}-sweep"))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat"))
+
+    def _start_pulling(self, puller: Puller) -> None:
+        self._pull_tasks[puller.shard] = asyncio.create_task(
+            self._pull_loop(puller), name=f"{self.name}-shard-{puller.shard}"
+        )
+
+    @property
+    def shards(self) -> frozenset[int]:
+        """The shards this host pulls now."""
+        return frozenset(self._pullers)
+
+    async def add_shard(self, puller: Puller) -> None:
+        """Start pulling one more shard (its lease is held). A no-op when it is pulled already or the host is
+        stopping."""
+        if puller.shard in self._pullers or self._stopping.is_set():
+            await puller.close()
+            return
+        self._pullers[puller.shard] = puller
+        if self._tasks:
+            self._start_pulling(puller)
+
+    async def remove_shard(self, shard: int, grace_s: float) -> None:
+        """Stop serving ``shard``: stop pulling it at once, give its running turns up to ``grace_s`` to finish,
+        then passivate its sessions (leaving snapshots for the next owner) and hand the turns still queued back
+        to the bus for prompt redelivery to the shard's next owner."""
+        puller = self._pullers.pop(shard, None)
+        task = self._pull_tasks.pop(shard, None)
+        if task is not None:
+            # The loop ends after its current fetch (a turn fetched meanwhile is dispatched, and moves with its
+            # session below); cancelled only when that takes too long.
+            done, _ = await asyncio.wait({task}, timeout=self._settings.fetch_timeout_s + 1.0)
+            if not done:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        keys = [key for key, s in self._session_shards.items() if s == shard]
+        waits = [asyncio.ensure_future(self._sessions[k].wait_settled()) for k in keys if k in self._sessions]
+        if waits and grace_s > 0:
+            _, pending = await asyncio.wait(waits, timeout=grace_s)
+            for wait in pending:
+                wait.cancel()
+        else:
+            for wait in waits:
+                wait.cancel()
+        moved = set(keys)
+        for key in keys:
+            await self._passivate(key)
+        for turn in [t for k, t in self._inflight.items() if SessionKey(k[0], k[1]) in moved]:
+            with contextlib.suppress(Exception):
+                await turn.release()
+        if puller is not None:
+            await puller.close()
 
     def stats(self) -> dict[str, int]:
         """Live figures of the host."""
@@ -235,16 +291,19 @@ class SessionHost:
             return
         self._closed = True
         self._stopping.set()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._pull_tasks.values()]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self._pull_tasks.clear()
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.passivate()
-        for puller in self._pullers:
+        pullers, self._pullers = list(self._pullers.values()), {}
+        for puller in pullers:
             await puller.close()
         await self._events.close()
         with contextlib.suppress(Exception):
@@ -257,7 +316,7 @@ class SessionHost:
             await self._tool_servers.close()
 
     async def _pull_loop(self, puller: Puller) -> None:
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and self._pullers.get(puller.shard) is puller:
             try:
                 msgs = await puller.fetch(self._settings.fetch_batch, self._settings.fetch_timeout_s)
             except asyncio.CancelledError:
@@ -270,13 +329,13 @@ class SessionHost:
                 continue
             for msg in msgs:
                 try:
-                    await self._dispatch(msg)
+                    await self._dispatch(msg, puller.shard)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("dispatching a turn failed; it will be redelivered")
 
-    async def _dispatch(self, msg: BusMessage) -> None:
+    async def _dispatch(self, msg: BusMessage, shard: int) -> None:
         """Hand one turn message to its session: activate the session, settle copies and refusals, read what
         an earlier attempt sent, submit."""
         envelope = await _envelope_of(msg)
@@ -293,6 +352,7 @@ class SessionHost:
             span.end()
             return
         session, inflight = taken
+        self._session_shards[key] = shard
         # Tracked before submit: a fast turn can finish (and be done) before submit returns.
         self._inflight[inflight.key] = inflight
         try:
@@ -465,6 +525,7 @@ class SessionHost:
         # Popped before any await, so a turn arriving meanwhile activates a fresh actor from the snapshot,
         # which is already current: it is saved after every turn.
         session = self._sessions.pop(key, None)
+        self._session_shards.pop(key, None)
         if session is None:
             return
         self.passivations += 1

@@ -9,6 +9,7 @@ take up their work, where JetStream redelivers whatever the dead process had not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -20,11 +21,13 @@ import ray
 from salon import otel
 from salon.actors.host import HostSettings, SessionHost
 from salon.actors.model import ModelProvider
+from salon.actors.shard_leases import ShardLeases
 from salon.actors.tool_servers import ToolServers
 from salon.otel import TelemetrySettings
 from salon.storage import Names, NotFound, build_embedder, incarnation_of
 from salon.storage.jetstream.bus import EventPublisher, ShardPuller
 from salon.storage.jetstream.client import close_connection, connect
+from salon.storage.jetstream.leases import KvLeaseStore
 from salon.storage.jetstream.ledger import LedgerReader, NatsJournal
 from salon.storage.jetstream.sessions import KvSessionRegistry
 from salon.storage.lance.retrieval import LanceRetriever
@@ -54,6 +57,16 @@ class HostSpec:
     tools_factory: Callable[[], ToolServers] | None = None
     """Builds the host's MCP servers (the deployment's and its tenants'); None: none. The host starts and
     closes them."""
+    num_shards: int = 0
+    lease_s: float = 0.0
+    """Shard lease time (``actors.shard_leases``); 0: the host serves ``shards`` for its whole life."""
+    expected_hosts: int = 1
+    """Hosts started together: each waits (up to the lease time) for the others before taking shards."""
+    move_grace_s: float = 10.0
+    group: str = ""
+    """The engine's name among hosts sharing the namespace (part of the host's lease holder name)."""
+    nats_replicas: int = 1
+    """Copies of the key-value buckets the host creates (the lease bucket), as the engine's streams have."""
 
 
 async def serve_control(host: SessionHost, nc: Any, names: Names, shards: tuple[int, ...]) -> list[Any]:
@@ -64,6 +77,63 @@ async def serve_control(host: SessionHost, nc: Any, names: Names, shards: tuple[
         await msg.respond(await host.control_message(msg.data))
 
     return [await nc.subscribe(names.control_subject(shard), cb=handle) for shard in shards]
+
+
+class ShardServing:
+    """Serves the shards whose leases the host holds: their turns (pulled by the host) and their control
+    subjects. Lifecycle: :meth:`start`, then :meth:`leave` or :meth:`close`."""
+
+    def __init__(self, host: SessionHost, nc: Any, names: Names, spec: HostSpec) -> None:
+        self._host = host
+        self._nc = nc
+        self._names = names
+        self._spec = spec
+        self._control: dict[int, Any] = {}
+        self.leases: ShardLeases | None = None
+
+    async def start(self) -> None:
+        """Open the lease bucket and start the lease rounds."""
+        spec = self._spec
+        store = await KvLeaseStore.open(self._nc.jetstream(), self._names, spec.lease_s, replicas=spec.nats_replicas)
+        self.leases = ShardLeases(
+            store,
+            # Stable across restarts of the actor (and of the engine): a restarted host takes its own leases back.
+            holder=f"{spec.group}-host-{spec.index}" if spec.group else f"host-{spec.index}",
+            num_shards=spec.num_shards,
+            on_take=self._take,
+            on_give_up=self._give_up,
+            preferred=spec.shards,
+            expected_hosts=spec.expected_hosts,
+            move_grace_s=spec.move_grace_s,
+        )
+        await self.leases.start()
+
+    async def _take(self, shard: int) -> None:
+        await self._host.add_shard(ShardPuller(self._nc, self._names, shard))
+        if shard not in self._control:
+            self._control[shard] = (await serve_control(self._host, self._nc, self._names, (shard,)))[0]
+
+    async def _give_up(self, shard: int, grace_s: float) -> None:
+        # Control stays answered while the shard's turns finish: a cancel during the move still lands.
+        await self._host.remove_shard(shard, grace_s)
+        sub = self._control.pop(shard, None)
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def leave(self, grace_s: float) -> None:
+        """Give every shard up for the other hosts."""
+        if self.leases is not None:
+            await self.leases.leave(grace_s)
+
+    async def close(self) -> None:
+        """Stop the rounds and answering control (leases still held expire)."""
+        if self.leases is not None:
+            await self.leases.close()
+        subs, self._control = list(self._control.values()), {}
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
 
 async def build_host(spec: HostSpec) -> tuple[SessionHost, Any]:
@@ -83,7 +153,7 @@ async def build_host(spec: HostSpec) -> tuple[SessionHost, Any]:
     js = nc.jetstream()
     host = SessionHost(
         name=f"host-{spec.index}",
-        pullers=[ShardPuller(nc, names, shard) for shard in spec.shards],
+        pullers=[] if spec.lease_s > 0 else [ShardPuller(nc, names, shard) for shard in spec.shards],
         events=EventPublisher(nc, names),
         registry=await KvSessionRegistry.open(js, names),
         journal=NatsJournal(js, names),
@@ -106,6 +176,7 @@ class HostActor:
         self._host: SessionHost | None = None
         self._nc: Any = None
         self._control: list[Any] = []
+        self._serving: ShardServing | None = None
         # Async actors run __init__ inside the actor's event loop: start here so a restarted actor resumes
         # its shards without anyone calling it.
         self._started = asyncio.get_running_loop().create_task(self._start())
@@ -113,18 +184,47 @@ class HostActor:
     async def _start(self) -> None:
         self._host, self._nc = await build_host(self._spec)
         await self._host.start()
-        self._control = await serve_control(self._host, self._nc, Names(self._spec.namespace), self._spec.shards)
+        names = Names(self._spec.namespace)
+        if self._spec.lease_s > 0:
+            self._serving = ShardServing(self._host, self._nc, names, self._spec)
+            await self._serving.start()
+        else:
+            self._control = await serve_control(self._host, self._nc, names, self._spec.shards)
 
     async def ready(self) -> dict[str, Any]:
-        """Wait until the host pulls its shards; returns its pid and shards."""
+        """Wait until the host pulls its shards; returns its pid, node and shards."""
         await self._started
-        return {"pid": os.getpid(), "index": self._spec.index, "shards": list(self._spec.shards)}
+        return {
+            "pid": os.getpid(),
+            "index": self._spec.index,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "shards": await self.shards(),
+        }
+
+    async def shards(self) -> list[int]:
+        """The shards the host serves now."""
+        await self._started
+        assert self._host is not None
+        return sorted(self._host.shards)
+
+    async def joined(self) -> bool:
+        """Whether the host has begun taking shards (always, with fixed ownership)."""
+        await self._started
+        leases = self._serving.leases if self._serving is not None else None
+        return leases is None or leases.joined
+
+    async def leave(self, grace_s: float) -> None:
+        """Give every shard up to the other hosts (their running turns get ``grace_s``), and take none again."""
+        await self._started
+        if self._serving is not None:
+            await self._serving.leave(grace_s)
 
     async def stats(self) -> dict[str, int]:
         """The host's live figures."""
         await self._started
         assert self._host is not None
-        return self._host.stats()
+        leases = self._serving.leases if self._serving is not None else None
+        return {**self._host.stats(), **(leases.stats() if leases is not None else {})}
 
     async def model_health(self) -> dict[str, str]:
         """Circuit-breaker state of each model provider on this host."""
@@ -141,6 +241,10 @@ class HostActor:
     async def close(self) -> None:
         """Close the host and its NATS connection. Idempotent."""
         await self._started
+        if self._serving is not None:
+            # Released, not left to expire: a new start of the deployment takes the shards at once.
+            await self._serving.leave(0.0)
+            await self._serving.close()
         for sub in self._control:
             await sub.unsubscribe()
         self._control = []

@@ -54,7 +54,14 @@ class Config:
     )
     ray_address: str = _setting("", "Ray cluster to join; empty starts Ray locally on loopback.", env="RAY_ADDRESS")
     num_hosts: int = _setting(2, "Session host actors (Ray actors, one process each).")
-    num_shards: int = _setting(16, "Turn shards; each host owns num_shards / num_hosts of them.")
+    num_shards: int = _setting(16, "Turn shards, spread over the live hosts (each owns about num_shards / hosts).")
+    shard_lease_s: float = _setting(
+        10.0,
+        "Lease time of a host's shards: a dead host's shards move after it; 0 fixes ownership at start.",
+    )
+    shard_move_grace_s: float = _setting(
+        10.0, "How long a host giving a shard up (to a joining host, or leaving) lets its running turns finish."
+    )
     default_tenant: str = _setting("default", "Tenant of every call while auth is off.")
     auth: str = _setting(
         "off",
@@ -303,6 +310,8 @@ class Config:
         return [
             (self.num_hosts < 1, "num_hosts must be at least 1"),
             (self.num_shards < self.num_hosts, "num_shards must be at least num_hosts"),
+            (self.shard_lease_s != 0 and self.shard_lease_s < 1.0, "shard_lease_s must be 0 (fixed) or at least 1"),
+            (self.shard_move_grace_s < 0, "shard_move_grace_s must not be negative"),
             (not is_valid_id(self.default_tenant), "default_tenant must be 1-64 characters of [A-Za-z0-9_-]"),
             (not is_valid_id(self.namespace) or "-" in self.namespace, "namespace must be letters, digits or '_'"),
             (not 0 <= self.grpc_port <= 65535, "grpc_port must be 0-65535"),

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import ipaddress
 import logging
 import os
 import sys
+import uuid
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -108,6 +111,11 @@ def ensure_ray(config: Config) -> bool:
     kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": logging.WARNING, "configure_logging": False}
     if config.ray_address:
         address = config.ray_address
+        node_ip = _loopback_host(address)
+        if node_ip is not None:
+            # A cluster reached over loopback runs on this machine: attach to the node at that address (Ray would
+            # otherwise take this machine's routable address as the driver's node and find no raylet there).
+            kwargs["_node_ip_address"] = node_ip
     else:
         address = "local"
         kwargs.update(
@@ -124,11 +132,44 @@ def ensure_ray(config: Config) -> bool:
     return True
 
 
+def _loopback_host(address: str) -> str | None:
+    """The host of a ``host:port`` Ray address when it is a loopback IP address, else None."""
+    host = address.rsplit(":", 1)[0] if "://" not in address else ""
+    try:
+        return host if ipaddress.ip_address(host).is_loopback else None
+    except ValueError:
+        return None
+
+
+HOST_GROUP_FILE = "host-group-id"
+
+
+def host_group_id(config: Config) -> str:
+    """This engine's name among the hosts sharing its namespace's shard leases: kept in the data directory, so a
+    restarted engine's hosts take their own leases back at once, while another engine on the same NATS and
+    namespace (another data directory) never takes its hosts for its own."""
+    path = config.data_path / HOST_GROUP_FILE
+    try:
+        found = path.read_text().strip()
+    except FileNotFoundError:
+        found = ""
+    if found:
+        return found
+    made = uuid.uuid4().hex[:8]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(made + "\n")
+    return made
+
+
 def host_specs(
-    config: Config, nats_url: str, tenant_mcp_servers: Mapping[str, Mapping[str, McpServerConfig]] | None = None
+    config: Config,
+    nats_url: str,
+    tenant_mcp_servers: Mapping[str, Mapping[str, McpServerConfig]] | None = None,
+    *,
+    nats_replicas: int = 1,
 ) -> list[HostSpec]:
     """One spec per host, each owning its shards (and calling the deployment's MCP servers and
-    ``tenant_mcp_servers``, each tenant's own)."""
+    ``tenant_mcp_servers``, each tenant's own); buckets the hosts create get ``nats_replicas`` copies."""
     settings = HostSettings(
         session_idle_s=config.session_idle_s,
         max_sessions=config.max_sessions_per_host,
@@ -146,6 +187,7 @@ def host_specs(
         tool_policy=config.tool_policy(),
     )
     provider = config.provider_spec()
+    group = host_group_id(config) if config.shard_lease_s > 0 else ""
     tools = McpHubSpec(config.mcp_servers(), dict(tenant_mcp_servers or {}))
     return [
         HostSpec(
@@ -161,28 +203,112 @@ def host_specs(
             lancedb_uri=config.lancedb_location,
             lancedb_storage_options=config.lancedb_storage_options(),
             embedding_model=config.embedding_model,
+            num_shards=config.num_shards,
+            lease_s=config.shard_lease_s,
+            expected_hosts=config.num_hosts,
+            move_grace_s=config.shard_move_grace_s,
+            group=group,
+            nats_replicas=nats_replicas,
         )
         for i in range(config.num_hosts)
     ]
 
 
-class HostGroup:
-    """The deployment's host actors. Lifecycle: :meth:`start`, :meth:`drain`, :meth:`close`."""
+SPREAD = "SPREAD"
+"""How Ray places the hosts: over as many nodes as it can (a node lost takes fewer shards with it), and a host whose
+node died is restarted on any live one. (Soft node affinity was tried and did not hold: Ray placed hosts on other
+nodes than the ones named.)"""
 
-    def __init__(self, specs: list[HostSpec], namespace: str) -> None:
+
+class HostGroup:
+    """The deployment's host actors, spread over the Ray cluster's nodes. Lifecycle: :meth:`start`, :meth:`drain`,
+    :meth:`close`; with shard leases, hosts can be added (:meth:`add_host`) and removed (:meth:`remove_host`)
+    while it runs."""
+
+    def __init__(self, specs: list[HostSpec], namespace: str, *, start_timeout_s: float = 120.0) -> None:
         self._specs = specs
         self._namespace = namespace
+        self._start_timeout_s = start_timeout_s
+        self._next_index = len(specs)
         self.handles: list[Any] = []
+        self.indexes: list[int] = []
         self.info: list[dict[str, Any]] = []
 
+    def _create(self, spec: HostSpec) -> Any:
+        return HostActor.options(  # type: ignore[attr-defined]
+            name=f"{self._namespace}-host-{spec.index}",
+            lifetime="non_detached",
+            get_if_exists=False,
+            scheduling_strategy=SPREAD,
+        ).remote(spec)
+
     async def start(self) -> None:
-        """Create the host actors and wait until each pulls its shards."""
+        """Create the host actors (spread over the cluster's nodes) and wait until every shard is served."""
         for spec in self._specs:
-            handle = HostActor.options(  # type: ignore[attr-defined]
-                name=f"{self._namespace}-host-{spec.index}", lifetime="non_detached", get_if_exists=False
-            ).remote(spec)
-            self.handles.append(handle)
+            self.handles.append(self._create(spec))
+            self.indexes.append(spec.index)
         self.info = list(await asyncio.gather(*(h.ready.remote() for h in self.handles)))
+        if self._specs and self._specs[0].lease_s > 0:
+            await self.wait_balanced(self._start_timeout_s)
+            self.info = list(await asyncio.gather(*(h.ready.remote() for h in self.handles)))
+
+    async def shards(self) -> dict[int, list[int]]:
+        """The shards each host (by index) serves now."""
+        owned = await asyncio.gather(*(h.shards.remote() for h in self.handles))
+        return dict(zip(self.indexes, owned, strict=True))
+
+    async def wait_balanced(self, timeout_s: float) -> dict[int, list[int]]:
+        """Wait until every shard is served by exactly one host and each host serves its fair share (within
+        one); returns who serves what. Raises TimeoutError past ``timeout_s``."""
+        num_shards = self._specs[0].num_shards
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            try:
+                owned = await self.shards()
+            except ray.exceptions.RayError:
+                owned = {}  # a host is restarting (its node died): ask again
+            counts = [len(v) for v in owned.values()]
+            served = sorted(s for v in owned.values() for s in v)
+            if served == list(range(num_shards)) and counts and max(counts) - min(counts) <= 1:
+                return owned
+            if loop.time() >= deadline:
+                raise TimeoutError(f"shards not balanced after {timeout_s:.0f} s: {owned}")
+            await asyncio.sleep(0.1)
+
+    async def add_host(self) -> int:
+        """Start one more host: it takes about its share of the shards from the others. Returns its index."""
+        if not self._specs or self._specs[0].lease_s <= 0:
+            raise RuntimeError("hosts can join only with shard leases (shard_lease_s > 0)")
+        index, self._next_index = self._next_index, self._next_index + 1
+        spec = dataclasses.replace(self._specs[0], index=index, shards=(), expected_hosts=1)
+        handle = self._create(spec)
+        self.handles.append(handle)
+        self.indexes.append(index)
+        self.info.append(await handle.ready.remote())
+        return index
+
+    def kill_host(self, index: int) -> None:
+        """End host ``index`` at once, as a crash would, and let Ray not restart it: its leases expire and the
+        other hosts take its shards after the lease time (for fault tests and benchmarks)."""
+        position = self.indexes.index(index)
+        handle = self.handles.pop(position)
+        self.indexes.pop(position)
+        self.info.pop(position)
+        ray.kill(handle, no_restart=True)
+
+    async def remove_host(self, index: int, grace_s: float) -> None:
+        """Stop host ``index``: it gives its shards up to the others (running turns get ``grace_s``), then it
+        closes."""
+        position = self.indexes.index(index)
+        handle = self.handles.pop(position)
+        self.indexes.pop(position)
+        self.info.pop(position)
+        try:
+            await handle.leave.remote(grace_s)
+            await handle.close.remote()
+        finally:
+            ray.kill(handle, no_restart=True)
 
     async def stats(self) -> list[dict[str, int]]:
         """Each host's live figures."""
@@ -195,6 +321,7 @@ class HostGroup:
     async def close(self) -> None:
         """Close every host and remove its actor. Idempotent."""
         handles, self.handles = self.handles, []
+        self.indexes = []
         results = await asyncio.gather(*(h.close.remote() for h in handles), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):

@@ -32,6 +32,7 @@ from salon.storage.errors import (
 )
 from salon.storage.ids import is_valid_id, require_id, uuid7
 from salon.storage.knowledge import Document, IngestResult
+from salon.storage.leases import Lease, LeaseStore
 from salon.storage.ledger import Fenced, Journal, LoadedSession, SessionLog
 from salon.storage.reasons import Reason
 from salon.storage.records import (
@@ -66,6 +67,8 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "Journal",
+    "Lease",
+    "LeaseStore",
     "LoadedSession",
     "Names",
     "NotFound",

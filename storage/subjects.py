@@ -62,6 +62,11 @@ class Names:
         """Key-value bucket of session definitions."""
         return f"{self.namespace}_sessions"
 
+    @property
+    def leases_bucket(self) -> str:
+        """Key-value bucket of shard leases and host presence (entries expire unless renewed)."""
+        return f"{self.namespace}_leases"
+
     def turn_subject(self, shard: int) -> str:
         """Subject of the turns of ``shard``."""
         return f"{self.namespace}.turns.{shard}"

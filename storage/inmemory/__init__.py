@@ -2,9 +2,16 @@
 ``tests/contract`` run both), for unit tests and for a gateway without NATS (the token counters). Plain
 Python: no NATS, LanceDB or Arrow."""
 
+from salon.storage.inmemory.leases import InMemoryLeaseStore
 from salon.storage.inmemory.ledger import InMemoryJournal
 from salon.storage.inmemory.retrieval import InMemoryRetriever
 from salon.storage.inmemory.sessions import InMemorySessionRegistry
 from salon.storage.inmemory.usage import InMemoryTokenCounters
 
-__all__ = ["InMemoryJournal", "InMemoryRetriever", "InMemorySessionRegistry", "InMemoryTokenCounters"]
+__all__ = [
+    "InMemoryJournal",
+    "InMemoryLeaseStore",
+    "InMemoryRetriever",
+    "InMemorySessionRegistry",
+    "InMemoryTokenCounters",
+]

@@ -31,16 +31,13 @@ async def open_bucket(js: JetStreamContext, bucket: str, *, replicas: int = 0, t
     try:
         kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
-        return await js.create_key_value(
-            api.KeyValueConfig(
-                bucket=bucket,
-                history=1,
-                ttl=ttl_s,
-                storage=api.StorageType.FILE,
-                replicas=replicas or 1,
-                direct=direct,
-            )
+        config = api.KeyValueConfig(
+            bucket=bucket, history=1, ttl=ttl_s, storage=api.StorageType.FILE, replicas=replicas or 1, direct=direct
         )
+        try:
+            return await js.create_key_value(config)
+        except nats.js.errors.BadRequestError:
+            kv = await js.key_value(bucket)  # another process created it meanwhile
     if replicas and await ensure_replicas(js, f"KV_{bucket}", replicas, allow_direct=direct):
         return await js.key_value(bucket)  # the handle reads as the stream now says
     return kv

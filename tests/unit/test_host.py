@@ -515,3 +515,54 @@ async def test_a_redelivered_turn_whose_prior_events_cannot_be_read_is_not_left_
         again = await rig.turn("s1", "t1", "unlucky", incarnation, num_delivered=3)
     assert again.calls == ["ack"]
     assert kind(rig.sender.log.of("t1")[-1]) == "completed"
+
+
+async def test_giving_a_shard_up_lets_its_taken_turns_finish_within_the_grace() -> None:
+    provider = GatedProvider()
+    async with running(provider) as rig:
+        incarnation = await rig.create("s1")
+        first = rig.send("s1", "t1", "running", incarnation)
+        await wait_for(lambda: provider.calls == 1, what="the first turn running")
+        queued = rig.send("s1", "t2", "queued behind it", incarnation)
+        await wait_for(lambda: rig.host.stats()["inflight_turns"] == 2, what="the second turn queued")
+        removal = asyncio.create_task(rig.host.remove_shard(3, grace_s=30.0))
+        await wait_for(lambda: 3 not in rig.host.shards, what="the shard no longer pulled")
+        assert not removal.done(), "the running turn is waited for"
+        provider.gate.set()
+        await removal
+        assert first.acked and queued.acked
+        assert [r.status for r in rig.records("s1")] == ["completed", "completed"]
+        assert rig.host.stats()["live_sessions"] == 0
+        assert rig.puller.closed
+        # A turn for the shard sent now is not taken: the shard is no longer this host's.
+        late = rig.send("s1", "t3", "too late", incarnation)
+        assert late.calls == []
+
+
+async def test_past_the_grace_the_running_turn_ends_and_queued_ones_go_back_to_the_bus() -> None:
+    provider = GatedProvider()
+    async with running(provider) as rig:
+        incarnation = await rig.create("s1")
+        first = rig.send("s1", "t1", "running", incarnation)
+        await wait_for(lambda: provider.calls == 1, what="the first turn running")
+        queued = rig.send("s1", "t2", "queued behind it", incarnation)
+        await wait_for(lambda: rig.host.stats()["inflight_turns"] == 2, what="the second turn queued")
+        await rig.host.remove_shard(3, grace_s=0.05)
+        assert first.acked and rig.records("s1")[0].status == "cancelled"
+        # The queued turn goes back to the bus for the shard's next owner, unanswered here.
+        assert queued.calls == ["nak"]
+        assert rig.host.stats()["inflight_turns"] == 0
+
+
+async def test_a_shard_taken_at_run_time_is_pulled() -> None:
+    async with running() as rig:
+        incarnation = await rig.create("s1")
+        extra = FakePuller(shard=5)
+        await rig.host.add_shard(extra)
+        assert rig.host.shards == {3, 5}
+        msg = turn_msg(TENANT, "s1", "t1", "via the new shard", incarnation, timeline=rig.timeline)
+        extra.put(msg)
+        await wait_for(lambda: msg.acked, what="the turn of the new shard")
+        # Taking a shard already pulled changes nothing.
+        await rig.host.add_shard(FakePuller(shard=5))
+        assert rig.host.shards == {3, 5}

@@ -1,0 +1,89 @@
+"""Hosts join and leave a running deployment under turns: shards move by lease, sessions continue on their new
+hosts, nothing acknowledged is lost, and the time sessions wait across each move is printed."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from conftest import wait_for
+from load_support import Load
+
+from salon.engine import Engine
+from salon.v1 import conversation_service_pb2_grpc as cs_grpc
+
+SHARDS = 8
+LEASE_S = 3.0
+
+
+@pytest.mark.timeout(600)  # four moves under load, each waiting for a host to start or a lease to expire
+async def test_hosts_join_leave_and_die_under_turns_without_losing_any(make_engine: object) -> None:
+    engine: Engine = await make_engine(  # type: ignore[operator]
+        num_hosts=2,
+        num_shards=SHARDS,
+        shard_lease_s=LEASE_S,
+        shard_move_grace_s=5.0,
+        ack_wait_s=3.0,
+        scripted_tokens=6,
+        scripted_token_delay_s=0.02,
+    )
+    hosts = engine.hosts
+    owned = await hosts.wait_balanced(30)
+    assert sorted(len(v) for v in owned.values()) == [4, 4]
+    async with grpc.aio.insecure_channel(engine.target) as channel:
+        load = Load(cs_grpc.ConversationServiceStub(channel), sessions=12)
+        await load.start()
+
+        async def progress(since: float, turns: int = 12) -> None:
+            async def enough() -> bool:
+                return load.completed_since(since) >= turns
+
+            await wait_for(enough, timeout_s=60, what=f"{turns} turns to complete")
+
+        await progress(0.0)
+        figures: dict[str, float] = {}
+
+        # A host joins: it takes about its share from the two running ones.
+        t0 = time.monotonic()
+        added = await hosts.add_host()
+        owned = await hosts.wait_balanced(60)
+        figures["join"] = time.monotonic() - t0
+        assert sorted(len(v) for v in owned.values()) == [2, 3, 3]
+        assert owned[added], "the new host serves shards"
+        await progress(time.monotonic())
+        figures["join_longest_turn"] = load.longest_wait_s(t0, time.monotonic())
+
+        # One of the first hosts leaves gracefully: its shards go to the others.
+        t0 = time.monotonic()
+        await hosts.remove_host(0, grace_s=5.0)
+        owned = await hosts.wait_balanced(60)
+        figures["leave"] = time.monotonic() - t0
+        assert 0 not in owned and sorted(len(v) for v in owned.values()) == [4, 4]
+        await progress(time.monotonic())
+        figures["leave_longest_turn"] = load.longest_wait_s(t0, time.monotonic())
+
+        # A host dies without a word: its leases expire and the survivor takes every shard.
+        t0 = time.monotonic()
+        hosts.kill_host(added)
+        owned = await hosts.wait_balanced(60)
+        figures["death"] = time.monotonic() - t0
+        assert list(owned.values()) == [list(range(SHARDS))]
+        await progress(time.monotonic())
+        figures["death_longest_turn"] = load.longest_wait_s(t0, time.monotonic())
+
+        await load.stop()
+        lost, doubled = await load.lost_and_doubled()
+
+    outcomes = load.outcomes()
+    print(
+        "elastic hosts:",
+        {k: round(v, 2) for k, v in figures.items()},
+        "outcomes:",
+        outcomes,
+        f"lost={len(lost)} doubled={len(doubled)}",
+    )
+    assert lost == [], "every acknowledged turn is in its session's history"
+    assert doubled == [], "no turn is recorded twice"
+    # Moves are invisible to clients: no turn failed or was cancelled by them.
+    assert set(outcomes) == {"completed"}, outcomes
