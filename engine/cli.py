@@ -267,6 +267,30 @@ async def _ingest(args: argparse.Namespace) -> int:
     )
 
 
+async def _hosts(config: Config, count: int) -> int:
+    from salon.engine.extra_hosts import ExtraHosts
+
+    say = Announcer(config).say
+    extra = ExtraHosts(config, count)
+    stop = asyncio.Event()
+    try:
+        await extra.start()
+        # After start: ray.init() installs its own SIGTERM handler (sys.exit), which would skip giving shards back.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        served = sorted(s for shards in (await extra.shards()).values() for s in shards)
+        text = f"{count} session host(s) joined the deployment, serving shards {served}"
+        say(text, text)
+        await stop.wait()
+        text = "stopping: giving the shards back to the deployment's other hosts …"
+        say(text, text)
+    finally:
+        await extra.close()
+    say("stopped", "stopped")
+    return 0
+
+
 async def _reembed(config: Config, *, everything: bool) -> int:
     from salon.engine.reembed import reembed_with_progress
 
@@ -432,6 +456,10 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(_usage(_config(args), args))
     if args.command == "token":
         return asyncio.run(_token(args))
+    if args.command == "hosts":
+        config = _config(args)
+        _setup_logging(config)
+        return asyncio.run(_hosts(config, args.count))
     if args.command == "reembed":
         return asyncio.run(_reembed(_config(args, data_dir=args.data_dir), everything=args.all))
     return 2

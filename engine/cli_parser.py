@@ -86,6 +86,11 @@ REEMBED_HELP = """Re-embed long-term memories and knowledge chunks with the conf
 embedded by another model (reason EMBEDDING_MODEL_MISMATCH). Memories are rebuilt from their turns, so they
 also get the current indexed text (speaker and date). Run it with the engine stopped; it can be interrupted
 and run again."""
+HOSTS_HELP = """Run more session hosts for a running deployment until Ctrl-C / SIGTERM: they join through its
+NATS (SALON_NATS_URL, the same SALON_NAMESPACE) and take about their share of the shards by lease from the hosts
+already there; on stop they give the shards back first (running turns get shutdown_grace_s), so scaling in loses
+nothing. Needs shard leases (SALON_SHARD_LEASE_S > 0, the default) and the deployment's LanceDB location and
+tenants file. Runs on the Ray cluster at SALON_RAY_ADDRESS, or on a Ray of its own on this machine."""
 DATA_DIR_HELP = "data directory (default from config: ./.salon)"
 WEB_HELP = (
     "also serve the web bridge (HTTP JSON and Server-Sent Events) and the chat page on this port "
@@ -169,6 +174,8 @@ def _add_maintenance_commands(sub: argparse._SubParsersAction[argparse.ArgumentP
     reembed.add_argument(
         "--all", action="store_true", help="every row, not only those embedded by another model (rebuilds texts too)"
     )
+    hosts = _command(sub, "hosts", "run more session hosts for a running deployment (scale out and in)", HOSTS_HELP)
+    hosts.add_argument("--count", type=int, default=1, help="how many hosts to run (default 1)")
     config = _command(sub, "config", "list every setting with its default and meaning", CONFIG_HELP)
     config.add_argument("--markdown", action="store_true", help="print a Markdown table (as in the README)")
 

@@ -214,6 +214,20 @@ def host_specs(
     ]
 
 
+def joining_host_specs(
+    config: Config,
+    tenant_mcp_servers: Mapping[str, Mapping[str, McpServerConfig]],
+    *,
+    count: int,
+    group: str,
+    nats_replicas: int = 1,
+) -> list[HostSpec]:
+    """Specs of ``count`` hosts joining the running deployment on ``config.nats_url`` as lease holders named
+    ``group``: none is given shards at start or waits for the others; each takes its share by lease."""
+    base = host_specs(config, config.nats_url, tenant_mcp_servers, nats_replicas=nats_replicas)[0]
+    return [dataclasses.replace(base, index=i, shards=(), expected_hosts=1, group=group) for i in range(count)]
+
+
 SPREAD = "SPREAD"
 """How Ray places the hosts: over as many nodes as it can (a node lost takes fewer shards with it), and a host whose
 node died is restarted on any live one. (Soft node affinity was tried and did not hold: Ray placed hosts on other
@@ -242,13 +256,14 @@ class HostGroup:
             scheduling_strategy=SPREAD,
         ).remote(spec)
 
-    async def start(self) -> None:
-        """Create the host actors (spread over the cluster's nodes) and wait until every shard is served."""
+    async def start(self, *, balanced: bool = True) -> None:
+        """Create the host actors (spread over the cluster's nodes) and, when ``balanced``, wait until they
+        serve every shard between them (hosts joining a deployment's other hosts do not wait for that)."""
         for spec in self._specs:
             self.handles.append(self._create(spec))
             self.indexes.append(spec.index)
         self.info = list(await asyncio.gather(*(h.ready.remote() for h in self.handles)))
-        if self._specs and self._specs[0].lease_s > 0:
+        if balanced and self._specs and self._specs[0].lease_s > 0:
             await self.wait_balanced(self._start_timeout_s)
             self.info = list(await asyncio.gather(*(h.ready.remote() for h in self.handles)))
 

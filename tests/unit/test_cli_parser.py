@@ -12,7 +12,20 @@ import pytest
 
 from salon.engine.cli_parser import add_credential_arguments, build_parser
 
-COMMANDS = ("serve", "demo", "chat", "export", "trace", "config", "usage", "ingest", "keys", "token", "reembed")
+COMMANDS = (
+    "serve",
+    "demo",
+    "chat",
+    "export",
+    "trace",
+    "config",
+    "usage",
+    "ingest",
+    "keys",
+    "token",
+    "reembed",
+    "hosts",
+)
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
