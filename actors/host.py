@@ -197,6 +197,13 @@ class SessionHost:
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name=f"{self.name}-sweep"))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat"))
 
+    def warm(self) -> None:
+        """Prepare in the background what the first turns will need (the retriever's tables), when the retriever
+        can be prepared ahead; turns are taken meanwhile."""
+        warm = getattr(self._retriever, "warm", None)
+        if callable(warm):
+            warm()
+
     def stats(self) -> dict[str, int]:
         """Live figures of the host."""
         return {

@@ -36,7 +36,7 @@ from salon.engine.servicer import ConversationServicer
 from salon.engine.tenants import Limits, TenantRegistry
 from salon.engine.transport import server_options
 from salon.engine.web import TOKEN_SERVICE_NAME, BrowserAccess
-from salon.storage import InvalidArgument, Names, build_embedder, redact_url
+from salon.storage import InvalidArgument, Names, redact_url
 from salon.storage.jetstream.bus import BusSettings, TurnPublisher, ensure_bus
 from salon.storage.jetstream.client import JetStream, close_connection, connect
 from salon.storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_ledger
@@ -44,6 +44,7 @@ from salon.storage.jetstream.ledger_floor import writer_ack_floor
 from salon.storage.jetstream.sessions import KvSessionRegistry
 from salon.storage.jetstream.usage import KvTokenCounters
 from salon.storage.lance.knowledge import KnowledgeBase
+from salon.storage.lazy import LazyEmbedder
 from salon.storage.tables import TranscriptStore
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
@@ -220,11 +221,11 @@ class Engine:
         """The transcript store and the knowledge base (with the embedding model)."""
         config = self.config
         self._store = await TranscriptStore.open(config.lancedb_location)
-        # The embedding model is loaded once, here, off the event loop: ingestion and search never wait for it.
-        embedder = await asyncio.to_thread(build_embedder, config.embedding_model)
+        # The embedding model loads with the first ingestion or knowledge search (off the event loop): a gateway
+        # that never embeds never holds it.
         self._knowledge = await KnowledgeBase.open(
             config.lancedb_location,
-            embedder,
+            LazyEmbedder(config.embedding_model),
             max_document_bytes=config.max_document_bytes,
             chunk_tokens=config.chunk_tokens,
             overlap_tokens=config.chunk_overlap_tokens,
