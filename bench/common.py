@@ -134,6 +134,7 @@ def process_kind(pid: int) -> str:
         return "gone"
     line = " ".join(part.decode(errors="replace") for part in argv if part)
     kinds = (
+        ("--serve-relay", "relay server"),
         ("ray::HostActor", "host actor"),
         ("ray::WriterActor", "writer actor"),
         ("ray::IDLE", "ray idle worker"),
@@ -146,8 +147,7 @@ def process_kind(pid: int) -> str:
         ("log_monitor.py", "ray log monitor"),
         ("monitor.py", "ray monitor"),
         ("dashboard.py", "ray dashboard"),
-        ("salon", "gateway (salon serve)"),
-        ("bench_turns", "benchmark (client + gateway)"),
+        ("salon.engine.cli", "gateway (salon serve)"),
     )
     for marker, kind in kinds:
         if marker in line:

@@ -162,9 +162,12 @@ class LazyRetriever:
         return retriever
 
     async def retrieve(self, query: RetrievalQuery) -> list[Passage]:
-        """See :meth:`salon.storage.retrieval.Retriever.retrieve` (the first call opens the tables)."""
+        """See :meth:`salon.storage.retrieval.Retriever.retrieve` (the first call opens the tables). The first
+        query also starts loading the embedding model in the background: a host that runs turns soon retrieves
+        past a session's window, and that turn should not wait for the model."""
         if self._closed:
             raise Unavailable("the retriever is closed", reason="STORE_CLOSED")
+        self.embedder.warm()
         retriever = await self._retriever.get()
         return await retriever.retrieve(query)
 
