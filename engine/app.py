@@ -1,7 +1,8 @@
 """The composition root: builds and runs a whole engine from a :class:`Config`.
 
-Order of start: data directory → NATS (embedded or configured) → streams and buckets → Ray and the session
-hosts → the gRPC gateway → the web bridge (when ``web_port`` is set). Shutdown runs the other way: intake stops
+Order of start: data directory → NATS (embedded or configured) → streams and buckets → Ray → the session hosts
+and the writer, while the gateway opens its stores → the gRPC gateway → the web bridge (when ``web_port`` is
+set). Shutdown runs the other way: intake stops
 first, running turns get a grace period, then everything closes, leaving no process behind.
 """
 
@@ -173,10 +174,7 @@ class Engine:
         if not self.config.gateway_only:
             # Ray first: it forks helper processes; LanceDB's runtime must not be running in a forking process.
             self._started_ray = ensure_ray(self.config)
-        await self._open_stores()
-        gateway = await self._build_gateway(js)
-        if not self.config.gateway_only:
-            await self._start_workers()
+        gateway = await self._gateway_beside_workers(js)
         await self._start_server(gateway, credentials)
         self._watch.start()
         await self._set_serving(self._availability.serving)
@@ -190,6 +188,25 @@ class Engine:
             self.config.auth,
             redact_url(self.nats_url),
         )
+
+    async def _gateway_beside_workers(self, js: JetStream) -> Gateway:
+        """The gateway's stores and the gateway, while the host and writer processes start (they take seconds to
+        import and connect; the stores a fraction of one). Ray started its helper processes already, so opening
+        LanceDB here no longer precedes a fork."""
+
+        async def gateway() -> Gateway:
+            await self._open_stores()
+            return await self._build_gateway(js)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                built = group.create_task(gateway())
+                if not self.config.gateway_only:
+                    group.create_task(self._start_workers())
+        except BaseExceptionGroup as failed:
+            # The first failure, as a sequential start would have raised it (callers map errors by type).
+            raise failed.exceptions[0]  # noqa: B904
+        return built.result()
 
     def _start_telemetry_and_tenants(self) -> None:
         config = self.config
