@@ -112,7 +112,10 @@ class HostActor:
         self._host, self._nc = await build_host(self._spec)
         await self._host.start()
         self._control = await serve_control(self._host, self._nc, Names(self._spec.namespace), self._spec.shards)
-        self._host.warm()
+        if self._spec.settings.retrieval_top_k > 0:
+            # Retrieval is on by default: the first turns will query the tables. (Off, only a session that turns
+            # it on for itself opens them, on its first turn.)
+            self._host.warm()
 
     async def ready(self) -> dict[str, Any]:
         """Wait until the host pulls its shards; returns its pid and shards."""

@@ -138,6 +138,8 @@ def process_kind(pid: int) -> str:
         ("ray::HostActor", "host actor"),
         ("ray::WriterActor", "writer actor"),
         ("ray::IDLE", "ray idle worker"),
+        ("ray::DashboardAgent", "ray dashboard agent"),
+        ("ray::RuntimeEnvAgent", "ray runtime-env agent"),
         ("ray::", "ray worker"),
         ("nats-server", "nats-server"),
         ("gcs_server", "ray gcs"),
