@@ -303,6 +303,11 @@ country code or the usual separators (bare digit runs such as timestamps are lef
 
 REASONS = {"secret": "SECRET", "email": "EMAIL", "card": "CARD_NUMBER", "phone": "PHONE_NUMBER"}
 
+_TRIGGER = re.compile(r"[0-9@:=_\-]|A(?:KIA|SIA|Iza)")
+"""Every match of :data:`DETECTORS` holds one of these: a digit (cards, phones), ``@`` (addresses), ``:`` or ``=``
+(``key=value`` secrets), ``_`` or ``-`` (the key formats' prefixes), or a prefix made of letters only. Text
+without any cannot hold a match, so the detectors are not run on it: most of an answer is such text."""
+
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.%+-@")
 _NUMBER_CHARS = frozenset("0123456789 -().+")
 _NUMBER_START = frozenset("0123456789+(")
@@ -393,6 +398,8 @@ class StreamingRedactor:
 
     def _matches(self, full: str, offset: int) -> list[tuple[int, int, int, _Detector]]:
         """Non-overlapping matches as (start of the whole match, start and end of the part replaced)."""
+        if _TRIGGER.search(full, offset) is None:
+            return []
         found: list[tuple[int, int, int, _Detector]] = []
         for detector in self._detectors:
             for m in detector.pattern.finditer(full, offset):

@@ -99,6 +99,9 @@ class HostSettings:
     """The deployment's tool defaults (wait timeout, model rounds per turn); sessions and turns override them."""
 
 
+SHARED_SETTINGS_KEPT = 4096
+"""Distinct session settings a host shares among its sessions (past this many it starts over)."""
+
 DOUBLE_TEXTING = {
     session_pb2.DOUBLE_TEXTING_POLICY_ENQUEUE: "enqueue",
     session_pb2.DOUBLE_TEXTING_POLICY_REJECT: "reject",
@@ -134,6 +137,27 @@ def session_settings(session: session_pb2.Session, defaults: HostSettings) -> Se
         tools=selection_from_proto(session.tools, check=False),
         tool_policy=_policy(defaults.tool_policy, session.tool_settings if session.HasField("tool_settings") else None),
     )
+
+
+class SharedSettings:
+    """One object per distinct session settings: sessions created alike (an application's sessions usually share
+    a system prompt) share one settings object and its strings, instead of a copy each in every live session."""
+
+    __slots__ = ("_kept", "_known")
+
+    def __init__(self, kept: int = SHARED_SETTINGS_KEPT) -> None:
+        self._known: dict[SessionSettings, SessionSettings] = {}
+        self._kept = kept
+
+    def share(self, settings: SessionSettings) -> SessionSettings:
+        """The object already held for settings equal to ``settings``, else ``settings`` (now held)."""
+        known = self._known.get(settings)
+        if known is not None:
+            return known
+        if len(self._known) >= self._kept:
+            self._known.clear()  # bounded; sessions keep the objects they have
+        self._known[settings] = settings
+        return settings
 
 
 def _policy(base: ToolPolicy, settings: session_pb2.ToolSettings | None) -> ToolPolicy:
@@ -182,6 +206,7 @@ class SessionHost:
         self._settings = settings
         self._clock = clock
         self._sessions: dict[SessionKey, SessionActor] = {}
+        self._shared_settings = SharedSettings()
         self._activating: dict[SessionKey, asyncio.Future[None]] = {}
         """Sessions being activated now, each awaited by whoever else needs the same session meanwhile."""
         self._inflight: dict[TurnKey, HostTurn] = {}
@@ -255,6 +280,13 @@ class SessionHost:
                 await turn.release()
         if puller is not None:
             await puller.close()
+
+    def warm(self) -> None:
+        """Prepare in the background what the first turns will need (the retriever's tables), when the retriever
+        can be prepared ahead; turns are taken meanwhile."""
+        warm = getattr(self._retriever, "warm", None)
+        if callable(warm):
+            warm()
 
     def stats(self) -> dict[str, int]:
         """Live figures of the host."""
@@ -498,7 +530,7 @@ class SessionHost:
                 await self._passivate(key)
         definition = await self._registry.get(key.tenant_id, key.session_id)
         current = incarnation_of(definition)
-        settings = session_settings(definition, self._settings)
+        settings = self._shared_settings.share(session_settings(definition, self._settings))
         loaded, ledger = await self._journal.open(key.tenant_id, key.session_id, current, holder=self.name)
         state = SessionState.restore(loaded, current, settings.window_max_messages)
         if len(self._sessions) >= self._settings.max_sessions:

@@ -4,6 +4,11 @@
 :class:`~salon.storage.writer.BatchWriter`. Both are thin shells: they connect to NATS, build their plain object from a
 spec and forward lifecycle calls. Ray restarts them when their process dies; ``__init__`` runs again and they
 take up their work, where JetStream redelivers whatever the dead process had not acknowledged.
+
+A process loads only what it uses, when it first uses it: a host imports LanceDB and opens its tables in the
+background once it pulls turns (the first turn never waits for the import), and loads the embedding model with
+its first retrieval; the writer imports the storage stack in its own process only, and its memory indexer
+loads the model with the first memories to embed (:mod:`salon.storage.lazy`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -24,15 +29,18 @@ from salon.actors.model import ModelProvider
 from salon.actors.shard_leases import ShardLeases
 from salon.actors.tool_servers import ToolServers
 from salon.otel import TelemetrySettings
-from salon.storage import Names, NotFound, build_embedder, incarnation_of
+from salon.storage import Names, NotFound, incarnation_of
 from salon.storage.jetstream.bus import EventPublisher, ShardPuller
 from salon.storage.jetstream.client import close_connection, connect
 from salon.storage.jetstream.leases import KvLeaseStore
 from salon.storage.jetstream.ledger import LedgerReader, NatsJournal
 from salon.storage.jetstream.sessions import KvSessionRegistry
-from salon.storage.lance.retrieval import LanceRetriever
-from salon.storage.tables import MemoryIndexer, TranscriptStore
-from salon.storage.writer import BatchWriter, WriterStatus
+from salon.storage.lazy import LazyEmbedder, LazyRetriever
+
+if TYPE_CHECKING:
+    # LanceDB and Arrow: the writer's process imports them when it starts; a host's, when it first retrieves.
+    from salon.storage.tables import TranscriptStore
+    from salon.storage.writer import BatchWriter, WriterStatus
 
 log = logging.getLogger(__name__)
 
@@ -139,17 +147,15 @@ class ShardServing:
 async def build_host(spec: HostSpec) -> tuple[SessionHost, Any]:
     """Connect to NATS and build the host described by ``spec`` (returns the host and its connection)."""
     names = Names(spec.namespace)
-    retriever = None
-    if spec.lancedb_uri:
-        # Loaded at host start, off the event loop, so no turn waits for the model to load.
-        embedder = await asyncio.to_thread(build_embedder, spec.embedding_model)
-        retriever = await LanceRetriever.open(spec.lancedb_uri, embedder, storage_options=spec.lancedb_storage_options)
-    try:
-        nc = await connect(spec.nats_url, name=f"salon-host-{spec.index}")
-    except BaseException:
-        if retriever is not None:
-            await retriever.close()
-        raise
+    # Opened on first use (see the module documentation): the host pulls turns without waiting for it.
+    retriever = (
+        LazyRetriever(
+            spec.lancedb_uri, LazyEmbedder(spec.embedding_model), storage_options=spec.lancedb_storage_options
+        )
+        if spec.lancedb_uri
+        else None
+    )
+    nc = await connect(spec.nats_url, name=f"salon-host-{spec.index}")
     js = nc.jetstream()
     host = SessionHost(
         name=f"host-{spec.index}",
@@ -190,6 +196,10 @@ class HostActor:
             await self._serving.start()
         else:
             self._control = await serve_control(self._host, self._nc, names, self._spec.shards)
+        if self._spec.settings.retrieval_top_k > 0:
+            # Retrieval is on by default: the first turns will query the tables. (Off, only a session that turns
+            # it on for itself opens them, on its first turn.)
+            self._host.warm()
 
     async def ready(self) -> dict[str, Any]:
         """Wait until the host pulls its shards; returns its pid, node and shards."""
@@ -291,6 +301,9 @@ class WriterActor:
         self._started = asyncio.get_running_loop().create_task(self._start())
 
     async def _start(self) -> None:
+        from salon.storage.tables import MemoryIndexer, TranscriptStore
+        from salon.storage.writer import BatchWriter
+
         spec = self._spec
         names = Names(spec.namespace)
         self._nc = await connect(spec.nats_url, name="salon-writer")
@@ -316,10 +329,12 @@ class WriterActor:
         )
         await self._writer.start()
         if spec.embedding_model:
-            # Long-term memory has its own consumer and store: embedding never holds up the transcripts.
-            embedder = await asyncio.to_thread(build_embedder, spec.embedding_model)
+            # Long-term memory has its own consumer and store: embedding never holds up the transcripts. The
+            # model loads with the first memories to embed.
             self._memory_store = await TranscriptStore.open(
-                spec.lancedb_uri, embedder=embedder, storage_options=spec.lancedb_storage_options
+                spec.lancedb_uri,
+                embedder=LazyEmbedder(spec.embedding_model),
+                storage_options=spec.lancedb_storage_options,
             )
             self._memory_source = LedgerReader(js, names, names.memory_consumer)
             self._memory_writer = BatchWriter(

@@ -5,7 +5,6 @@ It is a pure function of the session's ledger records, so a snapshot of it is on
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +31,9 @@ class SessionState:
     turn_count: int = 0
     ledger_seq: int = 0
     """Ledger sequence of the last turn applied."""
-    recent: OrderedDict[str, int] = field(default_factory=OrderedDict)
-    """Recently finished turns: turn id to ledger sequence."""
+    recent: dict[str, int] = field(default_factory=dict)
+    """Recently finished turns: turn id to ledger sequence, oldest first (a plain dict keeps insertion order at
+    half an OrderedDict's size, and every live session holds one)."""
     summary: Summary = field(default_factory=Summary)
     """The rolling summary of the messages that left the window."""
     folding: list[Message] = field(default_factory=list)
@@ -63,7 +63,7 @@ class SessionState:
         self.trim(keep_messages)
         self.recent[record.turn_id] = record.ledger_seq
         while len(self.recent) > RECENT_TURNS_KEPT:
-            self.recent.popitem(last=False)
+            del self.recent[next(iter(self.recent))]
 
     def adopt_summary(self, summary: Summary, keep_messages: int) -> None:
         """Take ``summary`` if it is newer than the one held."""
@@ -81,7 +81,9 @@ class SessionState:
             overflow += 1
         if overflow > 0:
             self.folding += self.messages[:overflow]
-            del self.messages[:overflow]
+            # A new list of the exact length, not the old one shortened: every live session holds its window,
+            # and a shortened list keeps the room it grew to.
+            self.messages = self.messages[overflow:]
         through = self.summary.through_turn_index
         if self.folding and self.folding[0].turn_index <= through:
             self.folding = [m for m in self.folding if m.turn_index > through]
@@ -145,7 +147,7 @@ class SessionState:
         # calls and results.
         state.messages = [_message_from_row(m) for m in data.get("messages", [])]
         state.folding = [_message_from_row(m) for m in data.get("folding", [])]
-        state.recent = OrderedDict((str(t), int(s)) for t, s in data.get("recent", []))
+        state.recent = {str(t): int(s) for t, s in data.get("recent", [])}
         state.summary = Summary.from_dict(data.get("summary"))
         state.forgotten = {str(t) for t in data.get("forgotten", [])}
         for raw in data.get("unfinished", []):

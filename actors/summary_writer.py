@@ -25,7 +25,7 @@ class SummaryWriter:
         self._state = state
         self._summarizer = summarizer
         self.task: asyncio.Task[None] | None = None
-        """The rewrite in progress (or the last one)."""
+        """The rewrite in progress (None once it is done: an idle session holds no finished task)."""
 
     def schedule(self, window: Sequence[Message]) -> None:
         """Start rewriting the summary when enough messages left ``window`` (never while one rewrite runs:
@@ -36,6 +36,11 @@ class SummaryWriter:
         if len(folded) < max(self._settings.summary_min_messages, 1):
             return
         self.task = asyncio.create_task(self._rewrite(folded), name=f"summary-{self._key}")
+        self.task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        if self.task is task:
+            self.task = None
 
     async def _rewrite(self, folded: list[Message]) -> None:
         state, settings = self._state, self._settings

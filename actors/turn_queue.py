@@ -7,7 +7,6 @@ session's memory). A turn cancelled before it arrived is remembered and taken as
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 
 from salon.actors.running import RunningTurn
@@ -21,9 +20,14 @@ INTERRUPTED = "interrupted by a newer turn"
 class TurnQueue:
     """The turns of one session, running (the head) and waiting, in the order they run."""
 
+    __slots__ = ("_cancelled_early", "_turns")
+
     def __init__(self) -> None:
-        self._turns: deque[RunningTurn] = deque()
-        self._cancelled_early: set[str] = set()
+        # A list, not a deque: a line is a turn or two long, and every live session holds one (an empty deque is
+        # 600 bytes, an empty list 56).
+        self._turns: list[RunningTurn] = []
+        self._cancelled_early: set[str] | None = None
+        """Made on first use: few sessions ever see a turn cancelled before it arrives."""
 
     def __len__(self) -> int:
         return len(self._turns)
@@ -55,7 +59,7 @@ class TurnQueue:
 
     def popleft(self) -> RunningTurn:
         """Take the head out of line (it ended)."""
-        return self._turns.popleft()
+        return self._turns.pop(0)
 
     def clear(self) -> None:
         """Forget every turn in line."""
@@ -71,13 +75,15 @@ class TurnQueue:
 
     def cancel_on_arrival(self, turn_id: str) -> None:
         """Remember that ``turn_id``, not arrived yet, is cancelled (a bounded memory)."""
+        if self._cancelled_early is None:
+            self._cancelled_early = set()
         self._cancelled_early.add(turn_id)
         while len(self._cancelled_early) > RECENT_TURNS_KEPT:
             self._cancelled_early.pop()
 
     def cancelled_before_arrival(self, turn_id: str) -> bool:
         """Whether ``turn_id`` was cancelled before it arrived (forgotten once asked)."""
-        if turn_id in self._cancelled_early:
+        if self._cancelled_early is not None and turn_id in self._cancelled_early:
             self._cancelled_early.discard(turn_id)
             return True
         return False

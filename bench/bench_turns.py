@@ -36,31 +36,49 @@ import logging
 import math
 import os
 import platform
+import queue
+import re
 import shlex
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from bench.common import int_list, load_average, non_negative_int, percentile, positive_int, run_header
+from bench.common import (
+    cpu_between,
+    int_list,
+    load_average,
+    non_negative_int,
+    percentile,
+    positive_int,
+    run_header,
+    sample_tree,
+)
 from salon.client import SalonClient, SalonError
-from salon.engine.app import Engine
-from salon.engine.config import Config
 from salon.engine.nats_server import EmbeddedNats
 from salon.storage.jetstream.client import connect
+from salon.v1 import session_pb2
+
+if TYPE_CHECKING:
+    from salon.engine.app import Engine
 
 log = logging.getLogger("bench.turns")
 
-SYSTEMS = ("echo", "relay", "engine")
+SYSTEMS = ("echo", "relay", "engine", "engine-nomem")
+DEFAULT_SYSTEMS = ("echo", "relay", "engine")
 ECHO_METHOD = "/bench.Echo/Stream"
 WORK_SUBJECT = "bench.work"
 REPLY_PREFIX = "bench.reply"
+SERVING_LINE = "bench relay serving on "
 END_OF_STREAM = b""
 """The relay worker's last message on a reply subject: marks the end of the answer (tokens are never empty)."""
 PROMPT = "the quick brown fox jumps over the lazy dog"
@@ -92,6 +110,9 @@ class System:
     name: str = ""
     pids: tuple[int, ...] = ()
     """Child processes this system started (checked for leaks after teardown)."""
+    server_root: int | None = None
+    """The process whose tree is the whole server (its CPU per turn is read from /proc); None: the server shares
+    this process with the client, so its CPU cannot be told apart."""
 
     def __init__(self) -> None:
         self._level_closers: list[Callable[[], Awaitable[None]]] = []
@@ -195,10 +216,8 @@ async def echo_system(tokens: int, channel_per_session: bool) -> AsyncIterator[S
 
 
 @contextlib.asynccontextmanager
-async def relay_system(
-    tokens: int, data_dir: Path, turn_timeout_s: float, channel_per_session: bool
-) -> AsyncIterator[System]:
-    """Baseline B: gRPC → core NATS → worker task → core NATS → gRPC, on an embedded nats-server."""
+async def relay_server(tokens: int, data_dir: Path, turn_timeout_s: float) -> AsyncIterator[int]:
+    """The relay's server side (nats-server, the gRPC handler, the worker) in this process; yields its port."""
     nats_server = EmbeddedNats(data_dir / "relay-nats")
     url = await nats_server.start()
     stack = contextlib.AsyncExitStack()
@@ -245,36 +264,153 @@ async def relay_system(
         server, port = _bytes_server(relay)
         await server.start()
         stack.push_async_callback(server.stop, None)
-        system = _StreamingChannel("relay", f"127.0.0.1:{port}", tokens, channel_per_session)
-        stack.push_async_callback(system.channel.close)
-        stack.push_async_callback(system.end_level)
-        system.pids = tuple(p for p in (nats_server.pid,) if p is not None)
-        await asyncio.wait_for(system.channel.channel_ready(), 10)
-        yield system
+        yield port
     finally:
         await stack.aclose()
         await nats_server.close()
 
 
+async def serve_relay(tokens: int, data_dir: Path, turn_timeout_s: float) -> None:
+    """``--serve-relay``: run the relay's server side until standard input closes; print its port first."""
+    async with relay_server(tokens, data_dir, turn_timeout_s) as port:
+        print(f"{SERVING_LINE}127.0.0.1:{port}", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+class ServerProcess:
+    """A server run as a child process of this benchmark: started, its address read from a line it prints on
+    stdout or stderr, its output drained meanwhile; stopped with SIGTERM (then killed)."""
+
+    def __init__(self, argv: Sequence[str], pattern: str, *, env: dict[str, str] | None = None) -> None:
+        self._argv = list(argv)
+        self._pattern = re.compile(pattern)
+        self._env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._readers: list[threading.Thread] = []
+        self.tail: list[str] = []
+
+    def start(self, timeout_s: float = 300.0) -> str:
+        """Start the server; the address it printed."""
+        self.proc = subprocess.Popen(
+            self._argv,
+            env=self._env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for stream in (self.proc.stdout, self.proc.stderr):
+            reader = threading.Thread(target=self._drain, args=(stream,), daemon=True)
+            reader.start()
+            self._readers.append(reader)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self._lines.get(timeout=1.0)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if line is None:
+                continue
+            found = self._pattern.search(line)
+            if found:
+                return found.group(1)
+        raise RuntimeError(f"{self._argv[:4]} did not start: {''.join(self.tail[-20:])}")
+
+    def _drain(self, stream: Any) -> None:
+        for line in stream:
+            self._lines.put(line)
+            self.tail = [*self.tail[-50:], line]
+        self._lines.put(None)
+
+    def stop(self, timeout_s: float = 120.0) -> None:
+        """SIGTERM, wait, and kill if it does not exit in time. Idempotent."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for reader in self._readers:
+            reader.join(timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def relay_system(
+    tokens: int, data_dir: Path, turn_timeout_s: float, channel_per_session: bool
+) -> AsyncIterator[System]:
+    """Baseline B: gRPC → core NATS → worker task → core NATS → gRPC, on an embedded nats-server, served by a
+    child process (so its CPU is measured as the engine's is)."""
+    server = ServerProcess(
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_turns",
+            "--serve-relay",
+            str(data_dir),
+            "--tokens",
+            str(tokens),
+            "--turn-timeout",
+            str(turn_timeout_s),
+        ],
+        rf"{SERVING_LINE}(\S+)",
+    )
+    target = await asyncio.to_thread(server.start)
+    system = _StreamingChannel("relay", target, tokens, channel_per_session)
+    assert server.proc is not None
+    system.server_root = server.proc.pid
+    try:
+        await asyncio.wait_for(system.channel.channel_ready(), 10)
+        system.pids = tuple(sorted({server.proc.pid, *descendants(server.proc.pid)}))
+        yield system
+    finally:
+        await system.end_level()
+        await system.channel.close()
+        await asyncio.to_thread(server.stop)
+
+
 class _EngineSystem(System):
     """The engine under test, driven through one shared :class:`SalonClient`."""
 
-    def __init__(self, engine: Engine, client: SalonClient, tokens: int, channel_per_session: bool) -> None:
+    def __init__(
+        self,
+        engine: Engine | None,
+        target: str,
+        client: SalonClient,
+        tokens: int,
+        channel_per_session: bool,
+        *,
+        name: str = "engine",
+        window_messages: int = 0,
+    ) -> None:
         super().__init__()
-        self.name = "engine"
+        self.name = name
         self.engine = engine
+        """The engine when it runs in this process (None: a child process serves it)."""
+        self.target = target
         self.client = client
         self.tokens = tokens
         self.channel_per_session = channel_per_session
+        self.window_messages = window_messages
 
     async def new_loop(self) -> TurnFn:
         """A new session on the shared client (or on a client of its own)."""
         client = self.client
         if self.channel_per_session:
-            client = SalonClient(self.engine.target)
+            client = SalonClient(self.target)
             self._level_closers.append(client.close)
             await client.wait_ready(10.0)
-        session = await client.create_session()
+        memory = session_pb2.MemorySettings(window_max_messages=self.window_messages) if self.window_messages else None
+        session = await client.create_session(memory=memory)
 
         async def turn(text: str) -> TurnTiming:
             start = time.perf_counter()
@@ -312,7 +448,10 @@ class _EngineSystem(System):
         return turn
 
     async def describe(self) -> dict[str, Any]:
-        """The hosts' counters (activations, turns started, ...) and what the events stream stored."""
+        """The hosts' counters (activations, turns started, ...) and what the events stream stored (only when
+        the engine runs in this process)."""
+        if self.engine is None:
+            return {}
         nc = await connect(self.engine.nats_url, name="bench-turns-describe")
         try:
             info = await nc.jetstream().stream_info(self.engine.names.events_stream)
@@ -322,39 +461,96 @@ class _EngineSystem(System):
         return {"hosts": await self.engine.hosts.stats(), "events_stream": events}
 
 
+def engine_settings(tokens: int, num_hosts: int, memory: bool) -> dict[str, Any]:
+    """The engine's settings for the benchmark: the defaults, but the scripted provider (``tokens`` tokens, no
+    delays) and ``num_hosts`` hosts; without ``memory``, no retrieval on the turn's path and no memory indexing
+    beside it."""
+    settings: dict[str, Any] = {
+        "model_provider": "scripted",
+        "scripted_tokens": tokens,
+        "scripted_first_token_delay_s": 0.0,
+        "scripted_token_delay_s": 0.0,
+        "num_hosts": num_hosts,
+    }
+    if not memory:
+        settings.update(retrieval_top_k=0, long_term_memory=False)
+    return settings
+
+
 @contextlib.asynccontextmanager
 async def engine_system(
-    tokens: int, data_dir: Path, num_hosts: int, channel_per_session: bool, memory: bool = True
+    tokens: int,
+    data_dir: Path,
+    num_hosts: int,
+    channel_per_session: bool,
+    memory: bool = True,
+    *,
+    in_process: bool = False,
+    window_messages: int = 0,
 ) -> AsyncIterator[System]:
-    """The engine with the scripted provider (``tokens`` tokens, no delays) and one shared client."""
-    config = Config(
-        data_dir=str(data_dir / "engine"),
-        grpc_port=0,
-        model_provider="scripted",
-        scripted_tokens=tokens,
-        scripted_first_token_delay_s=0.0,
-        scripted_token_delay_s=0.0,
-        num_hosts=num_hosts,
-        # --no-memory: no retrieval on the turn's path and no memory indexing beside it.
-        retrieval_top_k=4 if memory else 0,
-        long_term_memory=memory,
+    """The engine (``salon serve`` in a child process, or in this process with ``in_process``) and one shared
+    client."""
+    name = "engine" if memory else "engine-nomem"
+    settings = engine_settings(tokens, num_hosts, memory)
+    root = data_dir / name
+    if in_process:
+        # Imported here: the engine's storage stack is heavy, and the child-process mode does not need it.
+        from salon.engine.app import Engine
+        from salon.engine.config import Config
+
+        engine = Engine(Config(data_dir=str(root), grpc_port=0, **settings))
+        try:
+            started = time.perf_counter()
+            await engine.start()
+            log.info("engine up in %.1f s", time.perf_counter() - started)
+            async with SalonClient(engine.target) as client:
+                await client.wait_ready(10.0)
+                system = _EngineSystem(
+                    engine,
+                    engine.target,
+                    client,
+                    tokens,
+                    channel_per_session,
+                    name=name,
+                    window_messages=window_messages,
+                )
+                # Everything the engine started (nats-server, Ray's daemons and workers) is a descendant by now.
+                system.pids = tuple(sorted(descendants(os.getpid())))
+                try:
+                    yield system
+                finally:
+                    await system.end_level()
+        finally:
+            await engine.close()
+        return
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SALON_", "RAY_ADDRESS"))}
+    env.update(
+        {
+            f"SALON_{key.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+            for key, value in settings.items()
+        }
     )
-    engine = Engine(config)
+    server = ServerProcess(
+        [sys.executable, "-m", "salon.engine.cli", "serve", "--port", "0", "--data-dir", str(root)],
+        r"gRPC gateway on (\S+)",
+        env=env,
+    )
     try:
-        started = time.perf_counter()
-        await engine.start()
-        log.info("engine up in %.1f s", time.perf_counter() - started)
-        async with SalonClient(engine.target) as client:
+        target = await asyncio.to_thread(server.start)
+        assert server.proc is not None
+        async with SalonClient(target) as client:
             await client.wait_ready(10.0)
-            system = _EngineSystem(engine, client, tokens, channel_per_session)
-            # Everything the engine started (nats-server, Ray's daemons and workers) is a descendant by now.
-            system.pids = tuple(sorted(descendants(os.getpid())))
+            system = _EngineSystem(
+                None, target, client, tokens, channel_per_session, name=name, window_messages=window_messages
+            )
+            system.server_root = server.proc.pid
+            system.pids = tuple(sorted({server.proc.pid, *descendants(server.proc.pid)}))
             try:
                 yield system
             finally:
                 await system.end_level()
     finally:
-        await engine.close()
+        await asyncio.to_thread(server.stop)
 
 
 # --- measurement ------------------------------------------------------------------------------------------
@@ -375,6 +571,10 @@ class LevelResult:
     error_samples: list[str] = field(default_factory=list)
     window_s: float = 0.0
     phases: dict[str, list[float]] = field(default_factory=dict)
+    server_cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds the server's processes spent in the measured window, by kind of process."""
+    client_cpu_s: float = math.nan
+    """CPU seconds this process (the client, and the servers that share it) spent in the measured window."""
 
     def record_error(self, exc: BaseException, *, warmup: bool) -> None:
         """Count a failed turn and keep the first few messages as evidence."""
@@ -388,6 +588,7 @@ class LevelResult:
     def summary(self) -> dict[str, Any]:
         """The reported figures (milliseconds, per second)."""
         ok = len(self.latency_s)
+        nan = math.nan
         return {
             "system": self.system,
             "concurrency": self.concurrency,
@@ -404,6 +605,9 @@ class LevelResult:
             "window_s": self.window_s,
             "error_samples": self.error_samples,
             "ttft_phases_p50_ms": {k: percentile(v, 50) * 1e3 for k, v in self.phases.items()},
+            "server_cpu_ms_per_turn": sum(self.server_cpu_s.values()) * 1e3 / ok if ok and self.server_cpu_s else nan,
+            "server_cpu_ms_per_turn_by_kind": {k: v * 1e3 / ok for k, v in self.server_cpu_s.items()} if ok else {},
+            "client_cpu_ms_per_turn": self.client_cpu_s * 1e3 / ok if ok else math.nan,
         }
 
 
@@ -434,9 +638,15 @@ async def run_level(system: System, concurrency: int, turns: int, warmup: int, t
             await one(turn, warm)
 
     await asyncio.gather(*(drive(turn, warmup, True) for turn in loops))
+    root = system.server_root
+    before = sample_tree(root) if root is not None else []
+    client_before = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(drive(turn, turns, False) for turn in loops))
     result.window_s = time.perf_counter() - started
+    result.client_cpu_s = time.process_time() - client_before
+    if root is not None:
+        result.server_cpu_s = cpu_between(before, sample_tree(root))
     await system.end_level()
     return result
 
@@ -499,6 +709,18 @@ class SystemRun:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def warmup_for(system: str, args: argparse.Namespace) -> int:
+    """Unmeasured turns per session: ``--warmup`` when given; else, for the engine, one more than its window
+    holds (so every measured turn is past the window and retrieves from long-term memory), 2 for the baselines."""
+    if args.warmup is not None:
+        return int(args.warmup)
+    if not system.startswith("engine"):
+        return 2
+    window = args.window_messages or 40  # the engine's default window
+    # The new message takes one place; the window keeps whole turns of two messages.
+    return (window - 1) // 2 + 1
+
+
 def turns_for(concurrency: int, fixed: int | None) -> int:
     """Measured turns per session: ``fixed`` when given, else 20 for one session and 10 above."""
     if fixed is not None:
@@ -513,7 +735,22 @@ async def run_system(name: str, args: argparse.Namespace, data_dir: Path) -> Sys
         "echo": lambda: echo_system(args.tokens, args.channel_per_session),
         "relay": lambda: relay_system(args.tokens, data_dir, args.turn_timeout, args.channel_per_session),
         "engine": lambda: engine_system(
-            args.tokens, data_dir, args.num_hosts, args.channel_per_session, memory=not args.no_memory
+            args.tokens,
+            data_dir,
+            args.num_hosts,
+            args.channel_per_session,
+            memory=not args.no_memory,
+            in_process=args.in_process,
+            window_messages=args.window_messages,
+        ),
+        "engine-nomem": lambda: engine_system(
+            args.tokens,
+            data_dir,
+            args.num_hosts,
+            args.channel_per_session,
+            memory=False,
+            in_process=args.in_process,
+            window_messages=args.window_messages,
         ),
     }
     started = time.perf_counter()
@@ -522,10 +759,14 @@ async def run_system(name: str, args: argparse.Namespace, data_dir: Path) -> Sys
         for concurrency in args.concurrency:
             turns = turns_for(concurrency, args.turns_per_session)
             print(f"  {name}: {concurrency} concurrent x {turns} turns ...", end="", flush=True)
-            level = await run_level(system, concurrency, turns, args.warmup, args.turn_timeout)
+            level = await run_level(system, concurrency, turns, warmup_for(name, args), args.turn_timeout)
             run.levels.append(level)
             s = level.summary()
-            print(f" ttft p50 {s['ttft_p50_ms']:.2f} ms, {s['turns_per_s']:.0f} turns/s, {s['errors']} errors")
+            cpu = s["server_cpu_ms_per_turn"]
+            print(
+                f" ttft p50 {s['ttft_p50_ms']:.2f} ms, {s['turns_per_s']:.0f} turns/s, "
+                f"server CPU {_fmt(cpu)} ms/turn, {s['errors']} errors"
+            )
         run.details = await system.describe()
         if "events_stream" in run.details:
             stored = run.details["events_stream"]["messages"]
@@ -542,18 +783,19 @@ def _fmt(value: float, digits: int = 2, suffix: str = "") -> str:
 
 
 def ratios(runs: Sequence[SystemRun]) -> dict[str, dict[str, float]]:
-    """engine/relay and engine/echo of TTFT p50 (and turn latency p50) at each concurrency level."""
+    """engine/relay and engine/echo of TTFT p50, turn latency p50 and throughput at each concurrency level;
+    with both engines run, memory on against off (TTFT and throughput)."""
     by_key = {(r.name, lvl.concurrency): lvl.summary() for r in runs for lvl in r.levels}
     out: dict[str, dict[str, float]] = {}
     for (name, concurrency), engine in by_key.items():
         if name != "engine":
             continue
         row: dict[str, float] = {}
-        for base in ("relay", "echo"):
+        for base in ("relay", "echo", "engine-nomem"):
             other = by_key.get((base, concurrency))
             if other is None:
                 continue
-            for metric in ("ttft_p50_ms", "latency_p50_ms"):
+            for metric in ("ttft_p50_ms", "latency_p50_ms", "turns_per_s"):
                 denominator = other[metric]
                 row[f"{metric}_engine/{base}"] = engine[metric] / denominator if denominator else math.nan
         out[str(concurrency)] = row
@@ -564,9 +806,9 @@ def render(runs: Sequence[SystemRun], ratio_table: dict[str, dict[str, float]]) 
     """The results as a plain-text (Markdown-compatible) table, ratios and lifecycle notes."""
     header = (
         "| system | sessions | turns | errors | TTFT p50 ms | TTFT p99 ms | turn p50 ms | turn p99 ms "
-        "| turns/s | tokens/s |"
+        "| turns/s | tokens/s | server CPU ms/turn |"
     )
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run in runs:
         for level in run.levels:
             s = level.summary()
@@ -574,17 +816,39 @@ def render(runs: Sequence[SystemRun], ratio_table: dict[str, dict[str, float]]) 
             lines.append(
                 f"| {run.name} | {s['concurrency']} | {s['turns_ok']} | {errors} | {_fmt(s['ttft_p50_ms'])} "
                 f"| {_fmt(s['ttft_p99_ms'])} | {_fmt(s['latency_p50_ms'])} | {_fmt(s['latency_p99_ms'])} "
-                f"| {_fmt(s['turns_per_s'], 0)} | {_fmt(s['tokens_per_s'], 0)} |"
+                f"| {_fmt(s['turns_per_s'], 0)} | {_fmt(s['tokens_per_s'], 0)} | {_fmt(s['server_cpu_ms_per_turn'])} |"
             )
     if ratio_table:
-        lines += ["", "| sessions | TTFT p50 engine/relay | TTFT p50 engine/echo | turn p50 engine/relay |"]
-        lines.append("|---:|---:|---:|---:|")
+        lines += [
+            "",
+            "| sessions | TTFT p50 engine/relay | TTFT p50 engine/echo | turn p50 engine/relay "
+            "| turns/s engine/relay | TTFT p50 memory on/off | turns/s memory on/off |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for concurrency, row in ratio_table.items():
-            lines.append(
-                f"| {concurrency} | {_fmt(row.get('ttft_p50_ms_engine/relay', math.nan), suffix='x')} "
-                f"| {_fmt(row.get('ttft_p50_ms_engine/echo', math.nan), suffix='x')} "
-                f"| {_fmt(row.get('latency_p50_ms_engine/relay', math.nan), suffix='x')} |"
-            )
+            cells = [
+                row.get(key, math.nan)
+                for key in (
+                    "ttft_p50_ms_engine/relay",
+                    "ttft_p50_ms_engine/echo",
+                    "latency_p50_ms_engine/relay",
+                    "turns_per_s_engine/relay",
+                    "ttft_p50_ms_engine/engine-nomem",
+                    "turns_per_s_engine/engine-nomem",
+                )
+            ]
+            lines.append(f"| {concurrency} | " + " | ".join(_fmt(c, suffix="x") for c in cells) + " |")
+    cpu_rows = [
+        (run.name, lvl.concurrency, lvl.summary()["server_cpu_ms_per_turn_by_kind"])
+        for run in runs
+        for lvl in run.levels
+        if lvl.server_cpu_s
+    ]
+    if cpu_rows:
+        lines += ["", "Server CPU per turn by process, ms (from /proc of the server's own process tree):"]
+        for name, level_concurrency, kinds in cpu_rows:
+            parts = ", ".join(f"{kind} {ms:.2f}" for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]) if ms)
+            lines.append(f"- {name} at {level_concurrency}: {parts}")
     phase_rows = [
         (lvl.concurrency, lvl.summary()["ttft_phases_p50_ms"]) for run in runs for lvl in run.levels if lvl.phases
     ]
@@ -632,12 +896,34 @@ def verdict(runs: Sequence[SystemRun], ratio_table: dict[str, dict[str, float]])
         if at64:
             n = at64[0].errors + at64[0].warmup_errors
             lines.append(f"aim 'no errors at 64 sessions': {'met' if n == 0 else f'NOT met ({n} errors)'}")
-    one = ratio_table.get("1", {}).get("ttft_p50_ms_engine/relay")
-    if one is not None and not math.isnan(one):
-        lines.append(
-            f"aim 'TTFT within 3x of the bare relay at 1 session': {'met' if one <= 3 else 'NOT met'} ({one:.2f}x)"
-        )
+    lines += _targets(runs, ratio_table)
     return lines, engine_failed
+
+
+def _targets(runs: Sequence[SystemRun], ratio_table: dict[str, dict[str, float]]) -> list[str]:
+    """The turn path's targets (issue 15), judged on this run's figures."""
+    lines: list[str] = []
+
+    def judge(aim: str, value: float | None, limit: float, *, at_least: bool = False, unit: str = "x") -> None:
+        if value is None or math.isnan(value):
+            return
+        met = value >= limit if at_least else value <= limit
+        lines.append(f"target '{aim}': {'met' if met else 'NOT met'} ({value:.2f}{unit})")
+
+    one, many = ratio_table.get("1", {}), ratio_table.get("64", {})
+    judge("1 session: TTFT p50 <= 2x the relay's", one.get("ttft_p50_ms_engine/relay"), 2.0)
+    judge("64 sessions: TTFT p50 <= 2x the relay's", many.get("ttft_p50_ms_engine/relay"), 2.0)
+    judge("64 sessions: throughput >= 0.8x the relay's", many.get("turns_per_s_engine/relay"), 0.8, at_least=True)
+    on_off = many.get("turns_per_s_engine/engine-nomem")
+    judge("64 sessions: memory on/off throughput >= 0.8x", on_off, 0.8, at_least=True)
+    judge("64 sessions: memory on/off TTFT p50 <= 1.3x", many.get("ttft_p50_ms_engine/engine-nomem"), 1.3)
+    for run in runs:
+        if run.name == "engine":
+            for level in run.levels:
+                if level.concurrency == 64:
+                    cpu = level.summary()["server_cpu_ms_per_turn"]
+                    judge("64 sessions: server CPU per turn <= 6 ms", cpu, 6.0, unit=" ms")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -666,16 +952,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--warmup",
         type=non_negative_int,
-        default=2,
+        default=None,
         metavar="N",
-        help="unmeasured turns per session first (default: %(default)s)",
+        help="unmeasured turns per session first (default: enough to pass the window, see --window-messages; "
+        "2 for the baselines)",
+    )
+    parser.add_argument(
+        "--window-messages",
+        type=non_negative_int,
+        default=6,
+        metavar="N",
+        help="each engine session's window (messages); the warm-up passes it, so every measured turn retrieves "
+        "from long-term memory (0: the engine's default window, 40 messages; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the engine in this process (its gateway then shares the client's event loop, and its server CPU "
+        "is not reported); default: `salon serve` in a child process",
     )
     parser.add_argument(
         "--systems",
         type=_system_list,
-        default=list(SYSTEMS),
+        default=list(DEFAULT_SYSTEMS),
         metavar="S1,S2",
-        help="systems to run, in order, among echo,relay,engine (default: all three)",
+        help="systems to run, in order, among echo,relay,engine,engine-nomem (engine-nomem: memory off, to compare "
+        "memory on and off; default: echo,relay,engine)",
     )
     parser.add_argument(
         "--channel-per-session",
@@ -692,6 +994,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--turn-timeout", type=float, default=30.0, metavar="S", help="a turn longer than this fails (default: 30)"
     )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write every figure as JSON")
+    parser.add_argument("--serve-relay", type=Path, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -759,6 +1062,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: parse the command line and run the benchmark."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.serve_relay is not None:
+        asyncio.run(serve_relay(args.tokens, args.serve_relay, args.turn_timeout))
+        return 0
     return asyncio.run(bench(args))
 
 

@@ -1,7 +1,8 @@
 """The composition root: builds and runs a whole engine from a :class:`Config`.
 
-Order of start: data directory → NATS (embedded or configured) → streams and buckets → Ray and the session
-hosts → the gRPC gateway → the web bridge (when ``web_port`` is set). Shutdown runs the other way: intake stops
+Order of start: data directory → NATS (embedded or configured) → streams and buckets → Ray → the session hosts
+and the writer, while the gateway opens its stores → the gRPC gateway → the web bridge (when ``web_port`` is
+set). Shutdown runs the other way: intake stops
 first, running turns get a grace period, then everything closes, leaving no process behind.
 """
 
@@ -38,7 +39,7 @@ from salon.engine.servicer import ConversationServicer
 from salon.engine.tenants import Limits, TenantRegistry
 from salon.engine.transport import server_options
 from salon.engine.web import TOKEN_SERVICE_NAME, BrowserAccess
-from salon.storage import InvalidArgument, Names, build_embedder, redact_url
+from salon.storage import InvalidArgument, Names, redact_url
 from salon.storage.jetstream.bus import BusSettings, TurnPublisher, ensure_bus
 from salon.storage.jetstream.client import JetStream, close_connection, connect, stream_replicas, warn_unless_synced
 from salon.storage.jetstream.erasure import event_purger
@@ -48,6 +49,7 @@ from salon.storage.jetstream.sessions import KvSessionRegistry
 from salon.storage.jetstream.usage import KvTokenCounters
 from salon.storage.lance.knowledge import KnowledgeBase
 from salon.storage.lance.memory_search import MemorySearch
+from salon.storage.lazy import LazyEmbedder
 from salon.storage.tables import TranscriptStore
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
@@ -180,10 +182,7 @@ class Engine:
         if not self.config.gateway_only:
             # Ray first: it forks helper processes; LanceDB's runtime must not be running in a forking process.
             self._started_ray = ensure_ray(self.config)
-        await self._open_stores()
-        gateway = await self._build_gateway(js)
-        if not self.config.gateway_only:
-            await self._start_workers()
+        gateway = await self._gateway_beside_workers(js)
         await self._start_server(gateway, credentials)
         self._watch.start()
         await self._set_serving(self._availability.serving)
@@ -197,6 +196,25 @@ class Engine:
             self.config.auth,
             redact_url(self.nats_url),
         )
+
+    async def _gateway_beside_workers(self, js: JetStream) -> Gateway:
+        """The gateway's stores and the gateway, while the host and writer processes start (they take seconds to
+        import and connect; the stores a fraction of one). Ray started its helper processes already, so opening
+        LanceDB here no longer precedes a fork."""
+
+        async def gateway() -> Gateway:
+            await self._open_stores()
+            return await self._build_gateway(js)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                built = group.create_task(gateway())
+                if not self.config.gateway_only:
+                    group.create_task(self._start_workers())
+        except BaseExceptionGroup as failed:
+            # The first failure, as a sequential start would have raised it (callers map errors by type).
+            raise failed.exceptions[0]  # noqa: B904
+        return built.result()
 
     def _start_telemetry_and_tenants(self) -> None:
         config = self.config
@@ -232,8 +250,9 @@ class Engine:
         """The transcript store, the knowledge base and the memory search (with the embedding model)."""
         config = self.config
         options = config.lancedb_storage_options()
-        # The embedding model is loaded once, here, off the event loop: ingestion and search never wait for it.
-        embedder = await asyncio.to_thread(build_embedder, config.embedding_model)
+        # The embedding model loads with the first ingestion, knowledge or memory search (off the event loop): a
+        # gateway that never embeds never holds it. One model for both.
+        embedder = LazyEmbedder(config.embedding_model)
         # Before the transcript store: this opens (and brings up to date) the memories table the store reads.
         self._memory_search = await MemorySearch.open(config.lancedb_location, embedder, storage_options=options)
         self._store = await TranscriptStore.open(config.lancedb_location, storage_options=options)

@@ -19,6 +19,7 @@ from salon.engine.ray_runtime import HostGroup, ensure_ray, joining_host_specs, 
 from salon.engine.tenants import TenantRegistry
 from salon.storage import InvalidArgument
 from salon.storage.jetstream.client import close_connection, connect, stream_replicas
+from salon.storage.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,14 @@ class ExtraHosts:
 
     def __init__(self, config: Config, count: int) -> None:
         if count < 1:
-            raise InvalidArgument("count must be at least 1", reason="BAD_HOST_COUNT")
+            raise InvalidArgument("count must be at least 1", reason=Reason.INVALID_CONFIG)
         if not config.nats_url:
-            raise InvalidArgument("joining a deployment needs its NATS: set SALON_NATS_URL", reason="NO_NATS_URL")
+            raise InvalidArgument(
+                "joining a deployment needs its NATS: set SALON_NATS_URL", reason=Reason.INVALID_CONFIG
+            )
         if config.shard_lease_s <= 0:
             raise InvalidArgument(
-                "hosts join only a deployment with shard leases (SALON_SHARD_LEASE_S > 0)", reason="NO_SHARD_LEASES"
+                "hosts join only a deployment with shard leases (SALON_SHARD_LEASE_S > 0)", reason=Reason.INVALID_CONFIG
             )
         self.config = config
         self.count = count

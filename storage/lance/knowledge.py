@@ -260,6 +260,10 @@ class KnowledgeBase:
 
     async def _ingest_batch(self, tenant: str, batch: list[Document]) -> tuple[list[IngestResult], int]:
         """Store the valid documents of ``batch`` in one write; the results of all of them, in order."""
+        load = getattr(self._embedder, "load", None)
+        if load is not None:
+            # A model loaded on first use: loaded now, so chunks are counted with its own tokenizer.
+            await load()
         prepared = await asyncio.to_thread(lambda: [self._prepare(d) for d in batch])
         good = [p for p in prepared if isinstance(p, _Prepared)]
         rows = 0
