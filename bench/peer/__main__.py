@@ -64,7 +64,7 @@ def _drive(python: Path, system: str, label: str, sessions: int, args: argparse.
     """Run one driver process and read its JSON (its progress goes straight to this process's stderr)."""
     argv = [str(python), "-m", "bench.peer.drive", system, "--label", label, "--sessions", str(sessions)]
     argv += ["--warmup", str(args.warmup), "--turns", str(args.turns), "--tokens", str(args.tokens)]
-    argv += ["--timeout", str(args.turn_timeout)]
+    argv += ["--timeout", str(args.turn_timeout), "--idle", str(args.idle)]
     for key, value in extra.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
     budget = args.turn_timeout * (args.warmup + args.turns) + 120
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_PEER_VENV,
         help="venv with bench/peer/requirements.txt (created when missing)",
     )
+    parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU reading before the load (5)")
     parser.add_argument("--json", type=Path, help="write every figure and raw sample here")
     args = parser.parse_args(argv)
     become_subreaper()

@@ -51,6 +51,7 @@ async def _main(args: argparse.Namespace) -> None:
             timeout_s=args.timeout,
             cpu_probe=probe,
             cpu_scope=scope,
+            idle_s=args.idle,
         )
     finally:
         await target.close()
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, required=True)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds a turn may take")
+    parser.add_argument("--idle", type=float, default=0.0, help="seconds of idle CPU reading first")
     parser.add_argument("--server-pid", type=int)
     parser.add_argument("--url", default="", help="langgraph dev's base URL")
     parser.add_argument("--target", default="", help="Salon's gRPC target (host:port)")

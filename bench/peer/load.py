@@ -79,10 +79,16 @@ async def run_level(
     timeout_s: float,
     cpu_probe: Callable[[], float],
     cpu_scope: str,
+    idle_s: float = 0.0,
     progress_every_s: float = 10.0,
 ) -> LevelResult:
-    """Open ``sessions`` sessions, run ``warmup`` unmeasured turns on each, then ``turns`` measured ones."""
+    """Read the idle CPU over ``idle_s``, open ``sessions`` sessions, run ``warmup`` unmeasured turns on each,
+    then ``turns`` measured ones."""
     result = LevelResult(system, sessions, warmup, turns, cpu_scope=cpu_scope)
+    if idle_s > 0:
+        idle_start, started = cpu_probe(), time.perf_counter()
+        await asyncio.sleep(idle_s)
+        result.idle_cpu_s, result.idle_window_s = cpu_probe() - idle_start, time.perf_counter() - started
     conversations = await asyncio.gather(*(target.open() for _ in range(sessions)))
     counter = [0]
 

@@ -38,6 +38,9 @@ class LevelResult:
     """Whose CPU ``server_cpu_s`` is (the server's process tree, or the whole process for the library)."""
     load_before: str = ""
     load_after: str = ""
+    idle_cpu_s: float = math.nan
+    """CPU seconds the same processes used over ``idle_window_s`` before any session opened (their floor)."""
+    idle_window_s: float = 0.0
 
     def record_error(self, exc: BaseException, *, warmup: bool) -> None:
         """Count a failed turn and keep the first few as evidence."""
@@ -62,6 +65,7 @@ class LevelResult:
             "turns_per_s": ok / self.window_s if self.window_s > 0 else math.nan,
             "cpu_ms_per_turn": self.server_cpu_s / ok * 1e3 if ok else math.nan,
             "cpu_scope": self.cpu_scope,
+            "idle_cpu_pct": self.idle_cpu_s / self.idle_window_s * 100 if self.idle_window_s > 0 else math.nan,
             "window_s": self.window_s,
             "load_before": self.load_before,
             "load_after": self.load_after,
