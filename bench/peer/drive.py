@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable
 
 from bench.peer.load import Target, run_level
-from bench.peer.procs import self_cpu_s, tree_cpu_s
+from bench.peer.procs import self_cpu_s, tree_cpu_by_name, tree_cpu_s
 
 SYSTEMS = ("library", "langgraph-dev", "salon")
 
@@ -52,6 +52,7 @@ async def _main(args: argparse.Namespace) -> None:
             cpu_probe=probe,
             cpu_scope=scope,
             idle_s=args.idle,
+            breakdown_probe=functools.partial(tree_cpu_by_name, args.server_pid) if args.server_pid else None,
         )
     finally:
         await target.close()

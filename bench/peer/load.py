@@ -80,6 +80,7 @@ async def run_level(
     cpu_probe: Callable[[], float],
     cpu_scope: str,
     idle_s: float = 0.0,
+    breakdown_probe: Callable[[], dict[str, float]] | None = None,
     progress_every_s: float = 10.0,
 ) -> LevelResult:
     """Read the idle CPU over ``idle_s``, open ``sessions`` sessions, run ``warmup`` unmeasured turns on each,
@@ -122,10 +123,14 @@ async def run_level(
 
     await phase("warm-up", 0, warmup, True)
     result.load_before = load_average()
+    by_name_start = breakdown_probe() if breakdown_probe else {}
     cpu_start = cpu_probe()
     started = time.perf_counter()
     await phase("measured", warmup, turns, False)
     result.window_s = time.perf_counter() - started
     result.server_cpu_s = cpu_probe() - cpu_start
+    if breakdown_probe:
+        by_name = breakdown_probe()
+        result.cpu_by_process = {k: v - by_name_start.get(k, 0.0) for k, v in sorted(by_name.items())}
     result.load_after = load_average()
     return result

@@ -94,6 +94,19 @@ def tree_cpu_s(root: int) -> float:
     return sum(process_cpu_s(pid) for pid in {root, *descendants(root)})
 
 
+def tree_cpu_by_name(root: int) -> dict[str, float]:
+    """CPU seconds used so far by ``root`` and its live descendants, summed per process name (``comm``: for
+    example ``salon``, ``nats-server``, ``raylet``, ``ray::HostActor``)."""
+    totals: dict[str, float] = {}
+    for pid in {root, *descendants(root)}:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        totals[name] = totals.get(name, 0.0) + process_cpu_s(pid)
+    return totals
+
+
 def self_cpu_s() -> float:
     """CPU seconds (user + system, every thread) this process has used."""
     times = os.times()

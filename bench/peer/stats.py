@@ -41,6 +41,8 @@ class LevelResult:
     idle_cpu_s: float = math.nan
     """CPU seconds the same processes used over ``idle_window_s`` before any session opened (their floor)."""
     idle_window_s: float = 0.0
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
+    """CPU seconds per process name of the server's tree over the measured window (servers only)."""
 
     def record_error(self, exc: BaseException, *, warmup: bool) -> None:
         """Count a failed turn and keep the first few as evidence."""
@@ -66,6 +68,7 @@ class LevelResult:
             "cpu_ms_per_turn": self.server_cpu_s / ok * 1e3 if ok else math.nan,
             "cpu_scope": self.cpu_scope,
             "idle_cpu_pct": self.idle_cpu_s / self.idle_window_s * 100 if self.idle_window_s > 0 else math.nan,
+            "cpu_ms_per_turn_by_process": {k: v / ok * 1e3 for k, v in self.cpu_by_process.items()} if ok else {},
             "window_s": self.window_s,
             "load_before": self.load_before,
             "load_after": self.load_after,
