@@ -42,7 +42,7 @@ from salon.storage.jetstream.client import JetStream, close_connection, connect
 from salon.storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_ledger
 from salon.storage.jetstream.ledger_floor import writer_ack_floor
 from salon.storage.jetstream.sessions import KvSessionRegistry
-from salon.storage.jetstream.usage import KvTokenCounters
+from salon.storage.jetstream.usage import KvTokenCounters, KvTurnCounters
 from salon.storage.lance.knowledge import KnowledgeBase
 from salon.storage.tables import TranscriptStore
 from salon.v1 import admin_service_pb2 as admin_pb2
@@ -239,8 +239,12 @@ class Engine:
             return len(await registry.list_ids(tenant_id))
 
         self.limiter = TenantLimiter(
-            self.tenants.policy, count_sessions=count_sessions, tokens=await KvTokenCounters.open(js, self.names)
+            self.tenants.policy,
+            count_sessions=count_sessions,
+            tokens=await KvTokenCounters.open(js, self.names),
+            turns=await KvTurnCounters.open(js, self.names),
         )
+        self.limiter.start()
         return Gateway(
             self.config,
             TurnPublisher(self._nc, self.names),
@@ -395,6 +399,8 @@ class Engine:
         if self._hosts is not None:
             waits.append(self._hosts.drain(grace))
         await asyncio.gather(*waits)
+        if self.limiter is not None:
+            await self.limiter.flush()  # the tokens of the turns just ended, while NATS is surely up
         log.info("drained")
 
     async def _waiting_turns(self) -> dict[int, int]:
@@ -421,6 +427,8 @@ class Engine:
         if self._server is not None:
             await self._server.stop(grace=None)
             self._server = None
+        if self.limiter is not None:
+            await self.limiter.close()  # before NATS closes: the last tokens recorded, leases given back
         await self._close_workers()
         await self._close_infrastructure()
         otel.shutdown()  # last: flushes the gateway's spans, stops the metrics endpoint

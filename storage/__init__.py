@@ -49,7 +49,7 @@ from salon.storage.retrieval import Passage, RetrievalQuery, Retriever
 from salon.storage.sessions import SessionRegistry, incarnation_of
 from salon.storage.subjects import Names
 from salon.storage.urls import redact_url
-from salon.storage.usage import TokenCounters
+from salon.storage.usage import TokenCounters, TurnCounters
 
 __all__ = [
     "AlreadyExists",
@@ -85,6 +85,7 @@ __all__ = [
     "ToolApproval",
     "ToolCallEntry",
     "ToolSource",
+    "TurnCounters",
     "TurnEnvelope",
     "TurnRecord",
     "TurnStatus",
