@@ -284,8 +284,15 @@ class Gateway:
         tenant_id, session_id, turn_id = envelope.tenant_id, envelope.request.session_id, envelope.turn_id
         shard = self._shard(envelope)
         # Subscribed before the turn is published (no round trip): the copies of its events the events stream
-        # republishes as it stores them. A duplicate turn may have stored events before: it reads the stream.
+        # republishes as it stores them. A turn that stored events before (a duplicate, or a retry under the
+        # client's key after the dedupe window) reads the stream instead. The lookup starts after the
+        # subscription, so whatever it does not see arrives live.
         stream = await self._publisher.open_live_events(tenant_id, session_id, turn_id)
+        earlier = (
+            asyncio.ensure_future(self._publisher.has_events(tenant_id, session_id, turn_id))
+            if envelope.request.idempotency_key
+            else None
+        )
         try:
             # PRODUCER span: the host's CONSUMER span continues the trace from the headers it puts on the message.
             with otel.producer_span(
@@ -303,10 +310,15 @@ class Gateway:
             ) as producer:
                 published = dataclasses.replace(envelope, trace_headers=producer.headers())
                 duplicate = await self._publisher.publish(published, shard)
+            stored_before = duplicate or (earlier is not None and await earlier)
         except BaseException:
+            if earlier is not None:
+                earlier.cancel()
+                with contextlib.suppress(BaseException):
+                    await earlier
             await stream.close()
             raise
-        if duplicate:
+        if stored_before:
             await stream.close()
             return await self._publisher.open_events(tenant_id, session_id, turn_id), duplicate
         return stream, duplicate

@@ -192,7 +192,10 @@ class TenantLimiter:
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self._renew_s)  # wait-ok: the lease renewal's period
-            await self._renew_once()
+            try:
+                await self._renew_once()
+            except Exception:
+                log.exception("renewing the leases of running turns failed; trying again")
 
     async def _renew_once(self) -> None:
         for tenant_id, counters in list(self._tenants.items()):
