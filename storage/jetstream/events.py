@@ -373,7 +373,9 @@ class LiveSubscription:
         if not self._queue.empty():
             return self._queue.get_nowait()
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
+            # A timeout scope, not wait_for: no task per message.
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()
         except TimeoutError:
             raise nats.errors.TimeoutError from None
 

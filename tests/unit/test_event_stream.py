@@ -143,3 +143,16 @@ async def test_a_live_stream_that_overflowed_reads_on_from_the_stored_events() -
     seen: list[int] = []
     assert await _live(Live(1, None), Subscription(1, 2, last=2), seen) == ["live", "stored"]
     assert seen == [1, 2]
+
+
+async def test_a_live_subscription_queues_up_to_its_bound_then_says_it_overflowed() -> None:
+    from salon.storage.jetstream.events import LiveSubscription
+
+    live = LiveSubscription(buffer=2)
+    with pytest.raises(nats.errors.TimeoutError):
+        await live.next_msg(timeout=0.01)
+    for seq in (1, 2, 3, 4):
+        await live._arrived(Msg(seq))
+    assert [(await live.next_msg(timeout=1)).data for _ in range(2)] == [Msg(1).data, Msg(2).data]
+    assert await live.next_msg(timeout=1) is None and live.overflowed
+    await live.unsubscribe()  # never subscribed: nothing to do
