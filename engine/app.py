@@ -45,8 +45,9 @@ from salon.storage.jetstream.client import JetStream, close_connection, connect,
 from salon.storage.jetstream.erasure import event_purger
 from salon.storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_ledger
 from salon.storage.jetstream.ledger_floor import writer_ack_floor
+from salon.storage.jetstream.session_changes import SessionChanges
 from salon.storage.jetstream.sessions import KvSessionRegistry
-from salon.storage.jetstream.usage import KvTokenCounters
+from salon.storage.jetstream.usage import KvTokenCounters, KvTurnCounters
 from salon.storage.lance.knowledge import KnowledgeBase
 from salon.storage.lance.memory_search import MemorySearch
 from salon.storage.lazy import LazyEmbedder
@@ -132,6 +133,7 @@ class Engine:
             config.tenants_file or None, default_limits(config), reload_interval_s=config.tenants_reload_s
         )
         self.limiter: TenantLimiter | None = None
+        self._session_changes: SessionChanges | None = None
         self.browser = BrowserAccess(config)
 
     @property
@@ -277,8 +279,10 @@ class Engine:
             self.tenants.policy,
             count_sessions=count_sessions,
             tokens=await KvTokenCounters.open(js, self.names, replicas=self.replicas),
+            turns=await KvTurnCounters.open(js, self.names, replicas=self.replicas),
         )
-        return Gateway(
+        self.limiter.start()
+        gateway = Gateway(
             self.config,
             TurnPublisher(self._nc, self.names),
             registry,
@@ -289,6 +293,11 @@ class Engine:
             stored_floor=writer_ack_floor(js, self.names),
             tool_servers_for=self._tool_servers_for(),
         )
+        # The turn path keeps session definitions while the registry's changes are watched (engine.session_cache).
+        self._session_changes = SessionChanges(js, self.names, gateway.sessions.forget)
+        await self._session_changes.start()
+        gateway.sessions.enable(lambda: int(self._nc.stats["reconnects"]) if self._nc is not None else -1)
+        return gateway
 
     async def _start_workers(self) -> None:
         """The session hosts and the batch writer (Ray actors)."""
@@ -441,6 +450,8 @@ class Engine:
         if self._hosts is not None:
             waits.append(self._hosts.drain(grace))
         await asyncio.gather(*waits)
+        if self.limiter is not None:
+            await self.limiter.flush()  # the tokens of the turns just ended, while NATS is surely up
         log.info("drained")
 
     async def _waiting_turns(self) -> dict[int, int]:
@@ -467,6 +478,10 @@ class Engine:
         if self._server is not None:
             await self._server.stop(grace=None)
             self._server = None
+        if self.limiter is not None:
+            await self.limiter.close()  # before NATS closes: the last tokens recorded, leases given back
+        if self._session_changes is not None:
+            await self._session_changes.close()
         await self._close_workers()
         await self._close_infrastructure()
         otel.shutdown()  # last: flushes the gateway's spans, stops the metrics endpoint

@@ -20,6 +20,7 @@ from salon import otel
 from salon.actors import GuardrailSettings, SessionState, is_terminal, record_events, shard_for
 from salon.actors.usage import token_counts
 from salon.engine.config import Config
+from salon.engine.session_cache import SessionCache
 from salon.engine.tools_api import ToolAnswers, check_decide, check_submit, check_tool_set, check_tool_settings
 from salon.engine.validation import check_create_session, check_send_turn, page_size
 from salon.storage import (
@@ -85,6 +86,8 @@ class Gateway:
         self._tool_servers_for = tool_servers_for
         self._answers = ToolAnswers(publisher.control, config.num_shards, max_result_bytes=config.tool_max_result_bytes)
         self._registry = registry
+        self.sessions = SessionCache(registry)
+        """Definitions for the turn path (kept once the engine watches the registry's changes)."""
         self._journal = journal
         self._store = store
         self._store_healthy = store_healthy
@@ -182,7 +185,9 @@ class Gateway:
     async def delete_session(self, tenant_id: str, session_id: str) -> None:
         """Remove the session and its state."""
         require_id(session_id, "session_id")
+        self.sessions.forget(tenant_id, session_id)
         await self._registry.delete(tenant_id, session_id)
+        self.sessions.forget(tenant_id, session_id)
         # Registry first: the writer then drops ledger entries of this session still in flight.
         await self._journal.purge(tenant_id, session_id)
         await self._store.delete_session(tenant_id, session_id)
@@ -222,7 +227,7 @@ class Gateway:
                 reason=Reason.STORE_UNAVAILABLE,
                 retry_after_s=5.0,
             )
-        session = await self._registry.get(tenant_id, request.session_id)
+        session = await self.sessions.get(tenant_id, request.session_id)
         envelope = TurnEnvelope(
             tenant_id=tenant_id,
             turn_id=request.idempotency_key or uuid7(),
@@ -245,6 +250,8 @@ class Gateway:
                     duplicate = False
                     continue
                 if observer.events == 0 and event.HasField("error"):
+                    if event.error.reason == Reason.SESSION_NOT_FOUND:
+                        self.sessions.forget(tenant_id, request.session_id)
                     _raise_refusal(event.error)
                 ended = is_terminal(event)
                 observer.saw(event)
@@ -287,8 +294,16 @@ class Gateway:
         JetStream already had the turn (a duplicate within its dedupe window)."""
         tenant_id, session_id, turn_id = envelope.tenant_id, envelope.request.session_id, envelope.turn_id
         shard = self._shard(envelope)
-        # The events stream keeps the turn's events from the first, so subscribing can overlap the publish.
-        opening = asyncio.ensure_future(self._publisher.open_events(tenant_id, session_id, turn_id))
+        # Subscribed before the turn is published (no round trip): the copies of its events the events stream
+        # republishes as it stores them. A turn that stored events before (a duplicate, or a retry under the
+        # client's key after the dedupe window) reads the stream instead. The lookup starts after the
+        # subscription, so whatever it does not see arrives live.
+        stream = await self._publisher.open_live_events(tenant_id, session_id, turn_id)
+        earlier = (
+            asyncio.ensure_future(self._publisher.has_events(tenant_id, session_id, turn_id))
+            if envelope.request.idempotency_key
+            else None
+        )
         try:
             # PRODUCER span: the host's CONSUMER span continues the trace from the headers it puts on the message.
             with otel.producer_span(
@@ -306,12 +321,18 @@ class Gateway:
             ) as producer:
                 published = dataclasses.replace(envelope, trace_headers=producer.headers())
                 duplicate = await self._publisher.publish(published, shard)
+            stored_before = duplicate or (earlier is not None and await earlier)
         except BaseException:
-            opening.cancel()
-            with contextlib.suppress(BaseException):
-                await (await opening).close()
+            if earlier is not None:
+                earlier.cancel()
+                with contextlib.suppress(BaseException):
+                    await earlier
+            await stream.close()
             raise
-        return await opening, duplicate
+        if stored_before:
+            await stream.close()
+            return await self._publisher.open_events(tenant_id, session_id, turn_id), duplicate
+        return stream, duplicate
 
     async def cancel_turn(
         self, tenant_id: str, session_id: str, turn_id: str, *, reason: str = "cancelled by the client"
@@ -319,7 +340,7 @@ class Gateway:
         """Stop a running or queued turn (or one not arrived yet); returns what the host did."""
         require_id(session_id, "session_id")
         require_id(turn_id, "turn_id")
-        session = await self._registry.get(tenant_id, session_id)
+        session = await self.sessions.get(tenant_id, session_id)
         shard = shard_for(tenant_id, session_id, self._config.num_shards)
         request = {
             "action": "cancel",
@@ -360,7 +381,7 @@ class Gateway:
         """The session's incarnation; a session the tenant cannot see is a call not found (one answer for an
         unknown call, a finished turn and another tenant's session)."""
         try:
-            return incarnation_of(await self._registry.get(tenant_id, session_id))
+            return incarnation_of(await self.sessions.get(tenant_id, session_id))
         except NotFound:
             raise NotFound("tool call not found", reason=Reason.TOOL_CALL_NOT_FOUND) from None
 

@@ -3,13 +3,21 @@ day (from the usage events of the turns it relays), message size and number of s
 
 Exceeding one ends the call with ``RESOURCE_EXHAUSTED``, the limit's name as reason (``TURNS_PER_MINUTE``,
 ``CONCURRENT_TURNS``, ``TOKENS_PER_DAY``, ``MESSAGE_TOO_LARGE``, ``MAX_SESSIONS``) and, where waiting helps, a
-retry hint. Token totals are shared by every gateway (``storage.KvTokenCounters``), as are sessions (the
-registry); turns per minute and concurrent turns are counted in this gateway's memory, so behind N gateways a
-tenant can reach N times those two.
+retry hint. Every gateway of a deployment shares the counts (:mod:`salon.storage.usage`), so the limits hold
+behind a load balancer:
+
+* turns per minute and concurrent turns, for a tenant that has either limit, are checked and counted in one
+  compare-and-set per new turn; the running turns a gateway holds are leased (renewed while they run), so a
+  gateway that dies stops holding them after :data:`~salon.storage.usage.LEASE_S`. A tenant without these
+  limits costs its turns nothing there (its figures are this gateway's own);
+* tokens are summed in memory and recorded every :data:`~salon.engine.token_meter.FLUSH_INTERVAL_S`
+  (:class:`~salon.engine.token_meter.TokenMeter`), never on a turn's path: the budget check sees another
+  gateway's tokens within about two intervals.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -19,15 +27,16 @@ from dataclasses import dataclass
 
 from salon.actors.usage import total_tokens
 from salon.engine.tenants import Limits, TenantPolicy
+from salon.engine.token_meter import FLUSH_INTERVAL_S, TokenMeter
 from salon.storage.errors import ResourceExhausted, SalonError
-from salon.storage.inmemory import InMemoryTokenCounters
+from salon.storage.ids import uuid7
+from salon.storage.inmemory import InMemoryTokenCounters, InMemoryTurnCounters
 from salon.storage.reasons import Reason
-from salon.storage.usage import TokenCounters
+from salon.storage.usage import LEASE_S, WINDOW_S, TokenCounters, TurnCounters, TurnLimits
 from salon.v1 import turn_pb2
 
 log = logging.getLogger(__name__)
 
-WINDOW_S = 60.0
 DAY_S = 86400.0
 _COUNTED_TURNS = 10_000
 """Turn ids whose usage was counted, remembered so a replayed turn (a retry) is not counted twice."""
@@ -46,29 +55,43 @@ class Usage:
 
 
 class _Counters:
-    __slots__ = ("active", "turns")
+    """This gateway's own turns of one tenant: started in the last minute (wall clock) and running."""
+
+    __slots__ = ("active", "lock", "shared", "turns")
 
     def __init__(self) -> None:
         self.turns: collections.deque[float] = collections.deque()
         self.active = 0
+        self.shared = 0
+        """Of the running turns, those counted in the shared store (their tenant had a turn limit)."""
+        self.lock = asyncio.Lock()
+        """Serialises this gateway's writes of the tenant's shared counts (each states ``shared``)."""
 
 
 class TurnSlot:
     """A running turn's place in its tenant's concurrency limit; :meth:`release` once (idempotent)."""
 
-    def __init__(self, counters: _Counters) -> None:
-        self._counters: _Counters | None = counters
+    def __init__(self, release: Callable[[], Awaitable[None] | None]) -> None:
+        self._release: Callable[[], Awaitable[None] | None] | None = release
 
-    def release(self) -> None:
-        """Give the place back."""
-        counters, self._counters = self._counters, None
-        if counters is not None:
-            counters.active -= 1
+    def release(self) -> Awaitable[None] | None:
+        """Give the place back; what to await until every gateway sees it given back (None: nothing)."""
+        release, self._release = self._release, None
+        return release() if release is not None else None
+
+
+def _turn_limits(limits: Limits) -> TurnLimits | None:
+    if not (limits.turns_per_minute or limits.concurrent_turns):
+        return None
+    return TurnLimits(turns_per_minute=limits.turns_per_minute, concurrent_turns=limits.concurrent_turns)
 
 
 class TenantLimiter:
-    """Applies each tenant's :class:`Limits`. ``clock`` (monotonic seconds) and ``wall`` (epoch seconds, for
-    the UTC day of the token budget) are injectable so tests move time instead of waiting for it."""
+    """Applies each tenant's :class:`Limits`. ``wall`` (epoch seconds: the minute window, the leases and the
+    UTC day of the token budget) is injectable so tests move time instead of waiting for it.
+
+    Lifecycle: :meth:`start` runs the token recorder and the lease renewal; :meth:`close` (idempotent) stops
+    them after recording the last tokens and giving back this gateway's running turns."""
 
     def __init__(
         self,
@@ -76,20 +99,28 @@ class TenantLimiter:
         *,
         count_sessions: Callable[[str], Awaitable[int]] | None = None,
         tokens: TokenCounters | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        turns: TurnCounters | None = None,
         wall: Callable[[], float] = time.time,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        lease_s: float = LEASE_S,
     ) -> None:
         self._policy_for = policy_for
         self._count_sessions = count_sessions
-        self._tokens = tokens if tokens is not None else InMemoryTokenCounters()
-        self.clock = clock
+        self.meter = TokenMeter(tokens if tokens is not None else InMemoryTokenCounters(), interval_s=flush_interval_s)
+        self._turns = turns if turns is not None else InMemoryTurnCounters(lease_s)
+        self.holder = uuid7()
+        """This gateway run's name in the shared turn counts."""
+        self._renew_s = lease_s / 3
         self.wall = wall
         self._tenants: dict[str, _Counters] = collections.defaultdict(_Counters)
         self._counted: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._releases: set[asyncio.Task[None]] = set()
+        self._renewer: asyncio.Task[None] | None = None
+        self._closed = False
 
     def _counters(self, tenant_id: str) -> _Counters:
         counters = self._tenants[tenant_id]
-        now = self.clock()
+        now = self.wall()
         while counters.turns and counters.turns[0] <= now - WINDOW_S:
             counters.turns.popleft()
         return counters
@@ -105,7 +136,7 @@ class TenantLimiter:
                 f"the message is over this tenant's limit of {limits.max_message_bytes} bytes",
                 reason=Reason.MESSAGE_TOO_LARGE,
             )
-        if limits.tokens_per_day and await self._tokens.get(tenant_id, self._day()) >= limits.tokens_per_day:
+        if limits.tokens_per_day and await self.meter.total(tenant_id, self._day()) >= limits.tokens_per_day:
             until_midnight = DAY_S - self.wall() % DAY_S
             raise ResourceExhausted(
                 "this tenant's tokens for today are used up (the budget resets at 00:00 UTC)",
@@ -113,35 +144,95 @@ class TenantLimiter:
                 retry_after_s=until_midnight,
             )
         counters = self._counters(tenant_id)
-        now = self.clock()
-        if limits.turns_per_minute and len(counters.turns) >= limits.turns_per_minute:
-            raise ResourceExhausted(
-                f"this tenant may start {limits.turns_per_minute} turns per minute",
-                reason=Reason.TURNS_PER_MINUTE,
-                retry_after_s=max(counters.turns[0] + WINDOW_S - now, 0.001),
-            )
-        if limits.concurrent_turns and counters.active >= limits.concurrent_turns:
-            raise ResourceExhausted(
-                f"this tenant may run {limits.concurrent_turns} turns at once",
-                reason=Reason.CONCURRENT_TURNS,
-                retry_after_s=1.0,
-            )
-        counters.turns.append(now)
+        turn_limits = _turn_limits(limits)
+        if turn_limits is not None:
+            async with counters.lock:
+                refusal = await self._turns.admit(tenant_id, self.holder, counters.shared, turn_limits, now=self.wall())
+                if refusal is None:
+                    counters.shared += 1
+            if refusal is not None:
+                if refusal.reason == Reason.TURNS_PER_MINUTE:
+                    message = f"this tenant may start {limits.turns_per_minute} turns per minute"
+                else:
+                    message = f"this tenant may run {limits.concurrent_turns} turns at once"
+                raise ResourceExhausted(message, reason=refusal.reason, retry_after_s=refusal.retry_after_s)
+        counters.turns.append(self.wall())
         counters.active += 1
-        return TurnSlot(counters)
+        shared = turn_limits is not None
+
+        def release() -> Awaitable[None] | None:
+            counters.active -= 1
+            if not shared:
+                return None
+            counters.shared -= 1
+            task = asyncio.create_task(self._hold(tenant_id, counters), name="salon-turn-release")
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+            return task
+
+        return TurnSlot(release)
+
+    async def _hold(self, tenant_id: str, counters: _Counters) -> None:
+        """Tell every gateway how many of the tenant's turns this one runs now (renewing its lease); a failure
+        is put right by the next renewal."""
+        try:
+            async with counters.lock:
+                await self._turns.hold(tenant_id, self.holder, counters.shared, now=self.wall())
+        except SalonError as exc:
+            log.warning("running turns of a tenant not updated in the shared counts (%s); the renewal retries", exc)
+
+    def start(self) -> None:
+        """Record tokens and renew this gateway's leases in the background."""
+        if self._closed:
+            return
+        self.meter.start()
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew(), name="salon-turn-leases")
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self._renew_s)  # wait-ok: the lease renewal's period
+            try:
+                await self._renew_once()
+            except Exception:
+                log.exception("renewing the leases of running turns failed; trying again")
+
+    async def _renew_once(self) -> None:
+        for tenant_id, counters in list(self._tenants.items()):
+            if counters.shared:
+                await self._hold(tenant_id, counters)
+
+    async def flush(self) -> bool:
+        """Record the tokens counted so far now; whether they all landed."""
+        return await self.meter.flush()
+
+    async def close(self) -> None:
+        """Stop the background work: the last tokens recorded, running turns given back. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        if self._releases:
+            await asyncio.wait(set(self._releases))
+        for tenant_id, counters in list(self._tenants.items()):
+            if counters.shared:
+                counters.shared = 0
+                await self._hold(tenant_id, counters)
+        await self.meter.close()
 
     async def add_usage(self, tenant_id: str, turn_id: str, usage: turn_pb2.Usage) -> None:
-        """Count a turn's tokens (once per turn id, so replays of a finished turn are free)."""
+        """Count a turn's tokens (once per turn id, so replays of a finished turn are free); recorded in the
+        shared counters with the next flush."""
         if turn_id in self._counted:
             return
         self._counted[turn_id] = None
         if len(self._counted) > _COUNTED_TURNS:
             self._counted.popitem(last=False)
-        try:
-            await self._tokens.add(tenant_id, self._day(), total_tokens(usage))
-        except SalonError as exc:
-            # The answer goes on; only the budget misses these tokens.
-            log.warning("tokens of a turn not counted: %s", exc.message)
+        self.meter.add(tenant_id, self._day(), total_tokens(usage))
 
     async def metered(
         self, tenant_id: str, slot: TurnSlot, events: AsyncIterator[turn_pb2.TurnEvent]
@@ -151,7 +242,10 @@ class TenantLimiter:
             async for event in self.counted(tenant_id, events):
                 yield event
         finally:
-            slot.release()
+            released = slot.release()
+            if released is not None:
+                # Given back before the call ends, so the caller's next turn finds its place free on any gateway.
+                await asyncio.shield(released)
 
     async def counted(
         self, tenant_id: str, events: AsyncIterator[turn_pb2.TurnEvent]
@@ -175,14 +269,19 @@ class TenantLimiter:
     async def usage(self, tenant_id: str) -> Usage:
         """The tenant's figures now."""
         counters = self._counters(tenant_id)
+        limits = self._policy_for(tenant_id).limits
+        turns, active = len(counters.turns), counters.active
+        if _turn_limits(limits) is not None:
+            figures = await self._turns.figures(tenant_id, now=self.wall())
+            turns, active = figures.turns_last_minute, figures.concurrent_turns
         sessions = await self._count_sessions(tenant_id) if self._count_sessions is not None else 0
         return Usage(
             tenant_id=tenant_id,
-            turns_last_minute=len(counters.turns),
-            concurrent_turns=counters.active,
-            tokens_today=await self._tokens.get(tenant_id, self._day()),
+            turns_last_minute=turns,
+            concurrent_turns=active,
+            tokens_today=await self.meter.total(tenant_id, self._day()),
             sessions=sessions,
-            limits=self._policy_for(tenant_id).limits,
+            limits=limits,
         )
 
     def known_tenants(self) -> list[str]:

@@ -50,7 +50,7 @@ from salon.storage.retrieval import Passage, RetrievalQuery, Retriever
 from salon.storage.sessions import SessionRegistry, incarnation_of
 from salon.storage.subjects import Names
 from salon.storage.urls import redact_url
-from salon.storage.usage import TokenCounters
+from salon.storage.usage import TokenCounters, TurnCounters
 
 __all__ = [
     "AlreadyExists",
@@ -88,6 +88,7 @@ __all__ = [
     "ToolApproval",
     "ToolCallEntry",
     "ToolSource",
+    "TurnCounters",
     "TurnEnvelope",
     "TurnRecord",
     "TurnStatus",

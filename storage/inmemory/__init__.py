@@ -1,12 +1,12 @@
 """In-memory references of the storage contracts: the same behaviour as the adapters (the contract suites in
-``tests/contract`` run both), for unit tests and for a gateway without NATS (the token counters). Plain
+``tests/contract`` run both), for unit tests and for a gateway without NATS (the usage counters). Plain
 Python: no NATS, LanceDB or Arrow."""
 
 from salon.storage.inmemory.leases import InMemoryLeaseStore
 from salon.storage.inmemory.ledger import InMemoryJournal
 from salon.storage.inmemory.retrieval import InMemoryRetriever
 from salon.storage.inmemory.sessions import InMemorySessionRegistry
-from salon.storage.inmemory.usage import InMemoryTokenCounters
+from salon.storage.inmemory.usage import InMemoryTokenCounters, InMemoryTurnCounters
 
 __all__ = [
     "InMemoryJournal",
@@ -14,4 +14,5 @@ __all__ = [
     "InMemoryRetriever",
     "InMemorySessionRegistry",
     "InMemoryTokenCounters",
+    "InMemoryTurnCounters",
 ]

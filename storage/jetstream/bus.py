@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -24,7 +25,14 @@ from nats.js.client import JetStreamContext
 
 from salon.storage.bus import H_MSG_ID, TurnEnvelope
 from salon.storage.errors import Unavailable
-from salon.storage.jetstream.events import EventPublisher, EventStream, forget_refusal
+from salon.storage.jetstream.events import (
+    EventPublisher,
+    EventStream,
+    LiveSubscription,
+    forget_refusal,
+    live_subject,
+    live_wildcard,
+)
 from salon.storage.jetstream.read import EPHEMERAL_INACTIVE_S
 from salon.storage.subjects import Names
 
@@ -106,6 +114,8 @@ async def ensure_bus(js: JetStreamContext, names: Names, settings: BusSettings) 
             duplicate_window=min(EVENTS_DEDUPE_S, settings.event_retention_s),
             allow_direct=True,
             num_replicas=settings.replicas,
+            # Each message again, once stored, for the gateway's readers of new turns (no consumer per turn).
+            republish=api.RePublish(src=names.events_wildcard, dest=live_wildcard(names)),
         ),
     )
     for shard in range(settings.num_shards):
@@ -202,6 +212,30 @@ class TurnPublisher:
         self, tenant_id: str, session_id: str, turn_id: str, *, after_seq: int = 0, buffer: int = 4096
     ) -> EventStream:
         """Subscribe to a turn's events (from its first event, wherever the turn is)."""
+        sub = await self._consume_events(tenant_id, session_id, turn_id, buffer)
+        return EventStream(self._js, sub, after_seq, connection=self._nc)
+
+    async def open_live_events(
+        self, tenant_id: str, session_id: str, turn_id: str, *, buffer: int = 4096
+    ) -> EventStream:
+        """Subscribe to the events of a turn about to be published, as the events stream stores them (no
+        consumer; one is made only if some are missed: see :class:`EventStream`). Subscribed before this returns,
+        so nothing the turn stores after is missed."""
+        if not self._nc.is_connected:
+            raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0)
+        try:
+            sub = await LiveSubscription.open(
+                self._nc, live_subject(self._names, tenant_id, session_id, turn_id), buffer
+            )
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc
+
+        async def catch_up() -> Any:
+            return await self._consume_events(tenant_id, session_id, turn_id, buffer)
+
+        return EventStream(self._js, sub, 0, connection=self._nc, catch_up=catch_up)
+
+    async def _consume_events(self, tenant_id: str, session_id: str, turn_id: str, buffer: int) -> Any:
         subject = self._names.event_subject(tenant_id, session_id, turn_id)
         try:
             sub = await self._js.subscribe(
@@ -216,7 +250,7 @@ class TurnPublisher:
             )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise Unavailable("the event bus is not reachable", reason="NATS_UNAVAILABLE", retry_after_s=1.0) from exc
-        return EventStream(self._js, sub, after_seq, connection=self._nc)
+        return sub
 
 
 class ShardPuller:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -322,23 +322,106 @@ def _take_batch(pending: Sequence[tuple[int, bytes]]) -> Sequence[tuple[int, byt
 
 CONNECTION_CHECK_S = 0.5
 """How often a waiting event stream checks that its NATS connection has not been lost in the meantime."""
+H_STREAM_SEQ = "Nats-Sequence"
+"""Header of a republished message: its sequence number in the stream."""
+
+
+def live_wildcard(names: Names) -> str:
+    """Where the events stream republishes each message once stored (see :class:`EventStream`)."""
+    return f"{names.namespace}.live.>"
+
+
+def live_subject(names: Names, tenant_id: str, session_id: str, turn_id: str) -> str:
+    """The republished copies of one turn's stored events."""
+    return f"{names.namespace}.live.{tenant_id}.{session_id}.{turn_id}"
+
+
+CatchUp = Callable[[], Awaitable[Any]]
+"""Opens a consumer of the turn's stored events from its first (for a live stream that missed some)."""
+
+
+class LiveSubscription:
+    """A plain subscription to one turn's republished events, read like a consumer's (``next_msg``).
+
+    Messages wait in its own queue (nats-py's ``next_msg`` makes a task and a UUID per message); past ``buffer``
+    messages it stops queueing and says so (:attr:`overflowed`), and the stream reads on from the stored events."""
+
+    def __init__(self, buffer: int) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._buffer = buffer
+        self._sub: Any = None
+        self.overflowed = False
+
+    @classmethod
+    async def open(cls, nc: NatsClient, subject: str, buffer: int) -> LiveSubscription:
+        """Subscribe to ``subject`` (the subscription reaches the server before anything published after)."""
+        live = cls(buffer)
+        live._sub = await nc.subscribe(subject, cb=live._arrived)
+        return live
+
+    async def _arrived(self, msg: Any) -> None:
+        if self.overflowed:
+            return
+        if self._queue.qsize() >= self._buffer:
+            self.overflowed = True
+            self._queue.put_nowait(None)  # wakes the reader
+            return
+        self._queue.put_nowait(msg)
+
+    async def next_msg(self, timeout: float) -> Any:  # noqa: ASYNC109 - read like nats-py's subscriptions
+        """The next message (None once it overflowed); :class:`nats.errors.TimeoutError` after ``timeout``."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        try:
+            # A timeout scope, not wait_for: no task per message.
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
+
+    async def unsubscribe(self) -> None:
+        """Stop receiving. Idempotent."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
 
 class EventStream:
     """One turn's events, in order and each once, until its terminal event. Close it when done.
 
+    It reads either a consumer of the events stream, or, for a turn the caller is sending now (``catch_up``
+    given), a plain subscription to the copies the stream republishes once it has stored each message: no
+    consumer is made, and a client still sees only stored events. A live stream that misses a message (it
+    started after the turn's first events were stored, or NATS dropped a message for a slow reader) reads on
+    from a consumer of the stored events instead, so nothing is skipped.
+
     If the NATS connection is lost while it runs, it ends with :class:`Unavailable` (``NATS_UNAVAILABLE``):
     the subscription cannot survive a restarted server, and the caller resumes from the last event it got.
-    A gap in the sequence ends it with :class:`~salon.storage.bus.EventsLost`."""
+    A gap in the sequence read from the stream ends it with :class:`~salon.storage.bus.EventsLost`."""
 
-    def __init__(self, js: JetStreamContext, sub: Any, after_seq: int, *, connection: NatsClient | None = None) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        sub: Any,
+        after_seq: int,
+        *,
+        connection: NatsClient | None = None,
+        catch_up: CatchUp | None = None,
+    ) -> None:
         self._js = js
         self._sub = sub
         self._last = after_seq
         self._nc = connection
+        self._catch_up = catch_up
         self._reconnects = connection.stats["reconnects"] if connection is not None else 0
         self.stream_seq = 0
         """Stream sequence of the message that held the last event yielded."""
+
+    @property
+    def live(self) -> bool:
+        """Whether it reads republished copies (not a consumer)."""
+        return self._catch_up is not None
 
     def rewind(self, after_seq: int) -> None:
         """Yield events from ``after_seq`` + 1 again (the turn was sent again after a refusal)."""
@@ -359,6 +442,35 @@ class EventStream:
         if sub is not None:
             await drop_consumer(self._js, sub)
 
+    async def _read_stored(self) -> None:
+        """Go on from a consumer of the stored events (from the first: the ones already yielded are skipped)."""
+        catch_up, self._catch_up = self._catch_up, None
+        assert catch_up is not None
+        await self.close()
+        self._sub = await catch_up()
+
+    def _stream_seq(self, msg: Any) -> int:
+        if self._catch_up is not None:
+            return int((msg.headers or {}).get(H_STREAM_SEQ, 0))
+        return int(msg.metadata.sequence.stream)
+
+    async def _next(self, remaining: float) -> tuple[Any, list[turn_pb2.TurnEvent]]:
+        """The next message and its events (none if nothing came within the connection check's period)."""
+        try:
+            msg = await self._sub.next_msg(timeout=min(remaining, CONNECTION_CHECK_S))
+        except nats.errors.TimeoutError:
+            return None, []
+        if msg is None:
+            # The live subscription overflowed (a slow reader): read on from the stored events.
+            await self._read_stored()
+            return None, []
+        events = unpack_events(msg.data, msg.headers)
+        if self._catch_up is not None and events and events[0].seq > self._last + 1:
+            # Stored before this stream subscribed, or lost on the way: read them from the stream.
+            await self._read_stored()
+            return None, []
+        return msg, events
+
     async def iterate(
         self, timeout_s: float, *, extend: Callable[[turn_pb2.TurnEvent], float | None] | None = None
     ) -> AsyncIterator[turn_pb2.TurnEvent]:
@@ -371,11 +483,8 @@ class EventStream:
                 if remaining <= 0:
                     raise DeadlineExceeded("the turn did not finish in time", reason="TURN_TIMEOUT")
                 self._check_connection()
-                try:
-                    msg = await self._sub.next_msg(timeout=min(remaining, CONNECTION_CHECK_S))
-                except nats.errors.TimeoutError:
-                    continue
-                for event in unpack_events(msg.data, msg.headers):
+                msg, events = await self._next(remaining)
+                for event in events:
                     if event.seq <= self._last:
                         if event.WhichOneof("kind") in TERMINAL_KINDS:
                             return  # resumed after the turn's last event: nothing is left to send
@@ -384,7 +493,7 @@ class EventStream:
                     if event.seq > self._last + 1:
                         raise EventsLost("some of the turn's events are no longer retained", retry_after_s=1.0)
                     self._last = event.seq
-                    self.stream_seq = msg.metadata.sequence.stream
+                    self.stream_seq = self._stream_seq(msg)
                     more = extend(event) if extend is not None else None
                     if more is not None:
                         deadline = max(deadline, time.monotonic() + more)

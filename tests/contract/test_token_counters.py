@@ -1,5 +1,6 @@
 """The token counters contract (:class:`salon.storage.usage.TokenCounters`), on the in-memory counters and on a
-JetStream key-value bucket: running totals per tenant and day, and no lost update when gateways add at once."""
+JetStream key-value bucket: running totals per writer, tenant and day, summed over writers; a repeated record
+counts nothing twice; writers recording at once all count."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from nats.aio.client import Client as NatsClient
 
 from salon.storage import Names, TokenCounters
 from salon.storage.inmemory import InMemoryTokenCounters
-from salon.storage.jetstream.usage import KvTokenCounters, usage_bucket
+from salon.storage.jetstream.usage import KvTokenCounters, open_usage_bucket, usage_bucket
 
 DAY = 20_000
 
@@ -30,26 +31,49 @@ async def test_nothing_counted_is_zero(counters: TokenCounters) -> None:
     assert await counters.get("acme", DAY) == 0
 
 
-async def test_add_returns_the_running_total(counters: TokenCounters) -> None:
-    assert await counters.add("acme", DAY, 120) == 120
-    assert await counters.add("acme", DAY, 30) == 150
-    assert await counters.add("acme", DAY, 0) == 150
-    assert await counters.get("acme", DAY) == 150
+async def test_record_returns_the_total_over_writers(counters: TokenCounters) -> None:
+    assert await counters.record("acme", DAY, "g1", 120) == 120
+    assert await counters.record("acme", DAY, "g2", 30) == 150
+    assert await counters.record("acme", DAY, "g1", 150) == 180
+    assert await counters.get("acme", DAY) == 180
+
+
+async def test_a_repeated_or_older_record_counts_nothing_twice(counters: TokenCounters) -> None:
+    await counters.record("acme", DAY, "g1", 100)
+    assert await counters.record("acme", DAY, "g1", 100) == 100  # a retry after an unclear failure
+    assert await counters.record("acme", DAY, "g1", 40) == 100  # a late, older figure
+    assert await counters.get("acme", DAY) == 100
 
 
 async def test_tenants_and_days_are_counted_apart(counters: TokenCounters) -> None:
-    await counters.add("acme", DAY - 1, 5)
-    await counters.add("acme", DAY, 7)
-    await counters.add("globex", DAY, 11)
+    await counters.record("acme", DAY - 1, "g", 5)
+    await counters.record("acme", DAY, "g", 7)
+    await counters.record("globex", DAY, "g", 11)
     assert await counters.get("acme", DAY - 1) == 5
     assert await counters.get("acme", DAY) == 7
     assert await counters.get("globex", DAY) == 11
     assert await counters.get("globex", DAY - 1) == 0
 
 
-async def test_adds_at_the_same_time_all_count(counters: TokenCounters) -> None:
-    # Several gateways share the counters: a compare-and-set that loses must read again, never drop an add.
-    totals = await asyncio.gather(*(counters.add("acme", DAY, n) for n in range(1, 21)))
-    assert await counters.get("acme", DAY) == sum(range(1, 21))
-    assert sorted(totals)[-1] == sum(range(1, 21))
-    assert len(set(totals)) == len(totals)  # each add saw its own total
+async def test_writers_recording_at_the_same_time_all_count(counters: TokenCounters) -> None:
+    # Gateways share the counters: a compare-and-set that loses must read again and land, never drop a figure.
+    async def writer(name: str, totals: range) -> None:
+        for total in totals:
+            await counters.record("acme", DAY, name, total)
+
+    await asyncio.gather(*(writer(f"g{w}", range(1, 11)) for w in range(12)))
+    assert await counters.get("acme", DAY) == 12 * 10
+
+
+@pytest.mark.integration
+async def test_a_total_from_before_writers_counts_as_one_writer(nats: NatsClient | None, names: Names) -> None:
+    if nats is None:
+        pytest.skip("a JetStream bucket written by an earlier version")
+    kv = await open_usage_bucket(nats.jetstream(), names)
+    try:
+        await kv.put(f"acme.{DAY}", b"70")
+        counters = KvTokenCounters(kv)
+        assert await counters.get("acme", DAY) == 70
+        assert await counters.record("acme", DAY, "g1", 5) == 75
+    finally:
+        await nats.jetstream().delete_key_value(usage_bucket(names))

@@ -5,6 +5,7 @@ and `salon usage`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -14,7 +15,11 @@ import grpc
 import pytest
 from sec_support import TenantsFile, bearer, engine_config
 
+from salon.actors.usage import total_tokens
 from salon.engine import Engine
+from salon.storage import Names
+from salon.storage.jetstream.client import close_connection, connect
+from salon.storage.jetstream.usage import KvTokenCounters
 from salon.v1 import admin_service_pb2 as admin_pb2
 from salon.v1 import admin_service_pb2_grpc as admin_grpc
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -27,6 +32,9 @@ LIMITS = {
     "size": {"max_message_bytes": 10},
     "few": {"max_sessions": 2},
     "shared": {"tokens_per_day": 1},
+    "conc2": {"concurrent_turns": 1},
+    "rate2": {"turns_per_minute": 2},
+    "busy": {},
 }
 
 
@@ -87,8 +95,8 @@ async def test_turns_per_minute(setup: tuple[Engine, TenantsFile]) -> None:
         other = _md(tenants, "conc")
         (await _start(stub, other, await _session(stub, other))).cancel()  # other tenants are not affected
         assert engine.limiter is not None
-        real = engine.limiter.clock
-        engine.limiter.clock = lambda: real() + 61.0
+        real = engine.limiter.wall
+        engine.limiter.wall = lambda: real() + 61.0
         (await _start(stub, md, session)).cancel()
 
 
@@ -213,7 +221,91 @@ async def test_the_token_budget_holds_across_gateways(setup: tuple[Engine, Tenan
             request = cs_pb2.SendTurnRequest(session_id=session, text="spend")
             events = [r.event async for r in first.SendTurn(request, metadata=md)]
             assert any(e.HasField("usage") for e in events)
+            # Tokens are recorded at a short interval, not on the turn's path: record them now.
+            assert await engine.limiter.flush()
             trailers = await _refused(cs_grpc.ConversationServiceStub(second_channel), md, session)
             assert trailers["salon-error-reason"] == "TOKENS_PER_DAY", "the other gateway knows the tokens spent"
             usage = await admin_grpc.AdminServiceStub(second_channel).GetUsage(admin_pb2.GetUsageRequest(), metadata=md)
             assert usage.usage[0].tokens_today > 1
+
+
+@contextlib.asynccontextmanager
+async def _second_gateway(engine: Engine) -> AsyncIterator[Engine]:
+    """Another gateway of the same deployment (same NATS, namespace and Ray), on the same day and minute."""
+    async with Engine(engine.config.replace(gateway_only=True)) as second:
+        assert engine.limiter is not None and second.limiter is not None
+        second.limiter.wall = engine.limiter.wall  # (another test moves the first's clock)
+        yield second
+
+
+async def test_concurrent_turns_hold_across_gateways(setup: tuple[Engine, TenantsFile]) -> None:
+    engine, tenants = setup
+    md = _md(tenants, "conc2")
+    async with (
+        _second_gateway(engine) as second,
+        grpc.aio.insecure_channel(engine.target) as first_channel,
+        grpc.aio.insecure_channel(second.target) as second_channel,
+    ):
+        first, other = cs_grpc.ConversationServiceStub(first_channel), cs_grpc.ConversationServiceStub(second_channel)
+        one, two = await _session(first, md), await _session(first, md)
+        running = await _start(first, md, one)
+        trailers = await _refused(other, md, two)
+        assert trailers["salon-error-reason"] == "CONCURRENT_TURNS", "the other gateway sees the running turn"
+        assert int(trailers["salon-retry-after-ms"]) > 0
+        while await running.read() is not grpc.aio.EOF:
+            pass
+        events = [r.event async for r in other.SendTurn(cs_pb2.SendTurnRequest(session_id=two, text="hi"), metadata=md)]
+        assert events[-1].HasField("completed"), "the place is free on every gateway once the turn's stream ended"
+
+
+async def test_turns_per_minute_hold_across_gateways(setup: tuple[Engine, TenantsFile]) -> None:
+    engine, tenants = setup
+    md = _md(tenants, "rate2")
+    async with (
+        _second_gateway(engine) as second,
+        grpc.aio.insecure_channel(engine.target) as first_channel,
+        grpc.aio.insecure_channel(second.target) as second_channel,
+    ):
+        first, other = cs_grpc.ConversationServiceStub(first_channel), cs_grpc.ConversationServiceStub(second_channel)
+        session = await _session(first, md)
+        (await _start(first, md, session)).cancel()
+        (await _start(other, md, session)).cancel()
+        for stub in (first, other):
+            trailers = await _refused(stub, md, session)
+            assert trailers["salon-error-reason"] == "TURNS_PER_MINUTE"
+            assert 0 < int(trailers["salon-retry-after-ms"]) <= 60_000
+        usage = await admin_grpc.AdminServiceStub(second_channel).GetUsage(admin_pb2.GetUsageRequest(), metadata=md)
+        assert usage.usage[0].turns_last_minute == 2, "either gateway reports the tenant's turns on both"
+
+
+async def test_tokens_of_many_concurrent_turns_are_counted_exactly(
+    setup: tuple[Engine, TenantsFile], nats_url: str
+) -> None:
+    # Many turns of one tenant end at once on two gateways: every token is counted, none twice.
+    engine, tenants = setup
+    md = _md(tenants, "busy")
+    async with (
+        _second_gateway(engine) as second,
+        grpc.aio.insecure_channel(engine.target) as first_channel,
+        grpc.aio.insecure_channel(second.target) as second_channel,
+    ):
+        stubs = [cs_grpc.ConversationServiceStub(first_channel), cs_grpc.ConversationServiceStub(second_channel)]
+        sessions = [await _session(stubs[0], md) for _ in range(24)]
+
+        async def turn(n: int, session: str) -> int:
+            request = cs_pb2.SendTurnRequest(session_id=session, text=f"turn {n}")
+            events = [r.event async for r in stubs[n % 2].SendTurn(request, metadata=md)]
+            assert events[-1].HasField("completed")
+            return sum(total_tokens(e.usage) for e in events if e.HasField("usage"))
+
+        spent = sum(await asyncio.gather(*(turn(n, s) for n, s in enumerate(sessions))))
+        assert spent > 0
+        assert engine.limiter is not None and second.limiter is not None
+        day = int(engine.limiter.wall() // 86400)
+        assert await engine.limiter.flush() and await second.limiter.flush()
+    nc = await connect(nats_url, name="salon-test-usage")
+    try:
+        counters = await KvTokenCounters.open(nc.jetstream(), Names(engine.config.namespace))
+        assert await counters.get("busy", day) == spent
+    finally:
+        await close_connection(nc)

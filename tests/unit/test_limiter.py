@@ -24,7 +24,7 @@ def limiter(limits: Limits, clock: Clock, sessions: int = 0) -> TenantLimiter:
     async def count(tenant_id: str) -> int:
         return sessions
 
-    return TenantLimiter(lambda t: TenantPolicy(t, limits), count_sessions=count, clock=clock, wall=clock)
+    return TenantLimiter(lambda t: TenantPolicy(t, limits), count_sessions=count, wall=clock)
 
 
 async def test_turns_per_minute_is_a_sliding_window_with_a_retry_hint() -> None:
@@ -110,9 +110,12 @@ async def test_token_totals_are_shared_by_limiters_on_one_store() -> None:
     clock = Clock()
     shared = InMemoryTokenCounters()
     policy = Limits(tokens_per_day=10)
-    one = TenantLimiter(lambda t: TenantPolicy(t, policy), tokens=shared, clock=clock, wall=clock)
-    two = TenantLimiter(lambda t: TenantPolicy(t, policy), tokens=shared, clock=clock, wall=clock)
+    one = TenantLimiter(lambda t: TenantPolicy(t, policy), tokens=shared, wall=clock)
+    # The second reads the shared total at every check (the default reads it at most every flush interval).
+    two = TenantLimiter(lambda t: TenantPolicy(t, policy), tokens=shared, wall=clock, flush_interval_s=0.0)
     await one.add_usage("a", "t1", turn_pb2.Usage(output_tokens=10))
+    (await two.admit_turn("a", "x")).release()  # in the first gateway's memory only, until it records them
+    assert await one.flush()
     with pytest.raises(ResourceExhausted):
         await two.admit_turn("a", "x")
     assert (await two.usage("a")).tokens_today == 10
@@ -131,3 +134,65 @@ async def test_a_resumed_stream_counts_the_tokens_an_abandoned_one_did_not() -> 
     assert (await lim.usage("a")).tokens_today == 0 and (await lim.usage("a")).concurrent_turns == 0
     assert len([e async for e in lim.counted("a", events())]) == 2
     assert (await lim.usage("a")).tokens_today == 7
+
+
+async def test_tokens_are_recorded_by_flushes_exactly_once_each() -> None:
+    from salon.storage.inmemory import InMemoryTokenCounters
+
+    clock = Clock()
+    shared = InMemoryTokenCounters()
+    lim = TenantLimiter(lambda t: TenantPolicy(t, Limits()), tokens=shared, wall=clock)
+    day = int(clock.now // 86400)
+    for n in range(1, 11):
+        await lim.add_usage("a", f"t{n}", turn_pb2.Usage(output_tokens=n))
+    assert await shared.get("a", day) == 0, "nothing is written on a turn's path"
+    assert await lim.flush() and await lim.flush()  # a second flush with nothing new writes nothing more
+    assert await shared.get("a", day) == 55
+    await lim.add_usage("a", "t11", turn_pb2.Usage(output_tokens=5))
+    await lim.close()  # the last tokens are recorded when the limiter stops
+    assert await shared.get("a", day) == 60
+    await lim.close()
+
+
+async def test_concurrent_turns_hold_across_limiters_on_one_store_and_a_dead_ones_places_expire() -> None:
+    from salon.storage.inmemory import InMemoryTurnCounters
+
+    clock = Clock()
+    shared = InMemoryTurnCounters(lease_s=15.0)
+    policy = Limits(concurrent_turns=2)
+    one = TenantLimiter(lambda t: TenantPolicy(t, policy), turns=shared, wall=clock)
+    two = TenantLimiter(lambda t: TenantPolicy(t, policy), turns=shared, wall=clock)
+    await one.admit_turn("a", "x")
+    slot = await two.admit_turn("a", "x")
+    with pytest.raises(ResourceExhausted) as info:
+        await one.admit_turn("a", "x")
+    assert info.value.reason == "CONCURRENT_TURNS" and info.value.retry_after_s
+    assert (await one.usage("a")).concurrent_turns == 2, "the figures are the tenant's over both gateways"
+    released = slot.release()
+    assert released is not None
+    await released
+    await one.admit_turn("a", "x")
+    with pytest.raises(ResourceExhausted):
+        await two.admit_turn("a", "x")
+    # The first gateway dies holding both places (nothing renews its lease): they expire with it.
+    clock.now += 15.0
+    await two.admit_turn("a", "x")
+
+
+async def test_turns_per_minute_hold_across_limiters_on_one_store() -> None:
+    from salon.storage.inmemory import InMemoryTurnCounters
+
+    clock = Clock()
+    shared = InMemoryTurnCounters()
+    policy = Limits(turns_per_minute=2)
+    one = TenantLimiter(lambda t: TenantPolicy(t, policy), turns=shared, wall=clock)
+    two = TenantLimiter(lambda t: TenantPolicy(t, policy), turns=shared, wall=clock)
+    (await one.admit_turn("a", "x")).release()
+    clock.now += 10
+    (await two.admit_turn("a", "x")).release()
+    with pytest.raises(ResourceExhausted) as info:
+        await one.admit_turn("a", "x")
+    assert info.value.reason == "TURNS_PER_MINUTE"
+    assert info.value.retry_after_s == pytest.approx(50.0)
+    clock.now += 50.001
+    await one.admit_turn("a", "x")
