@@ -187,6 +187,9 @@ class SessionActor:
         head = self._queue.head if self._queue else None
         if head is None or head.turn_id != message.turn_id:
             return ControlReply("resuming" if message.turn_id in self.state.unfinished else "not_found")
+        if head.emitter.finished:
+            # Its last event is out (the client may already answer again) while the session still records it.
+            return ControlReply("not_found")
         return await self._tools.answer(head, message)
 
     async def _replay(self, running: RunningTurn, ledger_seq: int) -> None:

@@ -289,6 +289,7 @@ class Engine:
             NatsJournal(js, self.names),
             self._store,
             store_healthy=lambda: self._availability.store_healthy,
+            halted=self._availability.halt,
             guardrails_for=self.tenants.guardrails_for,
             stored_floor=writer_ack_floor(js, self.names),
             tool_servers_for=self._tool_servers_for(),

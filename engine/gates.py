@@ -60,6 +60,12 @@ class Availability:
         """What health reports: everything a new turn needs is there."""
         return self.bus_ready and not self.disk_full and self.store_healthy
 
+    def halt(self) -> SalonError | None:
+        """Why a running turn's stream is ended now, or None: a full disk keeps its events from being stored,
+        so the client is told (and resumes or retries under its key once space returns) instead of waiting for
+        its deadline."""
+        return _DISK_FULL_WHILE_RUNNING if self.disk_full else None
+
     def refusal(self, method: str) -> SalonError | None:
         """Why a new call to ``method`` is refused now, or None. A full disk is named first: it is the cause
         an operator must act on, and it can also keep NATS from coming back."""
@@ -74,6 +80,12 @@ _NATS_DOWN = Unavailable(
     "the engine's message bus (NATS) is not reachable; retry shortly",
     reason="NATS_UNAVAILABLE",
     retry_after_s=NATS_RETRY_AFTER_S,
+)
+_DISK_FULL_WHILE_RUNNING = Unavailable(
+    "the engine's disk is full: this turn's events cannot be stored now; resume it after the last event received "
+    "(or send it again under its idempotency key) once space is freed",
+    reason="STORAGE_FULL",
+    retry_after_s=STORAGE_FULL_RETRY_AFTER_S,
 )
 _DISK_FULL = Unavailable(
     "the engine's disk is full; new sessions and turns are refused until space is freed",

@@ -77,6 +77,7 @@ class Gateway:
         store: TranscriptStore,
         *,
         store_healthy: Callable[[], bool] = lambda: True,
+        halted: Callable[[], SalonError | None] = lambda: None,
         guardrails_for: Callable[[str], GuardrailSettings] | None = None,
         stored_floor: StoredFloor = no_floor,
         tool_servers_for: Callable[[str], Collection[str]] | None = None,
@@ -91,6 +92,7 @@ class Gateway:
         self._journal = journal
         self._store = store
         self._store_healthy = store_healthy
+        self._halted = halted
         self._guardrails_for = guardrails_for
         self._transcript = TranscriptReader(store, journal, stored_floor)
         self.names = Names(config.namespace)
@@ -241,7 +243,9 @@ class Gateway:
         stream, duplicate = await self._publish(envelope)
         ended = False
         try:
-            async for event in stream.iterate(self._wait_s(timeout_s), extend=self._tool_wait(timeout_s)):
+            async for event in stream.iterate(
+                self._wait_s(timeout_s), extend=self._tool_wait(timeout_s), halted=self._halted
+            ):
                 if observer.events == 0 and duplicate and is_refusal(event):
                     # The same key was refused before: that message is gone, and JetStream dropped this one as its
                     # duplicate. Sent again, it runs (or is refused anew, which is then this request's answer).
@@ -402,7 +406,9 @@ class Gateway:
             return
         stream = await self._publisher.open_events(tenant_id, session_id, turn_id, after_seq=after_seq)
         try:
-            async for event in stream.iterate(self._wait_s(timeout_s), extend=self._tool_wait(timeout_s)):
+            async for event in stream.iterate(
+                self._wait_s(timeout_s), extend=self._tool_wait(timeout_s), halted=self._halted
+            ):
                 after_seq = event.seq
                 yield event
         except EventsLost:

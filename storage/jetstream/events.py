@@ -472,10 +472,15 @@ class EventStream:
         return msg, events
 
     async def iterate(
-        self, timeout_s: float, *, extend: Callable[[turn_pb2.TurnEvent], float | None] | None = None
+        self,
+        timeout_s: float,
+        *,
+        extend: Callable[[turn_pb2.TurnEvent], float | None] | None = None,
+        halted: Callable[[], Exception | None] | None = None,
     ) -> AsyncIterator[turn_pb2.TurnEvent]:
         """Yield events until the terminal one; :class:`DeadlineExceeded` after ``timeout_s``. ``extend`` may give
-        an event more time (seconds from its arrival): a turn that waits for a tool result waits that long."""
+        an event more time (seconds from its arrival): a turn that waits for a tool result waits that long.
+        ``halted`` is asked as often as the connection is checked: an error it returns ends the stream."""
         deadline = time.monotonic() + timeout_s
         try:
             while True:
@@ -483,6 +488,9 @@ class EventStream:
                 if remaining <= 0:
                     raise DeadlineExceeded("the turn did not finish in time", reason="TURN_TIMEOUT")
                 self._check_connection()
+                error = halted() if halted is not None else None
+                if error is not None:
+                    raise error
                 msg, events = await self._next(remaining)
                 for event in events:
                     if event.seq <= self._last:

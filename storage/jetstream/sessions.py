@@ -3,6 +3,8 @@ cluster, shared by every gateway and host, with compare-and-set for creation."""
 
 from __future__ import annotations
 
+import asyncio
+
 import nats.errors
 import nats.js.errors
 from nats.js import api
@@ -19,6 +21,19 @@ from salon.v1 import session_pb2
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
 
 
+async def _looked_up(js: JetStreamContext, bucket: str, attempts: int = 3) -> KeyValue:
+    """The bucket's handle; an API request that times out is asked again (a cluster electing a JetStream leader,
+    or a busy server at start, answers late) before the error is raised."""
+    for attempt in range(attempts):
+        try:
+            return await js.key_value(bucket)
+        except nats.errors.TimeoutError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 async def open_bucket(js: JetStreamContext, bucket: str, *, replicas: int = 0, ttl_s: float | None = None) -> KeyValue:
     """The bucket, created (file storage, one revision per key, ``replicas`` copies, entries expiring after
     ``ttl_s``) if it does not exist. An existing bucket is given ``replicas`` copies if it has others (0: leave
@@ -29,7 +44,7 @@ async def open_bucket(js: JetStreamContext, bucket: str, *, replicas: int = 0, t
     compare-and-set would read a stale revision again and again). Reads then go to the stream's leader."""
     direct = replicas <= 1
     try:
-        kv = await js.key_value(bucket)
+        kv = await _looked_up(js, bucket)
     except nats.js.errors.BucketNotFoundError:
         config = api.KeyValueConfig(
             bucket=bucket, history=1, ttl=ttl_s, storage=api.StorageType.FILE, replicas=replicas or 1, direct=direct
