@@ -42,9 +42,11 @@ demo: setup
 serve: setup
 	$(VENV)/bin/salon serve
 
-## test: the whole suite (unit + integration with real NATS, Ray and gRPC)
+## test: the whole suite (unit + integration with real NATS, Ray and gRPC), in three worker processes: most
+## integration tests wait on real processes (leases expiring, servers restarting), so two cores serve three.
+## Each worker starts its own nats-server and Ray; a test file stays on one worker.
 test: setup node-setup chromium
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 3 --dist loadfile
 
 test-unit: setup
 	$(VENV)/bin/pytest tests/unit
