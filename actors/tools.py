@@ -132,8 +132,10 @@ def is_tool_name(name: str) -> bool:
 
 
 def _label(spec: ToolSpec, index: int) -> str:
-    # A valid name is safe to repeat; anything else is caller input, so the position names it instead.
-    return f"tool {spec.name!r}" if is_tool_name(spec.name) else f"tool #{index + 1}"
+    # The position, never the name: a status message repeats nothing of the request (the caller knows which
+    # tool its n-th one is).
+    del spec
+    return f"tool #{index + 1}"
 
 
 def check_tool(spec: ToolSpec, index: int = 0) -> None:

@@ -229,7 +229,9 @@ async def _client(
             request = cs_pb2.SendTurnRequest(session_id=session_id, text=f"turn {number}", idempotency_key=key)
             try:
                 last = None
-                async for response in stub.SendTurn(request, timeout=30):
+                # Long enough for JetStream to elect new leaders on a busy machine: the engine's own statuses are
+                # judged, not this client's patience.
+                async for response in stub.SendTurn(request, timeout=90):
                     last = response.event
                     if last.HasField("accepted") or last.HasField("completed"):
                         load.acknowledged[last.turn_id] = session_id
