@@ -315,9 +315,10 @@ def timed_out(call: ToolCall) -> ToolResult:
 def check_servers(selection: ToolSelection, configured: Collection[str]) -> None:
     """Every MCP server ``selection`` names is configured (for the deployment or the caller's tenant)."""
     named = [*selection.mcp_servers, *(spec.server for spec in selection.tools if spec.server)]
-    for server in named:
+    for index, server in enumerate(named):
         if server not in configured:
-            raise InvalidArgument(f"MCP server {server!r} is not configured", reason=UNKNOWN_MCP_SERVER)
+            # By position among the servers named (mcp_servers, then the tools' servers), not by name.
+            raise InvalidArgument(f"MCP server #{index + 1} is not configured", reason=UNKNOWN_MCP_SERVER)
 
 
 def offered_tools(

@@ -60,8 +60,13 @@ class KvLeaseStore:
     async def renew(self, lease: Lease) -> Lease | None:
         """Extend ``lease``; None when it is lost (expired, released or taken since)."""
         try:
+            # Read first, as :meth:`held` reads: a lease the bucket no longer shows is lost, even while the server
+            # has yet to drop its expired message from the subject's last sequence.
+            current = await self._kv.get(lease.key)
+            if current.revision != lease.revision or not current.value:
+                return None
             revision = await self._kv.update(lease.key, lease.holder.encode(), last=lease.revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
             return None
         except _NATS_ERRORS as exc:
             raise _unavailable() from exc

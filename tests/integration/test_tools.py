@@ -382,24 +382,24 @@ async def test_bad_inputs_get_clear_statuses_and_never_echo(rig: Rig, stub: cs_g
         (
             session_pb2.ToolSet(tools=[session_pb2.Tool(name="ok_tool", input_schema_json=CANARY)]),
             "INVALID_TOOL",
-            "ok_tool",
+            "tool #1",
         ),
         (
             session_pb2.ToolSet(
                 tools=[session_pb2.Tool(name="bad", input_schema_json=json.dumps({"type": "string", "x": CANARY}))]
             ),
             "INVALID_TOOL",
-            "bad",
+            "tool #1",
         ),
         (session_pb2.ToolSet(tools=[session_pb2.Tool(name=CANARY + " !")]), "INVALID_TOOL", "tool #1"),
-        (session_pb2.ToolSet(mcp_servers=["nowhere"]), "UNKNOWN_MCP_SERVER", "nowhere"),
+        (session_pb2.ToolSet(mcp_servers=["nowhere"]), "UNKNOWN_MCP_SERVER", "MCP server #1"),
     ]
     for tools, reason, named in cases:
         code, details, got = await _fails(
             stub.CreateSession(cs_pb2.CreateSessionRequest(tools=tools), metadata=rig.acme)
         )
         assert (code, got) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
-        assert named in details and CANARY not in details
+        assert named in details and CANARY not in details and "nowhere" not in details
     session_id = await rig.session(stub, tools=session_pb2.ToolSet(tools=[LOOKUP]))
     bad_turn = cs_pb2.SendTurnRequest(session_id=session_id, text="hi", tools=cases[0][0])
     try:
