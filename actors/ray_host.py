@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RETRIEVER_OPEN_WAIT_S = 30.0
+"""How long a host waits at start for its retrieval tables before it reports ready anyway."""
+
 
 @dataclass(frozen=True)
 class HostSpec:
@@ -200,6 +203,9 @@ class HostActor:
             # Retrieval is on by default: the first turns will query the tables. (Off, only a session that turns
             # it on for itself opens them, on its first turn.)
             self._host.warm()
+            # Ready once the tables are open (LanceDB imported off the event loop; the model still loads on first
+            # use), so the first turns retrieve rather than time out behind the opening.
+            await self._host.prepared(RETRIEVER_OPEN_WAIT_S)
 
     async def ready(self) -> dict[str, Any]:
         """Wait until the host pulls its shards; returns its pid, node and shards."""

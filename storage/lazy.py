@@ -181,6 +181,10 @@ class LazyRetriever:
         retriever = await self._retriever.get()
         return await retriever.retrieve(query)
 
+    async def ready(self) -> None:
+        """Open the tables now, or wait for the opening in progress."""
+        await self._retriever.get()
+
     def warm(self, *, embedder: bool = False) -> None:
         """Open the tables in the background now (and load the embedding model too, with ``embedder``)."""
         if not self._closed:
