@@ -64,7 +64,7 @@ def test_tree_cpu_counts_a_busy_child() -> None:
     try:
         deadline = time.monotonic() + 30
         while process_cpu_s(child.pid) < 0.25 and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.05)  # wait-ok: polls the child's CPU time under a deadline
         assert tree_cpu_s(os.getpid()) >= process_cpu_s(child.pid) >= 0.25
     finally:
         child.kill()

@@ -47,7 +47,7 @@ async def test_concurrent_first_uses_share_one_load() -> None:
     build.gate.clear()
     embedder = LazyEmbedder("default", build=build)
     waiting = [asyncio.ensure_future(embedder.embed([f"text {i}"])) for i in range(5)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # wait-ok: one loop turn, so every waiter has asked before the load is let through
     build.gate.set()
     results = await asyncio.gather(*waiting)
     assert len(results) == 5 and build.calls == 1

@@ -75,7 +75,7 @@ async def test_a_read_that_raced_a_change_is_not_kept() -> None:
     registry, cache, _, _ = await _setup()
     registry.gate = asyncio.Event()
     reading = asyncio.ensure_future(cache.get("t", "s"))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # wait-ok: one loop turn, so the read is in flight when the change arrives
     cache.forget("t", "s")
     registry.gate.set()
     await reading
