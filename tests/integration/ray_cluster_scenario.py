@@ -102,14 +102,19 @@ async def main(args: dict[str, Any]) -> dict[str, Any]:
             result["turns_flowing_s"] = time.monotonic() - t0
 
             victim_ids = {n["NodeID"] for n in ray.nodes() if n["NodeManagerAddress"] == victim}
-            survivors = [
-                h for i, h in zip(engine.hosts.indexes, engine.hosts.handles, strict=True) if before[i] != victim
-            ]
+
+            async def answer(host: Any) -> dict[str, Any] | None:
+                try:
+                    return dict(await asyncio.wait_for(host.ready.remote(), 5))
+                except Exception:
+                    return None  # on the dead node, or being restarted by Ray: not serving now
 
             async def moved() -> bool:
-                # Every shard served by a host on a live node (the dead hosts' leases expired and the survivors took
-                # their shards); Ray restarting the dead hosts elsewhere comes later and is not waited for.
-                owned = await asyncio.gather(*(h.shards.remote() for h in survivors))
+                # Every shard served by a host on a live node: the dead hosts' leases expired and the survivors
+                # took their shards, or Ray has already restarted a dead host on a live node and it took its share
+                # back.
+                infos = await asyncio.gather(*(answer(h) for h in engine.hosts.handles))
+                owned = [i["shards"] for i in infos if i is not None and i["node_id"] not in victim_ids]
                 result["owned_after"] = owned
                 return sorted(s for shards in owned for s in shards) == list(range(config.num_shards))
 

@@ -92,6 +92,7 @@ async def test_nats_outage_gives_unavailable_and_the_engine_recovers_by_itself(
                 return events[-1].HasField("completed")
 
             await wait_for(works, timeout_s=30, what="the engine to reconnect to NATS")
+        await engine.close()  # before its nats-server: closing on a dead one waits out its timeouts
     finally:
         await server.close()
 

@@ -73,6 +73,7 @@ async def test_tenant_event_readers_see_their_own_events_only_and_publish_nothin
     url = await server.start()
     host = server.address.split("://", 1)[1]
     readers: list[Reader] = []
+    engine = None
     try:
         tenants = TenantsFile(tmp_path / "tenants.toml")
         key = tenants.add_key("acme")
@@ -123,6 +124,8 @@ async def test_tenant_event_readers_see_their_own_events_only_and_publish_nothin
         for reader in readers:
             with contextlib.suppress(Exception):
                 await reader.nc.close()
+        if engine is not None:
+            await engine.close()  # before its nats-server: closing on a dead one waits out its timeouts
         await server.close()
 
 

@@ -58,8 +58,9 @@ async def test_a_worker_node_dies_under_turns_and_its_sessions_continue_elsewher
     assert process.returncode == 0 and lines, text[-6000:]
     result = json.loads(lines[-1][len("RESULT ") :])
     print("ray cluster:", {k: v for k, v in result.items() if k not in ("lost", "doubled")})
-    # The hosts were spread over the nodes (Ray's SPREAD is best effort: at least two of the three).
-    assert len(set(result["hosts_before"].values())) >= 2
+    # Where the hosts went is Ray's SPREAD, best effort (seen putting all three on one node of a loaded machine, and
+    # soft node affinity was not held either); the scenario needs one on a worker node to kill.
+    assert set(result["hosts_before"].values()) & set(ray_nodes.worker_ips)
     assert result["killed"] in ray_nodes.worker_ips
     # Afterwards the hosts on live nodes serve every shard.
     assert sorted(s for shards in result["owned_after"] for s in shards) == list(range(6))
