@@ -34,7 +34,15 @@ from salon.engine.knowledge import Knowledge
 from salon.engine.knowledge_servicer import KnowledgeServicer
 from salon.engine.limits import TenantLimiter
 from salon.engine.nats_server import EmbeddedNats
-from salon.engine.ray_runtime import HostGroup, WriterHandle, ensure_ray, host_specs, shutdown_ray
+from salon.engine.ray_runtime import (
+    HOST_CLOSE_OUTAGE_TIMEOUT_S,
+    HOST_CLOSE_TIMEOUT_S,
+    HostGroup,
+    WriterHandle,
+    ensure_ray,
+    host_specs,
+    shutdown_ray,
+)
 from salon.engine.servicer import ConversationServicer
 from salon.engine.tenants import Limits, TenantRegistry
 from salon.engine.transport import server_options
@@ -489,7 +497,8 @@ class Engine:
 
     async def _close_workers(self) -> None:
         if self._hosts is not None:
-            await self._hosts.close()
+            reachable = self._nc is not None and self._nc.is_connected
+            await self._hosts.close(HOST_CLOSE_TIMEOUT_S if reachable else HOST_CLOSE_OUTAGE_TIMEOUT_S)
             self._hosts = None
             log.info("session hosts closed")
         if self._writer is not None:

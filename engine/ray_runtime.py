@@ -234,6 +234,12 @@ node died is restarted on any live one. (Soft node affinity was tried and did no
 nodes than the ones named.)"""
 
 
+HOST_CLOSE_TIMEOUT_S = 30.0
+"""How long a host may take to close (give its leases back, store its last events, export its spans)."""
+HOST_CLOSE_OUTAGE_TIMEOUT_S = 2.0
+"""The same while NATS is unreachable: nothing it would store can be stored, so waiting only delays the exit."""
+
+
 class HostGroup:
     """The deployment's host actors, spread over the Ray cluster's nodes. Lifecycle: :meth:`start`, :meth:`drain`,
     :meth:`close`; with shard leases, hosts can be added (:meth:`add_host`) and removed (:meth:`remove_host`)
@@ -333,13 +339,20 @@ class HostGroup:
         """Stop intake on every host; let running turns finish within ``grace_s``."""
         await asyncio.gather(*(h.drain.remote(grace_s) for h in self.handles), return_exceptions=True)
 
-    async def close(self) -> None:
-        """Close every host and remove its actor. Idempotent."""
+    async def close(self, timeout_s: float = HOST_CLOSE_TIMEOUT_S) -> None:
+        """Close every host and remove its actor; a host not closed within ``timeout_s`` is stopped anyway (what
+        it had acknowledged is in JetStream already; its leases expire). Idempotent."""
         handles, self.handles = self.handles, []
         self.indexes = []
-        results = await asyncio.gather(*(h.close.remote() for h in handles), return_exceptions=True)
+
+        async def close_one(handle: Any) -> None:
+            await asyncio.wait_for(handle.close.remote(), timeout_s)
+
+        results = await asyncio.gather(*(close_one(h) for h in handles), return_exceptions=True)
         for result in results:
-            if isinstance(result, BaseException):
+            if isinstance(result, TimeoutError):
+                log.warning("a host did not close within %.0f s; stopping it", timeout_s)
+            elif isinstance(result, BaseException):
                 log.warning("a host did not close cleanly: %s", type(result).__name__)
         for handle in handles:
             ray.kill(handle, no_restart=True)
