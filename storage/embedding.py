@@ -131,10 +131,12 @@ class OnnxEmbedder:
 
 
 class CoalescingEmbedder:
-    """An :class:`Embedder` that merges the texts of concurrent :meth:`embed` calls into one call of ``inner``.
+    """An :class:`Embedder` that merges the texts of concurrent small :meth:`embed` calls into one call of ``inner``.
 
     A call made while none is running goes to ``inner`` at once (no added wait); calls made while one runs
-    queue, and when it ends all queued texts (up to ``max_texts``) go to ``inner`` together. At 64 concurrent
+    queue, and when it ends all queued texts (up to ``max_texts``) go to ``inner`` together. Only calls of at
+    most ``coalesce_up_to`` texts (queries) queue: a bulk call (a document's chunks, a flush of memories) goes
+    to ``inner`` directly, so queries never wait behind it, nor it behind them. At 64 concurrent
     sessions a host's turn queries then share model runs: one inference of 8 short texts costs about what 2–3
     inferences of one cost on this model (bench/RESULTS.md), so the queries' CPU falls as load rises. The
     vectors are those ``inner`` gives each text alone (padding is masked out).
@@ -144,12 +146,13 @@ class CoalescingEmbedder:
     the calls still queued (idempotent).
     """
 
-    def __init__(self, inner: Embedder, *, max_texts: int = 64) -> None:
-        if max_texts < 1:
-            raise ValueError("max_texts must be at least 1")
+    def __init__(self, inner: Embedder, *, coalesce_up_to: int = BATCH_SIZE, max_texts: int = 4 * BATCH_SIZE) -> None:
+        if not 1 <= coalesce_up_to <= max_texts:
+            raise ValueError("1 <= coalesce_up_to <= max_texts")
         self.inner = inner
         self.dim = inner.dim
         self.model_id = inner.model_id
+        self._coalesce_up_to = coalesce_up_to
         self._max_texts = max_texts
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: list[tuple[list[str], asyncio.Future[list[list[float]]]]] = []
@@ -165,7 +168,7 @@ class CoalescingEmbedder:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
-        if self._closed or loop is not self._loop:
+        if self._closed or loop is not self._loop or len(texts) > self._coalesce_up_to:
             self.calls += 1
             return await self.inner.embed(texts)
         done: asyncio.Future[list[list[float]]] = loop.create_future()
@@ -182,7 +185,7 @@ class CoalescingEmbedder:
             self._drain = None
 
     async def _embed_some(self) -> None:
-        """Embed the first queued calls (at least one, at most ``max_texts`` texts unless one call has more)."""
+        """Embed the first queued calls (at least one, at most ``max_texts`` texts)."""
         taken, count = 0, 0
         while taken < len(self._queue) and (taken == 0 or count + len(self._queue[taken][0]) <= self._max_texts):
             count += len(self._queue[taken][0])

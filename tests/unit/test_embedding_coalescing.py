@@ -54,18 +54,30 @@ async def test_calls_made_while_one_runs_share_the_next_inference() -> None:
     await embedder.close()
 
 
-async def test_a_batch_holds_at_most_max_texts_unless_one_call_has_more() -> None:
+async def test_a_run_holds_at_most_max_texts() -> None:
     inner = GatedEmbedder()
-    embedder = CoalescingEmbedder(inner, max_texts=3)
-    inner.gate.set()
-    await embedder.embed(["a", "b", "c", "d", "e"])
-    inner.gate.clear()
+    embedder = CoalescingEmbedder(inner, coalesce_up_to=2, max_texts=3)
     held = asyncio.ensure_future(embedder.embed(["held"]))
-    await wait_for_calls(inner, 2)
+    await wait_for_calls(inner, 1)
     queued = [asyncio.ensure_future(embedder.embed([f"t{i}", f"u{i}"])) for i in range(3)]
     inner.gate.set()
     await asyncio.gather(held, *queued)
-    assert [len(c) for c in inner.calls] == [5, 1, 2, 2, 2]
+    assert [len(c) for c in inner.calls] == [1, 2, 2, 2]
+    await embedder.close()
+
+
+async def test_a_bulk_call_goes_directly_and_queries_do_not_wait_behind_it() -> None:
+    inner = GatedEmbedder()
+    embedder = CoalescingEmbedder(inner, coalesce_up_to=2)
+    bulk = asyncio.ensure_future(embedder.embed([f"chunk {i}" for i in range(20)]))
+    await wait_for_calls(inner, 1)
+    # The bulk call is held in the model; a query still reaches the model beside it.
+    query = asyncio.ensure_future(embedder.embed(["a question"]))
+    await wait_for_calls(inner, 2)
+    assert [len(c) for c in inner.calls] == [20, 1]
+    inner.gate.set()
+    assert await query == await HashEmbedder().embed(["a question"])
+    assert len(await bulk) == 20
     await embedder.close()
 
 
@@ -112,6 +124,13 @@ async def test_close_cancels_the_queued_calls_and_is_idempotent() -> None:
     # After close, calls go to the model directly.
     inner.gate.set()
     assert await embedder.embed(["after"]) == await HashEmbedder().embed(["after"])
+
+
+def test_bad_limits_are_refused() -> None:
+    with pytest.raises(ValueError):
+        CoalescingEmbedder(HashEmbedder(), coalesce_up_to=0)
+    with pytest.raises(ValueError):
+        CoalescingEmbedder(HashEmbedder(), coalesce_up_to=9, max_texts=8)
 
 
 async def test_no_texts_need_no_inference() -> None:
