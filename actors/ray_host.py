@@ -348,7 +348,8 @@ class WriterActor:
                 MemoryIndexer(self._memory_store),
                 flush_rows=spec.flush_rows,
                 flush_interval_s=spec.flush_interval_s,
-                optimize_every=spec.optimize_every,
+                # Asked after every flush: the indexer paces its optimizations by time (see MemoryIndexer).
+                optimize_every=1,
                 session_exists=session_exists,
             )
             await self._memory_writer.start()

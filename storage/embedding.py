@@ -12,6 +12,7 @@ was trained for sentence similarity), so a dot product is the cosine similarity.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib.metadata
 import math
@@ -127,6 +128,103 @@ class OnnxEmbedder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         result: npt.NDArray[np.float32] = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
         return result
+
+
+class CoalescingEmbedder:
+    """An :class:`Embedder` that merges the texts of concurrent small :meth:`embed` calls into one call of ``inner``.
+
+    A call made while none is running goes to ``inner`` at once (no added wait); calls made while one runs
+    queue, and when it ends all queued texts (up to ``max_texts``) go to ``inner`` together. Only calls of at
+    most ``coalesce_up_to`` texts (queries) queue: a bulk call (a document's chunks, a flush of memories) goes
+    to ``inner`` directly, so queries never wait behind it, nor it behind them. At 64 concurrent
+    sessions a host's turn queries then share model runs: one inference of 8 short texts costs about what 2–3
+    inferences of one cost on this model (bench/RESULTS.md), so the queries' CPU falls as load rises. The
+    vectors are those ``inner`` gives each text alone (padding is masked out).
+
+    Bound to the event loop of its first call; a call from another loop goes to ``inner`` directly. Lifecycle:
+    the drain task is the embedder's own and ends when the queue is empty; :meth:`close` cancels it and fails
+    the calls still queued (idempotent).
+    """
+
+    def __init__(self, inner: Embedder, *, coalesce_up_to: int = BATCH_SIZE, max_texts: int = 4 * BATCH_SIZE) -> None:
+        if not 1 <= coalesce_up_to <= max_texts:
+            raise ValueError("1 <= coalesce_up_to <= max_texts")
+        self.inner = inner
+        self.dim = inner.dim
+        self.model_id = inner.model_id
+        self._coalesce_up_to = coalesce_up_to
+        self._max_texts = max_texts
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: list[tuple[list[str], asyncio.Future[list[list[float]]]]] = []
+        self._drain: asyncio.Task[None] | None = None
+        self._closed = False
+        self.calls = 0
+        """Calls of ``inner`` made (for benchmarks and tests)."""
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in order, computed together with the texts of concurrent calls."""
+        if not texts:
+            return []
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        if self._closed or loop is not self._loop or len(texts) > self._coalesce_up_to:
+            self.calls += 1
+            return await self.inner.embed(texts)
+        done: asyncio.Future[list[list[float]]] = loop.create_future()
+        self._queue.append((list(texts), done))
+        if self._drain is None:
+            self._drain = loop.create_task(self._drain_queue(), name="salon-embed-coalesce")
+        return await done
+
+    async def _drain_queue(self) -> None:
+        try:
+            while self._queue:
+                await self._embed_some()
+        finally:
+            self._drain = None
+
+    async def _embed_some(self) -> None:
+        """Embed the first queued calls (at least one, at most ``max_texts`` texts)."""
+        taken, count = 0, 0
+        while taken < len(self._queue) and (taken == 0 or count + len(self._queue[taken][0]) <= self._max_texts):
+            count += len(self._queue[taken][0])
+            taken += 1
+        batch, self._queue = self._queue[:taken], self._queue[taken:]
+        # A caller that gave up (its turn cancelled) needs no vector.
+        batch = [(texts, done) for texts, done in batch if not done.done()]
+        if not batch:
+            return
+        self.calls += 1
+        try:
+            vectors = await self.inner.embed([text for texts, _ in batch for text in texts])
+        except Exception as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        except asyncio.CancelledError:
+            for _, done in batch:
+                done.cancel()
+            raise
+        start = 0
+        for texts, done in batch:
+            if not done.done():
+                done.set_result(vectors[start : start + len(texts)])
+            start += len(texts)
+
+    async def close(self) -> None:
+        """Stop the drain task and cancel the calls still waiting; later calls go to ``inner`` directly.
+        Idempotent."""
+        self._closed = True
+        task, self._drain = self._drain, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        queued, self._queue = self._queue, []
+        for _, done in queued:
+            done.cancel()
 
 
 _default: OnnxEmbedder | None = None

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
-from salon.storage.embedding import MODEL_DIM, MODEL_ID, Embedder, HashEmbedder, build_embedder
+from salon.storage.embedding import MODEL_DIM, MODEL_ID, CoalescingEmbedder, Embedder, HashEmbedder, build_embedder
 from salon.storage.errors import Unavailable
 from salon.storage.retrieval import Passage, RetrievalQuery, Retriever
 
@@ -101,6 +101,8 @@ class LazyEmbedder:
         self.model_id: str = self._model.value.model_id if self._model.value is not None else MODEL_ID
         self.load_s = 0.0
         """How long loading the model took (0 until it is loaded; for benchmarks and logs)."""
+        self._coalescing: CoalescingEmbedder | None = None
+        """The loaded model behind one queue: concurrent calls (a host's turns) share its inferences."""
 
     @property
     def loaded(self) -> bool:
@@ -116,8 +118,11 @@ class LazyEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text, in order (the first call loads the model)."""
-        inner = self._model.value or await self._model.get()
-        return await inner.embed(texts)
+        if self._coalescing is None:
+            inner = self._model.value or await self._model.get()
+            if self._coalescing is None:
+                self._coalescing = CoalescingEmbedder(inner)
+        return await self._coalescing.embed(texts)
 
     async def load(self) -> Embedder:
         """The loaded embedder, loading it now (off the event loop) unless it is loaded or loading. Raises
@@ -138,8 +143,10 @@ class LazyEmbedder:
         self._model.warm()
 
     async def close(self) -> None:
-        """Stop a warm-up still running. Idempotent."""
+        """Stop a warm-up still running, and cancel the calls still queued for the model. Idempotent."""
         await self._model.close()
+        if self._coalescing is not None:
+            await self._coalescing.close()
 
 
 class LazyRetriever:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -573,21 +574,60 @@ def _sort(rows: pa.Table, *columns: str) -> pa.Table:
     return rows.sort_by([(c, "ascending") for c in columns])
 
 
+MEMORY_OPTIMIZE_MIN_INTERVAL_S: Final = 3.0
+"""Shortest time between two optimizations of the memories table by the indexer: under load (a flush a
+second), about three unindexed fragments at most for the retrievals to scan, at the cost of a small optimize
+every few seconds while the table is small (measured in bench/RESULTS.md)."""
+MEMORY_OPTIMIZE_MAX_SHARE: Final = 0.05
+"""The largest share of the indexer's time that optimizing the memories table may take."""
+
+
 class MemoryIndexer:
     """The long-term memory side of the ledger, as a :class:`~salon.storage.writer.BatchWriter` store.
 
     Embedding is much slower than writing rows (bench/RESULTS.md: tens to hundreds of texts per second on two
     cores against thousands of rows), so memories are built by a second batch writer on its own durable
     consumer of the ledger: transcripts, and the store health that gates new turns, never wait for the
-    embedding model; memories lag behind under load and catch up. Snapshots are ignored."""
+    embedding model; memories lag behind under load and catch up. Snapshots are ignored.
 
-    def __init__(self, store: TranscriptStore) -> None:
+    :meth:`optimize` is paced by time rather than by flushes (give the batch writer ``optimize_every=1``):
+    every flush leaves a fragment the indexes do not cover yet, and every turn's retrieval pays for each one
+    (about 0.35 ms of CPU per query per fragment, bench/RESULTS.md), while an optimize costs more as the
+    table grows (compaction rewrites the small fragments). So the table is optimized at most every
+    ``min_interval_s``, and after an optimize that took ``t`` seconds not again for ``t / max_share``: at
+    most that share of the indexer's time goes to optimizing, whatever the table's size."""
+
+    def __init__(
+        self,
+        store: TranscriptStore,
+        *,
+        min_interval_s: float = MEMORY_OPTIMIZE_MIN_INTERVAL_S,
+        max_share: float = MEMORY_OPTIMIZE_MAX_SHARE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if min_interval_s < 0 or not 0 < max_share <= 1:
+            raise ValueError("min_interval_s >= 0 and 0 < max_share <= 1")
         self._store = store
+        self._min_interval_s = min_interval_s
+        self._max_share = max_share
+        self._clock = clock
+        self._next_optimize = clock() + min_interval_s
+        self.optimizations = 0
+        """Optimizations run (for tests and benchmarks)."""
 
     async def write(self, turns: Sequence[TurnRecord], snapshots: Sequence[SnapshotRecord]) -> None:
         """Remember the completed ``turns`` (idempotent under redelivery)."""
         await self._store.remember(turns)
 
     async def optimize(self) -> None:
-        """Compact the memories table."""
+        """Compact the memories table and fold new rows into its indexes, unless it was done too recently
+        (see the class documentation)."""
+        started = self._clock()
+        if started < self._next_optimize:
+            return
+        # Set first: a failing optimize is tried again only after the interval, not at every flush.
+        self._next_optimize = started + self._min_interval_s
         await self._store.optimize((MEMORIES,))
+        self.optimizations += 1
+        took = self._clock() - started
+        self._next_optimize = started + max(self._min_interval_s, took / self._max_share)
