@@ -55,7 +55,7 @@ from salon.client import SalonClient, SalonError
 from salon.engine.app import Engine
 from salon.engine.config import Config
 from salon.engine.nats_server import EmbeddedNats
-from salon.engine.ray_runtime import ensure_ray
+from salon.engine.ray_start import ensure_ray
 
 log = logging.getLogger("bench.telemetry")
 

@@ -1,8 +1,9 @@
 """The composition root: builds and runs a whole engine from a :class:`Config`.
 
-Order of start: data directory → NATS (embedded or configured) → streams and buckets → Ray → the session hosts
-and the writer, while the gateway opens its stores → the gRPC gateway → the web bridge (when ``web_port`` is
-set). Shutdown runs the other way: intake stops
+Order of start: Ray begins on a thread of its own (:class:`~salon.engine.ray_start.RayStart`; `salon serve` begins
+it before importing this module) while the data directory, NATS (embedded or configured) and its streams and buckets
+come up → once Ray is up, the session hosts and the writer, while the gateway opens its stores → the gRPC gateway
+→ the web bridge (when ``web_port`` is set). Shutdown runs the other way: intake stops
 first, running turns get a grace period, then everything closes, leaving no process behind.
 """
 
@@ -39,10 +40,9 @@ from salon.engine.ray_runtime import (
     HOST_CLOSE_TIMEOUT_S,
     HostGroup,
     WriterHandle,
-    ensure_ray,
     host_specs,
-    shutdown_ray,
 )
+from salon.engine.ray_start import RayStart
 from salon.engine.servicer import ConversationServicer
 from salon.engine.tenants import Limits, TenantRegistry
 from salon.engine.transport import server_options
@@ -113,9 +113,12 @@ def server_credentials(config: Config) -> grpc.ServerCredentials | None:
 
 
 class Engine:
-    """A running Salon: ``async with Engine(config) as engine: ...`` or ``start``/``drain``/``close``."""
+    """A running Salon: ``async with Engine(config) as engine: ...`` or ``start``/``drain``/``close``.
 
-    def __init__(self, config: Config) -> None:
+    ``ray_start``: a start of Ray begun earlier for this engine (the command line begins it before importing the
+    engine); the engine owns it from then on, and shuts down the Ray it started. None: the engine begins its own."""
+
+    def __init__(self, config: Config, *, ray_start: RayStart | None = None) -> None:
         self.config = config
         self.names = Names(config.namespace)
         self.nats_url = config.nats_url
@@ -135,7 +138,7 @@ class Engine:
         self._figures: FiguresPoller | None = None
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
-        self._started_ray = False
+        self._ray_start = ray_start
         self._state = "new"
         self.tenants = TenantRegistry(
             config.tenants_file or None, default_limits(config), reload_interval_s=config.tenants_reload_s
@@ -188,10 +191,14 @@ class Engine:
         # The order matters; see the module documentation.
         self._start_telemetry_and_tenants()
         credentials = server_credentials(self.config)
-        js = await self._start_nats()
         if not self.config.gateway_only:
-            # Ray first: it forks helper processes; LanceDB's runtime must not be running in a forking process.
-            self._started_ray = ensure_ray(self.config)
+            # Ray's start is mostly waiting for its own processes: it goes on beside NATS's.
+            self._ray_start = (self._ray_start or RayStart(self.config)).begin()
+        js = await self._start_nats()
+        if self._ray_start is not None:
+            # Before any store opens: Ray forks helper processes; LanceDB's runtime must not be running in a forking
+            # process.
+            await self._ray_start.started()
         gateway = await self._gateway_beside_workers(js)
         await self._start_server(gateway, credentials)
         self._watch.start()
@@ -522,9 +529,10 @@ class Engine:
         if self._memory_search is not None:
             await self._memory_search.close()
             self._memory_search = None
-        if self._started_ray:
-            shutdown_ray()
-            self._started_ray = False
+        if self._ray_start is not None:
+            # Also a start still running (the engine's start failed beside it): it ends, then what it started stops.
+            ray_start, self._ray_start = self._ray_start, None
+            await ray_start.close()
         if self._nc is not None:
             nc, self._nc = self._nc, None
             await close_connection(nc)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from salon.engine.config import Config
+    from salon.engine.ray_start import RayStart
 
 __all__ = ["build_parser", "main"]
 
@@ -71,17 +72,27 @@ class Announcer:
             log.log(logging.WARNING if warning else logging.INFO, "%s", plain)
 
 
-async def _serve(config: Config) -> int:
+def _begin_ray(config: Config) -> RayStart | None:
+    """Ray's start, begun before the engine's imports (it mostly waits for its own processes meanwhile); None for
+    a gateway alone."""
+    if config.gateway_only:
+        return None
+    from salon.engine.ray_start import RayStart
+
+    return RayStart(config).begin()
+
+
+async def _serve(config: Config, ray_start: RayStart | None = None) -> int:
     from salon.engine.app import Engine
     from salon.engine.config import is_loopback
     from salon.storage.urls import redact_url
 
     stop = asyncio.Event()
-    engine = Engine(config)
+    engine = Engine(config, ray_start=ray_start)
     say = Announcer(config).say
     try:
         await engine.start()
-        # After start: ray.init() installs its own SIGTERM handler (sys.exit), which would skip the drain.
+        # After start: until then SIGTERM exits through SystemExit (as ray.init sets it), which would skip the drain.
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -196,7 +207,7 @@ async def _token(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _demo(config: Config) -> int:
+async def _demo(config: Config, ray_start: RayStart | None = None) -> int:
     from salon.engine.app import Engine
     from salon.engine.demo import run_demo
     from salon.storage.urls import redact_url
@@ -204,7 +215,7 @@ async def _demo(config: Config) -> int:
     console = _console()
     started = time.perf_counter()
     console.print("[bold]Starting Salon on embedded defaults[/] (nats-server, local Ray, offline responder) …")
-    async with Engine(config) as engine:
+    async with Engine(config, ray_start=ray_start) as engine:
         console.print(
             f"up in {time.perf_counter() - started:.1f} s: gateway {engine.target}, "
             f"NATS {redact_url(engine.nats_url)}, {config.num_hosts} hosts"
@@ -434,14 +445,14 @@ def _run(args: argparse.Namespace) -> int:
             web_port=args.web,
         )
         _setup_logging(config)
-        return asyncio.run(_serve(config))
+        return asyncio.run(_serve(config, _begin_ray(config)))
     if args.command == "demo":
         with contextlib.ExitStack() as stack:
             data_dir = args.data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="salon-demo-"))
             # Quiet by default: the demo's own output is the point (every process logs warnings only).
             config = _config(args, data_dir=str(Path(data_dir)), grpc_port=0, log_level="WARNING", web_port=args.web)
             _setup_logging(config)
-            return asyncio.run(_demo(config))
+            return asyncio.run(_demo(config, _begin_ray(config)))
     if args.command == "export":
         return asyncio.run(_export(_config(args, data_dir=args.data_dir), args))
     if args.command == "trace":

@@ -15,7 +15,8 @@ import uuid
 
 from salon.engine.app import default_limits
 from salon.engine.config import Config
-from salon.engine.ray_runtime import HostGroup, ensure_ray, joining_host_specs, shutdown_ray
+from salon.engine.ray_runtime import HostGroup, joining_host_specs
+from salon.engine.ray_start import ensure_ray, shutdown_ray
 from salon.engine.tenants import TenantRegistry
 from salon.storage import InvalidArgument
 from salon.storage.jetstream.client import close_connection, connect, stream_replicas

@@ -1,15 +1,11 @@
-"""Joining or starting Ray, and the session host actors on it."""
+"""The session host actors and the batch writer on Ray (joining or starting Ray is :mod:`salon.engine.ray_start`)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import logging
-import os
-import sys
 import uuid
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,123 +19,6 @@ from salon.providers.mcp.config import McpHubSpec, McpServerConfig
 from salon.storage.writer import WriterStatus
 
 log = logging.getLogger(__name__)
-
-OBJECT_STORE_BYTES = 256 * 1024 * 1024
-"""Salon passes no large objects through Ray; a small object store keeps a local start light."""
-
-LOOPBACK = "127.0.0.1"
-
-EMBEDDED_RAY_ENV: dict[str, str] = {
-    # Ray runs "cluster mode" on Linux: it finds the node's address by routing towards a public address (a
-    # message when there is no such route) and its servers listen on every interface. With it off (as Ray
-    # does on macOS and Windows) the node's address is loopback, and the GCS, raylet, workers and agents
-    # listen there alone. The embedded deployment is one machine, so nothing else needs to reach them.
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-}
-"""Environment of a Ray that Salon starts itself (set for this process and the processes Ray starts)."""
-
-JSON_LOG_RAY_ENV: dict[str, str] = {
-    # With JSON logs, the host and writer processes already print one JSON object per line naming their
-    # process: Ray's "(HostActor pid=…)" prefix, colours and "[repeated 2x]" folding would break them.
-    "RAY_DISABLE_WORKER_LOG_PREFIX": "1",
-    "RAY_DEDUP_LOGS": "0",
-    "RAY_COLOR_PREFIX": "0",
-}
-
-# Ray reads these variables once, when its modules are imported (which may happen before the engine knows
-# its configuration): the values this process already holds are set alongside the environment.
-_IMPORTED_RAY_SETTINGS: dict[str, tuple[tuple[str, str, object], ...]] = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": (("ray._private.ray_constants", "ENABLE_RAY_CLUSTER", False),),
-    "RAY_DISABLE_WORKER_LOG_PREFIX": (("ray._private.ray_constants", "RAY_DISABLE_WORKER_LOG_PREFIX", True),),
-    "RAY_DEDUP_LOGS": (
-        ("ray._private.ray_constants", "RAY_DEDUP_LOGS", False),
-        ("ray._private.ray_logging", "RAY_DEDUP_LOGS", False),
-    ),
-    "RAY_COLOR_PREFIX": (),
-}
-
-
-def ray_environment(config: Config) -> dict[str, str]:
-    """The Ray environment variables Salon sets for ``config`` (see :func:`prepare_ray_environment`)."""
-    env = dict(EMBEDDED_RAY_ENV) if not config.ray_address else {}
-    if config.log_format == "json":
-        env.update(JSON_LOG_RAY_ENV)
-    return env
-
-
-def prepare_ray_environment(config: Config) -> None:
-    """Set Ray's environment for ``config`` in this process (inherited by every process Ray starts from here),
-    before Ray starts: :func:`ensure_ray` calls it. Idempotent."""
-    env = ray_environment(config)
-    os.environ.update(env)
-    for name in env:
-        for module_name, attribute, value in _IMPORTED_RAY_SETTINGS.get(name, ()):
-            module = sys.modules.get(module_name)
-            if module is not None and hasattr(module, attribute):
-                setattr(module, attribute, value)
-
-
-_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
-
-
-def _route_ray_logs() -> None:
-    """Ray's driver-side messages go through the engine's own log handlers (text or JSON) at WARNING and
-    above, instead of the plain handler Ray installs on import."""
-    ray_logger = logging.getLogger("ray")
-    for handler in list(ray_logger.handlers):
-        ray_logger.removeHandler(handler)
-    ray_logger.propagate = True
-    ray_logger.setLevel(logging.WARNING)
-    # A new local Ray turns token authentication on by default and says so at WARNING on every start; that is
-    # the state Salon wants, so the notice is kept out of the engine's logs. (Setting RAY_AUTH_MODE instead
-    # would only work before Ray is imported: Ray's core reads it once.)
-    logging.getLogger(_TOKEN_NOTICE_LOGGER).setLevel(logging.ERROR)
-
-
-def ensure_ray(config: Config) -> bool:
-    """Connect to ``config.ray_address`` or start a new Ray on this machine, listening on loopback only
-    (no dashboard). Returns True when this call started Ray (so the caller shuts it down), False when Ray was
-    already there.
-
-    Without an address Ray is always started anew (``address="local"``): ``ray.init()`` alone would join a
-    cluster started earlier with ``ray start`` on this machine (or named by ``RAY_ADDRESS``), someone else's
-    perhaps, and run the engine's hosts there."""
-    if ray.is_initialized():
-        return False
-    prepare_ray_environment(config)
-    _route_ray_logs()
-    kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": logging.WARNING, "configure_logging": False}
-    if config.ray_address:
-        address = config.ray_address
-        node_ip = _loopback_host(address)
-        if node_ip is not None:
-            # A cluster reached over loopback runs on this machine: attach to the node at that address (Ray would
-            # otherwise take this machine's routable address as the driver's node and find no raylet there).
-            kwargs["_node_ip_address"] = node_ip
-    else:
-        address = "local"
-        kwargs.update(
-            num_cpus=os.cpu_count() or 2,
-            include_dashboard=False,
-            object_store_memory=OBJECT_STORE_BYTES,
-            _node_ip_address=LOOPBACK,
-        )
-    with warnings.catch_warnings():
-        # ray.init fork+execs its head processes; LanceDB (already imported) warns in each child before the
-        # exec, where its runtime is never used.
-        warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
-        ray.init(address=address, **kwargs)
-    return True
-
-
-def _loopback_host(address: str) -> str | None:
-    """The host of a ``host:port`` Ray address when it is a loopback IP address, else None."""
-    host = address.rsplit(":", 1)[0] if "://" not in address else ""
-    try:
-        return host if ipaddress.ip_address(host).is_loopback else None
-    except ValueError:
-        return None
-
 
 HOST_GROUP_FILE = "host-group-id"
 
@@ -403,9 +282,3 @@ class WriterHandle:
         except Exception as exc:
             log.warning("the batch writer did not close cleanly: %s", type(exc).__name__)
         ray.kill(handle, no_restart=True)
-
-
-def shutdown_ray() -> None:
-    """Disconnect from Ray, stopping the local cluster if this process started it. Idempotent."""
-    if ray.is_initialized():
-        ray.shutdown()

@@ -18,7 +18,7 @@ import ray
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from salon.engine import Config, EmbeddedNats, Engine
-from salon.engine.ray_runtime import ensure_ray
+from salon.engine.ray_start import ensure_ray
 from salon.storage import Names
 from salon.storage.jetstream.client import close_connection, connect
 from salon.v1 import conversation_service_pb2 as cs_pb2

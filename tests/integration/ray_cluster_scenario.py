@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray_cluster_support import kill_node
 
 from salon.engine import Config, Engine
-from salon.engine.ray_runtime import ensure_ray
+from salon.engine.ray_start import ensure_ray
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 
 

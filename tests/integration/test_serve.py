@@ -88,6 +88,27 @@ async def test_sigterm_lets_the_running_turn_finish_and_leaves_no_process(tmp_pa
         await stop(proc)  # clean-up after the checks: it would stop what they look for
 
 
+async def test_sigterm_during_start_stops_what_was_started_and_leaves_no_process(tmp_path: Path) -> None:
+    # Ray starts on a thread of its own while the engine imports its stack and starts NATS: SIGTERM arriving then
+    # must still end in a clean shutdown (the engine closes what it started, Ray included), not in a process
+    # killed outright that leaves its nats-server behind.
+    data_dir = tmp_path / "serve-data"
+    proc = await serve(data_dir, SALON_MODEL_PROVIDER="scripted")
+    try:
+        deadline = time.monotonic() + 120
+        seen: dict[int, str] = {}
+        while not (_has_ray(seen) and any(name == "nats-server" for name in seen.values())):
+            assert proc.returncode is None, "salon serve is starting"
+            assert time.monotonic() < deadline, f"Ray and NATS never appeared under salon serve: {seen}"
+            await asyncio.sleep(0.05)  # wait-ok: polls a condition with a deadline
+            seen = engine_processes(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 120)
+        await wait_gone(set(seen) | set(engine_processes(proc.pid)), "the engine's processes are gone")
+    finally:
+        await stop(proc)
+
+
 async def test_engine_killed_outright_loses_no_acknowledged_turn(tmp_path: Path) -> None:
     data_dir = tmp_path / "crash-data"
     proc = await serve(data_dir, SALON_MODEL_PROVIDER="scripted")

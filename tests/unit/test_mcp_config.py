@@ -114,3 +114,21 @@ async def test_a_hub_offers_the_deployments_and_the_tenants_servers_and_builds_n
         assert result.is_error and "nowhere" in result.content
     finally:
         await hub.close()
+
+
+def test_a_hosts_server_list_unpickles_without_the_mcp_sdk() -> None:
+    # Every host unpickles a McpHubSpec at start: with no servers configured it must not import the SDK (about
+    # half a CPU-second per host before it serves). A fresh interpreter: this one may have imported it already.
+    import subprocess
+    import sys
+
+    from salon.providers.mcp import McpHubSpec
+
+    probe = (
+        "import pickle, sys\n"
+        f"hub = pickle.loads({pickle.dumps(McpHubSpec())!r})\n"
+        "hub.build()\n"
+        "print(sorted(m for m in ('mcp', 'pydantic', 'starlette', 'httpx') if m in sys.modules))\n"
+    )
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"

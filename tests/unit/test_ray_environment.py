@@ -8,7 +8,7 @@ import os
 import pytest
 
 from salon.engine.config import Config
-from salon.engine.ray_runtime import prepare_ray_environment, ray_environment
+from salon.engine.ray_start import prepare_ray_environment, ray_environment
 
 
 def test_an_embedded_ray_runs_in_single_machine_mode() -> None:
