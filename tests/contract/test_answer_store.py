@@ -1,0 +1,77 @@
+"""The tool answer contract (:class:`salon.storage.tool_answers.AnswerStore`), on the in-memory store and on a
+JetStream key-value bucket: the first answer for a call holds, a turn's answers are read back in order, and an
+answer expires after its time-to-live."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from salon.storage import AnswerStore, Names, StoredAnswer
+from salon.storage.inmemory import InMemoryAnswerStore
+from salon.storage.jetstream.tool_answers import KvAnswerStore
+
+LONG_S = 600.0
+
+
+@pytest.fixture
+async def store(nats: NatsClient | None, names: Names) -> AsyncIterator[AnswerStore]:
+    if nats is None:
+        yield InMemoryAnswerStore()
+        return
+    js = nats.jetstream()
+    yield await KvAnswerStore.open(js, names)
+    await js.delete_key_value(names.tool_answers_bucket)
+
+
+def _result(call_id: str, content: str = "42", *, turn_id: str = "turn-1") -> StoredAnswer:
+    return StoredAnswer("tenant-a", "session-1", turn_id, call_id, "result", content=content)
+
+
+def _decision(call_id: str, approve: bool) -> StoredAnswer:
+    return StoredAnswer("tenant-a", "session-1", "turn-1", call_id, "decision", approve=approve, reason="ok")
+
+
+async def test_the_first_answer_for_a_call_holds(store: AnswerStore) -> None:
+    first = await store.put(_result("call-1", "first"), LONG_S)
+    assert first.stored_at_ns > 0 and first.same_as(_result("call-1", "first"))
+    again = await store.put(_result("call-1", "second"), LONG_S)
+    assert again.content == "first" and again.stored_at_ns == first.stored_at_ns
+    held = await store.get("tenant-a", "session-1", "turn-1", "call-1", "result")
+    assert held is not None and held.content == "first"
+    assert await store.get("tenant-a", "session-1", "turn-1", "call-2", "result") is None
+    assert await store.get("tenant-b", "session-1", "turn-1", "call-1", "result") is None, "tenants kept apart"
+
+
+async def test_a_call_keeps_a_decision_and_a_result_apart(store: AnswerStore) -> None:
+    decision = await store.put(_decision("call-1", approve=True), LONG_S)
+    result = await store.put(_result("call-1"), LONG_S)
+    assert decision.kind == "decision" and decision.approve
+    assert result.kind == "result" and result.content == "42"
+
+
+async def test_a_turns_answers_come_back_in_the_order_stored(store: AnswerStore) -> None:
+    odd_id = "toolu 01/é.*>"  # a model may name a call with characters no key takes
+    await store.put(_result("call-b"), LONG_S)
+    await store.put(_decision(odd_id, approve=False), LONG_S)
+    await store.put(_result("call-a"), LONG_S)
+    await store.put(_result("call-c", turn_id="turn-2"), LONG_S)
+    answers = await store.of_turn("tenant-a", "session-1", "turn-1")
+    assert [(a.call_id, a.kind) for a in answers] == [("call-b", "result"), (odd_id, "decision"), ("call-a", "result")]
+    assert await store.of_turn("tenant-a", "session-1", "turn-9") == []
+
+
+async def test_an_answer_expires_after_its_time_to_live(store: AnswerStore) -> None:
+    await store.put(_result("call-1", "gone"), 1.0)
+    await store.put(_result("call-2", "kept"), LONG_S)
+    deadline = time.monotonic() + 30.0
+    while await store.get("tenant-a", "session-1", "turn-1", "call-1", "result") is not None:
+        assert time.monotonic() < deadline, "the answer never expired"
+        await asyncio.sleep(0.2)
+    assert [a.call_id for a in await store.of_turn("tenant-a", "session-1", "turn-1")] == ["call-2"]
+    taken = await store.put(_result("call-1", "new"), LONG_S)
+    assert taken.content == "new", "an expired answer's call may be answered again"
