@@ -43,7 +43,7 @@ from salon.actors.tool_loop import ToolLoop, ToolStats
 from salon.actors.tool_servers import NoToolServers, ToolServers
 from salon.actors.turn import InFlight, LocalInFlight, SessionKey, SessionSettings, Turn
 from salon.actors.turn_queue import POLICIES, TurnQueue
-from salon.storage import Fenced, Retriever, SessionLog
+from salon.storage import AnswerStore, Fenced, Retriever, SessionLog
 
 __all__ = [
     "POLICIES",
@@ -77,6 +77,7 @@ class SessionActor:
         summarizer: Summarizer | None = None,
         tool_servers: ToolServers | None = None,
         tool_stats: ToolStats | None = None,
+        stored_answers: AnswerStore | None = None,
     ) -> None:
         self.key = key
         self.settings = settings
@@ -96,6 +97,7 @@ class SessionActor:
             self._recorder,
             tool_stats or ToolStats(),
             closing=lambda: self._closed,
+            stored=stored_answers,
         )
         self._execution = TurnExecution(
             key,
