@@ -15,7 +15,7 @@ import time
 from salon.actors.control import ControlReply
 from salon.actors.state import SessionState
 from salon.actors.stored_answers import judge
-from salon.storage import AnswerStore, Journal, SalonError, StoredAnswer
+from salon.storage import AnswerStore, Journal, StoredAnswer
 
 GRACE_S = 60.0
 """How long a stored answer outlives its call's wait deadline (clocks of gateways and hosts differ a little)."""
@@ -37,16 +37,6 @@ class AnswerKeeper:
         self._store = store
         self._journal = journal
 
-    async def held(self, answer: StoredAnswer) -> StoredAnswer | None:
-        """The answer stored for ``answer``'s call and kind, if any (None too when the store cannot be read now:
-        the host, or :meth:`keep`, judges the answer then)."""
-        try:
-            return await self._store.get(
-                answer.tenant_id, answer.session_id, answer.turn_id, answer.call_id, answer.kind
-            )
-        except SalonError:
-            return None
-
     async def keep(self, answer: StoredAnswer, incarnation: str) -> ControlReply:
         """Store ``answer`` when its turn, as recorded, would take it now: ``accepted`` (stored), ``duplicate``
         (the call has its answer, with the verdict that holds for a decision), ``not_found`` or
@@ -64,7 +54,7 @@ class AnswerKeeper:
         if verdict.judgement != "take":
             return ControlReply(verdict.judgement, verdict=verdict.holding)
         ttl_s = (verdict.deadline_ns - now) / 1e9 + GRACE_S if verdict.deadline_ns else UNBOUNDED_TTL_S
-        held = await self._store.put(answer, ttl_s)
-        if not held.same_as(answer):
-            return ControlReply("duplicate", verdict=verdict_of(held))  # another gateway stored one first
+        held, stored = await self._store.put(answer, ttl_s)
+        if not stored:
+            return ControlReply("duplicate", verdict=verdict_of(held))  # kept earlier, here or by another gateway
         return ControlReply("accepted", verdict=verdict_of(answer))

@@ -28,7 +28,7 @@ from salon.actors.tools import (
     check_decision,
     check_result_size,
 )
-from salon.engine.kept_answers import AnswerKeeper, verdict_of
+from salon.engine.kept_answers import AnswerKeeper
 from salon.storage import FailedPrecondition, InvalidArgument, NotFound, Reason, Unavailable, require_id
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2
@@ -139,10 +139,6 @@ class ToolAnswers:
         """The answer's fate: taken by the host, or (with no host to take it) kept; raises the RPC's error for a
         refusal."""
         keeper = self._keeper
-        answer = as_answer(message)
-        if keeper is not None and (held := await keeper.held(answer)) is not None:
-            # Kept earlier while no host served the turn: the first answer holds, whatever this one says.
-            return ControlReply("duplicate", verdict=verdict_of(held))
         shard = shard_for(message.tenant_id, message.session_id, self._num_shards)
         try:
             reply = await self._ask(shard, message)
@@ -154,7 +150,7 @@ class ToolAnswers:
             assert reply is not None
             _raise_for(reply)
             return reply
-        kept = await keeper.keep(answer, message.incarnation)
+        kept = await keeper.keep(as_answer(message), message.incarnation)
         _raise_for(kept)
         if kept.result != "accepted":
             return kept

@@ -70,9 +70,10 @@ class AnswerStore(Protocol):
     """Stored tool answers. Every method raises :class:`~salon.storage.errors.Unavailable` when the store cannot
     be reached."""
 
-    async def put(self, answer: StoredAnswer, ttl_s: float) -> StoredAnswer:
+    async def put(self, answer: StoredAnswer, ttl_s: float) -> tuple[StoredAnswer, bool]:
         """Store ``answer`` for ``ttl_s`` seconds unless an answer of its kind is stored for its call already;
-        the answer that holds (``answer`` with its ``stored_at_ns``, or the earlier one)."""
+        the answer that holds (``answer`` with its ``stored_at_ns``, or the earlier one) and whether it is this
+        one."""
         ...
 
     async def get(

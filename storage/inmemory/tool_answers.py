@@ -29,15 +29,16 @@ class InMemoryAnswerStore:
             return None
         return answer
 
-    async def put(self, answer: StoredAnswer, ttl_s: float) -> StoredAnswer:
-        """Store ``answer`` unless one of its kind is stored for its call; the one that holds."""
+    async def put(self, answer: StoredAnswer, ttl_s: float) -> tuple[StoredAnswer, bool]:
+        """Store ``answer`` unless one of its kind is stored for its call; the one that holds, and whether it is
+        this one."""
         key: _Key = (answer.tenant_id, answer.session_id, answer.turn_id, answer.call_id, answer.kind)
         held = self._current(key)
         if held is not None:
-            return held
+            return held, False
         stored = dataclasses.replace(answer, stored_at_ns=time.time_ns())
         self._answers[key] = (stored, self._clock() + ttl_s)
-        return stored
+        return stored, True
 
     async def get(
         self, tenant_id: str, session_id: str, turn_id: str, call_id: str, kind: AnswerKind

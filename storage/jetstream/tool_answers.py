@@ -62,22 +62,23 @@ class KvAnswerStore:
         """The deployment's tool answer bucket, created (with ``replicas`` copies) when need be."""
         return cls(await open_bucket(js, names.tool_answers_bucket, replicas=replicas, ttl_s=MAX_AGE_S))
 
-    async def put(self, answer: StoredAnswer, ttl_s: float) -> StoredAnswer:
-        """Store ``answer`` unless one of its kind is stored for its call; the one that holds."""
+    async def put(self, answer: StoredAnswer, ttl_s: float) -> tuple[StoredAnswer, bool]:
+        """Store ``answer`` unless one of its kind is stored for its call; the one that holds, and whether it is
+        this one."""
         key = answer_key(answer.tenant_id, answer.session_id, answer.turn_id, answer.call_id, answer.kind)
         stored = dataclasses.replace(answer, stored_at_ns=time.time_ns())
         ttl = min(max(ttl_s, MIN_TTL_S), MAX_AGE_S)
         for _ in range(3):
             try:
                 await self._kv.create(key, stored.to_bytes(), msg_ttl=ttl)
-                return stored
+                return stored, True
             except nats.js.errors.KeyWrongLastSequenceError:
                 pass
             except _NATS_ERRORS as exc:
                 raise _unavailable() from exc
             held = await self.get(answer.tenant_id, answer.session_id, answer.turn_id, answer.call_id, answer.kind)
             if held is not None:
-                return held
+                return held, False
             # The answer held expired between the two steps: the key is free again.
         raise _unavailable()
 

@@ -37,10 +37,12 @@ def _decision(call_id: str, approve: bool) -> StoredAnswer:
 
 
 async def test_the_first_answer_for_a_call_holds(store: AnswerStore) -> None:
-    first = await store.put(_result("call-1", "first"), LONG_S)
-    assert first.stored_at_ns > 0 and first.same_as(_result("call-1", "first"))
-    again = await store.put(_result("call-1", "second"), LONG_S)
-    assert again.content == "first" and again.stored_at_ns == first.stored_at_ns
+    first, created = await store.put(_result("call-1", "first"), LONG_S)
+    assert created and first.stored_at_ns > 0 and first.same_as(_result("call-1", "first"))
+    again, created = await store.put(_result("call-1", "second"), LONG_S)
+    assert not created and again.content == "first" and again.stored_at_ns == first.stored_at_ns
+    same, created = await store.put(_result("call-1", "first"), LONG_S)
+    assert not created and same == first, "the same answer again is not stored twice"
     held = await store.get("tenant-a", "session-1", "turn-1", "call-1", "result")
     assert held is not None and held.content == "first"
     assert await store.get("tenant-a", "session-1", "turn-1", "call-2", "result") is None
@@ -48,8 +50,8 @@ async def test_the_first_answer_for_a_call_holds(store: AnswerStore) -> None:
 
 
 async def test_a_call_keeps_a_decision_and_a_result_apart(store: AnswerStore) -> None:
-    decision = await store.put(_decision("call-1", approve=True), LONG_S)
-    result = await store.put(_result("call-1"), LONG_S)
+    decision, _ = await store.put(_decision("call-1", approve=True), LONG_S)
+    result, _ = await store.put(_result("call-1"), LONG_S)
     assert decision.kind == "decision" and decision.approve
     assert result.kind == "result" and result.content == "42"
 
@@ -73,5 +75,5 @@ async def test_an_answer_expires_after_its_time_to_live(store: AnswerStore) -> N
         assert time.monotonic() < deadline, "the answer never expired"
         await asyncio.sleep(0.2)
     assert [a.call_id for a in await store.of_turn("tenant-a", "session-1", "turn-1")] == ["call-2"]
-    taken = await store.put(_result("call-1", "new"), LONG_S)
-    assert taken.content == "new", "an expired answer's call may be answered again"
+    taken, created = await store.put(_result("call-1", "new"), LONG_S)
+    assert created and taken.content == "new", "an expired answer's call may be answered again"
