@@ -146,10 +146,10 @@ class ToolAnswers:
             if keeper is None:
                 raise
             reply = None  # no host answered for the session
-        if keeper is None or (reply is not None and reply.result != "resuming"):
-            assert reply is not None
+        if reply is not None and (keeper is None or reply.result in _JUDGED):
             _raise_for(reply)
             return reply
+        assert keeper is not None
         kept = await keeper.keep(as_answer(message), message.incarnation)
         _raise_for(kept)
         if kept.result != "accepted":
@@ -174,6 +174,11 @@ class ToolAnswers:
                 reason=Reason.HOST_UNAVAILABLE,
                 retry_after_s=1.0,
             ) from None
+
+
+_JUDGED = frozenset({"accepted", "duplicate", "not_found", "unknown_session", "approval_pending"})
+"""Host replies that judge the answer; any other (the turn is being taken up, the host could not record it or
+failed) leaves it to be kept."""
 
 
 def _raise_for(reply: ControlReply) -> None:

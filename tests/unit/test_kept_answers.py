@@ -206,6 +206,12 @@ async def test_a_turn_being_taken_up_gets_its_answer_kept() -> None:
     reply = await answers.submit(KEY.tenant_id, INCARNATION, _submit_request("call_1_1", "shipped"))
     assert not reply.duplicate
     assert await rig.store.get(KEY.tenant_id, KEY.session_id, "t1", "call_1_1", "result") is not None
+    failing = Hosts({"result": "error", "reason": "CONTROL_FAILED"}, {"result": "unavailable"})
+    decided = await ToolAnswers(failing, 4, keeper=rig.keeper).decide(
+        KEY.tenant_id, INCARNATION, "k1", _decide_request("call_1_2", True)
+    )
+    assert not decided.duplicate, "a host that failed to take the answer leaves it to be kept"
+    assert await rig.store.get(KEY.tenant_id, KEY.session_id, "t1", "call_1_2", "decision") is not None
 
 
 async def test_a_live_host_takes_the_answer_and_nothing_is_kept() -> None:
