@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from salon.actors.answer_watch import AnswerWatch
 from salon.actors.control import CancelTurn, ControlError, ControlReply, ControlRequest, parse_request
 from salon.actors.emitter import EventSink, TurnEmitter
 from salon.actors.events import TurnEvent
@@ -231,6 +232,9 @@ class SessionHost:
             self._start_pulling(puller)
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name=f"{self.name}-sweep"))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat"))
+        if self._tool_answers is not None:
+            watch = AnswerWatch(self._tool_answers, self._sessions.get)
+            self._tasks.append(asyncio.create_task(watch.run(), name=f"{self.name}-tool-answers"))
 
     def _start_pulling(self, puller: Puller) -> None:
         self._pull_tasks[puller.shard] = asyncio.create_task(

@@ -11,6 +11,7 @@ used).
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Protocol
 
@@ -84,4 +85,9 @@ class AnswerStore(Protocol):
 
     async def of_turn(self, tenant_id: str, session_id: str, turn_id: str) -> list[StoredAnswer]:
         """Every answer stored for the turn's calls, in the order they were stored."""
+        ...
+
+    def watch(self) -> AsyncIterator[StoredAnswer]:
+        """Every answer kept now, then each one stored from now on, as it is stored (until the caller stops;
+        raises :class:`~salon.storage.errors.Unavailable` when the store is lost)."""
         ...

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from salon.storage.tool_answers import AnswerKind, StoredAnswer
 
@@ -18,6 +19,7 @@ class InMemoryAnswerStore:
         self._clock = clock
         self._answers: dict[_Key, tuple[StoredAnswer, float]] = {}
         """Each key's answer and when it expires, in the order stored."""
+        self._watchers: set[asyncio.Queue[StoredAnswer]] = set()
 
     def _current(self, key: _Key) -> StoredAnswer | None:
         entry = self._answers.get(key)
@@ -38,6 +40,8 @@ class InMemoryAnswerStore:
             return held, False
         stored = dataclasses.replace(answer, stored_at_ns=time.time_ns())
         self._answers[key] = (stored, self._clock() + ttl_s)
+        for queue in self._watchers:
+            queue.put_nowait(stored)
         return stored, True
 
     async def get(
@@ -50,3 +54,16 @@ class InMemoryAnswerStore:
         """Every answer stored for the turn's calls, in the order stored."""
         keys = [k for k in self._answers if k[:3] == (tenant_id, session_id, turn_id)]
         return [answer for key in keys if (answer := self._current(key)) is not None]
+
+    async def watch(self) -> AsyncIterator[StoredAnswer]:
+        """Every answer kept now, then each one stored from now on."""
+        queue: asyncio.Queue[StoredAnswer] = asyncio.Queue()
+        for key in list(self._answers):
+            if (answer := self._current(key)) is not None:
+                queue.put_nowait(answer)
+        self._watchers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.discard(queue)

@@ -9,9 +9,11 @@ age limit is a backstop past the longest wait a turn may have.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import nats.errors
 import nats.js.errors
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
 MAX_AGE_S = 25 * 3600.0
 """The bucket's age limit: past a turn's longest tool wait (24 h) and the TTL's margin."""
+WATCH_POLL_S = 30.0
+"""How long a watch waits for the next update before it asks again (a quiet bucket is no error)."""
 MIN_TTL_S = 1.0
 """Shortest per-message TTL the server takes."""
 _SUFFIX: dict[AnswerKind, str] = {"result": "r", "decision": "d"}
@@ -110,6 +114,27 @@ class KvAnswerStore:
         except _NATS_ERRORS as exc:
             raise _unavailable() from exc
         return sorted(answers, key=lambda a: a.stored_at_ns)
+
+    async def watch(self) -> AsyncIterator[StoredAnswer]:
+        """Every answer kept now, then each one stored from now on (one ordered consumer on the bucket)."""
+        try:
+            watcher = await self._kv.watch(">", ignore_deletes=True)
+        except _NATS_ERRORS as exc:
+            raise _unavailable() from exc
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=WATCH_POLL_S)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    continue  # nothing stored meanwhile
+                except _NATS_ERRORS as exc:
+                    raise _unavailable() from exc
+                answer = _read(entry.value) if entry is not None else None  # None: the kept ones are all out
+                if answer is not None:
+                    yield answer
+        finally:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
 
 def _read(value: bytes | None) -> StoredAnswer | None:

@@ -5,6 +5,7 @@ answer expires after its time-to-live."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -77,3 +78,30 @@ async def test_an_answer_expires_after_its_time_to_live(store: AnswerStore) -> N
     assert [a.call_id for a in await store.of_turn("tenant-a", "session-1", "turn-1")] == ["call-2"]
     taken, created = await store.put(_result("call-1", "new"), LONG_S)
     assert created and taken.content == "new", "an expired answer's call may be answered again"
+
+
+async def test_a_watch_sees_the_kept_answers_then_each_new_one(store: AnswerStore) -> None:
+    await store.put(_result("call-1", "before"), LONG_S)
+    seen: list[str] = []
+
+    async def follow() -> None:
+        async for answer in store.watch():
+            seen.append(answer.content)
+
+    task = asyncio.create_task(follow())
+    try:
+        deadline = time.monotonic() + 30.0
+        while seen != ["before"]:
+            assert time.monotonic() < deadline, f"the kept answer was not seen: {seen}"
+            await asyncio.sleep(0.05)
+        await store.put(_result("call-1", "repeat"), LONG_S)  # not stored: not seen
+        await store.put(_decision("call-2", approve=True), LONG_S)
+        await store.put(_result("call-3", "after"), LONG_S)
+        while len(seen) < 3:
+            assert time.monotonic() < deadline, f"new answers were not seen: {seen}"
+            await asyncio.sleep(0.05)
+        assert seen == ["before", "", "after"]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -5,6 +5,8 @@ store."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -14,6 +16,7 @@ import pytest
 from test_tool_loop import INCARNATION, KEY, LOOKUP, REFUND, SEARCH, FakeServers, Rig, decide, results_sent, submit
 from unit_support import from_protos, wait_for
 
+from salon.actors.answer_watch import AnswerWatch
 from salon.actors.session import SessionActor, SessionState
 from salon.actors.stored_answers import as_answer, judge
 from salon.actors.tools import ToolPolicy
@@ -111,6 +114,26 @@ async def test_a_kept_answer_is_taken_once_across_two_activations() -> None:
     assert rig.kinds().count("tool_result") == 2, "the kept result was not taken a second time"
     progress = [p for log in rig.journal.logs for p in log.progress]
     assert sum(1 for p in progress for c in p.calls if c.call_id == "call_1_1" and c.source == "client") == 1
+
+
+async def test_an_answer_kept_while_the_turn_already_waits_here_reaches_it_through_the_watch() -> None:
+    rig = KeptRig(LOOKUP)
+    actor = await rig.activate()
+    sessions = {KEY: actor}
+    watch = asyncio.create_task(AnswerWatch(rig.store, sessions.get).run())
+    try:
+        await rig.submit(actor, "t1", '$CALL lookup {"order_id": "7"}\nso $RESULTS')
+        await wait_for(lambda: actor.waiting)
+        # The gateway could not reach this host in time and kept the answer.
+        assert await rig.keep(submit("call_1_1", "shipped")) == "accepted"
+        await wait_for(lambda: rig.acked == ["t1"])
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+        await actor.close()
+    [record] = rig.records()
+    assert [c.result for c in record.tool_calls] == ["shipped"] and rig.kinds().count("tool_result") == 1
 
 
 async def test_kept_answers_are_judged_as_the_host_judges_them() -> None:
