@@ -14,6 +14,9 @@ from nats.aio.client import Client as NatsClient
 
 from salon.storage import AnswerStore, Names, StoredAnswer
 from salon.storage.inmemory import InMemoryAnswerStore
+from salon.storage.jetstream.bus import BusSettings, ensure_bus
+from salon.storage.jetstream.client import close_connection, connect
+from salon.storage.jetstream.erasure import event_purger
 from salon.storage.jetstream.tool_answers import KvAnswerStore
 
 LONG_S = 600.0
@@ -105,3 +108,25 @@ async def test_a_watch_sees_the_kept_answers_then_each_new_one(store: AnswerStor
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@pytest.mark.integration
+async def test_a_users_erasure_purges_the_answers_kept_for_their_sessions(nats_url: str, names: Names) -> None:
+    nc = await connect(nats_url, name="contract-erasure")
+    try:
+        js = nc.jetstream()
+        purge = event_purger(js, names)
+        await ensure_bus(js, names, BusSettings(num_shards=1))
+        await purge("tenant-a", "session-1")  # no answer kept yet: nothing to purge, no error
+        store = await KvAnswerStore.open(js, names)
+        await store.put(_result("call-1"), LONG_S)
+        other = StoredAnswer("tenant-a", "session-2", "turn-1", "call-1", "result", content="kept")
+        await store.put(other, LONG_S)
+        await purge("tenant-a", "session-1")
+        assert await store.of_turn("tenant-a", "session-1", "turn-1") == []
+        assert [a.content for a in await store.of_turn("tenant-a", "session-2", "turn-1")] == ["kept"]
+        await js.delete_key_value(names.tool_answers_bucket)
+        await js.delete_stream(names.turns_stream)
+        await js.delete_stream(names.events_stream)
+    finally:
+        await close_connection(nc)
