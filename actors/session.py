@@ -187,7 +187,8 @@ class SessionActor:
         this session will take up again once its message is redelivered."""
         self.last_active = self._clock()
         head = self._queue.head if self._queue else None
-        if head is None or head.turn_id != message.turn_id:
+        if head is None or head.turn_id != message.turn_id or (head.progress and not head.calls):
+            # Not here yet, or here but its calls not rebuilt from its records yet: it takes answers once it waits.
             return ControlReply("resuming" if message.turn_id in self.state.unfinished else "not_found")
         if head.emitter.finished:
             # Its last event is out (the client may already answer again) while the session still records it.

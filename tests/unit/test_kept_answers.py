@@ -136,6 +136,20 @@ async def test_an_answer_kept_while_the_turn_already_waits_here_reaches_it_throu
     assert [c.result for c in record.tool_calls] == ["shipped"] and rig.kinds().count("tool_result") == 1
 
 
+async def test_a_turn_taken_up_but_not_rebuilt_yet_is_resuming_not_finished() -> None:
+    rig = KeptRig(LOOKUP, REFUND)
+    sent = await _left_waiting(rig)
+    second = await rig.activate("host-b")
+    try:
+        await rig.submit(second, "t1", TEXT, prior_events=from_protos(sent))
+        # Admitted, its calls not rebuilt yet: the answer is kept by the gateway, not refused as for no call.
+        assert (await second.answer(submit("call_1_1", "shipped"))).result == "resuming"
+        await wait_for(lambda: second.waiting)
+        assert (await second.answer(submit("call_1_1", "shipped"))).result == "accepted"
+    finally:
+        await second.close()
+
+
 async def test_kept_answers_are_judged_as_the_host_judges_them() -> None:
     rig = KeptRig(LOOKUP, REFUND, servers=FakeServers())
     await _left_waiting(rig)
