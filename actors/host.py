@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from salon.actors.answer_watch import AnswerWatch
 from salon.actors.control import CancelTurn, ControlError, ControlReply, ControlRequest, parse_request
 from salon.actors.emitter import EventSink, TurnEmitter
 from salon.actors.events import TurnEvent
@@ -31,7 +32,7 @@ from salon.actors.tool_servers import NoToolServers, ToolServers
 from salon.actors.tools import ToolPolicy
 from salon.actors.wire import event_from_proto, event_to_proto, policy_from_proto, selection_from_proto
 from salon.otel import ConsumerSpan, attributes, consumer_span
-from salon.storage import Journal, Retriever, SessionRegistry, TurnEnvelope, incarnation_of
+from salon.storage import AnswerStore, Journal, Retriever, SessionRegistry, TurnEnvelope, incarnation_of
 from salon.storage.errors import InvalidArgument, NotFound, SalonError
 from salon.v1 import session_pb2, turn_pb2
 
@@ -184,6 +185,7 @@ class SessionHost:
         clock: Callable[[], float] = time.monotonic,
         retriever: Retriever | None = None,
         tool_servers: ToolServers | None = None,
+        tool_answers: AnswerStore | None = None,
     ) -> None:
         self.name = name
         self._pullers: dict[int, Puller] = {p.shard: p for p in pullers}
@@ -203,6 +205,8 @@ class SessionHost:
         self._tool_servers = tool_servers or NoToolServers()
         """Owned: started by :meth:`start`, closed by :meth:`close`."""
         self._tool_stats = ToolStats()
+        self._tool_answers = tool_answers
+        """Tool answers the gateway kept while no host served a session (read by waiting turns)."""
         self._settings = settings
         self._clock = clock
         self._sessions: dict[SessionKey, SessionActor] = {}
@@ -228,6 +232,9 @@ class SessionHost:
             self._start_pulling(puller)
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name=f"{self.name}-sweep"))
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat"))
+        if self._tool_answers is not None:
+            watch = AnswerWatch(self._tool_answers, self._sessions.get)
+            self._tasks.append(asyncio.create_task(watch.run(), name=f"{self.name}-tool-answers"))
 
     def _start_pulling(self, puller: Puller) -> None:
         self._pull_tasks[puller.shard] = asyncio.create_task(
@@ -558,6 +565,7 @@ class SessionHost:
             summarizer=self._summarizer,
             tool_servers=self._tool_servers,
             tool_stats=self._tool_stats,
+            stored_answers=self._tool_answers,
         )
         self._sessions[key] = session
         self.activations += 1

@@ -35,6 +35,7 @@ from salon.storage.jetstream.client import close_connection, connect
 from salon.storage.jetstream.leases import KvLeaseStore
 from salon.storage.jetstream.ledger import LedgerReader, NatsJournal
 from salon.storage.jetstream.sessions import KvSessionRegistry
+from salon.storage.jetstream.tool_answers import KvAnswerStore
 from salon.storage.lazy import LazyEmbedder, LazyRetriever
 
 if TYPE_CHECKING:
@@ -170,6 +171,7 @@ async def build_host(spec: HostSpec) -> tuple[SessionHost, Any]:
         settings=spec.settings,
         retriever=retriever,
         tool_servers=spec.tools_factory() if spec.tools_factory is not None else None,
+        tool_answers=await KvAnswerStore.open(js, names),
     )
     return host, nc
 

@@ -43,7 +43,7 @@ from salon.actors.tool_loop import ToolLoop, ToolStats
 from salon.actors.tool_servers import NoToolServers, ToolServers
 from salon.actors.turn import InFlight, LocalInFlight, SessionKey, SessionSettings, Turn
 from salon.actors.turn_queue import POLICIES, TurnQueue
-from salon.storage import Fenced, Retriever, SessionLog
+from salon.storage import AnswerStore, Fenced, Retriever, SessionLog
 
 __all__ = [
     "POLICIES",
@@ -77,6 +77,7 @@ class SessionActor:
         summarizer: Summarizer | None = None,
         tool_servers: ToolServers | None = None,
         tool_stats: ToolStats | None = None,
+        stored_answers: AnswerStore | None = None,
     ) -> None:
         self.key = key
         self.settings = settings
@@ -96,6 +97,7 @@ class SessionActor:
             self._recorder,
             tool_stats or ToolStats(),
             closing=lambda: self._closed,
+            stored=stored_answers,
         )
         self._execution = TurnExecution(
             key,
@@ -185,7 +187,8 @@ class SessionActor:
         this session will take up again once its message is redelivered."""
         self.last_active = self._clock()
         head = self._queue.head if self._queue else None
-        if head is None or head.turn_id != message.turn_id:
+        if head is None or head.turn_id != message.turn_id or (head.progress and not head.calls):
+            # Not here yet, or here but its calls not rebuilt from its records yet: it takes answers once it waits.
             return ControlReply("resuming" if message.turn_id in self.state.unfinished else "not_found")
         if head.emitter.finished:
             # Its last event is out (the client may already answer again) while the session still records it.

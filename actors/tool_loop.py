@@ -18,7 +18,9 @@ A host that dies while a turn waits loses nothing: the turn's message is redeliv
 :meth:`ToolLoop.resume` rebuilds the turn's rounds and calls from its progress records, sends the events of the
 last recorded step the events stream does not hold (and no other), and the turn waits on; the model is never
 asked again for a recorded round. An MCP call that was running when the host died is not run twice: the model
-is told it may or may not have completed.
+is told it may or may not have completed. An answer given while no host served the turn was stored by the
+gateway (:mod:`salon.actors.stored_answers`): each wait first takes the turn's stored answers, through the same
+checks as one sent to it, so each is taken once (the ledger then holds it).
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from salon import otel
@@ -40,6 +43,7 @@ from salon.actors.model import ModelResult, ToolResult, ToolSpec
 from salon.actors.model_call import DEADLINE_PASSED
 from salon.actors.recorder import Recorder
 from salon.actors.running import RunningTurn
+from salon.actors.stored_answers import as_message, in_taking_order
 from salon.actors.tool_calls import (
     ToolRound,
     answered,
@@ -62,7 +66,7 @@ from salon.actors.tools import (
     validate_call,
 )
 from salon.actors.turn import SessionKey
-from salon.storage import ProgressRecord, SalonError, ToolApproval, ToolCallEntry, ToolSource
+from salon.storage import AnswerStore, ProgressRecord, SalonError, ToolApproval, ToolCallEntry, ToolSource
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,8 @@ INJECTION_WITHHELD = (
     "The tool's output was withheld: the prompt-injection guardrail found instructions in it. Do not retry the "
     "call with the same arguments; tell the user the result could not be used."
 )
+STORED_RETRY_S = 2.0
+"""How often a wait tries again to read the turn's stored answers when the store could not be read."""
 MAX_TOOL_NAMES = 200
 """Distinct tool names the host's call counts keep apart (more are counted as ``_OTHER``)."""
 
@@ -126,12 +132,15 @@ class ToolLoop:
         stats: ToolStats,
         *,
         closing: Callable[[], bool] = lambda: False,
+        stored: AnswerStore | None = None,
     ) -> None:
         self._key = key
         self._servers = servers
         self._recorder = recorder
         self._stats = stats
         self._closing = closing
+        self._stored = stored
+        """Answers the gateway kept while no host served the session (None: it keeps none)."""
 
     # What a turn offers
 
@@ -209,6 +218,7 @@ class ToolLoop:
         the unanswered calls get their results. Cancelling the caller (the session closing) leaves the turn as
         it is, for the session's next activation."""
         calls = running.calls
+        taken = not calls.unanswered() or await self._take_stored(running)
         pending = calls.unanswered()
         if not pending:
             return
@@ -219,7 +229,8 @@ class ToolLoop:
             running.set_waiting(True)
             self._stats.waiting += 1
         try:
-            timed_out_ = await self._until_answered(running, deadline_ns)
+            retry = None if taken else functools.partial(self._take_stored, running)
+            timed_out_ = await self._until_answered(running, deadline_ns, retry)
         finally:
             if waiting:
                 running.set_waiting(False)
@@ -233,10 +244,12 @@ class ToolLoop:
         elif running.cancel_reason:
             await self.settle(running, "cancelled")
 
-    async def _until_answered(self, running: RunningTurn, deadline_ns: int) -> bool:
+    async def _until_answered(
+        self, running: RunningTurn, deadline_ns: int, retry: Callable[[], Awaitable[bool]] | None
+    ) -> bool:
         """Wait in a task of the turn's (so stopping the turn stops the wait); whether the round's deadline
-        passed first."""
-        task = asyncio.create_task(_answered(running))
+        passed first. ``retry``: reads the stored answers again (until it succeeds) while the wait goes on."""
+        task = asyncio.create_task(_answered(running, retry))
         running.task = task
         if running.cancel_reason:
             task.cancel()  # stopped while the round was being recorded, before there was a wait to stop
@@ -293,6 +306,24 @@ class ToolLoop:
         running.calls.spans.clear()
 
     # Answers
+
+    async def _take_stored(self, running: RunningTurn) -> bool:
+        """Hand the turn the answers stored for it while no host served it; whether they could be read."""
+        if self._stored is None:
+            return True
+        key = self._key
+        try:
+            stored = await self._stored.of_turn(key.tenant_id, key.session_id, running.turn_id)
+        except SalonError as exc:
+            log.warning("stored tool answers of session %s could not be read (%s); trying again", key, exc.reason)
+            return False
+        for answer in in_taking_order(stored):
+            reply = await self.answer(running, as_message(answer))
+            if reply.result == "unavailable":
+                return False  # not recorded: read again later
+            if reply.result == "accepted":
+                log.info("session %s took a tool answer stored while its host was away", key)
+        return True
 
     async def answer(self, running: RunningTurn, message: SubmitToolResult | DecideApproval) -> ControlReply:
         """Take a client's result or a person's decision for one of the turn's calls; what became of it."""
@@ -491,13 +522,19 @@ async def _send(running: RunningTurn, entries: Sequence[ToolCallEntry], after_se
         await running.emitter.emit(body)
 
 
-async def _answered(running: RunningTurn) -> None:
+async def _answered(running: RunningTurn, retry: Callable[[], Awaitable[bool]] | None = None) -> None:
     calls = running.calls
     while calls.unanswered() and calls.failure is None:
         calls.changed.clear()
         if not calls.unanswered():
             return
-        await calls.changed.wait()
+        if retry is None:
+            await calls.changed.wait()
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(calls.changed.wait(), STORED_RETRY_S)
+        if await retry():
+            retry = None
 
 
 async def _stop_tasks(tasks: set[asyncio.Task[None]]) -> None:

@@ -55,6 +55,7 @@ from salon.storage.jetstream.ledger import LedgerSettings, NatsJournal, ensure_l
 from salon.storage.jetstream.ledger_floor import writer_ack_floor
 from salon.storage.jetstream.session_changes import SessionChanges
 from salon.storage.jetstream.sessions import KvSessionRegistry
+from salon.storage.jetstream.tool_answers import KvAnswerStore
 from salon.storage.jetstream.usage import KvTokenCounters, KvTurnCounters
 from salon.storage.lance.knowledge import KnowledgeBase
 from salon.storage.lance.memory_search import MemorySearch
@@ -308,6 +309,7 @@ class Engine:
             guardrails_for=self.tenants.guardrails_for,
             stored_floor=writer_ack_floor(js, self.names),
             tool_servers_for=self._tool_servers_for(),
+            tool_answers=await KvAnswerStore.open(js, self.names, replicas=self.replicas),
         )
         # The turn path keeps session definitions while the registry's changes are watched (engine.session_cache).
         self._session_changes = SessionChanges(js, self.names, gateway.sessions.forget)

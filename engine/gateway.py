@@ -20,10 +20,12 @@ from salon import otel
 from salon.actors import GuardrailSettings, SessionState, is_terminal, record_events, shard_for
 from salon.actors.usage import token_counts
 from salon.engine.config import Config
+from salon.engine.kept_answers import AnswerKeeper
 from salon.engine.session_cache import SessionCache
 from salon.engine.tools_api import ToolAnswers, check_decide, check_submit, check_tool_set, check_tool_settings
 from salon.engine.validation import check_create_session, check_send_turn, page_size
 from salon.storage import (
+    AnswerStore,
     FailedPrecondition,
     InvalidArgument,
     Journal,
@@ -81,11 +83,15 @@ class Gateway:
         guardrails_for: Callable[[str], GuardrailSettings] | None = None,
         stored_floor: StoredFloor = no_floor,
         tool_servers_for: Callable[[str], Collection[str]] | None = None,
+        tool_answers: AnswerStore | None = None,
     ) -> None:
         self._config = config
         self._publisher = publisher
         self._tool_servers_for = tool_servers_for
-        self._answers = ToolAnswers(publisher.control, config.num_shards, max_result_bytes=config.tool_max_result_bytes)
+        keeper = AnswerKeeper(tool_answers, journal) if tool_answers is not None else None
+        self._answers = ToolAnswers(
+            publisher.control, config.num_shards, max_result_bytes=config.tool_max_result_bytes, keeper=keeper
+        )
         self._registry = registry
         self.sessions = SessionCache(registry)
         """Definitions for the turn path (kept once the engine watches the registry's changes)."""

@@ -7,7 +7,10 @@ servers the deployment and the caller's tenant configure. A result or decision g
 control message (:mod:`salon.actors.control`) to the host owning the session's shard; the session checks it against
 the turn's own calls, appends it to its ledger and answers. The host's answer becomes the RPC's: the same
 NOT_FOUND for an unknown call, a finished turn and another tenant's session; ``duplicate`` for a call already
-answered; UNAVAILABLE with a retry hint while the owning host is away or the turn is being taken up again.
+answered. While no host answers for the session, or its next host has yet to take the turn up, the answer is
+judged against the turn's records and kept (:mod:`salon.engine.kept_answers`) for the turn to take when it waits
+again: accepted all the same, or refused as a host would; UNAVAILABLE with a retry hint only when neither the
+host nor the ledger and the answer store can be reached (or when the gateway keeps no answers).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from salon.actors import ToolPolicy, ToolSelection, check_servers, policy_from_proto, selection_from_proto, shard_for
 from salon.actors.control import ControlError, ControlReply, DecideApproval, SubmitToolResult
+from salon.actors.stored_answers import as_answer
 from salon.actors.tools import (
     DEFAULT_MAX_RESULT_BYTES,
     EMPTY_TOOL_RESULT,
@@ -24,6 +28,7 @@ from salon.actors.tools import (
     check_decision,
     check_result_size,
 )
+from salon.engine.kept_answers import AnswerKeeper
 from salon.storage import FailedPrecondition, InvalidArgument, NotFound, Reason, Unavailable, require_id
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import session_pb2
@@ -75,14 +80,22 @@ def check_decide(request: cs_pb2.DecideApprovalRequest) -> None:
 
 
 class ToolAnswers:
-    """Routes tool results and approval decisions to the hosts that own their sessions."""
+    """Routes tool results and approval decisions to the hosts that own their sessions, and keeps those no host
+    takes (with a :class:`~salon.engine.kept_answers.AnswerKeeper`) for the turn to take when it waits again."""
 
     def __init__(
-        self, control: ControlSender, num_shards: int, *, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+        self,
+        control: ControlSender,
+        num_shards: int,
+        *,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        keeper: AnswerKeeper | None = None,
     ) -> None:
         self._control = control
         self._num_shards = num_shards
         self.max_result_bytes = max_result_bytes
+        self._keeper = keeper
+        """None: an answer no host takes is refused as unavailable, to be sent again."""
 
     async def submit(
         self, tenant_id: str, incarnation: str, request: cs_pb2.SubmitToolResultRequest
@@ -98,7 +111,7 @@ class ToolAnswers:
             content=request.error if is_error else request.result,
             is_error=is_error,
         )
-        reply = await self._send(tenant_id, request.session_id, message.to_dict())
+        reply = await self._answer(message)
         return cs_pb2.SubmitToolResultResponse(duplicate=reply.result == "duplicate")
 
     async def decide(
@@ -117,24 +130,55 @@ class ToolAnswers:
             approver=request.approver,
             decided_by=decided_by,
         )
-        reply = await self._send(tenant_id, request.session_id, message.to_dict())
+        reply = await self._answer(message)
         approved = reply.verdict == "approve" if reply.verdict else message.approve
         verdict = cs_pb2.APPROVAL_VERDICT_APPROVE if approved else cs_pb2.APPROVAL_VERDICT_REJECT
         return cs_pb2.DecideApprovalResponse(duplicate=reply.result == "duplicate", verdict=verdict)
 
-    async def _send(self, tenant_id: str, session_id: str, message: Mapping[str, str]) -> ControlReply:
-        shard = shard_for(tenant_id, session_id, self._num_shards)
-        raw = await self._control(shard, message)
+    async def _answer(self, message: SubmitToolResult | DecideApproval) -> ControlReply:
+        """The answer's fate: taken by the host, or (with no host to take it) kept; raises the RPC's error for a
+        refusal."""
+        keeper = self._keeper
+        shard = shard_for(message.tenant_id, message.session_id, self._num_shards)
         try:
-            reply = ControlReply.from_dict(raw)
+            reply = await self._ask(shard, message)
+        except Unavailable:
+            if keeper is None:
+                raise
+            reply = None  # no host answered for the session
+        if reply is not None and (keeper is None or reply.result in _JUDGED):
+            _raise_for(reply)
+            return reply
+        assert keeper is not None
+        kept = await keeper.keep(as_answer(message), message.incarnation)
+        _raise_for(kept)
+        if kept.result != "accepted":
+            return kept
+        # A host that took the turn up and read the kept answers before this one was stored learns of it here.
+        try:
+            told = await self._ask(shard, message)
+        except Unavailable:
+            return kept
+        if told.result == "duplicate" and told.verdict and told.verdict != kept.verdict:
+            return told  # another answer reached the turn first
+        return kept
+
+    async def _ask(self, shard: int, message: SubmitToolResult | DecideApproval) -> ControlReply:
+        """The host's reply; :class:`Unavailable` when no host answered or its reply cannot be read."""
+        raw = await self._control(shard, message.to_dict())
+        try:
+            return ControlReply.from_dict(raw)
         except ControlError:
             raise Unavailable(
                 "the session's host gave an answer this gateway cannot read",
                 reason=Reason.HOST_UNAVAILABLE,
                 retry_after_s=1.0,
             ) from None
-        _raise_for(reply)
-        return reply
+
+
+_JUDGED = frozenset({"accepted", "duplicate", "not_found", "unknown_session", "approval_pending"})
+"""Host replies that judge the answer; any other (the turn is being taken up, the host could not record it or
+failed) leaves it to be kept."""
 
 
 def _raise_for(reply: ControlReply) -> None:

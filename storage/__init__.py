@@ -49,11 +49,14 @@ from salon.storage.records import (
 from salon.storage.retrieval import Passage, RetrievalQuery, Retriever
 from salon.storage.sessions import SessionRegistry, incarnation_of
 from salon.storage.subjects import Names
+from salon.storage.tool_answers import AnswerKind, AnswerStore, StoredAnswer
 from salon.storage.urls import redact_url
 from salon.storage.usage import TokenCounters, TurnCounters
 
 __all__ = [
     "AlreadyExists",
+    "AnswerKind",
+    "AnswerStore",
     "Chunk",
     "DeadlineExceeded",
     "Document",
@@ -84,6 +87,7 @@ __all__ = [
     "SessionLog",
     "SessionRegistry",
     "SnapshotRecord",
+    "StoredAnswer",
     "TokenCounters",
     "ToolApproval",
     "ToolCallEntry",

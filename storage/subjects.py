@@ -67,6 +67,12 @@ class Names:
         """Key-value bucket of shard leases and host presence (entries expire unless renewed)."""
         return f"{self.namespace}_leases"
 
+    @property
+    def tool_answers_bucket(self) -> str:
+        """Key-value bucket of tool results and approval decisions taken while a turn's host was away (entries
+        expire after their call's wait deadline)."""
+        return f"{self.namespace}_tool_answers"
+
     def turn_subject(self, shard: int) -> str:
         """Subject of the turns of ``shard``."""
         return f"{self.namespace}.turns.{shard}"

@@ -6,9 +6,11 @@ from salon.storage.inmemory.leases import InMemoryLeaseStore
 from salon.storage.inmemory.ledger import InMemoryJournal
 from salon.storage.inmemory.retrieval import InMemoryRetriever
 from salon.storage.inmemory.sessions import InMemorySessionRegistry
+from salon.storage.inmemory.tool_answers import InMemoryAnswerStore
 from salon.storage.inmemory.usage import InMemoryTokenCounters, InMemoryTurnCounters
 
 __all__ = [
+    "InMemoryAnswerStore",
     "InMemoryJournal",
     "InMemoryLeaseStore",
     "InMemoryRetriever",

@@ -1,8 +1,9 @@
-"""Purging a session's turn events from the events stream (a user's erasure: they hold the answers' text until
-they age out)."""
+"""Purging a session's turn events from the events stream, and the tool answers kept for its turns (a user's
+erasure: they hold the answers' and the tools' text until they age out)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import nats.errors
@@ -16,11 +17,15 @@ from salon.storage.subjects import Names
 
 
 def event_purger(js: JetStreamContext, names: Names) -> Callable[[str, str], Awaitable[None]]:
-    """Purges the events stream of one session's turns (they hold the answers' text until they age out)."""
+    """Purges the events stream of one session's turns (they hold the answers' text until they age out), and the
+    tool answers kept for them."""
 
     async def purge(tenant_id: str, session_id: str) -> None:
         subject = names.event_subject(require_id(tenant_id, "tenant_id"), require_id(session_id, "session_id"), ">")
+        bucket = names.tool_answers_bucket
         try:
+            with contextlib.suppress(nats.js.errors.NotFoundError):  # no answer was ever kept
+                await js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{tenant_id}.{session_id}.>")
             await js.purge_stream(names.events_stream, subject=subject)
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
             raise Unavailable(
