@@ -172,7 +172,9 @@ async def test_a_client_tool_round_trip_continues_the_turn_and_is_in_history_and
     before = len(rig.anthropic.requests)
     rig.anthropic.push(
         Reply.calls(ToolUse("find_order", {"order_id": "42"}), text=["Let me ", "check. "], input_tokens=20),
-        Reply(tokens=["It ", "shipped."], input_tokens=30),
+        # Held until the second answer is in: otherwise the turn may finish first and refuse it as a finished
+        # turn's call (checked below), not count it as the duplicate it is.
+        Reply(tokens=["It ", "shipped."], input_tokens=30, gate_after=0),
     )
     watch = rig.watch(stub, session_id, "where is order 42?")
     [call_event] = await watch.until("tool_call")
@@ -184,6 +186,7 @@ async def test_a_client_tool_round_trip_continues_the_turn_and_is_in_history_and
     assert unknown[0] == grpc.StatusCode.NOT_FOUND and unknown[2] == "TOOL_CALL_NOT_FOUND"
     assert not (await rig.submit(stub, watch, call.call_id, result='{"status": "shipped"}')).duplicate
     assert (await rig.submit(stub, watch, call.call_id, result="again")).duplicate, "answered twice counts once"
+    rig.anthropic.release()
     events = await watch.done()
     assert_well_formed(events, session_id)
     kinds = [e.WhichOneof("kind") for e in events]
