@@ -182,6 +182,7 @@ def host_specs(
         max_inflight_per_tenant=config.max_turns_per_tenant,
         retrieval_top_k=config.retrieval_top_k,
         retrieval_min_score=config.retrieval_min_score,
+        retrieval_token_budget=config.retrieval_token_budget,
         summary_max_tokens=config.summary_max_tokens,
         summary_min_messages=config.summary_min_messages,
         tool_policy=config.tool_policy(),

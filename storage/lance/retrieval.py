@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -108,6 +108,13 @@ class LanceRetriever:
             for p in fuse(pool.values(), query_text=query.text, period=period if source == MEMORY else None)
         ]
         return select(fused, top_k=query.top_k, min_score=query.min_score)
+
+    @property
+    def count_tokens(self) -> Callable[[str], int] | None:
+        """The embedding model's count of word pieces, once the model is loaded (None before, or for a model
+        without a tokenizer): what a prompt's passage budget is counted in."""
+        counter = getattr(self._embedder, "count_tokens", None)
+        return counter if callable(counter) else None
 
     async def _has_knowledge(self, tenant_id: str) -> bool:
         """Whether the tenant has any document, from a count remembered for a while: a tenant with documents
