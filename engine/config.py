@@ -189,6 +189,11 @@ class Config:
         200, "Knowledge base: tokens (the embedding model's word pieces) per chunk of an ingested document ..."
     )
     chunk_overlap_tokens: int = _setting(40, "... of which this many repeat the end of the previous chunk.")
+    vector_index_min_rows: int = _setting(
+        100000,
+        "Rows past which the knowledge and memories tables get an ANN (IVF_PQ) vector index, built in the "
+        "background by their writer; below it every search is exact. 0: never (bench/RESULTS.md).",
+    )
     max_document_bytes: int = _setting(1048576, "Largest document accepted for ingestion, in bytes of UTF-8.")
     shutdown_grace_s: float = _setting(10.0, "On shutdown, how long running turns may take to finish.")
     stream_write_timeout_s: float = _setting(
@@ -367,6 +372,7 @@ class Config:
             (not 0 <= self.retrieval_top_k <= 50, "retrieval_top_k must be 0-50"),
             (not 0.0 <= self.retrieval_min_score <= 1.0, "retrieval_min_score must be between 0 and 1"),
             (self.retrieval_token_budget < 1, "retrieval_token_budget must be at least 1"),
+            (self.vector_index_min_rows < 0, "vector_index_min_rows must not be negative"),
             (
                 self.summary_max_tokens < 16 or self.summary_min_messages < 1,
                 "summary_max_tokens must be at least 16 and summary_min_messages at least 1",

@@ -359,6 +359,7 @@ class WriterHandle:
             flush_interval_s=config.flush_interval_s,
             log_level=config.log_level,
             embedding_model=config.embedding_model if config.long_term_memory else "",
+            vector_index_min_rows=config.vector_index_min_rows,
             telemetry=TelemetrySettings.from_config(config),
         )
         self._name = f"{config.namespace}-writer"

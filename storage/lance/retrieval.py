@@ -21,6 +21,7 @@ from salon.storage.ids import require_id
 from salon.storage.lance.connection import connect
 from salon.storage.lance.reembed import check_model
 from salon.storage.lance.schemas import TEXT, VECTOR
+from salon.storage.lance.vector_index import tune
 from salon.storage.periods import Period, find_period
 from salon.storage.retrieval import KNOWLEDGE, MEMORY, Candidate, Passage, RetrievalQuery, check_query, fuse, select
 from salon.storage.tables import UNREADABLE, knowledge_spec, memories_spec, open_table, store_errors
@@ -268,7 +269,7 @@ def _merge(source: str, version: int, by_vector: pa.Table, by_text: pa.Table | N
 async def _vector_search(
     table: AsyncTable, where: str, vector: Sequence[float], columns: list[str], limit: int
 ) -> pa.Table:
-    search = table.query().nearest_to(list(vector)).column(VECTOR).distance_type("cosine")
+    search = tune(table.query().nearest_to(list(vector)).column(VECTOR).distance_type("cosine"))
     return await search.where(where).select([*columns, "_distance"]).limit(limit).to_arrow()
 
 
