@@ -42,7 +42,7 @@ from salon.storage.lance.connection import connect, retry_conflicts
 from salon.storage.lance.reembed import check_model
 from salon.storage.lance.retrieval import SearchTarget, candidate_limit, hybrid_search, knowledge_filter
 from salon.storage.lance.schemas import CHUNK_KEY, knowledge_schema, rows_to_batch
-from salon.storage.lance.vector_index import VECTOR_INDEX_MIN_ROWS, VectorIndexer
+from salon.storage.lance.vector_index import VECTOR_INDEX_MIN_ROWS, SearchPlanner, VectorIndexer
 from salon.storage.reasons import Reason
 from salon.storage.retrieval import KNOWLEDGE, Passage, fuse, select
 from salon.storage.tables import (
@@ -116,6 +116,7 @@ class KnowledgeBase:
         self._maintenance_lock = asyncio.Lock()
         self._last_optimize = -OPTIMIZE_MIN_INTERVAL_S
         self.vector_index = VectorIndexer(table, "knowledge", min_rows=vector_index_min_rows)
+        self._plan = SearchPlanner(table)
         """Builds the table's ANN index once it is large (see :mod:`salon.storage.lance.vector_index`)."""
         self._closed = False
 
@@ -235,7 +236,9 @@ class KnowledgeBase:
         where = knowledge_filter(tenant_id, collections=collections, document_ids=document_ids)
         if top_k <= 0:
             return []
-        target = SearchTarget(self._table, KNOWLEDGE, where)
+        with store_errors("cannot read the knowledge base", UNREADABLE):
+            exact = await self._plan.exact(where)
+        target = SearchTarget(self._table, KNOWLEDGE, where, exact)
         (candidates,) = await hybrid_search([target], text, self._embedder.embed([text]), limit=candidate_limit(top_k))
         return select(fuse(candidates, query_text=text), top_k=top_k, min_score=min_score)
 

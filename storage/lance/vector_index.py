@@ -5,9 +5,10 @@ prefiltered rows), which is fast at that size. Past it, the writer of the table 
 the memory indexer for ``memories``) builds an IVF_PQ index in the background (:class:`VectorIndexer`);
 :meth:`~salon.storage.tables.TranscriptStore.optimize` and later ingestions fold new rows into it. Searches
 then probe :data:`NPROBES` partitions and re-rank :data:`REFINE_FACTOR` times the rows asked for with the
-full vectors (:func:`tune`). A prefilter that leaves few rows (one session's memories) is answered exactly by
-LanceDB even with the index. How these were chosen (recall against exact search, latency, build time at 100k
-and 1M rows): ``python -m bench.bench_retrieval --ann``, bench/RESULTS.md.
+full vectors (:func:`tune`). A prefilter that leaves few rows (one session's memories, a small tenant's
+knowledge) is searched exactly even when the table has the index (:class:`SearchPlanner`). How these were
+chosen (recall against exact search, latency, build time at 100k and 1M rows): ``python -m
+bench.bench_retrieval --ann``, bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -50,9 +51,51 @@ def index_config(rows: int) -> IvfPq:
     return IvfPq(distance_type="cosine", num_partitions=max(1, rows // ROWS_PER_PARTITION))
 
 
-def tune(search: Any) -> Any:
-    """``search`` (a vector query) with the index's search settings; without an index LanceDB ignores them."""
+EXACT_MAX_ROWS: Final = 10_000
+"""A prefilter that leaves fewer rows than this is searched exactly even when the table has its index:
+measured, 100 prefiltered rows of a 100k-row table took 4 ms exactly against 8-10 ms through the index, and
+at 1M rows the index found only part of them (its probed partitions hold only some)."""
+SCOPE_SEEN_S: Final = 30.0
+"""How long a prefilter's row count (and whether the table has its index) is taken as known."""
+SCOPES_KEPT: Final = 10_000
+"""Row counts remembered before the memo starts over."""
+
+
+def tune(search: Any, *, exact: bool = False) -> Any:
+    """``search`` (a vector query) exact (the index bypassed) or with the index's search settings (which
+    LanceDB ignores while there is no index)."""
+    if exact:
+        return search.bypass_vector_index()
     return search.nprobes(NPROBES).refine_factor(REFINE_FACTOR)
+
+
+class SearchPlanner:
+    """Decides, per prefilter, whether a vector search of ``table`` goes through its ANN index or is exact.
+
+    A table without the index costs nothing to plan (whether it has one is looked up every
+    :data:`SCOPE_SEEN_S`); with it, a prefilter's rows are counted (remembered as long) and fewer than
+    ``max_exact_rows`` are searched exactly."""
+
+    def __init__(self, table: AsyncTable, *, max_exact_rows: int = EXACT_MAX_ROWS) -> None:
+        self._table = table
+        self._max_exact_rows = max_exact_rows
+        self._indexed = (-SCOPE_SEEN_S, False)
+        self._rows: dict[str, tuple[float, int]] = {}
+
+    async def exact(self, where: str) -> bool:
+        """Whether the search prefiltered by ``where`` should bypass the index (True also when there is none)."""
+        now = time.monotonic()
+        if now - self._indexed[0] >= SCOPE_SEEN_S:
+            self._indexed = (now, await has_vector_index(self._table))
+        if not self._indexed[1]:
+            return True
+        seen = self._rows.get(where)
+        if seen is None or now - seen[0] >= SCOPE_SEEN_S:
+            if len(self._rows) >= SCOPES_KEPT:
+                self._rows.clear()
+            seen = (now, await self._table.count_rows(where))
+            self._rows[where] = seen
+        return seen[1] < self._max_exact_rows
 
 
 async def has_vector_index(table: AsyncTable) -> bool:

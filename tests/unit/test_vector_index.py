@@ -13,7 +13,7 @@ from test_tables import turn
 from salon.storage import Document, HashEmbedder, RetrievalQuery
 from salon.storage.lance.knowledge import KnowledgeBase
 from salon.storage.lance.retrieval import LanceRetriever
-from salon.storage.lance.vector_index import has_vector_index, tune
+from salon.storage.lance.vector_index import SearchPlanner, has_vector_index, tune
 from salon.storage.tables import MEMORIES, TranscriptStore
 
 WORDS = [f"w{i}" for i in range(400)]
@@ -55,6 +55,10 @@ async def test_a_knowledge_table_past_the_threshold_gets_an_index_and_searches_s
             assert await ids_of(table, vector, exact=False) == await ids_of(table, vector, exact=True)
         hits = await kb.search("acme", "what is the wifi password", top_k=3)
         assert hits[0].document_id == f"d{len(corpus) - 1}"
+        # A wide prefilter goes through the index, a narrow one is searched exactly.
+        plan = SearchPlanner(table, max_exact_rows=100)
+        assert not await plan.exact("tenant_id = 'acme'")
+        assert await plan.exact("document_id IN ('d1', 'd2')")
     finally:
         await kb.close()
 
@@ -67,6 +71,7 @@ async def test_a_knowledge_table_below_the_threshold_gets_no_index(tmp_path: Pat
         await kb.vector_index.wait()
         assert not kb.vector_index.indexed
         assert not await has_vector_index(kb._table)
+        assert await SearchPlanner(kb._table, max_exact_rows=1).exact("tenant_id = 'acme'")  # no index: exact
     finally:
         await kb.close()
 
