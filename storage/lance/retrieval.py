@@ -113,7 +113,9 @@ class LanceRetriever:
         fused = [
             p
             for source, pool in by_source.items()
-            for p in fuse(pool.values(), query_text=query.text, period=period if source == MEMORY else None)
+            for p in fuse(
+                pool.values(), query_text=_lexical_query(query.text, period, source), period=_period(period, source)
+            )
         ]
         return select(fused, top_k=query.top_k, min_score=query.min_score)
 
@@ -145,6 +147,16 @@ class LanceRetriever:
         self._knowledge.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
         self._memories.close()  # type: ignore[no-untyped-call]
         self._db.close()  # type: ignore[no-untyped-call]
+
+
+def _period(period: Period | None, source: str) -> Period | None:
+    return period if source == MEMORY else None
+
+
+def _lexical_query(text: str, period: Period | None, source: str) -> str:
+    """What of the query is matched word for word: for memories, without the words naming a period (matched on
+    the memories' dates instead)."""
+    return period.strip(text) if period is not None and source == MEMORY else text
 
 
 KNOWLEDGE_SEEN_S: Final = 30.0
