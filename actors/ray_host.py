@@ -285,7 +285,7 @@ class WriterSpec:
     optimize_every: int = 50
     embedding_model: str = "default"
     """Embeds each completed turn into long-term memory (a second consumer of the ledger); empty: no memories."""
-    vector_index_min_rows: int = 100_000
+    vector_index_min_rows: int = 50_000
     """Rows past which ``memories`` gets its ANN index (built by the memory store; 0: never)."""
     log_level: str = "WARNING"
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)

@@ -190,9 +190,10 @@ class Config:
     )
     chunk_overlap_tokens: int = _setting(40, "... of which this many repeat the end of the previous chunk.")
     vector_index_min_rows: int = _setting(
-        100000,
+        50000,
         "Rows past which the knowledge and memories tables get an ANN (IVF_PQ) vector index, built in the "
-        "background by their writer; below it every search is exact. 0: never (bench/RESULTS.md).",
+        "background by their writer; below it, and for a prefilter of under 10,000 rows (a session's memories), "
+        "searches are exact. 0: never (bench/RESULTS.md).",
     )
     max_document_bytes: int = _setting(1048576, "Largest document accepted for ingestion, in bytes of UTF-8.")
     shutdown_grace_s: float = _setting(10.0, "On shutdown, how long running turns may take to finish.")

@@ -110,9 +110,9 @@ _SPECS: Final = (
 def memories_spec(dim: int) -> TableSpec:
     """The ``memories`` table for vectors of ``dim`` floats.
 
-    No vector (ANN) index: every memory search is prefiltered to one session (the session_id BTree finds its
-    rows), and an exact search over a session's few hundred or thousand rows is both faster and more
-    accurate than an approximate one, which with a prefilter can also return fewer than k rows.
+    The vector (ANN) index is not among these: the store that embeds memories builds it once the table is
+    large (:mod:`salon.storage.lance.vector_index`), and a search prefiltered to one session's few hundred or
+    thousand rows stays exact even then (faster, and the index with a narrow prefilter returns fewer rows).
     """
     return TableSpec(
         MEMORIES,
@@ -132,10 +132,8 @@ def memories_spec(dim: int) -> TableSpec:
 def knowledge_spec(dim: int) -> TableSpec:
     """The ``knowledge`` table for vectors of ``dim`` floats.
 
-    No vector (ANN) index is made automatically: searches are prefiltered to one tenant, and an exact
-    search over a tenant's chunks takes a few milliseconds up to some hundred thousand chunks. A tenant
-    with more would want an IVF index (``create_index("vector", config=IvfPq(...))``, with
-    ``refine_factor`` at query time); see bench/RESULTS.md.
+    The vector (ANN) index is not among these: the knowledge base builds it once the table is large
+    (:mod:`salon.storage.lance.vector_index`); a small tenant's search stays exact even then.
     """
     return TableSpec(
         KNOWLEDGE_TABLE,

@@ -26,13 +26,17 @@ from salon.storage.lance.schemas import VECTOR
 
 log = logging.getLogger(__name__)
 
-VECTOR_INDEX_MIN_ROWS: Final = 100_000
-"""Rows past which a table gets its vector index (the engine's ``vector_index_min_rows`` setting)."""
+VECTOR_INDEX_MIN_ROWS: Final = 50_000
+"""Rows past which a table gets its vector index (the engine's ``vector_index_min_rows`` setting). Measured on
+the loaded 2-core machine, an exact search of a whole tenant took 21 ms at 20k rows, 113-272 ms at 100k and
+2.3 s at 1M; through the index 21 ms at 100k and 37 ms at 1M. Past about 50k rows the exact search is
+slower than the index by several times."""
 NPROBES: Final = 50
 """IVF partitions a search probes (LanceDB's default is 20)."""
-REFINE_FACTOR: Final = 10
+REFINE_FACTOR: Final = 30
 """A search reads this many times the rows asked for from the index and re-ranks them with the full vectors:
-product quantisation alone ranks too coarsely for the fusion's cosine term."""
+product quantisation alone ranks too coarsely (recall@50 against exact search at 1M rows: 0.18 without,
+0.61 with 10, 0.82 with 30; probing 100 partitions instead of 50 added nothing)."""
 RETRY_AFTER_S: Final = 60.0
 """A build that failed is tried again at the first check at least this long after."""
 MIN_TRAINING_ROWS: Final = 256
