@@ -6,13 +6,14 @@ window), numbered [1], [2] … with a request to cite them, then the window of r
 within the window's token budget) and the new message. Token counts are estimates (``actors.memory``).
 
 Budgets: the window has ``window_token_budget``; the summary is kept under ``summary_max_tokens`` when it is
-written; each passage is cut to :data:`PASSAGE_MAX_CHARS`; at most ``retrieval_top_k`` passages enter.
+written; each passage is cut to :data:`PASSAGE_MAX_CHARS`; at most ``retrieval_top_k`` passages enter, best
+first, within ``retrieval_token_budget`` tokens together (:func:`within_budget`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,6 +157,19 @@ def passage_text(passage: Passage) -> str:
     return text if len(text) <= PASSAGE_MAX_CHARS else text[: PASSAGE_MAX_CHARS - 1].rstrip() + "…"
 
 
+def within_budget(passages: Sequence[Passage], budget: int, count: Callable[[str], int]) -> list[Passage]:
+    """The passages (best first) whose prompt text fits ``budget`` tokens together, counted with ``count``:
+    one that does not fit is left out and the next, shorter ones may still enter, in their order."""
+    kept: list[Passage] = []
+    used = 0
+    for passage in passages:
+        tokens = count(passage_text(passage))
+        if used + tokens <= budget:
+            kept.append(passage)
+            used += tokens
+    return kept
+
+
 def _label(passage: Passage) -> str:
     if passage.source == "memory":
         return f"earlier in this conversation (turn {passage.turn_index})" if passage.turn_index else "memory"
@@ -181,8 +195,10 @@ def explain(
     window: Sequence[Message],
     user_text: str,
     retrieval_error_reason: str = "",
+    count_tokens: Callable[[str], int] = estimate_tokens,
 ) -> tuple[str, TurnContext]:
-    """The system prompt and the record of what entered the prompt."""
+    """The system prompt and the record of what entered the prompt (passage tokens counted with
+    ``count_tokens``, as the passage budget counts them)."""
     system = render_system(instructions, summary.text, passages)
     entries = tuple(window_entry(m) for m in window)
     passage_entries = tuple(
@@ -194,7 +210,7 @@ def explain(
             table_version=int(p.table_version),
             title=p.title,
             turn_index=int(p.turn_index),
-            tokens=estimate_tokens(passage_text(p)),
+            tokens=count_tokens(passage_text(p)),
         )
         for p in passages
     )

@@ -92,8 +92,9 @@ class HostSettings:
     """Turns running or queued on this host before new ones are refused (RESOURCE_EXHAUSTED)."""
     max_inflight_per_tenant: int = 200
     """The same, per tenant on this host."""
-    retrieval_top_k: int = 10
+    retrieval_top_k: int = 25
     retrieval_min_score: float = 0.0
+    retrieval_token_budget: int = 2000
     summary_max_tokens: int = 400
     summary_min_messages: int = 4
     tool_policy: ToolPolicy = field(default_factory=ToolPolicy)
@@ -127,7 +128,8 @@ def session_settings(session: session_pb2.Session, defaults: HostSettings) -> Se
         provider=model.provider,
         fallback_providers=tuple(model.fallback_providers),
         retrieval_top_k=memory.retrieval_top_k or defaults.retrieval_top_k,
-        retrieval_min_score=memory.retrieval_min_score or defaults.retrieval_min_score,
+        retrieval_min_score=min_score(memory, defaults.retrieval_min_score),
+        retrieval_token_budget=memory.retrieval_token_budget or defaults.retrieval_token_budget,
         long_term_memory=not memory.long_term_memory_disabled,
         user_id=session.user_id,
         user_memory=bool(session.user_id) and memory.memory_scope == session_pb2.MEMORY_SCOPE_USER,
@@ -138,6 +140,14 @@ def session_settings(session: session_pb2.Session, defaults: HostSettings) -> Se
         tools=selection_from_proto(session.tools, check=False),
         tool_policy=_policy(defaults.tool_policy, session.tool_settings if session.HasField("tool_settings") else None),
     )
+
+
+def min_score(memory: session_pb2.MemorySettings, default: float) -> float:
+    """A session's relevance cut-off: ``retrieval_score_cutoff`` when set (0 included), else
+    ``retrieval_min_score`` unless it is 0 (proto3's unset), else the engine's ``default``."""
+    if memory.HasField("retrieval_score_cutoff"):
+        return memory.retrieval_score_cutoff
+    return memory.retrieval_min_score or default
 
 
 class SharedSettings:

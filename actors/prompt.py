@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from opentelemetry.trace import Span
 
 from salon import otel
-from salon.actors.context import PassageEntry, TurnContext, explain
+from salon.actors.context import PassageEntry, TurnContext, explain, within_budget
 from salon.actors.events import Citation
 from salon.actors.guardrails import Guardrails, with_canary
-from salon.actors.memory import fit_window
+from salon.actors.memory import estimate_tokens, fit_window
 from salon.actors.model import Message, ModelRequest
 from salon.actors.state import SessionState
 from salon.actors.turn import SessionKey, SessionSettings
@@ -80,6 +80,7 @@ class PromptBuilder:
                 window=window,
                 user_text=user_text,
                 retrieval_error_reason=error_reason,
+                count_tokens=self.count_tokens,
             )
             if pinned is not None:
                 context = dataclasses.replace(context, passages=_pinned_entries(pinned, context.passages))
@@ -131,8 +132,16 @@ class PromptBuilder:
         passages, error_reason = await self._retrieve(text, window)
         if pinned is not None:
             found = {(p.source, p.chunk_id): p for p in passages}
-            passages = [found[(c.source, c.chunk_id)] for c in pinned if (c.source, c.chunk_id) in found]
-        return passages, error_reason
+            return [found[(c.source, c.chunk_id)] for c in pinned if (c.source, c.chunk_id) in found], error_reason
+        # The budget applies to a new choice only: pinned citations were sent already and the prompt keeps them.
+        return within_budget(passages, self._settings.retrieval_token_budget, self.count_tokens), error_reason
+
+    @property
+    def count_tokens(self) -> Callable[[str], int]:
+        """How passage tokens are counted: the embedding model's tokenizer once the retriever has it loaded,
+        else the estimate of characters / 4."""
+        counter = getattr(self._retriever, "count_tokens", None)
+        return counter if callable(counter) else estimate_tokens
 
     async def _retrieve(self, text: str, window: Sequence[Message]) -> tuple[list[Passage], str]:
         """Passages for ``text``: the tenant's knowledge and this session's memories outside ``window``. A

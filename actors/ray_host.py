@@ -287,6 +287,8 @@ class WriterSpec:
     optimize_every: int = 50
     embedding_model: str = "default"
     """Embeds each completed turn into long-term memory (a second consumer of the ledger); empty: no memories."""
+    vector_index_min_rows: int = 50_000
+    """Rows past which ``memories`` gets its ANN index (built by the memory store; 0: never)."""
     log_level: str = "WARNING"
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
@@ -343,6 +345,7 @@ class WriterActor:
                 spec.lancedb_uri,
                 embedder=LazyEmbedder(spec.embedding_model),
                 storage_options=spec.lancedb_storage_options,
+                vector_index_min_rows=spec.vector_index_min_rows,
             )
             self._memory_source = LedgerReader(js, names, names.memory_consumer)
             self._memory_writer = BatchWriter(

@@ -45,9 +45,11 @@ class SessionSettings:
     fallback_providers: tuple[str, ...] = ()
     double_texting: str = "enqueue"
     """What a turn arriving while another runs does: enqueue, reject, interrupt or rollback."""
-    retrieval_top_k: int = 10
+    retrieval_top_k: int = 25
     """Retrieved passages (knowledge and long-term memory) that may enter a prompt; 0 turns retrieval off."""
     retrieval_min_score: float = 0.0
+    retrieval_token_budget: int = 2000
+    """Tokens the retrieved passages may take in a prompt together (the embedding model's count)."""
     long_term_memory: bool = True
     """Whether this session's earlier turns are retrieved (the knowledge base is, either way)."""
     user_id: str = ""

@@ -51,6 +51,7 @@ from salon.storage.lance.knowledge import KnowledgeBase
 from salon.storage.lance.memories import MEMORIES
 from salon.storage.lance.retrieval import LanceRetriever, memory_filter, search_table
 from salon.storage.lance.schemas import MEMORY_KEY, memories_schema
+from salon.storage.lance.vector_index import NPROBES, REFINE_FACTOR, index_config
 from salon.storage.retrieval import MEMORY
 from salon.storage.tables import TranscriptStore, create_missing_indexes, memories_spec
 
@@ -360,6 +361,142 @@ async def section_ingest(uri: str, model: OnnxEmbedder, args: argparse.Namespace
     return result
 
 
+ANN_BASES = 2000
+"""Real embeddings the ANN section's rows are drawn around (each row: one of them plus noise)."""
+ANN_NOISE = 1.0
+"""Norm of the noise added to a base embedding (then normalised): a row keeps a cosine of about 0.7 with its
+base, so rows form clusters like real texts on few subjects do, without embedding a million texts."""
+ANN_SCOPE_ROWS = 100
+"""Rows of one small scope (a session's memories, a small tenant's knowledge) in the ANN section."""
+ANN_K = 50
+ANN_PQ_SEARCHES = ((0, 0), (20, 10), (NPROBES, REFINE_FACTOR), (NPROBES, 30), (100, 30))
+"""(nprobes, refine_factor) tried on IVF_PQ (0: LanceDB's default)."""
+ANN_HNSW_SEARCHES = ((0, 0), (50, 0))
+"""The same on IVF_HNSW_SQ (no refine: its vectors are only scalar-quantised)."""
+"""Rows each search returns (the engine asks 2 x top_k per search: 50 at its default top_k of 25)."""
+
+
+def ann_vectors(rng: np.random.Generator, bases: np.ndarray, n: int) -> np.ndarray:
+    """``n`` unit vectors, each a random base plus noise of norm about :data:`ANN_NOISE`, normalised."""
+    dim = bases.shape[1]
+    values = bases[rng.integers(0, len(bases), n)] + rng.standard_normal((n, dim), dtype=np.float32) * (
+        ANN_NOISE / np.sqrt(dim)
+    )
+    values /= np.linalg.norm(values, axis=1, keepdims=True)
+    return values.astype(np.float32)
+
+
+async def ann_table(db: Any, name: str, rng: np.random.Generator, bases: np.ndarray, *, rows: int, batch: int) -> Any:
+    """A table of ``rows`` rows: ``vector``, ``scope`` (small scopes of :data:`ANN_SCOPE_ROWS` rows, spread over
+    every fragment) and ``tenant_id`` (one big tenant), with the scalar indexes the engine's tables have."""
+    dim = bases.shape[1]
+    schema = pa.schema(
+        [
+            pa.field("row", pa.int64()),
+            pa.field("tenant_id", pa.string()),
+            pa.field("scope", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
+    table = await db.create_table(name, schema=schema, mode="overwrite")
+    scopes = max(1, rows // ANN_SCOPE_ROWS)
+    for start in range(0, rows, batch):
+        n = min(batch, rows - start)
+        ids = np.arange(start, start + n)
+        vectors = ann_vectors(rng, bases, n)
+        await table.add(
+            pa.table(
+                {
+                    "row": pa.array(ids),
+                    "tenant_id": pa.array(["big"] * n),
+                    "scope": pa.array([f"s{i % scopes}" for i in ids]),
+                    "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+                },
+                schema=schema,
+            )
+        )
+    await table.create_index("tenant_id", config=lancedb.index.Bitmap())
+    await table.create_index("scope", config=lancedb.index.BTree())
+    await table.optimize()
+    return table
+
+
+async def ann_search(
+    table: Any, query: np.ndarray, where: str, *, exact: bool, nprobes: int = 0, refine: int = 0
+) -> list[int]:
+    search = table.query().nearest_to(query.tolist()).column("vector").distance_type("cosine").where(where)
+    if exact:
+        search = search.bypass_vector_index()
+    else:
+        if nprobes:
+            search = search.nprobes(nprobes)
+        if refine:
+            search = search.refine_factor(refine)
+    found = await search.select(["row"]).limit(ANN_K).to_arrow()
+    return [int(r) for r in found.column("row").to_pylist()]
+
+
+async def ann_measure(
+    table: Any, queries: np.ndarray, where: str, reference: list[list[int]] | None, **how: Any
+) -> tuple[dict[str, Any], list[list[int]]]:
+    """Latency of ``len(queries)`` searches, and their recall@ANN_K against ``reference`` (when given)."""
+    results: list[list[int]] = []
+    samples: list[float] = []
+    for q in queries:
+        started = time.perf_counter()
+        results.append(await ann_search(table, q, where, **how))
+        samples.append(time.perf_counter() - started)
+    figures: dict[str, Any] = stats(samples)
+    if reference is not None:
+        recalls = [len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(results, reference, strict=True)]
+        figures["recall"] = round(sum(recalls) / len(recalls), 3)
+        figures["returned"] = round(sum(len(a) for a in results) / len(results), 1)
+    return figures, results
+
+
+async def section_ann(model: OnnxEmbedder, args: argparse.Namespace) -> dict[str, Any]:
+    """Exact search against an IVF index (IVF_PQ, IVF_HNSW_SQ) at each of ``--ann-rows``: build time, recall@20
+    against exact search, latency; for the whole big tenant and for one small scope (a prefilter)."""
+    rng_text = random.Random(11)
+    texts = [sentence(rng_text) for _ in range(ANN_BASES + args.queries)]
+    print(f"embedding {len(texts)} texts for the vector geometry ...", flush=True)
+    embedded = np.asarray(await asyncio.to_thread(model.embed_sync, texts), dtype=np.float32)
+    bases, query_bases = embedded[:ANN_BASES], embedded[ANN_BASES:]
+    rng = np.random.default_rng(5)
+    queries = ann_vectors(rng, query_bases, args.queries)
+    result: dict[str, Any] = {"k": ANN_K, "queries": args.queries, "noise": ANN_NOISE}
+    with tempfile.TemporaryDirectory(prefix="salon-bench-ann-") as tmp:
+        db = await lancedb.connect_async(tmp)
+        for rows in args.ann_rows:
+            section(f"ann, {rows} rows")
+            started = time.perf_counter()
+            table = await ann_table(db, f"ann{rows}", rng, bases, rows=rows, batch=args.batch_rows)
+            figures: dict[str, Any] = {"write_and_scalar_indexes_s": round(time.perf_counter() - started, 1)}
+            scopes = {"tenant": "tenant_id = 'big'", "scope": "scope = 's7'"}
+            exact: dict[str, list[list[int]]] = {}
+            for label, where in scopes.items():
+                figures[f"exact_{label}"], exact[label] = await ann_measure(table, queries, where, None, exact=True)
+                print(label, "exact", figures[f"exact_{label}"], flush=True)
+            for kind in args.ann_index:
+                # IVF_PQ as the engine builds it (storage.lance.vector_index); IVF_HNSW_SQ with LanceDB's defaults.
+                config = index_config(rows) if kind == "ivf_pq" else lancedb.index.HnswSq(distance_type="cosine")
+                started = time.perf_counter()
+                await table.create_index("vector", config=config, replace=True)
+                figures[f"{kind}_build_s"] = round(time.perf_counter() - started, 1)
+                print(kind, "built in", figures[f"{kind}_build_s"], "s", flush=True)
+                for label, where in scopes.items():
+                    settings = ANN_PQ_SEARCHES if kind == "ivf_pq" else ANN_HNSW_SEARCHES
+                    for nprobes, refine in settings:
+                        key = f"{kind}_{label}_nprobes{nprobes or 'auto'}_refine{refine}"
+                        figures[key], _ = await ann_measure(
+                            table, queries, where, exact[label], exact=False, nprobes=nprobes, refine=refine
+                        )
+                        print(key, figures[key], flush=True)
+            result[str(rows)] = figures
+            await db.drop_table(f"ann{rows}")
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(
@@ -381,6 +518,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="LanceDB directory, kept (default: a temporary one); if it holds tables from an earlier run, they "
         "are reused and only embed and retrieval run",
     )
+    parser.add_argument(
+        "--ann",
+        action="store_true",
+        help="run only the ANN section: exact search against vector indexes at each of --ann-rows",
+    )
+    parser.add_argument(
+        "--ann-rows",
+        type=lambda text: [positive_int(v) for v in text.split(",")],
+        default=[100_000, 1_000_000],
+        help="table sizes of the ANN section (100000,1000000)",
+    )
+    parser.add_argument(
+        "--ann-index",
+        type=lambda text: text.split(","),
+        default=["ivf_pq", "ivf_hnsw_sq"],
+        help="vector indexes the ANN section builds (ivf_pq,ivf_hnsw_sq)",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write every figure as JSON")
     return parser
 
@@ -392,6 +546,12 @@ async def bench(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model = await asyncio.to_thread(default_embedder)
     results: dict[str, Any] = {"model": model.model_id}
+    if args.ann:
+        results["ann"] = await section_ann(model, args)
+        print(f"\nwall time {time.perf_counter() - started:.0f} s; load average after: {load_average()}")
+        if args.json is not None:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     with tempfile.TemporaryDirectory(prefix="salon-bench-retrieval-") as tmp:
         uri = str(args.dir or Path(tmp) / "lance")
         reuse = args.dir is not None and (args.dir / f"{MEMORIES}.lance").exists()

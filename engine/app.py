@@ -281,6 +281,7 @@ class Engine:
             chunk_tokens=config.chunk_tokens,
             overlap_tokens=config.chunk_overlap_tokens,
             storage_options=options,
+            vector_index_min_rows=config.vector_index_min_rows,
         )
 
     async def _build_gateway(self, js: JetStream) -> Gateway:

@@ -166,14 +166,20 @@ class Config:
         "that CPU when no session retrieves its past turns.",
     )
     retrieval_top_k: int = _setting(
-        10,
-        "Default number of retrieved passages (knowledge base and long-term memory) a prompt may hold; 0: none. "
-        "10 finds 80% of the evidence in bench.memory_eval against 67% for 5 (bench/RESULTS.md).",
+        25,
+        "Default number of retrieved passages (knowledge base and long-term memory) a prompt may hold, within "
+        "retrieval_token_budget; 0: none. In bench.memory_eval 25 passages in 1000 tokens find 91% of the evidence, "
+        "10 passages 80% (bench/RESULTS.md).",
     )
     retrieval_min_score: float = _setting(
         0.2,
         "Default relevance (0 to 1) below which a retrieved passage is not used (0: none is cut off). 0.3 cost "
         "a fifth of the recall at 10 passages in bench.memory_eval, 0.2 about 1%.",
+    )
+    retrieval_token_budget: int = _setting(
+        2000,
+        "Default tokens (the embedding model's word pieces) the retrieved passages of a prompt may take together: "
+        "best first, a passage that does not fit is left out. Bounds the prompt whatever the passages' lengths.",
     )
     summary_max_tokens: int = _setting(400, "Size the rolling summary of messages that left the window is kept under.")
     summary_min_messages: int = _setting(
@@ -183,6 +189,12 @@ class Config:
         200, "Knowledge base: tokens (the embedding model's word pieces) per chunk of an ingested document ..."
     )
     chunk_overlap_tokens: int = _setting(40, "... of which this many repeat the end of the previous chunk.")
+    vector_index_min_rows: int = _setting(
+        50000,
+        "Rows past which the knowledge and memories tables get an ANN (IVF_PQ) vector index, built in the "
+        "background by their writer; below it, and for a prefilter of under 10,000 rows (a session's memories), "
+        "searches are exact. 0: never (bench/RESULTS.md).",
+    )
     max_document_bytes: int = _setting(1048576, "Largest document accepted for ingestion, in bytes of UTF-8.")
     shutdown_grace_s: float = _setting(10.0, "On shutdown, how long running turns may take to finish.")
     stream_write_timeout_s: float = _setting(
@@ -360,6 +372,8 @@ class Config:
             (self.embedding_model not in ("default", "hash"), "embedding_model must be default or hash"),
             (not 0 <= self.retrieval_top_k <= 50, "retrieval_top_k must be 0-50"),
             (not 0.0 <= self.retrieval_min_score <= 1.0, "retrieval_min_score must be between 0 and 1"),
+            (self.retrieval_token_budget < 1, "retrieval_token_budget must be at least 1"),
+            (self.vector_index_min_rows < 0, "vector_index_min_rows must not be negative"),
             (
                 self.summary_max_tokens < 16 or self.summary_min_messages < 1,
                 "summary_max_tokens must be at least 16 and summary_min_messages at least 1",

@@ -61,6 +61,7 @@ def host_specs(
         max_inflight_per_tenant=config.max_turns_per_tenant,
         retrieval_top_k=config.retrieval_top_k,
         retrieval_min_score=config.retrieval_min_score,
+        retrieval_token_budget=config.retrieval_token_budget,
         summary_max_tokens=config.summary_max_tokens,
         summary_min_messages=config.summary_min_messages,
         tool_policy=config.tool_policy(),
@@ -250,6 +251,7 @@ class WriterHandle:
             flush_interval_s=config.flush_interval_s,
             log_level=config.log_level,
             embedding_model=config.embedding_model if config.long_term_memory else "",
+            vector_index_min_rows=config.vector_index_min_rows,
             telemetry=TelemetrySettings.from_config(config),
         )
         self._name = f"{config.namespace}-writer"

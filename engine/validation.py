@@ -24,6 +24,8 @@ MAX_SYSTEM_PROMPT_BYTES = 64 * 1024
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 MAX_RETRIEVAL_TOP_K = 50
+MAX_RETRIEVAL_TOKEN_BUDGET = 100_000
+"""Largest passage token budget a session may ask for (the prompt must still fit a model's context)."""
 
 
 def check_text(text: str, max_bytes: int) -> None:
@@ -76,6 +78,15 @@ def check_create_session(request: cs_pb2.CreateSessionRequest, guardrails: Guard
         )
     if not 0 <= request.memory.retrieval_min_score <= 1:
         raise InvalidArgument("memory.retrieval_min_score must be between 0 and 1", reason=Reason.BAD_MEMORY_SETTINGS)
+    if request.memory.HasField("retrieval_score_cutoff") and not 0 <= request.memory.retrieval_score_cutoff <= 1:
+        raise InvalidArgument(
+            "memory.retrieval_score_cutoff must be between 0 and 1", reason=Reason.BAD_MEMORY_SETTINGS
+        )
+    if request.memory.retrieval_token_budget > MAX_RETRIEVAL_TOKEN_BUDGET:
+        raise InvalidArgument(
+            f"memory.retrieval_token_budget must be at most {MAX_RETRIEVAL_TOKEN_BUDGET}",
+            reason=Reason.BAD_MEMORY_SETTINGS,
+        )
     if request.memory.retrieval_top_k > MAX_RETRIEVAL_TOP_K:
         raise InvalidArgument(
             f"memory.retrieval_top_k must be at most {MAX_RETRIEVAL_TOP_K}", reason=Reason.BAD_MEMORY_SETTINGS

@@ -167,6 +167,12 @@ class LazyRetriever:
         """Whether LanceDB is imported and the tables open."""
         return self._retriever.value is not None
 
+    @property
+    def count_tokens(self) -> Callable[[str], int] | None:
+        """The embedding model's count of word pieces once it is loaded (None before): what a prompt's passage
+        budget is counted in."""
+        return self.embedder.count_tokens
+
     async def _open(self) -> Retriever:
         # Imported off the event loop: LanceDB and Arrow take about a second to import.
         module = await asyncio.to_thread(importlib.import_module, "salon.storage.lance.retrieval")

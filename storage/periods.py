@@ -11,7 +11,7 @@ none has no period, and retrieval goes on as without.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
@@ -27,6 +27,14 @@ class Period:
 
     first: date
     last: date
+    span: tuple[int, int] = field(default=(0, 0), compare=False)
+    """Where the question names the period (start and end offsets in its text; (0, 0) when unknown)."""
+
+    def strip(self, text: str) -> str:
+        """``text`` without the words that name the period: the period is matched on dates, so these words
+        only add noise to lexical matching ("may" the verb, the year in every dated memory)."""
+        start, end = self.span
+        return f"{text[:start]} {text[end:]}" if end > start else text
 
     def contains(self, day: date) -> bool:
         """Whether ``day`` falls in the period."""
@@ -70,9 +78,9 @@ def find_period(text: str, now: datetime) -> Period | None:
         except ValueError:
             day = None
         if day is not None:
-            return Period(day, day)
+            return Period(day, day, match.span())
     if match := _RELATIVE.search(text):
-        return _relative(" ".join(match.group(1).lower().split()), today)
+        return replace(_relative(" ".join(match.group(1).lower().split()), today), span=match.span())
     for match in _MONTH_YEAR.finditer(text):
         word, name = (match.group(1) or "").strip().lower(), match.group(2).lower()
         if not word and not match.group(3):
@@ -85,10 +93,10 @@ def find_period(text: str, now: datetime) -> Period | None:
         else:
             # "last May" or "in May": the latest May before this month ("in May" may be this month too).
             year = today.year if month < today.month or (month == today.month and word != "last") else today.year - 1
-        return Period(date(year, month, 1), _month_end(year, month))
+        return Period(date(year, month, 1), _month_end(year, month), match.span())
     if match := _YEAR.search(text):
         year = int(match.group(1))
-        return Period(date(year, 1, 1), date(year, 12, 31))
+        return Period(date(year, 1, 1), date(year, 12, 31), match.span())
     return None
 
 

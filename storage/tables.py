@@ -49,6 +49,7 @@ from salon.storage.lance.schemas import (
     snapshots_to_batch,
     turns_to_batch,
 )
+from salon.storage.lance.vector_index import VectorIndexer
 from salon.storage.records import SnapshotRecord, TurnRecord, turn_key
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,9 @@ _SPECS: Final = (
 def memories_spec(dim: int) -> TableSpec:
     """The ``memories`` table for vectors of ``dim`` floats.
 
-    No vector (ANN) index: every memory search is prefiltered to one session (the session_id BTree finds its
-    rows), and an exact search over a session's few hundred or thousand rows is both faster and more
-    accurate than an approximate one, which with a prefilter can also return fewer than k rows.
+    The vector (ANN) index is not among these: the store that embeds memories builds it once the table is
+    large (:mod:`salon.storage.lance.vector_index`), and a search prefiltered to one session's few hundred or
+    thousand rows stays exact even then (faster, and the index with a narrow prefilter returns fewer rows).
     """
     return TableSpec(
         MEMORIES,
@@ -132,10 +133,8 @@ def memories_spec(dim: int) -> TableSpec:
 def knowledge_spec(dim: int) -> TableSpec:
     """The ``knowledge`` table for vectors of ``dim`` floats.
 
-    No vector (ANN) index is made automatically: searches are prefiltered to one tenant, and an exact
-    search over a tenant's chunks takes a few milliseconds up to some hundred thousand chunks. A tenant
-    with more would want an IVF index (``create_index("vector", config=IvfPq(...))``, with
-    ``refine_factor`` at query time); see bench/RESULTS.md.
+    The vector (ANN) index is not among these: the knowledge base builds it once the table is large
+    (:mod:`salon.storage.lance.vector_index`); a small tenant's search stays exact even then.
     """
     return TableSpec(
         KNOWLEDGE_TABLE,
@@ -162,6 +161,7 @@ class TranscriptStore:
         *,
         keep_versions_s: float,
         embedder: Embedder | None = None,
+        vector_index_min_rows: int = 0,
     ) -> None:
         self._db = db
         self._embedder = embedder
@@ -172,6 +172,12 @@ class TranscriptStore:
         self._keep_versions = timedelta(seconds=keep_versions_s)
         self._indexed: set[str] = set()
         self._index_lock = asyncio.Lock()
+        # Only the store that embeds memories builds their ANN index (one builder per table).
+        self._vector_index = (
+            VectorIndexer(tables[MEMORIES], MEMORIES, min_rows=vector_index_min_rows)
+            if embedder is not None and MEMORIES in tables
+            else None
+        )
         self._closed = False
 
     @classmethod
@@ -183,6 +189,7 @@ class TranscriptStore:
         keep_versions_s: float = 3600.0,
         embedder: Embedder | None = None,
         storage_options: Mapping[str, str] | None = None,
+        vector_index_min_rows: int = 0,
     ) -> TranscriptStore:
         """Connect to the LanceDB at ``uri`` (a directory or an object store, with its ``storage_options``: see
         :mod:`salon.storage.lance.connection`), creating the two tables if they are missing.
@@ -194,7 +201,9 @@ class TranscriptStore:
         ``embedder``: when given, :meth:`write` also embeds each newly stored completed turn (user text and
         reply, one batch per call) into the ``memories`` table, the session's long-term memory (created if
         missing). Without it, an existing ``memories`` table is still opened, so :meth:`delete_session`
-        removes a session's memories whichever process deletes it.
+        removes a session's memories whichever process deletes it. ``vector_index_min_rows`` (with
+        ``embedder``): rows past which ``memories`` gets its ANN index, built in the background after an
+        :meth:`optimize` (0: never; see :mod:`salon.storage.lance.vector_index`).
         """
         with store_errors("cannot open the transcript store", UNWRITABLE):
             db = await connect(uri, storage_options=storage_options, read_consistency_s=read_consistency_s)
@@ -205,7 +214,13 @@ class TranscriptStore:
                     tables[MEMORIES] = await open_table(db, memories_spec(embedder.dim))
                 elif (memories := await open_existing(db, MEMORIES)) is not None:
                     tables[MEMORIES] = memories
-            store = cls(db, tables, keep_versions_s=keep_versions_s, embedder=embedder)
+            store = cls(
+                db,
+                tables,
+                keep_versions_s=keep_versions_s,
+                embedder=embedder,
+                vector_index_min_rows=vector_index_min_rows,
+            )
             await store._note_existing_indexes()
         except BaseException:
             db.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
@@ -348,12 +363,21 @@ class TranscriptStore:
                 if tables is None or name in tables:
                     compact = partial(table.optimize, cleanup_older_than=self._keep_versions)
                     await retry_conflicts(compact, what=f"optimizing {name}")
+        if self._vector_index is not None and (tables is None or MEMORIES in tables):
+            self._vector_index.check()
+
+    @property
+    def vector_index(self) -> VectorIndexer | None:
+        """The builder of the ``memories`` ANN index (a store that embeds memories only)."""
+        return self._vector_index
 
     async def close(self) -> None:
         """Release the tables and the connection; later calls raise :class:`Unavailable`. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        if self._vector_index is not None:
+            await self._vector_index.close()
         for table in self._tables.values():
             table.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
         self._db.close()  # type: ignore[no-untyped-call]

@@ -21,7 +21,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,8 @@ from rich.progress import Progress
 
 from bench.common import load_average, percentile, positive_int
 from bench.memory_eval.generate import KINDS, Conversation, generate
+from salon.actors.context import passage_text, within_budget
+from salon.actors.memory import estimate_tokens
 from salon.storage import RetrievalQuery, TurnRecord, build_embedder, retrieval
 from salon.storage.embedding import Embedder
 from salon.storage.lance.memories import memories_to_batch, memory_text, memory_words
@@ -37,6 +39,8 @@ from salon.storage.tables import create_missing_indexes, memories_spec, open_tab
 
 TENANT = "eval"
 K_VALUES = (1, 5, 10, 25)
+BUDGET_TOP_K = (10, 25)
+"""Passage counts whose recall is also reported under each ``--budgets`` token budget."""
 
 
 @dataclass(slots=True)
@@ -44,6 +48,8 @@ class Scores:
     """Recall@k of each question of one kind, and retrieval latencies."""
 
     recalls: dict[int, list[float]] = field(default_factory=lambda: {k: [] for k in K_VALUES})
+    budgeted: dict[tuple[int, int], list[float]] = field(default_factory=dict)
+    """(top_k, token budget) -> recall of the passages a prompt would hold."""
 
 
 def turn_records(conversation: Conversation) -> list[TurnRecord]:
@@ -88,6 +94,13 @@ async def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     embedder: Embedder = await asyncio.to_thread(build_embedder, args.embedder)
     scores = {kind: Scores() for kind in KINDS}
     latencies: list[float] = []
+    # Recall of what a prompt would hold: the first top_k passages within a token budget (as the engine
+    # counts them: the embedding model's word pieces of the text as it enters the prompt).
+    count: Callable[[str], int] = getattr(embedder, "count_tokens", None) or estimate_tokens
+    budgeted = [(top_k, budget) for top_k in BUDGET_TOP_K for budget in args.budgets]
+    for s in scores.values():
+        s.budgeted = {key: [] for key in budgeted}
+    passage_tokens: list[int] = []
     turns = sum(len(c.turns) for c in conversations)
     questions = sum(len(c.questions) for c in conversations)
     with tempfile.TemporaryDirectory(prefix="memory-eval-") as uri, Progress(transient=True) as progress:
@@ -131,6 +144,11 @@ async def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                     for k in K_VALUES:
                         hits = len(question.evidence & set(ranked[:k]))
                         scores[question.kind].recalls[k].append(hits / len(question.evidence))
+                    passage_tokens += [count(passage_text(p)) for p in found[:10]]
+                    for top_k, budget in budgeted:
+                        kept = {p.chunk_id for p in within_budget(found[:top_k], budget, count)}
+                        hits = len(question.evidence & kept)
+                        scores[question.kind].budgeted[(top_k, budget)].append(hits / len(question.evidence))
                     progress.advance(asking)
         finally:
             await retriever.close()
@@ -145,6 +163,16 @@ async def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "turns": turns,
         "questions": questions,
         "retrieve_p50_ms": round(percentile(latencies, 50), 2),
+        "passage_tokens": {
+            "p50": round(percentile(passage_tokens, 50)),
+            "p90": round(percentile(passage_tokens, 90)),
+            "max": max(passage_tokens, default=0),
+        },
+        "budgeted_recall": {
+            f"top{top_k}/{budget}": {kind: round(_mean(s.budgeted[(top_k, budget)]), 3) for kind, s in scores.items()}
+            | {"all": round(_mean([r for s in scores.values() for r in s.budgeted[(top_k, budget)]]), 3)}
+            for top_k, budget in budgeted
+        },
         "recall": {
             kind: {"n": len(s.recalls[1]), **{f"@{k}": round(_mean(s.recalls[k]), 3) for k in K_VALUES}}
             for kind, s in scores.items()
@@ -177,6 +205,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="override the fusion's weight of the cosine term (to choose it; the engine's is the default)",
     )
     parser.add_argument("--min-score", type=float, default=0.0, help="the retrieval's relevance cut-off")
+    parser.add_argument(
+        "--budgets",
+        type=lambda text: [positive_int(v) for v in text.split(",")],
+        default=[250, 500, 1000, 2000, 4000],
+        help="passage token budgets (comma separated) whose recall is reported at 10 and 25 passages",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON after the table")
     args = parser.parse_args(argv)
     if args.vector_weight is not None:
@@ -192,6 +226,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     for kind, row in result["recall"].items():
         n = row.get("n", result["questions"])
         print(f"{kind:<11} {n:>4} " + " ".join(f"{row[f'@{k}']:>6.3f}" for k in K_VALUES))
+    tokens = result["passage_tokens"]
+    print(f"passage tokens p50 {tokens['p50']}, p90 {tokens['p90']}, max {tokens['max']}")
+    for key, row in result["budgeted_recall"].items():
+        top_k, budget = key.removeprefix("top").split("/")
+        print(f"{top_k:>3} passages within {budget:>5} tokens: " + " ".join(f"{k} {v:.3f}" for k, v in row.items()))
     print(f"retrieve p50 {result['retrieve_p50_ms']} ms; load {result['load']}")
     if args.json:
         print(json.dumps(result))

@@ -42,6 +42,7 @@ from salon.storage.lance.connection import connect, retry_conflicts
 from salon.storage.lance.reembed import check_model
 from salon.storage.lance.retrieval import SearchTarget, candidate_limit, hybrid_search, knowledge_filter
 from salon.storage.lance.schemas import CHUNK_KEY, knowledge_schema, rows_to_batch
+from salon.storage.lance.vector_index import VECTOR_INDEX_MIN_ROWS, SearchPlanner, VectorIndexer
 from salon.storage.reasons import Reason
 from salon.storage.retrieval import KNOWLEDGE, Passage, fuse, select
 from salon.storage.tables import (
@@ -101,6 +102,7 @@ class KnowledgeBase:
         overlap_tokens: int,
         indexed: bool,
         keep_versions_s: float,
+        vector_index_min_rows: int = VECTOR_INDEX_MIN_ROWS,
     ) -> None:
         self._db = db
         self._table = table
@@ -113,6 +115,9 @@ class KnowledgeBase:
         self._keep_versions = timedelta(seconds=keep_versions_s)
         self._maintenance_lock = asyncio.Lock()
         self._last_optimize = -OPTIMIZE_MIN_INTERVAL_S
+        self.vector_index = VectorIndexer(table, "knowledge", min_rows=vector_index_min_rows)
+        self._plan = SearchPlanner(table)
+        """Builds the table's ANN index once it is large (see :mod:`salon.storage.lance.vector_index`)."""
         self._closed = False
 
     @classmethod
@@ -127,12 +132,15 @@ class KnowledgeBase:
         read_consistency_s: float | None = 0.0,
         keep_versions_s: float = 3600.0,
         storage_options: Mapping[str, str] | None = None,
+        vector_index_min_rows: int = VECTOR_INDEX_MIN_ROWS,
     ) -> KnowledgeBase:
         """Connect to the LanceDB at ``uri`` (a directory or an object store with its ``storage_options``),
         creating the ``knowledge`` table if missing.
 
         ``max_document_bytes``: largest document accepted (UTF-8 bytes); ``chunk_tokens`` and
         ``overlap_tokens``: chunk size and overlap (estimated tokens, see :mod:`salon.storage.chunking`).
+        ``vector_index_min_rows``: rows past which the table gets its ANN index, built in the background after
+        an ingestion (0: never).
         """
         if max_document_bytes < 1 or chunk_tokens < 1 or not 0 <= overlap_tokens < chunk_tokens:
             raise ValueError("max_document_bytes >= 1, chunk_tokens >= 1 and 0 <= overlap_tokens < chunk_tokens")
@@ -156,6 +164,7 @@ class KnowledgeBase:
             overlap_tokens=overlap_tokens,
             indexed=indexed,
             keep_versions_s=keep_versions_s,
+            vector_index_min_rows=vector_index_min_rows,
         )
 
     async def ingest(self, tenant_id: str, documents: AsyncIterable[Document]) -> AsyncIterator[IngestResult]:
@@ -227,7 +236,9 @@ class KnowledgeBase:
         where = knowledge_filter(tenant_id, collections=collections, document_ids=document_ids)
         if top_k <= 0:
             return []
-        target = SearchTarget(self._table, KNOWLEDGE, where)
+        with store_errors("cannot read the knowledge base", UNREADABLE):
+            exact = await self._plan.exact(where)
+        target = SearchTarget(self._table, KNOWLEDGE, where, exact)
         (candidates,) = await hybrid_search([target], text, self._embedder.embed([text]), limit=candidate_limit(top_k))
         return select(fuse(candidates, query_text=text), top_k=top_k, min_score=min_score)
 
@@ -255,6 +266,7 @@ class KnowledgeBase:
         if self._closed:
             return
         self._closed = True
+        await self.vector_index.close()
         self._table.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
         self._db.close()  # type: ignore[no-untyped-call]
 
@@ -396,6 +408,7 @@ class KnowledgeBase:
                     self._indexed = await create_missing_indexes(self._table, self._spec)
             elif time.monotonic() - self._last_optimize >= OPTIMIZE_MIN_INTERVAL_S:
                 await self.optimize()
+            self.vector_index.check()
         except (Unavailable, InvalidArgument) as exc:
             log.warning("maintaining the knowledge base failed: %s", exc.reason)
 

@@ -14,6 +14,7 @@ from salon.storage.errors import Unavailable
 from salon.storage.lance.connection import connect
 from salon.storage.lance.reembed import check_model
 from salon.storage.lance.retrieval import SearchTarget, candidate_limit, hybrid_search, memory_filter
+from salon.storage.lance.vector_index import SearchPlanner
 from salon.storage.reasons import Reason
 from salon.storage.retrieval import MEMORY, Passage, fuse, select
 from salon.storage.tables import UNREADABLE, memories_spec, open_table, store_errors
@@ -27,6 +28,7 @@ class MemorySearch:
         self._db = db
         self._table = table
         self._embedder = embedder
+        self._plan = SearchPlanner(table)
         self._closed = False
 
     @classmethod
@@ -70,7 +72,9 @@ class MemorySearch:
         where = memory_filter(tenant_id, session_id, user_id=user_id)
         if top_k <= 0:
             return []
-        target = SearchTarget(self._table, MEMORY, where)
+        with store_errors("cannot read the memories table", UNREADABLE):
+            exact = await self._plan.exact(where)
+        target = SearchTarget(self._table, MEMORY, where, exact)
         (found,) = await hybrid_search([target], text, self._embedder.embed([text]), limit=candidate_limit(top_k))
         return select(fuse(found), top_k=top_k, min_score=min_score)
 

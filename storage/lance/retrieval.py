@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -21,6 +21,7 @@ from salon.storage.ids import require_id
 from salon.storage.lance.connection import connect
 from salon.storage.lance.reembed import check_model
 from salon.storage.lance.schemas import TEXT, VECTOR
+from salon.storage.lance.vector_index import SearchPlanner, tune
 from salon.storage.periods import Period, find_period
 from salon.storage.retrieval import KNOWLEDGE, MEMORY, Candidate, Passage, RetrievalQuery, check_query, fuse, select
 from salon.storage.tables import UNREADABLE, knowledge_spec, memories_spec, open_table, store_errors
@@ -42,6 +43,7 @@ class LanceRetriever:
         self._memories = memories
         self._embedder = embedder
         self._closed = False
+        self._plans = {KNOWLEDGE: SearchPlanner(knowledge), MEMORY: SearchPlanner(memories)}
         self._knowledge_seen: dict[str, tuple[float, bool]] = {}
         """Tenant -> (when checked, whether it has any document): see :meth:`_has_knowledge`."""
 
@@ -82,16 +84,22 @@ class LanceRetriever:
         now = datetime.fromtimestamp(query.now_ns / 1e9, UTC) if query.now_ns > 0 else datetime.now(UTC)
         period = find_period(query.text, now) if query.include_memory else None
         targets: list[SearchTarget] = []
-        if query.include_knowledge and await self._has_knowledge(query.tenant_id):
-            where = knowledge_filter(query.tenant_id, collections=query.collections)
-            targets.append(SearchTarget(self._knowledge, KNOWLEDGE, where))
-        if query.include_memory:
-            where = memory_filter(query.tenant_id, query.session_id, query.exclude_turn_ids, query.memory_user_id)
-            targets.append(SearchTarget(self._memories, MEMORY, where))
-            if period is not None:
-                # The question names a period: its turns are searched on their own too, so they are among
-                # the candidates even when the rest of the session outscores them.
-                targets.append(SearchTarget(self._memories, MEMORY, f"{where} AND {period_filter(period)}"))
+        with store_errors("cannot read the retrieval tables", UNREADABLE):
+            if query.include_knowledge and await self._has_knowledge(query.tenant_id):
+                where = knowledge_filter(query.tenant_id, collections=query.collections)
+                exact = await self._plans[KNOWLEDGE].exact(where)
+                targets.append(SearchTarget(self._knowledge, KNOWLEDGE, where, exact))
+            if query.include_memory:
+                # Planned on the whole scope (the window's turns are few): one row count per scope, remembered.
+                scope = memory_filter(query.tenant_id, query.session_id, user_id=query.memory_user_id)
+                exact = await self._plans[MEMORY].exact(scope)
+                where = memory_filter(query.tenant_id, query.session_id, query.exclude_turn_ids, query.memory_user_id)
+                targets.append(SearchTarget(self._memories, MEMORY, where, exact))
+                if period is not None:
+                    # The question names a period: its turns are searched on their own too, so they are among
+                    # the candidates even when the rest of the session outscores them.
+                    dated = f"{where} AND {period_filter(period)}"
+                    targets.append(SearchTarget(self._memories, MEMORY, dated, exact))
         if not targets:
             return []  # nothing to search: no query embedding either, so such a turn pays nothing
         found = await hybrid_search(
@@ -105,9 +113,18 @@ class LanceRetriever:
         fused = [
             p
             for source, pool in by_source.items()
-            for p in fuse(pool.values(), query_text=query.text, period=period if source == MEMORY else None)
+            for p in fuse(
+                pool.values(), query_text=_lexical_query(query.text, period, source), period=_period(period, source)
+            )
         ]
         return select(fused, top_k=query.top_k, min_score=query.min_score)
+
+    @property
+    def count_tokens(self) -> Callable[[str], int] | None:
+        """The embedding model's count of word pieces, once the model is loaded (None before, or for a model
+        without a tokenizer): what a prompt's passage budget is counted in."""
+        counter = getattr(self._embedder, "count_tokens", None)
+        return counter if callable(counter) else None
 
     async def _has_knowledge(self, tenant_id: str) -> bool:
         """Whether the tenant has any document, from a count remembered for a while: a tenant with documents
@@ -130,6 +147,16 @@ class LanceRetriever:
         self._knowledge.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
         self._memories.close()  # type: ignore[no-untyped-call]
         self._db.close()  # type: ignore[no-untyped-call]
+
+
+def _period(period: Period | None, source: str) -> Period | None:
+    return period if source == MEMORY else None
+
+
+def _lexical_query(text: str, period: Period | None, source: str) -> str:
+    """What of the query is matched word for word: for memories, without the words naming a period (matched on
+    the memories' dates instead)."""
+    return period.strip(text) if period is not None and source == MEMORY else text
 
 
 KNOWLEDGE_SEEN_S: Final = 30.0
@@ -195,6 +222,8 @@ class SearchTarget:
     table: AsyncTable
     source: str
     where: str
+    exact: bool = True
+    """Bypass the table's ANN index (see :class:`~salon.storage.lance.vector_index.SearchPlanner`)."""
 
 
 async def hybrid_search(
@@ -210,7 +239,9 @@ async def hybrid_search(
     try:
         (vector,) = await embedding
         with store_errors("cannot read the retrieval tables", UNREADABLE):
-            vector_searches = (_vector_search(t.table, t.where, vector, _COLUMNS[t.source], limit) for t in targets)
+            vector_searches = (
+                _vector_search(t.table, t.where, vector, _COLUMNS[t.source], limit, exact=t.exact) for t in targets
+            )
             by_vector = await asyncio.gather(*vector_searches)
             versions = [await t.table.version() for t in targets]  # cheap: the dataset is already loaded
             texts = await asyncio.gather(*by_text)
@@ -227,14 +258,14 @@ async def hybrid_search(
 
 
 async def search_table(
-    table: AsyncTable, source: str, *, where: str, text: str, vector: Sequence[float], limit: int
+    table: AsyncTable, source: str, *, where: str, text: str, vector: Sequence[float], limit: int, exact: bool = True
 ) -> list[Candidate]:
     """:func:`hybrid_search` of one table with a query vector already computed."""
 
     async def ready() -> list[list[float]]:
         return [list(vector)]
 
-    (found,) = await hybrid_search([SearchTarget(table, source, where)], text, ready(), limit=limit)
+    (found,) = await hybrid_search([SearchTarget(table, source, where, exact)], text, ready(), limit=limit)
     return found
 
 
@@ -259,9 +290,9 @@ def _merge(source: str, version: int, by_vector: pa.Table, by_text: pa.Table | N
 
 
 async def _vector_search(
-    table: AsyncTable, where: str, vector: Sequence[float], columns: list[str], limit: int
+    table: AsyncTable, where: str, vector: Sequence[float], columns: list[str], limit: int, *, exact: bool
 ) -> pa.Table:
-    search = table.query().nearest_to(list(vector)).column(VECTOR).distance_type("cosine")
+    search = tune(table.query().nearest_to(list(vector)).column(VECTOR).distance_type("cosine"), exact=exact)
     return await search.where(where).select([*columns, "_distance"]).limit(limit).to_arrow()
 
 

@@ -26,7 +26,7 @@ from salon.storage.tables import TranscriptStore
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 from salon.v1 import knowledge_service_pb2 as ks_pb2
 from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
-from salon.v1 import turn_pb2
+from salon.v1 import session_pb2, turn_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +124,45 @@ async def test_ingest_cite_replace_delete(make_engine: EngineFactory) -> None:
         assert not any(h.citation.document_id == "menu" for h in await search(knowledge, "lentil soup canteen"))
         again = await knowledge.DeleteDocuments(ks_pb2.DeleteDocumentsRequest(document_ids=["menu"]))
         assert again.deleted == 0
+
+
+def cited_documents(events: list[turn_pb2.TurnEvent]) -> list[str]:
+    return [c.document_id for e in events if e.HasField("citations") for c in e.citations.citations]
+
+
+async def test_a_session_sets_its_cutoff_to_zero_and_its_passage_budget(make_engine: EngineFactory) -> None:
+    # The deployment's cut-off is high, so a session on the defaults drops every passage found here.
+    engine = await make_engine(num_hosts=1, num_shards=2, retrieval_min_score=0.99)
+    question = "What does the canteen serve on Mondays?"
+    async with grpc.aio.insecure_channel(engine.target) as channel:
+        knowledge = ks_grpc.KnowledgeServiceStub(channel)
+        conversation = cs_grpc.ConversationServiceStub(channel)
+        _, summary = await ingest(knowledge, [doc("menu", MENU), doc("travel", TRAVEL)])
+        assert summary.succeeded == 2
+        hits = await search(knowledge, question)
+        assert hits and hits[0].citation.document_id == "menu"
+        assert all(h.citation.score < 0.99 for h in hits)  # so the default cut-off drops them all
+
+        memory = session_pb2.MemorySettings
+        on_defaults = await create_session(conversation)
+        # The old field's 0 still means "the engine default" ...
+        old_zero = await create_session(conversation, memory=memory(retrieval_min_score=0.0))
+        # ... the new one's 0 means zero, and wins over the old field.
+        zero = await create_session(conversation, memory=memory(retrieval_min_score=0.5, retrieval_score_cutoff=0.0))
+        # A budget no passage fits in keeps them all out, whatever the cut-off.
+        no_room = await create_session(
+            conversation, memory=memory(retrieval_score_cutoff=0.0, retrieval_token_budget=1)
+        )
+        assert cited_documents(await collect_turn(conversation, on_defaults, question)) == []
+        assert cited_documents(await collect_turn(conversation, old_zero, question)) == []
+        assert cited_documents(await collect_turn(conversation, zero, question))[0] == "menu"
+        assert cited_documents(await collect_turn(conversation, no_room, question)) == []
+
+        for bad in (memory(retrieval_score_cutoff=1.5), memory(retrieval_token_budget=10_000_000)):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await create_session(conversation, memory=bad)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert dict(caught.value.trailing_metadata() or ()).get("salon-error-reason") == "BAD_MEMORY_SETTINGS"
 
 
 async def test_bad_documents_fail_alone_and_say_why_without_echoing(make_engine: EngineFactory) -> None:

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from unit_support import EventLog, from_protos, kind, local
 
 from salon import otel
-from salon.actors.context import PASSAGES_HEADING, TurnContext, explain
+from salon.actors.context import PASSAGES_HEADING, TurnContext, explain, within_budget
 from salon.actors.model import Message, ModelChunk, ModelRequest
 from salon.actors.session import (
     SessionActor,
@@ -303,3 +303,34 @@ async def test_retrieval_has_its_span_inside_context_assembly_with_counts_and_no
     assert (retrieval.attributes[attrs.RETRIEVAL_PASSAGES], retrieval.attributes[attrs.RETRIEVAL_CHUNKS]) == (1, 1)
     assert assembly.attributes[attrs.CONTEXT_PROMPT_TOKENS] > 0
     assert not any("secret-canary" in str(dict(s.attributes or {})) for s in spans.values())
+
+
+def test_within_budget_keeps_passages_best_first_while_they_fit() -> None:
+    long, short, shorter = "word " * 50, "word " * 10, "word " * 5
+    passages = [knowledge("a", 0, short), knowledge("b", 0, long), knowledge("c", 0, shorter)]
+
+    def words(text: str) -> int:
+        return len(text.split())
+
+    # The long one does not fit after the first; the next, shorter one still enters, in its order.
+    assert [p.document_id for p in within_budget(passages, 15, words)] == ["a", "c"]
+    assert [p.document_id for p in within_budget(passages, 65, words)] == ["a", "b", "c"]
+    assert within_budget(passages, 4, words) == []
+
+
+async def test_a_session_token_budget_bounds_the_passages_in_the_prompt() -> None:
+    retriever = InMemoryRetriever()
+    for n in range(3):
+        retriever.add(knowledge("handbook", n, f"The wifi password {n} is " + "heliotrope " * 40), "acme")
+    retriever.add(knowledge("short", 0, "The wifi password is short."), "acme")
+    settings = SessionSettings(retrieval_top_k=10, retrieval_token_budget=120, summary_min_messages=1000)
+    rig = Rig(retriever, settings)
+    actor = await rig.activate()
+    events = await rig.run(actor, "t1", "what is the wifi password")
+    context = rig.context("t1")
+    # Without a tokenizer loaded the passages are counted as characters / 4; their total keeps to the budget.
+    assert sum(p.tokens for p in context.passages) <= 120
+    assert 1 <= len(context.passages) < 4
+    cited = [c.chunk_id for e in events if kind(e) == "citations" for c in e.citations.citations]
+    assert cited == [p.chunk_id for p in context.passages]
+    await actor.close()

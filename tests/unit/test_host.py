@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from unit_support import (
     FakeMsg,
@@ -424,6 +425,20 @@ def test_session_settings_fall_back_to_host_defaults() -> None:
     assert (custom.system_prompt, custom.window_max_messages, custom.max_tokens) == ("p", 5, 9)
     assert custom.temperature == 0.0
     assert custom.stop_sequences == ("END",)
+
+
+def test_a_session_cutoff_of_zero_is_zero_and_takes_precedence() -> None:
+    defaults = HostSettings(retrieval_min_score=0.4, retrieval_token_budget=900)
+
+    def settings(**memory: Any) -> tuple[float, int]:
+        s = session_settings(session_pb2.Session(session_id="s", memory=session_pb2.MemorySettings(**memory)), defaults)
+        return s.retrieval_min_score, s.retrieval_token_budget
+
+    assert settings() == (0.4, 900)
+    assert settings(retrieval_min_score=0.0) == (0.4, 900)  # the old field's 0: unset
+    assert settings(retrieval_min_score=0.25) == (0.25, 900)
+    assert settings(retrieval_score_cutoff=0.0) == (0.0, 900)
+    assert settings(retrieval_min_score=0.25, retrieval_score_cutoff=0.0, retrieval_token_budget=50) == (0.0, 50)
 
 
 async def test_activation_over_the_limit_while_other_sessions_are_busy() -> None:

@@ -42,6 +42,21 @@ def test_no_period_is_found_where_none_is_named(text: str) -> None:
     assert find_period(text, NOW) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "rest"),
+    [
+        ("What did Maya do last May?", "What did Maya do ?"),
+        ("what happened in May 2024 at work", "what happened at work"),
+        ("notes from 2026-02-14 please", "notes from please"),
+        ("what did Sam say last week", "what did Sam say"),
+    ],
+)
+def test_the_words_naming_a_period_are_left_out_of_the_lexical_query(text: str, rest: str) -> None:
+    period = find_period(text, NOW)
+    assert period is not None
+    assert " ".join(period.strip(text).split()) == rest
+
+
 def test_a_period_becomes_date_prefixes_that_cover_it_exactly() -> None:
     assert Period(date(2025, 1, 1), date(2025, 12, 31)).prefixes() == ["2025"]
     assert Period(date(2025, 5, 1), date(2025, 5, 31)).prefixes() == ["2025-05"]

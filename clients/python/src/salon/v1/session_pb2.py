@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16salon/v1/session.proto\x12\x08salon.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x01\n\x0eMemorySettings\x12\x1b\n\x13window_token_budget\x18\x01 \x01(\r\x12\x1b\n\x13window_max_messages\x18\x02 \x01(\r\x12\x17\n\x0fretrieval_top_k\x18\x03 \x01(\r\x12\x1b\n\x13retrieval_min_score\x18\x04 \x01(\x02\x12!\n\x19long_term_memory_disabled\x18\x05 \x01(\x08\x12+\n\x0cmemory_scope\x18\x06 \x01(\x0e\x32\x15.salon.v1.MemoryScope\x12\x1d\n\x15knowledge_collections\x18\x07 \x03(\t\"\xa2\x01\n\rModelSettings\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x05 \x03(\t\x12\x1a\n\x12\x66\x61llback_providers\x18\x06 \x03(\tB\x0e\n\x0c_temperature\"(\n\x07Summary\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"\xa3\x04\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x31\n\x08metadata\x18\x02 \x03(\x0b\x32\x1f.salon.v1.Session.MetadataEntry\x12\x15\n\rsystem_prompt\x18\x03 \x01(\t\x12(\n\x06memory\x18\x04 \x01(\x0b\x32\x18.salon.v1.MemorySettings\x12\x35\n\x0e\x64ouble_texting\x18\x05 \x01(\x0e\x32\x1d.salon.v1.DoubleTextingPolicy\x12&\n\x05model\x18\x06 \x01(\x0b\x32\x17.salon.v1.ModelSettings\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nturn_count\x18\x08 \x01(\x04\x12\"\n\x07summary\x18\t \x01(\x0b\x32\x11.salon.v1.Summary\x12\x35\n\x11\x64isconnect_policy\x18\n \x01(\x0e\x32\x1a.salon.v1.DisconnectPolicy\x12 \n\x05tools\x18\x0b \x01(\x0b\x32\x11.salon.v1.ToolSet\x12-\n\rtool_settings\x18\x0c \x01(\x0b\x32\x16.salon.v1.ToolSettings\x12\x0f\n\x07user_id\x18\r \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"s\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x19\n\x11input_schema_json\x18\x03 \x01(\t\x12\x19\n\x11requires_approval\x18\x04 \x01(\x08\x12\x12\n\nmcp_server\x18\x05 \x01(\t\"=\n\x07ToolSet\x12\x1d\n\x05tools\x18\x01 \x03(\x0b\x32\x0e.salon.v1.Tool\x12\x13\n\x0bmcp_servers\x18\x02 \x03(\t\"Y\n\x0cToolSettings\x12/\n\x0cwait_timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_model_rounds\x18\x02 \x01(\r*\xca\x01\n\x13\x44oubleTextingPolicy\x12%\n!DOUBLE_TEXTING_POLICY_UNSPECIFIED\x10\x00\x12!\n\x1d\x44OUBLE_TEXTING_POLICY_ENQUEUE\x10\x01\x12 \n\x1c\x44OUBLE_TEXTING_POLICY_REJECT\x10\x02\x12#\n\x1f\x44OUBLE_TEXTING_POLICY_INTERRUPT\x10\x03\x12\"\n\x1e\x44OUBLE_TEXTING_POLICY_ROLLBACK\x10\x04*s\n\x10\x44isconnectPolicy\x12!\n\x1d\x44ISCONNECT_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44ISCONNECT_POLICY_CONTINUE\x10\x01\x12\x1c\n\x18\x44ISCONNECT_POLICY_CANCEL\x10\x02*\\\n\x0bMemoryScope\x12\x1c\n\x18MEMORY_SCOPE_UNSPECIFIED\x10\x00\x12\x18\n\x14MEMORY_SCOPE_SESSION\x10\x01\x12\x15\n\x11MEMORY_SCOPE_USER\x10\x02\x42\x10\n\x0c\x64\x65v.salon.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16salon/v1/session.proto\x12\x08salon.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcf\x02\n\x0eMemorySettings\x12\x1b\n\x13window_token_budget\x18\x01 \x01(\r\x12\x1b\n\x13window_max_messages\x18\x02 \x01(\r\x12\x17\n\x0fretrieval_top_k\x18\x03 \x01(\r\x12\x1b\n\x13retrieval_min_score\x18\x04 \x01(\x02\x12!\n\x19long_term_memory_disabled\x18\x05 \x01(\x08\x12+\n\x0cmemory_scope\x18\x06 \x01(\x0e\x32\x15.salon.v1.MemoryScope\x12\x1d\n\x15knowledge_collections\x18\x07 \x03(\t\x12#\n\x16retrieval_score_cutoff\x18\x08 \x01(\x02H\x00\x88\x01\x01\x12\x1e\n\x16retrieval_token_budget\x18\t \x01(\rB\x19\n\x17_retrieval_score_cutoff\"\xa2\x01\n\rModelSettings\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x05 \x03(\t\x12\x1a\n\x12\x66\x61llback_providers\x18\x06 \x03(\tB\x0e\n\x0c_temperature\"(\n\x07Summary\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"\xa3\x04\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x31\n\x08metadata\x18\x02 \x03(\x0b\x32\x1f.salon.v1.Session.MetadataEntry\x12\x15\n\rsystem_prompt\x18\x03 \x01(\t\x12(\n\x06memory\x18\x04 \x01(\x0b\x32\x18.salon.v1.MemorySettings\x12\x35\n\x0e\x64ouble_texting\x18\x05 \x01(\x0e\x32\x1d.salon.v1.DoubleTextingPolicy\x12&\n\x05model\x18\x06 \x01(\x0b\x32\x17.salon.v1.ModelSettings\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nturn_count\x18\x08 \x01(\x04\x12\"\n\x07summary\x18\t \x01(\x0b\x32\x11.salon.v1.Summary\x12\x35\n\x11\x64isconnect_policy\x18\n \x01(\x0e\x32\x1a.salon.v1.DisconnectPolicy\x12 \n\x05tools\x18\x0b \x01(\x0b\x32\x11.salon.v1.ToolSet\x12-\n\rtool_settings\x18\x0c \x01(\x0b\x32\x16.salon.v1.ToolSettings\x12\x0f\n\x07user_id\x18\r \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"s\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x19\n\x11input_schema_json\x18\x03 \x01(\t\x12\x19\n\x11requires_approval\x18\x04 \x01(\x08\x12\x12\n\nmcp_server\x18\x05 \x01(\t\"=\n\x07ToolSet\x12\x1d\n\x05tools\x18\x01 \x03(\x0b\x32\x0e.salon.v1.Tool\x12\x13\n\x0bmcp_servers\x18\x02 \x03(\t\"Y\n\x0cToolSettings\x12/\n\x0cwait_timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_model_rounds\x18\x02 \x01(\r*\xca\x01\n\x13\x44oubleTextingPolicy\x12%\n!DOUBLE_TEXTING_POLICY_UNSPECIFIED\x10\x00\x12!\n\x1d\x44OUBLE_TEXTING_POLICY_ENQUEUE\x10\x01\x12 \n\x1c\x44OUBLE_TEXTING_POLICY_REJECT\x10\x02\x12#\n\x1f\x44OUBLE_TEXTING_POLICY_INTERRUPT\x10\x03\x12\"\n\x1e\x44OUBLE_TEXTING_POLICY_ROLLBACK\x10\x04*s\n\x10\x44isconnectPolicy\x12!\n\x1d\x44ISCONNECT_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44ISCONNECT_POLICY_CONTINUE\x10\x01\x12\x1c\n\x18\x44ISCONNECT_POLICY_CANCEL\x10\x02*\\\n\x0bMemoryScope\x12\x1c\n\x18MEMORY_SCOPE_UNSPECIFIED\x10\x00\x12\x18\n\x14MEMORY_SCOPE_SESSION\x10\x01\x12\x15\n\x11MEMORY_SCOPE_USER\x10\x02\x42\x10\n\x0c\x64\x65v.salon.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,26 +36,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.salon.v1P\001'
   _globals['_SESSION_METADATAENTRY']._loaded_options = None
   _globals['_SESSION_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_DOUBLETEXTINGPOLICY']._serialized_start=1372
-  _globals['_DOUBLETEXTINGPOLICY']._serialized_end=1574
-  _globals['_DISCONNECTPOLICY']._serialized_start=1576
-  _globals['_DISCONNECTPOLICY']._serialized_end=1691
-  _globals['_MEMORYSCOPE']._serialized_start=1693
-  _globals['_MEMORYSCOPE']._serialized_end=1785
+  _globals['_DOUBLETEXTINGPOLICY']._serialized_start=1468
+  _globals['_DOUBLETEXTINGPOLICY']._serialized_end=1670
+  _globals['_DISCONNECTPOLICY']._serialized_start=1672
+  _globals['_DISCONNECTPOLICY']._serialized_end=1787
+  _globals['_MEMORYSCOPE']._serialized_start=1789
+  _globals['_MEMORYSCOPE']._serialized_end=1881
   _globals['_MEMORYSETTINGS']._serialized_start=102
-  _globals['_MEMORYSETTINGS']._serialized_end=341
-  _globals['_MODELSETTINGS']._serialized_start=344
-  _globals['_MODELSETTINGS']._serialized_end=506
-  _globals['_SUMMARY']._serialized_start=508
-  _globals['_SUMMARY']._serialized_end=548
-  _globals['_SESSION']._serialized_start=551
-  _globals['_SESSION']._serialized_end=1098
-  _globals['_SESSION_METADATAENTRY']._serialized_start=1051
-  _globals['_SESSION_METADATAENTRY']._serialized_end=1098
-  _globals['_TOOL']._serialized_start=1100
-  _globals['_TOOL']._serialized_end=1215
-  _globals['_TOOLSET']._serialized_start=1217
-  _globals['_TOOLSET']._serialized_end=1278
-  _globals['_TOOLSETTINGS']._serialized_start=1280
-  _globals['_TOOLSETTINGS']._serialized_end=1369
+  _globals['_MEMORYSETTINGS']._serialized_end=437
+  _globals['_MODELSETTINGS']._serialized_start=440
+  _globals['_MODELSETTINGS']._serialized_end=602
+  _globals['_SUMMARY']._serialized_start=604
+  _globals['_SUMMARY']._serialized_end=644
+  _globals['_SESSION']._serialized_start=647
+  _globals['_SESSION']._serialized_end=1194
+  _globals['_SESSION_METADATAENTRY']._serialized_start=1147
+  _globals['_SESSION_METADATAENTRY']._serialized_end=1194
+  _globals['_TOOL']._serialized_start=1196
+  _globals['_TOOL']._serialized_end=1311
+  _globals['_TOOLSET']._serialized_start=1313
+  _globals['_TOOLSET']._serialized_end=1374
+  _globals['_TOOLSETTINGS']._serialized_start=1376
+  _globals['_TOOLSETTINGS']._serialized_end=1465
 # @@protoc_insertion_point(module_scope)

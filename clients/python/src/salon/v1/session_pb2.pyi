@@ -43,7 +43,7 @@ MEMORY_SCOPE_SESSION: MemoryScope
 MEMORY_SCOPE_USER: MemoryScope
 
 class MemorySettings(_message.Message):
-    __slots__ = ("window_token_budget", "window_max_messages", "retrieval_top_k", "retrieval_min_score", "long_term_memory_disabled", "memory_scope", "knowledge_collections")
+    __slots__ = ("window_token_budget", "window_max_messages", "retrieval_top_k", "retrieval_min_score", "long_term_memory_disabled", "memory_scope", "knowledge_collections", "retrieval_score_cutoff", "retrieval_token_budget")
     WINDOW_TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     WINDOW_MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,8 @@ class MemorySettings(_message.Message):
     LONG_TERM_MEMORY_DISABLED_FIELD_NUMBER: _ClassVar[int]
     MEMORY_SCOPE_FIELD_NUMBER: _ClassVar[int]
     KNOWLEDGE_COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_SCORE_CUTOFF_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     window_token_budget: int
     window_max_messages: int
     retrieval_top_k: int
@@ -58,7 +60,9 @@ class MemorySettings(_message.Message):
     long_term_memory_disabled: bool
     memory_scope: MemoryScope
     knowledge_collections: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, window_token_budget: _Optional[int] = ..., window_max_messages: _Optional[int] = ..., retrieval_top_k: _Optional[int] = ..., retrieval_min_score: _Optional[float] = ..., long_term_memory_disabled: _Optional[bool] = ..., memory_scope: _Optional[_Union[MemoryScope, str]] = ..., knowledge_collections: _Optional[_Iterable[str]] = ...) -> None: ...
+    retrieval_score_cutoff: float
+    retrieval_token_budget: int
+    def __init__(self, window_token_budget: _Optional[int] = ..., window_max_messages: _Optional[int] = ..., retrieval_top_k: _Optional[int] = ..., retrieval_min_score: _Optional[float] = ..., long_term_memory_disabled: _Optional[bool] = ..., memory_scope: _Optional[_Union[MemoryScope, str]] = ..., knowledge_collections: _Optional[_Iterable[str]] = ..., retrieval_score_cutoff: _Optional[float] = ..., retrieval_token_budget: _Optional[int] = ...) -> None: ...
 
 class ModelSettings(_message.Message):
     __slots__ = ("provider", "model", "max_tokens", "temperature", "stop_sequences", "fallback_providers")
