@@ -76,3 +76,25 @@ async def test_a_stuck_reader_stops_the_relay_then_gets_slow_consumer() -> None:
     assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert dict(context.trailers)["salon-error-reason"] == "SLOW_CONSUMER"
     assert context.written == 2
+
+
+async def _converse_requests(stop: asyncio.Event) -> AsyncIterator[cs_pb2.ConverseRequest]:
+    yield cs_pb2.ConverseRequest(request_id="r1", send_turn=cs_pb2.SendTurnRequest(session_id="s", text="hi"))
+    await stop.wait()  # the client keeps its side open (it sends nothing more)
+
+
+async def test_a_stuck_converse_reader_stops_its_turns_then_gets_slow_consumer() -> None:
+    gateway = EndlessGateway()
+    servicer = ConversationServicer(gateway, "default", write_timeout_s=0.05)  # type: ignore[arg-type]
+    context = StuckContext()
+    stop = asyncio.Event()
+    call = asyncio.create_task(servicer.Converse(_converse_requests(stop), context))
+    await asyncio.wait_for(gateway.closed.wait(), 5)  # the turn's relay stopped: its subscription is released
+    assert context.aborted is None, "no status while the pending write is still in gRPC"
+    context.gate.set()
+    with contextlib.suppress(_Aborted):
+        await asyncio.wait_for(call, 5)
+    stop.set()
+    assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dict(context.trailers)["salon-error-reason"] == "SLOW_CONSUMER"
+    assert context.written == 2
