@@ -100,6 +100,13 @@ class StreamWriter:
         if loop.time() < due:
             self._timer = loop.call_at(due, self._check)
             return
+        # Decided one turn of the loop later: a write that completed while the loop was busy (its completion is
+        # queued behind this callback) is not mistaken for a stalled one.
+        loop.call_soon(self._expire, since)
+
+    def _expire(self, since: float) -> None:
+        if self._since != since:
+            return  # it completed (a later write set the timer again)
         self.stalled = True
         log.warning("a client stopped reading for %.0f s; its stream is cut off", self._timeout_s)
         if self._stall is not None:

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from salon.engine.servicer import ConversationServicer
+from salon.engine.streaming import StreamWriter
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import turn_pb2
 
@@ -98,3 +99,33 @@ async def test_a_stuck_converse_reader_stops_its_turns_then_gets_slow_consumer()
     assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert dict(context.trailers)["salon-error-reason"] == "SLOW_CONSUMER"
     assert context.written == 2
+
+
+class QuickContext:
+    """A client that takes every message at the next turn of the event loop."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    async def write(self, message: Any) -> None:
+        await asyncio.sleep(0)  # wait-ok: the client takes the message at once
+        self.written += 1
+
+    def done(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+
+async def test_a_stream_read_promptly_is_never_cut_however_long_it_lasts() -> None:
+    # The timeout bounds each write, not the stream: one timer per stream must re-arm for the write pending.
+    writer = StreamWriter(QuickContext(), 0.05)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        while loop.time() - start < 0.5:
+            await writer.write(cs_pb2.SendTurnResponse())
+    finally:
+        writer.close()
+    assert not writer.stalled
