@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from salon.actors.emitter import recorded_events
 from salon.actors.events import (
+    KINDS,
     TERMINAL_KINDS,
     Accepted,
     ApprovalDecided,
@@ -239,16 +240,18 @@ _TO_PROTO: dict[type, Callable[[Any], ProtoMessage]] = {
 
 def event_to_proto(event: TurnEvent) -> turn_pb2.TurnEvent:
     """The API's form of ``event`` (an :class:`~salon.actors.events.Unrecognized` one keeps no kind)."""
-    convert = _TO_PROTO.get(type(event.body))
-    # Given to the constructor, the kind is set even when its message is empty (a delta of "").
-    kind: dict[str, Any] = {event.kind: convert(event.body)} if convert is not None else {}
-    return turn_pb2.TurnEvent(
-        session_id=event.session_id,
-        turn_id=event.turn_id,
-        seq=event.seq,
-        time=Timestamp(seconds=event.time_ns // _NS, nanos=event.time_ns % _NS),
-        **kind,
-    )
+    # Filled in place (a host converts every token): building the time and the kind as messages of their own
+    # and handing them to the constructor copied each, four times the cost.
+    message = turn_pb2.TurnEvent(session_id=event.session_id, turn_id=event.turn_id, seq=event.seq)
+    stamp = message.time
+    stamp.SetInParent()
+    stamp.seconds, stamp.nanos = divmod(event.time_ns, _NS)
+    body = event.body
+    convert = _TO_PROTO.get(type(body))
+    if convert is not None:
+        # CopyFrom sets the kind even when its message is empty (a delta of "").
+        getattr(message, KINDS[type(body)]).CopyFrom(convert(body))
+    return message
 
 
 def _body_from_proto(event: turn_pb2.TurnEvent) -> EventBody:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from salon.engine.status import as_salon_errors, status_code
-from salon.engine.streaming import SlowConsumer, StreamWriter
+from salon.engine.streaming import StreamWriter
 from salon.engine.turns import TenantTurns
 from salon.otel import server_span
 from salon.storage.errors import InvalidArgument, SalonError
@@ -60,18 +60,22 @@ class ConverseCall:
     async def run(self, requests: AsyncIterator[cs_pb2.ConverseRequest]) -> None:
         """Serve the stream until the client finished sending and its turns ended (or the client is gone)."""
         reader = asyncio.create_task(self._read(requests))
+        # A stalled client stops the relaying at once (the pending write drains before SlowConsumer is raised).
+        self._writer.on_stall(lambda: self._cancel(reader))
         try:
             while (item := await self._out.get()) is not None:
                 await self._writer.write(item)
             await reader
-        except SlowConsumer as slow:
-            await self._stop(reader)
-            await slow.drained()
-            raise
         finally:
             # The client went away (or the stream ended): stop relaying. Turns themselves keep running (or
             # stop, under the cancel disconnect policy) and are recorded; their events stay resumable.
+            self._writer.close()
             await self._stop(reader)
+
+    def _cancel(self, reader: asyncio.Task[None]) -> None:
+        reader.cancel()
+        for task in self._jobs:
+            task.cancel()
 
     async def _stop(self, reader: asyncio.Task[None]) -> None:
         tasks = [reader, *self._jobs]

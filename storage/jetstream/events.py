@@ -50,6 +50,10 @@ ACCEPTED_WAIT_S = 0.003
 """How long a turn's ``accepted`` event waits for the events right behind it (citations, the first token) to go
 into the same stored message: one disk write less before the first token, at most this much later for
 ``accepted`` (which no one waits on)."""
+YIELD_EVERY = 8
+"""Events a turn queues between two turns of the event loop when its producer never pauses: the store task
+runs at once after an urgent event (the first token among them) or the start of a store task, and otherwise
+at least this often (each turn of the loop polls the sockets: once per token was a tenth of a host's CPU)."""
 MAX_PENDING_EVENTS = 4096
 """Events of one turn waiting to be stored before emitting more waits (while NATS is away)."""
 _TAG = b"\x0a"
@@ -144,6 +148,8 @@ class _TurnLog:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     room: asyncio.Event = field(default_factory=asyncio.Event)
     failing: bool = False
+    unyielded: int = 0
+    """Events queued since the publisher last let the event loop run (see ``YIELD_EVERY``)."""
 
 
 class EventPublisher:
@@ -172,21 +178,26 @@ class EventPublisher:
             turn = self._logs[subject] = _TurnLog(subject)
         turn.pending.append((event.seq, event.SerializeToString()))
         kind = event.WhichOneof("kind")
+        turn.unyielded += 1
         if kind == "accepted" and len(turn.pending) == 1 and turn.task is None:
             turn.opening_until = time.monotonic() + ACCEPTED_WAIT_S
         elif kind != "delta" or not turn.deltas_seen:
             turn.urgent_seq = event.seq
             turn.wake.set()
+            turn.unyielded = YIELD_EVERY
         turn.deltas_seen = turn.deltas_seen or kind == "delta"
         turn.ended = turn.ended or kind in TERMINAL_KINDS
         if turn.task is None:
             turn.task = asyncio.create_task(self._drain(turn), name=f"salon-events-{event.turn_id}")
+            turn.unyielded = YIELD_EVERY
         while len(turn.pending) > MAX_PENDING_EVENTS and turn.task is not None:
             turn.room.clear()
             await turn.room.wait()
-        # Lets the store task send now, so a provider that never pauses (or a burst of deltas) does not hold
-        # the first token back until the whole answer is queued.
-        await asyncio.sleep(0)
+        if turn.unyielded >= YIELD_EVERY or turn.ended:
+            # Lets the store task send now, so a provider that never pauses (or a burst of deltas) does not
+            # hold the first token back until the whole answer is queued, nor later ones for long.
+            turn.unyielded = 0
+            await asyncio.sleep(0)
 
     async def flush(self, tenant_id: str, session_id: str, turn_id: str) -> None:
         """Wait until every event of the turn queued so far is stored; :class:`Unavailable` when the publisher

@@ -103,11 +103,14 @@ class _NatsSessionLog:
         self._position = position
 
     async def append_turn(self, record: TurnRecord) -> TurnRecord:
-        record = fit_record(record, self._journal.max_record_bytes)
+        payload = record.to_json()
+        if len(payload) > self._journal.max_record_bytes:
+            record = fit_record(record, self._journal.max_record_bytes)
+            payload = record.to_json()
         seq = await _append(
             self._js,
             self._names.ledger_turns(self._tenant_id, self._session_id),
-            record.to_json(),
+            payload,
             kind=KIND_TURN,
             msg_id=record.key,
             expected=self._position,
