@@ -259,14 +259,14 @@ class Tmpfs:
         """Take all its free space with a filler file; returns the file."""
         filler = self.path / "filler"
         free = shutil.disk_usage(self.path).free
-        with open(filler, "wb") as fh:
+        # Unbuffered: a buffered file would try to write its last bytes again on close, and raise there.
+        with open(filler, "wb", buffering=0) as fh:
             with contextlib.suppress(OSError):
                 os.posix_fallocate(fh.fileno(), 0, free)
             # fallocate may leave a little: write until the disk says no.
             with contextlib.suppress(OSError):
                 while True:
                     fh.write(b"\0" * 65536)
-                    fh.flush()
         return filler
 
     def unmount(self) -> None:
