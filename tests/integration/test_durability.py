@@ -71,10 +71,12 @@ async def test_history_pages_through_the_transcript_and_delete_removes_every_row
         session_id = await create_session(stub)
         other = await create_session(stub)
         sent = [(await collect_turn(stub, session_id, f"turn {i}"))[0].turn_id for i in range(7)]
-        await collect_turn(stub, other, "unrelated")
+        unrelated = (await collect_turn(stub, other, "unrelated"))[0].turn_id
         # Before the writer flushed (history reads the ledger's tail) and after.
         assert await _history(stub, session_id) == sent
         assert await _wait_stored(engine, session_id, sent) == sent
+        # The other session's row is stored too (it may come in a later flush), so its survival below is judged.
+        assert await _wait_stored(engine, other, [unrelated]) == [unrelated]
         assert await _history(stub, session_id) == sent
         page = await stub.GetHistory(cs_pb2.GetHistoryRequest(session_id=session_id, page_size=1))
         assert page.turns[0].user_text == "turn 0"
