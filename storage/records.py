@@ -259,8 +259,16 @@ class TurnRecord:
         return turn_key(self.tenant_id, self.session_id, self.turn_id)
 
     def to_json(self) -> bytes:
-        """Encode for the ledger."""
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+        """Encode for the ledger: exactly the bytes of ``dataclasses.asdict`` in JSON (what stored records hold and
+        readers decode), without its deep copy of every field on each turn's end: tuples of strings and numbers
+        encode as lists directly, and only guardrail decisions and tool calls, when a turn has any, go through
+        ``asdict``."""
+        data = {name: getattr(self, name) for name in _TURN_FIELDS}
+        if self.guardrails:
+            data["guardrails"] = [dataclasses.asdict(g) for g in self.guardrails]
+        if self.tool_calls:
+            data["tool_calls"] = [dataclasses.asdict(c) for c in self.tool_calls]
+        return _COMPACT.encode(data).encode()
 
     @classmethod
     def from_json(cls, data: bytes, ledger_seq: int = 0) -> TurnRecord:
@@ -283,6 +291,10 @@ class TurnRecord:
         """Every guardrail decision of the turn: the turn's own, then those about its tool results."""
         return (*self.guardrails, *(c.guardrail for c in self.tool_calls if c.guardrail is not None))
 
+
+_TURN_FIELDS = tuple(f.name for f in dataclasses.fields(TurnRecord))
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+"""``json.dumps(..., separators=(",", ":"))`` without building an encoder per call."""
 
 ProgressKind = Literal["round", "update"]
 

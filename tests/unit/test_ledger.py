@@ -4,6 +4,7 @@ journal contract itself, on both journals: tests/contract/test_journal.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -18,7 +19,7 @@ from salon.storage import (
     turn_key,
 )
 from salon.storage.inmemory import InMemoryJournal
-from salon.storage.records import TurnStatus
+from salon.storage.records import GuardrailDecision, ToolApproval, ToolCallEntry, TurnStatus
 
 TENANT, SESSION, INCARNATION = "acme", "s1", "1700000000000000000"
 WORDS = ["tea", "kettle", "spout", "lid", "steam", "cup", "saucer", "brew"]
@@ -86,6 +87,28 @@ def test_turn_record_encoding() -> None:
     newer["field_from_a_later_version"] = 1
     assert TurnRecord.from_json(json.dumps(newer).encode()) == original
     assert original.key == turn_key(TENANT, SESSION, "t1") == "acme.s1.t1"
+
+
+def test_turn_record_bytes_are_those_of_the_full_dataclass_encoding() -> None:
+    """Stored records were written as ``json.dumps(dataclasses.asdict(record))``: the leaner encoding must give the
+    same bytes, nested guardrail decisions and tool calls (with an approval, a guardrail, none) included."""
+    guard = GuardrailDecision(check="injection", action="flag", reason="r", source="tool", score=0.5, rules=("x",))
+    call = ToolCallEntry(call_id="c1", tool="lookup", approval=ToolApproval(approved=True, approver="ann"))
+    for original in (
+        record(1),
+        dataclasses.replace(
+            record(2),
+            user_text="héllo “quoted”\n",
+            guardrails=(guard,),
+            tool_calls=(call, dataclasses.replace(call, call_id="c2", approval=None, guardrail=guard)),
+            round_chars=(3, 4),
+            context_turn_ids=("t0", "t1"),
+            estimated_cost_usd=0.25,
+            do_not_remember=True,
+        ),
+    ):
+        assert original.to_json() == json.dumps(dataclasses.asdict(original), separators=(",", ":")).encode()
+        assert TurnRecord.from_json(original.to_json()) == original
 
 
 def test_snapshot_record_encoding() -> None:
