@@ -9,7 +9,8 @@ called.
 
 :class:`LazyRetriever` does the same for a host's retriever: a host process imports LanceDB (and Arrow) and
 opens its tables only when a turn first retrieves, or when warmed in the background after the host started,
-so a host pulls turns at once instead of seconds after its process began.
+so a host pulls turns at once instead of seconds after its process began (a turn that retrieves while the tables
+are still opening waits for them, see :data:`salon.actors.prompt.RETRIEVER_OPEN_WAIT_S`).
 """
 
 from __future__ import annotations
@@ -196,6 +197,8 @@ class LazyRetriever:
 
     async def ready(self) -> None:
         """Open the tables now, or wait for the opening in progress."""
+        if self._closed:
+            raise Unavailable("the retriever is closed", reason="STORE_CLOSED")
         await self._retriever.get()
 
     def warm(self, *, embedder: bool = False) -> None:
