@@ -305,16 +305,6 @@ class SessionHost:
         if callable(warm):
             warm()
 
-    async def prepared(self, timeout_s: float) -> None:
-        """Wait (up to ``timeout_s``) for what :meth:`warm` started: a turn's retrieval has its own short timeout,
-        and on a busy machine opening the tables alone can outlast it, leaving the first turns without passages.
-        A failure is left to the first turn's retrieval, which tries again."""
-        ready = getattr(self._retriever, "ready", None)
-        if callable(ready):
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(timeout_s):
-                    await ready()
-
     def stats(self) -> dict[str, int]:
         """Live figures of the host."""
         return {

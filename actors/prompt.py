@@ -28,6 +28,9 @@ from salon.storage import GuardrailDecision, Passage, RetrievalQuery, Retriever,
 log = logging.getLogger(__name__)
 
 RETRIEVAL_TIMEOUT_S = 5.0
+RETRIEVER_OPEN_WAIT_S = 30.0
+"""How long a turn waits for a retriever still opening its tables (a host opens them in the background after it
+reports ready) before it goes on without passages; the query itself then has ``RETRIEVAL_TIMEOUT_S``."""
 """Longest a turn waits for retrieval before it goes on without passages."""
 
 
@@ -151,6 +154,7 @@ class PromptBuilder:
         query = self._query(text, window)
         with otel.span(otel.attributes.SPAN_RETRIEVAL) as span:
             try:
+                await self._opened()
                 found = await asyncio.wait_for(self._retriever.retrieve(query), timeout=RETRIEVAL_TIMEOUT_S)
             except asyncio.CancelledError:
                 raise
@@ -168,6 +172,17 @@ class PromptBuilder:
             if span.is_recording():
                 _trace_retrieval(span, passages)
         return passages, ""
+
+    async def _opened(self) -> None:
+        """Wait (up to ``RETRIEVER_OPEN_WAIT_S``) for a retriever that is still opening its tables: on a busy
+        machine importing LanceDB alone can outlast a query's timeout, and the first turns after a start must
+        retrieve all the same. A retriever that is always open (or cannot say) is not waited for."""
+        assert self._retriever is not None
+        if getattr(self._retriever, "opened", True):
+            return
+        ready = getattr(self._retriever, "ready", None)
+        if callable(ready):
+            await asyncio.wait_for(ready(), timeout=RETRIEVER_OPEN_WAIT_S)
 
     def _query(self, text: str, window: Sequence[Message]) -> RetrievalQuery:
         s = self._settings

@@ -45,9 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RETRIEVER_OPEN_WAIT_S = 30.0
-"""How long a host waits at start for its retrieval tables before it reports ready anyway."""
-
 
 @dataclass(frozen=True)
 class HostSpec:
@@ -202,12 +199,12 @@ class HostActor:
         else:
             self._control = await serve_control(self._host, self._nc, names, self._spec.shards)
         if self._spec.settings.retrieval_top_k > 0:
-            # Retrieval is on by default: the first turns will query the tables. (Off, only a session that turns
-            # it on for itself opens them, on its first turn.)
+            # Retrieval is on by default: the first turns will query the tables, so they open now, in the
+            # background (LanceDB imported off the event loop; the model still loads on first use). The host is
+            # ready without waiting for them: a turn that retrieves meanwhile waits for the opening itself
+            # (actors.prompt.RETRIEVER_OPEN_WAIT_S), so the first turns still retrieve. (Off, only a session that
+            # turns it on for itself opens them, on its first turn.)
             self._host.warm()
-            # Ready once the tables are open (LanceDB imported off the event loop; the model still loads on first
-            # use), so the first turns retrieve rather than time out behind the opening.
-            await self._host.prepared(RETRIEVER_OPEN_WAIT_S)
 
     async def ready(self) -> dict[str, Any]:
         """Wait until the host pulls its shards; returns its pid, node and shards."""

@@ -9,7 +9,8 @@ called.
 
 :class:`LazyRetriever` does the same for a host's retriever: a host process imports LanceDB (and Arrow) and
 opens its tables only when a turn first retrieves, or when warmed in the background after the host started,
-so a host pulls turns at once instead of seconds after its process began.
+so a host pulls turns at once instead of seconds after its process began (a turn that retrieves while the tables
+are still opening waits for them, see :data:`salon.actors.prompt.RETRIEVER_OPEN_WAIT_S`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Generic, TypeVar
@@ -29,6 +32,42 @@ from salon.storage.retrieval import Passage, RetrievalQuery, Retriever
 _T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
+
+BACKGROUND_NICENESS = 10
+"""How much lower the CPU priority of a warm-up's import is than the process's own: a host warms its tables while
+the writer and the gateway, whose start SERVING waits for, still import and open theirs on the same cores."""
+
+
+async def run_at_low_priority(call: Callable[[], _T], name: str) -> _T:
+    """``call()`` in a thread of its own whose CPU priority is ``BACKGROUND_NICENESS`` lower (Linux gives each
+    thread its own; elsewhere the call runs at the process's priority). A thread of its own because a lowered
+    priority cannot be raised back without privileges: a pooled thread would keep it for later work."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICENESS)
+        try:
+            result = call()
+        except BaseException as exc:
+            outcome: tuple[_T | None, BaseException | None] = (None, exc)
+        else:
+            outcome = (result, None)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await done
 
 
 class _Once(Generic[_T]):
@@ -161,6 +200,7 @@ class LazyRetriever:
         self.embedder = embedder
         self._retriever = _Once(self._open, "the retrieval tables")
         self._closed = False
+        self._in_background = False
 
     @property
     def opened(self) -> bool:
@@ -174,8 +214,14 @@ class LazyRetriever:
         return self.embedder.count_tokens
 
     async def _open(self) -> Retriever:
-        # Imported off the event loop: LanceDB and Arrow take about a second to import.
-        module = await asyncio.to_thread(importlib.import_module, "salon.storage.lance.retrieval")
+        # Imported off the event loop: LanceDB and Arrow take about a second to import. A warm-up imports at a
+        # lower priority: it must not slow the other processes' start (a turn that needs the tables meanwhile
+        # waits for it; on an idle machine the priority changes nothing).
+        name = "salon.storage.lance.retrieval"
+        if self._in_background:
+            module = await run_at_low_priority(lambda: importlib.import_module(name), "salon-open-tables")
+        else:
+            module = await asyncio.to_thread(importlib.import_module, name)
         retriever: Retriever = await module.LanceRetriever.open(
             self._uri, self.embedder, storage_options=self._storage_options
         )
@@ -196,11 +242,14 @@ class LazyRetriever:
 
     async def ready(self) -> None:
         """Open the tables now, or wait for the opening in progress."""
+        if self._closed:
+            raise Unavailable("the retriever is closed", reason="STORE_CLOSED")
         await self._retriever.get()
 
     def warm(self, *, embedder: bool = False) -> None:
         """Open the tables in the background now (and load the embedding model too, with ``embedder``)."""
         if not self._closed:
+            self._in_background = True
             self._retriever.warm()
             if embedder:
                 self.embedder.warm()

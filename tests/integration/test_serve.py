@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -37,6 +38,8 @@ from serve_support import (
 from salon.providers import scripted_reply
 from salon.v1 import conversation_service_pb2 as cs_pb2
 from salon.v1 import conversation_service_pb2_grpc as cs_grpc
+from salon.v1 import knowledge_service_pb2 as ks_pb2
+from salon.v1 import knowledge_service_pb2_grpc as ks_grpc
 
 # Ray's per-node agents outlive a raylet killed outright by about a minute: they report its death to the GCS,
 # which died with it, and wait for that call to time out. They hold no data and take no turns; the clean-up
@@ -150,6 +153,42 @@ async def test_engine_killed_outright_loses_no_acknowledged_turn(tmp_path: Path)
             assert events[-1].HasField("completed")
             got = await stub.GetSession(cs_pb2.GetSessionRequest(session_id=session_id))
             assert got.session.turn_count == 7, "the session picks up where it left off"
+    finally:
+        await stop(proc)
+
+
+async def test_the_first_turn_after_a_start_retrieves_from_the_tables_still_opening(tmp_path: Path) -> None:
+    # A host reports ready before its LanceDB tables are open (they open in the background): a turn sent the
+    # moment the engine serves must wait for them and cite the document, not go on without passages.
+    data_dir = tmp_path / "first-turn-data"
+    settings = {"SALON_MODEL_PROVIDER": "scripted", "SALON_EMBEDDING_MODEL": "hash"}
+    proc = await serve(data_dir, **settings)
+    try:
+        target = await read_target(proc, 120)
+        async with grpc.aio.insecure_channel(target) as channel:
+            text = "The office wifi password is heliotrope-42. The coffee machine is descaled on Fridays."
+            document = ks_pb2.Document(document_id="handbook", text=text, title="Office handbook")
+
+            async def requests() -> AsyncIterator[ks_pb2.IngestDocumentsRequest]:
+                yield ks_pb2.IngestDocumentsRequest(documents=[document])
+
+            results = [r.result async for r in ks_grpc.KnowledgeServiceStub(channel).IngestDocuments(requests())]
+            assert [(r.document_id, r.code) for r in results if r.document_id] == [("handbook", 0)]
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    finally:
+        await stop(proc)
+    proc = await serve(data_dir, **settings)
+    try:
+        target = await read_target(proc, 120)
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = cs_grpc.ConversationServiceStub(channel)
+            session_id = await create_session(stub)
+            request = cs_pb2.SendTurnRequest(session_id=session_id, text="What is the office wifi password?")
+            events = [r.event async for r in stub.SendTurn(request)]
+            assert events[-1].HasField("completed")
+            cited = [c.document_id for e in events if e.HasField("citations") for c in e.citations.citations]
+            assert cited and cited[0] == "handbook", f"the first turn after the start cites the document: {events}"
     finally:
         await stop(proc)
 

@@ -172,6 +172,43 @@ async def test_a_failing_retriever_degrades_the_turn_instead_of_failing_it() -> 
     await actor.close()
 
 
+class OpeningRetriever(InMemoryRetriever):
+    """A retriever whose tables are still opening (as a host's are right after it reports ready): it answers only
+    once the test lets the opening finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = False
+        self.asked = asyncio.Event()
+        self.finish = asyncio.Event()
+
+    async def ready(self) -> None:
+        self.asked.set()
+        await self.finish.wait()
+        self.opened = True
+
+    async def retrieve(self, query: RetrievalQuery) -> list[Passage]:
+        if not self.opened:
+            raise RuntimeError("the tables are not open yet")
+        return await super().retrieve(query)
+
+
+async def test_a_turn_waits_for_the_tables_still_opening_and_retrieves() -> None:
+    retriever = OpeningRetriever()
+    retriever.add(knowledge("handbook", 0, "The office wifi password is heliotrope.", "Handbook"), "acme")
+    rig = Rig(retriever, SessionSettings(retrieval_top_k=1, summary_min_messages=1000))
+    actor = await rig.activate()
+    turn = asyncio.create_task(rig.run(actor, "t1", "what is the wifi password"))
+    await asyncio.wait_for(retriever.asked.wait(), 5)
+    assert not turn.done()
+    retriever.finish.set()
+    events = await turn
+    assert [kind(e) for e in events][:3] == ["accepted", "citations", "delta"]
+    assert [c.document_id for c in events[1].citations.citations] == ["handbook"]
+    assert rig.context("t1").retrieval_error_reason == ""
+    await actor.close()
+
+
 async def test_a_replayed_turn_sends_the_same_citations_with_the_same_numbers() -> None:
     retriever = InMemoryRetriever()
     retriever.add(knowledge("doc", 0, "alpha beta gamma"), "acme")
