@@ -46,7 +46,7 @@ serve: setup
 ## integration tests wait on real processes (leases expiring, servers restarting), so two cores serve three.
 ## Each worker starts its own nats-server and Ray; a test file stays on one worker.
 test: setup node-setup chromium
-	$(VENV)/bin/pytest -n 3 --dist loadfile
+	$(VENV)/bin/pytest -n 3 --dist loadfile --no-loadscope-reorder
 
 test-unit: setup
 	$(VENV)/bin/pytest tests/unit

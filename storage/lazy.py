@@ -111,7 +111,11 @@ class _Once(Generic[_T]):
             log.warning("preparing %s failed (%s); its first use tries again", self._what, type(exc).__name__)
 
     async def close(self) -> None:
-        """Stop a warm-up and wait for an attempt in progress (so nothing is opened after close). Idempotent."""
+        """Stop a warm-up and an attempt in progress. Idempotent.
+
+        The attempt is cancelled, not waited for: a background import at low priority can take many seconds on
+        a busy machine, and a host's close would wait that long for something it is about to drop. (An import
+        already running in its thread finishes there; nothing is opened with it.)"""
         task, self._warming = self._warming, None
         if task is not None and not task.done():
             task.cancel()
@@ -119,6 +123,7 @@ class _Once(Generic[_T]):
                 await task
         pending, self._pending = self._pending, None
         if pending is not None:
+            pending.cancel()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await pending
 

@@ -14,6 +14,7 @@ from salon.storage import EmbeddingUnavailable, HashEmbedder, RetrievalQuery
 from salon.storage.embedding import MODEL_DIM, MODEL_ID, Embedder
 from salon.storage.errors import Unavailable
 from salon.storage.lazy import BACKGROUND_NICENESS, LazyEmbedder, LazyRetriever, run_at_low_priority
+from salon.storage.retrieval import Retriever
 
 
 class CountingBuild:
@@ -123,6 +124,27 @@ async def test_closing_during_a_warm_up_leaves_nothing_open(tmp_path: object) ->
     retriever.warm()
     await retriever.close()
     # The open in progress finished after close began: it closed what it opened instead of keeping it.
+    assert not retriever.opened
+
+
+async def test_closing_does_not_wait_for_an_opening_that_is_stuck(tmp_path: object) -> None:
+    retriever = LazyRetriever(str(tmp_path), LazyEmbedder("hash"))
+    stuck = asyncio.Event()
+
+    async def never_opens() -> Retriever:
+        await stuck.wait()
+        raise AssertionError("not reached")
+
+    retriever._retriever._make = never_opens  # an import that a busy machine never gets to
+    retriever.warm()
+    await asyncio.sleep(0)  # wait-ok: one loop turn, so the warm-up is inside its opening
+    closing = asyncio.ensure_future(retriever.close())
+    try:
+        done, _ = await asyncio.wait({closing}, timeout=60)  # a deadline for a hang, not a speed
+        assert closing in done, "close waited for the opening"
+    finally:
+        stuck.set()
+        await closing
     assert not retriever.opened
 
 
