@@ -117,15 +117,15 @@ class _Once(Generic[_T]):
         a busy machine, and a host's close would wait that long for something it is about to drop. (An import
         already running in its thread finishes there; nothing is opened with it.)"""
         task, self._warming = self._warming, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await pending
+        stopping = {f for f in (task, pending) if f is not None and not f.done()}
+        for future in stopping:
+            future.cancel()
+        if stopping:
+            # asyncio.wait, not awaiting each under a suppress: a cancellation of close() itself still propagates.
+            await asyncio.wait(stopping)
+        if pending is not None and not pending.cancelled():
+            pending.exception()  # retrieved: a failed attempt was already reported to whoever waited for it
 
 
 class LazyEmbedder:

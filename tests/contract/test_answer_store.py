@@ -77,7 +77,7 @@ async def test_an_answer_expires_after_its_time_to_live(store: AnswerStore) -> N
     deadline = time.monotonic() + 30.0
     while await store.get("tenant-a", "session-1", "turn-1", "call-1", "result") is not None:
         assert time.monotonic() < deadline, "the answer never expired"
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # wait-ok: polls a condition with a deadline
     assert [a.call_id for a in await store.of_turn("tenant-a", "session-1", "turn-1")] == ["call-2"]
     taken, created = await store.put(_result("call-1", "new"), LONG_S)
     assert created and taken.content == "new", "an expired answer's call may be answered again"
@@ -96,13 +96,13 @@ async def test_a_watch_sees_the_kept_answers_then_each_new_one(store: AnswerStor
         deadline = time.monotonic() + 30.0
         while seen != ["before"]:
             assert time.monotonic() < deadline, f"the kept answer was not seen: {seen}"
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # wait-ok: polls a condition with a deadline
         await store.put(_result("call-1", "repeat"), LONG_S)  # not stored: not seen
         await store.put(_decision("call-2", approve=True), LONG_S)
         await store.put(_result("call-3", "after"), LONG_S)
         while len(seen) < 3:
             assert time.monotonic() < deadline, f"new answers were not seen: {seen}"
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # wait-ok: polls a condition with a deadline
         assert seen == ["before", "", "after"]
     finally:
         task.cancel()
