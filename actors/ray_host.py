@@ -357,9 +357,9 @@ class WriterActor:
             await self._memory_writer.start()
 
     async def ready(self) -> dict[str, Any]:
-        """Wait until the writer consumes the ledger; returns its pid."""
+        """Wait until the writer consumes the ledger; returns its pid and node."""
         await self._started
-        return {"pid": os.getpid()}
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     async def status(self) -> WriterStatus:
         """The writer's health and figures."""

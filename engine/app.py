@@ -321,7 +321,7 @@ class Engine:
     async def _start_workers(self) -> None:
         """The session hosts and the batch writer (Ray actors)."""
         specs = host_specs(self.config, self.nats_url, self.tenants.all_mcp_servers(), nats_replicas=self.replicas)
-        self._hosts = HostGroup(specs, self.config.namespace)
+        self._hosts = HostGroup(specs, self.config.namespace, resources=self.config.ray_actor_resources())
         self._writer = WriterHandle(self.config, self.nats_url)
         await asyncio.gather(self._hosts.start(), self._writer.start())
 

@@ -53,6 +53,12 @@ class Config:
         "salon", "Prefix of every NATS subject, stream and bucket, so deployments can share a NATS cluster."
     )
     ray_address: str = _setting("", "Ray cluster to join; empty starts Ray locally on loopback.", env="RAY_ADDRESS")
+    ray_resources: str = _setting(
+        "",
+        "Custom Ray resources each of Salon's actors (session hosts, batch writer) needs, comma separated "
+        "name=amount (e.g. salon=1): on a Ray cluster only nodes started with them (ray start --resources) run "
+        "Salon, e.g. to keep it off the head node. A Ray that Salon starts itself has them.",
+    )
     num_hosts: int = _setting(2, "Session host actors (Ray actors, one process each).")
     num_shards: int = _setting(16, "Turn shards, spread over the live hosts (each owns about num_shards / hosts).")
     shard_lease_s: float = _setting(
@@ -369,6 +375,11 @@ class Config:
                 "nats_replicas must be auto or 1-5",
             ),
             (_bad_storage_options(self.storage_options), "storage_options must be key=value pairs, comma separated"),
+            (
+                _bad_ray_resources(self.ray_resources),
+                "ray_resources must be name=amount pairs, comma separated, with custom names (not CPU, GPU, "
+                "memory or object_store_memory) and positive amounts",
+            ),
             (self.embedding_model not in ("default", "hash"), "embedding_model must be default or hash"),
             (not 0 <= self.retrieval_top_k <= 50, "retrieval_top_k must be 0-50"),
             (not 0.0 <= self.retrieval_min_score <= 1.0, "retrieval_min_score must be between 0 and 1"),
@@ -454,6 +465,10 @@ class Config:
         options.update({key: value for key, value in named.items() if value})
         return options
 
+    def ray_actor_resources(self) -> dict[str, float]:
+        """The custom Ray resources each of Salon's actors needs (``ray_resources``)."""
+        return {name: float(amount) for name, amount in _pairs(self.ray_resources)}
+
     def tool_policy(self) -> ToolPolicy:
         """The deployment's tool defaults."""
         return ToolPolicy(
@@ -516,6 +531,23 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 def _bad_storage_options(text: str) -> bool:
     items = [item.strip() for item in text.split(",") if item.strip()]
     return any("=" not in item or not item.partition("=")[0].strip() for item in items)
+
+
+_RAY_BUILTIN_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+
+
+def _bad_ray_resources(text: str) -> bool:
+    if _bad_storage_options(text):
+        return True
+    for name, amount in _pairs(text):
+        try:
+            value = float(amount)
+        except ValueError:
+            return True
+        # Ray takes built-in resources through their own options, not `resources`; nan fails the comparison.
+        if name in _RAY_BUILTIN_RESOURCES or not value > 0 or value == float("inf"):
+            return True
+    return False
 
 
 def is_loopback(host: str) -> bool:

@@ -62,7 +62,7 @@ class ExtraHosts:
             config, tenants.all_mcp_servers(), count=self.count, group=self.group, nats_replicas=replicas
         )
         self._started_ray = ensure_ray(config)
-        self._hosts = HostGroup(specs, f"{config.namespace}-{self.group}")
+        self._hosts = HostGroup(specs, f"{config.namespace}-{self.group}", resources=config.ray_actor_resources())
         await self._hosts.start(balanced=False)
         await self._wait_for_shards()
 

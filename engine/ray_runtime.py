@@ -125,9 +125,17 @@ class HostGroup:
     :meth:`close`; with shard leases, hosts can be added (:meth:`add_host`) and removed (:meth:`remove_host`)
     while it runs."""
 
-    def __init__(self, specs: list[HostSpec], namespace: str, *, start_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        specs: list[HostSpec],
+        namespace: str,
+        *,
+        resources: Mapping[str, float] | None = None,
+        start_timeout_s: float = 120.0,
+    ) -> None:
         self._specs = specs
         self._namespace = namespace
+        self._resources = dict(resources or {})
         self._start_timeout_s = start_timeout_s
         self._next_index = len(specs)
         self.handles: list[Any] = []
@@ -140,6 +148,7 @@ class HostGroup:
             lifetime="non_detached",
             get_if_exists=False,
             scheduling_strategy=SPREAD,
+            resources=self._resources,
         ).remote(spec)
 
     async def start(self, *, balanced: bool = True) -> None:
@@ -255,14 +264,15 @@ class WriterHandle:
             telemetry=TelemetrySettings.from_config(config),
         )
         self._name = f"{config.namespace}-writer"
+        self._resources = config.ray_actor_resources()
         self.handle: Any = None
         self.info: dict[str, Any] = {}
 
     async def start(self) -> None:
         """Create the writer actor and wait until it consumes the ledger."""
-        self.handle = WriterActor.options(name=self._name, lifetime="non_detached").remote(  # type: ignore[attr-defined]
-            self._spec
-        )
+        self.handle = WriterActor.options(  # type: ignore[attr-defined]
+            name=self._name, lifetime="non_detached", resources=self._resources
+        ).remote(self._spec)
         self.info = await self.handle.ready.remote()
 
     async def status(self) -> WriterStatus:

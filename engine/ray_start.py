@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
 """Salon passes no large objects through Ray; a small object store keeps a local start light."""
+LOCAL_ACTOR_CAPACITY = 10_000
+"""How many actors' worth of each ``ray_resources`` entry a Ray that Salon starts itself has: more than it runs."""
 
 LOOPBACK = "127.0.0.1"
 
@@ -147,6 +149,8 @@ def ensure_ray(config: Config) -> bool:
             include_dashboard=False,
             object_store_memory=OBJECT_STORE_BYTES,
             _node_ip_address=LOOPBACK,
+            # Salon's own Ray is one node: it takes every actor that needs the custom resources.
+            resources={name: amount * LOCAL_ACTOR_CAPACITY for name, amount in config.ray_actor_resources().items()},
         )
     _ignore_lancedb_fork_notice()
     ray.init(address=address, **kwargs)

@@ -2,8 +2,8 @@
 engine on the given Ray cluster, turns under load, one worker node killed, and the outcome printed as one JSON
 line starting with ``RESULT``.
 
-Arguments: a JSON object with ``ray_address``, ``nats_url``, ``data_dir`` and ``groups`` (each worker node's
-address and process group) and ``marker`` (the cluster's temp dir)."""
+Arguments: a JSON object with ``ray_address``, ``nats_url``, ``data_dir``, ``groups`` (each worker node's
+address and process group), ``marker`` (the cluster's temp dir) and ``ray_resources`` (the engine's setting)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ async def main(args: dict[str, Any]) -> dict[str, Any]:
         nats_url=args["nats_url"],
         namespace=args["namespace"],
         ray_address=args["ray_address"],
+        ray_resources=args["ray_resources"],
         num_hosts=3,
         num_shards=6,
         shard_lease_s=3.0,
@@ -80,6 +81,7 @@ async def main(args: dict[str, Any]) -> dict[str, Any]:
         ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
         before = {i: ips[info["node_id"]] for i, info in zip(engine.hosts.indexes, engine.hosts.info, strict=True)}
         result["hosts_before"] = before
+        result["writer_node"] = ips[engine.writer.info["node_id"]]
         async with grpc.aio.insecure_channel(engine.target) as channel:
             load = Load(cs_grpc.ConversationServiceStub(channel), sessions=12)
             await load.start()

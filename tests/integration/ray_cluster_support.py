@@ -7,6 +7,7 @@ stopped by ending its process group: nothing else on the machine (another Ray cl
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -78,6 +79,8 @@ class RayNodes:
 
     workers: int = 2
     cpus_per_node: int = 1
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """Custom resources of every worker node (the head has none)."""
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="salon-ray-")))
     token: str = field(default_factory=lambda: secrets.token_hex(32))
     groups: dict[str, int] = field(default_factory=dict)
@@ -164,6 +167,7 @@ class RayNodes:
                     ip,
                     "--dashboard-agent-listen-port",
                     str(free_port()),
+                    *(["--resources", json.dumps(self.worker_resources)] if self.worker_resources else []),
                     *common,
                 ],
             )

@@ -201,8 +201,15 @@ KNOWN_EVERY_INTERFACE_LISTENERS: frozenset[str] = frozenset()
 async def test_embedded_engine_listens_on_loopback_only_and_logs_json_without_noise(tmp_path: Path) -> None:
     data_dir = tmp_path / "loopback-data"
     # The default embedder (not the tests' hash one) so the first turn makes the memories' indexes as a new
-    # user's does; JSON logs, which Ray's messages and prefixes used to break.
-    proc = await serve(data_dir, SALON_MODEL_PROVIDER="scripted", SALON_METRICS_PORT="0", SALON_LOG_FORMAT="json")
+    # user's does; JSON logs, which Ray's messages and prefixes used to break; a custom Ray resource every actor
+    # needs, which the Ray that Salon starts must have (else no host would ever be placed).
+    proc = await serve(
+        data_dir,
+        SALON_MODEL_PROVIDER="scripted",
+        SALON_METRICS_PORT="0",
+        SALON_LOG_FORMAT="json",
+        SALON_RAY_RESOURCES="salon=1",
+    )
     lines: list[str] = []
     try:
         target = await read_target(proc, 120, lines)

@@ -128,6 +128,11 @@ def test_bad_env_value_names_the_variable_not_the_value(variable: str, raw: str)
         ({"SALON_TOOL_WAIT_TIMEOUT_S": "999999"}, "tool_wait_timeout_s", None),
         ({"SALON_TOOL_MAX_MODEL_ROUNDS": "65"}, "tool_max_model_rounds", None),
         ({"SALON_TOOL_MAX_RESULT_BYTES": "99999999"}, "tool_max_result_bytes", None),
+        ({"SALON_RAY_RESOURCES": f"salon={CANARY}"}, "ray_resources", CANARY),
+        ({"SALON_RAY_RESOURCES": "CPU=1"}, "ray_resources", None),
+        ({"SALON_RAY_RESOURCES": "salon=0"}, "ray_resources", None),
+        ({"SALON_RAY_RESOURCES": "salon=nan"}, "ray_resources", None),
+        ({"SALON_RAY_RESOURCES": "salon"}, "ray_resources", None),
     ],
 )
 def test_invalid_values_are_rejected(env: dict[str, str], setting: str, raw: str | None) -> None:
@@ -137,6 +142,12 @@ def test_invalid_values_are_rejected(env: dict[str, str], setting: str, raw: str
     assert setting in str(info.value)
     if raw is not None:
         assert raw not in str(info.value)
+
+
+def test_ray_resources_are_read_as_amounts() -> None:
+    config = Config.load(env={"SALON_RAY_RESOURCES": "salon=1, fast_disk=0.5"})
+    assert config.ray_actor_resources() == {"salon": 1.0, "fast_disk": 0.5}
+    assert Config().ray_actor_resources() == {}
 
 
 def test_replace_validates_again() -> None:
