@@ -120,7 +120,12 @@ class ShardServing:
     async def _take(self, shard: int) -> None:
         await self._host.add_shard(ShardPuller(self._nc, self._names, shard))
         if shard not in self._control:
-            self._control[shard] = (await serve_control(self._host, self._nc, self._names, (shard,)))[0]
+            try:
+                self._control[shard] = (await serve_control(self._host, self._nc, self._names, (shard,)))[0]
+            except BaseException:
+                # The lease is released on failure: the shard must not stay pulled here without it.
+                await self._host.remove_shard(shard, 0.0)
+                raise
 
     async def _give_up(self, shard: int, grace_s: float) -> None:
         # Control stays answered while the shard's turns finish: a cancel during the move still lands.

@@ -182,7 +182,11 @@ class ShardLeases:
         while True:
             hungry = False
             try:
-                hungry = await self.tick()
+                # Bounded: a round stuck on the store must not keep this host serving shards whose leases lapse
+                # meanwhile; the next round renews or gives up what this one left.
+                hungry = await asyncio.wait_for(self.tick(), timeout=self._store.ttl_s)
+            except TimeoutError:
+                log.warning("%s: a shard lease round took the whole lease time; starting another", self.holder)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -229,7 +233,8 @@ class ShardLeases:
                 self._giving_up[shard] = asyncio.create_task(
                     self._give_up(shard, self._move_grace_s), name=f"{self.holder}-give-up-{shard}"
                 )
-        for shard in moves.take:
+        # A shard still stopping here (its lease was lost mid-move) is taken once that has finished.
+        for shard in [s for s in moves.take if s not in self._giving_up]:
             await self._take(shard)
         target = fair_shares(hosts, self._num_shards)[self.holder]
         return len(self._leases) < target
@@ -304,9 +309,10 @@ class ShardLeases:
         self.lost += 1
         del self._leases[shard]
         self._renewed_at.pop(shard, None)
-        task = self._giving_up.pop(shard, None)
-        if task is not None:
-            task.cancel()
+        if shard in self._giving_up:
+            # Already stopping: it stopped pulling the shard at once and lets it finish (its release of the
+            # lost lease does nothing). Cancelling it midway would leave the shard's subscription and sessions.
+            return
         self._giving_up[shard] = asyncio.create_task(self._stop_serving(shard), name=f"{self.holder}-lost-{shard}")
 
     async def _stop_serving(self, shard: int) -> None:

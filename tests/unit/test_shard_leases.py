@@ -3,9 +3,11 @@ hosts serving one shard."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from salon.actors.shard_leases import ShardLeases, fair_shares, plan_moves, shard_key
+from salon.actors.shard_leases import ShardLeases, fair_shares, host_key, plan_moves, shard_key
 from salon.storage.inmemory import InMemoryLeaseStore
 
 TTL = 10.0
@@ -223,3 +225,49 @@ async def test_a_restarted_host_takes_its_own_leases_back_at_once() -> None:
     await cluster.rounds(1, names=["host-1"])
     assert cluster.serving["host-1"] == before
     assert cluster.counts() == {"host-0": 8, "host-1": 8}
+
+
+async def test_a_lease_lost_while_its_shard_is_given_up_lets_the_give_up_finish() -> None:
+    clock = Clock()
+    store = InMemoryLeaseStore(TTL, clock=clock)
+    serving: set[int] = set()
+    cancelled: list[int] = []
+    begun: set[int] = set()
+    both_begun = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def take(shard: int) -> None:
+        serving.add(shard)
+
+    async def give_up(shard: int, grace_s: float) -> None:
+        begun.add(shard)
+        if len(begun) == 2:
+            both_begun.set()
+        try:
+            await finish.wait()  # the shard's running turns, within the grace
+        except asyncio.CancelledError:
+            cancelled.append(shard)
+            raise
+        serving.discard(shard)
+
+    host = ShardLeases(store, holder="host-0", num_shards=4, on_take=take, on_give_up=give_up, clock=clock)
+    await host.tick()
+    assert serving == {0, 1, 2, 3}
+    assert await store.create(host_key("host-1"), "host-1") is not None
+    await host.tick()  # a second host: two shards are being given up
+    stopping = {0, 1, 2, 3} - host.owned
+    assert len(stopping) == 2
+    await asyncio.wait_for(both_begun.wait(), 10)
+    # The machine stalls past the lease time mid-move, and the other host takes the shards being given up.
+    clock.now += TTL * 1.5
+    assert await store.create(host_key("host-1"), "host-1") is not None
+    for shard in stopping:
+        assert await store.create(shard_key(shard), "host-1") is not None
+    await host.tick()
+    assert host.lost == 2
+    # The give-ups go on (they already stopped pulling; cancelling one midway would leave its shard's subscription
+    # and sessions behind) and end as they would have.
+    finish.set()
+    await host.settled()
+    assert cancelled == []
+    assert serving == set(host.owned) == {0, 1, 2, 3} - stopping
