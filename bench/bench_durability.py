@@ -490,7 +490,7 @@ async def section_engine(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         await engine.writer.flush()
         out["writer_status"] = dict(await engine.writer.status())
         out["host_rss"] = [rss_bytes(info["pid"]) for info in engine.hosts.info]
-        out["writer_rss"] = rss_bytes(engine.writer.info["pid"])
+        out["writer_rss"] = rss_bytes((await engine.writer.started())["pid"])
         out["gateway_rss"] = rss_bytes()
         out["host_stats"] = await engine.hosts.stats()
         pids = system.pids

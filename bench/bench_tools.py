@@ -425,7 +425,7 @@ async def run_waiting(engine: Engine, client: SalonClient, args: argparse.Namesp
     with every waiting session's turn waiting; the host's memory as the first cycle's turns start."""
     run = WaitingRun(args.waiting, args.cycles)
     host_pid = int(engine.hosts.info[0]["pid"])
-    busy_pids = [host_pid, int(engine.writer.info.get("pid", 0))]
+    busy_pids = [host_pid, int((await engine.writer.started())["pid"])]
     me = os.getpid()
     measured = await asyncio.gather(*(client.create_session() for _ in range(args.ttft_sessions)))
     await measure_ttft(measured, 2, args.turn_timeout, [], [])  # warm-up, not measured

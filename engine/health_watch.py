@@ -29,6 +29,10 @@ WRITER_CALL_TIMEOUT_S = 5.0
 class Writer(Protocol):
     """What the watch needs of the batch writer (:class:`~salon.engine.ray_runtime.WriterHandle`)."""
 
+    async def started(self) -> object:
+        """Wait until the writer has started; raises what its start raised."""
+        ...
+
     async def status(self) -> WriterStatus:
         """The writer's health and figures."""
         ...
@@ -133,6 +137,12 @@ class HealthWatch:
 
     async def _watch_store(self, writer: Writer) -> None:
         # The engine refuses new turns while it cannot keep them: the ledger still holds every accepted one.
+        try:
+            await writer.started()  # the engine serves while the writer starts; turns wait in the ledger
+        except Exception as exc:
+            log.error("the batch writer did not start (%s); refusing new turns until it does", type(exc).__name__)
+            self._availability.store_healthy = False
+            await self.refresh()
         while True:
             await asyncio.sleep(self._interval_s)
             try:

@@ -248,7 +248,7 @@ class HostGroup:
 
 
 class WriterHandle:
-    """The batch writer actor. Lifecycle: :meth:`start`, :meth:`close`."""
+    """The batch writer actor. Lifecycle: :meth:`start`, :meth:`close`; :meth:`started` waits for its start."""
 
     def __init__(self, config: Config, nats_url: str) -> None:
         self._spec = WriterSpec(
@@ -267,13 +267,30 @@ class WriterHandle:
         self._resources = config.ray_actor_resources()
         self.handle: Any = None
         self.info: dict[str, Any] = {}
+        self._ready: asyncio.Task[dict[str, Any]] | None = None
 
     async def start(self) -> None:
-        """Create the writer actor and wait until it consumes the ledger."""
+        """Create the writer actor, which then opens its tables and consumes the ledger (see :meth:`started`).
+        Nothing waits for that: accepted turns wait durably in the ledger, and reads merge the ledger's turns
+        with the stored ones, so the engine serves while the writer imports LanceDB (the last part of a start
+        otherwise). Idempotent."""
+        if self.handle is not None:
+            return
         self.handle = WriterActor.options(  # type: ignore[attr-defined]
             name=self._name, lifetime="non_detached", resources=self._resources
         ).remote(self._spec)
-        self.info = await self.handle.ready.remote()
+        self._ready = asyncio.get_running_loop().create_task(self._wait_ready(), name="salon-writer-start")
+
+    async def _wait_ready(self) -> dict[str, Any]:
+        self.info = dict(await self.handle.ready.remote())
+        return self.info
+
+    async def started(self) -> dict[str, Any]:
+        """Wait until the writer consumes the ledger; returns its pid and node. Raises what its start raised."""
+        if self._ready is None:
+            raise RuntimeError("the batch writer was not started")
+        # Shielded: a caller that gives up does not cancel the wait the others share.
+        return await asyncio.shield(self._ready)
 
     async def status(self) -> WriterStatus:
         """The writer's health and figures."""
@@ -287,10 +304,20 @@ class WriterHandle:
     async def close(self) -> None:
         """Flush, stop and remove the actor. Idempotent."""
         handle, self.handle = self.handle, None
+        ready, self._ready = self._ready, None
+        if ready is not None and not ready.done():
+            ready.cancel()
+        if ready is not None:
+            await asyncio.wait({ready})
+            if not ready.cancelled() and ready.exception() is not None:
+                log.warning("the batch writer had not started: %s", type(ready.exception()).__name__)
         if handle is None:
             return
         try:
-            await handle.close.remote()
+            # Bounded as a host's close is: a writer still opening its tables waits for them before it closes.
+            # What it has not written stays in the ledger for the next writer.
+            async with asyncio.timeout(HOST_CLOSE_TIMEOUT_S):
+                await handle.close.remote()
         except Exception as exc:
             log.warning("the batch writer did not close cleanly: %s", type(exc).__name__)
         ray.kill(handle, no_restart=True)

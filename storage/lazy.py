@@ -16,11 +16,8 @@ are still opening waits for them, see :data:`salon.actors.prompt.RETRIEVER_OPEN_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
-import os
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Generic, TypeVar
@@ -32,42 +29,6 @@ from salon.storage.retrieval import Passage, RetrievalQuery, Retriever
 _T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
-
-BACKGROUND_NICENESS = 10
-"""How much lower the CPU priority of a warm-up's import is than the process's own: a host warms its tables while
-the writer and the gateway, whose start SERVING waits for, still import and open theirs on the same cores."""
-
-
-async def run_at_low_priority(call: Callable[[], _T], name: str) -> _T:
-    """``call()`` in a thread of its own whose CPU priority is ``BACKGROUND_NICENESS`` lower (Linux gives each
-    thread its own; elsewhere the call runs at the process's priority). A thread of its own because a lowered
-    priority cannot be raised back without privileges: a pooled thread would keep it for later work."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[_T] = loop.create_future()
-
-    def settle(result: _T | None, error: BaseException | None) -> None:
-        if done.done():
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICENESS)
-        try:
-            result = call()
-        except BaseException as exc:
-            outcome: tuple[_T | None, BaseException | None] = (None, exc)
-        else:
-            outcome = (result, None)
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(settle, *outcome)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return await done
 
 
 class _Once(Generic[_T]):
@@ -113,7 +74,7 @@ class _Once(Generic[_T]):
     async def close(self) -> None:
         """Stop a warm-up and an attempt in progress. Idempotent.
 
-        The attempt is cancelled, not waited for: a background import at low priority can take many seconds on
+        The attempt is cancelled, not waited for: a background import can take many seconds on
         a busy machine, and a host's close would wait that long for something it is about to drop. (An import
         already running in its thread finishes there; nothing is opened with it.)"""
         task, self._warming = self._warming, None
@@ -205,7 +166,6 @@ class LazyRetriever:
         self.embedder = embedder
         self._retriever = _Once(self._open, "the retrieval tables")
         self._closed = False
-        self._in_background = False
 
     @property
     def opened(self) -> bool:
@@ -219,14 +179,10 @@ class LazyRetriever:
         return self.embedder.count_tokens
 
     async def _open(self) -> Retriever:
-        # Imported off the event loop: LanceDB and Arrow take about a second to import. A warm-up imports at a
-        # lower priority: it must not slow the other processes' start (a turn that needs the tables meanwhile
-        # waits for it; on an idle machine the priority changes nothing).
-        name = "salon.storage.lance.retrieval"
-        if self._in_background:
-            module = await run_at_low_priority(lambda: importlib.import_module(name), "salon-open-tables")
-        else:
-            module = await asyncio.to_thread(importlib.import_module, name)
+        # Imported off the event loop: LanceDB and Arrow take about a second to import. (Not at a lower thread
+        # priority, as it once was: measured, that did not speed the engine's start, and beside busy processes the
+        # starved import kept the first turns waiting the whole 30 s limit for their passages.)
+        module = await asyncio.to_thread(importlib.import_module, "salon.storage.lance.retrieval")
         retriever: Retriever = await module.LanceRetriever.open(
             self._uri, self.embedder, storage_options=self._storage_options
         )
@@ -254,7 +210,6 @@ class LazyRetriever:
     def warm(self, *, embedder: bool = False) -> None:
         """Open the tables in the background now (and load the embedding model too, with ``embedder``)."""
         if not self._closed:
-            self._in_background = True
             self._retriever.warm()
             if embedder:
                 self.embedder.warm()

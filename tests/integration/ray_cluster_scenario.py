@@ -81,7 +81,7 @@ async def main(args: dict[str, Any]) -> dict[str, Any]:
         ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
         before = {i: ips[info["node_id"]] for i, info in zip(engine.hosts.indexes, engine.hosts.info, strict=True)}
         result["hosts_before"] = before
-        result["writer_node"] = ips[engine.writer.info["node_id"]]
+        result["writer_node"] = ips[(await engine.writer.started())["node_id"]]
         async with grpc.aio.insecure_channel(engine.target) as channel:
             load = Load(cs_grpc.ConversationServiceStub(channel), sessions=12)
             await load.start()

@@ -132,7 +132,7 @@ async def test_writer_killed_before_a_flush_loses_nothing(make_engine: object) -
 
         await wait_for(all_buffered, timeout_s=30, what="the writer to hold every turn")
 
-        os.kill(engine.writer.info["pid"], signal.SIGKILL)
+        os.kill((await engine.writer.started())["pid"], signal.SIGKILL)
         stored = await _wait_stored(engine, session_id, acked)
         assert sorted(stored) == sorted(acked), "nothing lost"
         assert len(stored) == len(set(stored)) == 6, "no duplicated rows"

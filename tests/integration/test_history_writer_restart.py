@@ -53,7 +53,7 @@ async def test_an_earlier_turn_held_by_a_dead_writer_stays_in_history(make_engin
             return (await engine.writer.status())["buffered"] >= 2  # the activation marker and turn 0
 
         await wait_for(buffered, timeout_s=30, what="the first writer to take turn 0")
-        os.kill(engine.writer.info["pid"], signal.SIGKILL)
+        os.kill((await engine.writer.started())["pid"], signal.SIGKILL)
 
         async def restarted() -> bool:
             try:

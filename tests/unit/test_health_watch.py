@@ -21,8 +21,16 @@ class Writer:
     def __init__(self) -> None:
         self.healthy = True
         self.flushes = 0
+        self.start_error: Exception | None = None
+
+    async def started(self) -> dict[str, int]:
+        if self.start_error is not None:
+            raise self.start_error
+        return {"pid": 1}
 
     async def status(self) -> WriterStatus:
+        if self.start_error is not None:
+            raise self.start_error  # a writer whose start failed answers nothing else either
         return {"healthy": self.healthy, "last_error": "" if self.healthy else "STORE_UNWRITABLE: x"}  # type: ignore[typeddict-item]
 
     async def flush(self) -> None:
@@ -60,10 +68,8 @@ class World:
         self.restores += 1
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[tuple[World, HealthWatch]]:
-    w = World()
-    watch = HealthWatch(
+def watch_of(w: World) -> HealthWatch:
+    return HealthWatch(
         w.availability,
         set_serving=w.set_serving,
         live=lambda: True,
@@ -74,6 +80,12 @@ async def world() -> AsyncIterator[tuple[World, HealthWatch]]:
         writer=lambda: w.writer,
         nats_server=lambda: w.nats,
     )
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[tuple[World, HealthWatch]]:
+    w = World()
+    watch = watch_of(w)
     watch.start()
     yield w, watch
     await watch.close()
@@ -117,3 +129,18 @@ async def test_a_full_disk_is_not_serving_and_recovery_restarts_nats_and_nudges_
     assert not w.availability.bus_ready, "down until the reconnect restores the bus"
     await watch.on_nats_state(True)
     await wait_for(lambda: last(w) is True, what="serving again")
+
+
+async def test_a_writer_whose_start_failed_is_not_serving_until_it_reports_healthy() -> None:
+    w = World()
+    w.writer.start_error = RuntimeError("cannot open the tables")
+    watch = watch_of(w)
+    watch.start()
+    try:
+        await wait_for(lambda: last(w) is False, what="not serving")
+        assert not w.availability.store_healthy
+        # Ray restarted it and it writes now.
+        w.writer.start_error = None
+        await wait_for(lambda: last(w) is True, what="serving again")
+    finally:
+        await watch.close()

@@ -4,8 +4,6 @@ and try again after a failure."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import threading
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from salon.storage import EmbeddingUnavailable, HashEmbedder, RetrievalQuery
 from salon.storage.embedding import MODEL_DIM, MODEL_ID, Embedder
 from salon.storage.errors import Unavailable
-from salon.storage.lazy import BACKGROUND_NICENESS, LazyEmbedder, LazyRetriever, run_at_low_priority
+from salon.storage.lazy import LazyEmbedder, LazyRetriever
 from salon.storage.retrieval import Retriever
 
 
@@ -146,15 +144,3 @@ async def test_closing_does_not_wait_for_an_opening_that_is_stuck(tmp_path: obje
         stuck.set()
         await closing
     assert not retriever.opened
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="only Linux gives a thread a priority of its own")
-async def test_a_low_priority_call_runs_niced_in_its_own_thread_and_leaves_the_callers_priority() -> None:
-    def niceness() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    before = niceness()
-    assert await run_at_low_priority(niceness, "test-low") == min(before + BACKGROUND_NICENESS, 19)
-    assert niceness() == before
-    with pytest.raises(ZeroDivisionError):
-        await run_at_low_priority(lambda: 1 // 0, "test-low")
