@@ -4,8 +4,8 @@ Order of start: Ray begins on a thread of its own (:class:`~salon.engine.ray_sta
 it before importing this module) while the data directory, NATS (embedded or configured) and its streams and buckets
 come up → once Ray is up, the session hosts (waited for) and the batch writer (not waited for: it opens its tables
 and consumes the ledger while the engine already serves, turns waiting durably in the ledger meanwhile), while the
-gateway opens its stores → the gRPC gateway → the web bridge (when ``web_port`` is set). Shutdown runs the other way: intake stops
-first, running turns get a grace period, then everything closes, leaving no process behind.
+gateway opens its stores → the gRPC gateway → the web bridge (when ``web_port`` is set). Shutdown runs the other
+way: intake stops first, running turns get a grace period, then everything closes, leaving no process behind.
 """
 
 from __future__ import annotations
