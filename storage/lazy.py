@@ -180,8 +180,8 @@ class LazyRetriever:
 
     async def _open(self) -> Retriever:
         # Imported off the event loop: LanceDB and Arrow take about a second to import. (Not at a lower thread
-        # priority, as it once was: measured, that did not speed the engine's start, and beside busy processes the
-        # starved import kept the first turns waiting the whole 30 s limit for their passages.)
+        # priority, as it once was: measured, that did not speed the engine's start, and a starved thread holding
+        # the GIL mid-import can hold up the event loop that serves the host's turns.)
         module = await asyncio.to_thread(importlib.import_module, "salon.storage.lance.retrieval")
         retriever: Retriever = await module.LanceRetriever.open(
             self._uri, self.embedder, storage_options=self._storage_options
