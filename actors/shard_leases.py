@@ -262,13 +262,7 @@ class ShardLeases:
                         continue
                     self._leases[shard] = renewed
                     self._renewed_at[shard] = sent
-                try:
-                    await self._on_take(shard)
-                except Exception:
-                    log.exception("starting shard %d failed; releasing it", shard)
-                    await self._release(shard)
-                    continue
-                self.taken += 1
+                await self._start_serving(shard)
 
     async def _renew_all(self) -> None:
         async with self._lock:
@@ -336,8 +330,16 @@ class ShardLeases:
         async with self._lock:
             self._leases[shard] = lease
             self._renewed_at[shard] = self._clock()
+        await self._start_serving(shard)
+
+    async def _start_serving(self, shard: int) -> None:
+        """Serve ``shard``, whose lease is now held; when that fails, or the round is cut short meanwhile, release
+        the lease (nothing serves the shard, and the next round takes it again, here or elsewhere)."""
         try:
             await self._on_take(shard)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(shard))
+            raise
         except Exception:
             log.exception("starting shard %d failed; releasing it", shard)
             await self._release(shard)

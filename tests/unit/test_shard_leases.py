@@ -271,3 +271,26 @@ async def test_a_lease_lost_while_its_shard_is_given_up_lets_the_give_up_finish(
     await host.settled()
     assert cancelled == []
     assert serving == set(host.owned) == {0, 1, 2, 3} - stopping
+
+
+async def test_a_round_cut_short_while_a_shard_starts_releases_its_lease() -> None:
+    clock = Clock()
+    store = InMemoryLeaseStore(TTL, clock=clock)
+    starting = asyncio.Event()
+
+    async def take(shard: int) -> None:
+        starting.set()
+        await asyncio.Event().wait()  # starting the shard hangs (a stuck subscription, say)
+
+    async def give_up(shard: int, grace_s: float) -> None:
+        raise AssertionError("nothing was being served")
+
+    host = ShardLeases(store, holder="host-0", num_shards=2, on_take=take, on_give_up=give_up, clock=clock)
+    round_ = asyncio.create_task(host.tick())
+    await asyncio.wait_for(starting.wait(), 10)
+    round_.cancel()  # as the lease round's time limit does
+    with pytest.raises(asyncio.CancelledError):
+        await round_
+    # Not held while nothing serves it: the next round (here or another host's) takes the shard again.
+    assert host.owned == frozenset()
+    assert not any(key.startswith("shard.") for key in await store.held())
