@@ -28,10 +28,11 @@ from salon.storage import GuardrailDecision, Passage, RetrievalQuery, Retriever,
 log = logging.getLogger(__name__)
 
 RETRIEVAL_TIMEOUT_S = 5.0
+"""Longest a turn waits for retrieval before it goes on without passages."""
 RETRIEVER_OPEN_WAIT_S = 30.0
 """How long a turn waits for a retriever still opening its tables (a host opens them in the background after it
-reports ready) before it goes on without passages; the query itself then has ``RETRIEVAL_TIMEOUT_S``."""
-"""Longest a turn waits for retrieval before it goes on without passages."""
+reports ready) before it goes on without passages; the query itself then has ``RETRIEVAL_TIMEOUT_S``, or this
+long again while the embedding model is not yet in memory (loaded on a host's first query that needs it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +156,7 @@ class PromptBuilder:
         with otel.span(otel.attributes.SPAN_RETRIEVAL) as span:
             try:
                 await self._opened()
-                found = await asyncio.wait_for(self._retriever.retrieve(query), timeout=RETRIEVAL_TIMEOUT_S)
+                found = await asyncio.wait_for(self._retriever.retrieve(query), timeout=self._query_limit())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -183,6 +184,13 @@ class PromptBuilder:
         ready = getattr(self._retriever, "ready", None)
         if callable(ready):
             await asyncio.wait_for(ready(), timeout=RETRIEVER_OPEN_WAIT_S)
+
+    def _query_limit(self) -> float:
+        """The query's time limit: longer while the embedding model is still to be loaded (onnxruntime and the
+        weights: seconds on a busy machine), so the first turns after a start or an ingestion still retrieve."""
+        embedder = getattr(self._retriever, "embedder", None)
+        loading = embedder is not None and not getattr(embedder, "loaded", True)
+        return RETRIEVER_OPEN_WAIT_S if loading else RETRIEVAL_TIMEOUT_S
 
     def _query(self, text: str, window: Sequence[Message]) -> RetrievalQuery:
         s = self._settings

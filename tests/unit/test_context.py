@@ -7,10 +7,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from unit_support import EventLog, from_protos, kind, local
 
 from salon import otel
+from salon.actors import prompt as prompt_module
 from salon.actors.context import PASSAGES_HEADING, TurnContext, explain, within_budget
 from salon.actors.model import Message, ModelChunk, ModelRequest
 from salon.actors.session import (
@@ -206,6 +208,53 @@ async def test_a_turn_waits_for_the_tables_still_opening_and_retrieves() -> None
     assert [kind(e) for e in events][:3] == ["accepted", "citations", "delta"]
     assert [c.document_id for c in events[1].citations.citations] == ["handbook"]
     assert rig.context("t1").retrieval_error_reason == ""
+    await actor.close()
+
+
+class Model:
+    def __init__(self) -> None:
+        self.loaded = False
+
+
+class LoadingModelRetriever(InMemoryRetriever):
+    """A retriever whose first query waits for its embedding model to load (as a host's first query that needs a
+    vector does): it answers only once the test lets the load finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedder = Model()
+        self.asked = asyncio.Event()
+        self.finish = asyncio.Event()
+
+    async def retrieve(self, query: RetrievalQuery) -> list[Passage]:
+        self.asked.set()
+        await self.finish.wait()
+        self.embedder.loaded = True
+        return await super().retrieve(query)
+
+
+@pytest.mark.parametrize("model_loaded", [False, True])
+async def test_a_query_waiting_for_the_embedding_model_is_not_held_to_the_query_limit(
+    model_loaded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prompt_module, "RETRIEVAL_TIMEOUT_S", 0.0)  # any wait at all outlasts the query limit
+    retriever = LoadingModelRetriever()
+    retriever.embedder.loaded = model_loaded
+    retriever.add(knowledge("handbook", 0, "The office wifi password is heliotrope.", "Handbook"), "acme")
+    rig = Rig(retriever, SessionSettings(retrieval_top_k=1, summary_min_messages=1000))
+    actor = await rig.activate()
+    turn = asyncio.create_task(rig.run(actor, "t1", "what is the wifi password"))
+    if model_loaded:
+        # A loaded model leaves the query its own limit: the turn goes on without passages.
+        events = await turn
+        assert rig.context("t1").retrieval_error_reason == "RETRIEVAL_TIMEOUT"
+        assert not any(kind(e) == "citations" for e in events)
+    else:
+        await asyncio.wait_for(retriever.asked.wait(), 5)
+        retriever.finish.set()
+        events = await turn
+        assert [kind(e) for e in events][:2] == ["accepted", "citations"]
+        assert rig.context("t1").retrieval_error_reason == ""
     await actor.close()
 
 
