@@ -303,7 +303,9 @@ async def test_approve_runs_the_call_and_reject_tells_the_model_why(
     before = len(rig.anthropic.requests)
     rig.anthropic.push(
         Reply.calls(ToolUse("add", {"a": 2, "b": 3}), ToolUse("refund", {"order_id": "9"})),
-        Reply(tokens=["Done."]),
+        # Held until the repeated decision is in: otherwise the turn may finish first and refuse it as a finished
+        # turn's call, not count it as the duplicate it is.
+        Reply(tokens=["Done."], gate_after=0),
     )
     watch = rig.watch(stub, session_id, "add and refund")
     approvals = [e.approval_required for e in await watch.until("approval_required", 2)]
@@ -317,6 +319,7 @@ async def test_approve_runs_the_call_and_reject_tells_the_model_why(
     assert not rejected.duplicate
     again = await rig.decide(stub, watch, refund.call_id, cs_pb2.APPROVAL_VERDICT_APPROVE)
     assert (again.duplicate, again.verdict) == (True, cs_pb2.APPROVAL_VERDICT_REJECT), "the first decision holds"
+    rig.anthropic.release()
     events = await watch.done()
     assert_well_formed(events, session_id)
     decided = [e.approval_decided for e in events if e.HasField("approval_decided")]
