@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -20,9 +21,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -44,6 +46,8 @@ NODES = 3
 SESSIONS = 6
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED})
 """What a client may see while a node is lost: each says "try again" (with a retry hint)."""
+
+_T = TypeVar("_T")
 
 
 def _free_loopback_ports(count: int) -> list[int]:
@@ -262,11 +266,27 @@ async def _history(stub: cs_grpc.ConversationServiceStub, session_id: str) -> se
     turn_ids: set[str] = set()
     token = ""
     while True:
-        page = await stub.GetHistory(cs_pb2.GetHistoryRequest(session_id=session_id, page_token=token), timeout=30)
+        request = cs_pb2.GetHistoryRequest(session_id=session_id, page_token=token)
+        page = await _retrying_unavailable(functools.partial(stub.GetHistory, request, timeout=30))
         turn_ids.update(t.turn_id for t in page.turns)
         token = page.next_page_token
         if not token:
             return turn_ids
+
+
+async def _retrying_unavailable(call: Callable[[], Awaitable[_T]], timeout_s: float = 60.0) -> _T:
+    """``call()``, sent again after UNAVAILABLE as a client does (another of the cluster's streams, the session
+    registry's, may still be electing its leader after the kill), until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(delay)  # wait-ok: the client's backoff between retries, bounded by the deadline
+        delay = min(delay * 2, 1.0)
 
 
 async def _run_kill(engine: Engine, cluster: NatsCluster, pick_victim: str) -> None:
