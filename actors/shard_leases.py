@@ -181,16 +181,19 @@ class ShardLeases:
     async def _loop(self) -> None:
         while True:
             hungry = False
+            limit = asyncio.timeout(self._store.ttl_s)
             try:
                 # Bounded: a round stuck on the store must not keep this host serving shards whose leases lapse
                 # meanwhile; the next round renews or gives up what this one left.
-                hungry = await asyncio.wait_for(self.tick(), timeout=self._store.ttl_s)
-            except TimeoutError:
-                log.warning("%s: a shard lease round took the whole lease time; starting another", self.holder)
+                async with limit:
+                    hungry = await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("a shard lease round failed; trying again")
+            except Exception as exc:
+                if isinstance(exc, TimeoutError) and limit.expired():
+                    log.warning("%s: a shard lease round took the whole lease time; starting another", self.holder)
+                else:
+                    log.exception("a shard lease round failed; trying again")
             # Below its share (or still joining) a host looks again soon: the shards it waits for are freed by
             # other hosts' rounds, and every moment it waits they are unserved.
             interval = min(HUNGRY_INTERVAL_S, self._interval_s) if hungry else self._interval_s

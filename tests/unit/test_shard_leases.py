@@ -4,11 +4,13 @@ hosts serving one shard."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from salon.actors.shard_leases import ShardLeases, fair_shares, host_key, plan_moves, shard_key
 from salon.storage.inmemory import InMemoryLeaseStore
+from salon.storage.leases import Lease
 
 TTL = 10.0
 SHARDS = 16
@@ -294,3 +296,41 @@ async def test_a_round_cut_short_while_a_shard_starts_releases_its_lease() -> No
     # Not held while nothing serves it: the next round (here or another host's) takes the shard again.
     assert host.owned == frozenset()
     assert not any(key.startswith("shard.") for key in await store.held())
+
+
+class StallingStore(InMemoryLeaseStore):
+    """A lease store whose first read never answers (a store stuck behind a lost connection)."""
+
+    def __init__(self) -> None:
+        super().__init__(0.3)
+        self.reads = 0
+
+    async def held(self) -> dict[str, Lease]:
+        self.reads += 1
+        if self.reads == 1:
+            await asyncio.Event().wait()
+        return await super().held()
+
+
+async def test_a_round_stuck_past_the_lease_time_is_abandoned_and_the_next_one_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = StallingStore()
+
+    async def take(shard: int) -> None:
+        pass
+
+    async def give_up(shard: int, grace_s: float) -> None:
+        pass
+
+    host = ShardLeases(store, holder="host-0", num_shards=2, on_take=take, on_give_up=give_up)
+    await host.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not host.owned:  # the shards are taken by a round after the stuck one
+            assert time.monotonic() < deadline, "no round ran after the stuck one"
+            await asyncio.sleep(0.05)  # wait-ok: polls a condition with a deadline
+    finally:
+        await host.close()
+    assert store.reads >= 2
+    assert "took the whole lease time" in caplog.text
