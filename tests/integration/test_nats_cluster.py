@@ -267,23 +267,23 @@ async def _history(stub: cs_grpc.ConversationServiceStub, session_id: str) -> se
     token = ""
     while True:
         request = cs_pb2.GetHistoryRequest(session_id=session_id, page_token=token)
-        page = await _retrying_unavailable(functools.partial(stub.GetHistory, request, timeout=30))
+        page = await _retrying(functools.partial(stub.GetHistory, request, timeout=30))
         turn_ids.update(t.turn_id for t in page.turns)
         token = page.next_page_token
         if not token:
             return turn_ids
 
 
-async def _retrying_unavailable(call: Callable[[], Awaitable[_T]], timeout_s: float = 60.0) -> _T:
-    """``call()``, sent again after UNAVAILABLE as a client does (another of the cluster's streams, the session
-    registry's, may still be electing its leader after the kill), until ``timeout_s``."""
+async def _retrying(call: Callable[[], Awaitable[_T]], timeout_s: float = 60.0) -> _T:
+    """``call()``, sent again after a retryable status as a client does (another of the cluster's streams, the
+    session registry's, may still be electing its leader after the kill), until ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     delay = 0.1
     while True:
         try:
             return await call()
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+            if error.code() not in RETRYABLE or time.monotonic() > deadline:
                 raise
         await asyncio.sleep(delay)  # wait-ok: the client's backoff between retries, bounded by the deadline
         delay = min(delay * 2, 1.0)
