@@ -32,6 +32,11 @@ from salon.storage import GuardrailDecision, TurnRecord
 
 EventSink = Callable[[TurnEvent], Awaitable[None]]
 """Where a turn's events go (the host publishes them on the turn's event subject)."""
+DeltaJoin = Callable[[int, str], bool]
+"""Adds text to the turn's delta numbered so, if that delta has not left yet (True); else False."""
+JOINS_PER_YIELD = 8
+"""Pieces joined between two turns of the event loop: a producer that never pauses still lets the turn's
+store (and other sessions) run."""
 
 
 class TurnEmitter:
@@ -42,12 +47,18 @@ class TurnEmitter:
     submitter while the session's runner may already be streaming). Nothing is sent after a terminal event.
     """
 
-    def __init__(self, session_id: str, turn_id: str, sink: EventSink, *, start_seq: int = 0) -> None:
+    def __init__(
+        self, session_id: str, turn_id: str, sink: EventSink, *, start_seq: int = 0, join: DeltaJoin | None = None
+    ) -> None:
         self.session_id = session_id
         self.turn_id = turn_id
         self._sink = sink
+        self._join = join
         self._seq = start_seq
         """Events up to ``start_seq`` were sent by an earlier attempt at the turn; numbering continues."""
+        self._delta_seq = -1
+        """Number of the last delta this emitter sent."""
+        self._joined = 0
         self._lock = asyncio.Lock()
         self.finished = False
 
@@ -64,13 +75,16 @@ class TurnEmitter:
     async def emit(self, body: EventBody) -> None:
         """Number ``body`` and send it (dropped once the turn has had its terminal event)."""
         async with self._lock:
-            if self.finished:
-                return
-            self._seq += 1
-            event = TurnEvent(self.session_id, self.turn_id, self._seq, time.time_ns(), body)
-            if event.terminal:
-                self.finished = True
-            await self._sink(event)
+            await self._emit(body)
+
+    async def _emit(self, body: EventBody) -> None:
+        if self.finished:
+            return
+        self._seq += 1
+        event = TurnEvent(self.session_id, self.turn_id, self._seq, time.time_ns(), body)
+        if event.terminal:
+            self.finished = True
+        await self._sink(event)
 
     async def accepted(self, queue_position: int, trace_id: str = "", replayed: bool = False) -> None:
         """Emit the first event: the turn reached its session."""
@@ -80,9 +94,23 @@ class TurnEmitter:
         """Emit the passages the prompt holds, before the first token."""
         await self.emit(Citations(tuple(citation_of(p) for p in passages)))
 
-    async def delta(self, text: str) -> None:
-        """Emit a piece of the answer."""
-        await self.emit(Delta(text))
+    async def delta(self, text: str, pieces: list[str], *, join: bool = False) -> None:
+        """Emit a piece of the answer and add it to ``pieces`` (the answer's pieces as sent) in the same step, so
+        a turn cancelled meanwhile records what it sent. With ``join``, the piece goes into the previous event
+        instead when that is this emitter's delta and has not left yet (the sink's ``join`` decides), and into
+        the last of ``pieces``: a replay from the record then numbers the pieces as they were sent."""
+        async with self._lock:
+            joinable = join and self._join is not None and self._delta_seq == self._seq and not self.finished
+            if joinable and self._join is not None and self._join(self._seq, text):
+                pieces[-1] += text
+                self._joined += 1
+                if self._joined % JOINS_PER_YIELD == 0:
+                    await asyncio.sleep(0)
+                return
+            pieces.append(text)
+            await self._emit(Delta(text))
+            if not self.finished:
+                self._delta_seq = self._seq
 
     async def usage(self, result: ModelResult, model_rounds: int = 0) -> None:
         """Emit what the turn consumed (``result``: its model rounds summed)."""

@@ -60,6 +60,10 @@ class EventSender(Protocol):
         """Send one event (it may be stored later: see :meth:`flush`)."""
         ...
 
+    def join(self, tenant_id: str, session_id: str, turn_id: str, seq: int, text: str) -> bool:
+        """Add ``text`` to the turn's delta ``seq`` if it is the last sent and not stored yet; else False."""
+        ...
+
     async def flush(self, tenant_id: str, session_id: str, turn_id: str) -> None:
         """Wait until every event of the turn sent so far is stored; raise when it cannot be."""
         ...
@@ -439,6 +443,7 @@ class SessionHost:
             turn,
             turn_key,
             publish=self._publisher(envelope.tenant_id),
+            join=functools.partial(self._events.join, *turn_key),
             stored=functools.partial(self._events.flush, *turn_key),
             span=span,
             copies=[msg],

@@ -54,6 +54,7 @@ class HostTurn:
         key: TurnKey,
         *,
         publish: EventSink,
+        join: Callable[[int, str], bool],
         stored: Callable[[], Awaitable[None]],
         span: ConsumerSpan,
         copies: list[BusMessage],
@@ -62,6 +63,7 @@ class HostTurn:
         self.turn = turn
         self.key = key
         self._publish = publish
+        self._join = join
         self._stored = stored
         """Waits until the turn's events are stored (raises when they cannot be)."""
         self._span = span
@@ -75,6 +77,10 @@ class HostTurn:
     async def emit(self, event: TurnEvent) -> None:
         """Publish one of the turn's events."""
         await self._publish(event)
+
+    def join_delta(self, seq: int, text: str) -> bool:
+        """Add ``text`` to the turn's delta ``seq`` if it still waits for its store."""
+        return self._join(seq, text)
 
     async def done(self) -> None:
         """The turn ended and is recorded: once its events are stored, acknowledge every copy. When they cannot

@@ -110,7 +110,9 @@ class RunningTurn:
     ) -> RunningTurn:
         """A turn as its session takes it; events are numbered after those an earlier attempt sent."""
         turn = inflight.turn
-        emitter = TurnEmitter(key.session_id, turn.turn_id, inflight.emit, start_seq=turn.prior_seq)
+        emitter = TurnEmitter(
+            key.session_id, turn.turn_id, inflight.emit, start_seq=turn.prior_seq, join=inflight.join_delta
+        )
         running = cls(inflight, emitter, cancel_reason=CANCELLED if cancelled else "", progress=progress or [])
         running.deltas = [e.body.text for e in turn.prior_events if isinstance(e.body, Delta)]
         return running
@@ -172,8 +174,8 @@ class RunningTurn:
             return
         if not self.first_token_at_ns:
             self.first_token_at_ns = time.time_ns()
-        self.deltas.append(text)
-        await self.emitter.delta(text)
+        # A piece joins the previous one only within the same model round: a round's pieces are recorded apart.
+        await self.emitter.delta(text, self.deltas, join=len(self.deltas) > self.round_start)
 
     async def release_held(self) -> None:
         """Send what the output guard holds back (a possibly unfinished secret at the end), redacted."""

@@ -114,6 +114,10 @@ class InFlight(Protocol):
         """Send one of the turn's events (numbered by the session)."""
         ...
 
+    def join_delta(self, seq: int, text: str) -> bool:
+        """Add ``text`` to the delta numbered ``seq`` if it has not left yet (True); False: send it on its own."""
+        ...
+
     async def done(self) -> None:
         """The turn is recorded and its terminal event sent: it may be acknowledged."""
         ...
@@ -140,10 +144,16 @@ class LocalInFlight:
     sink: Callable[[TurnEvent], Awaitable[None]]
     on_done: Callback | None = None
     on_release: Callback | None = None
+    join: Callable[[int, str], bool] | None = None
+    """Joins pieces of the answer to a delta not sent yet (None: every piece is an event)."""
 
     async def emit(self, event: TurnEvent) -> None:
         """Hand the event to ``sink``."""
         await self.sink(event)
+
+    def join_delta(self, seq: int, text: str) -> bool:
+        """Ask ``join``, if any."""
+        return self.join is not None and self.join(seq, text)
 
     async def done(self) -> None:
         """Call ``on_done``, if any."""

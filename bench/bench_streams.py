@@ -59,6 +59,7 @@ from bench.bench_turns import descendants, still_running
 from bench.common import load_average, non_negative_int, percentile, positive_int, run_header
 from salon.engine.app import Engine
 from salon.engine.config import Config
+from salon.providers import scripted_reply
 from salon.providers.fake_servers import FakeAnthropicServer, Reply
 from salon.storage.jetstream.client import connect
 from salon.v1 import conversation_service_pb2 as cs_pb2
@@ -323,10 +324,12 @@ class Phase:
 
 
 async def _turn(stub: cs_grpc.ConversationServiceStub, session_id: str, tokens: int, timeout_s: float) -> float:
-    """One turn read to its end; its time to first token (raises unless it completed with ``tokens`` deltas)."""
+    """One turn read to its end; its time to first token (raises unless it completed with the scripted answer of
+    ``tokens`` tokens: a delta may carry several)."""
     started = time.perf_counter()
     first = math.nan
     count = 0
+    text = ""
     outcome = ""
     async with asyncio.timeout(timeout_s):
         async for response in _send(stub, session_id, PROMPT):
@@ -335,9 +338,10 @@ async def _turn(stub: cs_grpc.ConversationServiceStub, session_id: str, tokens: 
                 if not count:
                     first = time.perf_counter() - started
                 count += 1
+                text += response.event.delta.text
             elif kind in ("completed", "error", "cancelled"):
                 outcome = kind
-    if outcome != "completed" or count != tokens:
+    if outcome != "completed" or text != "".join(scripted_reply(PROMPT, tokens)):
         raise RuntimeError(f"turn ended {outcome or 'without a terminal event'} after {count} deltas")
     return first
 

@@ -65,6 +65,7 @@ from bench.common import (
 )
 from salon.client import SalonClient, SalonError
 from salon.engine.nats_server import EmbeddedNats
+from salon.providers import scripted_reply
 from salon.storage.jetstream.client import connect
 from salon.v1 import session_pb2
 
@@ -98,6 +99,8 @@ class TurnTiming:
     tokens: int
     phases: dict[str, float] | None = None
     """Engine only: where the time to first token went, from the events' own timestamps (seconds)."""
+    deltas: int = 0
+    """Engine only: events that carried the answer (a fast answer's tokens may travel several to an event)."""
 
 
 TurnFn = Callable[[str], Awaitable[TurnTiming]]
@@ -419,6 +422,7 @@ class _EngineSystem(System):
             phases: dict[str, float] = {}
             accepted_ns = 0
             count = 0
+            pieces: list[str] = []
             outcome = ""
             try:
                 async for event in session.send(text):
@@ -432,6 +436,7 @@ class _EngineSystem(System):
                             phases["accepted_to_delta"] = (emitted_ns - accepted_ns) / 1e9 if accepted_ns else math.nan
                             phases["delta_delivery"] = (time.time_ns() - emitted_ns) / 1e9
                         count += 1
+                        pieces.append(event.delta.text)
                     elif kind == "accepted":
                         accepted_ns = event.time.ToNanoseconds()
                     elif kind == "error":
@@ -441,9 +446,9 @@ class _EngineSystem(System):
             except SalonError as exc:
                 raise TurnFailed(f"{exc.code.name} {exc.reason}: {exc.message}") from exc
             end = time.perf_counter()
-            if outcome != "completed" or first is None or count != self.tokens:
+            if outcome != "completed" or first is None or "".join(pieces) != "".join(scripted_reply(text, self.tokens)):
                 raise TurnFailed(f"turn ended {outcome or 'without a terminal event'} after {count} deltas")
-            return TurnTiming(first - start, end - start, count, phases)
+            return TurnTiming(first - start, end - start, self.tokens, phases, deltas=count)
 
         return turn
 
@@ -566,6 +571,7 @@ class LevelResult:
     ttft_s: list[float] = field(default_factory=list)
     latency_s: list[float] = field(default_factory=list)
     tokens: int = 0
+    deltas: int = 0
     errors: int = 0
     warmup_errors: int = 0
     error_samples: list[str] = field(default_factory=list)
@@ -602,6 +608,7 @@ class LevelResult:
             "latency_p99_ms": percentile(self.latency_s, 99) * 1e3,
             "turns_per_s": ok / self.window_s if self.window_s else math.nan,
             "tokens_per_s": self.tokens / self.window_s if self.window_s else math.nan,
+            "delta_events_per_turn": self.deltas / ok if ok and self.deltas else math.nan,
             "window_s": self.window_s,
             "error_samples": self.error_samples,
             "ttft_phases_p50_ms": {k: percentile(v, 50) * 1e3 for k, v in self.phases.items()},
@@ -630,6 +637,7 @@ async def run_level(system: System, concurrency: int, turns: int, warmup: int, t
             result.ttft_s.append(timing.ttft_s)
             result.latency_s.append(timing.latency_s)
             result.tokens += timing.tokens
+            result.deltas += timing.deltas
             for phase, seconds in (timing.phases or {}).items():
                 result.phases.setdefault(phase, []).append(seconds)
 
@@ -850,21 +858,24 @@ def render(runs: Sequence[SystemRun], ratio_table: dict[str, dict[str, float]]) 
             parts = ", ".join(f"{kind} {ms:.2f}" for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]) if ms)
             lines.append(f"- {name} at {level_concurrency}: {parts}")
     phase_rows = [
-        (lvl.concurrency, lvl.summary()["ttft_phases_p50_ms"]) for run in runs for lvl in run.levels if lvl.phases
+        (lvl.concurrency, lvl.summary()["ttft_phases_p50_ms"], lvl.summary()["delta_events_per_turn"])
+        for run in runs
+        for lvl in run.levels
+        if lvl.phases
     ]
     if phase_rows:
         lines += [
             "",
-            "Engine TTFT by phase, p50 ms (from the events' emission timestamps):",
+            "Engine TTFT by phase, p50 ms (from the events' emission timestamps), and delta events per turn:",
             "| sessions | request → accepted emitted | accepted → first delta emitted "
-            "| first delta emitted → received |",
-            "|---:|---:|---:|---:|",
+            "| first delta emitted → received | delta events per turn |",
+            "|---:|---:|---:|---:|---:|",
         ]
-        for level_concurrency, phases in phase_rows:
+        for level_concurrency, phases, deltas in phase_rows:
             lines.append(
                 f"| {level_concurrency} | {_fmt(phases.get('to_accepted', math.nan))} "
                 f"| {_fmt(phases.get('accepted_to_delta', math.nan))} "
-                f"| {_fmt(phases.get('delta_delivery', math.nan))} |"
+                f"| {_fmt(phases.get('delta_delivery', math.nan))} | {_fmt(deltas, 1)} |"
             )
     lines.append("")
     for run in runs:

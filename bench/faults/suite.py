@@ -638,7 +638,8 @@ class Run:
             result.restarts += max(count.full - 1, 0)
             result.second_full += count.second_full
             result.contradicted_prefills += count.contradicted
-            answer = suite.options.tokens if turn.completed else sum(1 for k, _ in turn.events.values() if k == "delta")
+            # Tokens received, not deltas: a delta may carry several (each of the model's tokens is one word).
+            answer = suite.options.tokens if turn.completed else len(turn.reply().split())
             result.tokens_paid_twice += max(count.tokens_sent - answer, 0)
             events = stored.get(turn.key, [])
             seqs = Counter(e.seq for e in events)

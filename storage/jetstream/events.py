@@ -8,6 +8,9 @@ Storing each token as its own message would cost a disk write (an fsync, with ``
 token. :class:`EventPublisher` stores each turn's events in order with one message in flight per turn: what the
 session emits while a message is being stored goes into the next one. A fast stream packs many events into a
 message, a slow one sends each event at once; ``linger_s`` (off by default) spaces a turn's messages further.
+A piece of the answer emitted while the turn's previous delta still waits for its store can join that delta
+(:meth:`EventPublisher.extend`): it would go out with it anyway, and every hop after (the gateway, the client,
+a browser) pays per event, not per character.
 A message is retried, under the same ``Nats-Msg-Id``, until the stream has it, so a nats-server restart
 delays events without losing or repeating one.
 
@@ -56,6 +59,8 @@ runs at once after an urgent event (the first token among them) or the start of 
 at least this often (each turn of the loop polls the sockets: once per token was a tenth of a host's CPU)."""
 MAX_PENDING_EVENTS = 4096
 """Events of one turn waiting to be stored before emitting more waits (while NATS is away)."""
+MAX_JOINED_CHARS = 4096
+"""Longest delta that pieces are joined into (a stalled store does not make one event of a whole answer)."""
 _TAG = b"\x0a"
 _NATS_ERRORS = (TimeoutError, nats.errors.Error, nats.js.errors.Error)
 
@@ -131,8 +136,10 @@ class _TurnLog:
     """One turn's events on their way to the stream."""
 
     subject: str
-    pending: list[tuple[int, bytes]] = field(default_factory=list)
-    """(sequence number, serialized event), in emission order, not yet stored."""
+    pending: list[turn_pb2.TurnEvent] = field(default_factory=list)
+    """Events in emission order, not yet stored (serialized when taken into a message: the last may still grow)."""
+    storing: int = 0
+    """How many of ``pending``, from the first, are in the message being stored (fixed: none of them grows)."""
     task: asyncio.Task[None] | None = None
     """Storing ``pending``, while there is any."""
     urgent_seq: int = 0
@@ -176,7 +183,7 @@ class EventPublisher:
         turn = self._logs.get(subject)
         if turn is None:
             turn = self._logs[subject] = _TurnLog(subject)
-        turn.pending.append((event.seq, event.SerializeToString()))
+        turn.pending.append(event)
         kind = event.WhichOneof("kind")
         turn.unyielded += 1
         if kind == "accepted" and len(turn.pending) == 1 and turn.task is None:
@@ -193,6 +200,23 @@ class EventPublisher:
         while len(turn.pending) > MAX_PENDING_EVENTS and turn.task is not None:
             turn.room.clear()
             await turn.room.wait()
+        await self._maybe_yield(turn)
+
+    def join(self, tenant_id: str, session_id: str, turn_id: str, seq: int, text: str) -> bool:
+        """Add ``text`` to the turn's delta numbered ``seq`` if that is the last event queued and still waits for
+        its store (it is in no message yet); False: it is not, and ``text`` must go as an event of its own.
+        Joined text goes out exactly when it would have as a later event: with the turn's next message."""
+        turn = self._logs.get(self._names.event_subject(tenant_id, session_id, turn_id))
+        if turn is None or turn.ended or len(turn.pending) <= turn.storing:
+            return False
+        last = turn.pending[-1]
+        if last.seq != seq or last.WhichOneof("kind") != "delta" or len(last.delta.text) + len(text) > MAX_JOINED_CHARS:
+            return False
+        last.delta.text += text
+        return True
+
+    @staticmethod
+    async def _maybe_yield(turn: _TurnLog) -> None:
         if turn.unyielded >= YIELD_EVERY or turn.ended:
             # Lets the store task send now, so a provider that never pauses (or a burst of deltas) does not
             # hold the first token back until the whole answer is queued, nor later ones for long.
@@ -255,12 +279,16 @@ class EventPublisher:
                 if not turn.pending:
                     return
                 batch = _take_batch(turn.pending)
+                first, last = turn.pending[0].seq, turn.pending[len(batch) - 1].seq
+                turn.storing = len(batch)
                 turn.last_store = time.monotonic()
-                await self._store(turn, batch)
+                await self._store(turn, first, last, batch)
                 del turn.pending[: len(batch)]
-                turn.stored_seq = batch[-1][0]
+                turn.storing = 0
+                turn.stored_seq = last
                 turn.room.set()
         finally:
+            turn.storing = 0
             turn.task = None
             turn.room.set()
             if not turn.pending and self._logs.get(turn.subject) is turn:
@@ -287,10 +315,10 @@ class EventPublisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(turn.wake.wait(), wait)
 
-    async def _store(self, turn: _TurnLog, batch: Sequence[tuple[int, bytes]]) -> None:
-        """Store one message of events, trying again (same message id) until the stream has it."""
-        first, last = batch[0][0], batch[-1][0]
-        payload = pack_events(data for _, data in batch)
+    async def _store(self, turn: _TurnLog, first: int, last: int, batch: Sequence[bytes]) -> None:
+        """Store one message of events (``first`` to ``last``, serialized), trying again (same message id) until
+        the stream has it."""
+        payload = pack_events(batch)
         # The id names this very message (its retry is dropped as a duplicate), not just its numbers: another
         # attempt at the turn may store other events under the same numbers (after a refusal was removed).
         headers = {H_MSG_ID: f"{turn.subject}:{first}:{zlib.crc32(payload):08x}", H_EVENTS: f"{first}-{last}"}
@@ -321,14 +349,17 @@ async def forget_refusal(js: JetStreamContext, names: Names, stream_seq: int) ->
         await js.delete_msg(names.events_stream, stream_seq)
 
 
-def _take_batch(pending: Sequence[tuple[int, bytes]]) -> Sequence[tuple[int, bytes]]:
-    """The first events of ``pending`` that fit in one message (at least one)."""
+def _take_batch(pending: Sequence[turn_pb2.TurnEvent]) -> list[bytes]:
+    """The first events of ``pending`` that fit in one message (at least one), serialized."""
+    batch: list[bytes] = []
     size = 0
-    for count, (_, data) in enumerate(pending[:BATCH_EVENTS]):
+    for event in pending[:BATCH_EVENTS]:
+        data = event.SerializeToString()
         size += len(data) + 6
-        if size > BATCH_BYTES and count:
-            return pending[:count]
-    return pending[:BATCH_EVENTS]
+        if size > BATCH_BYTES and batch:
+            break
+        batch.append(data)
+    return batch
 
 
 CONNECTION_CHECK_S = 0.5

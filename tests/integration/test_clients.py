@@ -83,7 +83,7 @@ async def test_a_turn_streams_typed_events_to_completion(engine: Engine) -> None
         events = [event async for event in turn]
         assert_one_clean_turn(events, session.id, turn.idempotency_key)
         deltas = [e for e in events if isinstance(e, Delta)]
-        assert len(deltas) == TOKENS and turn.text == EXPECTED
+        assert 1 <= len(deltas) <= TOKENS and turn.text == EXPECTED
         usage = [e for e in events if isinstance(e, Usage)]
         assert len(usage) == 1 and usage[0].output_tokens > 0 and usage[0].provider == "scripted"
         assert isinstance(turn.final, Completed) and turn.final.stop_reason == "end_turn"

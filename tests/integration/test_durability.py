@@ -157,6 +157,8 @@ async def test_same_key_after_the_events_expired_is_answered_from_the_record(mak
     assert again[0].accepted.replayed
     assert [e.seq for e in again] == [e.seq for e in first]
     assert [e.WhichOneof("kind") for e in again] == [e.WhichOneof("kind") for e in first]
+    # Pieces joined while the first answer streamed are recorded joined: each comes back under its number.
+    assert [e.delta.text for e in again if e.HasField("delta")] == [e.delta.text for e in first if e.HasField("delta")]
     assert reply_text(again) == reply_text(first)
     assert await _model_calls(engine) == calls, "the model is not called again"
 

@@ -39,7 +39,7 @@ async def test_three_turns_stream_in_order_with_gap_free_sequence(stub: cs_grpc.
         assert events[-1].HasField("completed")
         assert reply_text(events) == "".join(scripted_reply(text, 8))
         deltas = [e for e in events if e.HasField("delta")]
-        assert len(deltas) == 8
+        assert 1 <= len(deltas) <= 8, "tokens may travel several to an event, never split"
         assert any(e.HasField("usage") and e.usage.output_tokens == 8 for e in events)
     got = await stub.GetSession(cs_pb2.GetSessionRequest(session_id=session_id))
     assert got.session.turn_count == 3

@@ -139,7 +139,9 @@ async def test_a_turn_streams_as_server_sent_events_and_resumes_after_any_event(
     # id is the per-turn sequence number, event the kind, data the TurnEvent in protobuf's JSON mapping.
     assert [m.id for m in messages] == [str(n) for n in range(1, len(messages) + 1)]
     assert [e["seq"] for e in events] == [m.id for m in messages]
-    assert [m.event for m in messages] == ["accepted", *["delta"] * TOKENS, "usage", "completed"]
+    kinds = [m.event for m in messages]
+    assert kinds[0] == "accepted" and kinds[-2:] == ["usage", "completed"]
+    assert set(kinds[1:-2]) == {"delta"} and len(kinds) - 3 <= TOKENS, "tokens may travel several to an event"
     assert {e["turnId"] for e in events} == {"turn-1"}
     assert "".join(e["delta"]["text"] for e in events if "delta" in e) == "alpha beta gamma " * 4
 
@@ -170,8 +172,9 @@ async def test_a_dropped_stream_leaves_the_turn_running_and_resumable(http: http
                 break  # the client goes away mid-turn
     async with http.stream("GET", f"/v1/sessions/{session}/turns/dropped/events", headers=auth(token)) as resumed:
         events = await read_sse(resumed)
-    assert [m.id for m in events] == [str(n) for n in range(1, TOKENS + 4)]
+    assert [m.id for m in events] == [str(n) for n in range(1, len(events) + 1)]
     assert events[-1].event == "completed"
+    assert "".join(m.json()["delta"]["text"] for m in events if m.event == "delta") == "one two " * (TOKENS // 2)
 
 
 async def test_stop_cancels_the_turn_upstream(http: httpx.AsyncClient, acme: Tenant) -> None:
@@ -189,7 +192,8 @@ async def test_stop_cancels_the_turn_upstream(http: httpx.AsyncClient, acme: Ten
                     cancel = await http.post(f"/v1/sessions/{session}/turns/stopped/cancel", headers=auth(token))
                     assert (cancel.status_code, cancel.json()) == (200, {})
     assert seen[-1].event == "cancelled"
-    assert sum(m.event == "delta" for m in seen) < TOKENS
+    shown = "".join(m.json()["delta"]["text"] for m in seen if m.event == "delta")
+    assert len(shown) < len("slow " * TOKENS), "stopped before the end of the answer"
 
 
 async def test_a_token_works_only_for_its_own_session_and_rights(

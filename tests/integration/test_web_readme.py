@@ -109,5 +109,5 @@ async def test_the_curl_example_runs_as_written(served: Served) -> None:
     assert out.count("event: accepted") == 1
     assert out.count("event: completed") == 2
     assert re.search(r"^id: 1$", out, re.MULTILINE) and re.search(r"^id: 4$", out, re.MULTILINE)
-    assert out.count("event: delta") > 2
+    assert out.count("event: delta") >= 1
     assert out.rstrip().endswith("{}")

@@ -13,7 +13,14 @@ from unit_support import wait_for
 
 from salon.storage import Names, Unavailable
 from salon.storage.bus import H_MSG_ID
-from salon.storage.jetstream.events import H_EVENTS, EventPublisher, in_order, pack_events, unpack_events
+from salon.storage.jetstream.events import (
+    H_EVENTS,
+    MAX_JOINED_CHARS,
+    EventPublisher,
+    in_order,
+    pack_events,
+    unpack_events,
+)
 from salon.v1 import turn_pb2
 
 NAMES = Names("t")
@@ -107,6 +114,42 @@ async def test_a_turns_events_are_stored_in_order_several_to_a_message_while_one
     # accepted waited for the first token; the rest waited for that message to be stored.
     assert [h[H_EVENTS] for _, h, _ in js.stored] == ["1-2", "3-11"]
     assert {s for s, _, _ in js.stored} == {NAMES.event_subject("acme", "s1", "u1")}
+
+
+async def test_pieces_join_the_delta_waiting_for_its_store_never_one_in_a_message_already() -> None:
+    js = FakeJetStream()
+    js.gate = asyncio.Event()
+    events = publisher(js)
+    await events.publish("acme", accepted())
+    await events.publish("acme", delta(2, "a "))
+    await wait_for(lambda: len(js.attempts) == 1, what="the first message on its way")
+    assert not events.join("acme", "s1", "u1", 2, "b "), "delta 2 is in the message being stored"
+    await events.publish("acme", delta(3, "b "))
+    assert events.join("acme", "s1", "u1", 3, "c ")
+    assert events.join("acme", "s1", "u1", 3, "d ")
+    assert not events.join("acme", "s1", "u1", 2, "e "), "only the last event queued grows"
+    assert not events.join("acme", "s1", "other", 3, "e "), "another turn's"
+    await events.publish("acme", completed(4))
+    assert not events.join("acme", "s1", "u1", 3, "e "), "nothing follows the end"
+    js.gate.set()
+    await events.flush("acme", "s1", "u1")
+    assert [(e.seq, e.delta.text) for e in js.events() if e.HasField("delta")] == [(2, "a "), (3, "b c d ")]
+    assert [h[H_EVENTS] for _, h, _ in js.stored] == ["1-2", "3-4"]
+    assert not events.join("acme", "s1", "u1", 3, "e "), "a stored turn takes nothing more"
+
+
+async def test_a_joined_delta_stops_growing_at_its_limit() -> None:
+    js = FakeJetStream()
+    js.gate = asyncio.Event()
+    events = publisher(js)
+    await events.publish("acme", delta(1, "x"))
+    await wait_for(lambda: len(js.attempts) == 1, what="the first message on its way")
+    await events.publish("acme", delta(2, "y" * (MAX_JOINED_CHARS - 10)))
+    assert events.join("acme", "s1", "u1", 2, "z" * 10)
+    assert not events.join("acme", "s1", "u1", 2, "z")
+    js.gate.set()
+    await events.flush("acme", "s1", "u1")
+    assert len(js.events()[-1].delta.text) == MAX_JOINED_CHARS
 
 
 async def test_a_lone_accepted_is_stored_after_a_short_wait() -> None:

@@ -342,6 +342,46 @@ async def test_duplicate_of_a_finished_turn_is_replayed_from_its_record_without_
     assert len(rig.records()) == 1
 
 
+class JoiningLog(EventLog):
+    """A sink whose last delta takes the next pieces until ``stored`` of them went by, as the host's publisher
+    does while that delta waits for its store."""
+
+    def __init__(self, stored: int) -> None:
+        super().__init__()
+        self.stored = stored
+        self.joins = 0
+
+    def join(self, seq: int, text: str) -> bool:
+        last = self.events[-1] if self.events else None
+        if last is None or last.seq != seq or kind(last) != "delta" or self.joins % self.stored == self.stored - 1:
+            self.joins += 1
+            return False
+        self.joins += 1
+        last.delta.text += text
+        return True
+
+
+async def test_pieces_joined_on_the_way_are_recorded_joined_and_replayed_under_the_same_numbers() -> None:
+    rig = Rig(ScriptedProvider(tokens=12))
+    actor = await rig.activate()
+    live, replay = JoiningLog(stored=4), EventLog()
+    try:
+        turn = local(Turn("t1", "one two three"), live, rig.on_done("t1"))
+        turn.join = live.join
+        await actor.submit(turn)
+        await wait_for(lambda: rig.acks("t1") == 1)
+        await rig.run_turn(actor, "t1", "one two three", sink=replay)
+    finally:
+        await actor.close()
+    original = live.of("t1")
+    assert live.text("t1") == "".join(scripted_reply("one two three", 12))
+    assert 1 < len(deltas(original)) < 12, "some pieces joined, some did not"
+    assert [e.seq for e in original] == list(range(1, len(original) + 1))
+    [record] = rig.records()
+    assert record.deltas == tuple(deltas(original))
+    assert shape(replay.of("t1")) == shape(original)
+
+
 async def test_duplicate_of_a_queued_turn_is_not_taken() -> None:
     rig = Rig(ScriptedProvider(tokens=3, token_delay_s=0.001))
     actor = await rig.activate()

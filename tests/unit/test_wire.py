@@ -146,10 +146,11 @@ async def test_the_emitter_numbers_from_where_an_earlier_attempt_stopped_and_sto
         sent.append(event)
 
     emitter = TurnEmitter("s1", "t1", sink, start_seq=3)
+    pieces: list[str] = []
     await emitter.citations([PassageEntry("knowledge", "d", "c", 0.5, 1)])
-    await emitter.delta("x")
+    await emitter.delta("x", pieces)
     await emitter.cancelled("stop")
-    await emitter.delta("late")
+    await emitter.delta("late", pieces)
     assert [(e.seq, e.kind) for e in sent] == [(4, "citations"), (5, "delta"), (6, "cancelled")]
     assert emitter.finished and emitter.last_seq == 6
 
