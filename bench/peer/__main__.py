@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_PEER_VENV,
         help="venv with bench/peer/requirements.txt (created when missing)",
     )
-    parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU reading before the load (5)")
+    parser.add_argument(
+        "--idle", type=float, default=5.0, help="seconds of idle CPU reading before the load, once settled (5)"
+    )
     parser.add_argument("--json", type=Path, help="write every figure and raw sample here")
     args = parser.parse_args(argv)
     become_subreaper()

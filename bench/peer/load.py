@@ -69,6 +69,24 @@ async def _report_progress(label: str, done: Callable[[], int], total: int, ever
         say(f"  {label}: {done()}/{total} turns")
 
 
+SETTLED_CPU = 0.05
+"""A system has settled once its processes use less than this share of a core over a second."""
+SETTLE_LIMIT_S = 60.0
+
+
+async def settle(cpu_probe: Callable[[], float], *, limit_s: float = SETTLE_LIMIT_S, interval_s: float = 1.0) -> float:
+    """Wait until the system's processes are settled (less than ``SETTLED_CPU`` of a core over ``interval_s``:
+    a server that answers before its start has ended keeps working for a while), at most ``limit_s``; the
+    seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        before, since = cpu_probe(), time.perf_counter()
+        await asyncio.sleep(interval_s)
+        if (cpu_probe() - before) / (time.perf_counter() - since) < SETTLED_CPU:
+            break
+    return time.perf_counter() - started
+
+
 async def run_level(
     target: Target,
     *,
@@ -87,6 +105,7 @@ async def run_level(
     then ``turns`` measured ones."""
     result = LevelResult(system, sessions, warmup, turns, cpu_scope=cpu_scope)
     if idle_s > 0:
+        result.settle_s = await settle(cpu_probe)
         idle_start, started = cpu_probe(), time.perf_counter()
         await asyncio.sleep(idle_s)
         result.idle_cpu_s, result.idle_window_s = cpu_probe() - idle_start, time.perf_counter() - started

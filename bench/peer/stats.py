@@ -41,6 +41,8 @@ class LevelResult:
     idle_cpu_s: float = math.nan
     """CPU seconds the same processes used over ``idle_window_s`` before any session opened (their floor)."""
     idle_window_s: float = 0.0
+    settle_s: float = 0.0
+    """Seconds waited for the processes to settle after the system answered, before the idle reading."""
     cpu_by_process: dict[str, float] = field(default_factory=dict)
     """CPU seconds per process name of the server's tree over the measured window (servers only)."""
 
@@ -68,6 +70,7 @@ class LevelResult:
             "cpu_ms_per_turn": self.server_cpu_s / ok * 1e3 if ok else math.nan,
             "cpu_scope": self.cpu_scope,
             "idle_cpu_pct": self.idle_cpu_s / self.idle_window_s * 100 if self.idle_window_s > 0 else math.nan,
+            "settle_s": self.settle_s,
             "cpu_ms_per_turn_by_process": {k: v / ok * 1e3 for k, v in self.cpu_by_process.items()} if ok else {},
             "window_s": self.window_s,
             "load_before": self.load_before,

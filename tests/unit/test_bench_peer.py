@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from bench.peer.load import settle
 from bench.peer.procs import process_cpu_s, tree_cpu_s
 from bench.peer.report import markdown_table
 from bench.peer.stats import LevelResult, percentile
@@ -69,3 +70,20 @@ def test_tree_cpu_counts_a_busy_child() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+async def test_the_idle_reading_waits_for_a_system_still_busy_after_it_answered() -> None:
+    readings = iter([0.0, 0.5, 0.5, 1.0, 1.0, 1.0])  # busy for two intervals, then quiet
+
+    def probe() -> float:
+        return next(readings)
+
+    waited = await settle(probe, limit_s=30, interval_s=0.01)
+    assert next(readings, None) is None, "every reading was taken: it waited for the quiet interval"
+    assert waited < 30
+
+
+async def test_a_system_that_never_settles_is_read_after_the_limit() -> None:
+    busy = iter(float(n) for n in range(100_000))
+    waited = await settle(lambda: next(busy), limit_s=0.05, interval_s=0.01)
+    assert 0.05 <= waited < 5
