@@ -246,8 +246,10 @@ async def test_a_turn_cut_mid_stream_resumes_without_gap_or_repeat(engine: Engin
         cuts = 0
         try:
             async for event in turn:
-                if isinstance(event, Delta) and cuts < 2 and turn.text.count(" ") in (3, 9):
-                    cuts += proxy.cut() > 0  # twice: after the 3rd and the 9th token
+                # Twice before the end: once 3 and once 9 tokens are in (a delta may carry several, so the second
+                # cut may come at the usage event).
+                if not event.terminal and cuts < 2 and turn.text.count(" ") >= (3, 9)[cuts]:
+                    cuts += proxy.cut() > 0
         except SalonError as exc:
             if exc.code == grpc.StatusCode.UNIMPLEMENTED:
                 pytest.xfail("server ResumeTurn pending")
@@ -310,7 +312,7 @@ async def test_the_blocking_client_asks_and_streams(engine: Engine) -> None:
     # The engine serves on this test's event loop: the blocking client must run in another thread.
     text, kinds, streamed, listed = await asyncio.to_thread(_sync_conversation, engine.target)
     assert text == EXPECTED
-    assert kinds[0] == "Accepted" and kinds[-1] == "Completed" and kinds.count("Delta") == TOKENS
+    assert kinds[0] == "Accepted" and kinds[-1] == "Completed" and 1 <= kinds.count("Delta") <= TOKENS
     assert streamed == "".join(scripted_reply("five six", TOKENS)) and listed
     threads_after = {t.name for t in threading.enumerate()}
     assert "salon-client-loop" not in threads_after - threads_before  # closed with the client

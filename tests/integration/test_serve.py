@@ -70,9 +70,11 @@ async def test_sigterm_lets_the_running_turn_finish_and_leaves_no_process(tmp_pa
             session_id = await create_session(stub)
             call = stub.SendTurn(cs_pb2.SendTurnRequest(session_id=session_id, text="finish me"))
             events = []
+            signalled = False
             async for response in call:
                 events.append(response.event)
-                if response.event.HasField("delta") and len(events) == 3:
+                if response.event.HasField("delta") and not signalled:
+                    signalled = True  # mid-turn: the first of 30 tokens 50 ms apart
                     started |= engine_processes(proc.pid)
                     proc.send_signal(signal.SIGTERM)
             assert events[-1].HasField("completed"), "the running turn finishes within the grace period"
