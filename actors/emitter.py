@@ -100,8 +100,8 @@ class TurnEmitter:
         instead when that is this emitter's delta and has not left yet (the sink's ``join`` decides), and into
         the last of ``pieces``: a replay from the record then numbers the pieces as they were sent."""
         async with self._lock:
-            joinable = join and self._join is not None and self._delta_seq == self._seq and not self.finished
-            if joinable and self._join is not None and self._join(self._seq, text):
+            joiner = self._join if join and self._delta_seq == self._seq and not self.finished else None
+            if joiner is not None and joiner(self._seq, text):
                 pieces[-1] += text
                 self._joined += 1
                 if self._joined % JOINS_PER_YIELD == 0:

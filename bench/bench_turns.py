@@ -87,7 +87,7 @@ PROMPT = "the quick brown fox jumps over the lazy dog"
 
 
 class TurnFailed(Exception):
-    """A turn ended without the expected answer (error event, wrong token count, early end)."""
+    """A turn ended without the expected answer (error event, wrong text, early end)."""
 
 
 @dataclass(frozen=True, slots=True)

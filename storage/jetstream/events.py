@@ -9,7 +9,7 @@ token. :class:`EventPublisher` stores each turn's events in order with one messa
 session emits while a message is being stored goes into the next one. A fast stream packs many events into a
 message, a slow one sends each event at once; ``linger_s`` (off by default) spaces a turn's messages further.
 A piece of the answer emitted while the turn's previous delta still waits for its store can join that delta
-(:meth:`EventPublisher.extend`): it would go out with it anyway, and every hop after (the gateway, the client,
+(:meth:`EventPublisher.join`): it would go out with it anyway, and every hop after (the gateway, the client,
 a browser) pays per event, not per character.
 A message is retried, under the same ``Nats-Msg-Id``, until the stream has it, so a nats-server restart
 delays events without losing or repeating one.
