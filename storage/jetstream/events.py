@@ -140,6 +140,10 @@ class _TurnLog:
     """Events in emission order, not yet stored (serialized when taken into a message: the last may still grow)."""
     storing: int = 0
     """How many of ``pending``, from the first, are in the message being stored (fixed: none of them grows)."""
+    joined: list[str] = field(default_factory=list)
+    """Text joined to the last of ``pending`` (a delta) and not yet added to it: a protobuf string field copied
+    and set once per piece was 5% of a host's CPU."""
+    joined_chars: int = 0
     task: asyncio.Task[None] | None = None
     """Storing ``pending``, while there is any."""
     urgent_seq: int = 0
@@ -183,6 +187,7 @@ class EventPublisher:
         turn = self._logs.get(subject)
         if turn is None:
             turn = self._logs[subject] = _TurnLog(subject)
+        _apply_joined(turn)
         turn.pending.append(event)
         kind = event.WhichOneof("kind")
         turn.unyielded += 1
@@ -210,9 +215,14 @@ class EventPublisher:
         if turn is None or turn.ended or len(turn.pending) <= turn.storing:
             return False
         last = turn.pending[-1]
-        if last.seq != seq or last.WhichOneof("kind") != "delta" or len(last.delta.text) + len(text) > MAX_JOINED_CHARS:
+        if last.seq != seq or last.WhichOneof("kind") != "delta":
             return False
-        last.delta.text += text
+        if not turn.joined:
+            turn.joined_chars = len(last.delta.text)
+        if turn.joined_chars + len(text) > MAX_JOINED_CHARS:
+            return False
+        turn.joined.append(text)
+        turn.joined_chars += len(text)
         return True
 
     @staticmethod
@@ -278,6 +288,7 @@ class EventPublisher:
                 await self._linger(turn)
                 if not turn.pending:
                     return
+                _apply_joined(turn)
                 batch = _take_batch(turn.pending)
                 first, last = turn.pending[0].seq, turn.pending[len(batch) - 1].seq
                 turn.storing = len(batch)
@@ -347,6 +358,13 @@ async def forget_refusal(js: JetStreamContext, names: Names, stream_seq: int) ->
     filtered purge would also move the position of readers of the subject, past events stored after it.)"""
     with contextlib.suppress(nats.js.errors.NotFoundError):
         await js.delete_msg(names.events_stream, stream_seq)
+
+
+def _apply_joined(turn: _TurnLog) -> None:
+    """Add the text joined to the turn's last pending event to it (before it is stored, or followed)."""
+    if turn.joined:
+        turn.pending[-1].delta.text += "".join(turn.joined)
+        turn.joined.clear()
 
 
 def _take_batch(pending: Sequence[turn_pb2.TurnEvent]) -> list[bytes]:
