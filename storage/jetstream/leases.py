@@ -10,6 +10,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from salon.storage.errors import Unavailable
+from salon.storage.jetstream.read import live_entries
 from salon.storage.jetstream.sessions import open_bucket
 from salon.storage.leases import Lease
 from salon.storage.reasons import Reason
@@ -25,8 +26,10 @@ def _unavailable() -> Unavailable:
 class KvLeaseStore:
     """:class:`~salon.storage.leases.LeaseStore` on a JetStream key-value bucket (one value per key)."""
 
-    def __init__(self, kv: KeyValue, ttl_s: float) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str, ttl_s: float) -> None:
+        self._js = js
         self._kv = kv
+        self._bucket = bucket
         self._ttl_s = ttl_s
 
     @classmethod
@@ -40,7 +43,7 @@ class KvLeaseStore:
             config = status.stream_info.config
             config.max_age = ttl_s
             await js.update_stream(config)
-        return cls(kv, ttl_s)
+        return cls(js, kv, names.leases_bucket, ttl_s)
 
     @property
     def ttl_s(self) -> float:
@@ -86,16 +89,17 @@ class KvLeaseStore:
             raise _unavailable() from exc
 
     async def held(self) -> dict[str, Lease]:
-        """Every lease alive now, by key (one pass over the bucket's latest values)."""
-        leases: dict[str, Lease] = {}
+        """Every lease alive now, by key (one pass over the bucket's latest values). Read with a pull consumer:
+        nats-py's watcher can say "that is all" before an entry already on its way (seen in CI: a held lease
+        missing from the list)."""
+        prefix = f"$KV.{self._bucket}."
         try:
-            watcher = await self._kv.watchall(ignore_deletes=True)
-            try:
-                while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
-                    if entry.value:
-                        leases[entry.key] = Lease(entry.key, entry.value.decode(), entry.revision)
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]
+            msgs = await live_entries(self._js, self._bucket)
         except _NATS_ERRORS as exc:
             raise _unavailable() from exc
+        leases: dict[str, Lease] = {}
+        for msg in msgs:
+            if msg.data:
+                key = msg.subject[len(prefix) :]
+                leases[key] = Lease(key, msg.data.decode(), msg.metadata.sequence.stream)
         return leases

@@ -68,3 +68,15 @@ async def read_subject(
     finally:
         await drop_consumer(js, sub)
     return out
+
+
+KV_DELETED = ("DEL", "PURGE")
+"""``KV-Operation`` header values of a key-value entry that removes its key."""
+
+
+async def live_entries(js: JetStreamContext, bucket: str, keys: str = ">", *, headers_only: bool = False) -> list[Msg]:
+    """The latest message of every live key of the key-value ``bucket`` matching ``keys`` (a subject pattern of
+    key tokens), in stream order: exact, unlike nats-py's watcher (see :func:`read_subject`)."""
+    subject = f"$KV.{bucket}.{keys}"
+    msgs = await read_subject(js, f"KV_{bucket}", subject, last_per_subject=True, headers_only=headers_only)
+    return [m for m in msgs if (m.headers or {}).get("KV-Operation") not in KV_DELETED]

@@ -13,7 +13,7 @@ from nats.js.kv import KeyValue
 
 from salon.storage.errors import AlreadyExists, NotFound, Unavailable
 from salon.storage.jetstream.client import ensure_replicas
-from salon.storage.jetstream.read import read_subject
+from salon.storage.jetstream.read import live_entries
 from salon.storage.sessions import NOT_FOUND_MESSAGE
 from salon.storage.subjects import Names
 from salon.v1 import session_pb2
@@ -116,12 +116,5 @@ class KvSessionRegistry:
 async def _list_keys(js: JetStreamContext, bucket: str, prefix: str) -> list[str]:
     """Live keys under ``prefix`` (a whole key token), without it, sorted. Filtered by the server (nats-py's
     ``keys()`` streams every key of the bucket and matches substrings on the client)."""
-    subject_prefix = f"$KV.{bucket}."
-    msgs = await read_subject(
-        js, f"KV_{bucket}", f"{subject_prefix}{prefix}*", last_per_subject=True, headers_only=True
-    )
-    return sorted(
-        m.subject[len(subject_prefix) + len(prefix) :]
-        for m in msgs
-        if (m.headers or {}).get("KV-Operation") not in ("DEL", "PURGE")
-    )
+    start = len(f"$KV.{bucket}.{prefix}")
+    return sorted(m.subject[start:] for m in await live_entries(js, bucket, f"{prefix}*", headers_only=True))
