@@ -205,7 +205,11 @@ class EventPublisher:
         while len(turn.pending) > MAX_PENDING_EVENTS and turn.task is not None:
             turn.room.clear()
             await turn.room.wait()
-        await self._maybe_yield(turn)
+        if turn.unyielded >= YIELD_EVERY or turn.ended:
+            # Lets the store task send now, so a provider that never pauses (or a burst of deltas) does not
+            # hold the first token back until the whole answer is queued, nor later ones for long.
+            turn.unyielded = 0
+            await asyncio.sleep(0)
 
     def join(self, tenant_id: str, session_id: str, turn_id: str, seq: int, text: str) -> bool:
         """Add ``text`` to the turn's delta numbered ``seq`` if that is the last event queued and still waits for
@@ -224,14 +228,6 @@ class EventPublisher:
         turn.joined.append(text)
         turn.joined_chars += len(text)
         return True
-
-    @staticmethod
-    async def _maybe_yield(turn: _TurnLog) -> None:
-        if turn.unyielded >= YIELD_EVERY or turn.ended:
-            # Lets the store task send now, so a provider that never pauses (or a burst of deltas) does not
-            # hold the first token back until the whole answer is queued, nor later ones for long.
-            turn.unyielded = 0
-            await asyncio.sleep(0)
 
     async def flush(self, tenant_id: str, session_id: str, turn_id: str) -> None:
         """Wait until every event of the turn queued so far is stored; :class:`Unavailable` when the publisher

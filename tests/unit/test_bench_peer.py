@@ -78,12 +78,11 @@ async def test_the_idle_reading_waits_for_a_system_still_busy_after_it_answered(
     def probe() -> float:
         return next(readings)
 
-    waited = await settle(probe, limit_s=30, interval_s=0.01)
+    await settle(probe, limit_s=30, interval_s=0.01)
     assert next(readings, None) is None, "every reading was taken: it waited for the quiet interval"
-    assert waited < 30
 
 
 async def test_a_system_that_never_settles_is_read_after_the_limit() -> None:
     busy = iter(float(n) for n in range(100_000))
-    waited = await settle(lambda: next(busy), limit_s=0.05, interval_s=0.01)
-    assert 0.05 <= waited < 5
+    await settle(lambda: next(busy), limit_s=0.05, interval_s=0.01)
+    assert next(busy) >= 4, "it kept reading the busy system until its limit, then returned"
