@@ -34,9 +34,15 @@ from salon.actors.wire import event_from_proto, event_to_proto, policy_from_prot
 from salon.otel import ConsumerSpan, attributes, consumer_span
 from salon.storage import AnswerStore, Journal, Retriever, SessionRegistry, TurnEnvelope, incarnation_of
 from salon.storage.errors import InvalidArgument, NotFound, SalonError
+from salon.storage.reasons import Reason
 from salon.v1 import session_pb2, turn_pb2
 
 log = logging.getLogger(__name__)
+
+
+class ShardNotServed(Exception):
+    """A session of a shard this host does not serve (any more) would be activated: its turns and control
+    messages belong to the shard's next owner."""
 
 
 class Puller(Protocol):
@@ -397,7 +403,7 @@ class SessionHost:
         key = SessionKey(envelope.tenant_id, envelope.request.session_id)
         span = _turn_span(envelope, key)
         try:
-            taken = await self._take(msg, envelope, key, span)
+            taken = await self._take(msg, envelope, key, span, shard)
         except BaseException:
             span.end()
             raise
@@ -405,7 +411,6 @@ class SessionHost:
             span.end()
             return
         session, inflight = taken
-        self._session_shards[key] = shard
         # Tracked before submit: a fast turn can finish (and be done) before submit returns.
         self._inflight[inflight.key] = inflight
         try:
@@ -417,15 +422,19 @@ class SessionHost:
         self.turns_started += 1
 
     async def _take(
-        self, msg: BusMessage, envelope: TurnEnvelope, key: SessionKey, span: ConsumerSpan
+        self, msg: BusMessage, envelope: TurnEnvelope, key: SessionKey, span: ConsumerSpan, shard: int
     ) -> tuple[SessionActor, HostTurn] | None:
         """The turn's session and the turn in flight for ``msg``, or None when the message is settled here:
         its session does not exist, it is a copy of a turn running here, or the host refuses it."""
         try:
-            session = await self._activate(key, envelope.incarnation)
+            session = await self._activate(key, envelope.incarnation, shard)
         except NotFound:
             # Deleted between SendTurn and now: tell the waiting client, and drop the turn.
             await self._refuse(msg, envelope, "SESSION_NOT_FOUND", "session not found", retryable=False)
+            return None
+        except ShardNotServed:
+            # Fetched just before the shard was given up: handed back at once, for the shard's next owner.
+            await msg.nak()
             return None
         turn_key = (envelope.tenant_id, key.session_id, envelope.turn_id)
         running = self._inflight.get(turn_key)
@@ -500,47 +509,57 @@ class SessionHost:
             return "too many turns of this tenant are running or queued; retry shortly"
         return None
 
-    async def control(self, request: ControlRequest) -> ControlReply:
-        """Act on a request about one of this host's sessions (from the gateway): cancel a turn, or hand a turn
-        waiting for its tools a result or an approval decision."""
+    async def control(self, request: ControlRequest, shard: int) -> ControlReply:
+        """Act on a request about one of this host's sessions (from the gateway, on the control subject of the
+        session's ``shard``): cancel a turn, or hand a turn waiting for its tools a result or an approval
+        decision."""
         key = SessionKey(request.tenant_id, request.session_id)
         try:
-            session = await self._activate(key, request.incarnation)
+            session = await self._activate(key, request.incarnation, shard)
         except NotFound:
             return ControlReply("unknown_session")
+        except ShardNotServed:
+            # The shard is being given up and the session is not live here: its next owner answers (an answer
+            # to a tool call is kept by the gateway meanwhile; a cancel is asked again).
+            return ControlReply(
+                "unavailable", Reason.HOST_UNAVAILABLE, "the session is moving to another host; retry shortly"
+            )
         if not isinstance(request, CancelTurn):
             return await session.answer(request)
         return ControlReply(session.cancel(request.turn_id, request.reason or CANCELLED))
 
-    async def control_message(self, data: bytes) -> bytes:
-        """Answer a control message's bytes: a malformed or unknown request gets a clear error reply, and a
-        failure while acting on it an ``error`` reply (logged), never an exception."""
+    async def control_message(self, data: bytes, shard: int) -> bytes:
+        """Answer a control message's bytes (from the control subject of ``shard``): a malformed or unknown
+        request gets a clear error reply, and a failure while acting on it an ``error`` reply (logged), never an
+        exception."""
         try:
             request = parse_request(data)
         except ControlError as exc:
             log.warning("refusing a control message: %s", exc.reason)
             return ControlReply.refusal(exc).to_bytes()
         try:
-            reply = await self.control(request)
+            reply = await self.control(request, shard)
         except Exception:
             log.exception("a control request failed")
             reply = ControlReply("error", "CONTROL_FAILED", "the host failed to act on the request")
         return reply.to_bytes()
 
-    async def _activate(self, key: SessionKey, incarnation: str) -> SessionActor:
+    async def _activate(self, key: SessionKey, incarnation: str, shard: int) -> SessionActor:
         """The session's live actor, activated if need be: one activation at a time per session (a turn and a
-        control message arriving together must not make two actors, the later fencing the earlier)."""
+        control message arriving together must not make two actors, the later fencing the earlier). A new actor
+        only for a shard this host pulls (:class:`ShardNotServed`): one made for a shard being given up would
+        outlive the give-up, and fence the shard's next owner turn after turn."""
         while (pending := self._activating.get(key)) is not None:
             await asyncio.wait({pending})
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._activating[key] = done
         try:
-            return await self._activate_now(key, incarnation)
+            return await self._activate_now(key, incarnation, shard)
         finally:
             del self._activating[key]
             done.set_result(None)
 
-    async def _activate_now(self, key: SessionKey, incarnation: str) -> SessionActor:
+    async def _activate_now(self, key: SessionKey, incarnation: str, shard: int) -> SessionActor:
         session = self._sessions.get(key)
         if session is not None:
             if session.fenced:
@@ -550,10 +569,15 @@ class SessionHost:
             else:
                 # The session was deleted and created again under the same id: forget the old one.
                 await self._passivate(key)
+        self._check_served(shard)
         definition = await self._registry.get(key.tenant_id, key.session_id)
         current = incarnation_of(definition)
         settings = self._shared_settings.share(session_settings(definition, self._settings))
+        self._check_served(shard)  # the shard may have been given up while the definition was read
         loaded, ledger = await self._journal.open(key.tenant_id, key.session_id, current, holder=self.name)
+        # Given up while the ledger was opened: the marker already written fences the next owner's actor once
+        # (it activates again); keeping this one would fence it at every turn.
+        self._check_served(shard)
         state = SessionState.restore(loaded, current, settings.window_max_messages)
         if len(self._sessions) >= self._settings.max_sessions:
             # Make room before the newcomer joins, so it is never the one evicted. Busy sessions stay, so
@@ -572,9 +596,15 @@ class SessionHost:
             tool_stats=self._tool_stats,
             stored_answers=self._tool_answers,
         )
+        # With the session, not after its first turn is taken: giving the shard up must find every session of it.
         self._sessions[key] = session
+        self._session_shards[key] = shard
         self.activations += 1
         return session
+
+    def _check_served(self, shard: int) -> None:
+        if shard not in self._pullers:
+            raise ShardNotServed(f"shard {shard} is not served here")
 
     async def _passivate(self, key: SessionKey) -> None:
         # Popped before any await, so a turn arriving meanwhile activates a fresh actor from the snapshot,

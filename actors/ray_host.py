@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -82,10 +82,13 @@ async def serve_control(host: SessionHost, nc: Any, names: Names, shards: tuple[
     """Answer the gateway's requests (cancel, tool results and approvals) about the sessions of ``shards``;
     returns the subscriptions."""
 
-    async def handle(msg: Any) -> None:
-        await msg.respond(await host.control_message(msg.data))
+    def handler(shard: int) -> Callable[[Any], Awaitable[None]]:
+        async def handle(msg: Any) -> None:
+            await msg.respond(await host.control_message(msg.data, shard))
 
-    return [await nc.subscribe(names.control_subject(shard), cb=handle) for shard in shards]
+        return handle
+
+    return [await nc.subscribe(names.control_subject(shard), cb=handler(shard)) for shard in shards]
 
 
 class ShardServing:
@@ -245,6 +248,11 @@ class HostActor:
         assert self._host is not None
         leases = self._serving.leases if self._serving is not None else None
         return {**self._host.stats(), **(leases.stats() if leases is not None else {})}
+
+    async def task_stacks(self) -> list[str]:
+        """Where each of the host's asyncio tasks waits (names and lines, no content): for a host that stops
+        making progress. Answers even before the host has started."""
+        return otel.task_stacks()
 
     async def model_health(self) -> dict[str, str]:
         """Circuit-breaker state of each model provider on this host."""

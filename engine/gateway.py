@@ -368,6 +368,13 @@ class Gateway:
             raise Unavailable(
                 "the session's host failed to cancel the turn", reason=Reason.CANCEL_FAILED, retry_after_s=1.0
             )
+        if result == "unavailable":
+            # The session is moving between hosts: its next owner takes the cancel.
+            raise Unavailable(
+                "the session is moving to another host; retry shortly",
+                reason=Reason.HOST_UNAVAILABLE,
+                retry_after_s=1.0,
+            )
         return result
 
     async def submit_tool_result(

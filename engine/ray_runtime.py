@@ -175,9 +175,10 @@ class HostGroup:
         deadline = loop.time() + timeout_s
         while True:
             try:
-                owned = await self.shards()
-            except ray.exceptions.RayError:
-                owned = {}  # a host is restarting (its node died): ask again
+                # Bounded too: a host that does not answer must not hold the caller past its deadline.
+                owned = await asyncio.wait_for(self.shards(), max(deadline - loop.time(), 0.1))
+            except (ray.exceptions.RayError, TimeoutError):
+                owned = {}  # a host is restarting (its node died), or did not answer in time: ask again
             counts = [len(v) for v in owned.values()]
             served = sorted(s for v in owned.values() for s in v)
             if served == list(range(num_shards)) and counts and max(counts) - min(counts) <= 1:
@@ -209,20 +210,36 @@ class HostGroup:
 
     async def remove_host(self, index: int, grace_s: float) -> None:
         """Stop host ``index``: it gives its shards up to the others (running turns get ``grace_s``), then it
-        closes."""
+        closes. Bounded: a host that does not leave within ``grace_s`` + ``HOST_CLOSE_TIMEOUT_S`` is stopped anyway
+        (the leases it still holds expire; what it had acknowledged is in JetStream already)."""
         position = self.indexes.index(index)
         handle = self.handles.pop(position)
         self.indexes.pop(position)
         self.info.pop(position)
         try:
-            await handle.leave.remote(grace_s)
-            await handle.close.remote()
+            await asyncio.wait_for(handle.leave.remote(grace_s), grace_s + HOST_CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(handle.close.remote(), HOST_CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("host %d did not leave within %.0f s; stopping it", index, grace_s + HOST_CLOSE_TIMEOUT_S)
         finally:
             ray.kill(handle, no_restart=True)
 
     async def stats(self) -> list[dict[str, int]]:
         """Each host's live figures."""
         return list(await asyncio.gather(*(h.stats.remote() for h in self.handles)))
+
+    async def task_stacks(self, timeout_s: float = 10.0) -> dict[int, list[str] | str]:
+        """Where each host's asyncio tasks wait, by host index; a host that does not answer within ``timeout_s``
+        (its event loop blocked, or the actor gone) is named with the reason instead."""
+
+        async def one(handle: Any) -> list[str] | str:
+            try:
+                return list(await asyncio.wait_for(handle.task_stacks.remote(), timeout_s))
+            except (TimeoutError, ray.exceptions.RayError) as exc:
+                return f"no answer ({type(exc).__name__})"
+
+        stacks = await asyncio.gather(*(one(h) for h in self.handles))
+        return dict(zip(self.indexes, stacks, strict=True))
 
     async def drain(self, grace_s: float) -> None:
         """Stop intake on every host; let running turns finish within ``grace_s``."""

@@ -34,6 +34,7 @@ from salon.otel.spans import (
     span,
     start_tool_span,
 )
+from salon.otel.tasks import task_stacks
 from salon.otel.viewer import find_trace, render_trace
 
 __all__ = [
@@ -78,5 +79,6 @@ __all__ = [
     "shutdown",
     "span",
     "start_tool_span",
+    "task_stacks",
     "trace_id_hex",
 ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,12 +41,16 @@ async def release_events_stream(nats_url: str, namespace: str) -> None:
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 30.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)  # wait-ok: polls a condition with a deadline
+    """Poll ``predicate`` until it holds; fail the test after ``timeout_s`` (a predicate that hangs included)."""
+    limit = asyncio.timeout(timeout_s)
+    try:
+        async with limit:
+            while not await predicate():  # noqa: ASYNC110 - a condition of other processes, polled
+                await asyncio.sleep(0.02)  # wait-ok: polls a condition with a deadline
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        pytest.fail(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="session")

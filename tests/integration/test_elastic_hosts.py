@@ -3,7 +3,10 @@ hosts, nothing acknowledged is lost, and the time sessions wait across each move
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -15,6 +18,22 @@ from salon.v1 import conversation_service_pb2_grpc as cs_grpc
 
 SHARDS = 8
 LEASE_S = 3.0
+STEP_S = 90.0
+"""Longest any one step may take (a step that hangs fails here, naming itself and what the hosts hold)."""
+
+
+@contextlib.asynccontextmanager
+async def step(engine: Engine, what: str) -> AsyncIterator[None]:
+    """Bound one step of the test; past ``STEP_S`` fail, naming the step, after printing where each host's tasks
+    wait."""
+    try:
+        async with asyncio.timeout(STEP_S):
+            yield
+    except TimeoutError:
+        # Where every host's tasks wait: what hangs, when one does (printed, the failure's message stays short).
+        for index, stacks in (await engine.hosts.task_stacks()).items():
+            print(f"host {index}:", *([stacks] if isinstance(stacks, str) else stacks), sep="\n  ")
+        pytest.fail(f"{what} did not finish within {STEP_S:.0f} s (the hosts' tasks are printed above)")
 
 
 @pytest.mark.timeout(600)  # four moves under load, each waiting for a host to start or a lease to expire
@@ -33,7 +52,8 @@ async def test_hosts_join_leave_and_die_under_turns_without_losing_any(make_engi
     assert sorted(len(v) for v in owned.values()) == [4, 4]
     async with grpc.aio.insecure_channel(engine.target) as channel:
         load = Load(cs_grpc.ConversationServiceStub(channel), sessions=12)
-        await load.start()
+        async with step(engine, "starting the load"):
+            await load.start()
 
         async def progress(since: float, turns: int = 12) -> None:
             async def enough() -> bool:
@@ -46,8 +66,9 @@ async def test_hosts_join_leave_and_die_under_turns_without_losing_any(make_engi
 
         # A host joins: it takes about its share from the two running ones.
         t0 = time.monotonic()
-        added = await hosts.add_host()
-        owned = await hosts.wait_balanced(60)
+        async with step(engine, "a host joining"):
+            added = await hosts.add_host()
+            owned = await hosts.wait_balanced(60)
         figures["join"] = time.monotonic() - t0
         assert sorted(len(v) for v in owned.values()) == [2, 3, 3]
         assert owned[added], "the new host serves shards"
@@ -56,8 +77,9 @@ async def test_hosts_join_leave_and_die_under_turns_without_losing_any(make_engi
 
         # One of the first hosts leaves gracefully: its shards go to the others.
         t0 = time.monotonic()
-        await hosts.remove_host(0, grace_s=5.0)
-        owned = await hosts.wait_balanced(60)
+        async with step(engine, "a host leaving"):
+            await hosts.remove_host(0, grace_s=5.0)
+            owned = await hosts.wait_balanced(60)
         figures["leave"] = time.monotonic() - t0
         assert 0 not in owned and sorted(len(v) for v in owned.values()) == [4, 4]
         await progress(time.monotonic())
@@ -66,14 +88,17 @@ async def test_hosts_join_leave_and_die_under_turns_without_losing_any(make_engi
         # A host dies without a word: its leases expire and the survivor takes every shard.
         t0 = time.monotonic()
         hosts.kill_host(added)
-        owned = await hosts.wait_balanced(60)
+        async with step(engine, "the survivor taking the dead host's shards"):
+            owned = await hosts.wait_balanced(60)
         figures["death"] = time.monotonic() - t0
         assert list(owned.values()) == [list(range(SHARDS))]
         await progress(time.monotonic())
         figures["death_longest_turn"] = load.longest_wait_s(t0, time.monotonic())
 
-        await load.stop()
-        lost, doubled = await load.lost_and_doubled()
+        async with step(engine, "the sessions finishing their turns"):
+            await load.stop()
+        async with step(engine, "reading the histories"):
+            lost, doubled = await load.lost_and_doubled()
 
     outcomes = load.outcomes()
     print(

@@ -117,7 +117,7 @@ async def test_the_host_answers_control_bytes_and_never_raises() -> None:
         await wait_for(lambda: any(e.HasField("delta") for e in sender.log.of("t1")), what="the first token")
 
         async def ask(data: bytes) -> dict[str, str]:
-            reply: dict[str, str] = json.loads(await host.control_message(data))
+            reply: dict[str, str] = json.loads(await host.control_message(data, puller.shard))
             return reply
 
         assert await ask(b"{") == {

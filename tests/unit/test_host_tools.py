@@ -55,8 +55,9 @@ class Deployment:
         return str(session.create_time.ToNanoseconds())
 
 
-async def ask(host: SessionHost, message: SubmitToolResult | DecideApproval) -> ControlReply:
-    return ControlReply.from_bytes(await host.control_message(message.to_bytes()))
+async def ask(host: SessionHost, message: SubmitToolResult | DecideApproval, shard: int = 0) -> ControlReply:
+    """The host's reply to ``message`` arriving on the control subject of ``shard``."""
+    return ControlReply.from_bytes(await host.control_message(message.to_bytes(), shard))
 
 
 def submit(session_id: str, turn_id: str, call_id: str, content: str) -> SubmitToolResult:
@@ -166,3 +167,39 @@ async def test_a_control_message_and_a_turn_arriving_together_make_one_activatio
         await host.close()
     markers = [e for e in world.journal.turns[(TENANT, "s1")] if e is None]
     assert len(markers) == 1, "one activation marker: nobody was fenced"
+
+
+async def test_a_control_message_for_a_shard_not_pulled_here_activates_nothing() -> None:
+    world = Deployment()
+    host, _ = world.host("host-a")
+    await host.start()
+    try:
+        await world.create("s1")
+        reply = await ask(host, submit("s1", "t1", "call_1_1", "x"), shard=5)
+        stats = host.stats()
+    finally:
+        await host.close()
+    # Retryable, so the gateway keeps the answer for the shard's owner; no actor here to fence the owner's.
+    assert (reply.result, reply.reason) == ("unavailable", "HOST_UNAVAILABLE")
+    assert "x" not in reply.message
+    assert stats["activations"] == 0
+    assert (TENANT, "s1") not in world.journal.turns, "no activation marker"
+
+
+async def test_giving_a_shard_up_passivates_a_session_only_a_control_message_activated() -> None:
+    world = Deployment()
+    host, puller = world.host("host-a")
+    await host.start()
+    try:
+        await world.create("s1")
+        assert (await ask(host, submit("s1", "t1", "call_1_1", "x"))).result == "not_found"
+        assert host.stats()["live_sessions"] == 1
+        await host.remove_shard(puller.shard, grace_s=1.0)
+        stats = host.stats()
+        # Once the shard is gone, a control message no longer brings the session back here.
+        again = await ask(host, submit("s1", "t1", "call_1_1", "x"))
+    finally:
+        await host.close()
+    assert stats["live_sessions"] == 0 and stats["passivations"] == 1, "nothing of the shard stays live here"
+    assert again.result == "unavailable"
+    assert host.stats()["activations"] == 1
