@@ -88,7 +88,7 @@ class ExtraHosts:
         if hosts is not None:
             for index in list(hosts.indexes):
                 try:
-                    await hosts.remove_host(index, self.config.shutdown_grace_s)
+                    await hosts.remove_host(index, self.config.shutdown_grace_s)  # logs one that overran
                 except Exception as exc:  # a host already gone: its leases expire on their own
                     log.warning("host %d did not leave cleanly: %s", index, type(exc).__name__)
             await hosts.close()

@@ -194,9 +194,15 @@ class HostGroup:
         index, self._next_index = self._next_index, self._next_index + 1
         spec = dataclasses.replace(self._specs[0], index=index, shards=(), expected_hosts=1)
         handle = self._create(spec)
+        try:
+            info = await asyncio.wait_for(handle.ready.remote(), self._start_timeout_s)
+        except BaseException:
+            # Not started in time (or the caller gave up): nothing may keep running half-started, taking shards.
+            ray.kill(handle, no_restart=True)
+            raise
         self.handles.append(handle)
         self.indexes.append(index)
-        self.info.append(await handle.ready.remote())
+        self.info.append(info)
         return index
 
     def kill_host(self, index: int) -> None:
@@ -208,10 +214,11 @@ class HostGroup:
         self.info.pop(position)
         ray.kill(handle, no_restart=True)
 
-    async def remove_host(self, index: int, grace_s: float) -> None:
+    async def remove_host(self, index: int, grace_s: float) -> bool:
         """Stop host ``index``: it gives its shards up to the others (running turns get ``grace_s``), then it
-        closes. Bounded: a host that does not leave within ``grace_s`` + ``HOST_CLOSE_TIMEOUT_S`` is stopped anyway
-        (the leases it still holds expire; what it had acknowledged is in JetStream already)."""
+        closes. Bounded: a host that does not leave within ``grace_s`` + ``HOST_CLOSE_TIMEOUT_S`` (or close
+        within ``HOST_CLOSE_TIMEOUT_S``) is stopped anyway: the leases it still holds expire, and what it had
+        acknowledged is in JetStream already. Returns whether it left and closed in time."""
         position = self.indexes.index(index)
         handle = self.handles.pop(position)
         self.indexes.pop(position)
@@ -220,9 +227,11 @@ class HostGroup:
             await asyncio.wait_for(handle.leave.remote(grace_s), grace_s + HOST_CLOSE_TIMEOUT_S)
             await asyncio.wait_for(handle.close.remote(), HOST_CLOSE_TIMEOUT_S)
         except TimeoutError:
-            log.warning("host %d did not leave within %.0f s; stopping it", index, grace_s + HOST_CLOSE_TIMEOUT_S)
+            log.warning("host %d did not leave and close in time; stopping it", index)
+            return False
         finally:
             ray.kill(handle, no_restart=True)
+        return True
 
     async def stats(self) -> list[dict[str, int]]:
         """Each host's live figures."""
