@@ -179,7 +179,9 @@ class ShardLeases:
         self._wake.set()
 
     async def _loop(self) -> None:
-        while True:
+        # Not ``while True``: Python 3.11's wait_for can swallow a cancellation that lands as its wait ends, and
+        # leave() and close() await this task after setting ``_closed``.
+        while not self._closed:
             hungry = False
             limit = asyncio.timeout(self._store.ttl_s)
             try:

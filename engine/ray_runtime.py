@@ -223,11 +223,18 @@ class HostGroup:
         handle = self.handles.pop(position)
         self.indexes.pop(position)
         self.info.pop(position)
+        doing = "leave"
         try:
             await asyncio.wait_for(handle.leave.remote(grace_s), grace_s + HOST_CLOSE_TIMEOUT_S)
+            doing = "close"
             await asyncio.wait_for(handle.close.remote(), HOST_CLOSE_TIMEOUT_S)
         except TimeoutError:
-            log.warning("host %d did not leave and close in time; stopping it", index)
+            # Where it waits, for whoever reads the log: a leave that hangs is a bug to find.
+            try:
+                stacks = "\n  ".join(await asyncio.wait_for(handle.task_stacks.remote(), 10.0))
+            except (TimeoutError, ray.exceptions.RayError) as exc:
+                stacks = f"(no answer: {type(exc).__name__})"
+            log.warning("host %d did not %s in time; stopping it. Its tasks:\n  %s", index, doing, stacks)
             return False
         finally:
             ray.kill(handle, no_restart=True)

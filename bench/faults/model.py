@@ -35,6 +35,14 @@ def answer_tokens(tag: str, variant: int, tokens: int, big: bool = False) -> lis
     return [words[0], *(f" {w}" for w in words[1:])]
 
 
+_WORD = re.compile(r"g(\d+)w\d+")
+
+
+def variants_in(text: str) -> set[int]:
+    """The full generations (see :func:`answer_tokens`) whose words appear in ``text``."""
+    return {int(v) for v in _WORD.findall(text)}
+
+
 @dataclass
 class TagCount:
     """What the server generated for one tag."""
@@ -43,9 +51,8 @@ class TagCount:
     full: int = 0
     """Requests without a prefill: generations from the start of the answer."""
     second_full: int = 0
-    """Requests without a prefill made after an earlier request for the turn had streamed its whole answer: the
-    answer generated in full twice (restarts from the start after an attempt died early, before any of its
-    tokens were stored, are counted in ``full`` and their cost in the tokens written)."""
+    """Requests without a prefill made after an earlier request for the turn had streamed its whole answer (the
+    model's side: whether any of it was stored, the suite judges from the stored events)."""
     continuations: int = 0
     contradicted: int = 0
     """Continuations whose prefill matched no answer the server gave (text nobody generated)."""

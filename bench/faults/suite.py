@@ -30,7 +30,7 @@ import grpc
 from bench.faults.clients import Channels, Client, Policy, TurnLog, reason_of
 from bench.faults.cluster import EngineSettings, Serve, Tmpfs, engine_nats_url, start_serve
 from bench.faults.faults import Fault, catalogue
-from bench.faults.model import CountingModel
+from bench.faults.model import CountingModel, variants_in
 from salon.actors.placement import shard_for
 from salon.storage import Names
 from salon.storage.bus import H_MSG_ID, TurnEnvelope
@@ -99,7 +99,10 @@ class FaultResult:
     """Generations from the start beyond a turn's first: an attempt died before any of its tokens were stored
     (what it had generated is in ``tokens_paid_twice``)."""
     second_full: int = 0
-    """Answers generated in full a second time (the aim: 0)."""
+    """Answers generated in full again although an earlier generation of the turn had streamed to its end and
+    some of it was stored: progress a client could have seen, thrown away (must be 0). An earlier generation
+    killed before any of its tokens were stored (the engine died before its first store, even if the model had
+    already sent everything) is a restart from the start: counted in ``restarts`` and ``tokens_paid_twice``."""
     contradicted_prefills: int = 0
     tokens_paid_twice: int = 0
     recovery_s: list[float] = field(default_factory=list)
@@ -636,12 +639,15 @@ class Run:
             result.contradictions += turn.contradictions
             count = suite.model.count(turn.tag)
             result.restarts += max(count.full - 1, 0)
-            result.second_full += count.second_full
+            events = stored.get(turn.key, [])
+            stored_text = "".join(e.delta.text for e in events if e.WhichOneof("kind") == "delta")
+            if variants_in(stored_text) - {count.full - 1}:
+                # Words of a generation before the last full one were stored, and yet the answer began again.
+                result.second_full += count.second_full
             result.contradicted_prefills += count.contradicted
             # Tokens received, not deltas: a delta may carry several (each of the model's tokens is one word).
             answer = suite.options.tokens if turn.completed else len(turn.reply().split())
             result.tokens_paid_twice += max(count.tokens_sent - answer, 0)
-            events = stored.get(turn.key, [])
             seqs = Counter(e.seq for e in events)
             result.dup_stored_events += sum(n - 1 for n in seqs.values() if n > 1)
             odd = count.second_full or count.contradicted or turn.gaps or turn.repeats or turn.contradictions
