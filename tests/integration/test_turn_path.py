@@ -105,6 +105,10 @@ async def test_converse_carries_two_sessions_interleaved_on_one_stream(paced: En
     async with grpc.aio.insecure_channel(paced.target) as channel:
         stub = cs_grpc.ConversationServiceStub(channel)
         a, b = await create_session(stub), await create_session(stub)
+        # Each session's first turn opens it on its host (and, under load, may wait for its retrieval tables): that
+        # wait could outlast the other session's whole answer, and the two would not overlap at all.
+        for session_id in (a, b):
+            await collect_turn(stub, session_id, "warm")
 
         async def requests() -> object:
             yield cs_pb2.ConverseRequest(request_id="r1", send_turn=cs_pb2.SendTurnRequest(session_id=a, text="apple"))
@@ -119,9 +123,11 @@ async def test_converse_carries_two_sessions_interleaved_on_one_stream(paced: En
     assert_well_formed(by_session[b], b)
     assert reply_text(by_session[a]) == "".join(scripted_reply("apple", PACED_TOKENS))
     assert reply_text(by_session[b]) == "".join(scripted_reply("berry", PACED_TOKENS))
-    order = [e.session_id for e in events if e.HasField("delta")]
+    # Every event, not only deltas: a delta may carry several tokens (joined while the previous one was stored),
+    # so under load a turn can have as few as two. A stream that served one turn after the other switches once.
+    order = [e.session_id for e in events]
     switches = sum(1 for x, y in itertools.pairwise(order) if x != y)
-    assert switches >= 2, "the two sessions' tokens should interleave on the shared stream"
+    assert switches >= 2, "the two sessions' events should interleave on the shared stream"
 
 
 async def test_converse_reports_a_bad_request_and_keeps_the_stream(stub: cs_grpc.ConversationServiceStub) -> None:
