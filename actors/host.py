@@ -31,7 +31,7 @@ from salon.actors.tool_loop import ToolStats
 from salon.actors.tool_servers import NoToolServers, ToolServers
 from salon.actors.tools import ToolPolicy
 from salon.actors.wire import event_from_proto, event_to_proto, policy_from_proto, selection_from_proto
-from salon.otel import ConsumerSpan, attributes, consumer_span
+from salon.otel import ConsumerSpan, attributes, consumer_span, stop_tasks
 from salon.storage import AnswerStore, Journal, Retriever, SessionRegistry, TurnEnvelope, incarnation_of
 from salon.storage.errors import InvalidArgument, NotFound, SalonError
 from salon.storage.reasons import Reason
@@ -285,11 +285,8 @@ class SessionHost:
         if task is not None:
             # The loop ends after its current fetch (a turn fetched meanwhile is dispatched, and moves with its
             # session below); cancelled only when that takes too long.
-            done, _ = await asyncio.wait({task}, timeout=self._settings.fetch_timeout_s + 1.0)
-            if not done:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=self._settings.fetch_timeout_s + 1.0)
+            await stop_tasks([task])
         keys = [key for key, s in self._session_shards.items() if s == shard]
         waits = [asyncio.ensure_future(self._sessions[k].wait_settled()) for k in keys if k in self._sessions]
         if waits and grace_s > 0:
@@ -350,12 +347,7 @@ class SessionHost:
             return
         self._closed = True
         self._stopping.set()
-        tasks = [*self._tasks, *self._pull_tasks.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks([*self._tasks, *self._pull_tasks.values()])
         self._tasks.clear()
         self._pull_tasks.clear()
         sessions, self._sessions = list(self._sessions.values()), {}

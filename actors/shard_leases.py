@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
+from salon.otel import stop_tasks
 from salon.storage.errors import Unavailable
 from salon.storage.leases import Lease, LeaseStore
 
@@ -179,8 +180,8 @@ class ShardLeases:
         self._wake.set()
 
     async def _loop(self) -> None:
-        # Not ``while True``: Python 3.11's wait_for can swallow a cancellation that lands as its wait ends, and
-        # leave() and close() await this task after setting ``_closed``.
+        # Not ``while True``: a cancellation can be swallowed (see otel.stop_tasks), and leave() and close() await
+        # this task after setting ``_closed``.
         while not self._closed:
             hungry = False
             limit = asyncio.timeout(self._store.ttl_s)
@@ -377,9 +378,7 @@ class ShardLeases:
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_tasks([task])
 
     async def leave(self, grace_s: float | None = None) -> None:
         """Give every shard up (their running turns get ``grace_s``, by default the move grace) and withdraw this
@@ -405,8 +404,4 @@ class ShardLeases:
         await self._stop_rounds()
         tasks = list(self._giving_up.values())
         self._giving_up.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(tasks)

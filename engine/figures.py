@@ -5,13 +5,12 @@ gathered figures without waiting on Ray or NATS)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from salon import otel
-from salon.otel import DeploymentFigures
+from salon.otel import DeploymentFigures, stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +100,7 @@ class FiguresPoller:
         """Stop polling. Idempotent."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_tasks([task])
 
 
 async def _quietly(source: Awaitable[Any], default: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from salon.engine.disk import DiskGuard
 from salon.engine.gates import Availability
+from salon.otel import stop_tasks
 from salon.storage.writer import WriterStatus
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,7 @@ class HealthWatch:
         """Stop watching. Idempotent."""
         tasks, self._tasks = [*self._tasks, *([self._restore] if self._restore else [])], []
         self._restore = None
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(tasks)
 
     async def refresh(self) -> None:
         """Report health as :attr:`Availability.serving` says (while live)."""

@@ -34,7 +34,7 @@ from salon.otel.spans import (
     span,
     start_tool_span,
 )
-from salon.otel.tasks import task_stacks
+from salon.otel.tasks import stop_tasks, task_stacks
 from salon.otel.viewer import find_trace, render_trace
 
 __all__ = [
@@ -79,6 +79,7 @@ __all__ = [
     "shutdown",
     "span",
     "start_tool_span",
+    "stop_tasks",
     "task_stacks",
     "trace_id_hex",
 ]

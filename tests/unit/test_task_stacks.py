@@ -1,11 +1,13 @@
-"""Where a process's asyncio tasks wait: what an operator (or a test that timed out) reads of a host that stopped
-making progress."""
+"""A process's asyncio tasks: where each waits (what an operator, or a test that timed out, reads of a host that
+stopped making progress), and background tasks stopped for sure even when a library swallows a cancellation."""
 
 from __future__ import annotations
 
 import asyncio
 
-from salon.otel import task_stacks
+import pytest
+
+from salon.otel import stop_tasks, task_stacks
 
 
 async def _wait_on(event: asyncio.Event) -> None:
@@ -50,3 +52,45 @@ async def test_arguments_and_values_stay_out_of_the_lines() -> None:
     finally:
         event.set()
         await task
+
+
+async def test_a_loop_whose_cancellation_is_swallowed_is_cancelled_again_until_it_ends() -> None:
+    rounds = 0
+    swallowed = 0
+
+    async def swallowing_flush() -> None:
+        # As nats-py 2.16's flush does, once: a cancellation landing in it is dropped.
+        nonlocal swallowed
+        if swallowed:
+            await asyncio.Event().wait()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed += 1
+
+    async def loop() -> None:
+        nonlocal rounds
+        while True:
+            rounds += 1
+            await swallowing_flush()
+
+    task = asyncio.create_task(loop(), name="renewals")
+    await asyncio.sleep(0)  # wait-ok: one turn of the loop lets the task reach its await
+    await asyncio.wait_for(stop_tasks([task], recancel_s=0.05), 10)
+    assert task.cancelled()
+    assert swallowed == 1 and rounds == 2, "the first cancellation was swallowed, the second ended it"
+
+
+async def test_a_task_that_failed_raises_its_error_and_the_others_are_still_stopped() -> None:
+    async def fails() -> None:
+        raise ValueError("broken")
+
+    async def waits() -> None:
+        await asyncio.Event().wait()
+
+    failing = asyncio.create_task(fails())
+    waiting = asyncio.create_task(waits())
+    await asyncio.sleep(0)  # wait-ok: one turn of the loop lets the first task fail
+    with pytest.raises(ValueError, match="broken"):
+        await stop_tasks([waiting, failing])
+    assert waiting.cancelled()
