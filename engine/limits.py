@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from salon.actors.usage import total_tokens
 from salon.engine.tenants import Limits, TenantPolicy
 from salon.engine.token_meter import FLUSH_INTERVAL_S, TokenMeter
+from salon.otel import stop_tasks
 from salon.storage.errors import ResourceExhausted, SalonError
 from salon.storage.ids import uuid7
 from salon.storage.inmemory import InMemoryTokenCounters, InMemoryTurnCounters
@@ -213,9 +214,7 @@ class TenantLimiter:
         self._closed = True
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await stop_tasks([renewer])
         if self._releases:
             await asyncio.wait(set(self._releases))
         for tenant_id, counters in list(self._tenants.items()):

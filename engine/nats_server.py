@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from salon.otel import stop_tasks
 from salon.storage.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -344,9 +345,7 @@ class EmbeddedNats:
         self._closing = True
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
+            await stop_tasks([supervisor])
         await self._stop_process(timeout_s)
         self._release_directory()
 

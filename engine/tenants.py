@@ -27,7 +27,6 @@ without its secret; deleting its line revokes it. Editing the file rotates keys 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -40,6 +39,7 @@ from typing import Any
 
 from salon.actors import GuardrailSettings
 from salon.engine.session_tokens import TokenClaims
+from salon.otel import stop_tasks
 from salon.providers.mcp.config import McpServerConfig, parse_servers
 from salon.storage.errors import InvalidArgument
 from salon.storage.ids import is_valid_id
@@ -258,9 +258,7 @@ class TenantRegistry:
         """Stop watching. Idempotent."""
         task, self._watch = self._watch, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_tasks([task])
 
     async def _watch_file(self) -> None:
         # Polling the (small) file's bytes: works on every filesystem and catches in-place edits and atomic

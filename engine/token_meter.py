@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from salon.otel import stop_tasks
 from salon.storage.errors import SalonError
 from salon.storage.ids import uuid7
 from salon.storage.usage import TokenCounters
@@ -159,9 +160,7 @@ class TokenMeter:
         self._stop.set()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_tasks([task])
         deadline = self._clock() + grace_s
         delay = 0.05
         while not await self.flush():
