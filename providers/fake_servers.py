@@ -179,7 +179,11 @@ class FakeModelServer:
         raise NotImplementedError
 
     def push(self, *replies: Reply) -> None:
-        """Answer the next requests with ``replies``, in order (then the default reply)."""
+        """Answer the next requests with ``replies``, in order (then the default reply). A gated reply among them
+        closes the gate again: a :meth:`release` before this push was for earlier replies (a server shared by
+        several tests would otherwise hold nothing once one test had released)."""
+        if any(r.gate_after is not None for r in replies):
+            self._gate.clear()
         self.script.extend(replies)
 
     def release(self) -> None:
