@@ -175,13 +175,13 @@ async def test_a_control_message_for_a_shard_not_pulled_here_activates_nothing()
     await host.start()
     try:
         await world.create("s1")
-        reply = await ask(host, submit("s1", "t1", "call_1_1", "x"), shard=5)
+        reply = await ask(host, submit("s1", "t1", "call_1_1", "refund order 7731"), shard=5)
         stats = host.stats()
     finally:
         await host.close()
     # Retryable, so the gateway keeps the answer for the shard's owner; no actor here to fence the owner's.
     assert (reply.result, reply.reason) == ("unavailable", "HOST_UNAVAILABLE")
-    assert "x" not in reply.message
+    assert "7731" not in reply.message and "7731" not in reply.reason, "the answer is never echoed"
     assert stats["activations"] == 0
     assert (TENANT, "s1") not in world.journal.turns, "no activation marker"
 
